@@ -1,0 +1,198 @@
+"""The one batching routine: run a model over a :class:`PromptSet` in batches, capturing
+only the requested hook points at the requested positions.
+
+Every analysis streams through :func:`iter_batches` (memory independent of the number of
+prompts) or collects with :func:`collect`. Batch size, progress bar, device and
+``torch.inference_mode`` live here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from .prompts import PromptSet
+
+Position = Literal["query", "all"]
+HookList = list[tuple[str, Callable]]
+
+
+class Intervention(Protocol):
+    """Anything that can hand the batching routine forward hooks for one batch.
+
+    ``batch`` is the batch's own ``PromptSet`` (trimmed padding) and ``index`` the rows of
+    the full set it holds, so an intervention can pick per-prompt values (e.g. resampling).
+    """
+
+    def fwd_hooks(self, batch: PromptSet, index: Tensor) -> HookList: ...
+
+
+@dataclass
+class Batch:
+    """One batch's results.
+
+    Attributes:
+        index: ``[batch]`` rows of the full ``PromptSet``.
+        prompts: the batch's ``PromptSet`` (on the run's device).
+        logits: ``[batch, d_vocab]`` logits at the query (last) position, or ``None``.
+        activations: hook name -> tensor, sliced to the requested position (``"query"``
+            removes the position axis; for attention patterns it keeps the query row).
+    """
+
+    index: Tensor
+    prompts: PromptSet
+    logits: Float[Tensor, "batch d_vocab"] | None
+    activations: dict[str, Tensor]
+
+
+def _names_filter(names: Sequence[str] | Callable[[str], bool] | None) -> Callable[[str], bool]:
+    if names is None:
+        return lambda name: False
+    if callable(names):
+        return names
+    wanted = {names} if isinstance(names, str) else set(names)
+    return wanted.__contains__
+
+
+def _at_position(name: str, act: Tensor, pos: Position) -> Tensor:
+    if pos == "all":
+        return act
+    if name.endswith(("hook_pattern", "hook_attn_scores")):  # [batch, head, q, k]
+        return act[:, :, -1]
+    return act[:, -1]
+
+
+def iter_batches(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    names: Sequence[str] | Callable[[str], bool] | None = None,
+    *,
+    pos: Position = "query",
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    interventions: Sequence[Intervention] = (),
+    return_logits: bool = True,
+    progress: bool = True,
+    desc: str = "batches",
+) -> Iterator[Batch]:
+    """Stream a model over ``prompts`` batch by batch, capturing only ``names``.
+
+    Args:
+        model: the model.
+        prompts: left-padded prompts (each batch is trimmed to its own longest prompt).
+        names: hook names (or a ``names_filter`` callable) to capture; default none.
+        pos: ``"query"`` keeps only the last (query) position, ``"all"`` every position.
+        batch_size: prompts per forward pass.
+        device: defaults to the model's device.
+        interventions: objects with ``fwd_hooks(batch, index)`` applied during each pass.
+        return_logits: also return final-position logits (the unembedding is applied to
+            the query position only, which saves memory and time).
+        progress: show a tqdm bar.
+
+    Yields:
+        :class:`Batch` objects, in prompt order.
+    """
+    if len(prompts) == 0:
+        raise ValueError("The PromptSet is empty; build it with n >= 1.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if pos not in ("query", "all"):
+        raise ValueError(f"pos must be 'query' or 'all', got {pos!r}.")
+    device = torch.device(device) if device is not None else model.cfg.device
+    keep = _names_filter(names)
+    n = len(prompts)
+    starts = range(0, n, batch_size)
+    bar = tqdm(starts, desc=desc, disable=not progress, leave=False,
+               total=len(starts), unit="batch")
+    for start in bar:
+        index = torch.arange(start, min(start + batch_size, n))
+        batch = prompts.select(index).to(device)
+        store: dict[str, Tensor] = {}
+
+        def capture(act: Tensor, hook) -> None:
+            store[hook.name] = _at_position(hook.name, act, pos).detach().clone()
+
+        hooks: HookList = [(keep, capture)]
+        for iv in interventions:
+            hooks.extend(iv.fwd_hooks(batch, index))
+        with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+            logits = _forward(model, batch, return_logits=return_logits)
+        yield Batch(index=index, prompts=batch, logits=logits, activations=store)
+
+
+def _forward(model: HookedTransformer, batch: PromptSet, *, return_logits: bool) -> Tensor | None:
+    """Forward pass that unembeds only the last position."""
+    resid = model(batch.tokens, attention_mask=batch.attention_mask,
+                  stop_at_layer=model.cfg.n_layers)
+    return final_logits(model, resid[:, -1]) if return_logits else None
+
+
+def final_logits(
+    model: HookedTransformer, resid: Float[Tensor, "*batch d_model"]
+) -> Float[Tensor, "*batch d_vocab"]:
+    """Logits from the final residual stream (final norm, unembed, soft-cap if any)."""
+    x = resid.unsqueeze(-2)  # norms expect a position axis
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = model.unembed(x).squeeze(-2)
+    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+@dataclass
+class Collected:
+    """Concatenated results of :func:`collect` (rows in prompt order)."""
+
+    logits: Float[Tensor, "prompt d_vocab"] | None
+    activations: dict[str, Tensor]
+
+
+def collect(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    names: Sequence[str] | Callable[[str], bool] | None = None,
+    *,
+    pos: Position = "query",
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    interventions: Sequence[Intervention] = (),
+    return_logits: bool = True,
+    progress: bool = True,
+    desc: str = "batches",
+) -> Collected:
+    """Run :func:`iter_batches` and concatenate. With ``pos="all"`` activations are
+    left-padded back to the full set's length (zeros at padding)."""
+    logits, acts = [], {}
+    for batch in iter_batches(model, prompts, names, pos=pos, batch_size=batch_size,
+                              device=device, interventions=interventions,
+                              return_logits=return_logits, progress=progress, desc=desc):
+        if batch.logits is not None:
+            logits.append(batch.logits)
+        for name, act in batch.activations.items():
+            if pos == "all":
+                act = _left_pad(name, act, prompts.seq_len)
+            acts.setdefault(name, []).append(act)
+    return Collected(
+        logits=torch.cat(logits) if logits else None,
+        activations={k: torch.cat(v) for k, v in acts.items()},
+    )
+
+
+def _left_pad(name: str, act: Tensor, length: int) -> Tensor:
+    if name.endswith(("hook_pattern", "hook_attn_scores")):
+        missing = length - act.shape[-1]
+        return torch.nn.functional.pad(act, (missing, 0, missing, 0))
+    missing = length - act.shape[1]
+    if missing == 0:
+        return act
+    pad_shape = (act.shape[0], missing, *act.shape[2:])
+    return torch.cat([act.new_zeros(pad_shape), act], dim=1)

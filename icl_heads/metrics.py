@@ -1,0 +1,111 @@
+"""Metrics of ICL behaviour on final-position logits, and :func:`evaluate`.
+
+Every metric has the signature ``metric(logits, gold, label_token_ids) -> [batch]`` (one
+value per prompt; NaN where undefined), so sweeps and experiments can take a metric by
+name or any callable of that shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from .prompts import PromptSet
+
+Metric = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def label_logits(
+    logits: Float[Tensor, "batch d_vocab"], label_token_ids: Int[Tensor, " label"]
+) -> Float[Tensor, "batch label"]:
+    return logits[:, label_token_ids.to(logits.device)]
+
+
+def accuracy(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
+    """1 where the argmax over the label tokens is the gold label."""
+    return (label_logits(logits, label_token_ids).argmax(-1) == gold.to(logits.device)).float()
+
+
+def in_label_space(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
+    """1 where the argmax over the whole vocabulary is a label token (task recognition)."""
+    top = logits.argmax(-1)
+    return (top[:, None] == label_token_ids.to(logits.device)[None]).any(-1).float()
+
+
+label_space_rate = in_label_space
+
+
+def in_space_accuracy(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
+    """Accuracy among prompts whose vocabulary argmax is a label token (NaN elsewhere)."""
+    acc = accuracy(logits, gold, label_token_ids)
+    return torch.where(in_label_space(logits, gold, label_token_ids).bool(), acc,
+                       torch.full_like(acc, float("nan")))
+
+
+def logit_diff(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
+    """Gold-label logit difference ``logit[y*] - mean_{y' != y*} logit[y']``."""
+    lab = label_logits(logits, label_token_ids)
+    gold = gold.to(logits.device)
+    g = lab.gather(-1, gold[:, None]).squeeze(-1)
+    others = (lab.sum(-1) - g) / (lab.shape[-1] - 1)
+    return g - others
+
+
+METRICS: dict[str, Metric] = {
+    "logit_diff": logit_diff,
+    "accuracy": accuracy,
+    "label_space_rate": label_space_rate,
+    "in_space_accuracy": in_space_accuracy,
+}
+
+
+def get_metric(metric: str | Metric) -> Metric:
+    """A metric by name (``logit_diff``, ``accuracy``, ``label_space_rate``,
+    ``in_space_accuracy``) or the callable itself."""
+    if callable(metric):
+        return metric
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a "
+                         "callable metric(logits, gold, label_token_ids) -> [batch].")
+    return METRICS[metric]
+
+
+def metrics_from_logits(
+    logits: Float[Tensor, "prompt d_vocab"], prompts: PromptSet
+) -> dict[str, float]:
+    """All behaviour metrics, averaged over prompts (NaN-aware), plus chance level."""
+    out = {}
+    for name, fn in METRICS.items():
+        values = fn(logits, prompts.gold, prompts.label_token_ids)
+        out[name] = float(values.nanmean()) if (~values.isnan()).any() else float("nan")
+    out["chance"] = 1.0 / prompts.n_labels
+    return out
+
+
+def evaluate(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Accuracy, label-space rate, in-space accuracy and mean gold-label logit difference.
+
+    Returns:
+        A one-row DataFrame with columns ``task, k, n, perturbation, accuracy,
+        label_space_rate, in_space_accuracy, logit_diff, chance``.
+    """
+    from .activations import collect
+
+    logits = collect(model, prompts, batch_size=batch_size, device=device, progress=progress,
+                     desc=f"evaluate k={prompts.k}").logits
+    row = {**prompts.describe(), **metrics_from_logits(logits, prompts)}
+    cols = ["task", "k", "n", "seed", "perturbation", "accuracy", "label_space_rate",
+            "in_space_accuracy", "logit_diff", "chance"]
+    return pd.DataFrame([row])[cols]
