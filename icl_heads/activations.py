@@ -43,7 +43,8 @@ class Batch:
         prompts: the batch's ``PromptSet`` (on the run's device).
         logits: ``[batch, d_vocab]`` logits at the query (last) position, or ``None``.
         activations: hook name -> tensor, sliced to the requested position (``"query"``
-            removes the position axis; for attention patterns it keeps the query row).
+            removes the position axis; for attention patterns it keeps the query row;
+            ``"all"`` keeps every position, with padding rows set to zero).
     """
 
     index: Tensor
@@ -61,8 +62,12 @@ def _names_filter(names: Sequence[str] | Callable[[str], bool] | None) -> Callab
     return wanted.__contains__
 
 
-def _at_position(name: str, act: Tensor, pos: Position) -> Tensor:
-    if pos == "all":
+def _at_position(name: str, act: Tensor, pos: Position, mask: Tensor) -> Tensor:
+    if pos == "all":  # zero the padding rows so they can never leak into a mean
+        if name.endswith(("hook_pattern", "hook_attn_scores")):
+            return act * mask[:, None, :, None].to(act.dtype)
+        if act.shape[:2] == mask.shape:
+            return act * mask.reshape(*mask.shape, *([1] * (act.ndim - 2))).to(act.dtype)
         return act
     if name.endswith(("hook_pattern", "hook_attn_scores")):  # [batch, head, q, k]
         return act[:, :, -1]
@@ -116,8 +121,8 @@ def iter_batches(
         batch = prompts.select(index).to(device)
         store: dict[str, Tensor] = {}
 
-        def capture(act: Tensor, hook) -> None:
-            store[hook.name] = _at_position(hook.name, act, pos).detach().clone()
+        def capture(act: Tensor, hook, mask: Tensor = batch.attention_mask) -> None:
+            store[hook.name] = _at_position(hook.name, act, pos, mask).detach().clone()
 
         hooks: HookList = [(keep, capture)]
         for iv in interventions:
@@ -169,8 +174,8 @@ def collect(
     progress: bool = True,
     desc: str = "batches",
 ) -> Collected:
-    """Run :func:`iter_batches` and concatenate. With ``pos="all"`` activations are
-    left-padded back to the full set's length (zeros at padding)."""
+    """Run :func:`iter_batches` and concatenate. Position (and attention-key) axes are
+    left-padded back to the full set's length, with zeros at padding."""
     logits, acts = [], {}
     for batch in iter_batches(model, prompts, names, pos=pos, batch_size=batch_size,
                               device=device, interventions=interventions,
@@ -178,19 +183,20 @@ def collect(
         if batch.logits is not None:
             logits.append(batch.logits)
         for name, act in batch.activations.items():
-            if pos == "all":
-                act = _left_pad(name, act, prompts.seq_len)
-            acts.setdefault(name, []).append(act)
+            acts.setdefault(name, []).append(_left_pad(name, act, prompts.seq_len, pos))
     return Collected(
         logits=torch.cat(logits) if logits else None,
         activations={k: torch.cat(v) for k, v in acts.items()},
     )
 
 
-def _left_pad(name: str, act: Tensor, length: int) -> Tensor:
+def _left_pad(name: str, act: Tensor, length: int, pos: Position) -> Tensor:
     if name.endswith(("hook_pattern", "hook_attn_scores")):
         missing = length - act.shape[-1]
-        return torch.nn.functional.pad(act, (missing, 0, missing, 0))
+        pads = (missing, 0) if pos == "query" else (missing, 0, missing, 0)
+        return torch.nn.functional.pad(act, pads)
+    if pos == "query":
+        return act
     missing = length - act.shape[1]
     if missing == 0:
         return act
