@@ -629,7 +629,7 @@ def _iter_query_terms(
         if full:
             terms["attn_bias"] = b_O.to(z)[None].expand(z.shape[0], -1, -1)
         if post_norm:
-            scale = torch.stack([acts[f"blocks.{l}.ln1_post.hook_scale"] for l in range(L)],
+            scale = torch.stack([acts[f"blocks.{i}.ln1_post.hook_scale"] for i in range(L)],
                                 dim=1)  # [b, L, 1]
             factor = post_w.to(z)[None] / scale  # [b, L, d_model]
             terms["head"] = terms["head"] * factor[:, :, None]
@@ -640,7 +640,7 @@ def _iter_query_terms(
             if has_pos:
                 terms["pos_embed"] = acts["hook_pos_embed"]
             if has_mlp:
-                terms["mlp"] = torch.stack([acts[f"blocks.{l}.hook_mlp_out"] for l in range(L)],
+                terms["mlp"] = torch.stack([acts[f"blocks.{i}.hook_mlp_out"] for i in range(L)],
                                            dim=1)
         if final_norm is not None:
             scale = acts["ln_final.hook_scale"].reshape(-1)  # [b]
