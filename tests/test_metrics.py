@@ -53,7 +53,7 @@ def test_evaluate_one_row(tiny_llama, tiny_prompts):
 @pytest.mark.slow
 def test_default_model_recognises_the_task_with_demos(smol):
     task = ih.load_task("sentiment")
-    zero = ih.evaluate(smol, ih.build_prompts(smol, task, k=0, n=24, seed=0), progress=False)
-    four = ih.evaluate(smol, ih.build_prompts(smol, task, k=4, n=24, seed=0), progress=False)
+    zero = ih.evaluate(smol, ih.build_prompts(smol, task, k=0, n=16, seed=0), progress=False)
+    four = ih.evaluate(smol, ih.build_prompts(smol, task, k=4, n=16, seed=0), progress=False)
     assert four.label_space_rate[0] > zero.label_space_rate[0]
     assert four.label_space_rate[0] > 0.9 and four.accuracy[0] > 0.5
