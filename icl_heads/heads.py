@@ -61,7 +61,11 @@ class HeadScores:
                              f"{tuple(self.scores.shape)}.")
         self.scores = self.scores.detach().float().cpu()
         if self.per_prompt is not None:
-            self.per_prompt = self.per_prompt.detach().float().cpu()
+            self.per_prompt = torch.as_tensor(self.per_prompt).detach().float().cpu()
+            if self.per_prompt.ndim != 3 or self.per_prompt.shape[1:] != self.scores.shape:
+                raise ValueError(f"per_prompt must have shape [prompt, {self.n_layers}, "
+                                 f"{self.n_heads}] to match the scores, got "
+                                 f"{tuple(self.per_prompt.shape)}.")
 
     @property
     def n_layers(self) -> int:
@@ -117,7 +121,8 @@ class HeadScores:
         return pd.DataFrame({
             "layer": layers.numpy(),
             "head": heads.numpy(),
-            "label": [f"L{l}H{h}" for l, h in zip(layers.tolist(), heads.tolist())],
+            "label": [f"L{layer}H{head}" for layer, head in zip(layers.tolist(), heads.tolist(),
+                                                                strict=True)],
             self.name: self.scores.flatten().numpy(),
             "rank": self.rank().flatten().numpy(),
         })
@@ -160,8 +165,10 @@ class HeadScores:
             frame = table.to_pandas()
             L, H = meta["shape"]
             scores = torch.full((L, H), math.nan)
-            scores[frame["layer"].to_numpy(), frame["head"].to_numpy()] = torch.tensor(
-                frame[meta["name"]].to_numpy(), dtype=torch.float32)
+            layers = torch.tensor(frame["layer"].to_numpy(copy=True), dtype=torch.long)
+            heads = torch.tensor(frame["head"].to_numpy(copy=True), dtype=torch.long)
+            scores[layers, heads] = torch.tensor(frame[meta["name"]].to_numpy(copy=True),
+                                                 dtype=torch.float32)
             return cls(scores, name=meta["name"], metadata=meta.get("metadata", {}))
         raise ValueError(f"HeadScores.load: use a .json or .parquet path, got {path.name!r}.")
 
@@ -208,7 +215,7 @@ def heads_to_mask(heads: HeadsLike, n_layers: int, n_heads: int) -> Bool[Tensor,
 
 
 def mask_to_heads(mask: Bool[Tensor, "layer head"]) -> list[Head]:
-    return [Head(int(l), int(h)) for l, h in mask.nonzero().tolist()]
+    return [Head(int(layer), int(head)) for layer, head in mask.nonzero().tolist()]
 
 
 def _nan_to_none(rows: Sequence) -> list:

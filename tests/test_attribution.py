@@ -421,7 +421,7 @@ def test_dla_gold_target_works_with_a_single_label(tiny_llama, tiny_prompts):
 
 @pytest.mark.slow
 def test_tsla_on_the_default_model_finds_strong_tr_and_tl_heads(smol):
-    prompts = ih.build_prompts(smol, ih.load_task("sentiment"), k=4, n=12, seed=0)
+    prompts = ih.build_prompts(smol, ih.load_task("sentiment"), k=4, n=10, seed=0)
     tr, tl = at.tsla_scores(smol, prompts, return_per_prompt=True, progress=False)
     assert tr.scores.shape == (30, 9) and tr.metadata["top_k"] == 8
     top = tr.top()
@@ -437,7 +437,7 @@ def test_tsla_on_the_default_model_finds_strong_tr_and_tl_heads(smol):
 
 @pytest.mark.slow
 def test_dla_identity_and_tl_consistency_on_the_default_model(smol):
-    prompts = ih.build_prompts(smol, ih.load_task("sentiment"), k=4, n=8, seed=1)
+    prompts = ih.build_prompts(smol, ih.load_task("sentiment"), k=3, n=6, seed=1)
     _, logits = _final_resid(smol, prompts)
     frame = at.direct_logit_attribution(smol, prompts, return_per_prompt=True, progress=False)
     per_prompt = torch.tensor(frame.groupby("prompt")["logit_diff"].sum().to_numpy())

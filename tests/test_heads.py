@@ -1,0 +1,148 @@
+"""HeadScores and head selections: ranking, masks, tidy frames, saving, plotting, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from icl_heads.heads import Head, HeadScores, default_top_k, heads_to_mask, mask_to_heads
+
+NAN = math.nan
+
+
+@pytest.fixture
+def scores():
+    # 3 layers x 4 heads; one NaN (not scored), one tie (L0H1 = L2H0 = 5)
+    grid = torch.tensor([[1.0, 5.0, -7.0, 0.0],
+                         [2.0, NAN, 9.0, -1.0],
+                         [5.0, 3.0, -2.0, 4.0]])
+    return HeadScores(grid, name="tl_score", metadata={"method": "tsla", "k": 4, "task": "x"})
+
+
+def test_head_prints_as_layer_and_head():
+    assert str(Head(3, 5)) == "L3H5" and Head(3, 5) == (3, 5)
+
+
+def test_default_top_k_is_three_percent_of_heads_at_least_one():
+    assert default_top_k(30, 9) == 8
+    assert default_top_k(2, 4) == 1
+    assert default_top_k(32, 32) == 31
+
+
+def test_top_ranks_best_first_and_skips_nan(scores):
+    assert scores.top(3) == [Head(1, 2), Head(0, 1), Head(2, 0)]  # tie: row-major order
+    assert scores.top(3, largest=False) == [Head(0, 2), Head(2, 2), Head(1, 3)]
+    assert scores.top(2, by_abs=True) == [Head(1, 2), Head(0, 2)]
+    assert Head(1, 1) not in scores.top(12)
+    assert len(scores.top(100)) == 11  # NaN never ranked, k clipped
+    assert scores.top(0) == []
+    assert scores.top() == [Head(1, 2)]  # default: 3% of 12 heads -> 1
+    assert scores[Head(1, 2)] == 9.0 and scores[(0, 2)] == -7.0
+
+
+def test_top_of_an_all_nan_map_is_empty():
+    assert HeadScores(torch.full((2, 2), NAN)).top(3) == []
+
+
+def test_mask_and_mask_to_heads_round_trip(scores):
+    mask = scores.mask(3)
+    assert mask.dtype == torch.bool and mask.shape == (3, 4) and int(mask.sum()) == 3
+    assert set(mask_to_heads(mask)) == set(scores.top(3))
+    assert mask_to_heads(mask) == sorted(scores.top(3))  # row-major order
+
+
+def test_rank_is_one_for_the_best_head_and_nan_for_unscored(scores):
+    rank = scores.rank()
+    assert rank[1, 2] == 1 and rank[0, 2] == 11
+    assert math.isnan(rank[1, 1])
+    finite = rank[~torch.isnan(rank)]
+    assert sorted(finite.tolist()) == list(range(1, 12))
+
+
+def test_to_frame_is_tidy_one_row_per_head(scores):
+    frame = scores.to_frame()
+    assert list(frame.columns) == ["layer", "head", "label", "tl_score", "rank"]
+    assert len(frame) == 12
+    row = frame[frame.label == "L1H2"].iloc[0]
+    assert (row["layer"], row["head"], row["tl_score"], row["rank"]) == (1, 2, 9.0, 1.0)
+    assert frame.tl_score.isna().sum() == 1
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_save_and_load_round_trip(scores, tmp_path, suffix):
+    path = scores.save(tmp_path / "sub" / f"scores{suffix}")
+    assert path.exists()
+    loaded = HeadScores.load(path)
+    assert loaded.name == scores.name
+    assert loaded.metadata == scores.metadata
+    assert torch.equal(torch.isnan(loaded.scores), torch.isnan(scores.scores))
+    finite = ~torch.isnan(scores.scores)
+    assert torch.equal(loaded.scores[finite], scores.scores[finite])
+    assert loaded.top(5) == scores.top(5)
+
+
+def test_per_prompt_scores_are_kept_on_cpu_as_float():
+    per_prompt = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4)
+    s = HeadScores(per_prompt.mean(0), name="tr_score", per_prompt=per_prompt)
+    assert s.per_prompt.dtype == torch.float32 and s.scores.dtype == torch.float32
+    assert s.n_layers == 3 and s.n_heads == 4
+
+
+def test_plot_returns_a_heatmap_figure(scores):
+    fig = scores.plot()
+    heatmap = fig.data[0]
+    assert heatmap.type == "heatmap"
+    assert len(heatmap.z) == 3 and len(heatmap.z[0]) == 4
+    assert "tl_score" in fig.layout.title.text
+    assert fig.layout.yaxis.autorange == "reversed"
+    outlined = scores.plot(highlight_top=3)
+    assert len(outlined.layout.shapes) == 3
+    assert scores.plot(diverging=False).data[0].zmid is None
+    assert scores.plot().data[0].zmid == 0.0  # negative values: diverging around 0
+
+
+def test_repr_mentions_name_and_top_heads(scores):
+    text = repr(scores)
+    assert "tl_score" in text and "L1H2=9" in text
+
+
+# --------------------------------------------------------------------------- heads_to_mask
+
+
+def test_heads_to_mask_accepts_every_head_selection(scores):
+    expected = torch.zeros(3, 4, dtype=torch.bool)
+    expected[0, 1] = expected[2, 3] = True
+    assert torch.equal(heads_to_mask([Head(0, 1), Head(2, 3)], 3, 4), expected)
+    assert torch.equal(heads_to_mask([(0, 1), (2, 3)], 3, 4), expected)
+    assert torch.equal(heads_to_mask(expected, 3, 4), expected)
+    assert torch.equal(heads_to_mask(scores, 3, 4), scores.mask())
+    assert not heads_to_mask([], 3, 4).any()
+
+
+@pytest.mark.parametrize("heads, error, match", [
+    ([Head(3, 0)], ValueError, "out of range"),
+    ([(0, 4)], ValueError, "out of range"),
+    ([(-1, 0)], ValueError, "out of range"),
+    (torch.zeros(4, 3, dtype=torch.bool), ValueError, "shape"),
+    (torch.zeros(3, 4), TypeError, "boolean"),
+    (["L0H1"], TypeError, "pairs"),
+    ([5], TypeError, "pairs"),
+])
+def test_heads_to_mask_rejects_bad_selections(heads, error, match):
+    with pytest.raises(error, match=match):
+        heads_to_mask(heads, 3, 4)
+
+
+def test_bad_input_raises_a_clear_error(scores, tmp_path):
+    with pytest.raises(ValueError, match="n_layers, n_heads"):
+        HeadScores(torch.zeros(5))
+    with pytest.raises(ValueError, match="k must be"):
+        scores.top(-1)
+    with pytest.raises(ValueError, match=r"\.json or \.parquet"):
+        scores.save(tmp_path / "scores.csv")
+    with pytest.raises(ValueError, match=r"\.json or \.parquet"):
+        HeadScores.load(tmp_path / "scores.csv")
+    with pytest.raises(ValueError, match="per_prompt"):
+        HeadScores(torch.zeros(3, 4), per_prompt=torch.zeros(2, 4, 3))
