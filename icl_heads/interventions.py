@@ -1,0 +1,773 @@
+"""Interventions on a model's forward pass: head ablation, activation patching, steering.
+
+Every intervention is a small frozen object that
+
+* hands the batching routine its forward hooks for one batch,
+  ``fwd_hooks(batch, index) -> [(hook_name, fn)]`` (the protocol of
+  :class:`icl_heads.activations.Intervention`), so it can be passed to
+  ``iter_batches(..., interventions=[...])``, where it knows which prompts are in the batch
+  (``index``) and can pick per-prompt values (source rows, resampling donors); and
+* is a context manager that adds its hooks to the model for the duration::
+
+      with ablate(model, heads, mode="mean", reference=prompts):
+          logits = model(tokens)
+
+Interventions compose: pass several to ``iter_batches``, nest ``with`` blocks, or join them
+with :func:`compose`. Hooks stack in the order they were added.
+
+Head interventions act on ``blocks.{layer}.attn.hook_z`` (``[batch, pos, head, d_head]``,
+one slot per *query* head), so they work unchanged on grouped-query-attention models such
+as SmolLM2 (9 query heads over 3 key/value heads). A head's output in the residual stream
+is ``z[:, :, head] @ W_O[layer, head]``; the layer's attention output is the sum of its
+heads' outputs plus the constant bias ``b_O``.
+
+Positions: ``"query"`` is the last token of every row (prompts are left-padded, so the
+query is always last), ``"all"`` every position, or an int / list of ints (negative counts
+from the end), the same for every row.
+
+All hook functions of the package are built here; other modules ask for an intervention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, Union
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from .heads import Head, HeadsLike, heads_to_mask
+from .prompts import PromptSet
+
+HookList = list[tuple[str, Callable]]
+Positions = Union[Literal["all", "query"], int, Sequence[int]]  # noqa: UP007
+
+#: Where an intervention can act: hook point templates by site name.
+SITES: dict[str, str] = {
+    "z": "blocks.{layer}.attn.hook_z",
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+}
+ABLATION_MODES = ("zero", "mean", "resample")
+
+
+def hook_name(site: str, layer: int) -> str:
+    """The TransformerLens hook name of ``site`` (a key of :data:`SITES`) in ``layer``."""
+    if site not in SITES:
+        raise ValueError(f"Unknown site {site!r}; choose one of {sorted(SITES)}.")
+    return SITES[site].format(layer=layer)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_positions(positions: Positions) -> Positions:
+    """Validate a position selection (``"query"``, ``"all"``, an int or a list of ints)."""
+    if isinstance(positions, str):
+        if positions not in ("query", "all"):
+            raise ValueError(f"positions must be 'query', 'all', an int or a list of ints; got "
+                             f"{positions!r}.")
+        return positions
+    if isinstance(positions, Tensor):
+        positions = positions.flatten().tolist()
+    if isinstance(positions, int):
+        return (positions,)
+    try:
+        out = tuple(int(p) for p in positions)
+    except (TypeError, ValueError):
+        raise TypeError(f"positions must be 'query', 'all', an int or a list of ints; got "
+                        f"{positions!r}.") from None
+    if not out:
+        raise ValueError("positions is an empty list; give at least one position.")
+    return out
+
+
+def position_mask(positions: Positions, length: int, device=None) -> Bool[Tensor, " pos"]:
+    """Boolean ``[length]`` mask of the selected positions in a sequence of ``length``."""
+    mask = torch.zeros(length, dtype=torch.bool, device=device)
+    if positions == "all":
+        mask[:] = True
+    elif positions == "query":
+        mask[-1] = True
+    else:
+        for p in positions:
+            if not -length <= p < length:
+                raise ValueError(f"Position {p} is out of range for a sequence of {length} "
+                                 f"tokens (use 0..{length - 1} or -{length}..-1).")
+            mask[p] = True
+    return mask
+
+
+def _check_model_prompts(prompts: PromptSet, what: str = "prompts") -> None:
+    if not isinstance(prompts, PromptSet):
+        raise TypeError(f"{what} must be a PromptSet (icl_heads.build_prompts), got "
+                        f"{type(prompts).__name__}.")
+    if len(prompts) == 0:
+        raise ValueError(f"The {what} PromptSet is empty; build it with n >= 1.")
+
+
+def _layer_mask(layers, n_layers: int) -> Bool[Tensor, " layer"]:
+    if layers is None:
+        return torch.ones(n_layers, dtype=torch.bool)
+    if isinstance(layers, Tensor) and layers.dtype == torch.bool:
+        if tuple(layers.shape) != (n_layers,):
+            raise ValueError(f"Layer mask has shape {tuple(layers.shape)}; this model needs "
+                             f"[n_layers] = [{n_layers}].")
+        return layers.cpu().clone()
+    if isinstance(layers, int):
+        layers = [layers]
+    mask = torch.zeros(n_layers, dtype=torch.bool)
+    for layer in layers:
+        layer = int(layer)
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"Layer {layer} is out of range: this model has {n_layers} layers "
+                             f"(0..{n_layers - 1}).")
+        mask[layer] = True
+    return mask
+
+
+def _align_end(act: Tensor, length: int) -> Tensor:
+    """Align ``[batch, pos, ...]`` to ``length`` positions at the end (left-pad with zeros
+    or drop leading positions): prompts are left-padded, so ends correspond."""
+    have = act.shape[1]
+    if have == length:
+        return act
+    if have > length:
+        return act[:, have - length:]
+    pad = act.new_zeros((act.shape[0], length - have, *act.shape[2:]))
+    return torch.cat([pad, act], dim=1)
+
+
+# --------------------------------------------------------------------------- base class
+
+
+@dataclass(frozen=True, eq=False)
+class _Base:
+    """Shared context-manager behaviour: ``with iv: ...`` adds ``iv``'s hooks to the model."""
+
+    _contexts: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def fwd_hooks(self, batch: PromptSet | None, index: Tensor | None) -> HookList:
+        raise NotImplementedError
+
+    @property
+    def _model(self) -> HookedTransformer:
+        return self.model  # type: ignore[attr-defined]
+
+    def __enter__(self):
+        ctx = self._model.hooks(fwd_hooks=self.fwd_hooks(None, None))
+        ctx.__enter__()
+        self._contexts.append(ctx)
+        return self
+
+    def __exit__(self, *exc):
+        return self._contexts.pop().__exit__(*exc)
+
+
+# --------------------------------------------------------------------------- replacements
+
+
+@dataclass(frozen=True, eq=False)
+class _Replacement(_Base):
+    """Replace an activation at a site, for selected heads/layers and positions.
+
+    Subclasses say what the replacement value is (:meth:`values`)."""
+
+    model: HookedTransformer = field(repr=False)
+    site: str
+    mask: Tensor  # [L, H] bool for site "z", else [L] bool
+    positions: Positions
+
+    @property
+    def layers(self) -> list[int]:
+        sel = self.mask.any(-1) if self.mask.ndim == 2 else self.mask
+        return sel.nonzero().flatten().tolist()
+
+    def values(self, layer: int, batch: PromptSet | None, index: Tensor | None,
+               length: int, n_rows: int) -> Tensor:
+        """Replacement activations for ``layer``, broadcastable to the site's activation
+        ``[n_rows, length, (head,) d]`` (aligned at the end of the sequence)."""
+        raise NotImplementedError
+
+    def selector(self, layer: int, length: int, device) -> Tensor:
+        """Boolean selector broadcastable to the activation: positions x (heads)."""
+        pos = position_mask(self.positions, length, device)
+        if self.site == "z":
+            heads = self.mask[layer].to(device)
+            return pos[None, :, None, None] & heads[None, None, :, None]
+        return pos[None, :, None]
+
+    def fwd_hooks(self, batch: PromptSet | None, index: Tensor | None) -> HookList:
+        hooks = []
+        for layer in self.layers:
+            def hook(act: Tensor, hook, layer=layer) -> Tensor:
+                vals = self.values(layer, batch, index, act.shape[1], act.shape[0])
+                sel = self.selector(layer, act.shape[1], act.device)
+                return torch.where(sel, vals.to(act.device, act.dtype), act)
+
+            hooks.append((hook_name(self.site, layer), hook))
+        return hooks
+
+    def with_mask(self, mask: Tensor) -> _Replacement:
+        """The same intervention on other heads/layers (shares the stored activations)."""
+        if tuple(mask.shape) != tuple(self.mask.shape):
+            raise ValueError(f"Mask has shape {tuple(mask.shape)}, expected "
+                             f"{tuple(self.mask.shape)}.")
+        return replace(self, mask=mask.bool().cpu())
+
+
+@dataclass(frozen=True)
+class HeadMeans:
+    """Mean of each head's ``hook_z`` over a reference prompt set (padding excluded).
+
+    Attributes:
+        z: ``[layer, head, d_head]`` mean ``z``.
+        pos: ``"query"`` (mean at the query position) or ``"all"`` (over every real token).
+        n_prompts: prompts averaged over.
+        metadata: how it was made (prompts.describe()).
+    """
+
+    z: Float[Tensor, "layer head d_head"]
+    pos: str
+    n_prompts: int
+    metadata: dict = field(default_factory=dict)
+
+    def outputs(self, model: HookedTransformer) -> Float[Tensor, "layer head d_model"]:
+        """Each head's mean output in the residual stream, ``z @ W_O`` (``b_O`` excluded)."""
+        return torch.einsum("lhd,lhdm->lhm", self.z.to(model.W_O.device, model.W_O.dtype),
+                            model.W_O.detach())
+
+
+def site_means(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    site: str = "z",
+    *,
+    pos: Literal["query", "all"] = "query",
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Float[Tensor, "layer ..."]:
+    """Mean activation of ``site`` in every layer over ``prompts``.
+
+    ``pos="query"`` averages the query (last) position over prompts; ``pos="all"`` averages
+    every real token (padding excluded) of every prompt, each token weighted equally.
+
+    Returns:
+        ``[layer, head, d_head]`` for site ``"z"``, else ``[layer, d_model]`` (float32, CPU).
+    """
+    from .activations import iter_batches
+
+    _check_model_prompts(prompts, "reference")
+    if pos not in ("query", "all"):
+        raise ValueError(f"pos must be 'query' or 'all', got {pos!r}.")
+    L = model.cfg.n_layers
+    names = [hook_name(site, layer) for layer in range(L)]
+    total, count = None, 0.0
+    for batch in iter_batches(model, prompts, names, pos=pos, batch_size=batch_size,
+                              device=device, return_logits=False, progress=progress,
+                              desc=f"mean {site}"):
+        acts = torch.stack([batch.activations[n] for n in names], dim=1).double()
+        if pos == "query":  # [b, L, ...]
+            s, c = acts.sum(0), acts.shape[0]
+        else:  # [b, L, T, ...]
+            w = batch.prompts.attention_mask.to(acts.device).double()
+            w = w.reshape(w.shape[0], 1, w.shape[1], *([1] * (acts.ndim - 3)))
+            s, c = (acts * w).sum((0, 2)), float(w.sum())
+        total = s if total is None else total + s
+        count += c
+    return (total / count).float().cpu()
+
+
+def head_means(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    *,
+    pos: Literal["query", "all"] = "query",
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> HeadMeans:
+    """Mean ``hook_z`` of every head over a reference ``PromptSet``, computed once and
+    reusable (pass it as ``means=`` to :func:`ablate` and the sweeps).
+
+    ``pos="query"``: ``mean_i z_i[N_i, layer, head]`` over prompts ``i`` at their query
+    position; ``pos="all"``: mean over every real (non-pad) token of every prompt.
+    """
+    z = site_means(model, prompts, "z", pos=pos, batch_size=batch_size, device=device,
+                   progress=progress)
+    return HeadMeans(z=z, pos=pos, n_prompts=len(prompts), metadata=prompts.describe())
+
+
+def _donor_rows(ref_texts: Sequence[str], index: Tensor, texts: Sequence[str] | None,
+                seed: int) -> Tensor:
+    """Seeded donor prompt for every row: row ``i`` (prompt index ``index[i]``) draws a
+    reference prompt uniformly among those whose text differs from its own (when its text is
+    known), with a generator seeded by ``(seed, index[i])``, so a prompt always gets the same
+    donor whatever the batching."""
+    n_ref = len(ref_texts)
+    out = []
+    for row, gi in enumerate(index.tolist()):
+        if texts is None:
+            candidates = list(range(n_ref))
+        else:
+            candidates = [j for j in range(n_ref) if ref_texts[j] != texts[row]]
+        if not candidates:
+            raise ValueError("Resample ablation needs a reference set with at least one prompt "
+                             "that differs from each ablated prompt; give reference= a larger "
+                             "PromptSet.")
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(gi))
+        out.append(candidates[int(torch.randint(len(candidates), (1,), generator=g))])
+    return torch.tensor(out, dtype=torch.long)
+
+
+@dataclass(frozen=True, eq=False)
+class Ablation(_Replacement):
+    """Zero, mean or resample ablation of heads (site ``"z"``) or layer outputs.
+
+    Made by :func:`ablate` (heads) and :func:`ablate_layers`. ``means``: ``[L, (H,) d]``
+    mean activations (mode ``"mean"``); ``donor_acts``: reference activations per layer,
+    ``[n_ref, pos, (H,) d]`` (left-padded; ``pos`` = 1 when only the query is stored) with
+    ``donor_texts`` (mode ``"resample"``).
+    """
+
+    mode: str = "zero"
+    means: Tensor | None = field(default=None, repr=False)
+    donor_acts: dict | None = field(default=None, repr=False)
+    donor_texts: tuple = field(default=(), repr=False)
+    seed: int = 0
+
+    def donors(self, batch: PromptSet | None, index: Tensor | None, n_rows: int) -> Tensor:
+        """Donor prompt (row of the reference set) of every row of the batch."""
+        if index is None:  # bare context manager: rows are unknown, no self-exclusion
+            return _donor_rows(self.donor_texts, torch.arange(n_rows), None, self.seed)
+        return _donor_rows(self.donor_texts, index, batch.texts if batch is not None else None,
+                           self.seed)
+
+    def values(self, layer, batch, index, length, n_rows):
+        if self.mode == "zero":
+            return torch.zeros((), dtype=torch.float32)
+        if self.mode == "mean":
+            return self.means[layer]
+        acts = self.donor_acts[layer][self.donors(batch, index, n_rows)]
+        return _align_end(acts, length)
+
+
+def _collect_sites(model, prompts, site, layers, positions, batch_size, device, progress):
+    """Activations of ``site`` at ``layers`` over ``prompts`` (CPU): only the query position
+    when ``positions == "query"``, else every position (left-padded)."""
+    from .activations import collect
+
+    names = [hook_name(site, layer) for layer in layers]
+    pos = "query" if positions == "query" else "all"
+    got = collect(model, prompts, names, pos=pos, batch_size=batch_size, device=device,
+                  return_logits=False, progress=progress, desc=f"collect {site}").activations
+    out = {}
+    for layer, name in zip(layers, names, strict=True):
+        act = got[name].cpu()
+        out[layer] = act[:, None] if pos == "query" else act
+    return out
+
+
+def ablate(
+    model: HookedTransformer,
+    heads: HeadsLike,
+    mode: Literal["zero", "mean", "resample"] = "zero",
+    positions: Positions = "all",
+    *,
+    means: HeadMeans | Tensor | None = None,
+    reference: PromptSet | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Ablation:
+    """Ablate attention heads on ``hook_z`` (works with grouped-query attention).
+
+    Each selected head's ``z`` at the selected positions is replaced by
+
+    * ``"zero"``: ``0`` (the head's output ``z W_O`` becomes 0; ``b_O`` stays);
+    * ``"mean"``: its mean over a reference set, ``means`` (a :class:`HeadMeans` or a
+      ``[L, H, d_head]`` tensor), or computed here from ``reference`` with
+      :func:`head_means` (at the query position if ``positions == "query"``, else over all
+      real tokens);
+    * ``"resample"``: its value on another prompt of ``reference``: every prompt gets one
+      donor (seeded by ``seed`` and the prompt's index, never a prompt with the same text
+      when run through ``iter_batches``), aligned at the end of the sequence (a donor
+      shorter than the target gives zeros where it has no token).
+
+    Args:
+        heads: ``Head`` list, ``(layer, head)`` pairs, a ``HeadScores`` (its ``top()``) or a
+            boolean ``[L, H]`` mask. An empty selection is a no-op.
+        positions: ``"all"`` (default), ``"query"``, an int or a list of ints.
+
+    Returns:
+        An :class:`Ablation`: pass it to ``iter_batches(interventions=[...])`` or use it as
+        a context manager. As a bare context manager, ``"resample"`` draws each batch row's
+        donor from the row number (no self-exclusion, since the rows' prompts are unknown).
+    """
+    mask = heads_to_mask(heads, model.cfg.n_layers, model.cfg.n_heads)
+    return _make_ablation(model, "z", mask, mode, positions, means=means, reference=reference,
+                          seed=seed, batch_size=batch_size, device=device, progress=progress)
+
+
+def ablate_layers(
+    model: HookedTransformer,
+    layers: int | Sequence[int] | Tensor | None,
+    site: str = "attn_out",
+    mode: Literal["zero", "mean", "resample"] = "zero",
+    positions: Positions = "all",
+    *,
+    means: Tensor | None = None,
+    reference: PromptSet | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Ablation:
+    """Ablate a whole layer-level activation (``attn_out``, ``mlp_out``, ``resid_*``).
+
+    ``"zero"`` sets it to 0 — for ``attn_out`` that also removes the bias ``b_O``, unlike
+    zero-ablating every head of the layer (which leaves ``attn_out = b_O``). ``"mean"`` and
+    ``"resample"`` work as in :func:`ablate` (``means``: ``[L, d_model]``).
+    ``layers=None`` means every layer.
+    """
+    if site == "z":
+        raise ValueError("For heads use ablate(model, heads, ...); ablate_layers takes a layer "
+                         "site such as 'attn_out' or 'mlp_out'.")
+    hook_name(site, 0)  # validates the site
+    mask = _layer_mask(layers, model.cfg.n_layers)
+    return _make_ablation(model, site, mask, mode, positions, means=means, reference=reference,
+                          seed=seed, batch_size=batch_size, device=device, progress=progress)
+
+
+def _make_ablation(model, site, mask, mode, positions, *, means, reference, seed, batch_size,
+                   device, progress) -> Ablation:
+    if mode not in ABLATION_MODES:
+        raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
+    positions = check_positions(positions)
+    kwargs = dict(model=model, site=site, mask=mask, positions=positions, mode=mode, seed=seed)
+    if mode == "mean":
+        if means is None:
+            if reference is None:
+                raise ValueError("Mean ablation needs the mean activations: pass means= (e.g. "
+                                 "head_means(model, prompts)) or reference= (a PromptSet).")
+            pos = "query" if positions == "query" else "all"
+            means = site_means(model, reference, site, pos=pos, batch_size=batch_size,
+                               device=device, progress=progress)
+        if isinstance(means, HeadMeans):
+            means = means.z
+        want = (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head) if site == "z" \
+            else (model.cfg.n_layers, model.cfg.d_model)
+        if tuple(means.shape) != want:
+            raise ValueError(f"means has shape {tuple(means.shape)}; site {site!r} needs "
+                             f"{list(want)}.")
+        kwargs["means"] = means.detach().float().cpu()
+    elif mode == "resample":
+        if reference is None:
+            raise ValueError("Resample ablation draws activations from other prompts: pass "
+                             "reference= (a PromptSet, usually the prompts being run).")
+        _check_model_prompts(reference, "reference")
+        layers = (mask.any(-1) if mask.ndim == 2 else mask).nonzero().flatten().tolist()
+        kwargs["donor_acts"] = _collect_sites(model, reference, site, layers, positions,
+                                              batch_size, device, progress)
+        kwargs["donor_texts"] = tuple(reference.texts)
+    return Ablation(**kwargs)
+
+
+@dataclass(frozen=True, eq=False)
+class Patch(_Replacement):
+    """Activation patching: the selected activation of the target run is replaced by its
+    value in the source run (row ``i`` of the batch takes source prompt ``index[i]``).
+
+    Made by :func:`patch`. ``source_acts``: per layer ``[n_src, pos, (H,) d]`` (left-padded;
+    ``pos`` = 1 when only the query is stored); ``source_lengths``: ``[n_src]`` token counts.
+    """
+
+    source_acts: dict = field(default_factory=dict, repr=False)
+    source_lengths: Tensor | None = field(default=None, repr=False)
+    source_info: dict = field(default_factory=dict)
+
+    def source_rows(self, batch: PromptSet | None, index: Tensor | None, n_rows: int) -> Tensor:
+        n_src = len(self.source_lengths)
+        if index is None:  # bare context manager: batch row i <- source prompt i
+            if n_rows != n_src:
+                raise ValueError(f"The source has {n_src} prompts but the batch has {n_rows} "
+                                 "rows; as a bare context manager a patch maps row i to source "
+                                 "prompt i, so run exactly the aligned target prompts.")
+            return torch.arange(n_rows)
+        if int(index.max()) >= n_src:
+            raise ValueError(f"Target prompt {int(index.max())} has no source prompt (the "
+                             f"source has {n_src}); source and target must align row by row.")
+        if self.positions != "query" and batch is not None:
+            if not torch.equal(self.source_lengths[index].cpu(), batch.lengths.cpu()):
+                raise ValueError("Source and target prompts differ in length, so their "
+                                 "positions do not correspond; patch only positions='query' or "
+                                 "use aligned prompts of equal length.")
+        return index.cpu()
+
+    def values(self, layer, batch, index, length, n_rows):
+        acts = self.source_acts[layer][self.source_rows(batch, index, n_rows)]
+        return _align_end(acts, length)
+
+
+def patch(
+    model: HookedTransformer,
+    source: PromptSet,
+    *,
+    site: str = "z",
+    heads: HeadsLike | None = None,
+    layers: int | Sequence[int] | Tensor | None = None,
+    positions: Positions = "all",
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Patch:
+    """Patch activations from a source run into the target run.
+
+    The source activations are computed once here (only the needed hook points; only the
+    query position when ``positions == "query"``). At run time, target row ``i`` (prompt
+    ``index[i]`` of the target set) takes source prompt ``index[i]``: source and target are
+    aligned row by row and, unless ``positions == "query"``, must have equal lengths.
+
+    Args:
+        site: ``"z"`` (head outputs; select ``heads``, or ``layers`` for all their heads),
+            ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``,
+            ``"mlp_out"`` (select ``layers``). Default: every head / every layer.
+        positions: ``"all"`` (default), ``"query"``, an int or a list of ints.
+
+    Returns:
+        A :class:`Patch`.
+    """
+    _check_model_prompts(source, "source")
+    hook_name(site, 0)
+    positions = check_positions(positions)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if site == "z":
+        if heads is not None and layers is not None:
+            raise ValueError("Give heads= or layers=, not both.")
+        if heads is not None:
+            mask = heads_to_mask(heads, L, H)
+        else:
+            mask = _layer_mask(layers, L)[:, None].expand(L, H).clone()
+    else:
+        if heads is not None:
+            raise ValueError(f"Site {site!r} is a layer activation; select layers=, not heads=.")
+        mask = _layer_mask(layers, L)
+    sel = (mask.any(-1) if mask.ndim == 2 else mask).nonzero().flatten().tolist()
+    acts = _collect_sites(model, source, site, sel, positions, batch_size, device, progress)
+    return Patch(model=model, site=site, mask=mask, positions=positions, source_acts=acts,
+                 source_lengths=source.lengths.cpu(), source_info=source.describe())
+
+
+# --------------------------------------------------------------------------- steering
+
+
+@dataclass(frozen=True, eq=False)
+class Steer(_Base):
+    """Add ``alpha * vector`` to an activation at chosen positions (see :func:`steer`)."""
+
+    model: HookedTransformer = field(repr=False)
+    vector: Tensor = field(repr=False)
+    layer: int = 0
+    alpha: float = 1.0
+    positions: Positions = "query"
+    head: int | None = None
+    site: str = "resid_pre"
+
+    def fwd_hooks(self, batch, index) -> HookList:
+        def hook(act: Tensor, hook) -> Tensor:
+            pos = position_mask(self.positions, act.shape[1], act.device)
+            add = self.alpha * self.vector.to(act.device, act.dtype)
+            if self.site == "z":  # [b, pos, head, d_head]: add to one head's z
+                sel = pos[None, :, None, None] & (
+                    torch.arange(act.shape[2], device=act.device) == self.head)[None, None, :, None]
+                return act + sel * add
+            return act + pos[None, :, None] * add
+
+        return [(hook_name(self.site, self.layer), hook)]
+
+
+def steer(
+    model: HookedTransformer,
+    vector: Float[Tensor, " d"],
+    layer: int | None = None,
+    *,
+    alpha: float = 1.0,
+    positions: Positions = "query",
+    head: Head | tuple[int, int] | None = None,
+    site: str = "resid_pre",
+) -> Steer:
+    """Steering: add ``alpha * vector`` to the residual stream or to a head's output.
+
+    * ``head=None``: ``vector`` (``[d_model]``) is added to ``site`` of ``layer``
+      (``"resid_pre"`` by default; ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``,
+      ``"mlp_out"`` also work).
+    * ``head=Head(l, h)`` with a ``[d_model]`` vector: added *as that head's output*. The
+      head's output enters the residual stream only through the layer's attention output
+      (``attn_out = sum_h z_h W_O[h] + b_O``), so this adds to ``blocks.l.hook_attn_out``:
+      exactly the same as changing the head's output by ``vector`` (no pseudo-inverse of
+      ``W_O``). On models with a norm after attention (Gemma 2/3), that hook is after the
+      norm.
+    * ``head=Head(l, h)`` with a ``[d_head]`` vector: added to the head's ``z`` (its output
+      changes by ``alpha * vector @ W_O[l, h]``).
+
+    Args:
+        positions: ``"query"`` (default), ``"all"``, an int or a list of ints.
+
+    Returns:
+        A :class:`Steer`.
+    """
+    vector = torch.as_tensor(vector).detach().float()
+    if vector.ndim != 1:
+        raise ValueError(f"vector must be 1-D ([d_model] or, with a head, [d_head]); got shape "
+                         f"{tuple(vector.shape)}.")
+    positions = check_positions(positions)
+    L = model.cfg.n_layers
+    head_index = None
+    if head is not None:
+        mask = heads_to_mask([head], L, model.cfg.n_heads)
+        hl, head_index = (int(v) for v in mask.nonzero()[0])
+        if layer is not None and layer != hl:
+            raise ValueError(f"layer={layer} disagrees with head {Head(hl, head_index)}; omit "
+                             "layer when giving a head.")
+        layer = hl
+        if vector.shape[0] == model.cfg.d_head and vector.shape[0] != model.cfg.d_model:
+            site = "z"
+        elif vector.shape[0] == model.cfg.d_model:
+            site = "attn_out"
+            head_index = None
+        else:
+            raise ValueError(f"A head's steering vector must have d_model={model.cfg.d_model} "
+                             f"or d_head={model.cfg.d_head} entries, got {vector.shape[0]}.")
+    else:
+        if layer is None:
+            raise ValueError("Give the layer to steer (or a head).")
+        if site == "z":
+            raise ValueError("To steer a head's z, give head=Head(layer, head).")
+        hook_name(site, 0)
+        if vector.shape[0] != model.cfg.d_model:
+            raise ValueError(f"vector has {vector.shape[0]} entries; the residual stream has "
+                             f"d_model={model.cfg.d_model}.")
+    _layer_mask([layer], L)  # range check
+    return Steer(model=model, vector=vector, layer=int(layer), alpha=float(alpha),
+                 positions=positions, head=head_index, site=site)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+@dataclass(frozen=True, eq=False)
+class Compose(_Base):
+    """Several interventions applied together, in order (see :func:`compose`)."""
+
+    parts: tuple = ()
+
+    @property
+    def _model(self) -> HookedTransformer:
+        return self.parts[0]._model
+
+    def fwd_hooks(self, batch, index) -> HookList:
+        hooks: HookList = []
+        for part in self.parts:
+            hooks.extend(part.fwd_hooks(batch, index))
+        return hooks
+
+
+def compose(*interventions) -> Compose:
+    """Join interventions into one (usable in ``iter_batches`` or as a context manager);
+    they act in the order given."""
+    if not interventions:
+        raise ValueError("compose() needs at least one intervention.")
+    parts = tuple(interventions)
+    for part in parts:
+        if not hasattr(part, "fwd_hooks"):
+            raise TypeError(f"{part!r} is not an intervention (it has no fwd_hooks).")
+    models = {id(p._model) for p in parts}
+    if len(models) > 1:
+        raise ValueError("compose(): all interventions must belong to the same model.")
+    return Compose(parts=parts)
+
+
+# --------------------------------------------------------------------------- sweep primitives
+
+
+@dataclass(frozen=True, eq=False)
+class RowEdit:
+    """Batched per-row edit used by the fast sweeps: at ``hook``, set
+    ``act[rows[r], pos[r, j], (head[r])] = values[r, j]`` (out of place).
+
+    Each batch row can carry a different intervention (one head, one layer output or one
+    position per row), which is how many single-head interventions share one forward pass.
+
+    Attributes:
+        hook: the hook name.
+        rows: ``[R]`` batch rows to edit.
+        pos: ``[R, P]`` positions per row (into the activation's position axis).
+        values: ``[R, P, d]`` new values.
+        head: ``[R]`` head per row (site ``z``), or ``None``.
+    """
+
+    hook: str
+    rows: Int[Tensor, " row"]
+    pos: Int[Tensor, "row p"]
+    values: Float[Tensor, "row p d"]
+    head: Int[Tensor, " row"] | None = None
+
+    def fwd_hooks(self, batch=None, index=None) -> HookList:
+        def hook(act: Tensor, hook) -> Tensor:
+            dev = act.device
+            idx = [self.rows.to(dev)[:, None], self.pos.to(dev)]
+            if self.head is not None:
+                idx.append(self.head.to(dev)[:, None])
+            return act.index_put(tuple(idx), self.values.to(dev, act.dtype))
+
+        return [(self.hook, hook)]
+
+
+@dataclass(frozen=True, eq=False)
+class Record:
+    """Record activations (no change to the run) into ``store``: hook name -> tensor.
+
+    ``pos="query"`` keeps the last position, ``"all"`` every position. With
+    ``keep_grad=True`` the tensors stay in the autograd graph (for attribution patching);
+    otherwise they are detached copies.
+    """
+
+    names: Callable[[str], bool]
+    store: dict = field(default_factory=dict)
+    pos: Literal["query", "all"] = "all"
+    keep_grad: bool = False
+
+    def fwd_hooks(self, batch=None, index=None) -> HookList:
+        def hook(act: Tensor, hook) -> None:
+            act = act[:, -1] if self.pos == "query" else act
+            self.store[hook.name] = act if self.keep_grad else act.detach().clone()
+
+        return [(self.names, hook)]
+
+
+@contextlib.contextmanager
+def applied(model: HookedTransformer, interventions: Sequence, batch: PromptSet | None = None,
+            index: Tensor | None = None):
+    """Context manager adding the hooks of ``interventions`` (for ``batch``/``index``)."""
+    hooks: HookList = []
+    for iv in interventions:
+        hooks.extend(iv.fwd_hooks(batch, index))
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+__all__ = [
+    "SITES", "ABLATION_MODES", "hook_name", "check_positions", "position_mask",
+    "HeadMeans", "head_means", "site_means",
+    "Ablation", "ablate", "ablate_layers", "Patch", "patch", "Steer", "steer",
+    "Compose", "compose", "RowEdit", "Record", "applied",
+]
