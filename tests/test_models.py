@@ -139,7 +139,10 @@ def test_hub_name_uses_from_pretrained_with_processing(monkeypatch, smol_tokeniz
 
 
 def test_hub_name_without_network_gives_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at import time, so also patch the constant
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConnectionError, match="no network.*load_model\\('default'\\)"):
         ih.load_model("gpt2", device="cpu")
 
