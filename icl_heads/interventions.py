@@ -357,7 +357,8 @@ class Ablation(_Replacement):
         if self.mode == "mean":
             return self.means[layer]
         acts = self.donor_acts[layer][self.donors(batch, index, n_rows)]
-        return _align_end(acts, length)
+        # query-only storage ([n, 1, ...]) broadcasts: only the last position is replaced
+        return acts if self.positions == "query" else _align_end(acts, length)
 
 
 def _collect_sites(model, prompts, site, layers, positions, batch_size, device, progress):
@@ -515,7 +516,8 @@ class Patch(_Replacement):
 
     def values(self, layer, batch, index, length, n_rows):
         acts = self.source_acts[layer][self.source_rows(batch, index, n_rows)]
-        return _align_end(acts, length)
+        # query-only storage ([n, 1, ...]) broadcasts: only the last position is replaced
+        return acts if self.positions == "query" else _align_end(acts, length)
 
 
 def patch(

@@ -724,7 +724,9 @@ def attribution_patching(
     donor's or the source's ``z``, as in :func:`head_sweep`) and ``M_i`` the metric. One
     forward and one backward pass per batch of prompts give every head's estimate (the
     gradient is taken with ``torch.autograd.grad`` with respect to ``hook_z`` only, so no
-    weight gradients are computed). The metric must be differentiable (``"logit_diff"`` or
+    weight gradients are computed). With ``positions="query"`` the prefix runs once without
+    gradients and only the last token goes forward and backward (the query's ``z`` reaches
+    the metric only through the last token), which gives the same gradient for less. The metric must be differentiable (``"logit_diff"`` or
     a callable); step metrics such as accuracy have zero gradient and are refused.
 
     Returns:
@@ -752,17 +754,11 @@ def attribution_patching(
     for s in tqdm(starts, desc="attribution patching", disable=not progress, leave=False):
         index = torch.arange(s, min(s + batch_size, len(prompts)))
         batch = prompts.select(index).to(device)
-        rec = Record(names=set(names).__contains__, pos="all", keep_grad=True)
-        with torch.enable_grad(), applied(model, [rec]):
-            resid = model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=L)
-            logits = final_logits(model, resid[:, -1])
-            value = metric_fn(logits, batch.gold, batch.label_token_ids)
-            if not value.requires_grad:
-                raise ValueError("The metric's value does not depend differentiably on the "
-                                 "logits; attribution patching needs a differentiable metric.")
-            zs = [rec.store[name] for name in names]
-            grads = torch.autograd.grad(value.sum(), zs)
-        T = batch.seq_len
+        if positions == "query" and _last_token_supported(model, batch.seq_len):
+            zs, grads = _query_z_grads(model, batch, metric_fn, names)  # z: [b, 1, H, d]
+        else:
+            zs, grads = _z_grads(model, batch, metric_fn, names)  # z: [b, T, H, d]
+        T = zs[0].shape[1]
         pos = position_mask(positions, T, device)[None, :, None, None]
         for layer, (z, grad) in enumerate(zip(zs, grads, strict=True)):
             with torch.no_grad():
@@ -773,6 +769,45 @@ def attribution_patching(
                      source=source, seed=seed, means=means)
     return HeadScores(_nanmean(per_prompt, 0), name=f"attribution_{_metric_name(metric)}",
                       metadata=meta, per_prompt=per_prompt)
+
+
+def _metric_grads(metric_fn, logits, batch, zs):
+    value = metric_fn(logits, batch.gold, batch.label_token_ids)
+    if not value.requires_grad:
+        raise ValueError("The metric's value does not depend differentiably on the logits; "
+                         "attribution patching needs a differentiable metric.")
+    grads = torch.autograd.grad(value.sum(), zs, allow_unused=True)
+    return [torch.zeros_like(z) if g is None else g for z, g in zip(zs, grads, strict=True)]
+
+
+def _z_grads(model, batch, metric_fn, names):
+    """``hook_z`` of every layer (all positions) and the metric's gradient with respect to
+    it, from one forward and one backward pass."""
+    rec = Record(names=set(names).__contains__, pos="all", keep_grad=True)
+    with torch.enable_grad(), applied(model, [rec]):
+        resid = model(batch.tokens, attention_mask=batch.attention_mask,
+                      stop_at_layer=model.cfg.n_layers)
+        zs = [rec.store[name] for name in names]
+        grads = _metric_grads(metric_fn, final_logits(model, resid[:, -1]), batch, zs)
+    return zs, grads
+
+
+def _query_z_grads(model, batch, metric_fn, names):
+    """The same at the query position only, exactly and cheaper: the query's ``z`` reaches
+    the metric only through the last token, so the prefix runs once without gradients (key/
+    value cache) and only the last token is run forward and backward."""
+    G = len(batch)
+    with torch.no_grad():
+        clean = _clean_query(model, batch)
+        prefixes = _prefixes(model, clean, batch.attention_mask)
+    rec = Record(names=set(names).__contains__, pos="all", keep_grad=True)
+    with torch.enable_grad(), applied(model, [rec]):
+        x = clean.resid[0]
+        for layer in range(model.cfg.n_layers):
+            x = _last_token_block(model, layer, x, G, 1, prefixes[layer], batch.attention_mask)
+        zs = [rec.store[name] for name in names]
+        grads = _metric_grads(metric_fn, final_logits(model, x[:, -1]), batch, zs)
+    return zs, grads
 
 
 # --------------------------------------------------------------------------- helpers

@@ -227,6 +227,21 @@ def test_attribution_patching_is_exact_for_a_self_patch_and_tracks_the_exact_swe
     assert attr.metadata["method"] == "attribution"
 
 
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt"])
+@pytest.mark.parametrize("mode", ["zero", "resample"])
+def test_query_attribution_shortcut_equals_the_full_backward_pass(model_name, mode, request,
+                                                                  sentiment_task, monkeypatch):
+    """At the query, only the last token is run forward/backward; it must give the same
+    gradients as a full forward and backward pass."""
+    model = request.getfixturevalue(model_name)
+    prompts = ih.build_prompts(model, sentiment_task, k=2, n=5, seed=4)
+    fast = attribution_patching(model, prompts, mode=mode, batch_size=2, progress=False)
+    monkeypatch.setattr(patching, "_last_token_supported", lambda model, seq_len: False)
+    full = attribution_patching(model, prompts, mode=mode, batch_size=2, progress=False)
+    torch.testing.assert_close(fast.per_prompt, full.per_prompt, atol=1e-5, rtol=1e-4)
+    assert full.scores.abs().max() > 1e-3
+
+
 # --------------------------------------------------------------------------- bad input
 
 
