@@ -140,7 +140,7 @@ def test_sweeping_a_subset_of_heads_leaves_the_others_nan(tiny_llama, tiny_promp
     torch.testing.assert_close(got.scores[done], full.scores[done], atol=1e-6, rtol=0)
 
 
-def test_head_sweep_reports_how_it_was_made(tiny_llama, tiny_prompts):
+def test_head_sweep_reports_how_it_was_made(tiny_llama, tiny_prompts, tmp_path):
     got = head_sweep(tiny_llama, tiny_prompts, mode="resample", seed=3, progress=False)
     assert got.name == "delta_logit_diff"
     assert got.per_prompt.shape == (len(tiny_prompts), 2, 4)
@@ -150,6 +150,8 @@ def test_head_sweep_reports_how_it_was_made(tiny_llama, tiny_prompts):
     assert meta["prompts"] == tiny_prompts.describe()
     assert meta["model"] == tiny_llama.cfg.model_name
     assert isinstance(meta["clean_metric"], float)
+    loaded = ih.HeadScores.load(got.save(tmp_path / "sweep.json"))
+    assert loaded.metadata == meta and torch.allclose(loaded.scores, got.scores)
 
 
 # --------------------------------------------------------------------------- identities
