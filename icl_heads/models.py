@@ -117,9 +117,13 @@ def load_model(
     device = _resolve_device(device)
     key = str(name)
     if key in EMBEDDED_MODELS:
-        model = _load_embedded(EMBEDDED_MODELS[key], Path(cache_dir) if cache_dir else None)
+        spec = EMBEDDED_MODELS[key]
+        model = _load_embedded(spec, Path(cache_dir) if cache_dir else None)
+        model.cfg.model_name = spec.name  # results record it; conversion left a temp dir name
     elif Path(key).expanduser().is_dir():
-        model = _load_local_dir(Path(key).expanduser())
+        path = Path(key).expanduser()
+        model = _load_local_dir(path)
+        model.cfg.model_name = path.resolve().name
     else:
         model = _load_from_hub(key, device=device, dtype=dtype)
     model = model.to(device=device, dtype=dtype) if model.cfg.dtype != dtype else model.to(device)

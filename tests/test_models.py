@@ -51,6 +51,7 @@ def test_cache_round_trip_is_fast_and_identical(tmp_path):
     with torch.inference_mode():
         assert torch.equal(first(tokens), second(tokens))
     assert warm < 10.0 and warm < cold / 3, (cold, warm)
+    assert first.cfg.model_name == second.cfg.model_name == "smollm2-135m-instruct"
 
 
 def test_cache_write_read_round_trip_on_tiny_model(tmp_path, smol_tokenizer):
@@ -120,6 +121,7 @@ def test_local_hf_directory_goes_through_converter(tmp_path, smol_tokenizer):
         diff = (_centred(model(tokens)) - _centred(hf(tokens).logits)).abs().max()
     assert diff < 1e-3
     assert model.tokenizer.padding_side == "left"
+    assert model.cfg.model_name == tmp_path.resolve().name
 
 
 def test_hub_name_uses_from_pretrained_with_processing(monkeypatch, smol_tokenizer):
