@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import replace
 
 
 def main() -> None:
@@ -56,6 +55,7 @@ def main() -> None:
     from icl_heads.heads import Head
     from icl_heads.metrics import logit_diff
     from icl_heads.patching import attribution_patching, head_sweep
+    from icl_heads.prompts import shift_demo_labels
 
     skip = set(filter(None, args.skip.split(",")))
     model = ih.load_model()
@@ -100,11 +100,7 @@ def main() -> None:
         length = int(values[counts.argmax()])
         idx = (lengths == length).nonzero().flatten()[: args.tl_n]
         clean = pool.select(idx)  # equal lengths: no padding at all
-        flipped = clean.label_token_ids[(clean.demo_labels + 1) % clean.n_labels]
-        tokens = clean.tokens.clone()
-        tokens.scatter_(1, clean.demo_label_positions, flipped)
-        corrupted = replace(clean, tokens=tokens,
-                            demo_labels=(clean.demo_labels + 1) % clean.n_labels)
+        corrupted = shift_demo_labels(clean)
         print(f"  {len(clean)} prompt(s) of {length} tokens; corrupted = demo labels flipped")
 
         gold, labels = corrupted.gold, corrupted.label_token_ids

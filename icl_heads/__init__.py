@@ -12,8 +12,8 @@ One import line for notebooks::
 
 from .activations import Batch, Collected, collect, final_logits, iter_batches
 from .attribution import (
-    dla_scores,
     direct_logit_attribution,
+    dla_scores,
     head_outputs,
     residual_decomposition,
     task_subspace_projector,

@@ -121,7 +121,8 @@ def iter_batches(
         batch = prompts.select(index).to(device)
         store: dict[str, Tensor] = {}
 
-        def capture(act: Tensor, hook, mask: Tensor = batch.attention_mask) -> None:
+        def capture(act: Tensor, hook, mask: Tensor = batch.attention_mask,
+                    store: dict[str, Tensor] = store) -> None:
             store[hook.name] = _at_position(hook.name, act, pos, mask).detach().clone()
 
         hooks: HookList = [(keep, capture)]

@@ -119,6 +119,25 @@ class PromptSet:
                 f"labels={list(self.label_words)[:6]}{'...' if self.n_labels > 6 else ''})")
 
 
+def shift_demo_labels(prompts: PromptSet, shift: int = 1) -> PromptSet:
+    """The same prompts with every demonstration's label replaced by label
+    ``(label + shift) % n_labels``, token for token (same lengths and positions).
+
+    Gives an aligned clean/corrupted pair for activation patching: only the demo label
+    tokens differ; queries and gold labels are unchanged.
+    """
+    if prompts.k == 0:
+        raise ValueError("shift_demo_labels needs prompts with demonstrations (k >= 1).")
+    if shift % prompts.n_labels == 0:
+        raise ValueError(f"shift={shift} is a multiple of the {prompts.n_labels} labels: "
+                         "nothing would change.")
+    demo = (prompts.demo_labels + shift) % prompts.n_labels
+    tokens = prompts.tokens.clone()
+    tokens.scatter_(1, prompts.demo_label_positions, prompts.label_token_ids[demo])
+    return replace(prompts, tokens=tokens, demo_labels=demo,
+                   perturbation=f"{prompts.perturbation}+shifted_labels")
+
+
 def label_token_ids(model: HookedTransformer, words: Sequence[str]) -> list[int]:
     """Token id of each word with its leading space; ``ValueError`` if any is not one token."""
     tok = _tokenizer(model)
@@ -204,7 +223,7 @@ def build_prompts(
             shown = [rng.randrange(task.n_labels) for _ in demos]
         texts = []
         prefix = ""
-        for i, y in zip(demos, shown):
+        for i in demos:
             x = task.examples[i][0]
             texts.append(prefix + task.template.split(" {label}")[0].format(input=x))
             prefix = task.demo_suffix

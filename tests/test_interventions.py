@@ -20,6 +20,7 @@ from icl_heads.interventions import (
     site_means,
     steer,
 )
+from icl_heads.prompts import shift_demo_labels
 
 
 def _logits(model, prompts, interventions=()):
@@ -36,12 +37,6 @@ def _record(model, prompts, names, interventions=(), pos="all"):
     return rec.store
 
 
-def _flip_labels(prompts):
-    """Same prompts with every demonstration label changed (same lengths)."""
-    demo = (prompts.demo_labels + 1) % prompts.n_labels
-    tokens = prompts.tokens.clone()
-    tokens.scatter_(1, prompts.demo_label_positions, prompts.label_token_ids[demo])
-    return replace(prompts, tokens=tokens, demo_labels=demo)
 
 
 # --------------------------------------------------------------------------- identities
@@ -172,7 +167,7 @@ def test_resample_donors_do_not_depend_on_batching(tiny_llama, tiny_prompts):
 
 def test_patching_one_head_copies_the_source_z_on_a_gqa_model(tiny_llama, tiny_prompts):
     assert tiny_llama.cfg.n_key_value_heads == 2  # 4 query heads over 2 key/value heads
-    source = _flip_labels(tiny_prompts)
+    source = shift_demo_labels(tiny_prompts)
     name = "blocks.1.attn.hook_z"
     src_z = _record(tiny_llama, source, [name])[name]
     iv = patch(tiny_llama, source, heads=[Head(1, 2)], positions="all")
@@ -186,7 +181,7 @@ def test_patching_one_head_copies_the_source_z_on_a_gqa_model(tiny_llama, tiny_p
 def test_patching_the_residual_stream_at_the_query_reproduces_the_source_downstream(
         tiny_llama, tiny_prompts):
     """Patching resid_pre of layer 0 at every position makes the target run the source."""
-    source = _flip_labels(tiny_prompts)
+    source = shift_demo_labels(tiny_prompts)
     iv = patch(tiny_llama, source, site="resid_pre", layers=[0], positions="all")
     torch.testing.assert_close(_logits(tiny_llama, tiny_prompts, [iv]),
                                _logits(tiny_llama, source), atol=1e-5, rtol=1e-5)
@@ -268,7 +263,7 @@ def test_heads_can_be_given_as_headscores_top_or_mask(tiny_llama, tiny_prompts):
 
 
 def test_a_bare_context_patch_maps_rows_to_source_prompts(tiny_llama, tiny_prompts):
-    source = _flip_labels(tiny_prompts)
+    source = shift_demo_labels(tiny_prompts)
     iv = patch(tiny_llama, source, site="resid_pre", layers=[0])
     batch = tiny_prompts.select(torch.arange(10))
     with torch.inference_mode(), iv:

@@ -13,16 +13,11 @@ import icl_heads.patching as patching
 from icl_heads.heads import Head
 from icl_heads.interventions import Record, applied, steer
 from icl_heads.patching import attribution_patching, head_sweep, layer_sweep, position_sweep
+from icl_heads.prompts import shift_demo_labels
 
 ATOL = 1e-4
 
 
-def _flip_labels(prompts):
-    """Same prompts with every demonstration label changed (same lengths: an aligned source)."""
-    demo = (prompts.demo_labels + 1) % prompts.n_labels
-    tokens = prompts.tokens.clone()
-    tokens.scatter_(1, prompts.demo_label_positions, prompts.label_token_ids[demo])
-    return replace(prompts, tokens=tokens, demo_labels=demo)
 
 
 def _assert_same(fast, naive):
@@ -33,7 +28,7 @@ def _assert_same(fast, naive):
 
 
 def _sweep_kwargs(mode, prompts):
-    return {"source": _flip_labels(prompts)} if mode == "patch" else {}
+    return {"source": shift_demo_labels(prompts)} if mode == "patch" else {}
 
 
 # --------------------------------------------------------------------------- fast == naive
@@ -125,7 +120,7 @@ def test_fast_position_sweep_equals_the_reference_loop(tiny_llama, tiny_prompts,
 
 def test_position_sweep_of_the_query_matches_the_layer_sweep_at_the_query(tiny_llama,
                                                                           tiny_prompts):
-    source = _flip_labels(tiny_prompts)
+    source = shift_demo_labels(tiny_prompts)
     by_pos = position_sweep(tiny_llama, tiny_prompts, layer=1, source=source, progress=False)
     by_layer = layer_sweep(tiny_llama, tiny_prompts, site="resid_pre", source=source,
                            positions="query", progress=False)

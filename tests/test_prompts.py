@@ -119,3 +119,20 @@ def test_bad_arguments(tiny_llama, task):
         ih.build_prompts(tiny_llama, task, k=-1, n=1)
     with pytest.raises(ValueError, match="need at least"):
         ih.build_prompts(tiny_llama, task, k=1000, n=1)
+
+
+def test_shift_demo_labels_changes_only_demo_label_tokens(tiny_llama, task):
+    from icl_heads.prompts import shift_demo_labels
+
+    ps = ih.build_prompts(tiny_llama, task, k=4, n=6, seed=0)
+    shifted = shift_demo_labels(ps)
+    changed = shifted.tokens != ps.tokens
+    expected = torch.zeros_like(changed)
+    expected.scatter_(1, ps.demo_label_positions, True)
+    assert torch.equal(changed, expected)
+    assert torch.equal(shifted.demo_labels, (ps.demo_labels + 1) % task.n_labels)
+    assert torch.equal(shifted.gold, ps.gold)
+    with pytest.raises(ValueError, match="multiple of the 4 labels"):
+        shift_demo_labels(ps, shift=4)
+    with pytest.raises(ValueError, match="k >= 1"):
+        shift_demo_labels(ih.build_prompts(tiny_llama, task, k=0, n=2))
