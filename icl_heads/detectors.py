@@ -65,6 +65,7 @@ def random_repeated_tokens(
     seed: int = 0,
     *,
     prepend_bos: bool | None = None,
+    device: str | torch.device | None = None,
 ) -> Int[Tensor, "batch pos"]:
     """Seeded random sequences ``[BOS] + r + r``, each ``r`` of ``T`` tokens.
 
@@ -79,9 +80,11 @@ def random_repeated_tokens(
         seed: seeds the draw (a private ``torch.Generator``; global RNG untouched).
         prepend_bos: default ``model.cfg.default_prepend_bos`` when the tokenizer has a BOS
             token; never for a model without tokenizer.
+        device: where to put the tokens (default CPU; the draw is always made on the CPU,
+            so the tokens do not depend on the device).
 
     Returns:
-        ``[batch, 2T (+1)]`` token ids on the CPU.
+        ``[batch, 2T (+1)]`` token ids.
     """
     for name, value in (("T", T), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -105,7 +108,8 @@ def random_repeated_tokens(
     parts = [block, block]
     if prepend_bos:
         parts.insert(0, torch.full((batch, 1), bos_id, dtype=torch.long))
-    return torch.cat(parts, dim=1)
+    tokens = torch.cat(parts, dim=1)
+    return tokens if device is None else tokens.to(device)
 
 
 def detection_patterns(
@@ -140,7 +144,7 @@ def score_patterns(
     keep: Bool[Tensor, "batch query key"],
     normalize: Normalize = "rows",
 ) -> Float[Tensor, "batch detector head"]:
-    """Score attention patterns against detection patterns (one tensor op per step).
+    """Score attention patterns against detection patterns, all heads at once.
 
     ``keep`` marks the entries that count: real query row, real key column, and not an
     excluded column (BOS / current token). With ``A' = pattern * keep``:
@@ -149,13 +153,38 @@ def score_patterns(
       ``R = {i : any_j D[i,j] & keep[i,j]}``; NaN when ``R`` is empty.
     - ``"detect_head"``: ``sum_ij A' * D / sum_ij A'`` (TransformerLens "mul").
     """
-    masked = torch.where(keep[:, None], pattern, 0.0)  # also drops NaN rows of padding
-    hits = torch.einsum("bhqk,bdqk->bdhq", masked, detection.to(pattern.dtype))
+    return _score(pattern, _Targets.of(detection, keep), normalize)
+
+
+class _Targets(NamedTuple):
+    """The kept detection-pattern entries of a batch, computed once and reused per layer."""
+
+    keep: Bool[Tensor, "batch query key"]
+    index: tuple[Tensor, Tensor, Tensor, Tensor]  # (batch, detector, query, key) of each target
+    applies: Float[Tensor, "batch detector 1 query"]  # rows with at least one kept target
+    n_detectors: int
+
+    @classmethod
+    def of(cls, detection: Tensor, keep: Tensor) -> _Targets:
+        targets = detection & keep[:, None]
+        return cls(keep=keep, index=targets.nonzero(as_tuple=True),
+                   applies=targets.any(-1)[:, :, None].float(), n_detectors=detection.shape[1])
+
+
+def _score(pattern: Tensor, targets: _Targets, normalize: Normalize) -> Tensor:
+    """``score_patterns`` on prepared targets. The detection patterns are sparse (about one
+    target per row), so the numerator gathers the pattern at the targets and scatter-adds
+    them per row instead of multiplying dense ``[query, key]`` matrices."""
+    batch, heads, queries, _ = pattern.shape
+    masked = torch.where(targets.keep[:, None], pattern, 0.0)  # also drops NaN padding rows
+    b, d, q, k = targets.index
+    hits = pattern.new_zeros(batch, targets.n_detectors, queries, heads)
+    hits.index_put_((b, d, q), masked[b, :, q, k], accumulate=True)
+    hits = hits.transpose(-1, -2)  # [batch, detector, head, query]
     if normalize == "detect_head":
         return hits.sum(-1) / masked.sum((-1, -2))[:, None]
-    mass = masked.sum(-1)[:, None]  # [batch, 1, head, query]
-    row_scores = hits / mass.clamp_min(_TINY)
-    applies = (detection & keep[:, None]).any(-1)[:, :, None].to(pattern.dtype)
+    row_scores = hits / masked.sum(-1)[:, None].clamp_min(_TINY)
+    applies = targets.applies.to(pattern.dtype)
     return (row_scores * applies).sum(-1) / applies.sum(-1)  # 0/0 = NaN: nothing applies
 
 
@@ -216,12 +245,13 @@ class _PatternScorer:
                           exclude_bos=self.exclude_bos,
                           exclude_current_token=self.exclude_current_token,
                           normalize=self.normalize)
+        targets = _Targets.of(detection, keep)
         self.scores = torch.full((len(batch), len(self.which), self.cfg.n_layers,
                                   self.cfg.n_heads), float("nan"), device=batch.tokens.device)
 
         def score_layer(pattern: Tensor, hook) -> None:
             layer = int(hook.name.split(".")[1])
-            self.scores[:, :, layer] = score_patterns(pattern, detection, keep, self.normalize)
+            self.scores[:, :, layer] = _score(pattern, targets, self.normalize)
 
         return [(lambda name: name.endswith(_PATTERN_SUFFIX), score_layer)]
 
