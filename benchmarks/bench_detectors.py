@@ -160,15 +160,18 @@ def main() -> None:
     ours_times, tl_times = [], dict.fromkeys(variants, 0.0)
     t, (ind, prev) = timed(ours, model, tokens, args.batch_size)
     ours_times.append(t)
-    tl_ind, tl_prev = [], []
+    tl_ind, tl_prev, per_round = [], [], []
     for chunk in torch.arange(args.n).chunk(args.rounds):
+        round_times = {}
         for name, kwargs in variants.items():
             t, (i, p) = timed(transformer_lens, model, tokens[chunk], **kwargs)
             tl_times[name] += t
+            round_times[name] = t * args.n / len(chunk)  # extrapolated to all sequences
             if not kwargs:
                 tl_ind.append(i * len(chunk))
                 tl_prev.append(p * len(chunk))
         ours_times.append(timed(ours, model, tokens, args.batch_size)[0])
+        per_round.append((ours_times[-1], round_times))
     ind_tl, prev_tl = sum(tl_ind) / args.n, sum(tl_prev) / args.n
     diff = max((ind - ind_tl).abs().max().item(), (prev - prev_tl).abs().max().item())
     t_ours = sum(ours_times) / len(ours_times)
@@ -177,6 +180,10 @@ def main() -> None:
            "tl": memory("tl", args.n, args.T, args.batch_size)}
 
     print("ours: " + ", ".join(f"{t:.1f} s" for t in ours_times) + f" (mean {t_ours:.1f} s)")
+    print("per round (detect_head chunk extrapolated to all sequences / our run right after):")
+    for t_o, round_times in per_round:
+        print("  " + "; ".join(f"{name}: {t / t_o:.1f}x" for name, t in round_times.items())
+              + f"  (ours {t_o:.1f} s)")
     print(f"{'method':32} {'time (s)':>9} {'ratio':>7}")
     for name, t in rows:
         print(f"{name:32} {t:9.1f} {t / t_ours:6.1f}x")
