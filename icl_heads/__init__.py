@@ -20,12 +20,14 @@ from .attribution import (
     tsla_scores,
 )
 from .detectors import (
+    LabelAttention,
     detect_heads,
     duplicate_token_scores,
     induction_scores,
     label_attention_scores,
     previous_token_scores,
     random_repeated_tokens,
+    token_detector_scores,
 )
 from .heads import Head, HeadScores, heads_to_mask, mask_to_heads
 from .interventions import (
@@ -49,7 +51,7 @@ __all__ = [
     "Batch", "Collected", "collect", "final_logits", "iter_batches",
     "dla_scores", "direct_logit_attribution", "head_outputs", "residual_decomposition",
     "task_subspace_projector", "tsla_scores",
-    "detect_heads", "duplicate_token_scores", "induction_scores", "label_attention_scores",
+    "LabelAttention", "token_detector_scores", "detect_heads", "duplicate_token_scores", "induction_scores", "label_attention_scores",
     "previous_token_scores", "random_repeated_tokens",
     "Head", "HeadScores", "heads_to_mask", "mask_to_heads",
     "HeadMeans", "ablate", "ablate_layers", "compose", "head_means", "patch", "steer",
