@@ -8,11 +8,15 @@ Timing runs in this one process, interleaved in rounds so that load drift from o
 on the machine hits every method: ours scores all sequences, then in each of ``--rounds``
 rounds every detect_head variant scores one chunk of the sequences and ours scores all of
 them again. Each detect_head variant's time is the sum over its chunks (every sequence
-once); ours is the mean of its runs. detect_head is called once per sequence and per detector (its list path
-re-runs the model per prompt anyway) under ``torch.no_grad()`` (as a careful user would;
-``--with-grad`` also times it as shipped, with autograd on), and its scores are averaged
-over sequences. The "shared cache" variant runs one ``run_with_cache`` per sequence and
-passes it to both detectors (``cache=``), the cheapest way to use detect_head.
+once); ours is the mean of its runs. detect_head is called once per sequence and per
+detector (as its list path does), both as shipped (autograd on) and under
+``torch.no_grad()`` (as a careful user would), and its scores are averaged over sequences.
+The "shared cache" variant runs one ``run_with_cache`` per sequence and passes it to both
+detectors (``cache=``), the cheapest way to use detect_head.
+
+The GEMM floor (:func:`gemm_floor`, timed before and after the rounds) is the time of the
+matrix products alone that any exact float32 pattern-only forward of the same sequences
+must do; detect_head's time divided by it bounds the ratio any exact method could reach.
 
 Peak memory is measured in fresh subprocesses (RSS sampled every 2 ms, minus the RSS
 after the model is loaded), one per method. detect_head's peak is per sequence (it runs
@@ -33,20 +37,6 @@ import psutil
 import torch
 
 
-class FixedTokens:
-    """A model proxy whose ``to_tokens`` returns fixed tokens, so ``detect_head`` scores
-    exactly our token sequences (everything else is the real model)."""
-
-    def __init__(self, model, tokens):
-        self._model, self._tokens = model, tokens
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def to_tokens(self, *args, **kwargs):
-        return self._tokens
-
-
 def ours(model, tokens, batch_size):
     from icl_heads.detectors import token_detector_scores
 
@@ -56,22 +46,61 @@ def ours(model, tokens, batch_size):
 
 
 def transformer_lens(model, tokens, shared_cache=False, grad=False):
-    from transformer_lens.head_detector import detect_head
+    """detect_head once per sequence and detector (``shared_cache``: one run_with_cache per
+    sequence serves both detectors)."""
+    from icl_heads.detectors import detect_head_on_tokens
 
     with torch.set_grad_enabled(grad):
-        return _transformer_lens(detect_head, model, tokens, shared_cache)
+        ind, prev = detect_head_on_tokens(model, tokens, ["induction", "previous_token"],
+                                          share_cache=shared_cache)
+    return ind, prev
 
 
-def _transformer_lens(detect_head, model, tokens, shared_cache):
-    ind, prev = [], []
-    for i in range(len(tokens)):
-        seq = FixedTokens(model, tokens[i:i + 1])
-        cache = None
-        if shared_cache:
-            _, cache = model.run_with_cache(tokens[i:i + 1], remove_batch_dim=True)
-        ind.append(detect_head(seq, "", "induction_head", cache=cache))
-        prev.append(detect_head(seq, "", "previous_token_head", cache=cache))
-    return torch.stack(ind).mean(0), torch.stack(prev).mean(0)
+def gemm_floor(model, batch: int, seq_len: int, repeats: int = 3) -> float:
+    """Seconds for just the matrix multiplications that ANY exact float32 computation of all
+    attention patterns of ``batch`` sequences of ``seq_len`` tokens must do (best of
+    ``repeats``).
+
+    Every layer's pattern needs that layer's Q and K projections and ``Q K^T``; every layer
+    but the last also feeds the next one, so it needs V, ``pattern @ V``, O and the MLP. The
+    model's own weight matrices are used (flattened outside the timing). Norms, rotary,
+    softmax, masking and all other elementwise work are left out, so this is a lower bound
+    on the time of any exact pattern-only forward: detect_head's time / this floor bounds
+    the speed-up that any such method can reach on this machine.
+    """
+    cfg = model.cfg
+
+    def flat_in(w):  # [head, d_model, d_head] -> [d_model, head * d_head]
+        return w.permute(1, 0, 2).reshape(cfg.d_model, -1).contiguous()
+
+    with torch.inference_mode():
+        layers = []
+        for i, block in enumerate(model.blocks):
+            attn, mlp = block.attn, block.mlp
+            w = {"qk": flat_in(torch.cat([attn.W_Q, getattr(attn, "_W_K", attn.W_K)]))}
+            if i < cfg.n_layers - 1:
+                w["v"] = flat_in(getattr(attn, "_W_V", attn.W_V))
+                w["o"] = attn.W_O.reshape(-1, cfg.d_model).contiguous()
+                w["mlp_in"] = [m.contiguous() for m in (mlp.W_in, getattr(mlp, "W_gate", None))
+                               if m is not None]
+                w["mlp_out"] = mlp.W_out.contiguous()
+            layers.append(w)
+        x = torch.randn(batch * seq_len, cfg.d_model)
+        q = torch.randn(batch, cfg.n_heads, seq_len, cfg.d_head)
+        k_t = torch.randn(batch, cfg.n_heads, cfg.d_head, seq_len)
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for w in layers:
+                x @ w["qk"]
+                pattern = q @ k_t
+                if "v" in w:
+                    x @ w["v"]
+                    (pattern @ q).reshape(-1, cfg.n_heads * cfg.d_head) @ w["o"]
+                    hidden = [x @ m for m in w["mlp_in"]][0]
+                    hidden @ w["mlp_out"]
+            best = min(best, time.perf_counter() - t)
+    return best
 
 
 def timed(fn, *args, **kwargs):
@@ -129,15 +158,19 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--T", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every method (default: torch's default)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="detect_head runs in this many chunks, each followed by one run "
                              "of ours (spreads machine-load drift over both)")
     parser.add_argument("--no-shared-cache", action="store_true",
                         help="skip the detect_head variant with a shared run_with_cache")
-    parser.add_argument("--with-grad", action="store_true",
-                        help="also time detect_head with autograd on (as shipped)")
+    parser.add_argument("--no-autograd", action="store_true",
+                        help="skip detect_head as shipped (autograd on)")
     parser.add_argument("--child", choices=["ours", "tl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         child(args.child, args.n, args.T, args.batch_size)
         return
@@ -150,11 +183,12 @@ def main() -> None:
     print(f"{args.n} sequences [BOS] + 2 x {args.T} random tokens, {model.cfg.n_layers} layers x "
           f"{model.cfg.n_heads} heads, torch threads {torch.get_num_threads()}")
     ours(model, tokens[:2], 2)  # warm-up
-    variants = {"detect_head x2 per sequence": {}}
+    variants = {"detect_head x2, no_grad": {}}
+    if not args.no_autograd:
+        variants["detect_head x2, as shipped"] = {"grad": True}
     if not args.no_shared_cache:
         variants["detect_head, shared cache"] = {"shared_cache": True}
-    if args.with_grad:
-        variants["detect_head x2, autograd on"] = {"grad": True}
+    floors = [gemm_floor(model, *tokens.shape)]
     # Rounds: each variant scores one chunk of the sequences, then ours scores all of them.
     # Every sequence is scored once by each variant; our time is the mean over rounds.
     ours_times, tl_times = [], dict.fromkeys(variants, 0.0)
@@ -172,6 +206,8 @@ def main() -> None:
                 tl_prev.append(p * len(chunk))
         ours_times.append(timed(ours, model, tokens, args.batch_size)[0])
         per_round.append((ours_times[-1], round_times))
+    floors.append(gemm_floor(model, *tokens.shape))
+    floor = min(floors)
     ind_tl, prev_tl = sum(tl_ind) / args.n, sum(tl_prev) / args.n
     diff = max((ind - ind_tl).abs().max().item(), (prev - prev_tl).abs().max().item())
     t_ours = sum(ours_times) / len(ours_times)
@@ -184,9 +220,13 @@ def main() -> None:
     for t_o, round_times in per_round:
         print("  " + "; ".join(f"{name}: {t / t_o:.1f}x" for name, t in round_times.items())
               + f"  (ours {t_o:.1f} s)")
-    print(f"{'method':32} {'time (s)':>9} {'ratio':>7}")
+    print(f"{'method':32} {'time (s)':>9} {'ratio':>7} {'bound':>7}")
     for name, t in rows:
-        print(f"{name:32} {t:9.1f} {t / t_ours:6.1f}x")
+        bound = "" if t is t_ours else f"{t / floor:6.1f}x"
+        print(f"{name:32} {t:9.1f} {t / t_ours:6.1f}x {bound:>7}")
+    print(f"GEMM floor (the matrix products any exact pattern forward needs): {floor:.1f} s "
+          f"(runs: {', '.join(f'{f:.1f}' for f in floors)}); ours / floor = {t_ours / floor:.2f}."
+          " 'bound' = detect_head / floor, the most any exact method could reach here.")
     print(f"max |ours - detect_head| over all heads (induction, previous token): {diff:.2e}")
     print(f"peak memory above the loaded model: ours {mem['ours']:.0f} MB "
           f"(batch {args.batch_size}); detect_head {mem['tl']:.0f} MB (one sequence at a time)")

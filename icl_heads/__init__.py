@@ -21,6 +21,7 @@ from .attribution import (
 )
 from .detectors import (
     LabelAttention,
+    detect_head_on_tokens,
     detect_heads,
     duplicate_token_scores,
     induction_scores,
@@ -51,8 +52,9 @@ __all__ = [
     "Batch", "Collected", "collect", "final_logits", "iter_batches",
     "dla_scores", "direct_logit_attribution", "head_outputs", "residual_decomposition",
     "task_subspace_projector", "tsla_scores",
-    "LabelAttention", "token_detector_scores", "detect_heads", "duplicate_token_scores", "induction_scores", "label_attention_scores",
-    "previous_token_scores", "random_repeated_tokens",
+    "LabelAttention", "detect_head_on_tokens", "detect_heads", "duplicate_token_scores",
+    "induction_scores", "label_attention_scores", "previous_token_scores",
+    "random_repeated_tokens", "token_detector_scores",
     "Head", "HeadScores", "heads_to_mask", "mask_to_heads",
     "HeadMeans", "ablate", "ablate_layers", "compose", "head_means", "patch", "steer",
     "METRICS", "evaluate", "get_metric",

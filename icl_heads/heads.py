@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Union
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
@@ -129,19 +130,25 @@ class HeadScores:
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
-        """Save as ``.json`` (scores + metadata) or ``.parquet`` (tidy frame + metadata)."""
+        """Save as ``.json`` (scores, ``per_prompt`` and metadata) or ``.parquet`` (the tidy
+        frame plus a ``per_prompt`` list column, and the metadata)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"name": self.name, "metadata": self.metadata,
                 "shape": list(self.scores.shape)}
         if path.suffix == ".json":
             obj = {**meta, "scores": _nan_to_none(self.scores.tolist())}
+            if self.per_prompt is not None:
+                obj["per_prompt"] = [_nan_to_none(p) for p in self.per_prompt.tolist()]
             path.write_text(json.dumps(obj, indent=1, default=str))
         elif path.suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pandas(self.to_frame(), preserve_index=False)
+            frame = self.to_frame()
+            if self.per_prompt is not None:  # one list per head (layer-major, as the rows)
+                frame["per_prompt"] = list(self.per_prompt.flatten(1).T.numpy())
+            table = pa.Table.from_pandas(frame, preserve_index=False)
             table = table.replace_schema_metadata(
                 {**(table.schema.metadata or {}),
                  b"icl_heads": json.dumps(meta, default=str).encode()})
@@ -156,7 +163,12 @@ class HeadScores:
         if path.suffix == ".json":
             obj = json.loads(path.read_text())
             scores = torch.tensor(_none_to_nan(obj["scores"]), dtype=torch.float32)
-            return cls(scores, name=obj["name"], metadata=obj.get("metadata", {}))
+            per_prompt = None
+            if obj.get("per_prompt") is not None:
+                per_prompt = torch.tensor([_none_to_nan(p) for p in obj["per_prompt"]],
+                                          dtype=torch.float32).reshape(-1, *scores.shape)
+            return cls(scores, name=obj["name"], metadata=obj.get("metadata", {}),
+                       per_prompt=per_prompt)
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -169,7 +181,13 @@ class HeadScores:
             heads = torch.tensor(frame["head"].to_numpy(copy=True), dtype=torch.long)
             scores[layers, heads] = torch.tensor(frame[meta["name"]].to_numpy(copy=True),
                                                  dtype=torch.float32)
-            return cls(scores, name=meta["name"], metadata=meta.get("metadata", {}))
+            per_prompt = None
+            if "per_prompt" in frame.columns:
+                rows = torch.tensor(np.stack(frame["per_prompt"].to_list()), dtype=torch.float32)
+                per_prompt = torch.full((rows.shape[1], L, H), math.nan)
+                per_prompt[:, layers, heads] = rows.T
+            return cls(scores, name=meta["name"], metadata=meta.get("metadata", {}),
+                       per_prompt=per_prompt)
         raise ValueError(f"HeadScores.load: use a .json or .parquet path, got {path.name!r}.")
 
     def plot(self, **kwargs):

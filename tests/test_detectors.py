@@ -11,7 +11,6 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.head_detector import (
-    detect_head,
     get_duplicate_token_head_detection_pattern,
     get_induction_head_detection_pattern,
     get_previous_token_head_detection_pattern,
@@ -20,6 +19,7 @@ from transformer_lens.head_detector import (
 import icl_heads as ih
 from icl_heads.detectors import (
     DETECTORS,
+    detect_head_on_tokens,
     detect_heads,
     detection_patterns,
     duplicate_token_scores,
@@ -31,35 +31,10 @@ from icl_heads.detectors import (
     token_detector_scores,
 )
 
-TL_NAMES = {"previous_token": "previous_token_head", "duplicate_token": "duplicate_token_head",
-            "induction": "induction_head"}
-
-
-class FixedTokens:
-    """Model proxy whose ``to_tokens`` returns fixed tokens, so ``detect_head`` scores exactly
-    the sequence we score."""
-
-    def __init__(self, model, tokens):
-        self._model, self._tokens = model, tokens
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def to_tokens(self, *args, **kwargs):
-        return self._tokens
-
 
 def tl_scores(model, sequences, **kwargs) -> dict:
-    """detect_head per sequence (its list path is not used), averaged over sequences. One
-    ``run_with_cache`` per sequence is shared by the three detectors (``cache=``), which is
-    what detect_head would compute itself from ``to_tokens``."""
-    out = {name: [] for name in DETECTORS}
-    for s in sequences:
-        _, cache = model.run_with_cache(s[None], remove_batch_dim=True)
-        for name in DETECTORS:
-            out[name].append(detect_head(FixedTokens(model, s[None]), "", TL_NAMES[name],
-                                         cache=cache, **kwargs))
-    return {name: torch.stack(v).mean(0) for name, v in out.items()}
+    """TransformerLens's detect_head on the same sequences, per detector."""
+    return dict(zip(DETECTORS, detect_head_on_tokens(model, sequences, DETECTORS, **kwargs)))
 
 
 # --------------------------------------------------------------------------- hand-built model
@@ -322,7 +297,7 @@ def test_label_attention_equals_detect_head_with_a_label_pattern(tiny_llama, tin
     P = p.tokens.shape[1]
     D = torch.zeros(P, P)
     D[-1, p.demo_label_positions[0]] = 1
-    ref = detect_head(FixedTokens(tiny_llama, p.tokens), "", D)
+    [ref] = detect_head_on_tokens(tiny_llama, p.tokens, [D])
     assert (la.mass.scores - ref * P).abs().max() < 1e-5
 
 

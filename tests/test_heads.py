@@ -83,6 +83,19 @@ def test_save_and_load_round_trip(scores, tmp_path, suffix):
     assert loaded.top(5) == scores.top(5)
 
 
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_save_and_load_keep_per_prompt_scores(tmp_path, suffix):
+    per_prompt = torch.randn(5, 3, 4)
+    per_prompt[2, 1, 3] = math.nan  # a prompt where the score is undefined
+    s = HeadScores(torch.nanmean(per_prompt, 0), name="induction_score", per_prompt=per_prompt)
+    loaded = HeadScores.load(s.save(tmp_path / f"scores{suffix}"))
+    assert loaded.per_prompt is not None and loaded.per_prompt.shape == (5, 3, 4)
+    assert torch.equal(torch.isnan(loaded.per_prompt), torch.isnan(per_prompt))
+    assert torch.allclose(loaded.per_prompt.nan_to_num(), per_prompt.nan_to_num())
+    # the tidy frame of a loaded file is unchanged by the extra column
+    assert list(loaded.to_frame().columns) == list(s.to_frame().columns)
+
+
 def test_per_prompt_scores_are_kept_on_cpu_as_float():
     per_prompt = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4)
     s = HeadScores(per_prompt.mean(0), name="tr_score", per_prompt=per_prompt)
