@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from .prompts import PromptSet
+from .prompts import PromptSet, check_prompt_set
 
 Position = Literal["query", "all"]
 HookList = list[tuple[str, Callable]]
@@ -104,8 +104,7 @@ def iter_batches(
     Yields:
         :class:`Batch` objects, in prompt order.
     """
-    if len(prompts) == 0:
-        raise ValueError("The PromptSet is empty; build it with n >= 1.")
+    check_prompt_set(prompts)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if pos not in ("query", "all"):

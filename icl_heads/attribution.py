@@ -32,7 +32,7 @@ from transformer_lens import HookedTransformer
 
 from .activations import Batch, iter_batches
 from .heads import HeadScores, default_top_k
-from .prompts import PromptSet
+from .prompts import PromptSet, check_prompt_set
 
 Normalizer = Literal["none", "norm", "tr"]
 Target = Literal["gold", "logit_diff", "centered"]
@@ -511,11 +511,7 @@ def direct_logit_attribution(
 
 
 def _check_prompts(prompts: PromptSet, *, need_pairs: bool = False) -> None:
-    if not isinstance(prompts, PromptSet):
-        raise TypeError(f"prompts must be a PromptSet (from icl_heads.build_prompts), got "
-                        f"{type(prompts).__name__}.")
-    if len(prompts) == 0:
-        raise ValueError("The PromptSet is empty; build it with n >= 1.")
+    check_prompt_set(prompts)
     if need_pairs and prompts.n_labels < 2:
         raise ValueError(f"TL scores and label-difference targets compare the gold label with "
                          f"the others; this prompt set has {prompts.n_labels} label(s). Use a "

@@ -41,7 +41,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from .heads import Head, HeadsLike, heads_to_mask
-from .prompts import PromptSet
+from .prompts import PromptSet, check_prompt_set
 
 HookList = list[tuple[str, Callable]]
 Positions = Union[Literal["all", "query"], int, Sequence[int]]  # noqa: UP007
@@ -103,14 +103,6 @@ def position_mask(positions: Positions, length: int, device=None) -> Bool[Tensor
                                  f"tokens (use 0..{length - 1} or -{length}..-1).")
             mask[p] = True
     return mask
-
-
-def _check_model_prompts(prompts: PromptSet, what: str = "prompts") -> None:
-    if not isinstance(prompts, PromptSet):
-        raise TypeError(f"{what} must be a PromptSet (icl_heads.build_prompts), got "
-                        f"{type(prompts).__name__}.")
-    if len(prompts) == 0:
-        raise ValueError(f"The {what} PromptSet is empty; build it with n >= 1.")
 
 
 def _layer_mask(layers, n_layers: int) -> Bool[Tensor, " layer"]:
@@ -265,7 +257,7 @@ def site_means(
     """
     from .activations import iter_batches
 
-    _check_model_prompts(prompts, "reference")
+    check_prompt_set(prompts, "reference")
     if pos not in ("query", "all"):
         raise ValueError(f"pos must be 'query' or 'all', got {pos!r}.")
     L = model.cfg.n_layers
@@ -475,7 +467,7 @@ def _make_ablation(model, site, mask, mode, positions, *, means, reference, seed
         if reference is None:
             raise ValueError("Resample ablation draws activations from other prompts: pass "
                              "reference= (a PromptSet, usually the prompts being run).")
-        _check_model_prompts(reference, "reference")
+        check_prompt_set(reference, "reference")
         layers = (mask.any(-1) if mask.ndim == 2 else mask).nonzero().flatten().tolist()
         kwargs["donor_acts"] = _collect_sites(model, reference, site, layers, positions,
                                               batch_size, device, progress)
@@ -548,7 +540,7 @@ def patch(
     Returns:
         A :class:`Patch`.
     """
-    _check_model_prompts(source, "source")
+    check_prompt_set(source, "source")
     hook_name(site, 0)
     positions = check_positions(positions)
     L, H = model.cfg.n_layers, model.cfg.n_heads

@@ -60,7 +60,7 @@ from .interventions import (
     position_mask,
 )
 from .metrics import Metric, get_metric
-from .prompts import PromptSet
+from .prompts import PromptSet, check_prompt_set
 
 SWEEP_MODES = ("zero", "mean", "resample", "patch")
 LAYER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -71,14 +71,6 @@ NON_DIFFERENTIABLE = ("accuracy", "label_space_rate", "in_space_accuracy")
 # --------------------------------------------------------------------------- validation
 
 
-def _check_prompts(prompts: PromptSet, what: str = "prompts") -> None:
-    if not isinstance(prompts, PromptSet):
-        raise TypeError(f"{what} must be a PromptSet (icl_heads.build_prompts), got "
-                        f"{type(prompts).__name__}.")
-    if len(prompts) == 0:
-        raise ValueError(f"The {what} PromptSet is empty; build it with n >= 1.")
-
-
 def _metric_name(metric: str | Metric) -> str:
     return metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
 
@@ -86,7 +78,7 @@ def _metric_name(metric: str | Metric) -> str:
 def _check_aligned(source: PromptSet, target: PromptSet, positions: Positions) -> None:
     """Source and target must align row by row (and in length unless only the query is
     patched)."""
-    _check_prompts(source, "source")
+    check_prompt_set(source, "source")
     if len(source) != len(target):
         raise ValueError(f"Source has {len(source)} prompts and target {len(target)}; patching "
                          "pairs source prompt i with target prompt i, so they must align.")
@@ -99,7 +91,7 @@ def _check_aligned(source: PromptSet, target: PromptSet, positions: Positions) -
 
 
 def _check_common(model, prompts, metric, mode, method):
-    _check_prompts(prompts)
+    check_prompt_set(prompts)
     metric_fn = get_metric(metric)
     if mode not in SWEEP_MODES:
         raise ValueError(f"Unknown mode {mode!r}; choose one of {SWEEP_MODES}.")

@@ -119,6 +119,15 @@ class PromptSet:
                 f"labels={list(self.label_words)[:6]}{'...' if self.n_labels > 6 else ''})")
 
 
+def check_prompt_set(prompts: PromptSet, what: str = "prompts") -> None:
+    """Raise a clear error unless ``prompts`` is a non-empty :class:`PromptSet`."""
+    if not isinstance(prompts, PromptSet):
+        raise TypeError(f"{what} must be a PromptSet (from icl_heads.build_prompts), got "
+                        f"{type(prompts).__name__}.")
+    if len(prompts) == 0:
+        raise ValueError(f"The {what} PromptSet is empty; build it with n >= 1.")
+
+
 def shift_demo_labels(prompts: PromptSet, shift: int = 1) -> PromptSet:
     """The same prompts with every demonstration's label replaced by label
     ``(label + shift) % n_labels``, token for token (same lengths and positions).
