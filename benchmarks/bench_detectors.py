@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -48,7 +49,8 @@ def ours(model, tokens, batch_size):
 def transformer_lens(model, tokens, shared_cache=False, grad=False):
     """detect_head once per sequence and detector (``shared_cache``: one run_with_cache per
     sequence serves both detectors)."""
-    from icl_heads.detectors import detect_head_on_tokens
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tl_reference import detect_head_on_tokens  # test scaffolding, shared with the tests
 
     with torch.set_grad_enabled(grad):
         ind, prev = detect_head_on_tokens(model, tokens, ["induction", "previous_token"],

@@ -1,6 +1,6 @@
 """Benchmark the patching sweeps on the default model (SmolLM2-135M, 30 layers x 9 heads).
 
-Run:  /work/venv/bin/python benchmarks/bench_patching.py [--n 32 --k 4 --threads 1]
+Run from the project root:  python benchmarks/bench_patching.py [--n 32 --k 4 --threads 1]
 
 Prints, all measured in this one run:
 
@@ -120,7 +120,7 @@ def main() -> None:
         ours = head_sweep(model, corrupted, "logit_diff", mode="patch", source=clean,
                           positions="all", progress=False)
         t_ours = time.perf_counter() - t0
-        clean_metric = ours.metadata["clean_metric"]
+        clean_metric = ours.baseline
         diff = (tl.cpu() - clean_metric - ours.scores).abs().max().item()
         print(f"  TransformerLens: {t_tl:.1f} s (incl. its clean run_with_cache)")
         print(f"  ours (fast, start_at_layer + batched heads): {t_ours:.1f} s "

@@ -10,7 +10,7 @@
    the number of prompts). The part added over the RSS before the call is printed too; it
    grows over the first few batches (allocator caching) and then stays flat.
 
-Run:  ICL_HEADS_CACHE=/tmp/iclcache /work/venv/bin/python benchmarks/bench_tsla.py
+Run from the project root:  python benchmarks/bench_tsla.py
       (options: --n 32 --k 4 --reps 3 --mem-k 1 --mem-n 50 1000 --batch-size 16)
 """
 

@@ -8,20 +8,17 @@ One import line for notebooks::
     ih.evaluate(model, prompts)
     tr, tl = ih.tsla_scores(model, prompts)
     ih.induction_scores(model).plot()
+
+The root namespace holds the analyses and the result types; plumbing lives in the
+submodules (``icl_heads.activations``, ``icl_heads.interventions``, ...). The conventions
+shared by every function are in ``docs/api.md``.
 """
 
-from .activations import Batch, Collected, collect, final_logits, iter_batches
-from .attribution import (
-    direct_logit_attribution,
-    dla_scores,
-    head_outputs,
-    residual_decomposition,
-    task_subspace_projector,
-    tsla_scores,
-)
+from .activations import collect, iter_batches
+from .attribution import direct_logit_attribution, dla_scores, task_subspace_projector, tsla_scores
+from .decomposition import head_outputs, residual_decomposition
 from .detectors import (
     LabelAttention,
-    detect_head_on_tokens,
     detect_heads,
     duplicate_token_scores,
     induction_scores,
@@ -30,36 +27,43 @@ from .detectors import (
     random_repeated_tokens,
     token_detector_scores,
 )
-from .heads import Head, HeadScores, heads_to_mask, mask_to_heads
+from .heads import Head, HeadScores
 from .interventions import (
-    HeadMeans,
+    ActivationMeans,
     ablate,
     ablate_layers,
+    activation_means,
     compose,
-    head_means,
     patch,
     steer,
 )
-from .metrics import METRICS, evaluate, get_metric
+from .metrics import evaluate
 from .models import load_model
 from .patching import attribution_patching, head_sweep, layer_sweep, position_sweep
-from .prompts import PERTURBATIONS, PromptSet, build_prompts, label_token_ids
+from .prompts import PERTURBATIONS, PromptSet, build_prompts, shift_demo_labels
+from .settings import PromptInfo, Settings
 from .tasks import Task, builtin_tasks, load_task, make_task
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "Collected", "collect", "final_logits", "iter_batches",
-    "dla_scores", "direct_logit_attribution", "head_outputs", "residual_decomposition",
+    # models, tasks, prompts
+    "load_model", "Task", "builtin_tasks", "load_task", "make_task",
+    "PERTURBATIONS", "PromptSet", "build_prompts", "shift_demo_labels",
+    # running the model
+    "iter_batches", "collect", "evaluate",
+    # interventions
+    "ablate", "ablate_layers", "patch", "steer", "compose", "activation_means",
+    "ActivationMeans",
+    # attribution
+    "head_outputs", "residual_decomposition", "direct_logit_attribution", "dla_scores",
     "task_subspace_projector", "tsla_scores",
-    "LabelAttention", "detect_head_on_tokens", "detect_heads", "duplicate_token_scores",
-    "induction_scores", "label_attention_scores", "previous_token_scores",
-    "random_repeated_tokens", "token_detector_scores",
-    "Head", "HeadScores", "heads_to_mask", "mask_to_heads",
-    "HeadMeans", "ablate", "ablate_layers", "compose", "head_means", "patch", "steer",
-    "METRICS", "evaluate", "get_metric",
-    "load_model",
-    "attribution_patching", "head_sweep", "layer_sweep", "position_sweep",
-    "PERTURBATIONS", "PromptSet", "build_prompts", "label_token_ids",
-    "Task", "builtin_tasks", "load_task", "make_task",
+    # sweeps
+    "head_sweep", "layer_sweep", "position_sweep", "attribution_patching",
+    # detectors
+    "token_detector_scores", "previous_token_scores", "duplicate_token_scores",
+    "induction_scores", "label_attention_scores", "LabelAttention", "detect_heads",
+    "random_repeated_tokens",
+    # result types
+    "Head", "HeadScores", "Settings", "PromptInfo",
 ]

@@ -2,12 +2,19 @@
 only the requested hook points at the requested positions.
 
 Every analysis streams through :func:`iter_batches` (memory independent of the number of
-prompts) or collects with :func:`collect`. Batch size, progress bar, device and
-``torch.inference_mode`` live here once.
+prompts) or collects with :func:`collect`. Batch size, progress bar, device, the checks of
+the prompts against the model and ``torch.inference_mode`` live here once.
+
+Example::
+
+    got = ih.collect(model, prompts, ["blocks.3.hook_resid_post"], positions="query")
+    got.activations["blocks.3.hook_resid_post"]     # [prompt, d_model]
+    got.logits                                      # [prompt, d_vocab] at the query
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -18,10 +25,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from .interventions import Capture, HookList, check_interventions
+from .models import resolve_device
 from .prompts import PromptSet, check_prompt_set
 
-Position = Literal["query", "all"]
-HookList = list[tuple[str, Callable]]
+CapturePositions = Literal["query", "all"]
+#: ``reduce(batch) -> (fn(act, hook_name) -> Tensor)``: built once per batch (so it can
+#: prepare per-batch data), applied to every captured activation inside its hook.
+Reducer = Callable[[PromptSet], Callable[[Tensor, str], Tensor]]
 
 
 class Intervention(Protocol):
@@ -42,9 +53,10 @@ class Batch:
         index: ``[batch]`` rows of the full ``PromptSet``.
         prompts: the batch's ``PromptSet`` (on the run's device).
         logits: ``[batch, d_vocab]`` logits at the query (last) position, or ``None``.
-        activations: hook name -> tensor, sliced to the requested position (``"query"``
+        activations: hook name -> tensor, sliced to the requested positions (``"query"``
             removes the position axis; for attention patterns it keeps the query row;
-            ``"all"`` keeps every position, with padding rows set to zero).
+            ``"all"`` keeps every position, with padding rows set to zero), or what
+            ``reduce`` made of it.
     """
 
     index: Tensor
@@ -53,25 +65,27 @@ class Batch:
     activations: dict[str, Tensor]
 
 
-def _names_filter(names: Sequence[str] | Callable[[str], bool] | None) -> Callable[[str], bool]:
+def names_filter(names: Sequence[str] | Callable[[str], bool] | None) -> Callable[[str], bool]:
+    """A TransformerLens-style names filter from a name, a list of names or a callable."""
     if names is None:
         return lambda name: False
     if callable(names):
         return names
-    wanted = {names} if isinstance(names, str) else set(names)
-    return wanted.__contains__
+    if isinstance(names, str):
+        return {names}.__contains__
+    if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"names must be a hook name, a list of hook names or a callable "
+                        f"filter, got {names!r}.")
+    return set(names).__contains__
 
 
-def _at_position(name: str, act: Tensor, pos: Position, mask: Tensor) -> Tensor:
-    if pos == "all":  # zero the padding rows so they can never leak into a mean
-        if name.endswith(("hook_pattern", "hook_attn_scores")):
-            return act * mask[:, None, :, None].to(act.dtype)
-        if act.shape[:2] == mask.shape:
-            return act * mask.reshape(*mask.shape, *([1] * (act.ndim - 2))).to(act.dtype)
-        return act
-    if name.endswith(("hook_pattern", "hook_attn_scores")):  # [batch, head, q, k]
-        return act[:, :, -1]
-    return act[:, -1]
+def check_batch_size(batch_size, what: str = "batch_size") -> int:
+    """A positive whole number (bools and floats are refused)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"{what} must be a positive integer, got {batch_size!r}.")
+    if batch_size < 1:
+        raise ValueError(f"{what} must be >= 1, got {batch_size}.")
+    return int(batch_size)
 
 
 def iter_batches(
@@ -79,7 +93,8 @@ def iter_batches(
     prompts: PromptSet,
     names: Sequence[str] | Callable[[str], bool] | None = None,
     *,
-    pos: Position = "query",
+    positions: CapturePositions = "query",
+    reduce: Reducer | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     interventions: Sequence[Intervention] = (),
@@ -93,7 +108,9 @@ def iter_batches(
         model: the model.
         prompts: left-padded prompts (each batch is trimmed to its own longest prompt).
         names: hook names (or a ``names_filter`` callable) to capture; default none.
-        pos: ``"query"`` keeps only the last (query) position, ``"all"`` every position.
+        positions: ``"query"`` keeps only the last (query) position, ``"all"`` every one.
+        reduce: optional per-batch reducer applied to each captured activation inside its
+            hook (so only the reduced value is kept; see :data:`Reducer`).
         batch_size: prompts per forward pass.
         device: defaults to the model's device.
         interventions: objects with ``fwd_hooks(batch, index)`` applied during each pass.
@@ -104,13 +121,13 @@ def iter_batches(
     Yields:
         :class:`Batch` objects, in prompt order.
     """
-    check_prompt_set(prompts)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if pos not in ("query", "all"):
-        raise ValueError(f"pos must be 'query' or 'all', got {pos!r}.")
-    device = torch.device(device) if device is not None else model.cfg.device
-    keep = _names_filter(names)
+    check_prompt_set(prompts, model=model)
+    batch_size = check_batch_size(batch_size)
+    if positions not in ("query", "all"):
+        raise ValueError(f"positions must be 'query' or 'all', got {positions!r}.")
+    device = resolve_device(device) if device is not None else torch.device(model.cfg.device)
+    interventions = check_interventions(interventions, model)
+    keep = names_filter(names)
     n = len(prompts)
     starts = range(0, n, batch_size)
     bar = tqdm(starts, desc=desc, disable=not progress, leave=False,
@@ -118,18 +135,14 @@ def iter_batches(
     for start in bar:
         index = torch.arange(start, min(start + batch_size, n))
         batch = prompts.select(index).to(device)
-        store: dict[str, Tensor] = {}
-
-        def capture(act: Tensor, hook, mask: Tensor = batch.attention_mask,
-                    store: dict[str, Tensor] = store) -> None:
-            store[hook.name] = _at_position(hook.name, act, pos, mask).detach().clone()
-
-        hooks: HookList = [(keep, capture)]
+        capture = Capture(names=keep, positions=positions, attention_mask=batch.attention_mask,
+                          reduce=reduce(batch) if reduce is not None else None)
+        hooks: HookList = capture.fwd_hooks()
         for iv in interventions:
             hooks.extend(iv.fwd_hooks(batch, index))
         with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
             logits = _forward(model, batch, return_logits=return_logits)
-        yield Batch(index=index, prompts=batch, logits=logits, activations=store)
+        yield Batch(index=index, prompts=batch, logits=logits, activations=capture.store)
 
 
 def _forward(model: HookedTransformer, batch: PromptSet, *, return_logits: bool) -> Tensor | None:
@@ -166,7 +179,7 @@ def collect(
     prompts: PromptSet,
     names: Sequence[str] | Callable[[str], bool] | None = None,
     *,
-    pos: Position = "query",
+    positions: CapturePositions = "query",
     batch_size: int = 16,
     device: str | torch.device | None = None,
     interventions: Sequence[Intervention] = (),
@@ -177,25 +190,25 @@ def collect(
     """Run :func:`iter_batches` and concatenate. Position (and attention-key) axes are
     left-padded back to the full set's length, with zeros at padding."""
     logits, acts = [], {}
-    for batch in iter_batches(model, prompts, names, pos=pos, batch_size=batch_size,
+    for batch in iter_batches(model, prompts, names, positions=positions, batch_size=batch_size,
                               device=device, interventions=interventions,
                               return_logits=return_logits, progress=progress, desc=desc):
         if batch.logits is not None:
             logits.append(batch.logits)
         for name, act in batch.activations.items():
-            acts.setdefault(name, []).append(_left_pad(name, act, prompts.seq_len, pos))
+            acts.setdefault(name, []).append(_left_pad(name, act, prompts.seq_len, positions))
     return Collected(
         logits=torch.cat(logits) if logits else None,
         activations={k: torch.cat(v) for k, v in acts.items()},
     )
 
 
-def _left_pad(name: str, act: Tensor, length: int, pos: Position) -> Tensor:
+def _left_pad(name: str, act: Tensor, length: int, positions: CapturePositions) -> Tensor:
     if name.endswith(("hook_pattern", "hook_attn_scores")):
         missing = length - act.shape[-1]
-        pads = (missing, 0) if pos == "query" else (missing, 0, missing, 0)
+        pads = (missing, 0) if positions == "query" else (missing, 0, missing, 0)
         return torch.nn.functional.pad(act, pads)
-    if pos == "query":
+    if positions == "query":
         return act
     missing = length - act.shape[1]
     if missing == 0:

@@ -1,26 +1,19 @@
-"""Per-head outputs at the query position, direct logit attribution (DLA), the task
-subspace, and TSLA TR/TL scores (Yang, Cho, Inoue 2025; see METHODS.md "TSLA").
+"""Direct logit attribution (DLA), the task subspace, and TSLA TR/TL scores (Yang et al.
+2025, arXiv 2509.24164; definitions in ``docs/methods.md``), built on the residual
+decomposition of :mod:`icl_heads.decomposition`.
 
-Everything here streams through :func:`icl_heads.activations.iter_batches`: one forward
-pass per batch, capturing only ``blocks.{l}.attn.hook_z`` (plus, for DLA, the embedding,
-MLP outputs and the final norm's scale) at the query position, and reducing each batch to
-per-head numbers before the next one. Memory is independent of the number of prompts
-unless per-prompt scores are requested.
+Every score streams: one forward pass per batch, capturing only ``hook_z`` (plus, for
+DLA, the embedding, MLP outputs and the final norm's scale) at the query position, each
+batch reduced to per-prompt numbers before the next one.
 
-Conventions (with TransformerLens's weight processing, as :func:`icl_heads.load_model` does):
-
-- head output ``a[l, h] = z[N, l, h] @ W_O[l, h]`` at the query position ``N``;
-- label directions ``u_y = W_U[:, token(y)]`` (times the final norm's weight if a model
-  was loaded without ``fold_ln``), ``W_Y = [u_1 ... u_C]``;
-- ``apply_ln=True`` applies the final norm's cached scale the way
-  ``ActivationCache.apply_ln_to_stack`` does (centre for LayerNorm, divide by the scale),
-  so the components add up exactly to the final normalised residual stream and,
-  through ``W_U`` (+ ``b_U``), to the logits.
+Label directions ``u_y = W_U[:, token(y)]`` (times the final norm's weight if a model was
+loaded without ``fold_ln``), ``W_Y = [u_1 ... u_C]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -30,24 +23,52 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .activations import Batch, iter_batches
-from .heads import HeadScores, default_top_k
+from .decomposition import (
+    component_labels,
+    final_norm_weight,
+    reduce_query_terms,
+    stack_terms,
+    unembed_bias,
+)
+from .heads import HeadScores, check_top_k
+from .interventions import check_interventions
 from .prompts import PromptSet, check_prompt_set
+from .settings import PromptInfo, Settings, describe_interventions, model_name
 
-Normalizer = Literal["none", "norm", "tr"]
+Normalize = Literal["none", "norm", "tr"]
 Target = Literal["gold", "logit_diff", "centered"]
 Unit = Literal["component", "head", "attn", "mlp", "layer"]
 
-NORMALIZERS: tuple[str, ...] = ("none", "norm", "tr")
+NORMALIZATIONS: tuple[str, ...] = ("none", "norm", "tr")
 TARGETS: tuple[str, ...] = ("gold", "logit_diff", "centered")
 UNITS: tuple[str, ...] = ("component", "head", "attn", "mlp", "layer")
 
-#: Architectures whose blocks normalise each sublayer's output with ``ln1``/``ln2``
-#: (OLMo 2): head outputs are not additive in the residual stream there.
-try:  # TransformerLens >= 3.x keeps the list here
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-except ImportError:  # pragma: no cover - older layouts
-    POST_NORM_ARCHITECTURES = set()
+
+@dataclass(frozen=True)
+class TSLASettings(Settings):
+    """How :func:`tsla_scores` was run."""
+
+    model: str | None
+    prompts: PromptInfo
+    labels: tuple[str, ...]
+    normalize: str
+    floor: float | None
+    apply_ln: bool
+    top_k: int
+    interventions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DLASettings(Settings):
+    """How :func:`dla_scores` / :func:`direct_logit_attribution` were run."""
+
+    model: str | None
+    prompts: PromptInfo
+    labels: tuple[str, ...]
+    target: str
+    apply_ln: bool
+    unit: str = "head"
+    interventions: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- task subspace
@@ -76,7 +97,7 @@ def label_unembeddings(
     with torch.no_grad():
         W_U = model.W_U.detach()
         directions = W_U[:, ids.to(W_U.device)]
-        weight = _final_norm_weight(model)
+        weight = final_norm_weight(model)
         if weight is not None:
             directions = directions * weight[:, None]
     return directions.clone()
@@ -142,8 +163,8 @@ def label_weights(
     - ``"logit_diff"``: ``u_{y*} - mean_{y' != y*} u_{y'}`` (the gold-label logit difference
       of :func:`icl_heads.metrics.logit_diff`; equal to ``mean_{y' != y*} (u_{y*} - u_{y'})``,
       the TL direction);
-    - ``"centered"``: ``u_{y*} - mean_{y'} u_{y'}`` (mean over all labels; METHODS' plain
-      DLA; ``(C - 1) / C`` times ``"logit_diff"``).
+    - ``"centered"``: ``u_{y*} - mean_{y'} u_{y'}`` (mean over all labels; the plain
+      DLA of docs/methods.md; ``(C - 1) / C`` times ``"logit_diff"``).
     """
     if target not in TARGETS:
         raise ValueError(f"Unknown target {target!r}; choose one of {TARGETS}.")
@@ -175,86 +196,6 @@ def tl_score(
     return torch.einsum("bnd,bd->bn", flat, target).reshape(head_out.shape[:-1])
 
 
-# --------------------------------------------------------------------------- streaming
-
-
-def iter_head_outputs(
-    model: HookedTransformer,
-    prompts: PromptSet,
-    *,
-    apply_ln: bool = False,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> Iterator[tuple[Batch, Float[Tensor, "batch layer head d_model"]]]:
-    """Stream per-head outputs at the query position, one forward pass per batch.
-
-    ``a[b, l, h] = z[b, N, l, h] @ W_O[l, h]`` from ``blocks.{l}.attn.hook_z`` (no
-    ``use_attn_result``); on models with a post-attention norm (Gemma 2/3), the norm's
-    cached scale and weight are applied so ``a`` is what the head adds to the residual
-    stream. ``apply_ln=True`` also applies the final norm's scale (centre + divide).
-
-    Yields:
-        ``(batch, a)`` with ``a`` of shape ``[batch, n_layers, n_heads, d_model]``.
-    """
-    _check_prompts(prompts)
-    for batch, terms in _iter_query_terms(model, prompts, full=False, apply_ln=apply_ln,
-                                          batch_size=batch_size, device=device,
-                                          progress=progress, desc="head outputs"):
-        yield batch, terms["head"]
-
-
-def head_outputs(
-    model: HookedTransformer,
-    prompts: PromptSet,
-    *,
-    apply_ln: bool = False,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> Float[Tensor, "prompt layer head d_model"]:
-    """Per-head outputs at the query position for all prompts, concatenated.
-
-    See :func:`iter_head_outputs` (which streams). Memory is ``n * L * H * d_model`` floats
-    (0.6 MB per prompt on the default model); prefer :func:`tsla_scores` or the streaming
-    version for large sets.
-    """
-    return torch.cat([a for _, a in iter_head_outputs(
-        model, prompts, apply_ln=apply_ln, batch_size=batch_size, device=device,
-        progress=progress)])
-
-
-def residual_decomposition(
-    model: HookedTransformer,
-    prompts: PromptSet,
-    *,
-    apply_ln: bool = False,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> tuple[Float[Tensor, "prompt component d_model"], list[str]]:
-    """The final residual stream at the query position, split into additive components.
-
-    Components, in order: ``embed``, ``pos_embed`` (learned positions only), then per
-    layer ``L{l}H{h}`` for every head, ``L{l}.attn_bias`` (``b_O``, which holds the folded
-    value biases) and ``L{l}.mlp`` (``hook_mlp_out``, biases included). They sum to the
-    final residual stream (``apply_ln=False``) or, with ``apply_ln=True``, to the final
-    norm's output (so ``sum @ W_U + b_U`` are the logits, before any soft-cap).
-
-    Returns:
-        ``(stack [prompt, component, d_model], labels)``. Memory grows with the number of
-        prompts; :func:`direct_logit_attribution` streams instead.
-    """
-    _check_prompts(prompts)
-    stacks, labels = [], []
-    for _, terms in _iter_query_terms(model, prompts, full=True, apply_ln=apply_ln,
-                                      batch_size=batch_size, device=device, progress=progress,
-                                      desc="decomposition"):
-        stack, labels = _stack_terms(model, terms)
-        stacks.append(stack)
-    return torch.cat(stacks), labels
-
-
 # --------------------------------------------------------------------------- TSLA
 
 
@@ -263,13 +204,13 @@ def tsla_scores(
     prompts: PromptSet,
     *,
     top_k: int | None = None,
-    normalizer: Normalizer = "none",
+    normalize: Normalize = "none",
     floor: float = 0.01,
     apply_ln: bool = False,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    interventions: Sequence = (),
     progress: bool = True,
-    return_per_prompt: bool = False,
 ) -> tuple[HeadScores, HeadScores]:
     """TSLA (Task Subspace Logit Attribution) TR and TL scores of every head.
 
@@ -278,101 +219,89 @@ def tsla_scores(
 
     - **TR** ``= ||P a||^2`` (writes into the label space, whatever the label);
     - **TL** ``= mean_{y' != y*} a^T (u_{y*} - u_{y'})`` (pushes the gold label over the
-      others), divided per prompt by ``||P a||`` (``normalizer="norm"``) or ``||P a||^2``
+      others), divided per prompt by ``||P a||`` (``normalize="norm"``) or ``||P a||^2``
       (``"tr"``), or not at all (``"none"``, default).
 
-    Both are averaged over the prompts (mean of per-prompt values). With a normaliser, heads
-    whose mean TR is below ``floor * max(mean TR)`` get TL = NaN and are never ranked
-    (dividing by a near-zero projection ranks noise first; see METHODS.md).
+    Both are averaged over the prompts (mean of per-prompt values, kept in
+    ``.per_prompt``). With a normalisation, heads whose mean TR is below
+    ``floor * max(mean TR)`` get TL = NaN and are never ranked (dividing by a near-zero
+    projection ranks noise first; see docs/methods.md).
 
     Args:
         model: a weight-processed model (as :func:`icl_heads.load_model` returns).
         prompts: the task's prompts (at least 2 labels).
-        top_k: size of the TR/TL head sets recorded in the metadata (``top_heads``);
-            default 3% of all heads, at least 1.
-        normalizer: ``"none"`` | ``"norm"`` | ``"tr"`` (see above).
+        top_k: size of the TR/TL head sets: the default ``k`` of the returned maps'
+            ``top()``; default 3% of all heads, at least 1.
+        normalize: ``"none"`` | ``"norm"`` | ``"tr"`` (see above).
         floor: fraction of the largest mean TR below which normalised TL is NaN (only used
-            with a normaliser); ``0 <= floor < 1``.
-        apply_ln: ``False`` (default, METHODS' formula) uses the raw head output ``a``;
-            ``True`` first applies the final norm's cached scale per prompt (as DLA does), so
-            TL equals the head's DLA to the gold-label logit difference.
+            with a normalisation); ``0 <= floor < 1``.
+        apply_ln: ``False`` (default: the paper's formula on the head's raw output ``a``);
+            ``True`` first applies the final norm's cached scale per prompt (as DLA does, whose
+            default it is), so TL equals the head's DLA to the gold-label logit difference.
         batch_size, device, progress: as in :func:`icl_heads.iter_batches`.
-        return_per_prompt: also keep the ``[prompt, layer, head]`` scores (``.per_prompt``);
-            otherwise memory does not grow with the number of prompts.
+        interventions: run with these interventions (ablate, patch, steer, ...).
+
+    Example::
+
+        tr, tl = ih.tsla_scores(model, prompts)
+        tr.top(), tl.top()          # the TR and TL heads (3% of heads each)
+        tr.plot()
 
     Returns:
-        ``(tr, tl)``, two :class:`HeadScores` named ``"tr_score"`` and ``"tl_score"`` whose
-        metadata records method ``"tsla"``, model, task/k/n/seed/perturbation, labels,
-        normalizer, floor, apply_ln, top_k and the top heads.
+        ``(tr, tl)``, two :class:`HeadScores` named ``"tr_score"`` and ``"tl_score"``, with
+        :class:`TSLASettings`.
     """
-    _check_prompts(prompts, need_pairs=True)
-    if normalizer not in NORMALIZERS:
-        raise ValueError(f"Unknown normalizer {normalizer!r}; choose one of {NORMALIZERS} "
+    _check_prompts(model, prompts, need_pairs=True)
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"Unknown normalize {normalize!r}; choose one of {NORMALIZATIONS} "
                          "('none' = raw TL, 'norm' = divide by ||P a||, 'tr' = divide by "
                          "||P a||^2).")
-    if not (isinstance(floor, (int, float)) and 0.0 <= floor < 1.0):
+    if isinstance(floor, bool) or not (isinstance(floor, (int, float)) and 0.0 <= floor < 1.0):
         raise ValueError(f"floor must be a fraction of the largest mean TR score in [0, 1), got "
                          f"{floor!r}.")
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    top_k = _resolve_top_k(top_k, L, H)
+    top_k = check_top_k(top_k, L, H)
+    if top_k > L * H:
+        raise ValueError(f"top_k={top_k} exceeds the model's {L * H} heads.")
+    interventions = check_interventions(interventions, model)
     label_dirs = label_unembeddings(model, prompts.label_token_ids)
     basis = subspace_basis(label_dirs)
     # Coordinates of the TL direction in the basis: TL = (Q^T a) . (Q^T d), which equals
     # a . d because d lies in the subspace, and bounds |TL| / ||P a|| by ||d||.
     dirs_in_basis = basis.T @ label_dirs  # [rank, label]
 
-    tr_sum = torch.zeros(L, H, dtype=torch.float64)
-    tl_sum = torch.zeros(L, H, dtype=torch.float64)
-    tr_rows, tl_rows = [], []
-    for batch, terms in _iter_query_terms(model, prompts, full=False, apply_ln=apply_ln,
-                                          batch_size=batch_size, device=device,
-                                          progress=progress, desc="tsla"):
+    def reduce(batch, terms):
         a = terms["head"]
         coords = a @ basis.to(a.device, a.dtype)  # [batch, L, H, rank]
         tr = coords.pow(2).sum(-1)
-        tl = tl_score(coords, dirs_in_basis, batch.prompts.gold)
-        tl = _normalise(tl, tr, normalizer)
-        tr_sum += tr.sum(0).double().cpu()
-        tl_sum += tl.sum(0).double().cpu()
-        if return_per_prompt:
-            tr_rows.append(tr.float().cpu())
-            tl_rows.append(tl.float().cpu())
+        tl = _normalise(tl_score(coords, dirs_in_basis, batch.prompts.gold), tr, normalize)
+        return {"tr": tr, "tl": tl}
 
-    n = len(prompts)
-    tr_mean = (tr_sum / n).float()
-    tl_mean = (tl_sum / n).float()
-    tr_pp = torch.cat(tr_rows) if return_per_prompt else None
-    tl_pp = torch.cat(tl_rows) if return_per_prompt else None
-    if normalizer != "none":
+    got = reduce_query_terms(model, prompts, reduce, full=False, apply_ln=apply_ln,
+                             batch_size=batch_size, device=device, interventions=interventions,
+                             progress=progress, desc="tsla")
+    tr_pp, tl_pp = got["tr"].float(), got["tl"].float()
+    tr_mean, tl_mean = got["tr"].mean(0).float(), got["tl"].mean(0).float()
+    if normalize != "none":
         below = tr_mean < floor * tr_mean.max()
         tl_mean[below] = float("nan")
-        if tl_pp is not None:
-            tl_pp[:, below] = float("nan")
-
-    common = {
-        "method": "tsla",
-        "model": model.cfg.model_name,
-        **prompts.describe(),
-        "labels": list(prompts.label_words),
-        "normalizer": normalizer,
-        "floor": float(floor) if normalizer != "none" else None,
-        "apply_ln": bool(apply_ln),
-        "top_k": top_k,
-    }
-    tr_scores = HeadScores(tr_mean, name="tr_score", metadata={**common, "score": "TR"},
-                           per_prompt=tr_pp)
-    tl_scores = HeadScores(tl_mean, name="tl_score", metadata={**common, "score": "TL"},
-                           per_prompt=tl_pp)
-    for s in (tr_scores, tl_scores):
-        s.metadata["top_heads"] = [str(h) for h in s.top(top_k)]
-    return tr_scores, tl_scores
+        tl_pp[:, below] = float("nan")
+    settings = TSLASettings(model=model_name(model), prompts=prompts.info(),
+                            labels=tuple(prompts.label_words), normalize=normalize,
+                            floor=float(floor) if normalize != "none" else None,
+                            apply_ln=bool(apply_ln), top_k=top_k,
+                            interventions=describe_interventions(interventions))
+    return (HeadScores(tr_mean, name="tr_score", settings=settings, per_prompt=tr_pp,
+                       top_k=top_k),
+            HeadScores(tl_mean, name="tl_score", settings=settings, per_prompt=tl_pp,
+                       top_k=top_k))
 
 
-def _normalise(tl: Tensor, tr: Tensor, normalizer: str) -> Tensor:
-    if normalizer == "none":
+def _normalise(tl: Tensor, tr: Tensor, normalize: str) -> Tensor:
+    if normalize == "none":
         return tl
     tiny = torch.finfo(tr.dtype).tiny
-    denom = tr.sqrt() if normalizer == "norm" else tr
+    denom = tr.sqrt() if normalize == "norm" else tr
     return tl / denom.clamp_min(tiny)
 
 
@@ -384,49 +313,52 @@ def dla_scores(
     prompts: PromptSet,
     *,
     target: Target = "logit_diff",
+    top_k: int | None = None,
     apply_ln: bool = True,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    interventions: Sequence = (),
     progress: bool = True,
-    return_per_prompt: bool = False,
 ) -> HeadScores:
     """Plain per-head direct logit attribution ``a^T d``, averaged over prompts.
 
     ``d`` is the target direction (see :func:`label_weights`): ``"gold"`` = ``u_{y*}``,
     ``"logit_diff"`` (default) = ``u_{y*} - mean_{y' != y*} u_{y'}`` (the gold-label logit
     difference), ``"centered"`` = ``u_{y*} - mean_{y'} u_{y'}``. With ``apply_ln=True``
-    (default) ``a`` is first divided by the final norm's cached scale (centred first for
-    LayerNorm), as TransformerLens's ``apply_ln_to_stack``/``logit_attrs`` do; the result
-    is then the head's exact additive share of that logit (difference).
+    (default, TransformerLens's ``logit_attrs`` convention) ``a`` is first divided by the
+    final norm's cached scale (centred first for LayerNorm), so the result is the head's
+    exact additive share of that logit (difference).
 
     ``dla_scores(target="logit_diff", apply_ln=x)`` equals the TL score of
-    ``tsla_scores(normalizer="none", apply_ln=x)``.
+    ``tsla_scores(normalize="none", apply_ln=x)``.
 
     Returns:
-        :class:`HeadScores` named ``"dla_<target>"`` (metadata: method ``"dla"``, target,
-        apply_ln, model, prompts).
+        :class:`HeadScores` named ``"dla_<target>"`` (per-prompt values in ``per_prompt``)
+        with :class:`DLASettings`.
     """
-    _check_prompts(prompts, need_pairs=target != "gold")
+    _check_prompts(model, prompts, need_pairs=target != "gold")
     if target not in TARGETS:
         raise ValueError(f"Unknown target {target!r}; choose one of {TARGETS}.")
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    top_k = check_top_k(top_k, L, H) if top_k is not None else None
+    interventions = check_interventions(interventions, model)
     label_dirs = label_unembeddings(model, prompts.label_token_ids)
-    total = torch.zeros(L, H, dtype=torch.float64)
-    rows = []
-    for batch, terms in _iter_query_terms(model, prompts, full=False, apply_ln=apply_ln,
-                                          batch_size=batch_size, device=device,
-                                          progress=progress, desc="dla"):
+
+    def reduce(batch, terms):
         a = terms["head"]
         direction = _target_directions(label_dirs, batch.prompts.gold, target).to(a)
-        values = torch.einsum("blhd,bd->blh", a, direction)
-        total += values.sum(0).double().cpu()
-        if return_per_prompt:
-            rows.append(values.float().cpu())
-    meta = {"method": "dla", "target": target, "apply_ln": bool(apply_ln),
-            "model": model.cfg.model_name, **prompts.describe(),
-            "labels": list(prompts.label_words)}
-    return HeadScores((total / len(prompts)).float(), name=f"dla_{target}", metadata=meta,
-                      per_prompt=torch.cat(rows) if return_per_prompt else None)
+        return {"dla": torch.einsum("blhd,bd->blh", a, direction)}
+
+    per_prompt = reduce_query_terms(model, prompts, reduce, full=False, apply_ln=apply_ln,
+                                    batch_size=batch_size, device=device,
+                                    interventions=interventions, progress=progress,
+                                    desc="dla")["dla"]
+    settings = DLASettings(model=model_name(model), prompts=prompts.info(),
+                           labels=tuple(prompts.label_words), target=target,
+                           apply_ln=bool(apply_ln), unit="head",
+                           interventions=describe_interventions(interventions))
+    return HeadScores(per_prompt.mean(0).float(), name=f"dla_{target}", settings=settings,
+                      per_prompt=per_prompt.float(), top_k=top_k)
 
 
 def direct_logit_attribution(
@@ -436,20 +368,22 @@ def direct_logit_attribution(
     unit: Unit = "component",
     target: Target = "logit_diff",
     apply_ln: bool = True,
+    per_prompt: bool = False,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    interventions: Sequence = (),
     progress: bool = True,
-    return_per_prompt: bool = False,
 ) -> pd.DataFrame:
     """Direct logit attribution of every component at the query position, as a tidy frame.
 
-    Each component's residual-stream output ``c`` (see :func:`residual_decomposition`),
-    normalised by the final norm's cached scale when ``apply_ln=True`` (default, like
-    ``ActivationCache.apply_ln_to_stack``), is projected on the target direction
-    ``d = W_Y w`` (:func:`label_weights`); the unembedding bias enters as one more row
-    ``unembed_bias = b_U[labels] . w``. With ``apply_ln=True`` the rows of ``unit`` =
-    ``"component"`` or ``"layer"`` sum exactly to the target computed from the logits
-    (e.g. :func:`icl_heads.metrics.logit_diff`; before any logit soft-cap).
+    Each component's residual-stream output ``c`` (see
+    :func:`icl_heads.residual_decomposition`), normalised by the final norm's cached scale
+    when ``apply_ln=True`` (default, like ``ActivationCache.apply_ln_to_stack``), is
+    projected on the target direction ``d = W_Y w`` (:func:`label_weights`); the
+    unembedding bias enters as one more row ``unembed_bias = b_U[labels] . w``. With
+    ``apply_ln=True`` the rows of ``unit`` = ``"component"`` or ``"layer"`` sum exactly to
+    the target computed from the logits (e.g. :func:`icl_heads.metrics.logit_diff`; before
+    any logit soft-cap).
 
     Args:
         unit: ``"component"`` (embed, pos_embed, every head, every layer's attention bias
@@ -459,59 +393,62 @@ def direct_logit_attribution(
         target: ``"logit_diff"`` (default), ``"gold"`` or ``"centered"`` (see
             :func:`label_weights`).
         apply_ln: apply the final norm's scale (default ``True``).
-        return_per_prompt: one row per (prompt, unit) with a ``prompt`` column instead of
-            the mean over prompts.
+        per_prompt: one row per (prompt, unit) with a ``prompt`` column instead of the mean
+            over prompts.
+
+    Example::
+
+        dla = ih.direct_logit_attribution(model, prompts, unit="layer")
+        dla.sort_values("logit_diff").tail()
 
     Returns:
         DataFrame with columns ``[prompt,] component, kind, layer, head, <target>``
-        (``layer``/``head`` are ``<NA>`` where they do not apply); ``.attrs["metadata"]``
-        records how it was made.
+        (``layer``/``head`` are ``<NA>`` where they do not apply); ``.attrs["settings"]``
+        says how it was made.
     """
-    _check_prompts(prompts, need_pairs=target != "gold")
+    _check_prompts(model, prompts, need_pairs=target != "gold")
     if unit not in UNITS:
         raise ValueError(f"Unknown unit {unit!r}; choose one of {UNITS}.")
     if target not in TARGETS:
         raise ValueError(f"Unknown target {target!r}; choose one of {TARGETS}.")
+    interventions = check_interventions(interventions, model)
     label_dirs = label_unembeddings(model, prompts.label_token_ids)
-    label_bias = _unembed_bias(model)[prompts.label_token_ids.to(label_dirs.device)]
-    total, rows, labels = None, [], []
-    for batch, terms in _iter_query_terms(model, prompts, full=True, apply_ln=apply_ln,
-                                          batch_size=batch_size, device=device,
-                                          progress=progress, desc="dla"):
-        stack, labels = _stack_terms(model, terms)  # [b, component, d_model]
-        gold = batch.prompts.gold.to(stack.device)
-        w = label_weights(gold, prompts.n_labels, target).to(stack)
-        direction = w @ label_dirs.to(stack).T
-        values = torch.einsum("bcd,bd->bc", stack, direction)
+    label_bias = unembed_bias(model)[prompts.label_token_ids.to(label_dirs.device)]
+
+    def reduce(batch, terms):
+        stack, _ = stack_terms(model, terms)  # [b, component, d_model]
+        w = label_weights(batch.prompts.gold.to(stack.device), prompts.n_labels,
+                          target).to(stack)
+        values = torch.einsum("bcd,bd->bc", stack, w @ label_dirs.to(stack).T)
         bias = (w @ label_bias.to(stack))[:, None]
-        values = torch.cat([values, bias], dim=1).double().cpu()
-        total = values.sum(0) if total is None else total + values.sum(0)
-        if return_per_prompt:
-            rows.append(values)
-    labels = [*labels, "unembed_bias"]
-    groups, info = _unit_groups(labels, unit)
-    meta = {"method": "dla", "unit": unit, "target": target, "apply_ln": bool(apply_ln),
-            "model": model.cfg.model_name, **prompts.describe(),
-            "labels": list(prompts.label_words)}
-    if return_per_prompt:
-        values = _group_sum(torch.cat(rows), groups, len(info))  # [prompt, unit]
-        n_units = len(info)
+        return {"dla": torch.cat([values, bias], dim=1)}
+
+    values = reduce_query_terms(model, prompts, reduce, full=True, apply_ln=apply_ln,
+                                batch_size=batch_size, device=device,
+                                interventions=interventions, progress=progress,
+                                desc="dla")["dla"]  # [prompt, component]
+    groups, info = _unit_groups([*component_labels(model), "unembed_bias"], unit)
+    if per_prompt:
+        grouped = _group_sum(values, groups, len(info))  # [prompt, unit]
         frame = pd.concat([_info_frame(info)] * len(prompts), ignore_index=True)
-        frame.insert(0, "prompt", np.repeat(np.arange(len(prompts)), n_units))
-        frame[target] = values.flatten().numpy()
+        frame.insert(0, "prompt", np.repeat(np.arange(len(prompts)), len(info)))
+        frame[target] = grouped.flatten().numpy()
     else:
-        mean = _group_sum((total / len(prompts))[None], groups, len(info))[0]
         frame = _info_frame(info)
-        frame[target] = mean.numpy()
-    frame.attrs["metadata"] = meta
+        frame[target] = _group_sum(values.mean(0, keepdim=True), groups, len(info))[0].numpy()
+    frame.attrs["settings"] = DLASettings(
+        model=model_name(model), prompts=prompts.info(),
+        labels=tuple(prompts.label_words), target=target, apply_ln=bool(apply_ln), unit=unit,
+        interventions=describe_interventions(interventions))
     return frame
 
 
 # --------------------------------------------------------------------------- internals
 
 
-def _check_prompts(prompts: PromptSet, *, need_pairs: bool = False) -> None:
-    check_prompt_set(prompts)
+def _check_prompts(model: HookedTransformer, prompts: PromptSet, *,
+                   need_pairs: bool = False) -> None:
+    check_prompt_set(prompts, model=model)
     if need_pairs and prompts.n_labels < 2:
         raise ValueError(f"TL scores and label-difference targets compare the gold label with "
                          f"the others; this prompt set has {prompts.n_labels} label(s). Use a "
@@ -519,152 +456,6 @@ def _check_prompts(prompts: PromptSet, *, need_pairs: bool = False) -> None:
     gold = prompts.gold
     if int(gold.min()) < 0 or int(gold.max()) >= prompts.n_labels:
         raise ValueError(f"prompts.gold holds label indices outside 0..{prompts.n_labels - 1}.")
-
-
-def _resolve_top_k(top_k: int | None, n_layers: int, n_heads: int) -> int:
-    if top_k is None:
-        return default_top_k(n_layers, n_heads)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer (or None for 3% of heads), got "
-                         f"{top_k!r}.")
-    if top_k > n_layers * n_heads:
-        raise ValueError(f"top_k={top_k} exceeds the model's {n_layers * n_heads} heads.")
-    return top_k
-
-
-def _check_model(model: HookedTransformer) -> None:
-    cfg = model.cfg
-    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        raise ValueError(
-            f"{cfg.original_architecture} is a post-norm architecture (each sublayer's output "
-            "passes through ln1/ln2 before the residual add), so per-head attribution is not "
-            "additive there; icl_heads.attribution does not support it.")
-    if cfg.use_normalization_before_and_after:
-        post = model.blocks[0].ln1_post
-        if type(post).__name__ != "RMSNorm":
-            raise ValueError(f"Post-attention norm {type(post).__name__} is not supported "
-                             "(only RMSNorm, as in Gemma 2/3).")
-
-
-def _final_norm(model: HookedTransformer):
-    if model.cfg.normalization_type is None:
-        return None
-    return getattr(model, "ln_final", None)
-
-
-def _final_norm_weight(model: HookedTransformer) -> Tensor | None:
-    """The final norm's weight if it was not folded into ``W_U`` (LN / RMS, not *Pre)."""
-    norm = _final_norm(model)
-    w = getattr(norm, "w", None) if norm is not None else None
-    return w.detach() if isinstance(w, Tensor) else None
-
-
-def _unembed_bias(model: HookedTransformer) -> Float[Tensor, " d_vocab"]:
-    """``b_U``, plus ``b_ln @ W_U`` when the final LayerNorm's bias was not folded."""
-    with torch.no_grad():
-        bias = model.b_U.detach().clone()
-        norm = _final_norm(model)
-        b = getattr(norm, "b", None) if norm is not None else None
-        if isinstance(b, Tensor):
-            bias = bias + b.detach() @ model.W_U.detach()
-    return bias
-
-
-def _iter_query_terms(
-    model: HookedTransformer,
-    prompts: PromptSet,
-    *,
-    full: bool,
-    apply_ln: bool,
-    batch_size: int,
-    device: str | torch.device | None,
-    progress: bool,
-    desc: str,
-) -> Iterator[tuple[Batch, dict[str, Tensor]]]:
-    """One forward pass per batch; yields the query position's additive residual terms.
-
-    Terms: ``head`` ``[b, L, H, d]`` always; with ``full`` also ``embed`` ``[b, d]``,
-    ``pos_embed`` ``[b, d]`` (learned positions only), ``attn_bias`` ``[b, L, d]`` and
-    ``mlp`` ``[b, L, d]``. With ``apply_ln`` every term is centred (LayerNorm) and divided
-    by the final norm's cached scale.
-    """
-    _check_model(model)
-    cfg = model.cfg
-    L = cfg.n_layers
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(L)]
-    names = list(z_names)
-    post_norm = bool(cfg.use_normalization_before_and_after)
-    if post_norm:
-        names += [f"blocks.{layer}.ln1_post.hook_scale" for layer in range(L)]
-    has_pos = cfg.positional_embedding_type == "standard"
-    has_mlp = not cfg.attn_only
-    if full:
-        names.append("hook_embed")
-        if has_pos:
-            names.append("hook_pos_embed")
-        if has_mlp:
-            names += [f"blocks.{layer}.hook_mlp_out" for layer in range(L)]
-    final_norm = _final_norm(model) if apply_ln else None
-    if final_norm is not None:
-        names.append("ln_final.hook_scale")
-    centre = cfg.normalization_type in ("LN", "LNPre")
-    with torch.no_grad():
-        W_O = model.W_O.detach()  # [L, H, d_head, d_model]
-        b_O = model.b_O.detach()  # [L, d_model]
-        post_w = (torch.stack([b.ln1_post.w.detach() for b in model.blocks])
-                  if post_norm else None)  # [L, d_model]
-
-    # The final norm's scale is only computed when the logits are (iter_batches stops at
-    # the last block otherwise), so ask for logits exactly when that scale is needed.
-    for batch in iter_batches(model, prompts, names, pos="query", batch_size=batch_size,
-                              device=device, return_logits=final_norm is not None,
-                              progress=progress, desc=desc):
-        acts = batch.activations
-        z = torch.stack([acts[n] for n in z_names], dim=1)  # [b, L, H, d_head]
-        terms = {"head": torch.einsum("blhk,lhkd->blhd", z, W_O.to(z))}
-        if full:
-            terms["attn_bias"] = b_O.to(z)[None].expand(z.shape[0], -1, -1)
-        if post_norm:
-            scale = torch.stack([acts[f"blocks.{i}.ln1_post.hook_scale"] for i in range(L)],
-                                dim=1)  # [b, L, 1]
-            factor = post_w.to(z)[None] / scale  # [b, L, d_model]
-            terms["head"] = terms["head"] * factor[:, :, None]
-            if full:
-                terms["attn_bias"] = terms["attn_bias"] * factor
-        if full:
-            terms["embed"] = acts["hook_embed"]
-            if has_pos:
-                terms["pos_embed"] = acts["hook_pos_embed"]
-            if has_mlp:
-                terms["mlp"] = torch.stack([acts[f"blocks.{i}.hook_mlp_out"] for i in range(L)],
-                                           dim=1)
-        if final_norm is not None:
-            scale = acts["ln_final.hook_scale"].reshape(-1)  # [b]
-            terms = {k: _apply_scale(v, scale, centre) for k, v in terms.items()}
-        yield batch, terms
-
-
-def _apply_scale(x: Tensor, scale: Float[Tensor, " batch"], centre: bool) -> Tensor:
-    """``ActivationCache.apply_ln_to_stack`` for one term: centre (LayerNorm), divide."""
-    if centre:
-        x = x - x.mean(-1, keepdim=True)
-    return x / scale.reshape(-1, *([1] * (x.ndim - 1))).to(x)
-
-
-def _stack_terms(model: HookedTransformer, terms: dict[str, Tensor]) -> tuple[Tensor, list[str]]:
-    """Stack the terms as ``[b, component, d_model]`` in the canonical component order."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    parts, labels = [terms["embed"][:, None]], ["embed"]
-    if "pos_embed" in terms:
-        parts.append(terms["pos_embed"][:, None])
-        labels.append("pos_embed")
-    for layer in range(L):
-        parts += [terms["head"][:, layer], terms["attn_bias"][:, layer, None]]
-        labels += [f"L{layer}H{h}" for h in range(H)] + [f"L{layer}.attn_bias"]
-        if "mlp" in terms:
-            parts.append(terms["mlp"][:, layer, None])
-            labels.append(f"L{layer}.mlp")
-    return torch.cat(parts, dim=1), labels
 
 
 def _target_directions(label_dirs: Tensor, gold: Tensor, target: str) -> Tensor:

@@ -29,7 +29,9 @@ batch can be scored instead.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import pandas as pd
@@ -38,9 +40,12 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .activations import HookList, iter_batches
-from .heads import HeadScores, default_top_k
-from .prompts import PromptSet
+from .activations import iter_batches
+from .heads import HeadScores, check_top_k, default_top_k
+from .interventions import check_interventions
+from .models import resolve_device
+from .prompts import PromptSet, check_prompt_set
+from .settings import PromptInfo, Settings, describe_interventions, model_name
 
 #: The token detectors, in the order of the detector axis of :func:`detection_patterns`.
 DETECTORS = ("previous_token", "duplicate_token", "induction")
@@ -54,6 +59,31 @@ KINDS = tuple(DEFAULT_THRESHOLDS)
 _PATTERN_SUFFIX = "attn.hook_pattern"
 _TINY = 1e-30  # guards 0/0 in the per-row normalisation (a row with no mass scores 0)
 
+Sequences = PromptSet | Int[Tensor, "batch pos"] | None
+
+
+@dataclass(frozen=True)
+class DetectorSettings(Settings):
+    """How a detector map was made.
+
+    ``sequences``: ``"random_repeated"`` (``T``, ``n``, ``seed`` say which), ``"prompts"``
+    (``prompts`` says which) or ``"tokens"`` (a user's token batch).
+    """
+
+    detector: str
+    model: str | None
+    sequences: str
+    prompts: PromptInfo | None = None
+    T: int | None = None
+    n: int | None = None
+    seed: int | None = None
+    normalize: str | None = None
+    exclude_bos: bool | None = None
+    exclude_current_token: bool | None = None
+    thresholds: tuple | None = None
+    top_k: int | None = None
+    interventions: tuple[str, ...] = ()
+
 
 # ----------------------------------------------------------------------------- data
 
@@ -61,7 +91,7 @@ _TINY = 1e-30  # guards 0/0 in the per-row normalisation (a row with no mass sco
 def random_repeated_tokens(
     model: HookedTransformer,
     T: int = 50,
-    batch: int = 32,
+    n: int = 32,
     seed: int = 0,
     *,
     prepend_bos: bool | None = None,
@@ -76,7 +106,7 @@ def random_repeated_tokens(
     Args:
         model: supplies the vocabulary, BOS convention and context length.
         T: length of the random block (the sequence has ``2T`` tokens, plus BOS).
-        batch: number of sequences.
+        n: number of sequences.
         seed: seeds the draw (a private ``torch.Generator``; global RNG untouched).
         prepend_bos: default ``model.cfg.default_prepend_bos`` when the tokenizer has a BOS
             token; never for a model without tokenizer.
@@ -84,11 +114,15 @@ def random_repeated_tokens(
             so the tokens do not depend on the device).
 
     Returns:
-        ``[batch, 2T (+1)]`` token ids.
+        ``[n, 2T (+1)]`` token ids.
     """
-    for name, value in (("T", T), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    for name, value in (("T", T), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be a positive integer, got {value!r}.")
+        if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {seed!r}.")
     bos_id = _bos_token_id(model)
     if prepend_bos is None:
         prepend_bos = bool(model.cfg.default_prepend_bos) and bos_id is not None
@@ -104,12 +138,12 @@ def random_repeated_tokens(
         )
     vocab = _ordinary_vocabulary(model)
     gen = torch.Generator().manual_seed(int(seed))
-    block = vocab[torch.randint(len(vocab), (batch, T), generator=gen)]
+    block = vocab[torch.randint(len(vocab), (n, T), generator=gen)]
     parts = [block, block]
     if prepend_bos:
-        parts.insert(0, torch.full((batch, 1), bos_id, dtype=torch.long))
+        parts.insert(0, torch.full((n, 1), bos_id, dtype=torch.long))
     tokens = torch.cat(parts, dim=1)
-    return tokens if device is None else tokens.to(device)
+    return tokens if device is None else tokens.to(resolve_device(device))
 
 
 def detection_patterns(
@@ -218,42 +252,25 @@ def _keep_mask(
     return keep
 
 
-class _PatternScorer:
-    """Reduces each layer's attention pattern to ``[batch, detector, head]`` scores inside the
-    forward pass.
+def _pattern_reducer(model: HookedTransformer, detectors: Sequence[str], normalize: Normalize,
+                     exclude_bos: bool, exclude_current_token: bool):
+    """The per-batch reducer handed to :func:`~icl_heads.activations.iter_batches`: it
+    prepares the batch's detection targets once, then reduces each layer's attention pattern
+    to ``[batch, detector, head]`` scores inside the forward pass, so the patterns of all
+    layers never coexist in memory (only one layer's ``[batch, head, pos, pos]`` at a
+    time). That reduce-in-the-hook path is the point of the detectors' speed and memory."""
+    which = [DETECTORS.index(d) for d in detectors]
+    bos_token_id = _bos_token_id(model)
 
-    This is a recorder handed to :func:`~icl_heads.activations.iter_batches` as an
-    "intervention" (it only reads, never edits, the pattern): batching, device and
-    ``inference_mode`` stay in the one batching routine, while the patterns of all layers
-    never coexist in memory (only one layer's ``[batch, head, pos, pos]`` at a time). That
-    specialised reduce-in-the-hook path is the point of the detectors' speed and memory.
-    """
-
-    def __init__(self, model: HookedTransformer, detectors: Sequence[str], normalize: Normalize,
-                 exclude_bos: bool, exclude_current_token: bool) -> None:
-        self.cfg = model.cfg
-        self.which = [DETECTORS.index(d) for d in detectors]
-        self.normalize = normalize
-        self.exclude_bos = exclude_bos
-        self.exclude_current_token = exclude_current_token
-        self.bos_token_id = _bos_token_id(model)
-        self.scores: Tensor | None = None  # [batch, detector, layer, head] of the last batch
-
-    def fwd_hooks(self, batch: PromptSet, index: Tensor) -> HookList:
-        detection = detection_patterns(batch.tokens, batch.attention_mask)[:, self.which]
-        keep = _keep_mask(batch.tokens, batch.attention_mask, bos_token_id=self.bos_token_id,
-                          exclude_bos=self.exclude_bos,
-                          exclude_current_token=self.exclude_current_token,
-                          normalize=self.normalize)
+    def for_batch(batch: PromptSet):
+        detection = detection_patterns(batch.tokens, batch.attention_mask)[:, which]
+        keep = _keep_mask(batch.tokens, batch.attention_mask, bos_token_id=bos_token_id,
+                          exclude_bos=exclude_bos, exclude_current_token=exclude_current_token,
+                          normalize=normalize)
         targets = _Targets.of(detection, keep)
-        self.scores = torch.full((len(batch), len(self.which), self.cfg.n_layers,
-                                  self.cfg.n_heads), float("nan"), device=batch.tokens.device)
+        return lambda pattern, name: _score(pattern, targets, normalize)
 
-        def score_layer(pattern: Tensor, hook) -> None:
-            layer = int(hook.name.split(".")[1])
-            self.scores[:, :, layer] = _score(pattern, targets, self.normalize)
-
-        return [(lambda name: name.endswith(_PATTERN_SUFFIX), score_layer)]
+    return for_batch
 
 
 # ----------------------------------------------------------------------------- token detectors
@@ -261,11 +278,11 @@ class _PatternScorer:
 
 def token_detector_scores(
     model: HookedTransformer,
-    data: PromptSet | Int[Tensor, "batch pos"] | None = None,
+    sequences: Sequences = None,
     *,
     detectors: Sequence[str] = DETECTORS,
     T: int = 50,
-    batch: int = 32,
+    n: int = 32,
     seed: int = 0,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     normalize: Normalize = "rows",
@@ -273,6 +290,7 @@ def token_detector_scores(
     exclude_current_token: bool = False,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    interventions: Sequence = (),
     progress: bool = True,
 ) -> dict[str, HeadScores]:
     """Previous-token, duplicate-token and induction scores of every head in one batched pass.
@@ -282,87 +300,152 @@ def token_detector_scores(
 
     Args:
         model: the model.
-        data: ``None`` (default) for :func:`random_repeated_tokens` ``(T, batch, seed)``; a
-            :class:`PromptSet` (e.g. a task's ICL prompts); or a ``[batch, pos]`` token tensor
-            (left-padded if ``attention_mask`` is given, else unpadded).
+        sequences: what to score: ``None`` (default) for :func:`random_repeated_tokens`
+            ``(T, n, seed)``; a :class:`PromptSet` (e.g. a task's ICL prompts); or a
+            ``[batch, pos]`` token tensor (left-padded if ``attention_mask`` is given, else
+            unpadded).
         detectors: any of ``"previous_token"``, ``"duplicate_token"``, ``"induction"``.
-        T, batch, seed: the random sequences (ignored when ``data`` is given).
-        attention_mask: ``[batch, pos]`` 1 for real tokens, for a token tensor ``data``.
+        T, n, seed: the random sequences (only used when ``sequences`` is None).
+        attention_mask: ``[batch, pos]`` 1 for real tokens, for a token tensor.
         normalize: ``"rows"`` (perfect head = 1.0) or ``"detect_head"`` (TransformerLens's
             "mul" measure, exactly).
         exclude_bos: zero the attention to the BOS column before scoring.
         exclude_current_token: zero the attention to the current token before scoring.
         batch_size: sequences per forward pass (default 32: the random sequences are short).
         device: defaults to the model's device.
+        interventions: run with these interventions (e.g. an ablation).
         progress: show a progress bar.
+
+    Example::
+
+        maps = ih.token_detector_scores(model)          # all three on random [BOS]+r+r
+        maps["induction"].top(5)
 
     Returns:
         ``{detector: HeadScores}`` named ``"<detector>_score"``, with ``per_prompt``
-        ``[sequence, layer, head]`` and metadata saying how they were made.
+        ``[sequence, layer, head]`` and :class:`DetectorSettings`.
     """
     detectors = _check_detectors(detectors)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}.")
-    prompts, source = _as_prompt_set(model, data, T=T, batch=batch, seed=seed,
+    prompts, source = _as_prompt_set(model, sequences, T=T, n=n, seed=seed,
                                      attention_mask=attention_mask)
-    scorer = _PatternScorer(model, detectors, normalize, exclude_bos, exclude_current_token)
+    interventions = check_interventions(interventions, model)
+    reducer = _pattern_reducer(model, detectors, normalize, exclude_bos, exclude_current_token)
+    names = [f"blocks.{layer}.{_PATTERN_SUFFIX}" for layer in range(model.cfg.n_layers)]
     per_prompt = []
-    for _ in iter_batches(model, prompts, None, pos="all", batch_size=batch_size, device=device,
-                          interventions=[scorer], return_logits=False, progress=progress,
-                          desc="head detectors"):
-        per_prompt.append(scorer.scores.cpu())
-    stacked = torch.cat(per_prompt)  # [sequence, detector, layer, head]
-    meta = {"model": model.cfg.model_name, "normalize": normalize, "exclude_bos": exclude_bos,
-            "exclude_current_token": exclude_current_token, "n_sequences": len(prompts),
-            **source}
+    for batch in iter_batches(model, prompts, names, positions="all", reduce=reducer,
+                              batch_size=batch_size, device=device, interventions=interventions,
+                              return_logits=False, progress=progress, desc="head detectors"):
+        per_prompt.append(torch.stack([batch.activations[name] for name in names],
+                                      dim=2).cpu())  # [batch, detector, layer, head]
+    stacked = torch.cat(per_prompt)
+    common = dict(model=model_name(model), normalize=normalize, exclude_bos=bool(exclude_bos),
+                  exclude_current_token=bool(exclude_current_token),
+                  interventions=describe_interventions(interventions), **source)
     return {
         name: HeadScores(torch.nanmean(stacked[:, i], dim=0), name=f"{name}_score",
-                         metadata={"detector": name, **meta}, per_prompt=stacked[:, i])
+                         settings=DetectorSettings(detector=name, **common),
+                         per_prompt=stacked[:, i])
         for i, name in enumerate(detectors)
     }
 
 
 def previous_token_scores(
     model: HookedTransformer,
-    data: PromptSet | Int[Tensor, "batch pos"] | None = None,
-    **kwargs,
+    sequences: Sequences = None,
+    *,
+    T: int = 50,
+    n: int = 32,
+    seed: int = 0,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    normalize: Normalize = "rows",
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    interventions: Sequence = (),
+    progress: bool = True,
 ) -> HeadScores:
     """Previous-token score of every head: attention from position ``i`` to ``i-1``.
 
-    ``data``/keyword arguments as in :func:`token_detector_scores` (default: ``T=50``,
-    ``batch=32``, ``seed=0`` random repeated sequences, ``normalize="rows"``).
+    Arguments as in :func:`token_detector_scores` (default: ``T=50``, ``n=32``, ``seed=0``
+    random repeated sequences, ``normalize="rows"``).
+
+    Example::
+
+        ih.previous_token_scores(model).top(5)
     """
-    return token_detector_scores(model, data, detectors=["previous_token"], **kwargs)[
-        "previous_token"]
+    return token_detector_scores(
+        model, sequences, detectors=["previous_token"], T=T, n=n, seed=seed,
+        attention_mask=attention_mask, normalize=normalize, exclude_bos=exclude_bos,
+        exclude_current_token=exclude_current_token, batch_size=batch_size, device=device,
+        interventions=interventions, progress=progress)["previous_token"]
 
 
 def duplicate_token_scores(
     model: HookedTransformer,
-    data: PromptSet | Int[Tensor, "batch pos"] | None = None,
-    **kwargs,
+    sequences: Sequences = None,
+    *,
+    T: int = 50,
+    n: int = 32,
+    seed: int = 0,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    normalize: Normalize = "rows",
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    interventions: Sequence = (),
+    progress: bool = True,
 ) -> HeadScores:
     """Duplicate-token score of every head: attention to earlier occurrences of the current
     token. Arguments as in :func:`token_detector_scores`."""
-    return token_detector_scores(model, data, detectors=["duplicate_token"], **kwargs)[
-        "duplicate_token"]
+    return token_detector_scores(
+        model, sequences, detectors=["duplicate_token"], T=T, n=n, seed=seed,
+        attention_mask=attention_mask, normalize=normalize, exclude_bos=exclude_bos,
+        exclude_current_token=exclude_current_token, batch_size=batch_size, device=device,
+        interventions=interventions, progress=progress)["duplicate_token"]
 
 
 def induction_scores(
     model: HookedTransformer,
-    data: PromptSet | Int[Tensor, "batch pos"] | None = None,
-    **kwargs,
+    sequences: Sequences = None,
+    *,
+    T: int = 50,
+    n: int = 32,
+    seed: int = 0,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    normalize: Normalize = "rows",
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    interventions: Sequence = (),
+    progress: bool = True,
 ) -> HeadScores:
     """Induction score of every head: attention to the token after an earlier occurrence of
     the current token (on ``[BOS] + r + r``: from ``i`` in the second copy to ``i - T + 1``).
-    Arguments as in :func:`token_detector_scores`."""
-    return token_detector_scores(model, data, detectors=["induction"], **kwargs)["induction"]
+    Arguments as in :func:`token_detector_scores`.
+
+    Example::
+
+        ih.induction_scores(model).plot()
+    """
+    return token_detector_scores(
+        model, sequences, detectors=["induction"], T=T, n=n, seed=seed,
+        attention_mask=attention_mask, normalize=normalize, exclude_bos=exclude_bos,
+        exclude_current_token=exclude_current_token, batch_size=batch_size, device=device,
+        interventions=interventions, progress=progress)["induction"]
 
 
 # ----------------------------------------------------------------------------- label attention
 
 
 class LabelAttention(NamedTuple):
-    """Result of :func:`label_attention_scores`."""
+    """Result of :func:`label_attention_scores`: ``mass`` (attention to the demo labels) and
+    ``gold_share`` (the share of it on demos with the gold label; its ``baseline`` is the
+    chance share)."""
 
     mass: HeadScores
     gold_share: HeadScores
@@ -374,6 +457,7 @@ def label_attention_scores(
     *,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    interventions: Sequence = (),
     progress: bool = True,
 ) -> LabelAttention:
     """Attention from the query position to the demonstrations' label tokens, per head.
@@ -383,29 +467,32 @@ def label_attention_scores(
     - ``mass = sum_j a_j`` (averaged over prompts);
     - ``gold_share = sum_{j: demo_label_j = gold} a_j / sum_j a_j`` (averaged over prompts
       that show at least one demo with the gold label; NaN per prompt otherwise). Chance
-      level (attention spread evenly over the label tokens) is the metadata
-      ``"chance_share"``: the mean fraction of demos carrying the gold label.
+      level (attention spread evenly over the label tokens) is ``gold_share.baseline``:
+      the mean fraction of demos carrying the gold label.
 
-    Captures only the query row of each layer's ``hook_pattern`` via
-    :func:`~icl_heads.activations.iter_batches`.
+    Captures only the query row of each layer's ``hook_pattern``.
+
+    Example::
+
+        la = ih.label_attention_scores(model, prompts)
+        la.mass.top(5), la.gold_share.baseline
 
     Returns:
         ``LabelAttention(mass, gold_share)``, two :class:`HeadScores` named
         ``"label_attention_score"`` and ``"gold_label_share"``.
     """
-    if not isinstance(prompts, PromptSet):
-        raise TypeError(f"label_attention_scores needs a PromptSet (build_prompts(...)), got "
-                        f"{type(prompts).__name__}.")
+    check_prompt_set(prompts, model=model)
     if prompts.k == 0 or prompts.demo_label_positions.shape[1] == 0:
         raise ValueError(
             f"This PromptSet has no demonstrations (k={prompts.k}, perturbation="
             f"{prompts.perturbation!r}), so there are no label tokens to attend to. Build it "
             f"with k >= 1 and without perturbation='zero_shot'.")
+    interventions = check_interventions(interventions, model)
     names = [f"blocks.{layer}.{_PATTERN_SUFFIX}" for layer in range(model.cfg.n_layers)]
     masses, golds = [], []
-    for b in iter_batches(model, prompts, names, pos="query", batch_size=batch_size,
-                          device=device, return_logits=False, progress=progress,
-                          desc="label attention"):
+    for b in iter_batches(model, prompts, names, positions="query", batch_size=batch_size,
+                          device=device, interventions=interventions, return_logits=False,
+                          progress=progress, desc="label attention"):
         query_rows = torch.stack([b.activations[n] for n in names], dim=1)  # [b, L, H, pos]
         positions = b.prompts.demo_label_positions  # [b, k]
         index = positions[:, None, None, :].expand(*query_rows.shape[:3], positions.shape[1])
@@ -417,15 +504,19 @@ def label_attention_scores(
     has_gold = (prompts.demo_labels == prompts.gold[:, None]).any(-1)
     share = torch.where(has_gold[:, None, None] & (mass > 0), gold / mass, torch.nan)
     fraction_gold = (prompts.demo_labels == prompts.gold[:, None]).float().mean(-1)
-    meta = {"model": model.cfg.model_name, **prompts.describe(),
-            "chance_share": float(fraction_gold[has_gold].mean()) if has_gold.any() else None,
-            "prompts_with_gold_demo": int(has_gold.sum())}
+    chance = float(fraction_gold[has_gold].mean()) if has_gold.any() else None
+
+    def settings(detector: str) -> DetectorSettings:
+        return DetectorSettings(detector=detector, model=model_name(model), sequences="prompts",
+                                prompts=prompts.info(),
+                                interventions=describe_interventions(interventions))
+
     return LabelAttention(
         mass=HeadScores(mass.mean(0), name="label_attention_score",
-                        metadata={"detector": "label_attention", **meta}, per_prompt=mass),
+                        settings=settings("label_attention"), per_prompt=mass),
         gold_share=HeadScores(torch.nanmean(share, dim=0), name="gold_label_share",
-                              metadata={"detector": "gold_label_share", **meta},
-                              per_prompt=share),
+                              settings=settings("gold_label_share"), per_prompt=share,
+                              baseline=chance),
     )
 
 
@@ -436,9 +527,9 @@ def detect_heads(
     model: HookedTransformer,
     prompts: PromptSet | None = None,
     *,
-    data: PromptSet | Int[Tensor, "batch pos"] | None = None,
+    sequences: Sequences = None,
     T: int = 50,
-    batch: int = 32,
+    n: int = 32,
     seed: int = 0,
     thresholds: dict[str, float] | float | None = None,
     top_k: int | dict[str, int] | None = None,
@@ -446,12 +537,14 @@ def detect_heads(
     exclude_bos: bool = False,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    interventions: Sequence = (),
     progress: bool = True,
 ) -> pd.DataFrame:
     """All four detectors in one tidy table: one row per head.
 
-    The token detectors run on ``data`` (default: random ``[BOS] + r + r`` sequences with
-    ``T``, ``batch``, ``seed``); label attention runs on ``prompts`` when given (else NaN).
+    The token detectors run on ``sequences`` (default: random ``[BOS] + r + r`` sequences
+    with ``T``, ``n``, ``seed``; see :func:`token_detector_scores`); label attention runs on
+    the ICL ``prompts`` when given (else NaN).
 
     A head gets a kind when its score reaches the kind's threshold (default
     :data:`DEFAULT_THRESHOLDS`, 0.5 each; a float sets all four; a dict overrides some), or,
@@ -460,24 +553,30 @@ def detect_heads(
     ``"induction"``, ``"label_attention"`` (by ``label_attention_score``); several are
     joined with ``"+"``; none is ``""``.
 
+    Example::
+
+        df = ih.detect_heads(model, prompts)
+        df[df.kind.str.contains("induction")]
+
     Returns:
         DataFrame with columns ``layer, head, label, previous_token_score,
         duplicate_token_score, induction_score, label_attention_score, gold_label_share,
-        kind``; ``df.attrs["metadata"]`` records how it was made. E.g. the induction heads:
-        ``df[df.kind.str.contains("induction")]``.
+        kind``; ``df.attrs["settings"]`` says how it was made.
     """
     chosen_thresholds = _thresholds(thresholds)
-    chosen_top_k = _top_k(top_k)
-    token = token_detector_scores(model, data, T=T, batch=batch, seed=seed,
-                                  normalize=normalize, exclude_bos=exclude_bos,
-                                  batch_size=batch_size, device=device, progress=progress)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    chosen_top_k = _top_k(top_k, L, H)
+    if prompts is not None:
+        check_prompt_set(prompts, model=model)
+    token = token_detector_scores(model, sequences, T=T, n=n, seed=seed, normalize=normalize,
+                                  exclude_bos=exclude_bos, batch_size=batch_size, device=device,
+                                  interventions=interventions, progress=progress)
     frame = token["previous_token"].to_frame()[["layer", "head", "label"]]
     columns = {f"{d}_score": token[d].scores for d in DETECTORS}
-    L, H = model.cfg.n_layers, model.cfg.n_heads
     label = None
     if prompts is not None:
         label = label_attention_scores(model, prompts, batch_size=batch_size, device=device,
-                                       progress=progress)
+                                       interventions=interventions, progress=progress)
     nan = torch.full((L, H), float("nan"))
     columns["label_attention_score"] = label.mass.scores if label else nan
     columns["gold_label_share"] = label.gold_share.scores if label else nan
@@ -492,79 +591,12 @@ def detect_heads(
             selected = scores >= chosen_thresholds[kind]  # NaN compares False
         kinds.append([kind if s else "" for s in selected.tolist()])
     frame["kind"] = ["+".join(k for k in ks if k) for ks in zip(*kinds, strict=True)]
-    frame.attrs["metadata"] = {
-        **token["previous_token"].metadata, "detector": "detect_heads",
-        "thresholds": None if chosen_top_k is not None else chosen_thresholds,
-        "top_k": chosen_top_k, "prompts": prompts.describe() if prompts is not None else None}
+    token_settings = token["previous_token"].settings
+    frame.attrs["settings"] = token_settings.replace(
+        detector="detect_heads", prompts=prompts.info() if prompts is not None else None,
+        thresholds=None if chosen_top_k is not None else tuple(sorted(chosen_thresholds.items())),
+        top_k=None if chosen_top_k is None else max(chosen_top_k.values()))
     return frame
-
-
-# ----------------------------------------------------------------------------- reference
-
-
-#: TransformerLens ``detect_head`` names of :data:`DETECTORS`.
-TL_HEAD_NAMES = {"previous_token": "previous_token_head",
-                 "duplicate_token": "duplicate_token_head", "induction": "induction_head"}
-
-
-def detect_head_on_tokens(
-    model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos"] | Sequence[Int[Tensor, " pos"]],
-    patterns: Sequence[str | Tensor],
-    *,
-    share_cache: bool = False,
-    **kwargs,
-) -> list[Float[Tensor, "layer head"]]:
-    """TransformerLens's ``detect_head`` on exactly these (unpadded) token sequences, for
-    cross-checking :func:`token_detector_scores` (``normalize="detect_head"``).
-
-    ``detect_head`` tokenizes strings itself, and random token ids need not survive a
-    decode/encode round trip. So it gets a model proxy whose ``to_tokens`` returns one
-    sequence (everything else is the real model). It is called once per sequence and
-    pattern, as its list path does, and the scores are averaged over sequences.
-
-    Args:
-        model: the model.
-        tokens: ``[batch, pos]`` unpadded sequences, or a list of 1-D sequences (their
-            lengths may differ), scored one at a time.
-        patterns: each one of :data:`DETECTORS` (or detect_head's own head name), or a
-            ``[pos, pos]`` 0/1 tensor (then every sequence must have that length).
-        share_cache: run one ``run_with_cache`` per sequence and pass it to every pattern
-            (``cache=``, detect_head's cheapest use); by default detect_head runs the model
-            itself for each pattern.
-        **kwargs: passed to ``detect_head`` (``exclude_bos``, ``exclude_current_token``,
-            ``error_measure``, ``heads``).
-
-    Returns:
-        One ``[layer, head]`` tensor per pattern: detect_head's mean over sequences.
-    """
-    from transformer_lens.head_detector import detect_head
-
-    patterns = [TL_HEAD_NAMES.get(p, p) if isinstance(p, str) else p for p in patterns]
-    scores: list[list[Tensor]] = [[] for _ in patterns]
-    for row in tokens:
-        sequence = row[None]
-        cache = None
-        if share_cache:
-            _, cache = model.run_with_cache(sequence, remove_batch_dim=True)
-        proxy = _FixedTokens(model, sequence)
-        for out, pattern in zip(scores, patterns):
-            out.append(detect_head(proxy, "", pattern, cache=cache, **kwargs))
-    return [torch.stack(out).mean(0) for out in scores]
-
-
-class _FixedTokens:
-    """A model proxy whose ``to_tokens`` returns fixed tokens (everything else is the
-    model), so ``detect_head`` scores exactly these tokens."""
-
-    def __init__(self, model: HookedTransformer, tokens: Tensor) -> None:
-        self._model, self._tokens = model, tokens
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
-
-    def to_tokens(self, *args, **kwargs) -> Tensor:
-        return self._tokens
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -607,14 +639,15 @@ def _check_detectors(detectors: Sequence[str]) -> list[str]:
 
 def _as_prompt_set(
     model: HookedTransformer,
-    data: PromptSet | Tensor | None,
+    data: Sequences,
     *,
     T: int,
-    batch: int,
+    n: int,
     seed: int,
     attention_mask: Tensor | None,
 ) -> tuple[PromptSet, dict]:
-    """Wrap the detectors' input as a PromptSet so it streams through ``iter_batches``.
+    """Wrap the detectors' input as a PromptSet so it streams through ``iter_batches``;
+    also the settings fields that say what was scored.
 
     A raw token batch becomes a PromptSet with no demonstrations (``k=0``) and dummy labels:
     only ``tokens``/``attention_mask`` are read by the detectors.
@@ -622,11 +655,12 @@ def _as_prompt_set(
     if isinstance(data, PromptSet):
         if attention_mask is not None:
             raise ValueError("attention_mask is only for a token tensor; a PromptSet has its own.")
-        return data, {"data": "prompts", **data.describe()}
+        check_prompt_set(data, "sequences", model=model)
+        return data, {"sequences": "prompts", "prompts": data.info()}
     if data is None:
-        tokens = random_repeated_tokens(model, T, batch, seed)
+        tokens = random_repeated_tokens(model, T, n, seed)
         mask = torch.ones_like(tokens)
-        source = {"data": "random_repeated", "T": T, "batch": batch, "seed": seed}
+        source = {"sequences": "random_repeated", "T": int(T), "n": int(n), "seed": int(seed)}
     elif isinstance(data, Tensor):
         tokens = data[None] if data.ndim == 1 else data
         if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
@@ -653,10 +687,10 @@ def _as_prompt_set(
                                  "least one real token per row.")
         tokens = tokens.long().cpu()
         mask = mask.long().cpu()
-        source = {"data": "tokens"}
+        source = {"sequences": "tokens"}
     else:
-        raise TypeError(f"data must be None (random repeated tokens), a PromptSet or a token "
-                        f"tensor, got {type(data).__name__}.")
+        raise TypeError(f"sequences must be None (random repeated tokens), a PromptSet or a "
+                        f"[batch, pos] token tensor, got {type(data).__name__}.")
     n = tokens.shape[0]
     empty = torch.zeros(n, 0, dtype=torch.long)
     prompts = PromptSet(
@@ -681,20 +715,18 @@ def _thresholds(thresholds: dict[str, float] | float | None) -> dict[str, float]
                     f"{type(thresholds).__name__}.")
 
 
-def _top_k(top_k: int | dict[str, int] | None) -> dict[str, int] | None:
+def _top_k(top_k: int | dict[str, int] | None, n_layers: int, n_heads: int) -> dict[str, int] | None:
     if top_k is None:
         return None
-    if isinstance(top_k, int) and not isinstance(top_k, bool):
-        top_k = dict.fromkeys(KINDS, top_k)
-    if not isinstance(top_k, dict):
-        raise TypeError(f"top_k must be an int or a dict kind -> int, got {type(top_k).__name__}.")
-    unknown = set(top_k) - set(KINDS)
-    if unknown:
-        raise ValueError(f"Unknown kind(s) {sorted(unknown)} in top_k; kinds are {KINDS}.")
-    bad = {k: v for k, v in top_k.items() if not isinstance(v, int) or v < 0}
-    if bad:
-        raise ValueError(f"top_k values must be non-negative integers, got {bad}.")
-    return dict(top_k)
+    if isinstance(top_k, dict):
+        unknown = set(top_k) - set(KINDS)
+        if unknown:
+            raise ValueError(f"Unknown kind(s) {sorted(unknown)} in top_k; kinds are {KINDS}.")
+        return {k: check_top_k(v, n_layers, n_heads, allow_zero=True, what=f"top_k[{k!r}]")
+                for k, v in top_k.items()}
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        raise TypeError(f"top_k must be an int or a dict kind -> int, got {top_k!r}.")
+    return dict.fromkeys(KINDS, check_top_k(top_k, n_layers, n_heads, allow_zero=True))
 
 
 def _top_k_mask(scores: Float[Tensor, " n"], k: int) -> Bool[Tensor, " n"]:

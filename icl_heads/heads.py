@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Union
 
@@ -18,6 +19,11 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+
+from .settings import Settings
+
+#: Written into every saved ``HeadScores`` file; ``load`` refuses files without it.
+FILE_FORMAT = "icl-heads.HeadScores/1"
 
 
 class Head(NamedTuple):
@@ -38,6 +44,20 @@ def default_top_k(n_layers: int, n_heads: int, fraction: float = 0.03) -> int:
     return max(1, round(fraction * n_layers * n_heads))
 
 
+def check_top_k(top_k: int | None, n_layers: int, n_heads: int, *, allow_zero: bool = False,
+                what: str = "top_k") -> int:
+    """``top_k`` as an int (``None``: the default 3% of heads); clear errors otherwise."""
+    if top_k is None:
+        return default_top_k(n_layers, n_heads)
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        raise TypeError(f"{what} must be a whole number of heads (or None for 3% of heads), got "
+                        f"{top_k!r}.")
+    top_k = int(top_k)
+    if top_k < (0 if allow_zero else 1):
+        raise ValueError(f"{what} must be >= {0 if allow_zero else 1}, got {top_k}.")
+    return top_k
+
+
 @dataclass
 class HeadScores:
     """A ``[layer, head]`` score map with how it was made.
@@ -45,21 +65,46 @@ class HeadScores:
     Attributes:
         scores: ``[n_layers, n_heads]`` float tensor (NaN = not scored / not ranked).
         name: what the score is, e.g. ``"tr_score"`` or ``"induction_score"``.
-        metadata: plain JSON-able facts of how it was made (model, task, k, seed, method...).
-        per_prompt: optional ``[prompt, n_layers, n_heads]`` raw scores.
+        settings: how it was made (a frozen :class:`~icl_heads.settings.Settings`), or None.
+        per_prompt: optional ``[prompt, n_layers, n_heads]`` raw scores (every analysis of
+            the toolkit fills it; the map is their mean over prompts).
+        top_k: the default ``k`` of :meth:`top` (``None``: 3% of heads, at least 1); a
+            scorer given ``top_k=`` passes it on.
+        baseline: the value the map is read against, where there is one: the un-intervened
+            metric for effect maps (sweeps), chance level for shares.
+
+    Example::
+
+        tr, tl = ih.tsla_scores(model, prompts, top_k=8)
+        tr.top()            # the 8 best heads, best first
+        tr.to_frame()       # tidy: layer, head, label, tr_score, rank
+        tr.save("tr.json"); ih.HeadScores.load("tr.json")
     """
 
     scores: Float[Tensor, "layer head"]
     name: str = "score"
-    metadata: dict = field(default_factory=dict)
+    settings: Settings | None = None
     per_prompt: Float[Tensor, "prompt layer head"] | None = None
+    top_k: int | None = None
+    baseline: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.scores, Tensor):
-            self.scores = torch.as_tensor(self.scores)
+            try:
+                self.scores = torch.as_tensor(self.scores, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"HeadScores needs a [n_layers, n_heads] tensor of numbers, got "
+                                f"{type(self.scores).__name__}.") from None
         if self.scores.ndim != 2:
             raise ValueError(f"HeadScores needs a [n_layers, n_heads] tensor, got shape "
                              f"{tuple(self.scores.shape)}.")
+        if self.settings is not None and not isinstance(self.settings, Settings):
+            raise TypeError(f"HeadScores.settings must be a Settings dataclass (or None), got "
+                            f"{type(self.settings).__name__}.")
+        if self.top_k is not None:
+            self.top_k = check_top_k(self.top_k, *self.scores.shape)
+        if self.baseline is not None:
+            self.baseline = float(self.baseline)
         self.scores = self.scores.detach().float().cpu()
         if self.per_prompt is not None:
             self.per_prompt = torch.as_tensor(self.per_prompt).detach().float().cpu()
@@ -83,14 +128,12 @@ class HeadScores:
         """The ``k`` best heads, best first (NaN scores never ranked).
 
         Args:
-            k: how many; default 3% of all heads (at least 1).
+            k: how many; default ``self.top_k``, else 3% of all heads (at least 1).
             largest: rank high scores first (``False``: lowest first).
             by_abs: rank by absolute value.
         """
-        if k is None:
-            k = default_top_k(self.n_layers, self.n_heads)
-        if k < 0:
-            raise ValueError(f"top(k): k must be >= 0, got {k}.")
+        k = check_top_k(self.top_k if k is None else k, self.n_layers, self.n_heads,
+                        allow_zero=True, what="top(k): k")
         flat = self.scores.flatten()
         values = flat.abs() if by_abs else flat
         values = values if largest else -values
@@ -129,19 +172,25 @@ class HeadScores:
         })
 
     # ----------------------------------------------------------------- persistence
+    def _header(self) -> dict:
+        return {"format": FILE_FORMAT, "name": self.name, "shape": list(self.scores.shape),
+                "settings": self.settings.to_dict() if self.settings is not None else None,
+                "top_k": self.top_k, "baseline": self.baseline}
+
     def save(self, path: str | Path) -> Path:
-        """Save as ``.json`` (scores, ``per_prompt`` and metadata) or ``.parquet`` (the tidy
-        frame plus a ``per_prompt`` list column, and the metadata)."""
+        """Save as ``.json`` (scores, ``per_prompt``, settings) or ``.parquet`` (the tidy
+        frame plus a ``per_prompt`` list column; settings in the file's metadata)."""
         path = Path(path)
+        if path.suffix not in (".json", ".parquet"):
+            raise ValueError(f"HeadScores.save: use a .json or .parquet path, got {path.name!r}.")
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"name": self.name, "metadata": self.metadata,
-                "shape": list(self.scores.shape)}
+        header = self._header()
         if path.suffix == ".json":
-            obj = {**meta, "scores": _nan_to_none(self.scores.tolist())}
+            obj = {**header, "scores": _nan_to_none(self.scores.tolist())}
             if self.per_prompt is not None:
                 obj["per_prompt"] = [_nan_to_none(p) for p in self.per_prompt.tolist()]
-            path.write_text(json.dumps(obj, indent=1, default=str))
-        elif path.suffix == ".parquet":
+            path.write_text(json.dumps(obj, indent=1))
+        else:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
@@ -150,45 +199,74 @@ class HeadScores:
                 frame["per_prompt"] = list(self.per_prompt.flatten(1).T.numpy())
             table = pa.Table.from_pandas(frame, preserve_index=False)
             table = table.replace_schema_metadata(
-                {**(table.schema.metadata or {}),
-                 b"icl_heads": json.dumps(meta, default=str).encode()})
+                {**(table.schema.metadata or {}), b"icl_heads": json.dumps(header).encode()})
             pq.write_table(table, path)
-        else:
-            raise ValueError(f"HeadScores.save: use a .json or .parquet path, got {path.name!r}.")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> HeadScores:
+        """Load a map written by :meth:`save` (``.json`` or ``.parquet``)."""
         path = Path(path)
-        if path.suffix == ".json":
-            obj = json.loads(path.read_text())
-            scores = torch.tensor(_none_to_nan(obj["scores"]), dtype=torch.float32)
-            per_prompt = None
-            if obj.get("per_prompt") is not None:
-                per_prompt = torch.tensor([_none_to_nan(p) for p in obj["per_prompt"]],
-                                          dtype=torch.float32).reshape(-1, *scores.shape)
-            return cls(scores, name=obj["name"], metadata=obj.get("metadata", {}),
-                       per_prompt=per_prompt)
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+        if path.suffix not in (".json", ".parquet"):
+            raise ValueError(f"HeadScores.load: use a .json or .parquet path, got {path.name!r}.")
+        if not path.is_file():
+            raise FileNotFoundError(f"HeadScores.load: no such file {str(path)!r}.")
+        try:
+            return cls._load_json(path) if path.suffix == ".json" else cls._load_parquet(path)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OSError) as err:
+            if isinstance(err, ValueError) and str(err).startswith("HeadScores.load"):
+                raise
+            raise ValueError(f"HeadScores.load: {str(path)!r} is not a readable HeadScores file "
+                             f"written by icl-heads ({type(err).__name__}: {err}).") from None
 
+    @classmethod
+    def _load_json(cls, path: Path) -> HeadScores:
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"HeadScores.load: {str(path)!r} is not valid JSON ({err}).") from None
+        header = _check_header(obj, path)
+        L, H = header["shape"]
+        scores = torch.tensor(_none_to_nan(obj["scores"]), dtype=torch.float32).reshape(L, H)
+        per_prompt = None
+        if obj.get("per_prompt") is not None:
+            per_prompt = torch.tensor([_none_to_nan(p) for p in obj["per_prompt"]],
+                                      dtype=torch.float32).reshape(-1, L, H)
+        return cls._from_header(header, scores, per_prompt)
+
+    @classmethod
+    def _load_parquet(cls, path: Path) -> HeadScores:
+        import pyarrow.lib
+        import pyarrow.parquet as pq
+
+        try:
             table = pq.read_table(path)
-            meta = json.loads(table.schema.metadata[b"icl_heads"])
-            frame = table.to_pandas()
-            L, H = meta["shape"]
-            scores = torch.full((L, H), math.nan)
-            layers = torch.tensor(frame["layer"].to_numpy(copy=True), dtype=torch.long)
-            heads = torch.tensor(frame["head"].to_numpy(copy=True), dtype=torch.long)
-            scores[layers, heads] = torch.tensor(frame[meta["name"]].to_numpy(copy=True),
-                                                 dtype=torch.float32)
-            per_prompt = None
-            if "per_prompt" in frame.columns:
-                rows = torch.tensor(np.stack(frame["per_prompt"].to_list()), dtype=torch.float32)
-                per_prompt = torch.full((rows.shape[1], L, H), math.nan)
-                per_prompt[:, layers, heads] = rows.T
-            return cls(scores, name=meta["name"], metadata=meta.get("metadata", {}),
-                       per_prompt=per_prompt)
-        raise ValueError(f"HeadScores.load: use a .json or .parquet path, got {path.name!r}.")
+        except pyarrow.lib.ArrowException as err:
+            raise ValueError(f"HeadScores.load: {str(path)!r} is not a Parquet file "
+                             f"({err}).") from None
+        raw = (table.schema.metadata or {}).get(b"icl_heads")
+        header = _check_header(json.loads(raw) if raw else None, path)
+        frame = table.to_pandas()
+        L, H = header["shape"]
+        scores = torch.full((L, H), math.nan)
+        layers = torch.tensor(frame["layer"].to_numpy(copy=True), dtype=torch.long)
+        heads = torch.tensor(frame["head"].to_numpy(copy=True), dtype=torch.long)
+        scores[layers, heads] = torch.tensor(frame[header["name"]].to_numpy(copy=True),
+                                             dtype=torch.float32)
+        per_prompt = None
+        if "per_prompt" in frame.columns:
+            rows = torch.tensor(np.stack(frame["per_prompt"].to_list()), dtype=torch.float32)
+            per_prompt = torch.full((rows.shape[1], L, H), math.nan)
+            per_prompt[:, layers, heads] = rows.T
+        return cls._from_header(header, scores, per_prompt)
+
+    @classmethod
+    def _from_header(cls, header: dict, scores: Tensor, per_prompt: Tensor | None) -> HeadScores:
+        settings = header.get("settings")
+        return cls(scores, name=header["name"],
+                   settings=Settings.from_dict(settings) if settings else None,
+                   per_prompt=per_prompt, top_k=header.get("top_k"),
+                   baseline=header.get("baseline"))
 
     def plot(self, **kwargs):
         """Interactive Plotly layer x head heatmap (see :func:`icl_heads.viz.head_heatmap`)."""
@@ -199,16 +277,33 @@ class HeadScores:
     def __repr__(self) -> str:
         top = ", ".join(f"{h}={self[h]:.3g}" for h in self.top(min(3, self.scores.numel())))
         return (f"HeadScores(name={self.name!r}, shape={tuple(self.scores.shape)}, top=[{top}], "
-                f"metadata={self.metadata})")
+                f"settings={self.settings})")
+
+
+def _check_header(obj, path: Path) -> dict:
+    if not isinstance(obj, dict) or obj.get("format") != FILE_FORMAT:
+        raise ValueError(f"HeadScores.load: {str(path)!r} was not written by HeadScores.save "
+                         f"(no {FILE_FORMAT!r} header).")
+    shape = obj.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ValueError(f"HeadScores.load: {str(path)!r} has a bad shape entry {shape!r}.")
+    return obj
 
 
 def heads_to_mask(heads: HeadsLike, n_layers: int, n_heads: int) -> Bool[Tensor, "layer head"]:
     """Normalise a head selection to a boolean ``[n_layers, n_heads]`` mask.
 
-    Accepts ``Head``/``(layer, head)`` pairs, a ``HeadScores`` (its default ``top()``), or a
-    boolean mask. Raises ``ValueError`` for out-of-range heads or a wrong-shaped mask.
+    Accepts ``Head``/``(layer, head)`` pairs of integers, a ``HeadScores`` of this shape (its
+    default ``top()``), or a boolean mask. Raises ``ValueError`` for out-of-range heads or a
+    wrong-shaped mask/map and ``TypeError`` for anything else (e.g. float indices).
     """
     if isinstance(heads, HeadScores):
+        if (heads.n_layers, heads.n_heads) != (n_layers, n_heads):
+            raise ValueError(f"The HeadScores map {heads.name!r} has shape "
+                             f"[{heads.n_layers}, {heads.n_heads}]; this model has "
+                             f"[n_layers, n_heads] = [{n_layers}, {n_heads}]. Use a map made on "
+                             "this model.")
         heads = heads.top()
     if isinstance(heads, Tensor):
         if heads.dtype != torch.bool:
@@ -217,19 +312,36 @@ def heads_to_mask(heads: HeadsLike, n_layers: int, n_heads: int) -> Bool[Tensor,
             raise ValueError(f"Head mask has shape {tuple(heads.shape)}; this model needs "
                              f"[n_layers, n_heads] = [{n_layers}, {n_heads}].")
         return heads.cpu().clone()
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+        raise TypeError(f"Heads must be a list of Head(layer, head) or (layer, head) pairs, a "
+                        f"HeadScores or a boolean [n_layers, n_heads] mask; got {heads!r}.")
     mask = torch.zeros(n_layers, n_heads, dtype=torch.bool)
     for item in heads:
-        try:
-            layer, head = (int(item[0]), int(item[1]))
-        except (TypeError, IndexError, ValueError):
-            raise TypeError(f"Heads must be Head(layer, head) or (layer, head) pairs, got "
-                            f"{item!r}.") from None
+        layer, head = _head_pair(item)
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise ValueError(f"Head {Head(layer, head)} is out of range: this model has "
                              f"{n_layers} layers x {n_heads} heads (layer 0..{n_layers - 1}, "
                              f"head 0..{n_heads - 1}).")
         mask[layer, head] = True
     return mask
+
+
+def _head_pair(item) -> tuple[int, int]:
+    """``(layer, head)`` of one head, both whole numbers (floats are refused, not truncated)."""
+    bad = TypeError(f"Heads must be Head(layer, head) or (layer, head) pairs of integers, got "
+                    f"{item!r}.")
+    if isinstance(item, (str, bytes, Tensor)) or not isinstance(item, Sequence) or len(item) != 2:
+        if isinstance(item, Tensor) and item.numel() == 2 and not item.dtype.is_floating_point:
+            return int(item[0]), int(item[1])
+        raise bad
+    out = []
+    for v in item:
+        if isinstance(v, Tensor) and v.numel() == 1 and not v.dtype.is_floating_point:
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise bad
+        out.append(int(v))
+    return out[0], out[1]
 
 
 def mask_to_heads(mask: Bool[Tensor, "layer head"]) -> list[Head]:

@@ -1,19 +1,24 @@
-"""Interventions on a model's forward pass: head ablation, activation patching, steering.
+"""Interventions on a model's forward pass (ablation, patching, steering) and activation
+capture. Every hook function of the package is built here; other modules ask for one.
 
 Every intervention is a small frozen object that
 
 * hands the batching routine its forward hooks for one batch,
-  ``fwd_hooks(batch, index) -> [(hook_name, fn)]`` (the protocol of
-  :class:`icl_heads.activations.Intervention`), so it can be passed to
-  ``iter_batches(..., interventions=[...])``, where it knows which prompts are in the batch
-  (``index``) and can pick per-prompt values (source rows, resampling donors); and
+  ``fwd_hooks(batch, index) -> [(hook_name, fn)]``, so it can be passed to any analysis as
+  ``interventions=[...]`` (e.g. ``ih.evaluate(model, prompts, interventions=[iv])``); there
+  it knows which prompts are in the batch (``index``) and picks per-prompt values (source
+  rows, resampling donors); and
 * is a context manager that adds its hooks to the model for the duration::
 
       with ablate(model, heads, mode="mean", reference=prompts):
-          logits = model(tokens)
+          ih.evaluate(model, prompts)       # any number of prompts
 
-Interventions compose: pass several to ``iter_batches``, nest ``with`` blocks, or join them
-with :func:`compose`. Hooks stack in the order they were added.
+  Interventions whose values depend on the prompt (``patch``, ``mode="resample"``) cannot
+  see which prompts a bare ``with`` block runs; they raise at entry and say to pass them as
+  ``interventions=[...]`` instead.
+
+Interventions compose: pass several, nest ``with`` blocks, or join them with
+:func:`compose`. Hooks stack in the order they were added.
 
 Head interventions act on ``blocks.{layer}.attn.hook_z`` (``[batch, pos, head, d_head]``,
 one slot per *query* head), so they work unchanged on grouped-query-attention models such
@@ -21,16 +26,15 @@ as SmolLM2 (9 query heads over 3 key/value heads). A head's output in the residu
 is ``z[:, :, head] @ W_O[layer, head]``; the layer's attention output is the sum of its
 heads' outputs plus the constant bias ``b_O``.
 
-Positions: ``"query"`` is the last token of every row (prompts are left-padded, so the
-query is always last), ``"all"`` every position, or an int / list of ints (negative counts
-from the end), the same for every row.
-
-All hook functions of the package are built here; other modules ask for an intervention.
+Positions (``positions=``): ``"query"`` is the last token of every row (prompts are
+left-padded, so the query is always last), ``"all"`` every position, or an int / list of
+ints (negative counts from the end), the same for every row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Union
@@ -40,10 +44,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .heads import Head, HeadsLike, heads_to_mask
+from .heads import Head, HeadsLike, heads_to_mask, mask_to_heads
 from .prompts import PromptSet, check_prompt_set
+from .settings import PromptInfo
 
-HookList = list[tuple[str, Callable]]
+HookList = list[tuple[Union[str, Callable[[str], bool]], Callable]]  # noqa: UP007
 Positions = Union[Literal["all", "query"], int, Sequence[int]]  # noqa: UP007
 
 #: Where an intervention can act: hook point templates by site name.
@@ -55,7 +60,10 @@ SITES: dict[str, str] = {
     "attn_out": "blocks.{layer}.hook_attn_out",
     "mlp_out": "blocks.{layer}.hook_mlp_out",
 }
+#: The layer-level sites (everything but the heads' ``z``).
+LAYER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 ABLATION_MODES = ("zero", "mean", "resample")
+_PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
 
 
 def hook_name(site: str, layer: int) -> str:
@@ -76,14 +84,16 @@ def check_positions(positions: Positions) -> Positions:
                              f"{positions!r}.")
         return positions
     if isinstance(positions, Tensor):
+        if positions.dtype.is_floating_point or positions.dtype == torch.bool:
+            raise TypeError(f"positions must be whole numbers; got a {positions.dtype} tensor.")
         positions = positions.flatten().tolist()
-    if isinstance(positions, int):
-        return (positions,)
-    try:
-        out = tuple(int(p) for p in positions)
-    except (TypeError, ValueError):
+    if isinstance(positions, numbers.Integral) and not isinstance(positions, bool):
+        return (int(positions),)
+    if not isinstance(positions, Sequence) or any(
+            isinstance(p, bool) or not isinstance(p, numbers.Integral) for p in positions):
         raise TypeError(f"positions must be 'query', 'all', an int or a list of ints; got "
-                        f"{positions!r}.") from None
+                        f"{positions!r}.")
+    out = tuple(int(p) for p in positions)
     if not out:
         raise ValueError("positions is an empty list; give at least one position.")
     return out
@@ -105,7 +115,10 @@ def position_mask(positions: Positions, length: int, device=None) -> Bool[Tensor
     return mask
 
 
-def _layer_mask(layers, n_layers: int) -> Bool[Tensor, " layer"]:
+def layers_to_mask(layers: int | Sequence[int] | Tensor | None,
+                   n_layers: int) -> Bool[Tensor, " layer"]:
+    """A layer selection (``None`` = every layer, an int, a list of ints or a boolean
+    ``[n_layers]`` mask) as a boolean mask; clear errors for anything else."""
     if layers is None:
         return torch.ones(n_layers, dtype=torch.bool)
     if isinstance(layers, Tensor) and layers.dtype == torch.bool:
@@ -113,16 +126,52 @@ def _layer_mask(layers, n_layers: int) -> Bool[Tensor, " layer"]:
             raise ValueError(f"Layer mask has shape {tuple(layers.shape)}; this model needs "
                              f"[n_layers] = [{n_layers}].")
         return layers.cpu().clone()
-    if isinstance(layers, int):
+    if isinstance(layers, Tensor):
+        if layers.dtype.is_floating_point:
+            raise TypeError(f"layers must be whole numbers; got a {layers.dtype} tensor.")
+        layers = layers.flatten().tolist()
+    if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
         layers = [layers]
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise TypeError(f"layers must be an int, a list of ints or None (every layer); got "
+                        f"{layers!r}.")
     mask = torch.zeros(n_layers, dtype=torch.bool)
     for layer in layers:
-        layer = int(layer)
-        if not 0 <= layer < n_layers:
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise TypeError(f"layers must be whole numbers; got {layer!r} in {layers!r}.")
+        if not 0 <= int(layer) < n_layers:
             raise ValueError(f"Layer {layer} is out of range: this model has {n_layers} layers "
                              f"(0..{n_layers - 1}).")
-        mask[layer] = True
+        mask[int(layer)] = True
     return mask
+
+
+def check_interventions(interventions, model: HookedTransformer | None = None) -> tuple:
+    """``interventions`` as a tuple of objects with ``fwd_hooks`` (a single one is accepted),
+    each built for ``model`` when given."""
+    if interventions is None:
+        return ()
+    if hasattr(interventions, "fwd_hooks"):
+        interventions = (interventions,)
+    if isinstance(interventions, (str, bytes)) or not isinstance(interventions, Sequence):
+        raise TypeError(f"interventions must be a list of interventions (ablate, patch, steer, "
+                        f"...), got {type(interventions).__name__}.")
+    for iv in interventions:
+        if not hasattr(iv, "fwd_hooks"):
+            raise TypeError(f"{iv!r} is not an intervention (it has no fwd_hooks); build one "
+                            "with ih.ablate, ih.patch, ih.steer or ih.compose.")
+        owner = getattr(iv, "model", None)
+        if owner is None:
+            owner = getattr(iv, "_model", None)
+        if model is not None and owner is not None and owner is not model:
+            raise ValueError(f"The intervention {_describe(iv)} was built for another model; "
+                             "build it with the model you run.")
+    return tuple(interventions)
+
+
+def _describe(iv) -> str:
+    describe = getattr(iv, "describe", None)
+    return describe() if callable(describe) else type(iv).__name__
 
 
 def _align_end(act: Tensor, length: int) -> Tensor:
@@ -141,19 +190,33 @@ def _align_end(act: Tensor, length: int) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class _Base:
-    """Shared context-manager behaviour: ``with iv: ...`` adds ``iv``'s hooks to the model."""
+class Intervention:
+    """Base of every intervention: ``fwd_hooks(batch, index)`` for the batching routine,
+    and ``with iv: ...`` to add its hooks to the model for the duration of the block."""
 
     _contexts: list = field(default_factory=list, init=False, repr=False, compare=False)
 
+    #: Whether the hook values depend on which prompts are run (then a bare ``with`` block,
+    #: which cannot know them, is refused).
+    per_prompt = False
+
     def fwd_hooks(self, batch: PromptSet | None, index: Tensor | None) -> HookList:
         raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
 
     @property
     def _model(self) -> HookedTransformer:
         return self.model  # type: ignore[attr-defined]
 
     def __enter__(self):
+        if self.per_prompt:
+            raise TypeError(
+                f"{self.describe()} pairs each prompt with its own source/donor prompt, which "
+                "a bare `with` block cannot see once prompts are batched. Pass it to the "
+                "analysis instead: ih.evaluate(model, prompts, interventions=[iv]) (every "
+                "analysis takes interventions=[...]).")
         ctx = self._model.hooks(fwd_hooks=self.fwd_hooks(None, None))
         ctx.__enter__()
         self._contexts.append(ctx)
@@ -163,19 +226,73 @@ class _Base:
         return self._contexts.pop().__exit__(*exc)
 
 
+# --------------------------------------------------------------------------- capture
+
+
+@dataclass(frozen=True, eq=False)
+class Capture(Intervention):
+    """Record activations (no change to the run) into ``store``: hook name -> tensor.
+
+    Args:
+        names: which hook points (a names filter).
+        positions: ``"query"`` keeps the last position (for attention patterns, the query
+            row), ``"all"`` every position.
+        attention_mask: ``[batch, pos]``; with ``positions="all"`` padding rows are zeroed so
+            they can never leak into a mean.
+        reduce: ``reduce(act, hook_name) -> Tensor`` applied inside the hook (e.g. a detector
+            reducing a pattern to per-head scores), so only its result is kept.
+        keep_grad: keep the tensors in the autograd graph (attribution patching); otherwise
+            they are detached copies.
+    """
+
+    names: Callable[[str], bool] = field(default=lambda name: False)
+    positions: Literal["query", "all"] = "all"
+    attention_mask: Tensor | None = field(default=None, repr=False)
+    reduce: Callable[[Tensor, str], Tensor] | None = field(default=None, repr=False)
+    keep_grad: bool = False
+    store: dict = field(default_factory=dict, repr=False)
+
+    def fwd_hooks(self, batch=None, index=None) -> HookList:
+        def hook(act: Tensor, hook) -> None:
+            act = self._at_positions(hook.name, act)
+            if self.reduce is not None:
+                act = self.reduce(act, hook.name)
+            elif not self.keep_grad:
+                act = act.detach().clone()
+            self.store[hook.name] = act
+
+        return [(self.names, hook)]
+
+    def _at_positions(self, name: str, act: Tensor) -> Tensor:
+        pattern = name.endswith(_PATTERN_HOOKS)  # [batch, head, query, key]
+        if self.positions == "query":
+            return act[:, :, -1] if pattern else act[:, -1]
+        mask = self.attention_mask
+        if mask is None:
+            return act
+        if pattern:
+            return act * mask[:, None, :, None].to(act.dtype)
+        if act.shape[:2] == mask.shape:
+            return act * mask.reshape(*mask.shape, *([1] * (act.ndim - 2))).to(act.dtype)
+        return act
+
+    def describe(self) -> str:
+        return "capture"
+
+
 # --------------------------------------------------------------------------- replacements
 
 
 @dataclass(frozen=True, eq=False)
-class _Replacement(_Base):
+class Replacement(Intervention):
     """Replace an activation at a site, for selected heads/layers and positions.
 
     Subclasses say what the replacement value is (:meth:`values`)."""
 
-    model: HookedTransformer = field(repr=False)
-    site: str
-    mask: Tensor  # [L, H] bool for site "z", else [L] bool
-    positions: Positions
+    model: HookedTransformer = field(repr=False, default=None)
+    site: str = "z"
+    mask: Tensor = field(default=None)  # [L, H] bool for site "z", else [L] bool
+    positions: Positions = "all"
 
     @property
     def layers(self) -> list[int]:
@@ -207,67 +324,85 @@ class _Replacement(_Base):
             hooks.append((hook_name(self.site, layer), hook))
         return hooks
 
-    def with_mask(self, mask: Tensor) -> _Replacement:
+    def with_mask(self, mask: Tensor) -> Replacement:
         """The same intervention on other heads/layers (shares the stored activations)."""
         if tuple(mask.shape) != tuple(self.mask.shape):
             raise ValueError(f"Mask has shape {tuple(mask.shape)}, expected "
                              f"{tuple(self.mask.shape)}.")
         return replace(self, mask=mask.bool().cpu())
 
+    def _where(self) -> str:
+        if self.site == "z":
+            heads = mask_to_heads(self.mask)
+            shown = ", ".join(str(h) for h in heads[:8]) + (", ..." if len(heads) > 8 else "")
+            return f"heads=[{shown}]"
+        return f"site={self.site}, layers={self.layers}"
+
 
 @dataclass(frozen=True)
-class HeadMeans:
-    """Mean of each head's ``hook_z`` over a reference prompt set (padding excluded).
+class ActivationMeans:
+    """Mean activation of a site in every layer over a reference prompt set (padding
+    excluded), computed once by :func:`activation_means` and reusable as ``means=``.
 
     Attributes:
-        z: ``[layer, head, d_head]`` mean ``z``.
-        pos: ``"query"`` (mean at the query position) or ``"all"`` (over every real token).
-        n_prompts: prompts averaged over.
-        metadata: how it was made (prompts.describe()).
+        values: ``[layer, head, d_head]`` for site ``"z"``, else ``[layer, d_model]``.
+        site: the site (``"z"``, ``"attn_out"``, ...).
+        positions: ``"query"`` (mean at the query position) or ``"all"`` (every real token).
+        prompts: the reference set it was averaged over.
     """
 
-    z: Float[Tensor, "layer head d_head"]
-    pos: str
-    n_prompts: int
-    metadata: dict = field(default_factory=dict)
+    values: Float[Tensor, "layer ..."]
+    site: str
+    positions: str
+    prompts: PromptInfo | None = None
 
     def outputs(self, model: HookedTransformer) -> Float[Tensor, "layer head d_model"]:
         """Each head's mean output in the residual stream, ``z @ W_O`` (``b_O`` excluded)."""
-        return torch.einsum("lhd,lhdm->lhm", self.z.to(model.W_O.device, model.W_O.dtype),
+        if self.site != "z":
+            raise ValueError(f"outputs() is for head means (site 'z'); these are {self.site!r}.")
+        return torch.einsum("lhd,lhdm->lhm", self.values.to(model.W_O.device, model.W_O.dtype),
                             model.W_O.detach())
 
 
-def site_means(
+def activation_means(
     model: HookedTransformer,
     prompts: PromptSet,
     site: str = "z",
     *,
-    pos: Literal["query", "all"] = "query",
+    positions: Literal["query", "all"] = "query",
     batch_size: int = 16,
     device: str | torch.device | None = None,
-    progress: bool = False,
-) -> Float[Tensor, "layer ..."]:
-    """Mean activation of ``site`` in every layer over ``prompts``.
+    interventions: Sequence = (),
+    progress: bool = True,
+) -> ActivationMeans:
+    """Mean activation of ``site`` in every layer over ``prompts``, for mean ablation.
 
-    ``pos="query"`` averages the query (last) position over prompts; ``pos="all"`` averages
-    every real token (padding excluded) of every prompt, each token weighted equally.
+    ``positions="query"``: ``mean_i act_i[N_i]`` over prompts ``i`` at their query position;
+    ``positions="all"``: the mean over every real (non-pad) token of every prompt, each
+    token weighted equally.
+
+    Example::
+
+        means = ih.activation_means(model, prompts)            # heads' z at the query
+        ih.evaluate(model, prompts, interventions=[ih.ablate(model, heads, "mean", means=means)])
 
     Returns:
-        ``[layer, head, d_head]`` for site ``"z"``, else ``[layer, d_model]`` (float32, CPU).
+        :class:`ActivationMeans` (``values``: ``[layer, head, d_head]`` for ``"z"``, else
+        ``[layer, d_model]``; float32, CPU).
     """
     from .activations import iter_batches
 
-    check_prompt_set(prompts, "reference")
-    if pos not in ("query", "all"):
-        raise ValueError(f"pos must be 'query' or 'all', got {pos!r}.")
+    check_prompt_set(prompts, "reference", model=model)
+    if positions not in ("query", "all"):
+        raise ValueError(f"positions must be 'query' or 'all' for means, got {positions!r}.")
     L = model.cfg.n_layers
     names = [hook_name(site, layer) for layer in range(L)]
     total, count = None, 0.0
-    for batch in iter_batches(model, prompts, names, pos=pos, batch_size=batch_size,
-                              device=device, return_logits=False, progress=progress,
-                              desc=f"mean {site}"):
+    for batch in iter_batches(model, prompts, names, positions=positions, batch_size=batch_size,
+                              device=device, interventions=interventions, return_logits=False,
+                              progress=progress, desc=f"mean {site}"):
         acts = torch.stack([batch.activations[n] for n in names], dim=1).double()
-        if pos == "query":  # [b, L, ...]
+        if positions == "query":  # [b, L, ...]
             s, c = acts.sum(0), acts.shape[0]
         else:  # [b, L, T, ...]
             w = batch.prompts.attention_mask.to(acts.device).double()
@@ -275,27 +410,8 @@ def site_means(
             s, c = (acts * w).sum((0, 2)), float(w.sum())
         total = s if total is None else total + s
         count += c
-    return (total / count).float().cpu()
-
-
-def head_means(
-    model: HookedTransformer,
-    prompts: PromptSet,
-    *,
-    pos: Literal["query", "all"] = "query",
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-) -> HeadMeans:
-    """Mean ``hook_z`` of every head over a reference ``PromptSet``, computed once and
-    reusable (pass it as ``means=`` to :func:`ablate` and the sweeps).
-
-    ``pos="query"``: ``mean_i z_i[N_i, layer, head]`` over prompts ``i`` at their query
-    position; ``pos="all"``: mean over every real (non-pad) token of every prompt.
-    """
-    z = site_means(model, prompts, "z", pos=pos, batch_size=batch_size, device=device,
-                   progress=progress)
-    return HeadMeans(z=z, pos=pos, n_prompts=len(prompts), metadata=prompts.describe())
+    return ActivationMeans(values=(total / count).float().cpu(), site=site, positions=positions,
+                           prompts=prompts.info())
 
 
 def _donor_rows(ref_texts: Sequence[str], index: Tensor, texts: Sequence[str] | None,
@@ -321,7 +437,7 @@ def _donor_rows(ref_texts: Sequence[str], index: Tensor, texts: Sequence[str] | 
 
 
 @dataclass(frozen=True, eq=False)
-class Ablation(_Replacement):
+class Ablation(Replacement):
     """Zero, mean or resample ablation of heads (site ``"z"``) or layer outputs.
 
     Made by :func:`ablate` (heads) and :func:`ablate_layers`. ``means``: ``[L, (H,) d]``
@@ -336,10 +452,12 @@ class Ablation(_Replacement):
     donor_texts: tuple = field(default=(), repr=False)
     seed: int = 0
 
-    def donors(self, batch: PromptSet | None, index: Tensor | None, n_rows: int) -> Tensor:
+    @property
+    def per_prompt(self) -> bool:  # type: ignore[override]
+        return self.mode == "resample"
+
+    def donors(self, batch: PromptSet | None, index: Tensor, n_rows: int) -> Tensor:
         """Donor prompt (row of the reference set) of every row of the batch."""
-        if index is None:  # bare context manager: rows are unknown, no self-exclusion
-            return _donor_rows(self.donor_texts, torch.arange(n_rows), None, self.seed)
         return _donor_rows(self.donor_texts, index, batch.texts if batch is not None else None,
                            self.seed)
 
@@ -352,6 +470,9 @@ class Ablation(_Replacement):
         # query-only storage ([n, 1, ...]) broadcasts: only the last position is replaced
         return acts if self.positions == "query" else _align_end(acts, length)
 
+    def describe(self) -> str:
+        return f"ablate({self._where()}, mode={self.mode}, positions={self.positions})"
+
 
 def _collect_sites(model, prompts, site, layers, positions, batch_size, device, progress):
     """Activations of ``site`` at ``layers`` over ``prompts`` (CPU): only the query position
@@ -360,7 +481,7 @@ def _collect_sites(model, prompts, site, layers, positions, batch_size, device, 
 
     names = [hook_name(site, layer) for layer in layers]
     pos = "query" if positions == "query" else "all"
-    got = collect(model, prompts, names, pos=pos, batch_size=batch_size, device=device,
+    got = collect(model, prompts, names, positions=pos, batch_size=batch_size, device=device,
                   return_logits=False, progress=progress, desc=f"collect {site}").activations
     out = {}
     for layer, name in zip(layers, names, strict=True):
@@ -375,36 +496,39 @@ def ablate(
     mode: Literal["zero", "mean", "resample"] = "zero",
     positions: Positions = "all",
     *,
-    means: HeadMeans | Tensor | None = None,
+    means: ActivationMeans | Tensor | None = None,
     reference: PromptSet | None = None,
     seed: int = 0,
     batch_size: int = 16,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Ablation:
     """Ablate attention heads on ``hook_z`` (works with grouped-query attention).
 
     Each selected head's ``z`` at the selected positions is replaced by
 
     * ``"zero"``: ``0`` (the head's output ``z W_O`` becomes 0; ``b_O`` stays);
-    * ``"mean"``: its mean over a reference set, ``means`` (a :class:`HeadMeans` or a
-      ``[L, H, d_head]`` tensor), or computed here from ``reference`` with
-      :func:`head_means` (at the query position if ``positions == "query"``, else over all
-      real tokens);
+    * ``"mean"``: its mean over a reference set, ``means`` (from :func:`activation_means`,
+      or a ``[L, H, d_head]`` tensor), or computed here from ``reference`` (at the query
+      position if ``positions == "query"``, else over all real tokens);
     * ``"resample"``: its value on another prompt of ``reference``: every prompt gets one
-      donor (seeded by ``seed`` and the prompt's index, never a prompt with the same text
-      when run through ``iter_batches``), aligned at the end of the sequence (a donor
-      shorter than the target gives zeros where it has no token).
+      donor (seeded by ``seed`` and the prompt's index, never a prompt with the same text),
+      aligned at the end of the sequence (a donor shorter than the target gives zeros where
+      it has no token). Pass it as ``interventions=[...]``: a bare ``with`` block is refused.
 
     Args:
         heads: ``Head`` list, ``(layer, head)`` pairs, a ``HeadScores`` (its ``top()``) or a
             boolean ``[L, H]`` mask. An empty selection is a no-op.
-        positions: ``"all"`` (default), ``"query"``, an int or a list of ints.
+        positions: ``"all"`` (default: the head is removed everywhere), ``"query"``, an int
+            or a list of ints.
+
+    Example::
+
+        iv = ih.ablate(model, tl.top(8), mode="mean", reference=prompts)
+        ih.evaluate(model, prompts, interventions=[iv])
 
     Returns:
-        An :class:`Ablation`: pass it to ``iter_batches(interventions=[...])`` or use it as
-        a context manager. As a bare context manager, ``"resample"`` draws each batch row's
-        donor from the row number (no self-exclusion, since the rows' prompts are unknown).
+        An :class:`Ablation`.
     """
     mask = heads_to_mask(heads, model.cfg.n_layers, model.cfg.n_heads)
     return _make_ablation(model, "z", mask, mode, positions, means=means, reference=reference,
@@ -414,18 +538,19 @@ def ablate(
 def ablate_layers(
     model: HookedTransformer,
     layers: int | Sequence[int] | Tensor | None,
-    site: str = "attn_out",
     mode: Literal["zero", "mean", "resample"] = "zero",
     positions: Positions = "all",
     *,
-    means: Tensor | None = None,
+    site: str = "attn_out",
+    means: ActivationMeans | Tensor | None = None,
     reference: PromptSet | None = None,
     seed: int = 0,
     batch_size: int = 16,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Ablation:
-    """Ablate a whole layer-level activation (``attn_out``, ``mlp_out``, ``resid_*``).
+    """Ablate a whole layer-level activation (``attn_out``, ``mlp_out``, ``resid_*``);
+    arguments in the order of :func:`ablate`, the site a keyword.
 
     ``"zero"`` sets it to 0 — for ``attn_out`` that also removes the bias ``b_O``, unlike
     zero-ablating every head of the layer (which leaves ``attn_out = b_O``). ``"mean"`` and
@@ -434,9 +559,10 @@ def ablate_layers(
     """
     if site == "z":
         raise ValueError("For heads use ablate(model, heads, ...); ablate_layers takes a layer "
-                         "site such as 'attn_out' or 'mlp_out'.")
-    hook_name(site, 0)  # validates the site
-    mask = _layer_mask(layers, model.cfg.n_layers)
+                         f"site, one of {LAYER_SITES}.")
+    if site not in LAYER_SITES:
+        raise ValueError(f"Unknown layer site {site!r}; choose one of {LAYER_SITES}.")
+    mask = layers_to_mask(layers, model.cfg.n_layers)
     return _make_ablation(model, site, mask, mode, positions, means=means, reference=reference,
                           seed=seed, batch_size=batch_size, device=device, progress=progress)
 
@@ -445,29 +571,25 @@ def _make_ablation(model, site, mask, mode, positions, *, means, reference, seed
                    device, progress) -> Ablation:
     if mode not in ABLATION_MODES:
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {seed!r}.")
     positions = check_positions(positions)
-    kwargs = dict(model=model, site=site, mask=mask, positions=positions, mode=mode, seed=seed)
+    kwargs = dict(model=model, site=site, mask=mask, positions=positions, mode=mode,
+                  seed=int(seed))
     if mode == "mean":
         if means is None:
             if reference is None:
                 raise ValueError("Mean ablation needs the mean activations: pass means= (e.g. "
-                                 "head_means(model, prompts)) or reference= (a PromptSet).")
+                                 "activation_means(model, prompts)) or reference= (a PromptSet).")
             pos = "query" if positions == "query" else "all"
-            means = site_means(model, reference, site, pos=pos, batch_size=batch_size,
-                               device=device, progress=progress)
-        if isinstance(means, HeadMeans):
-            means = means.z
-        want = (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head) if site == "z" \
-            else (model.cfg.n_layers, model.cfg.d_model)
-        if tuple(means.shape) != want:
-            raise ValueError(f"means has shape {tuple(means.shape)}; site {site!r} needs "
-                             f"{list(want)}.")
-        kwargs["means"] = means.detach().float().cpu()
+            means = activation_means(model, reference, site, positions=pos,
+                                     batch_size=batch_size, device=device, progress=progress)
+        kwargs["means"] = _check_means(model, means, site)
     elif mode == "resample":
         if reference is None:
             raise ValueError("Resample ablation draws activations from other prompts: pass "
                              "reference= (a PromptSet, usually the prompts being run).")
-        check_prompt_set(reference, "reference")
+        check_prompt_set(reference, "reference", model=model)
         layers = (mask.any(-1) if mask.ndim == 2 else mask).nonzero().flatten().tolist()
         kwargs["donor_acts"] = _collect_sites(model, reference, site, layers, positions,
                                               batch_size, device, progress)
@@ -475,10 +597,27 @@ def _make_ablation(model, site, mask, mode, positions, *, means, reference, seed
     return Ablation(**kwargs)
 
 
+def _check_means(model: HookedTransformer, means, site: str) -> Tensor:
+    if isinstance(means, ActivationMeans):
+        if means.site != site:
+            raise ValueError(f"These means are of site {means.site!r}; this ablation is on "
+                             f"{site!r}. Compute activation_means(model, prompts, {site!r}).")
+        means = means.values
+    if not isinstance(means, Tensor):
+        raise TypeError(f"means must be ActivationMeans (activation_means(...)) or a tensor, "
+                        f"got {type(means).__name__}.")
+    want = (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head) if site == "z" \
+        else (model.cfg.n_layers, model.cfg.d_model)
+    if tuple(means.shape) != want:
+        raise ValueError(f"means has shape {tuple(means.shape)}; site {site!r} needs "
+                         f"{list(want)}.")
+    return means.detach().float().cpu()
+
+
 @dataclass(frozen=True, eq=False)
-class Patch(_Replacement):
+class Patch(Replacement):
     """Activation patching: the selected activation of the target run is replaced by its
-    value in the source run (row ``i`` of the batch takes source prompt ``index[i]``).
+    value in the source run (target prompt ``i`` takes source prompt ``i``).
 
     Made by :func:`patch`. ``source_acts``: per layer ``[n_src, pos, (H,) d]`` (left-padded;
     ``pos`` = 1 when only the query is stored); ``source_lengths``: ``[n_src]`` token counts.
@@ -486,30 +625,29 @@ class Patch(_Replacement):
 
     source_acts: dict = field(default_factory=dict, repr=False)
     source_lengths: Tensor | None = field(default=None, repr=False)
-    source_info: dict = field(default_factory=dict)
+    source: PromptInfo | None = None
+    per_prompt = True
 
-    def source_rows(self, batch: PromptSet | None, index: Tensor | None, n_rows: int) -> Tensor:
+    def source_rows(self, batch: PromptSet | None, index: Tensor, n_rows: int) -> Tensor:
         n_src = len(self.source_lengths)
-        if index is None:  # bare context manager: batch row i <- source prompt i
-            if n_rows != n_src:
-                raise ValueError(f"The source has {n_src} prompts but the batch has {n_rows} "
-                                 "rows; as a bare context manager a patch maps row i to source "
-                                 "prompt i, so run exactly the aligned target prompts.")
-            return torch.arange(n_rows)
         if int(index.max()) >= n_src:
             raise ValueError(f"Target prompt {int(index.max())} has no source prompt (the "
                              f"source has {n_src}); source and target must align row by row.")
         if self.positions != "query" and batch is not None:
-            if not torch.equal(self.source_lengths[index].cpu(), batch.lengths.cpu()):
+            if not torch.equal(self.source_lengths[index.cpu()].cpu(), batch.lengths.cpu()):
                 raise ValueError("Source and target prompts differ in length, so their "
                                  "positions do not correspond; patch only positions='query' or "
-                                 "use aligned prompts of equal length.")
+                                 "use aligned prompts of equal length (e.g. shift_demo_labels).")
         return index.cpu()
 
     def values(self, layer, batch, index, length, n_rows):
         acts = self.source_acts[layer][self.source_rows(batch, index, n_rows)]
         # query-only storage ([n, 1, ...]) broadcasts: only the last position is replaced
         return acts if self.positions == "query" else _align_end(acts, length)
+
+    def describe(self) -> str:
+        src = f"{self.source.task}/{self.source.perturbation}" if self.source else "source"
+        return f"patch({self._where()}, from={src}, positions={self.positions})"
 
 
 def patch(
@@ -522,14 +660,15 @@ def patch(
     positions: Positions = "all",
     batch_size: int = 16,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Patch:
     """Patch activations from a source run into the target run.
 
     The source activations are computed once here (only the needed hook points; only the
-    query position when ``positions == "query"``). At run time, target row ``i`` (prompt
-    ``index[i]`` of the target set) takes source prompt ``index[i]``: source and target are
-    aligned row by row and, unless ``positions == "query"``, must have equal lengths.
+    query position when ``positions == "query"``). At run time target prompt ``i`` takes
+    source prompt ``i``: source and target are aligned row by row and, unless
+    ``positions == "query"``, must have equal lengths (``shift_demo_labels(prompts)`` makes
+    such a pair). Pass it as ``interventions=[...]``: a bare ``with`` block is refused.
 
     Args:
         site: ``"z"`` (head outputs; select ``heads``, or ``layers`` for all their heads),
@@ -537,10 +676,16 @@ def patch(
             ``"mlp_out"`` (select ``layers``). Default: every head / every layer.
         positions: ``"all"`` (default), ``"query"``, an int or a list of ints.
 
+    Example::
+
+        corrupted = ih.shift_demo_labels(prompts)
+        iv = ih.patch(model, prompts, heads=tl.top(8))      # clean activations ...
+        ih.evaluate(model, corrupted, interventions=[iv])   # ... into the corrupted run
+
     Returns:
         A :class:`Patch`.
     """
-    check_prompt_set(source, "source")
+    check_prompt_set(source, "source", model=model)
     hook_name(site, 0)
     positions = check_positions(positions)
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -550,26 +695,26 @@ def patch(
         if heads is not None:
             mask = heads_to_mask(heads, L, H)
         else:
-            mask = _layer_mask(layers, L)[:, None].expand(L, H).clone()
+            mask = layers_to_mask(layers, L)[:, None].expand(L, H).clone()
     else:
         if heads is not None:
             raise ValueError(f"Site {site!r} is a layer activation; select layers=, not heads=.")
-        mask = _layer_mask(layers, L)
+        mask = layers_to_mask(layers, L)
     sel = (mask.any(-1) if mask.ndim == 2 else mask).nonzero().flatten().tolist()
     acts = _collect_sites(model, source, site, sel, positions, batch_size, device, progress)
     return Patch(model=model, site=site, mask=mask, positions=positions, source_acts=acts,
-                 source_lengths=source.lengths.cpu(), source_info=source.describe())
+                 source_lengths=source.lengths.cpu(), source=source.info())
 
 
 # --------------------------------------------------------------------------- steering
 
 
 @dataclass(frozen=True, eq=False)
-class Steer(_Base):
+class Steer(Intervention):
     """Add ``alpha * vector`` to an activation at chosen positions (see :func:`steer`)."""
 
-    model: HookedTransformer = field(repr=False)
-    vector: Tensor = field(repr=False)
+    model: HookedTransformer = field(repr=False, default=None)
+    vector: Tensor = field(repr=False, default=None)
     layer: int = 0
     alpha: float = 1.0
     positions: Positions = "query"
@@ -587,6 +732,12 @@ class Steer(_Base):
             return act + pos[None, :, None] * add
 
         return [(hook_name(self.site, self.layer), hook)]
+
+    def describe(self) -> str:
+        where = f"head=L{self.layer}H{self.head}" if self.head is not None else \
+            f"site={self.site}, layer={self.layer}"
+        return (f"steer({where}, alpha={self.alpha:g}, |v|={float(self.vector.norm()):.3g}, "
+                f"positions={self.positions})")
 
 
 def steer(
@@ -614,15 +765,31 @@ def steer(
       changes by ``alpha * vector @ W_O[l, h]``).
 
     Args:
-        positions: ``"query"`` (default), ``"all"``, an int or a list of ints.
+        positions: ``"query"`` (default: steering acts where the answer is read), ``"all"``,
+            an int or a list of ints.
+
+    Example::
+
+        v = ih.activation_means(model, icl_prompts).outputs(model)[12, 3]   # L12H3's mean output
+        ih.evaluate(model, zero_shot, interventions=[ih.steer(model, v, head=(12, 3), alpha=2)])
 
     Returns:
         A :class:`Steer`.
     """
-    vector = torch.as_tensor(vector).detach().float()
+    if not isinstance(vector, Tensor):
+        try:
+            vector = torch.as_tensor(vector, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"vector must be a 1-D tensor of numbers, got "
+                            f"{type(vector).__name__}.") from None
+    vector = vector.detach().float()
     if vector.ndim != 1:
         raise ValueError(f"vector must be 1-D ([d_model] or, with a head, [d_head]); got shape "
                          f"{tuple(vector.shape)}.")
+    if not torch.isfinite(vector).all():
+        raise ValueError("vector contains NaN or inf values.")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a number, got {alpha!r}.")
     positions = check_positions(positions)
     L = model.cfg.n_layers
     head_index = None
@@ -650,7 +817,7 @@ def steer(
         if vector.shape[0] != model.cfg.d_model:
             raise ValueError(f"vector has {vector.shape[0]} entries; the residual stream has "
                              f"d_model={model.cfg.d_model}.")
-    _layer_mask([layer], L)  # range check
+    layers_to_mask([layer], L)  # type and range check
     return Steer(model=model, vector=vector, layer=int(layer), alpha=float(alpha),
                  positions=positions, head=head_index, site=site)
 
@@ -659,7 +826,7 @@ def steer(
 
 
 @dataclass(frozen=True, eq=False)
-class Compose(_Base):
+class Compose(Intervention):
     """Several interventions applied together, in order (see :func:`compose`)."""
 
     parts: tuple = ()
@@ -668,33 +835,37 @@ class Compose(_Base):
     def _model(self) -> HookedTransformer:
         return self.parts[0]._model
 
+    @property
+    def per_prompt(self) -> bool:  # type: ignore[override]
+        return any(getattr(p, "per_prompt", False) for p in self.parts)
+
     def fwd_hooks(self, batch, index) -> HookList:
         hooks: HookList = []
         for part in self.parts:
             hooks.extend(part.fwd_hooks(batch, index))
         return hooks
 
+    def describe(self) -> str:
+        return " + ".join(_describe(p) for p in self.parts)
+
 
 def compose(*interventions) -> Compose:
-    """Join interventions into one (usable in ``iter_batches`` or as a context manager);
-    they act in the order given."""
+    """Join interventions into one (usable as ``interventions=[...]`` or as a context
+    manager); they act in the order given."""
     if not interventions:
         raise ValueError("compose() needs at least one intervention.")
-    parts = tuple(interventions)
-    for part in parts:
-        if not hasattr(part, "fwd_hooks"):
-            raise TypeError(f"{part!r} is not an intervention (it has no fwd_hooks).")
+    parts = check_interventions(list(interventions))
     models = {id(p._model) for p in parts}
     if len(models) > 1:
         raise ValueError("compose(): all interventions must belong to the same model.")
     return Compose(parts=parts)
 
 
-# --------------------------------------------------------------------------- sweep primitives
+# --------------------------------------------------------------------------- engine edits
 
 
 @dataclass(frozen=True, eq=False)
-class RowEdit:
+class RowEdit(Intervention):
     """Batched per-row edit used by the fast sweeps: at ``hook``, set
     ``act[rows[r], pos[r, j], (head[r])] = values[r, j]`` (out of place).
 
@@ -709,10 +880,10 @@ class RowEdit:
         head: ``[R]`` head per row (site ``z``), or ``None``.
     """
 
-    hook: str
-    rows: Int[Tensor, " row"]
-    pos: Int[Tensor, "row p"]
-    values: Float[Tensor, "row p d"]
+    hook: str = ""
+    rows: Int[Tensor, " row"] = None
+    pos: Int[Tensor, "row p"] = None
+    values: Float[Tensor, "row p d"] = None
     head: Int[Tensor, " row"] | None = None
 
     def fwd_hooks(self, batch=None, index=None) -> HookList:
@@ -724,28 +895,6 @@ class RowEdit:
             return act.index_put(tuple(idx), self.values.to(dev, act.dtype))
 
         return [(self.hook, hook)]
-
-
-@dataclass(frozen=True, eq=False)
-class Record:
-    """Record activations (no change to the run) into ``store``: hook name -> tensor.
-
-    ``pos="query"`` keeps the last position, ``"all"`` every position. With
-    ``keep_grad=True`` the tensors stay in the autograd graph (for attribution patching);
-    otherwise they are detached copies.
-    """
-
-    names: Callable[[str], bool]
-    store: dict = field(default_factory=dict)
-    pos: Literal["query", "all"] = "all"
-    keep_grad: bool = False
-
-    def fwd_hooks(self, batch=None, index=None) -> HookList:
-        def hook(act: Tensor, hook) -> None:
-            act = act[:, -1] if self.pos == "query" else act
-            self.store[hook.name] = act if self.keep_grad else act.detach().clone()
-
-        return [(self.names, hook)]
 
 
 @contextlib.contextmanager
@@ -760,8 +909,8 @@ def applied(model: HookedTransformer, interventions: Sequence, batch: PromptSet 
 
 
 __all__ = [
-    "SITES", "ABLATION_MODES", "hook_name", "check_positions", "position_mask",
-    "HeadMeans", "head_means", "site_means",
-    "Ablation", "ablate", "ablate_layers", "Patch", "patch", "Steer", "steer",
-    "Compose", "compose", "RowEdit", "Record", "applied",
+    "SITES", "LAYER_SITES", "ABLATION_MODES", "hook_name", "check_positions", "position_mask",
+    "layers_to_mask", "check_interventions", "Intervention", "Capture", "Replacement",
+    "ActivationMeans", "activation_means", "Ablation", "ablate", "ablate_layers", "Patch",
+    "patch", "Steer", "steer", "Compose", "compose", "RowEdit", "applied",
 ]

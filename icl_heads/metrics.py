@@ -7,7 +7,8 @@ name or any callable of that shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -15,7 +16,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .prompts import PromptSet
+from .interventions import check_interventions
+from .prompts import PromptSet, check_prompt_set
+from .settings import PromptInfo, Settings, describe_interventions, model_name
 
 Metric = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -64,15 +67,43 @@ METRICS: dict[str, Metric] = {
 }
 
 
+def metric_name(metric: str | Metric) -> str:
+    """The name a metric goes by in results (a callable's ``__name__``)."""
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
+
+
 def get_metric(metric: str | Metric) -> Metric:
     """A metric by name (``logit_diff``, ``accuracy``, ``label_space_rate``,
-    ``in_space_accuracy``) or the callable itself."""
-    if callable(metric):
-        return metric
-    if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a "
-                         "callable metric(logits, gold, label_token_ids) -> [batch].")
-    return METRICS[metric]
+    ``in_space_accuracy``) or a callable ``metric(logits, gold, label_token_ids) -> [batch]``.
+
+    A callable is wrapped so that its output is checked on every call (so on the first
+    batch, not after a long sweep): it must return one number per prompt.
+    """
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"Unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass "
+                             "a callable metric(logits, gold, label_token_ids) -> [batch].")
+        return METRICS[metric]
+    if not callable(metric):
+        raise TypeError(f"metric must be a metric name ({sorted(METRICS)}) or a callable "
+                        f"metric(logits, gold, label_token_ids) -> [batch], got {metric!r}.")
+    name = metric_name(metric)
+
+    def checked(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Tensor:
+        value = metric(logits, gold, label_token_ids)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"The metric {name!r} returned {type(value).__name__}; it must "
+                            f"return a tensor with one value per prompt ([{len(gold)}]).")
+        if tuple(value.shape) != (len(gold),):
+            raise ValueError(f"The metric {name!r} returned shape {tuple(value.shape)} for a "
+                             f"batch of {len(gold)} prompts; it must return one value per "
+                             f"prompt, shape [{len(gold)}] (e.g. no .mean() over the batch).")
+        if not (value.dtype.is_floating_point or value.dtype == torch.bool):
+            value = value.float()
+        return value
+
+    checked.__name__ = name
+    return checked
 
 
 def metrics_from_logits(
@@ -87,25 +118,51 @@ def metrics_from_logits(
     return out
 
 
+@dataclass(frozen=True)
+class EvaluateSettings(Settings):
+    """How :func:`evaluate` was run."""
+
+    model: str | None
+    prompts: PromptInfo
+    interventions: tuple[str, ...] = ()
+
+
 def evaluate(
     model: HookedTransformer,
     prompts: PromptSet,
     *,
+    interventions: Sequence = (),
     batch_size: int = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Accuracy, label-space rate, in-space accuracy and mean gold-label logit difference.
 
+    Args:
+        interventions: run with these interventions (ablate, patch, steer, ...).
+
+    Example::
+
+        ih.evaluate(model, prompts)
+        ih.evaluate(model, prompts, interventions=[ih.ablate(model, tl.top(8), "mean",
+                                                             reference=prompts)])
+
     Returns:
-        A one-row DataFrame with columns ``task, k, n, perturbation, accuracy,
-        label_space_rate, in_space_accuracy, logit_diff, chance``.
+        A one-row DataFrame with columns ``task, k, n, seed, perturbation, accuracy,
+        label_space_rate, in_space_accuracy, logit_diff, chance``;
+        ``.attrs["settings"]`` says how it was made.
     """
     from .activations import collect
 
-    logits = collect(model, prompts, batch_size=batch_size, device=device, progress=progress,
+    check_prompt_set(prompts, model=model)
+    logits = collect(model, prompts, batch_size=batch_size, device=device,
+                     interventions=interventions, progress=progress,
                      desc=f"evaluate k={prompts.k}").logits
-    row = {**prompts.describe(), **metrics_from_logits(logits, prompts)}
-    cols = ["task", "k", "n", "seed", "perturbation", "accuracy", "label_space_rate",
-            "in_space_accuracy", "logit_diff", "chance"]
-    return pd.DataFrame([row])[cols]
+    info = prompts.info()
+    row = {"task": info.task, "k": info.k, "n": info.n, "seed": info.seed,
+           "perturbation": info.perturbation, **metrics_from_logits(logits, prompts)}
+    frame = pd.DataFrame([row])
+    frame.attrs["settings"] = EvaluateSettings(model=model_name(model), prompts=info,
+                                               interventions=describe_interventions(
+                                                   check_interventions(interventions)))
+    return frame

@@ -1,23 +1,39 @@
 """k-shot ICL prompts as left-padded token batches (:class:`PromptSet`).
 
 The query is always the last token of every row, so "the query position" is ``-1`` for
-the whole set. Demonstrations never include the query example.
+the whole set. Demonstrations never include the query example, nor any example with the
+same input text. A :class:`PromptSet` records the model and a fingerprint of the tokenizer
+it was built with; ``check_prompt_set(prompts, model=model)`` refuses prompts built with
+another tokenizer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import numbers
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from .settings import PromptInfo
 from .tasks import Task
 
 PERTURBATIONS = ("gold", "random_labels", "abstract_labels", "zero_shot")
+
+#: Text tokenized by :func:`tokenizer_fingerprint`: words, case, digits, punctuation, code,
+#: whitespace runs, accents, CJK and an emoji, so different vocabularies split it differently.
+FINGERPRINT_PROBE = (
+    "The quick brown Fox jumps over 13 lazy dogs; naïve café déjà-vu! 東京 ✓ 😀\n"
+    "\tdef f(x): return x**2 + 0.5  # {braces} <tag/> http://a.b/c?d=e&f=g  IIII 1999-12-31"
+)
 
 #: Unrelated single-token words used for ``perturbation="abstract_labels"`` (first that fit).
 ABSTRACT_WORDS = (
@@ -41,6 +57,10 @@ class PromptSet:
         label_words: the label words as they appear in the prompts.
         task_name, k, seed, perturbation: how the set was made.
         query_examples: index into ``task.examples`` of each prompt's query.
+        model_name: ``cfg.model_name`` of the model the set was built with (``None`` if
+            unknown).
+        tokenizer_id: :func:`tokenizer_fingerprint` of that model's tokenizer (``None`` if
+            unknown; then :func:`check_prompt_set` cannot compare tokenizers).
     """
 
     tokens: Int[Tensor, "prompt pos"]
@@ -56,6 +76,8 @@ class PromptSet:
     seed: int
     perturbation: str
     query_examples: tuple[int, ...]
+    model_name: str | None = None
+    tokenizer_id: str | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -76,13 +98,19 @@ class PromptSet:
     def lengths(self) -> Int[Tensor, " prompt"]:
         return self.attention_mask.sum(-1)
 
-    def select(self, index: Sequence[int] | slice | Tensor) -> PromptSet:
-        """A subset of the prompts, with the padding columns no kept row needs removed."""
-        if isinstance(index, slice):
-            index = torch.arange(len(self))[index]
-        index = torch.as_tensor(index, dtype=torch.long)
-        if index.numel() == 0:
-            raise ValueError("PromptSet.select: the selection is empty.")
+    def select(self, index: int | Sequence[int] | Sequence[bool] | slice | Tensor) -> PromptSet:
+        """A subset of the prompts, with the padding columns no kept row needs removed.
+
+        Args:
+            index: prompt indices (a list, an integer tensor or array, or one int); negative
+                indices count from the end as in Python; repeats are kept. Or a slice, or a
+                boolean mask (list, tensor or array) with one entry per prompt.
+
+        Raises:
+            TypeError: float indices, or bools mixed with ints.
+            ValueError: an index out of range, a mask of the wrong length, an empty selection.
+        """
+        index = _select_index(index, len(self))
         mask = self.attention_mask[index]
         start = int((mask.sum(-1).max() - mask.shape[1]).neg())
         idx = index.tolist()
@@ -108,24 +136,138 @@ class PromptSet:
             demo_labels=self.demo_labels.to(device),
         )
 
-    def describe(self) -> dict:
-        """How the set was made (goes into result metadata)."""
-        return {"task": self.task_name, "k": self.k, "n": len(self), "seed": self.seed,
-                "perturbation": self.perturbation}
+    def info(self) -> PromptInfo:
+        """How the set was made, as results record it: task, k, n, seed, perturbation,
+        model (``model_name``) and tokenizer (``tokenizer_id``)."""
+        return PromptInfo(task=self.task_name, k=int(self.k), n=len(self), seed=int(self.seed),
+                          perturbation=self.perturbation, model=self.model_name,
+                          tokenizer=self.tokenizer_id)
 
     def __repr__(self) -> str:
         return (f"PromptSet(task={self.task_name!r}, n={len(self)}, k={self.k}, "
                 f"perturbation={self.perturbation!r}, seq_len={self.seq_len}, "
-                f"labels={list(self.label_words)[:6]}{'...' if self.n_labels > 6 else ''})")
+                f"labels={list(self.label_words)[:6]}{'...' if self.n_labels > 6 else ''}, "
+                f"model={self.model_name!r})")
 
 
-def check_prompt_set(prompts: PromptSet, what: str = "prompts") -> None:
-    """Raise a clear error unless ``prompts`` is a non-empty :class:`PromptSet`."""
+def _select_index(index: object, n: int) -> Int[Tensor, " selected"]:
+    """``PromptSet.select``'s index as non-negative row numbers, checked against ``n`` rows."""
+    if isinstance(index, slice):
+        rows = torch.arange(n)[index]
+    else:
+        if isinstance(index, (bool, np.bool_)):
+            raise TypeError(f"PromptSet.select: got the single bool {index!r}; pass indices or "
+                            f"a boolean mask with one entry per prompt ({n}).")
+        if isinstance(index, numbers.Integral):
+            index = [int(index)]
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        if isinstance(index, Tensor):
+            rows = index.detach().cpu()
+            if rows.dtype.is_floating_point or rows.dtype.is_complex:
+                raise TypeError(f"PromptSet.select: indices must be integers or a boolean mask, "
+                                f"got a {rows.dtype} tensor {rows.flatten()[:4].tolist()}.")
+            if rows.ndim > 1:
+                raise ValueError(f"PromptSet.select: indices must be 1-D, got shape "
+                                 f"{tuple(rows.shape)}.")
+            rows = rows.reshape(-1)
+        elif isinstance(index, (str, bytes)) or not hasattr(index, "__iter__"):
+            raise TypeError(f"PromptSet.select: index must be an int, a sequence of ints, a "
+                            f"slice, a boolean mask or a tensor, got {type(index).__name__} "
+                            f"{index!r}.")
+        else:
+            items = list(index)
+            bools = [isinstance(i, (bool, np.bool_)) for i in items]
+            if items and all(bools):
+                rows = torch.tensor([bool(i) for i in items], dtype=torch.bool)
+            else:
+                bad = next((i for i, b in zip(items, bools)
+                            if b or not isinstance(i, numbers.Integral)), None)
+                if bad is not None:
+                    raise TypeError(
+                        f"PromptSet.select: index {bad!r} ({type(bad).__name__}) is not an int; "
+                        "pass integer indices or a boolean mask with one entry per prompt."
+                    )
+                rows = torch.tensor([int(i) for i in items], dtype=torch.long)
+        if rows.dtype == torch.bool:
+            if rows.numel() != n:
+                raise ValueError(f"PromptSet.select: the boolean mask has {rows.numel()} "
+                                 f"entries but the set has {n} prompts.")
+            rows = rows.nonzero().flatten()
+        rows = rows.long()
+        out = (rows < -n) | (rows >= n)
+        if bool(out.any()):
+            raise ValueError(f"PromptSet.select: index {int(rows[out][0])} is out of range for "
+                             f"a set of {n} prompts (valid: {-n} to {n - 1}).")
+        rows = torch.where(rows < 0, rows + n, rows)
+    if rows.numel() == 0:
+        raise ValueError("PromptSet.select: the selection is empty.")
+    return rows
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short id of a tokenizer: equal ids mean the same tokenization, in practice.
+
+    A hash (sha256, first 16 hex digits) of ``len(tokenizer)``, its BOS and EOS token ids
+    and the token ids of :data:`FINGERPRINT_PROBE` (no special tokens). Cheap (one short
+    encode, not the whole vocabulary). Padding side and pad token are not part of it.
+
+    Raises:
+        TypeError: ``tokenizer`` is not a Hugging Face tokenizer (e.g. a model was passed).
+    """
+    if not callable(getattr(tokenizer, "encode", None)) or not hasattr(tokenizer, "__len__"):
+        hint = " (pass model.tokenizer)" if isinstance(tokenizer, HookedTransformer) else ""
+        raise TypeError(f"tokenizer_fingerprint needs a Hugging Face tokenizer{hint}, got "
+                        f"{type(tokenizer).__name__}.")
+    ids = tokenizer.encode(FINGERPRINT_PROBE, add_special_tokens=False)
+    raw = json.dumps([len(tokenizer), getattr(tokenizer, "bos_token_id", None),
+                      getattr(tokenizer, "eos_token_id", None), [int(i) for i in ids]])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def check_prompt_set(prompts: PromptSet, what: str = "prompts", *,
+                     model: HookedTransformer | None = None) -> None:
+    """Raise a clear error unless ``prompts`` is a non-empty :class:`PromptSet` (usable with
+    ``model``, when given).
+
+    With ``model``: ``ValueError`` if the set was built with a different tokenizer (its
+    ``tokenizer_id`` differs from the model's :func:`tokenizer_fingerprint`; skipped when
+    either is unknown), if a token id is outside ``[0, cfg.d_vocab)`` or if the prompts are
+    longer than ``cfg.n_ctx``. Models that share a tokenizer accept each other's prompts.
+    Cost: one short encode and a min/max over the tokens.
+    """
     if not isinstance(prompts, PromptSet):
         raise TypeError(f"{what} must be a PromptSet (from icl_heads.build_prompts), got "
                         f"{type(prompts).__name__}.")
     if len(prompts) == 0:
         raise ValueError(f"The {what} PromptSet is empty; build it with n >= 1.")
+    if model is None:
+        return
+    _check_model(model, "check_prompt_set")
+    name = model.cfg.model_name
+    if prompts.tokenizer_id is not None and model.tokenizer is not None:
+        fingerprint = tokenizer_fingerprint(model.tokenizer)
+        if fingerprint != prompts.tokenizer_id:
+            built = f"model {prompts.model_name!r}" if prompts.model_name else "another model"
+            raise ValueError(
+                f"The {what} were built for {built}'s tokenizer (fingerprint "
+                f"{prompts.tokenizer_id}), but model {name!r} has a different "
+                f"tokenizer ({fingerprint}); rebuild them with build_prompts(model, task, ...)."
+            )
+    d_vocab, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
+    if prompts.seq_len > n_ctx:
+        raise ValueError(f"The {what} are {prompts.seq_len} tokens long, more than model "
+                         f"{name!r}'s context n_ctx={n_ctx}; rebuild them with "
+                         "build_prompts(model, task, ...) and fewer demonstrations.")
+    ids = [prompts.tokens]
+    if prompts.label_token_ids.numel():
+        ids.append(prompts.label_token_ids)
+    lo = min(int(t.min()) for t in ids)
+    hi = max(int(t.max()) for t in ids)
+    if lo < 0 or hi >= d_vocab:
+        raise ValueError(f"The {what} hold token id {hi if hi >= d_vocab else lo}, outside model "
+                         f"{name!r}'s vocabulary [0, d_vocab={d_vocab}); rebuild them with "
+                         "build_prompts(model, task, ...).")
 
 
 def shift_demo_labels(prompts: PromptSet, shift: int = 1) -> PromptSet:
@@ -134,7 +276,16 @@ def shift_demo_labels(prompts: PromptSet, shift: int = 1) -> PromptSet:
 
     Gives an aligned clean/corrupted pair for activation patching: only the demo label
     tokens differ; queries and gold labels are unchanged.
+
+    Raises:
+        TypeError: ``prompts`` is not a PromptSet; ``shift`` is not an int.
+        ValueError: no demonstrations, fewer than two labels, or a shift that changes nothing.
     """
+    check_prompt_set(prompts)
+    shift = _check_int(shift, "shift", None, "an integer")
+    if prompts.n_labels < 2:
+        raise ValueError(f"shift_demo_labels needs prompts with at least two label words; these "
+                         f"have {prompts.n_labels} (build them with build_prompts).")
     if prompts.k == 0:
         raise ValueError("shift_demo_labels needs prompts with demonstrations (k >= 1).")
     if shift % prompts.n_labels == 0:
@@ -148,7 +299,26 @@ def shift_demo_labels(prompts: PromptSet, shift: int = 1) -> PromptSet:
 
 
 def label_token_ids(model: HookedTransformer, words: Sequence[str]) -> list[int]:
-    """Token id of each word with its leading space; ``ValueError`` if any is not one token."""
+    """Token id of each word with its leading space; ``ValueError`` if any is not one token.
+
+    ``TypeError`` if ``model`` is not a HookedTransformer or ``words`` is not a list of
+    strings (a single string is refused: pass ``[word]``); ``ValueError`` for no words, an
+    empty word or one with surrounding whitespace (the leading space is added here).
+    """
+    _check_model(model, "label_token_ids")
+    if isinstance(words, (str, bytes)) or not hasattr(words, "__iter__"):
+        raise TypeError(f"words must be a list of label words, e.g. ['positive', 'negative'], "
+                        f"got {type(words).__name__} {words!r}.")
+    words = list(words)
+    if not words:
+        raise ValueError("label_token_ids got no words; pass the label words, e.g. task.labels.")
+    for w in words:
+        if not isinstance(w, str):
+            raise TypeError(f"Label word {w!r} is a {type(w).__name__}; label words must be "
+                            "strings.")
+        if not w.strip() or w != w.strip():
+            raise ValueError(f"Label word {w!r} is empty or has surrounding whitespace; write it "
+                             "bare (the leading space is added here).")
     tok = _tokenizer(model)
     ids, bad = [], []
     for w in words:
@@ -181,11 +351,12 @@ def build_prompts(
     """Build ``n`` k-shot prompts for ``task``.
 
     Queries cycle through the labels (balanced) in a seeded random order; each prompt's
-    ``k`` demonstrations are drawn without replacement from the other examples.
+    ``k`` demonstrations are drawn without replacement from the examples whose input text
+    differs from the query's.
 
     Args:
         model: supplies the tokenizer, BOS convention and context length.
-        task: the task.
+        task: the task (from :func:`~icl_heads.tasks.load_task` or ``make_task``).
         k: demonstrations per prompt (0 for zero-shot).
         n: number of prompts (queries may repeat, with other demos, if ``n`` exceeds the
             number of examples).
@@ -197,17 +368,38 @@ def build_prompts(
         prepend_bos: default: the model's ``cfg.default_prepend_bos``.
 
     Returns:
-        A :class:`PromptSet`.
+        A :class:`PromptSet` that records ``model.cfg.model_name`` and the tokenizer's
+        :func:`tokenizer_fingerprint`.
+
+    Raises:
+        TypeError: ``model`` is not a HookedTransformer; ``task`` is not a :class:`Task` (a
+            name must go through ``load_task``); ``k``, ``n`` or ``seed`` is not an int
+            (bools and floats are refused); ``perturbation`` is not a str; ``prepend_bos``
+            is not a bool.
+        ValueError: ``k < 0``, ``n < 1``, more demos than other examples, an unknown
+            perturbation, multi-token label words, prompts longer than ``cfg.n_ctx``.
     """
+    _check_model(model, "build_prompts")
+    if isinstance(task, (str, Path)):
+        raise TypeError(f"task must be a Task, got the {type(task).__name__} {str(task)!r}; "
+                        f"load it first: build_prompts(model, load_task({str(task)!r}), k, n).")
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a Task (from load_task or make_task), got "
+                        f"{type(task).__name__}.")
+    k = _check_int(k, "k", 0, "a non-negative integer")
+    n = _check_int(n, "n", 1, "a positive integer")
+    seed = _check_int(seed, "seed", None, "an integer")
+    if perturbation is not None and not isinstance(perturbation, str):
+        raise TypeError(f"perturbation must be None or one of {PERTURBATIONS}, got "
+                        f"{type(perturbation).__name__} {perturbation!r}.")
     perturbation = perturbation or "gold"
     if perturbation not in PERTURBATIONS:
         raise ValueError(f"Unknown perturbation {perturbation!r}; choose one of {PERTURBATIONS}.")
+    if prepend_bos is not None and not isinstance(prepend_bos, bool):
+        raise TypeError(f"prepend_bos must be True, False or None (the model's default), got "
+                        f"{type(prepend_bos).__name__} {prepend_bos!r}.")
     if perturbation == "zero_shot":
         k = 0
-    if not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}.")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}.")
     if k > len(task.examples) - 1:
         raise ValueError(f"k={k} demos need at least {k + 1} examples; task {task.name!r} has "
                          f"{len(task.examples)}.")
@@ -224,8 +416,14 @@ def build_prompts(
     bos = [tok.bos_token_id] if prepend_bos and tok.bos_token_id is not None else []
     pieces: list[list[str]] = []  # text pieces between label tokens
     rows = []
+    inputs = [x.strip() for x, _ in task.examples]
+    demo_suffix = task.demo_suffix
     for q in queries:
-        others = [i for i in range(len(task.examples)) if i != q]
+        # never show the query's input as a demo (Task also refuses repeated inputs)
+        others = [i for i in range(len(task.examples)) if inputs[i] != inputs[q]]
+        if len(others) < k:
+            raise ValueError(f"k={k} demos for query {task.examples[q][0]!r} need {k} examples "
+                             f"with another input; task {task.name!r} has {len(others)}.")
         demos = rng.sample(others, k)
         shown = [task.label_index(task.examples[i][1]) for i in demos]
         if perturbation == "random_labels":
@@ -233,9 +431,8 @@ def build_prompts(
         texts = []
         prefix = ""
         for i in demos:
-            x = task.examples[i][0]
-            texts.append(prefix + task.template.split(" {label}")[0].format(input=x))
-            prefix = task.demo_suffix
+            texts.append(prefix + task.render_query(task.examples[i][0]))
+            prefix = demo_suffix
         texts.append(prefix + task.render_query(task.examples[q][0]))
         pieces.append(texts)
         rows.append((q, shown))
@@ -293,7 +490,28 @@ def build_prompts(
         seed=seed,
         perturbation=perturbation,
         query_examples=tuple(queries),
+        model_name=model.cfg.model_name,
+        tokenizer_id=tokenizer_fingerprint(tok),
     )
+
+
+def _check_model(model: object, fn: str) -> None:
+    if not isinstance(model, HookedTransformer):
+        hint = " (the arguments are (model, task, ...))" if isinstance(model, Task) else ""
+        raise TypeError(f"{fn} needs a HookedTransformer as model (e.g. icl_heads.load_model()), "
+                        f"got {type(model).__name__}{hint}.")
+
+
+def _check_int(value: object, name: str, minimum: int | None, what: str) -> int:
+    """``value`` as an int: ``TypeError`` for bools, floats and other types, ``ValueError``
+    below ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        hint = (f"; write {int(value)}" if isinstance(value, float) and value.is_integer()
+                else "")
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}{hint}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value!r}.")
+    return int(value)
 
 
 def _tokenizer(model: HookedTransformer):

@@ -2,18 +2,36 @@
 
 Built-in tasks live in ``icl_heads/data/`` (JSONL + ``catalog.json``); ``load_task`` also
 reads a user's CSV or JSONL file with columns ``input,label``.
+
+What a task accepts (checked when it is made, so a bad task never reaches ``build_prompts``):
+
+- every example has a non-empty ``input`` and ``label``; numbers (``int``/``float``, not
+  ``bool``) are accepted as their ``str``, anything else (``None``, lists...) is an error;
+- each input text is listed once (compared without surrounding whitespace); a repeated
+  input is an error naming both places, so a query can never be shown as its own demo;
+- labels are written bare (no surrounding whitespace) and no two labels differ only in case;
+- the template holds ``{input}`` and `` {label}`` once each and no other field; a literal
+  brace is written ``{{`` or ``}}`` (as in ``str.format``).
+
+Files are read as UTF-8 (a leading byte-order mark is ignored). Blank lines (and CSV rows
+whose cells are all empty) are skipped; extra CSV columns and extra JSON keys are ignored.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
+import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 DEFAULT_TEMPLATE = "Input: {input}\nLabel: {label}\n"
+
+_TASK_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
 @dataclass(frozen=True)
@@ -27,7 +45,7 @@ class Task:
         template: one demonstration, with ``{input}`` and `` {label}`` (the label is
             preceded by one space, which becomes the label token's leading space). The
             text after `` {label}`` separates demonstrations; the query is the template
-            cut just before `` {label}``.
+            cut just before `` {label}``. Literal braces are written ``{{`` and ``}}``.
         description: one line on what the task is.
     """
 
@@ -39,68 +57,162 @@ class Task:
     metadata: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise TypeError(f"Task name must be a non-empty str, got {self.name!r}.")
+        where = f"Task {self.name!r}"
+        if isinstance(self.examples, (str, bytes)) or not isinstance(self.examples, Sequence):
+            raise TypeError(f"{where}: examples must be a sequence of (input, label) pairs, got "
+                            f"{type(self.examples).__name__}.")
+        if isinstance(self.labels, (str, bytes)) or not isinstance(self.labels, Sequence):
+            raise TypeError(f"{where}: labels must be a sequence of label words, got "
+                            f"{self.labels!r}; e.g. labels=('positive', 'negative').")
+        bad = [y for y in self.labels if not isinstance(y, str)]
+        if bad:
+            raise TypeError(f"{where}: labels must be strings; got {bad[0]!r} "
+                            f"({type(bad[0]).__name__}).")
+        for i, pair in enumerate(self.examples):
+            _check_pair(pair, f"{where}: example {i}")
+            if not isinstance(pair[0], str) or not isinstance(pair[1], str):
+                raise TypeError(f"{where}: example {i} {tuple(pair)!r} must hold two strings; "
+                                "use make_task, which converts numbers with str().")
+        object.__setattr__(self, "examples", tuple((x, y) for x, y in self.examples))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if not isinstance(self.description, str):
+            raise TypeError(f"{where}: description must be a str, got "
+                            f"{type(self.description).__name__}.")
+        check_template(self.template)
         if not self.examples:
-            raise ValueError(f"Task {self.name!r} has no examples; give at least two labels' worth.")
+            raise ValueError(f"{where} has no examples; give at least two labels' worth.")
+        _check_examples(self.examples, where=where)
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"{where} lists a label twice: {list(self.labels)}")
+        for y in self.labels:
+            if not y.strip() or y != y.strip():
+                raise ValueError(f"{where}: label {y!r} is empty or has surrounding whitespace; "
+                                 "write it bare (the template adds the leading space).")
+        clash = _case_clash(self.labels)
+        if clash:
+            raise ValueError(f"{where}: labels {clash} differ only in case; the model would "
+                             "see them as different answers. Use one spelling.")
         if len(self.labels) < 2:
             raise ValueError(
-                f"Task {self.name!r} has {len(self.labels)} label(s) {list(self.labels)}; an ICL "
+                f"{where} has {len(self.labels)} label(s) {list(self.labels)}; an ICL "
                 "classification task needs at least two distinct labels."
             )
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"Task {self.name!r} lists a label twice: {list(self.labels)}")
         unknown = sorted({y for _, y in self.examples} - set(self.labels))
         if unknown:
-            raise ValueError(f"Task {self.name!r}: labels {unknown} are not in the label set.")
-        for i, (x, y) in enumerate(self.examples):
-            if not isinstance(x, str) or not isinstance(y, str) or not x.strip() or not y.strip():
-                raise ValueError(f"Task {self.name!r}: example {i} ({x!r}, {y!r}) has an empty field.")
-            if y != y.strip():
-                raise ValueError(
-                    f"Task {self.name!r}: label {y!r} has surrounding whitespace; write it bare "
-                    "(the template adds the leading space)."
-                )
-        check_template(self.template)
+            raise ValueError(f"{where}: labels {unknown} are not in the label set "
+                             f"{list(self.labels)}.")
 
     @property
     def n_labels(self) -> int:
         return len(self.labels)
 
     def label_index(self, label: str) -> int:
-        return self.labels.index(label)
+        """The class id of ``label`` (its index in ``labels``)."""
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise ValueError(f"{label!r} is not a label of task {self.name!r}; labels are "
+                             f"{list(self.labels)}.") from None
 
     def render_demo(self, x: str, y: str) -> str:
+        """One demonstration: the template filled with ``x`` and ``y`` (``{{``/``}}`` -> braces).
+
+        Equals ``render_query(x) + " " + y + demo_suffix``.
+        """
         return self.template.format(input=x, label=y)
 
     def render_query(self, x: str) -> str:
+        """The query prompt for ``x``: the demonstration cut just before `` {label}``."""
         return self.query_template.format(input=x)
 
     @property
     def query_template(self) -> str:
-        return self.template[: self.template.index(" {label}")]
+        """The template up to (not including) `` {label}``, still a format string."""
+        start, _ = _label_span(self.template)
+        return self.template[: start - 1]
 
     @property
     def demo_suffix(self) -> str:
-        """The text after the label in a demonstration (e.g. ``"\\n"``)."""
-        return self.template[self.template.index(" {label}") + len(" {label}") :]
+        """The text after the label in a demonstration (e.g. ``"\\n"``), braces unescaped."""
+        _, end = _label_span(self.template)
+        return self.template[end:].format()
 
     def __repr__(self) -> str:
         return (f"Task(name={self.name!r}, n_examples={len(self.examples)}, "
                 f"labels={list(self.labels)[:8]}{'...' if len(self.labels) > 8 else ''})")
 
 
+def _template_fields(template: str) -> list[tuple[str, int, int]]:
+    """The ``{...}`` fields of a format string as ``(name, start, end)``; ``{{``/``}}`` are
+    literal braces. ``ValueError`` for a lone brace."""
+    fields, i = [], 0
+    while i < len(template):
+        c = template[i]
+        if c in "{}" and template[i:i + 2] in ("{{", "}}"):
+            i += 2
+        elif c == "{":
+            end = template.find("}", i + 1)
+            if end < 0 or "{" in template[i + 1:end]:
+                raise ValueError(
+                    f"Template {template!r} has an unmatched '{{' at position {i}; write '{{{{' "
+                    "for a literal brace."
+                )
+            fields.append((template[i + 1:end], i, end + 1))
+            i = end + 1
+        elif c == "}":
+            raise ValueError(
+                f"Template {template!r} has an unmatched '}}' at position {i}; write '}}}}' for a "
+                "literal brace."
+            )
+        else:
+            i += 1
+    return fields
+
+
+def _label_span(template: str) -> tuple[int, int]:
+    (start, end), = [(s, e) for name, s, e in _template_fields(template) if name == "label"]
+    return start, end
+
+
 def check_template(template: str) -> None:
-    """Raise ``ValueError`` unless the template has ``{input}`` and `` {label}`` once each."""
-    if template.count("{input}") != 1 or template.count("{label}") != 1:
+    """Raise ``ValueError`` unless the template has ``{input}`` and `` {label}`` once each.
+
+    No other field is allowed (no ``{text}``, no positional ``{}``, no ``{input!r}`` or
+    ``{label:>5}``); a literal brace is written ``{{`` or ``}}``. ``TypeError`` if the
+    template is not a str.
+    """
+    if not isinstance(template, str):
+        raise TypeError(f"template must be a str such as {DEFAULT_TEMPLATE!r}, got "
+                        f"{type(template).__name__}.")
+    fields = _template_fields(template)
+    for name, _, _ in fields:
+        if name in ("input", "label"):
+            continue
+        if name == "" or name.isdigit():
+            what = f"a positional field '{{{name}}}'"
+        elif name.split("!")[0].split(":")[0] in ("input", "label"):
+            what = f"the field '{{{name}}}' (conversions and format specs are not supported)"
+        else:
+            what = f"an unknown field '{{{name}}}'"
+        raise ValueError(
+            f"Template {template!r} has {what}; the only fields are '{{input}}' and '{{label}}'. "
+            "Write '{{' and '}}' for literal braces."
+        )
+    names = [name for name, _, _ in fields]
+    if names.count("input") != 1 or names.count("label") != 1:
         raise ValueError(
             f"Template {template!r} must contain '{{input}}' and '{{label}}' exactly once, e.g. "
             f"{DEFAULT_TEMPLATE!r}."
         )
-    if " {label}" not in template:
+    start, _ = _label_span(template)
+    if template[start - 1:start] != " ":
         raise ValueError(
             f"Template {template!r}: write ' {{label}}' with one space before it; the space is "
             "part of the label token."
         )
-    if template.index("{input}") > template.index("{label}"):
+    if names.index("input") > names.index("label"):
         raise ValueError(f"Template {template!r}: '{{input}}' must come before '{{label}}'.")
 
 
@@ -112,16 +224,107 @@ def make_task(
     labels: Sequence[str] | None = None,
     description: str = "",
 ) -> Task:
-    """Build a ``Task``; the label set defaults to the labels in order of first appearance."""
-    examples = tuple((str(x), str(y)) for x, y in examples)
-    if labels is None:
-        labels = tuple(dict.fromkeys(y for _, y in examples))
-    return Task(name=name, examples=examples, labels=tuple(labels), template=template,
+    """Build a ``Task``; the label set defaults to the labels in order of first appearance.
+
+    Inputs and labels must be strings; numbers (``int``/``float``, not ``bool``) are
+    converted with ``str``. ``TypeError`` for anything else (``None``, lists, a dict of
+    examples); ``ValueError`` for empty fields, repeated inputs, labels that differ only in
+    case and bad templates (see :class:`Task` and :func:`check_template`).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"Task name must be a non-empty str, got {name!r}.")
+    if isinstance(examples, dict):
+        raise TypeError(f"Task {name!r}: examples must be a list of (input, label) pairs, got a "
+                        "dict; pass list(examples.items()).")
+    if isinstance(examples, (str, bytes)) or not hasattr(examples, "__iter__"):
+        raise TypeError(f"Task {name!r}: examples must be a list of (input, label) pairs, got "
+                        f"{type(examples).__name__}.")
+    pairs = []
+    for i, pair in enumerate(examples):
+        where = f"Task {name!r}: example {i}"
+        _check_pair(pair, where)
+        pairs.append((_as_text(pair[0], f"{where} input"), _as_text(pair[1], f"{where} label")))
+    if labels is not None:
+        if isinstance(labels, (str, bytes)):
+            raise TypeError(f"Task {name!r}: labels must be a sequence of label words, got the "
+                            f"string {labels!r}; e.g. labels=('positive', 'negative').")
+        labels = tuple(labels)
+    else:
+        labels = tuple(dict.fromkeys(y for _, y in pairs))
+    return Task(name=name, examples=tuple(pairs), labels=labels, template=template,
                 description=description)
 
 
+def _check_pair(pair: object, where: str) -> None:
+    if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+        raise TypeError(f"{where} is {pair!r}; each example must be an (input, label) pair.")
+
+
+def _as_text(value: object, where: str) -> str:
+    """``value`` as example text: a str as is, a finite number as ``str(value)``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    raise TypeError(f"{where} is {value!r} ({type(value).__name__}); inputs and labels must be "
+                    "strings (or numbers, used as their str).")
+
+
+def _case_clash(labels: Sequence[str]) -> list[str]:
+    """The first group of distinct labels that differ only in case (empty if none)."""
+    groups: dict[str, list[str]] = {}
+    for y in labels:
+        group = groups.setdefault(y.casefold(), [])
+        if y not in group:
+            group.append(y)
+    return next((g for g in groups.values() if len(g) > 1), [])
+
+
+def _check_examples(examples: Sequence[tuple[str, str]], *, where: str,
+                    lines: Sequence[int] | None = None) -> None:
+    """Empty fields, padded labels, repeated inputs and labels differing only in case.
+
+    ``where`` names the task or file; ``lines`` (file line numbers, one per example) makes
+    the messages say "line N" instead of "example i".
+    """
+    def loc(i: int) -> str:
+        return f"line {lines[i]}" if lines is not None else f"example {i}"
+
+    first_input: dict[str, int] = {}
+    first_label: dict[str, int] = {}
+    for i, (x, y) in enumerate(examples):
+        if not x.strip():
+            raise ValueError(f"{where}, {loc(i)}: the input is empty ({x!r}); every example "
+                             "needs an input and a label.")
+        if not y.strip():
+            raise ValueError(f"{where}, {loc(i)}: the label is empty ({y!r}) for input {x!r}; "
+                             "every example needs an input and a label.")
+        if y != y.strip():
+            raise ValueError(
+                f"{where}, {loc(i)}: label {y!r} has surrounding whitespace; write it bare "
+                "(the template adds the leading space)."
+            )
+        key = x.strip()
+        if key in first_input:
+            j = first_input[key]
+            y0 = examples[j][1]
+            labels = f"label {y!r} both times" if y0 == y else f"labels {y0!r} and {y!r}"
+            raise ValueError(
+                f"{where}: input {x!r} is listed twice ({loc(j)} and {loc(i)}, {labels}); list "
+                "each input once (a query must never be its own demonstration)."
+            )
+        first_input[key] = i
+        first_label.setdefault(y, i)
+    clash = _case_clash(list(first_label))
+    if clash:
+        places = ", ".join(f"{y!r} ({loc(first_label[y])})" for y in clash)
+        raise ValueError(f"{where}: labels {places} differ only in case; the model would see "
+                         "them as different answers. Use one spelling.")
+
+
 def _catalog() -> dict:
-    return json.loads(resources.files("icl_heads.data").joinpath("catalog.json").read_text())
+    text = resources.files("icl_heads.data").joinpath("catalog.json").read_text(encoding="utf-8")
+    return json.loads(text)
 
 
 def builtin_tasks() -> list[str]:
@@ -133,56 +336,156 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
     """Load a built-in task by name, or a CSV/JSONL file with columns ``input,label``.
 
     Args:
-        name_or_path: a built-in name (see :func:`builtin_tasks`) or a file path.
+        name_or_path: a built-in name (see :func:`builtin_tasks`) or a file path (``.csv``
+            with a header row holding ``input`` and ``label``, or ``.jsonl`` with one
+            ``{"input": ..., "label": ...}`` object per line). Files must be UTF-8.
         template: override the template (default: the task's own, or
             ``"Input: {input}\\nLabel: {label}\\n"`` for user files).
+
+    Raises:
+        TypeError: ``name_or_path`` is not a str or path; ``template`` is not a str.
+        FileNotFoundError: a path (it has a ``/`` or a task-file suffix) that does not exist.
+        ValueError: an unknown name; a file that is not UTF-8, is empty, or has a bad row
+            (the message names the file and the line); a bad template.
     """
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"load_task takes a built-in task name or a file path, got "
+                        f"{type(name_or_path).__name__} {name_or_path!r}.")
+    if template is not None:
+        check_template(template)
     key = str(name_or_path)
     catalog = _catalog()
-    if key in catalog:
+    if isinstance(name_or_path, str) and key in catalog:
         entry = catalog[key]
-        text = resources.files("icl_heads.data").joinpath(entry["file"]).read_text()
-        rows = _parse_jsonl(text, source=entry["file"])
-        return make_task(key, rows, template=template or entry["template"],
-                         labels=entry.get("labels"), description=entry.get("description", ""))
+        text = resources.files("icl_heads.data").joinpath(entry["file"]).read_text(
+            encoding="utf-8")
+        rows, lines = _parse_jsonl(text, source=entry["file"])
+        _check_examples(rows, where=entry["file"], lines=lines)
+        return make_task(key, rows, template=template if template is not None else
+                         entry["template"], labels=entry.get("labels"),
+                         description=entry.get("description", ""))
+    builtins = ", ".join(sorted(catalog))
     path = Path(key).expanduser()
+    looks_like_path = (isinstance(name_or_path, Path) or path.suffix.lower() in _TASK_SUFFIXES
+                       or "/" in key or "\\" in key)
     if not path.exists():
+        if looks_like_path:
+            raise FileNotFoundError(
+                f"Task file {str(path)!r} does not exist. Pass an existing .csv/.jsonl file "
+                f"with columns input,label, or a built-in task name ({builtins})."
+            )
+        close = difflib.get_close_matches(key, list(catalog), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"Unknown task {key!r}: not a built-in task ({', '.join(sorted(catalog))}) and no such "
-            "file. Pass a built-in name or a .csv/.jsonl file with columns input,label."
+            f"Unknown task {key!r}: not a built-in task ({builtins}) and no such file.{hint} "
+            "Pass a built-in name or a .csv/.jsonl file with columns input,label."
         )
+    if not path.is_file():
+        raise ValueError(f"Task path {str(path)!r} is not a file; pass a .csv or .jsonl file.")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows = _parse_csv(path)
-    elif suffix in (".jsonl", ".json"):
-        rows = _parse_jsonl(path.read_text(), source=str(path))
-    else:
+    if suffix not in _TASK_SUFFIXES:
         raise ValueError(f"Task file {path} must end in .csv or .jsonl (got {suffix!r}).")
+    text = _read_utf8(path)
+    if not text.strip():
+        raise ValueError(f"Task file {path} is empty; it needs examples with an input and a "
+                         "label.")
+    if suffix == ".csv":
+        rows, lines = _parse_csv(text, source=str(path))
+    else:
+        rows, lines = _parse_jsonl(text, source=str(path))
     if not rows:
-        raise ValueError(f"Task file {path} has no examples.")
-    return make_task(path.stem, rows, template=template or DEFAULT_TEMPLATE)
+        raise ValueError(f"Task file {path} has no examples (only a header or blank lines).")
+    _check_examples(rows, where=str(path), lines=lines)
+    try:
+        return make_task(path.stem, rows, template=template if template is not None else
+                         DEFAULT_TEMPLATE)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
-def _parse_jsonl(text: str, *, source: str) -> list[tuple[str, str]]:
-    rows = []
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(f"Task file {path} is UTF-16 (it starts with a UTF-16 byte-order mark); "
+                         "re-save it as UTF-8.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ValueError(
+            f"Task file {path} is not valid UTF-8: byte {data[err.start:err.start + 1]!r} at "
+            f"line {line} ({err.reason}); re-save the file as UTF-8 (e.g. 'iconv -f latin1 -t "
+            "utf-8').") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise ValueError(f"Task file {path} holds a NUL byte (line {line}): it is not a text file, "
+                         "or it is UTF-16 without a byte-order mark; re-save it as UTF-8.")
+    return text
+
+
+def _parse_jsonl(text: str, *, source: str) -> tuple[list[tuple[str, str]], list[int]]:
+    """Rows ``(input, label)`` and the line number of each."""
+    rows, lines = [], []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{source}, line {i}: not valid JSON ({err.msg}).") from None
-        if not isinstance(obj, dict) or "input" not in obj or "label" not in obj:
+            hint = (" It looks like a JSON array; write one object per line (JSONL)."
+                    if line.lstrip().startswith("[") else "")
+            raise ValueError(f"{source}, line {i}: not valid JSON ({err.msg}).{hint}") from None
+        if not isinstance(obj, dict):
             raise ValueError(f"{source}, line {i}: each line must be an object with keys "
-                             "'input' and 'label'.")
-        rows.append((str(obj["input"]), str(obj["label"])))
-    return rows
+                             f"'input' and 'label', got {type(obj).__name__}.")
+        missing = [key for key in ("input", "label") if key not in obj]
+        if missing:
+            raise ValueError(f"{source}, line {i}: no {' or '.join(map(repr, missing))} key; "
+                             "each line must be an object with keys 'input' and 'label'.")
+        try:
+            rows.append((_as_text(obj["input"], f"{source}, line {i}: 'input'"),
+                         _as_text(obj["label"], f"{source}, line {i}: 'label'")))
+        except TypeError as err:
+            raise ValueError(str(err)) from None
+        lines.append(i)
+    return rows, lines
 
 
-def _parse_csv(path: Path) -> list[tuple[str, str]]:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"input", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: the CSV needs a header with columns 'input' and 'label' "
-                             f"(found {reader.fieldnames}).")
-        return [(row["input"], row["label"]) for row in reader]
+def _parse_csv(text: str, *, source: str) -> tuple[list[tuple[str, str]], list[int]]:
+    """Rows ``(input, label)`` and the (first) line number of each."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, lines = [], []
+    header: list[str] | None = None
+    line = 1
+    try:
+        for cells in reader:
+            start, line = line, reader.line_num + 1
+            if not any(c.strip() for c in cells):
+                continue  # a blank line or a row of empty cells
+            if header is None:
+                header = [c.strip().lower() for c in cells]
+                for key in ("input", "label"):
+                    if header.count(key) != 1:
+                        raise ValueError(
+                            f"{source}: the CSV needs a header with columns 'input' and 'label' "
+                            f"once each (found {cells} on line {start})."
+                        )
+                col_x, col_y = header.index("input"), header.index("label")
+                continue
+            if len(cells) > len(header):
+                raise ValueError(
+                    f"{source}, line {start}: {len(cells)} cells but the header has "
+                    f"{len(header)} columns; put an input or label that contains a comma in "
+                    'double quotes, e.g. "good, not great",negative.'
+                )
+            for col, key in ((col_x, "input"), (col_y, "label")):
+                if col >= len(cells) or not cells[col].strip():
+                    raise ValueError(f"{source}, line {start}: the {key} cell is missing or "
+                                     f"empty ({cells}); every row needs an input and a label.")
+            rows.append((cells[col_x], cells[col_y]))
+            lines.append(start)
+    except csv.Error as err:
+        raise ValueError(f"{source}, line {reader.line_num}: not valid CSV ({err}).") from None
+    if header is None:
+        raise ValueError(f"{source}: the CSV needs a header with columns 'input' and 'label'.")
+    return rows, lines

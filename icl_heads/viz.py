@@ -51,9 +51,24 @@ def head_heatmap(
             fig.add_shape(type="rect", x0=head.head - 0.5, x1=head.head + 0.5,
                           y0=head.layer - 0.5, y1=head.layer + 0.5,
                           line=dict(color="black", width=2))
-    meta = ", ".join(f"{k}={v}" for k, v in scores.metadata.items() if k in
-                     ("model", "task", "k", "method", "n"))
+    meta = _describe_settings(scores.settings)
     fig.update_layout(title=title or f"{scores.name}" + (f" ({meta})" if meta else ""),
                       xaxis_title="Head", yaxis_title="Layer",
                       yaxis=dict(autorange="reversed"), height=max(300, 18 * L + 120))
     return fig
+
+
+def _describe_settings(settings) -> str:
+    """A short title suffix from a result's settings: model, task, k, n."""
+    if settings is None:
+        return ""
+    parts = []
+    model = getattr(settings, "model", None)
+    if model:
+        parts.append(f"model={model}")
+    prompts = getattr(settings, "prompts", None)
+    if prompts is None and hasattr(settings, "task"):
+        prompts = settings
+    if prompts is not None:
+        parts.append(f"task={prompts.task}, k={prompts.k}, n={prompts.n}")
+    return ", ".join(parts)

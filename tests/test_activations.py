@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import icl_heads as ih
+from icl_heads.activations import final_logits
 
 
 def _one_by_one_logits(model, ps):
@@ -50,7 +51,7 @@ def test_captures_only_requested_hooks_at_query(tiny_llama, tiny_prompts):
 
 def test_all_positions_are_left_padded_to_full_length(tiny_llama, tiny_prompts):
     name = "blocks.0.hook_resid_pre"
-    got = ih.collect(tiny_llama, tiny_prompts, [name], pos="all", batch_size=4, progress=False,
+    got = ih.collect(tiny_llama, tiny_prompts, [name], positions="all", batch_size=4, progress=False,
                      return_logits=False)
     act = got.activations[name]
     assert act.shape[:2] == tiny_prompts.tokens.shape and got.logits is None
@@ -70,12 +71,12 @@ def test_final_logits_matches_model(tiny_gpt, tiny_prompts):
     one = tiny_prompts.select([0])
     with torch.inference_mode():
         resid = tiny_gpt(one.tokens, stop_at_layer=tiny_gpt.cfg.n_layers)
-        assert torch.allclose(ih.final_logits(tiny_gpt, resid[:, -1]), tiny_gpt(one.tokens)[:, -1],
+        assert torch.allclose(final_logits(tiny_gpt, resid[:, -1]), tiny_gpt(one.tokens)[:, -1],
                               atol=1e-5)
 
 
 def test_bad_arguments(tiny_llama, tiny_prompts):
     with pytest.raises(ValueError, match="batch_size"):
         ih.collect(tiny_llama, tiny_prompts, batch_size=0)
-    with pytest.raises(ValueError, match="pos must be"):
-        ih.collect(tiny_llama, tiny_prompts, pos="middle")
+    with pytest.raises(ValueError, match="positions must be"):
+        ih.collect(tiny_llama, tiny_prompts, positions="middle")

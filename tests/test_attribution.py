@@ -117,7 +117,7 @@ def test_head_outputs_match_transformer_lens_stack_head_results(fixture, apply_l
     model = request.getfixturevalue(fixture)
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=5, seed=0)
     assert prompts.lengths.unique().numel() > 1  # padded rows are exercised
-    a = at.head_outputs(model, prompts, apply_ln=apply_ln, batch_size=2, progress=False)
+    a = ih.head_outputs(model, prompts, apply_ln=apply_ln, batch_size=2, progress=False)
     L, H, d = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model
     assert a.shape == (5, L, H, d)
     for i in (0, int(prompts.lengths.argmin())):
@@ -134,12 +134,12 @@ def test_components_sum_to_final_residual_and_logits(fixture, request, sentiment
     model = request.getfixturevalue(fixture)
     prompts = ih.build_prompts(model, sentiment_task, k=3, n=6, seed=2)
     resid, logits = _final_resid(model, prompts)
-    raw, labels = at.residual_decomposition(model, prompts, batch_size=4, progress=False)
+    raw, labels = ih.residual_decomposition(model, prompts, batch_size=4, progress=False)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     n_extra = 2 if fixture == "tiny_gpt" else 1  # embed (+ pos_embed)
     assert raw.shape[1] == len(labels) == n_extra + L * (H + 2)
     assert torch.allclose(raw.sum(1), resid, atol=1e-4)
-    scaled, _ = at.residual_decomposition(model, prompts, apply_ln=True, progress=False)
+    scaled, _ = ih.residual_decomposition(model, prompts, apply_ln=True, progress=False)
     rebuilt = scaled.sum(1) @ model.W_U.detach() + model.b_U.detach()
     assert (rebuilt - logits).abs().max() < 1e-3
 
@@ -150,24 +150,24 @@ def test_dla_rows_sum_to_the_target_from_the_logits(target, unit, tiny_gpt, topi
     prompts = ih.build_prompts(tiny_gpt, topic_task, k=2, n=6, seed=0)
     _, logits = _final_resid(tiny_gpt, prompts)
     frame = at.direct_logit_attribution(tiny_gpt, prompts, unit=unit, target=target,
-                                        return_per_prompt=True, progress=False)
+                                        per_prompt=True, progress=False)
     per_prompt = torch.tensor(frame.groupby("prompt")[target].sum().to_numpy())
     expected = _target_from_logits(logits, prompts, target).double()
     assert (per_prompt - expected).abs().max() < 1e-3
     mean = at.direct_logit_attribution(tiny_gpt, prompts, unit=unit, target=target,
                                        progress=False)
     assert abs(mean[target].sum() - float(expected.mean())) < 1e-3
-    assert mean.attrs["metadata"]["target"] == target
+    assert mean.attrs["settings"].target == target and mean.attrs["settings"].unit == unit
 
 
 def test_dla_matches_transformer_lens_logit_attrs(tiny_llama, sentiment_task):
     model = tiny_llama
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=4, seed=3)
     heads = at.direct_logit_attribution(model, prompts, unit="head", target="logit_diff",
-                                        return_per_prompt=True, progress=False)
-    attn = at.direct_logit_attribution(model, prompts, unit="attn", return_per_prompt=True,
+                                        per_prompt=True, progress=False)
+    attn = at.direct_logit_attribution(model, prompts, unit="attn", per_prompt=True,
                                        progress=False)
-    mlp = at.direct_logit_attribution(model, prompts, unit="mlp", return_per_prompt=True,
+    mlp = at.direct_logit_attribution(model, prompts, unit="mlp", per_prompt=True,
                                       progress=False)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     for i in range(len(prompts)):
@@ -199,7 +199,7 @@ def test_dla_units_are_consistent(tiny_llama, tiny_prompts):
     assert list(layer["component"]) == ["embed", "L0", "L1", "unembed_bias"]
     grid = torch.tensor(head["logit_diff"].to_numpy()).float().reshape(2, 4)
     assert torch.allclose(grid, scores.scores, atol=1e-6)
-    assert scores.name == "dla_logit_diff" and scores.metadata["method"] == "dla"
+    assert scores.name == "dla_logit_diff" and isinstance(scores.settings, at.DLASettings)
 
 
 def test_post_attention_norm_is_applied_to_head_outputs(smol_tokenizer, sentiment_task):
@@ -207,8 +207,8 @@ def test_post_attention_norm_is_applied_to_head_outputs(smol_tokenizer, sentimen
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=4, seed=0)
     names = [f"blocks.{layer}.hook_attn_out" for layer in range(2)] + ["blocks.0.attn.hook_z"]
     got = ih.collect(model, prompts, names, progress=False)
-    a = at.head_outputs(model, prompts, progress=False)
-    stack, labels = at.residual_decomposition(model, prompts, progress=False)
+    a = ih.head_outputs(model, prompts, progress=False)
+    stack, labels = ih.residual_decomposition(model, prompts, progress=False)
     for layer in range(2):
         # heads + b_O, each through ln1_post's cached scale and weight, = hook_attn_out
         start = labels.index(f"L{layer}H0")
@@ -219,7 +219,7 @@ def test_post_attention_norm_is_applied_to_head_outputs(smol_tokenizer, sentimen
     raw = torch.einsum("bhk,hkd->bd", got.activations["blocks.0.attn.hook_z"],
                        model.W_O.detach()[0]) + model.b_O.detach()[0]
     assert not torch.allclose(raw, got.activations["blocks.0.hook_attn_out"], atol=1e-3)
-    scaled, _ = at.residual_decomposition(model, prompts, apply_ln=True, progress=False)
+    scaled, _ = ih.residual_decomposition(model, prompts, apply_ln=True, progress=False)
     rebuilt = scaled.sum(1) @ model.W_U.detach() + model.b_U.detach()
     assert (rebuilt - got.logits).abs().max() < 1e-3
 
@@ -232,7 +232,7 @@ def test_unfolded_final_norm_weight_and_bias_are_attributed(smol_tokenizer, sent
         model.ln_final.b.copy_(0.2 * torch.randn(model.cfg.d_model, generator=g))
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=4, seed=0)
     _, logits = _final_resid(model, prompts)
-    frame = at.direct_logit_attribution(model, prompts, target="gold", return_per_prompt=True,
+    frame = at.direct_logit_attribution(model, prompts, target="gold", per_prompt=True,
                                         progress=False)
     per_prompt = torch.tensor(frame.groupby("prompt")["gold"].sum().to_numpy())
     expected = logits.gather(1, prompts.gold_token_ids[:, None])[:, 0].double()
@@ -251,7 +251,7 @@ def test_post_norm_architectures_are_rejected(smol_tokenizer, tiny_prompts):
 
 def _reference_tsla(model, prompts):
     """Slow reference: explicit pinv projector and an explicit loop over wrong labels."""
-    a = at.head_outputs(model, prompts, progress=False).double()
+    a = ih.head_outputs(model, prompts, progress=False).double()
     U = model.W_U.detach().double()[:, prompts.label_token_ids]
     P = U @ torch.linalg.pinv(U)
     tr = (a @ P).pow(2).sum(-1)
@@ -264,8 +264,7 @@ def _reference_tsla(model, prompts):
 
 
 def test_tsla_matches_reference_computation(tiny_llama, topic_prompts):
-    tr, tl = at.tsla_scores(tiny_llama, topic_prompts, batch_size=3, progress=False,
-                            return_per_prompt=True)
+    tr, tl = at.tsla_scores(tiny_llama, topic_prompts, batch_size=3, progress=False)
     ref_tr, ref_tl = _reference_tsla(tiny_llama, topic_prompts)
     assert torch.allclose(tr.per_prompt.double(), ref_tr, rtol=1e-4, atol=1e-6)
     assert torch.allclose(tl.per_prompt.double(), ref_tl, rtol=1e-4, atol=1e-6)
@@ -279,7 +278,7 @@ def test_tr_is_invariant_to_rescaling_the_label_basis(tiny_llama, topic_prompts)
     g = torch.Generator().manual_seed(2)
     A = torch.diag(torch.tensor([0.3, 2.0, 5.0, 1.0])) + 0.5 * torch.randn(4, 4, generator=g)
     assert abs(float(torch.linalg.det(A))) > 1e-2
-    a = at.head_outputs(tiny_llama, topic_prompts, progress=False)
+    a = ih.head_outputs(tiny_llama, topic_prompts, progress=False)
     U = at.label_unembeddings(tiny_llama, ids)
     assert torch.allclose(at.tr_score(a, at.subspace_basis(U @ A)),
                           at.tr_score(a, at.subspace_basis(U)), rtol=1e-4, atol=1e-7)
@@ -293,12 +292,12 @@ def test_tr_is_invariant_to_rescaling_the_label_basis(tiny_llama, topic_prompts)
     assert not torch.allclose(tl2.scores, tl.scores, rtol=1e-2)  # TL does depend on the basis
 
 
-@pytest.mark.parametrize("normalizer", ["none", "norm", "tr"])
-def test_tl_flips_sign_when_gold_is_swapped_in_a_binary_task(normalizer, tiny_llama,
+@pytest.mark.parametrize("normalize", ["none", "norm", "tr"])
+def test_tl_flips_sign_when_gold_is_swapped_in_a_binary_task(normalize, tiny_llama,
                                                               tiny_prompts):
     assert tiny_prompts.n_labels == 2
     swapped = replace(tiny_prompts, gold=1 - tiny_prompts.gold)
-    kw = dict(normalizer=normalizer, floor=0.0, progress=False, return_per_prompt=True)
+    kw = dict(normalize=normalize, floor=0.0, progress=False)
     tr, tl = at.tsla_scores(tiny_llama, tiny_prompts, **kw)
     tr_s, tl_s = at.tsla_scores(tiny_llama, swapped, **kw)
     assert torch.allclose(tl_s.per_prompt, -tl.per_prompt, atol=1e-6)
@@ -313,7 +312,7 @@ def test_tl_equals_dla_to_the_gold_logit_difference(tiny_gpt, topic_task):
         _, tl = at.tsla_scores(tiny_gpt, prompts, apply_ln=apply_ln, progress=False)
         dla = at.dla_scores(tiny_gpt, prompts, apply_ln=apply_ln, progress=False)
         assert torch.allclose(tl.scores, dla.scores, rtol=1e-4, atol=1e-6)
-        assert tl.metadata["apply_ln"] is apply_ln
+        assert tl.settings.apply_ln is apply_ln
     centered = at.dla_scores(tiny_gpt, prompts, target="centered", progress=False)
     diff = at.dla_scores(tiny_gpt, prompts, target="logit_diff", progress=False)
     assert torch.allclose(centered.scores, diff.scores * 3 / 4, rtol=1e-4, atol=1e-7)
@@ -321,22 +320,21 @@ def test_tl_equals_dla_to_the_gold_logit_difference(tiny_gpt, topic_task):
 
 def test_per_prompt_scores_average_to_the_map_and_batch_size_does_not_matter(tiny_llama,
                                                                             topic_prompts):
-    tr, tl = at.tsla_scores(tiny_llama, topic_prompts, batch_size=8, progress=False,
-                            return_per_prompt=True)
+    tr, tl = at.tsla_scores(tiny_llama, topic_prompts, batch_size=8, progress=False)
     assert tr.per_prompt.shape == (len(topic_prompts), 2, 4)
     assert torch.allclose(tr.per_prompt.mean(0), tr.scores, atol=1e-6)
     assert torch.allclose(tl.per_prompt.mean(0), tl.scores, atol=1e-6)
     tr3, tl3 = at.tsla_scores(tiny_llama, topic_prompts, batch_size=3, progress=False)
     assert torch.allclose(tr3.scores, tr.scores, rtol=1e-5, atol=1e-7)
     assert torch.allclose(tl3.scores, tl.scores, rtol=1e-5, atol=1e-7)
-    assert tr3.per_prompt is None and tl3.per_prompt is None  # nothing kept per prompt
+    assert torch.equal(tr3.per_prompt, tr.per_prompt) or torch.allclose(tr3.per_prompt, tr.per_prompt, atol=1e-6)
 
 
 def test_normalisers_divide_per_prompt_and_floor_weak_heads(tiny_llama, topic_prompts):
-    kw = dict(progress=False, return_per_prompt=True)
+    kw = dict(progress=False)
     tr, tl = at.tsla_scores(tiny_llama, topic_prompts, **kw)
-    _, tl_norm = at.tsla_scores(tiny_llama, topic_prompts, normalizer="norm", floor=0.0, **kw)
-    _, tl_tr = at.tsla_scores(tiny_llama, topic_prompts, normalizer="tr", floor=0.0, **kw)
+    _, tl_norm = at.tsla_scores(tiny_llama, topic_prompts, normalize="norm", floor=0.0, **kw)
+    _, tl_tr = at.tsla_scores(tiny_llama, topic_prompts, normalize="tr", floor=0.0, **kw)
     assert torch.allclose(tl_norm.per_prompt, tl.per_prompt / tr.per_prompt.sqrt(), rtol=1e-4)
     assert torch.allclose(tl_tr.per_prompt, tl.per_prompt / tr.per_prompt, rtol=1e-4)
     # "norm" is a cosine times ||P(u* - mean u')||: bounded
@@ -345,7 +343,7 @@ def test_normalisers_divide_per_prompt_and_floor_weak_heads(tiny_llama, topic_pr
     assert tl_norm.per_prompt.abs().max() <= bound + 1e-5
 
     floor = 0.3
-    _, floored = at.tsla_scores(tiny_llama, topic_prompts, normalizer="tr", floor=floor, **kw)
+    _, floored = at.tsla_scores(tiny_llama, topic_prompts, normalize="tr", floor=floor, **kw)
     weak = tr.scores < floor * tr.scores.max()
     assert weak.any() and (~weak).any()
     assert torch.isnan(floored.scores[weak]).all()
@@ -355,24 +353,28 @@ def test_normalisers_divide_per_prompt_and_floor_weak_heads(tiny_llama, topic_pr
     ranked = floored.top(8)
     assert len(ranked) == int((~weak).sum())
     assert all(not weak[h.layer, h.head] for h in ranked)
-    assert floored.metadata["normalizer"] == "tr" and floored.metadata["floor"] == floor
-    assert tl.metadata["normalizer"] == "none" and tl.metadata["floor"] is None
+    assert floored.settings.normalize == "tr" and floored.settings.floor == floor
+    assert tl.settings.normalize == "none" and tl.settings.floor is None
 
 
-def test_metadata_says_how_scores_were_made_and_survives_saving(tiny_llama, tiny_prompts,
-                                                                tmp_path):
+def test_settings_say_how_scores_were_made_and_survive_saving(tiny_llama, tiny_prompts,
+                                                              tmp_path):
     tr, tl = at.tsla_scores(tiny_llama, tiny_prompts, top_k=3, progress=False)
     for s in (tr, tl):
-        meta = s.metadata
-        assert meta["method"] == "tsla" and meta["task"] == "sentiment" and meta["k"] == 3
-        assert meta["n"] == len(tiny_prompts) and meta["labels"] == ["positive", "negative"]
-        assert meta["top_k"] == 3 and meta["top_heads"] == [str(h) for h in s.top(3)]
-        json.dumps(meta)
-        loaded = ih.HeadScores.load(s.save(tmp_path / f"{s.name}.json"))
-        assert torch.allclose(loaded.scores, s.scores) and loaded.metadata == meta
-    assert tr.metadata["score"] == "TR" and tl.metadata["score"] == "TL"
+        settings = s.settings
+        assert isinstance(settings, at.TSLASettings)
+        assert settings.prompts.task == "sentiment" and settings.prompts.k == 3
+        assert settings.prompts.n == len(tiny_prompts)
+        assert settings.labels == ("positive", "negative") and settings.top_k == 3
+        json.dumps(settings.to_dict())
+        for suffix in (".json", ".parquet"):
+            loaded = ih.HeadScores.load(s.save(tmp_path / f"{s.name}{suffix}"))
+            assert torch.allclose(loaded.scores, s.scores) and loaded.settings == settings
+            assert loaded.top() == s.top() and len(loaded.top()) == 3
+    # the scorer's top_k is the maps' default top()
+    assert len(tr.top()) == 3 and len(tl.top()) == 3
     default_tr, _ = at.tsla_scores(tiny_llama, tiny_prompts, progress=False)
-    assert default_tr.metadata["top_k"] == 1  # 3% of 8 heads, at least 1
+    assert default_tr.settings.top_k == 1 and len(default_tr.top()) == 1  # 3% of 8, >= 1
 
 
 # --------------------------------------------------------------------------- bad input
@@ -389,8 +391,8 @@ def _single_label(prompts):
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda m, p: at.tsla_scores(m, p, normalizer="cosine"), ValueError, "normalizer"),
-    (lambda m, p: at.tsla_scores(m, p, normalizer="norm", floor=1.5), ValueError, "floor"),
+    (lambda m, p: at.tsla_scores(m, p, normalize="cosine"), ValueError, "normalize"),
+    (lambda m, p: at.tsla_scores(m, p, normalize="norm", floor=1.5), ValueError, "floor"),
     (lambda m, p: at.tsla_scores(m, p, top_k=0), ValueError, "top_k"),
     (lambda m, p: at.tsla_scores(m, p, top_k=100), ValueError, "top_k"),
     (lambda m, p: at.tsla_scores(m, _empty(p)), ValueError, "empty"),
@@ -400,7 +402,7 @@ def _single_label(prompts):
     (lambda m, p: at.dla_scores(m, p, target="margin"), ValueError, "target"),
     (lambda m, p: at.direct_logit_attribution(m, p, unit="neuron"), ValueError, "unit"),
     (lambda m, p: at.direct_logit_attribution(m, _empty(p)), ValueError, "empty"),
-    (lambda m, p: at.head_outputs(m, _empty(p)), ValueError, "empty"),
+    (lambda m, p: ih.head_outputs(m, _empty(p)), ValueError, "empty"),
     (lambda m, p: at.label_unembeddings(m, [10**7]), ValueError, "out of range"),
     (lambda m, p: at.subspace_basis(torch.zeros(8, 2)), ValueError, "zero"),
     (lambda m, p: at.label_weights(torch.tensor([0]), 1, "logit_diff"), ValueError, "2 labels"),
@@ -422,8 +424,8 @@ def test_dla_gold_target_works_with_a_single_label(tiny_llama, tiny_prompts):
 @pytest.mark.slow
 def test_tsla_on_the_default_model_finds_strong_tr_and_tl_heads(smol):
     prompts = ih.build_prompts(smol, ih.load_task("sentiment"), k=4, n=10, seed=0)
-    tr, tl = at.tsla_scores(smol, prompts, return_per_prompt=True, progress=False)
-    assert tr.scores.shape == (30, 9) and tr.metadata["top_k"] == 8
+    tr, tl = at.tsla_scores(smol, prompts, progress=False)
+    assert tr.scores.shape == (30, 9) and tr.settings.top_k == 8
     top = tr.top()
     median = float(tr.scores.median())
     assert all(tr[h] > 20 * median for h in top[:3])  # a few heads dominate the label space
@@ -431,7 +433,7 @@ def test_tsla_on_the_default_model_finds_strong_tr_and_tl_heads(smol):
     assert tl[best] > 0
     assert float(tl.per_prompt[:, best.layer, best.head].mean()) == pytest.approx(tl[best],
                                                                                   rel=1e-5)
-    _, tl_norm = at.tsla_scores(smol, prompts, normalizer="norm", progress=False)
+    _, tl_norm = at.tsla_scores(smol, prompts, normalize="norm", progress=False)
     n_nan = int(torch.isnan(tl_norm.scores).sum())
     assert 0 < n_nan < 270  # weak heads floored, strong ones ranked
 
@@ -440,11 +442,11 @@ def test_tsla_on_the_default_model_finds_strong_tr_and_tl_heads(smol):
 def test_dla_identity_and_tl_consistency_on_the_default_model(smol):
     prompts = ih.build_prompts(smol, ih.load_task("sentiment"), k=3, n=6, seed=1)
     _, logits = _final_resid(smol, prompts)
-    frame = at.direct_logit_attribution(smol, prompts, return_per_prompt=True, progress=False)
+    frame = at.direct_logit_attribution(smol, prompts, per_prompt=True, progress=False)
     per_prompt = torch.tensor(frame.groupby("prompt")["logit_diff"].sum().to_numpy())
     expected = logit_diff(logits, prompts.gold, prompts.label_token_ids).double()
     assert (per_prompt - expected).abs().max() < 1e-3 * max(1.0, float(expected.abs().max()))
-    _, tl = at.tsla_scores(smol, prompts, apply_ln=True, return_per_prompt=True, progress=False)
+    _, tl = at.tsla_scores(smol, prompts, apply_ln=True, progress=False)
     heads = frame[frame.kind == "head"]
     grid = torch.tensor(heads["logit_diff"].to_numpy()).float().reshape(len(prompts), 30, 9)
     assert torch.allclose(grid, tl.per_prompt, atol=1e-4)

@@ -9,6 +9,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from tl_reference import detect_head_on_tokens
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.head_detector import (
     get_duplicate_token_head_detection_pattern,
@@ -19,7 +20,6 @@ from transformer_lens.head_detector import (
 import icl_heads as ih
 from icl_heads.detectors import (
     DETECTORS,
-    detect_head_on_tokens,
     detect_heads,
     detection_patterns,
     duplicate_token_scores,
@@ -86,7 +86,7 @@ def handmade():
 
 
 def test_hand_built_model_heads_are_found_and_nothing_else(handmade):
-    scores = token_detector_scores(handmade, T=12, batch=16, seed=0, progress=False)
+    scores = token_detector_scores(handmade, T=12, n=16, seed=0, progress=False)
     expected = {"previous_token": (0, 0), "induction": (1, 0), "duplicate_token": (1, 1)}
     for name, head in expected.items():
         s = scores[name]
@@ -100,7 +100,7 @@ def test_hand_built_model_heads_are_found_and_nothing_else(handmade):
 def test_hand_built_perfect_heads_under_detect_head_normalisation(handmade):
     """TransformerLens's "mul" divides by all rows: a perfect head scores the fraction of
     rows where its pattern applies (about 1/2 for induction on r + r), not 1."""
-    tokens = random_repeated_tokens(handmade, T=12, batch=16, seed=0)
+    tokens = random_repeated_tokens(handmade, T=12, n=16, seed=0)
     ours = token_detector_scores(handmade, tokens, normalize="detect_head", progress=False)
     applies = detection_patterns(tokens).any(-1).float().mean(-1).mean(0)  # [detector]
     for i, (name, head) in enumerate([("previous_token", (0, 0)), ("duplicate_token", (1, 1)),
@@ -110,14 +110,14 @@ def test_hand_built_perfect_heads_under_detect_head_normalisation(handmade):
 
 
 def test_random_tokens_have_no_bos_without_tokenizer(handmade):
-    tokens = random_repeated_tokens(handmade, T=12, batch=4, seed=3)
+    tokens = random_repeated_tokens(handmade, T=12, n=4, seed=3)
     assert tokens.shape == (4, 24)
     assert torch.equal(tokens[:, :12], tokens[:, 12:])
     assert tokens.min() >= 0 and tokens.max() < V
 
 
 def test_detect_heads_labels_the_hand_built_heads(handmade):
-    frame = detect_heads(handmade, T=12, batch=16, progress=False)
+    frame = detect_heads(handmade, T=12, n=16, progress=False)
     assert list(frame.columns) == ["layer", "head", "label", "previous_token_score",
                                    "duplicate_token_score", "induction_score",
                                    "label_attention_score", "gold_label_share", "kind"]
@@ -126,16 +126,16 @@ def test_detect_heads_labels_the_hand_built_heads(handmade):
     assert kinds == {"L0H0": "previous_token", "L0H1": "", "L0H2": "",
                      "L1H0": "induction", "L1H1": "duplicate_token", "L1H2": ""}
     assert frame.label_attention_score.isna().all()
-    assert frame.attrs["metadata"]["T"] == 12
+    assert frame.attrs["settings"].T == 12
 
 
 def test_detect_heads_top_k_and_thresholds(handmade):
-    top1 = detect_heads(handmade, T=12, batch=8, top_k=1, progress=False)
+    top1 = detect_heads(handmade, T=12, n=8, top_k=1, progress=False)
     assert dict(zip(top1.label, top1.kind, strict=True))["L1H0"] == "induction"
     assert (top1.kind != "").sum() == 3  # label attention is NaN: never ranked
-    everything = detect_heads(handmade, T=12, batch=8, thresholds=0.0, progress=False)
+    everything = detect_heads(handmade, T=12, n=8, thresholds=0.0, progress=False)
     assert (everything.kind == "previous_token+duplicate_token+induction").all()
-    custom = detect_heads(handmade, T=12, batch=8, thresholds={"induction": 2.0},
+    custom = detect_heads(handmade, T=12, n=8, thresholds={"induction": 2.0},
                           progress=False)
     assert "induction" not in "".join(custom.kind)
 
@@ -156,7 +156,7 @@ def test_detection_patterns_equal_transformer_lens():
 @pytest.mark.parametrize("exclude_bos", [False, True])
 def test_scores_equal_detect_head_on_the_same_tokens(kind, exclude_bos, tiny_llama, tiny_gpt):
     model = tiny_llama if kind == "llama" else tiny_gpt
-    tokens = random_repeated_tokens(model, T=9, batch=3, seed=1)
+    tokens = random_repeated_tokens(model, T=9, n=3, seed=1)
     tokens[0, 4] = tokens[0, 2]  # an in-copy repeat: several targets in one row
     ours = token_detector_scores(model, tokens, normalize="detect_head", exclude_bos=exclude_bos,
                                  batch_size=2, progress=False)
@@ -166,7 +166,7 @@ def test_scores_equal_detect_head_on_the_same_tokens(kind, exclude_bos, tiny_lla
 
 
 def test_exclude_current_token_equals_detect_head(tiny_llama):
-    tokens = random_repeated_tokens(tiny_llama, T=6, batch=2, seed=2)
+    tokens = random_repeated_tokens(tiny_llama, T=6, n=2, seed=2)
     tokens[:, 3] = tokens[:, 2]  # adjacent repeat: the induction target is the query itself
     ours = token_detector_scores(tiny_llama, tokens, normalize="detect_head",
                                  exclude_current_token=True, progress=False)
@@ -287,7 +287,7 @@ def test_label_attention_equals_a_full_cache_reference(tiny_llama, tiny_prompts)
                                rtol=1e-4)
     assert la.mass.name == "label_attention_score" and la.gold_share.name == "gold_label_share"
     assert la.mass.per_prompt.shape == (len(tiny_prompts), 2, 4)
-    assert 0 < la.mass.metadata["chance_share"] < 1
+    assert 0 < la.gold_share.baseline < 1
 
 
 def test_label_attention_equals_detect_head_with_a_label_pattern(tiny_llama, tiny_prompts):
@@ -302,7 +302,7 @@ def test_label_attention_equals_detect_head_with_a_label_pattern(tiny_llama, tin
 
 
 def test_detect_heads_with_prompts_fills_label_columns(tiny_llama, tiny_prompts):
-    frame = detect_heads(tiny_llama, tiny_prompts, T=5, batch=2, thresholds=0.0, progress=False)
+    frame = detect_heads(tiny_llama, tiny_prompts, T=5, n=2, thresholds=0.0, progress=False)
     assert frame.label_attention_score.notna().all()
     assert frame.kind.str.contains("label_attention").all()
     assert isinstance(frame, pd.DataFrame) and len(frame) == 8
@@ -312,26 +312,26 @@ def test_detect_heads_with_prompts_fills_label_columns(tiny_llama, tiny_prompts)
 
 
 def test_random_tokens_are_seeded_ordinary_and_repeated(tiny_llama, smol_tokenizer):
-    a = random_repeated_tokens(tiny_llama, T=40, batch=5, seed=7)
-    b = random_repeated_tokens(tiny_llama, T=40, batch=5, seed=7)
-    c = random_repeated_tokens(tiny_llama, T=40, batch=5, seed=8)
+    a = random_repeated_tokens(tiny_llama, T=40, n=5, seed=7)
+    b = random_repeated_tokens(tiny_llama, T=40, n=5, seed=7)
+    c = random_repeated_tokens(tiny_llama, T=40, n=5, seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (5, 81)
     assert (a[:, 0] == smol_tokenizer.bos_token_id).all()
     assert torch.equal(a[:, 1:41], a[:, 41:])
     special = torch.tensor(smol_tokenizer.all_special_ids)
     assert not torch.isin(a[:, 1:], special).any()
-    assert random_repeated_tokens(tiny_llama, T=4, batch=1, prepend_bos=False).shape == (1, 8)
+    assert random_repeated_tokens(tiny_llama, T=4, n=1, prepend_bos=False).shape == (1, 8)
 
 
 def test_named_wrappers_equal_the_joint_pass(tiny_llama):
-    joint = token_detector_scores(tiny_llama, T=6, batch=3, progress=False)
+    joint = token_detector_scores(tiny_llama, T=6, n=3, progress=False)
     for fn, name in [(previous_token_scores, "previous_token"),
                      (duplicate_token_scores, "duplicate_token"), (induction_scores, "induction")]:
-        single = fn(tiny_llama, T=6, batch=3, progress=False)
+        single = fn(tiny_llama, T=6, n=3, progress=False)
         assert torch.allclose(single.scores, joint[name].scores, atol=1e-6)
         assert single.name == f"{name}_score"
-        assert single.metadata["T"] == 6 and single.metadata["normalize"] == "rows"
+        assert single.settings.T == 6 and single.settings.normalize == "rows"
         assert single.per_prompt.shape == (3, 2, 4)
 
 
@@ -341,18 +341,18 @@ def test_named_wrappers_equal_the_joint_pass(tiny_llama):
 def test_bad_input_gives_clear_errors(tiny_llama, sentiment_task):
     with pytest.raises(ValueError, match="n_ctx=256.*T <= 127"):
         induction_scores(tiny_llama, T=200, progress=False)
-    with pytest.raises(ValueError, match="batch must be a positive integer"):
-        induction_scores(tiny_llama, batch=0, progress=False)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        induction_scores(tiny_llama, n=0, progress=False)
     zero_shot = ih.build_prompts(tiny_llama, sentiment_task, k=2, n=2,
                                  perturbation="zero_shot")
     with pytest.raises(ValueError, match="no demonstrations"):
         label_attention_scores(tiny_llama, zero_shot, progress=False)
-    with pytest.raises(TypeError, match="needs a PromptSet"):
+    with pytest.raises(TypeError, match="PromptSet"):
         label_attention_scores(tiny_llama, torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="normalize"):
-        induction_scores(tiny_llama, T=4, batch=1, normalize="mul", progress=False)
+        induction_scores(tiny_llama, T=4, n=1, normalize="mul", progress=False)
     with pytest.raises(ValueError, match="Unknown detector"):
-        token_detector_scores(tiny_llama, T=4, batch=1, detectors=["induction_head"])
+        token_detector_scores(tiny_llama, T=4, n=1, detectors=["induction_head"])
     with pytest.raises(TypeError, match="token tensor"):
         induction_scores(tiny_llama, ["some text"], progress=False)
     with pytest.raises(TypeError, match="integer"):
@@ -365,7 +365,7 @@ def test_bad_input_gives_clear_errors(tiny_llama, sentiment_task):
         induction_scores(tiny_llama, torch.ones(1, 4, dtype=torch.long),
                          attention_mask=torch.tensor([[1, 1, 0, 1]]), progress=False)
     with pytest.raises(ValueError, match="Unknown kind"):
-        detect_heads(tiny_llama, T=4, batch=1, thresholds={"induction_head": 0.5})
+        detect_heads(tiny_llama, T=4, n=1, thresholds={"induction_head": 0.5})
 
 
 # --------------------------------------------------------------------------- real model
@@ -373,7 +373,7 @@ def test_bad_input_gives_clear_errors(tiny_llama, sentiment_task):
 
 @pytest.mark.slow
 def test_real_model_has_induction_and_previous_token_heads(smol):
-    scores = token_detector_scores(smol, T=30, batch=8, seed=0, batch_size=8, progress=False)
+    scores = token_detector_scores(smol, T=30, n=8, seed=0, batch_size=8, progress=False)
     induction, previous = scores["induction"], scores["previous_token"]
     top_induction = induction.top(5)
     assert induction[top_induction[0]] > 0.7

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from icl_heads.heads import Head, HeadScores, default_top_k, heads_to_mask, mask_to_heads
+from icl_heads.settings import PromptInfo
 
 NAN = math.nan
 
@@ -18,7 +19,8 @@ def scores():
     grid = torch.tensor([[1.0, 5.0, -7.0, 0.0],
                          [2.0, NAN, 9.0, -1.0],
                          [5.0, 3.0, -2.0, 4.0]])
-    return HeadScores(grid, name="tl_score", metadata={"method": "tsla", "k": 4, "task": "x"})
+    return HeadScores(grid, name="tl_score", settings=PromptInfo(task="x", k=4, n=3, seed=0,
+                                                                perturbation="gold"))
 
 
 def test_head_prints_as_layer_and_head():
@@ -76,7 +78,7 @@ def test_save_and_load_round_trip(scores, tmp_path, suffix):
     assert path.exists()
     loaded = HeadScores.load(path)
     assert loaded.name == scores.name
-    assert loaded.metadata == scores.metadata
+    assert loaded.settings == scores.settings
     assert torch.equal(torch.isnan(loaded.scores), torch.isnan(scores.scores))
     finite = ~torch.isnan(scores.scores)
     assert torch.equal(loaded.scores[finite], scores.scores[finite])
@@ -153,6 +155,8 @@ def test_bad_input_raises_a_clear_error(scores, tmp_path):
         HeadScores(torch.zeros(5))
     with pytest.raises(ValueError, match="k must be"):
         scores.top(-1)
+    with pytest.raises(TypeError, match="whole number"):
+        scores.top(2.5)
     with pytest.raises(ValueError, match=r"\.json or \.parquet"):
         scores.save(tmp_path / "scores.csv")
     with pytest.raises(ValueError, match=r"\.json or \.parquet"):

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 import icl_heads as ih
+from icl_heads.activations import final_logits
 from icl_heads.heads import Head
 from icl_heads.interventions import (
-    Record,
+    Capture,
     ablate,
     ablate_layers,
+    activation_means,
     applied,
     compose,
-    head_means,
     patch,
-    site_means,
     steer,
 )
 from icl_heads.prompts import shift_demo_labels
@@ -27,10 +27,10 @@ def _logits(model, prompts, interventions=()):
     return ih.collect(model, prompts, interventions=list(interventions), progress=False).logits
 
 
-def _record(model, prompts, names, interventions=(), pos="all"):
+def _record(model, prompts, names, interventions=(), positions="all"):
     """Run prompts as one batch and record activations (after the interventions)."""
     batch = prompts.select(torch.arange(len(prompts)))
-    rec = Record(names=set(names).__contains__, pos=pos)
+    rec = Capture(names=set(names).__contains__, positions=positions)
     index = torch.arange(len(prompts))
     with torch.inference_mode(), applied(model, [*interventions, rec], batch, index):
         model(batch.tokens, attention_mask=batch.attention_mask)
@@ -82,7 +82,7 @@ def test_zero_ablating_every_head_equals_removing_attention_output_up_to_b_O(
 def test_mean_ablation_with_the_mean_of_one_prompt_on_that_prompt_is_a_no_op(tiny_llama,
                                                                             tiny_prompts):
     one = tiny_prompts.select([3])
-    means = head_means(tiny_llama, one, pos="query")
+    means = activation_means(tiny_llama, one, positions="query")
     every = torch.ones(2, 4, dtype=torch.bool)
     iv = ablate(tiny_llama, every, mode="mean", positions="query", means=means)
     torch.testing.assert_close(_logits(tiny_llama, one, [iv]), _logits(tiny_llama, one),
@@ -118,34 +118,34 @@ def test_zero_ablating_a_head_at_the_query_removes_exactly_its_output(tiny_llama
 
 
 def test_head_means_equal_a_hand_computed_masked_mean(tiny_llama, tiny_prompts):
-    z = ih.collect(tiny_llama, tiny_prompts, ["blocks.1.attn.hook_z"], pos="all",
+    z = ih.collect(tiny_llama, tiny_prompts, ["blocks.1.attn.hook_z"], positions="all",
                    progress=False).activations["blocks.1.attn.hook_z"]
     m = tiny_prompts.attention_mask.float()
     expected_all = (z * m[:, :, None, None]).sum((0, 1)) / m.sum()
-    got = head_means(tiny_llama, tiny_prompts, pos="all", batch_size=3)
-    torch.testing.assert_close(got.z[1], expected_all, atol=1e-5, rtol=1e-5)
-    got_q = head_means(tiny_llama, tiny_prompts, pos="query", batch_size=4)
-    torch.testing.assert_close(got_q.z[1], z[:, -1].mean(0), atol=1e-5, rtol=1e-5)
+    got = activation_means(tiny_llama, tiny_prompts, positions="all", batch_size=3)
+    torch.testing.assert_close(got.values[1], expected_all, atol=1e-5, rtol=1e-5)
+    got_q = activation_means(tiny_llama, tiny_prompts, positions="query", batch_size=4)
+    torch.testing.assert_close(got_q.values[1], z[:, -1].mean(0), atol=1e-5, rtol=1e-5)
     assert got_q.outputs(tiny_llama).shape == (2, 4, tiny_llama.cfg.d_model)
-    assert site_means(tiny_llama, tiny_prompts, "attn_out").shape == (2, tiny_llama.cfg.d_model)
+    assert activation_means(tiny_llama, tiny_prompts, "attn_out").values.shape == (2, tiny_llama.cfg.d_model)
 
 
 def test_mean_ablation_writes_the_mean_into_the_head(tiny_llama, tiny_prompts):
-    means = head_means(tiny_llama, tiny_prompts, pos="all")
+    means = activation_means(tiny_llama, tiny_prompts, positions="all")
     iv = ablate(tiny_llama, [Head(0, 1)], mode="mean", means=means)
     z = _record(tiny_llama, tiny_prompts, ["blocks.0.attn.hook_z"], [iv])["blocks.0.attn.hook_z"]
-    torch.testing.assert_close(z[:, :, 1], means.z[0, 1].expand_as(z[:, :, 1]))
+    torch.testing.assert_close(z[:, :, 1], means.values[0, 1].expand_as(z[:, :, 1]))
 
 
 def test_resample_ablation_takes_a_seeded_donor_that_is_another_prompt(tiny_llama, tiny_prompts):
     name = "blocks.1.attn.hook_z"
-    clean_z = _record(tiny_llama, tiny_prompts, [name], pos="query")[name]
+    clean_z = _record(tiny_llama, tiny_prompts, [name], positions="query")[name]
     iv = ablate(tiny_llama, [Head(1, 3)], mode="resample", positions="query",
                 reference=tiny_prompts, seed=7)
     batch = tiny_prompts.select(torch.arange(len(tiny_prompts)))
     donors = iv.donors(batch, torch.arange(len(tiny_prompts)), len(tiny_prompts))
     assert (donors != torch.arange(len(tiny_prompts))).all()
-    got = _record(tiny_llama, tiny_prompts, [name], [iv], pos="query")[name]
+    got = _record(tiny_llama, tiny_prompts, [name], [iv], positions="query")[name]
     torch.testing.assert_close(got[:, 3], clean_z[donors, 3])
     torch.testing.assert_close(got[:, :3], clean_z[:, :3])
     again = ablate(tiny_llama, [Head(1, 3)], mode="resample", positions="query",
@@ -233,7 +233,7 @@ def test_context_managers_nest_compose_and_clean_up(tiny_llama, tiny_prompts):
         with torch.inference_mode():
             resid = tiny_llama(batch.tokens, attention_mask=batch.attention_mask,
                                stop_at_layer=tiny_llama.cfg.n_layers)
-        return ih.final_logits(tiny_llama, resid[:, -1])
+        return final_logits(tiny_llama, resid[:, -1])
 
     with a:
         with b:
@@ -262,15 +262,37 @@ def test_heads_can_be_given_as_headscores_top_or_mask(tiny_llama, tiny_prompts):
     assert from_list.mask.sum() == 2 and from_list.mask[1, 3] and from_list.mask[1, 2]
 
 
-def test_a_bare_context_patch_maps_rows_to_source_prompts(tiny_llama, tiny_prompts):
+def test_a_bare_context_refuses_per_prompt_interventions_and_the_analyses_take_them(
+        tiny_llama, tiny_prompts):
+    """A patch pairs target prompt i with source prompt i, which a bare `with` block cannot
+    see once prompts are batched: it raises at entry; evaluate(interventions=[...]) works on
+    any number of prompts, whatever the batch size."""
     source = shift_demo_labels(tiny_prompts)
     iv = patch(tiny_llama, source, site="resid_pre", layers=[0])
-    batch = tiny_prompts.select(torch.arange(10))
-    with torch.inference_mode(), iv:
-        out = tiny_llama(batch.tokens, attention_mask=batch.attention_mask)[:, -1]
-    torch.testing.assert_close(out, _logits(tiny_llama, source), atol=1e-4, rtol=1e-4)
-    with torch.inference_mode(), iv, pytest.raises(ValueError, match="aligned"):
-        tiny_llama(batch.tokens[:3], attention_mask=batch.attention_mask[:3])
+    with pytest.raises(TypeError, match="interventions="):
+        with iv:
+            pass
+    resample = ablate(tiny_llama, [Head(0, 1)], mode="resample", reference=tiny_prompts)
+    with pytest.raises(TypeError, match="interventions="):
+        with compose(ablate(tiny_llama, [Head(1, 0)]), resample):
+            pass
+    for batch_size in (3, 16):
+        got = ih.evaluate(tiny_llama, tiny_prompts, interventions=[iv], batch_size=batch_size,
+                          progress=False)
+        want = ih.evaluate(tiny_llama, source, progress=False)
+        assert got.logit_diff.iloc[0] == pytest.approx(want.logit_diff.iloc[0], abs=1e-4)
+    assert got.attrs["settings"].interventions == (iv.describe(),)
+
+
+def test_a_bare_context_ablation_works_on_any_number_of_prompts(tiny_llama, tiny_prompts):
+    iv = ablate(tiny_llama, [Head(0, 1), Head(1, 2)], mode="mean", reference=tiny_prompts)
+    passed = ih.evaluate(tiny_llama, tiny_prompts, interventions=[iv], batch_size=3,
+                         progress=False)
+    with iv:
+        bare = ih.evaluate(tiny_llama, tiny_prompts, batch_size=3, progress=False)
+    clean = ih.evaluate(tiny_llama, tiny_prompts, progress=False)
+    assert bare.logit_diff.iloc[0] == pytest.approx(passed.logit_diff.iloc[0], abs=1e-5)
+    assert bare.logit_diff.iloc[0] != pytest.approx(clean.logit_diff.iloc[0], abs=1e-4)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -302,7 +324,7 @@ def test_bad_inputs_give_clear_errors(tiny_llama, tiny_prompts):
     empty = replace(tiny_prompts, tokens=tiny_prompts.tokens[:0],
                     attention_mask=tiny_prompts.attention_mask[:0], gold=tiny_prompts.gold[:0])
     with pytest.raises(ValueError, match="empty"):
-        head_means(tiny_llama, empty)
+        activation_means(tiny_llama, empty)
     with pytest.raises(ValueError, match="empty"):
         patch(tiny_llama, empty)
     with pytest.raises(ValueError, match="empty"):

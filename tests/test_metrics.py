@@ -37,7 +37,12 @@ def test_logit_diff_multiclass_is_gold_minus_mean_of_others():
 def test_get_metric():
     assert metrics.get_metric("accuracy") is metrics.accuracy
     fn = lambda l, g, y: l.sum(-1)  # noqa: E731
-    assert metrics.get_metric(fn) is fn
+    wrapped = metrics.get_metric(fn)
+    logits, gold, labels = torch.randn(3, 7), torch.tensor([0, 1, 0]), torch.tensor([2, 5])
+    assert torch.equal(wrapped(logits, gold, labels), fn(logits, gold, labels))
+    bad = metrics.get_metric(lambda l, g, y: l.sum())  # one number for the batch
+    with pytest.raises(ValueError, match="one value per prompt"):
+        bad(logits, gold, labels)
     with pytest.raises(ValueError, match="Unknown metric 'f1'"):
         metrics.get_metric("f1")
 

@@ -10,8 +10,9 @@ import torch
 
 import icl_heads as ih
 import icl_heads.patching as patching
+from icl_heads import last_token
 from icl_heads.heads import Head
-from icl_heads.interventions import Record, applied, steer
+from icl_heads.interventions import Capture, applied, steer
 from icl_heads.patching import attribution_patching, head_sweep, layer_sweep, position_sweep
 from icl_heads.prompts import shift_demo_labels
 
@@ -39,11 +40,11 @@ def _sweep_kwargs(mode, prompts):
 def test_fast_head_sweep_equals_the_reference_loop(tiny_llama, tiny_prompts, mode, positions):
     kw = dict(mode=mode, positions=positions, progress=False, **_sweep_kwargs(mode, tiny_prompts))
     naive = head_sweep(tiny_llama, tiny_prompts, method="naive", batch_size=4, **kw)
-    fast = head_sweep(tiny_llama, tiny_prompts, method="fast", batch_size=5, group_size=4, **kw)
+    fast = head_sweep(tiny_llama, tiny_prompts, method="fast", batch_size=4, rows_per_pass=5, **kw)
     _assert_same(fast.per_prompt, naive.per_prompt)
     _assert_same(fast.scores, naive.scores)
     assert naive.scores.abs().max() > 1e-3  # the interventions do something
-    assert fast.metadata["method"] == "fast" and naive.metadata["method"] == "naive"
+    assert fast.settings.method == "fast" and naive.settings.method == "naive"
 
 
 @pytest.mark.parametrize("mode,positions", [("zero", "query"), ("patch", "all"),
@@ -62,10 +63,11 @@ def test_query_sweep_fallback_engine_equals_the_reference_loop(tiny_llama, tiny_
                                                                monkeypatch):
     """Architectures the last-token block does not cover run TransformerLens's blocks with an
     expanded key/value cache; force that path."""
-    monkeypatch.setattr(patching, "_last_token_supported", lambda model, seq_len: False)
+    monkeypatch.setattr(last_token, "supports_last_token", lambda model, seq_len: False)
+    monkeypatch.setattr(patching, "supports_last_token", lambda model, seq_len: False)
     kw = dict(mode="resample", positions="query", progress=False)
     naive = head_sweep(tiny_llama, tiny_prompts, method="naive", **kw)
-    fast = head_sweep(tiny_llama, tiny_prompts, method="fast", batch_size=3, group_size=3, **kw)
+    fast = head_sweep(tiny_llama, tiny_prompts, method="fast", batch_size=3, rows_per_pass=3, **kw)
     _assert_same(fast.per_prompt, naive.per_prompt)
 
 
@@ -121,8 +123,9 @@ def test_fast_position_sweep_equals_the_reference_loop(tiny_llama, tiny_prompts,
 def test_position_sweep_of_the_query_matches_the_layer_sweep_at_the_query(tiny_llama,
                                                                           tiny_prompts):
     source = shift_demo_labels(tiny_prompts)
-    by_pos = position_sweep(tiny_llama, tiny_prompts, layer=1, source=source, progress=False)
-    by_layer = layer_sweep(tiny_llama, tiny_prompts, site="resid_pre", source=source,
+    by_pos = position_sweep(tiny_llama, tiny_prompts, layer=1, mode="patch", source=source,
+                            progress=False)
+    by_layer = layer_sweep(tiny_llama, tiny_prompts, site="resid_pre", mode="patch", source=source,
                            positions="query", progress=False)
     assert by_pos.effect.iloc[-1] == pytest.approx(by_layer.effect.iloc[1], abs=ATOL)
 
@@ -139,14 +142,17 @@ def test_head_sweep_reports_how_it_was_made(tiny_llama, tiny_prompts, tmp_path):
     got = head_sweep(tiny_llama, tiny_prompts, mode="resample", seed=3, progress=False)
     assert got.name == "delta_logit_diff"
     assert got.per_prompt.shape == (len(tiny_prompts), 2, 4)
-    meta = got.metadata
-    assert meta["mode"] == "resample" and meta["positions"] == "query"
-    assert meta["metric"] == "logit_diff" and meta["seed"] == 3
-    assert meta["prompts"] == tiny_prompts.describe()
-    assert meta["model"] == tiny_llama.cfg.model_name
-    assert isinstance(meta["clean_metric"], float)
-    loaded = ih.HeadScores.load(got.save(tmp_path / "sweep.json"))
-    assert loaded.metadata == meta and torch.allclose(loaded.scores, got.scores)
+    settings = got.settings
+    assert isinstance(settings, patching.SweepSettings)
+    assert settings.mode == "resample" and settings.positions == "query"
+    assert settings.metric == "logit_diff" and settings.seed == 3
+    assert settings.prompts == tiny_prompts.info()
+    assert settings.model == tiny_llama.cfg.model_name
+    assert isinstance(got.baseline, float)
+    for suffix in (".json", ".parquet"):
+        loaded = ih.HeadScores.load(got.save(tmp_path / f"sweep{suffix}"))
+        assert loaded.settings == settings and torch.allclose(loaded.scores, got.scores)
+        assert loaded.baseline == got.baseline
 
 
 # --------------------------------------------------------------------------- identities
@@ -158,10 +164,10 @@ def test_patching_prompts_into_themselves_has_no_effect_in_every_sweep(tiny_llam
         got = head_sweep(tiny_llama, tiny_prompts, mode="patch", source=tiny_prompts,
                          positions=positions, progress=False)
         assert got.per_prompt.abs().max() < 1e-5
-        frame = layer_sweep(tiny_llama, tiny_prompts, source=tiny_prompts, site="mlp_out",
+        frame = layer_sweep(tiny_llama, tiny_prompts, mode="patch", source=tiny_prompts, site="mlp_out",
                             positions=positions, progress=False)
         assert frame.effect.abs().max() < 1e-5
-    frame = position_sweep(tiny_llama, tiny_prompts, layer=0, source=tiny_prompts,
+    frame = position_sweep(tiny_llama, tiny_prompts, layer=0, mode="patch", source=tiny_prompts,
                            progress=False)
     assert frame.effect.abs().max() < 1e-5
 
@@ -195,7 +201,7 @@ def test_attribution_patching_equals_a_finite_difference_derivative(tiny_llama, 
     ld = ih.metrics.logit_diff
     for layer, head in [(0, 1), (1, 3)]:
         name = f"blocks.{layer}.attn.hook_z"
-        rec = Record(names={name}.__contains__, pos="query")
+        rec = Capture(names={name}.__contains__, positions="query")
         with torch.inference_mode(), applied(tiny_llama, [rec]):
             tiny_llama(one.tokens, attention_mask=one.attention_mask)
         z = rec.store[name][0, head]
@@ -221,7 +227,7 @@ def test_attribution_patching_is_exact_for_a_self_patch_and_tracks_the_exact_swe
     assert attr.per_prompt.shape == exact.per_prompt.shape
     r = torch.corrcoef(torch.stack([attr.scores.flatten(), exact.scores.flatten()]))[0, 1]
     assert r > 0.5
-    assert attr.metadata["method"] == "attribution"
+    assert attr.settings.method == "attribution"
 
 
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt"])
@@ -233,7 +239,8 @@ def test_query_attribution_shortcut_equals_the_full_backward_pass(model_name, mo
     model = request.getfixturevalue(model_name)
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=5, seed=4)
     fast = attribution_patching(model, prompts, mode=mode, batch_size=2, progress=False)
-    monkeypatch.setattr(patching, "_last_token_supported", lambda model, seq_len: False)
+    monkeypatch.setattr(last_token, "supports_last_token", lambda model, seq_len: False)
+    monkeypatch.setattr(patching, "supports_last_token", lambda model, seq_len: False)
     full = attribution_patching(model, prompts, mode=mode, batch_size=2, progress=False)
     torch.testing.assert_close(fast.per_prompt, full.per_prompt, atol=1e-5, rtol=1e-4)
     assert full.scores.abs().max() > 1e-3

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import icl_heads as ih
+from icl_heads.prompts import label_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_random_labels_keep_label_space_but_break_mapping(tiny_llama, task):
 def test_abstract_labels_leave_no_original_label_word(tiny_llama, task):
     ps = ih.build_prompts(tiny_llama, task, k=6, n=10, seed=0, perturbation="abstract_labels")
     assert not set(ps.label_words) & set(task.labels)
-    original_ids = set(ih.label_token_ids(tiny_llama, task.labels))
+    original_ids = set(label_token_ids(tiny_llama, task.labels))
     assert not original_ids & set(ps.label_token_ids.tolist())
     for text in ps.texts:
         for word in task.labels:
@@ -136,3 +137,47 @@ def test_shift_demo_labels_changes_only_demo_label_tokens(tiny_llama, task):
         shift_demo_labels(ps, shift=4)
     with pytest.raises(ValueError, match="k >= 1"):
         shift_demo_labels(ih.build_prompts(tiny_llama, task, k=0, n=2))
+
+
+def test_prompt_set_records_model_and_tokenizer(tiny_llama, tiny_gpt, smol_tokenizer, task):
+    from icl_heads.prompts import check_prompt_set, tokenizer_fingerprint
+
+    ps = ih.build_prompts(tiny_llama, task, k=2, n=4, seed=0)
+    assert ps.model_name == tiny_llama.cfg.model_name
+    assert ps.tokenizer_id == tokenizer_fingerprint(smol_tokenizer)
+    assert ps.info().model == ps.model_name
+    assert ps.info().tokenizer == ps.tokenizer_id
+    assert ps.select([0]).tokenizer_id == ps.tokenizer_id
+    check_prompt_set(ps, model=tiny_llama)
+    check_prompt_set(ps, model=tiny_gpt)  # another model with the same tokenizer: accepted
+
+
+def test_select_python_negative_indices_masks_and_one_int(tiny_llama, task):
+    ps = ih.build_prompts(tiny_llama, task, k=2, n=6, seed=0)
+    assert ps.select([-1]).query_examples == ps.select([5]).query_examples
+    assert ps.select(-2).texts == ps.select([4]).texts
+    mask = [True, False, True, False, False, True]
+    assert ps.select(mask).query_examples == ps.select([0, 2, 5]).query_examples
+    assert ps.select(torch.tensor(mask)).texts == ps.select(torch.tensor([0, 2, 5])).texts
+    assert ps.select(slice(1, 3)).texts == ps.texts[1:3]
+
+
+def test_demos_never_share_the_query_input_text(tiny_llama):
+    task = ih.make_task("t", [("a b", "x"), ("c d", "y"), ("e f", "x"), ("g h", "y")])
+    # a Task refuses repeated inputs; force one past the checks to test build_prompts itself
+    object.__setattr__(task, "examples", task.examples + (("a b", "y"),))
+    ps = ih.build_prompts(tiny_llama, task, k=3, n=20, seed=0)
+    for text, q in zip(ps.texts, ps.query_examples):
+        query_input = task.examples[q][0]
+        assert text.endswith(f"Input: {query_input}\nLabel:")
+        assert f"Input: {query_input}\n" not in text[: text.rfind("Input:")]  # the demos
+
+
+def test_template_with_escaped_braces_builds_literal_braces(tiny_llama):
+    task = ih.make_task("t", [("a b", "positive"), ("c d", "negative"), ("e f", "positive")],
+                        template="{{{input}}} -> {label};\n")
+    ps = ih.build_prompts(tiny_llama, task, k=2, n=3, seed=0)
+    for i, text in enumerate(ps.texts):
+        assert "{{" not in text and text.endswith("} ->") and text.startswith("{")
+        real = ps.tokens[i][ps.attention_mask[i].bool()].tolist()
+        assert tiny_llama.tokenizer.decode(real[1:]) == text

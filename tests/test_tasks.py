@@ -93,3 +93,31 @@ def test_query_template_and_suffix():
     task = ih.load_task("sentiment")
     assert task.render_query("great") + " positive" + task.demo_suffix == task.render_demo(
         "great", "positive")
+
+
+def test_escaped_braces_are_literal_and_renderers_agree():
+    task = ih.make_task("t", [("a", "x"), ("b", "y")], template="{{Q}} {input} => {label} }}\n")
+    assert task.render_demo("a", "x") == "{Q} a => x }\n"
+    assert task.render_query("a") == "{Q} a =>"
+    assert task.demo_suffix == " }\n"
+    assert task.render_query("a") + " x" + task.demo_suffix == task.render_demo("a", "x")
+    # braces inside an input are text, not fields
+    assert task.render_query("{input}") == "{Q} {input} =>"
+
+
+def test_user_files_numbers_bom_extra_columns_blank_rows_and_quotes(tmp_path):
+    jsonl = tmp_path / "nums.jsonl"
+    jsonl.write_text('{"input": 1, "label": 2, "id": 7}\n{"input": 2.5, "label": "3"}\n')
+    assert ih.load_task(jsonl).examples == (("1", "2"), ("2.5", "3"))
+    csv = tmp_path / "excel.csv"
+    csv.write_bytes("\ufeffid, Input ,Label,note\n1,\"good, fun\",yes,x\n,,,\n\n2,bad,no\n"
+                    .encode("utf-8"))
+    task = ih.load_task(csv)
+    assert task.examples == (("good, fun", "yes"), ("bad", "no"))
+
+
+def test_task_file_error_comes_with_the_file_name(tmp_path):
+    one = tmp_path / "one.csv"
+    one.write_text("input,label\na,x\nb,x\n")
+    with pytest.raises(ValueError, match=r"one\.csv: Task 'one' has 1 label\(s\)"):
+        ih.load_task(one)

@@ -1,0 +1,282 @@
+"""The cached-prefix engine behind the fast sweeps and attribution patching.
+
+An intervention at layer ``l`` changes nothing before ``l``; one at the query (the last
+token) changes nothing at earlier positions. So a group of prompts is run once (the *clean
+run*), keeping
+
+* for query-position work: the keys/values of every position but the last (the *prefix*)
+  and the last token's residual stream before every layer;
+* for all-position work: the residual stream before the needed layers at every position.
+
+Then :func:`run_items` re-runs only what can change, for many *items* (single
+interventions) at once: the batch holds one row per (item, prompt), and each item's rows
+join the batch at the item's own layer, starting from the clean residual there. On the
+query path only the last token is run, through :func:`last_token_block`, which shares each
+prompt's cached prefix across that prompt's rows (a batched matmul over prompts and
+key/value heads) instead of copying it per row.
+
+This module and ``models.py`` are the only places that touch ``HookedTransformer``
+internals (``calculate_qkv_matrices``, ``apply_rotary``, the key/value cache).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.utilities.activation_functions import apply_softcap
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+from .activations import final_logits
+from .interventions import Capture, Intervention, applied, hook_name
+from .prompts import PromptSet
+
+#: How :func:`run_items` runs a block: the specialised last-token block over a shared
+#: prefix; TransformerLens's block with a per-row key/value cache (query only, any
+#: architecture); or TransformerLens's block over every position.
+Engine = Literal["last_token", "kv_blocks", "all_positions"]
+#: ``edit(layer, lo, hi, rows)`` -> the edit of items ``lo..hi`` (which join at ``layer``);
+#: ``rows[j, g]`` is the batch row of item ``lo + j`` for prompt ``g`` in this block.
+EditFn = Callable[[int, int, int, Tensor], Intervention]
+
+
+def supports_last_token(model: HookedTransformer, seq_len: int) -> bool:
+    """Whether :func:`last_token_block` reproduces this architecture's blocks exactly
+    (otherwise query work uses TransformerLens's blocks with an expanded key/value cache:
+    exact, slower)."""
+    cfg = model.cfg
+    if cfg.positional_embedding_type not in ("rotary", "standard"):
+        return False
+    flags = (cfg.parallel_attn_mlp, cfg.use_split_qkv_input, cfg.use_attn_in, cfg.load_in_4bit,
+             cfg.use_logn_attn, cfg.use_attention_sinks, cfg.use_dynamic_ntk_rope,
+             cfg.clip_qkv is not None, cfg.original_architecture in POST_NORM_ARCHITECTURES,
+             cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM",
+                                           "Olmo3ForCausalLM"),
+             cfg.attention_dir != "causal")
+    if any(bool(f) for f in flags):
+        return False
+    for block in model.blocks:
+        if block.attn.attn_type == "local" and seq_len > int(cfg.window_size or 0):
+            return False
+    return True
+
+
+def check_supported(model: HookedTransformer) -> None:
+    """Raise a clear error for models the engine cannot run exactly."""
+    if model.cfg.positional_embedding_type == "shortformer":
+        raise ValueError("The fast sweeps do not support shortformer positional embeddings; "
+                         "use method='naive'.")
+
+
+# --------------------------------------------------------------------------- clean run
+
+
+@dataclass
+class Prefix:
+    """Keys/values of a group's prefix (all positions but the last) in one layer, laid out
+    for :func:`last_token_block`."""
+
+    keys_t: Tensor  # [G, kv_head, d_head, T-1], rotated
+    values: Tensor  # [G, kv_head, T-1, d_head]
+    bias: Tensor  # [G, 1, 1, T]: -inf at padding, 0 elsewhere (last column: the query)
+
+
+@dataclass
+class CleanRun:
+    """One clean pass of a group of prompts (with any background interventions).
+
+    Attributes:
+        logits: ``[G, d_vocab]`` at the query.
+        resid: layer -> ``[G, P, d_model]`` residual stream before the layer (``P = 1``:
+            the last token; else every position, padding zeroed).
+        kv: per layer ``(keys, values)`` of the prefix (query work only).
+        prefixes: the same, rotated and laid out for :func:`last_token_block` (when the
+            architecture is supported).
+        engine: how :func:`run_items` runs this group's rows.
+    """
+
+    group: PromptSet
+    index: Tensor
+    logits: Float[Tensor, "G d_vocab"]
+    resid: dict[int, Tensor]
+    kv: list[tuple[Tensor, Tensor]] | None
+    prefixes: list[Prefix] | None
+    engine: Engine
+
+
+def clean_run(
+    model: HookedTransformer,
+    group: PromptSet,
+    index: Int[Tensor, " G"],
+    *,
+    query_only: bool,
+    layers: Sequence[int],
+    interventions: Sequence[Intervention] = (),
+) -> CleanRun:
+    """Run ``group`` (rows ``index`` of the full set) once, keeping what :func:`run_items`
+    needs to restart rows at ``layers``: see :class:`CleanRun`."""
+    G, L = len(group), model.cfg.n_layers
+    names = [hook_name("resid_pre", layer) for layer in layers]
+    capture = Capture(names=set(names).__contains__,
+                      positions="query" if query_only else "all",
+                      attention_mask=group.attention_mask)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, G) \
+        if query_only else None
+    with applied(model, [*interventions, capture], group, index):
+        resid = model(group.tokens, attention_mask=group.attention_mask, past_kv_cache=cache,
+                      stop_at_layer=L)
+    logits = final_logits(model, resid[:, -1])
+    stored = {layer: capture.store[name] for layer, name in zip(layers, names, strict=True)}
+    if not query_only:
+        return CleanRun(group, index, logits, stored, None, None, "all_positions")
+    kv = [(e.past_keys[:, :-1], e.past_values[:, :-1]) for e in cache.entries]
+    resid_last = {layer: act[:, None] for layer, act in stored.items()}
+    if supports_last_token(model, group.seq_len):
+        prefixes = _prefixes(model, kv, group.attention_mask)
+        return CleanRun(group, index, logits, resid_last, kv, prefixes, "last_token")
+    return CleanRun(group, index, logits, resid_last, kv, None, "kv_blocks")
+
+
+def _prefixes(model: HookedTransformer, kv: list, mask: Tensor) -> list[Prefix]:
+    out = []
+    pad = (mask[:, :-1] == 0)
+    bias = torch.zeros(mask.shape, dtype=model.cfg.dtype, device=mask.device)
+    bias[:, :-1] = bias[:, :-1].masked_fill(pad, -math.inf)
+    bias = bias[:, None, None]
+    for layer, (keys, values) in enumerate(kv):
+        if model.cfg.positional_embedding_type == "rotary":
+            keys = model.blocks[layer].attn.apply_rotary(keys, 0, mask[:, :-1])
+        out.append(Prefix(keys_t=keys.permute(0, 2, 3, 1).contiguous(),
+                          values=values.permute(0, 2, 1, 3).contiguous(), bias=bias))
+    return out
+
+
+# --------------------------------------------------------------------------- the last-token block
+
+
+def last_token_block(model: HookedTransformer, layer: int, x: Tensor, G: int, r: int,
+                     prefix: Prefix, mask_rows: Tensor) -> Tensor:
+    """One transformer block for the last token only, ``x`` = ``[G * r, 1, d_model]`` (row
+    ``g * r + j``: row ``j`` of prompt ``g``), attending to prompt ``g``'s cached prefix.
+
+    The prefix keys/values are shared by the ``r`` rows of a prompt, never copied per row:
+    TransformerLens's own attention with a key/value cache would concatenate and re-rotate
+    the whole prefix for every row. Fires the block's hooks (``hook_resid_pre``, norms,
+    ``hook_q/k/v``, ``hook_rot_q/k``, ``hook_z``, ``hook_result``, ``hook_attn_out``,
+    ``hook_resid_mid``, MLP hooks, ``hook_mlp_out``, ``hook_resid_post``) except
+    ``hook_attn_scores``/``hook_pattern``.
+    """
+    cfg, block = model.cfg, model.blocks[layer]
+    attn = block.attn
+    N, H, dh = G * r, cfg.n_heads, cfg.d_head
+    resid_pre = block.hook_resid_pre(x)
+    h = block.ln1(resid_pre)
+    q, k, v = attn.calculate_qkv_matrices(h, h, h)  # [N, 1, H, dh], [N, 1, kv, dh]
+    if cfg.positional_embedding_type == "rotary":
+        T = mask_rows.shape[1]
+        q = attn.hook_rot_q(attn.apply_rotary(q, T - 1, mask_rows))
+        k = attn.hook_rot_k(attn.apply_rotary(k, T - 1, mask_rows))
+    kv = k.shape[2]
+    rep = H // kv
+    q5 = q.reshape(G, r, kv, rep, dh)
+    qg = q5.permute(0, 2, 1, 3, 4).reshape(G, kv, r * rep, dh)  # query head = kv * rep + j
+    k4, v4 = k.reshape(G, r, kv, dh), v.reshape(G, r, kv, dh)
+    s_prefix = qg @ prefix.keys_t  # [G, kv, r * rep, T - 1]
+    s_self = torch.einsum("grkjd,grkd->gkrj", q5, k4).reshape(G, kv, r * rep, 1)
+    scores = torch.cat([s_prefix, s_self], dim=-1) / attn.attn_scale
+    scores = apply_softcap(scores, cfg.attn_scores_soft_cap) + prefix.bias
+    pattern = torch.softmax(scores, dim=-1)
+    v_self = v4.permute(0, 2, 1, 3).repeat_interleave(rep, dim=2)  # [G, kv, r * rep, dh]
+    z = pattern[..., :-1] @ prefix.values + pattern[..., -1:] * v_self
+    z = z.reshape(G, kv, r, rep, dh).permute(0, 2, 1, 3, 4).reshape(N, 1, H, dh)
+    z = attn.hook_z(z)
+    if cfg.use_attn_result:
+        result = attn.hook_result(torch.einsum("nphd,hdm->nphm", z, attn.W_O))
+        out = result.sum(2) + attn.b_O
+    else:
+        out = z.reshape(N, 1, H * dh) @ attn.W_O.reshape(H * dh, -1) + attn.b_O
+    if cfg.use_normalization_before_and_after:
+        out = block.ln1_post(out)
+    attn_out = block.hook_attn_out(out)
+    if cfg.attn_only:
+        return block.hook_resid_post(resid_pre + attn_out)
+    resid_mid = block.hook_resid_mid(resid_pre + attn_out)
+    mlp_in = block.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
+    mlp_out = block.apply_mlp(block.ln2(mlp_in))
+    return block.hook_resid_post(resid_mid + mlp_out)
+
+
+# --------------------------------------------------------------------------- rows joining at their layer
+
+
+def run_items(
+    model: HookedTransformer,
+    clean: CleanRun,
+    item_layers: Int[Tensor, " item"],
+    edit: EditFn | None = None,
+    interventions: Sequence[Intervention] = (),
+) -> Float[Tensor, "item G d_vocab"]:
+    """Run ``len(item_layers)`` items (sorted by layer) over every prompt of the clean run's
+    group, each item's rows joining at its layer from the clean residual and getting
+    ``edit(layer, lo, hi, rows)`` there. ``interventions`` (the background ones of the clean
+    run) act on every row, as they did in the clean run.
+
+    Row layout in a block with ``r`` items joined: item-major (row ``j * G + g``) for the
+    TransformerLens engines, prompt-major (row ``g * r + j``) for the last-token block.
+
+    Returns:
+        Logits ``[item, G, d_vocab]`` at the query.
+    """
+    group, G, L = clean.group, len(clean.group), model.cfg.n_layers
+    prompt_major = clean.engine == "last_token"
+    first = int(item_layers[0])
+    bounds = torch.searchsorted(item_layers, torch.arange(first, L), right=True).tolist()
+    device = group.tokens.device
+    x = None  # [G, r, P, d] while rows join; blocks see it flattened in their layout
+    for i, hi in zip(range(first, L), bounds, strict=True):
+        lo = 0 if x is None else x.shape[1]
+        if hi > lo:
+            new = clean.resid[i][:, None].expand(-1, hi - lo, -1, -1)
+            x = new if x is None else torch.cat([x, new], dim=1)
+        r = x.shape[1]
+        if prompt_major:
+            rows = (torch.arange(G, device=device)[None] * r
+                    + torch.arange(lo, hi, device=device)[:, None])
+            prompt_of_row = torch.arange(G, device=device).repeat_interleave(r)
+            flat = x.reshape(G * r, *x.shape[2:])
+        else:
+            rows = (torch.arange(lo, hi, device=device)[:, None] * G
+                    + torch.arange(G, device=device)[None])
+            prompt_of_row = torch.arange(G, device=device).repeat(r)
+            flat = x.transpose(0, 1).reshape(r * G, *x.shape[2:])
+        ivs = [edit(i, lo, hi, rows)] if edit is not None and hi > lo else []
+        rows_batch = group.select(prompt_of_row.cpu()) if interventions else None
+        rows_index = clean.index[prompt_of_row.cpu()] if interventions else None
+        with applied(model, interventions, rows_batch, rows_index), applied(model, ivs):
+            flat = _block(model, clean, i, flat, prompt_of_row, G, r)
+        x = flat.reshape(G, r, *flat.shape[1:]) if prompt_major else \
+            flat.reshape(r, G, *flat.shape[1:]).transpose(0, 1)
+    return final_logits(model, x[:, :, -1]).transpose(0, 1)
+
+
+def _block(model: HookedTransformer, clean: CleanRun, layer: int, x: Tensor,
+           prompt_of_row: Tensor, G: int, r: int) -> Tensor:
+    mask = clean.group.attention_mask
+    if clean.engine == "last_token":
+        return last_token_block(model, layer, x, G, r, clean.prefixes[layer],
+                                mask.repeat_interleave(r, dim=0))
+    entry = None
+    if clean.engine == "kv_blocks":
+        keys, values = clean.kv[layer]
+        entry = TransformerLensKeyValueCacheEntry(past_keys=keys[prompt_of_row],
+                                                  past_values=values[prompt_of_row],
+                                                  frozen=True)
+    return model.blocks[layer](x, past_kv_cache_entry=entry, attention_mask=mask[prompt_of_row])

@@ -1,0 +1,107 @@
+"""How a result was made: one small frozen settings dataclass per analysis.
+
+Every result of the toolkit carries its settings (``HeadScores.settings``,
+``DataFrame.attrs["settings"]``, ``ExperimentResult.settings``), and every saved result
+writes them beside the numbers, so a file says how it was made::
+
+    tr, tl = ih.tsla_scores(model, prompts)
+    tr.settings                 # TSLASettings(model='smollm2-135m-instruct', prompts=PromptInfo(...), ...)
+    tr.settings.to_dict()       # plain JSON-able dict, with its "kind"
+    Settings.from_dict(d)       # the same dataclass back
+
+A settings class is a frozen dataclass that subclasses :class:`Settings`; its fields are
+JSON-able values, tuples, or other settings (e.g. :class:`PromptInfo`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Base class of every analysis's settings (a frozen dataclass)."""
+
+    _registry: ClassVar[dict[str, type[Settings]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Settings._registry[cls.__name__] = cls
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict with a ``"kind"`` key naming the class."""
+        out: dict[str, Any] = {"kind": type(self).__name__}
+        for f in dataclasses.fields(self):
+            out[f.name] = _to_plain(getattr(self, f.name))
+        return out
+
+    @staticmethod
+    def from_dict(data: Mapping) -> Settings:
+        """Rebuild the settings written by :meth:`to_dict`."""
+        if not isinstance(data, Mapping) or "kind" not in data:
+            raise ValueError(f"Not icl-heads settings (no 'kind' key): {str(data)[:80]!r}.")
+        kind = data["kind"]
+        cls = Settings._registry.get(kind)
+        if cls is None:
+            raise ValueError(f"Unknown settings kind {kind!r}; known: {sorted(Settings._registry)}.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: _from_plain(v) for k, v in data.items() if k in names}
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PromptInfo(Settings):
+    """Identity of a :class:`~icl_heads.prompts.PromptSet` (``prompts.info()``): which
+    task, how many prompts, how many demonstrations, the seed, the perturbation and the
+    model / tokenizer it was built for."""
+
+    task: str
+    k: int
+    n: int
+    seed: int
+    perturbation: str
+    model: str | None = None
+    tokenizer: str | None = None
+
+
+def model_name(model: Any) -> str | None:
+    """The model's name as results record it (``cfg.model_name``)."""
+    return getattr(getattr(model, "cfg", None), "model_name", None)
+
+
+def describe_interventions(interventions: Sequence[Any]) -> tuple[str, ...]:
+    """One line per intervention, for settings (``describe()`` where it exists)."""
+    out = []
+    for iv in interventions:
+        describe = getattr(iv, "describe", None)
+        out.append(describe() if callable(describe) else type(iv).__name__)
+    return tuple(out)
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, Settings):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _from_plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if "kind" in value and value["kind"] in Settings._registry:
+            return Settings.from_dict(value)
+        return {k: _from_plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_from_plain(v) for v in value)
+    return value
