@@ -41,6 +41,7 @@ from .metrics import evaluate
 from .models import load_model
 from .patching import attribution_patching, head_sweep, layer_sweep, position_sweep
 from .prompts import PERTURBATIONS, PromptSet, build_prompts, shift_demo_labels
+from .results import ExperimentResult
 from .settings import PromptInfo, Settings
 from .tasks import Task, builtin_tasks, load_task, make_task
 
@@ -65,5 +66,5 @@ __all__ = [
     "induction_scores", "label_attention_scores", "LabelAttention", "detect_heads",
     "random_repeated_tokens",
     # result types
-    "Head", "HeadScores", "Settings", "PromptInfo",
+    "Head", "HeadScores", "ExperimentResult", "Settings", "PromptInfo",
 ]

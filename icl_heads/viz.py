@@ -72,3 +72,62 @@ def _describe_settings(settings) -> str:
     if prompts is not None:
         parts.append(f"task={prompts.task}, k={prompts.k}, n={prompts.n}")
     return ", ".join(parts)
+
+
+def experiment_figure(result, *, title: str | None = None) -> go.Figure:
+    """The default figure of an :class:`~icl_heads.results.ExperimentResult`, read from its
+    table: curves with confidence bands over ``layer`` or ``alpha`` when the table has such
+    a column (one panel per metric, one curve per condition), else bars with confidence
+    error bars (metrics along x, one colour per condition)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    table = result.table
+    axis = next((c for c in ("layer", "alpha", "k") if c in table.columns), None)
+    metrics = list(dict.fromkeys(table["metric"]))
+    conditions = list(dict.fromkeys(table["condition"]))
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+               "#7f7f7f", "#bcbd22", "#17becf"]
+    name = title or f"{result.name} ({_describe_settings(result.settings)})"
+    if axis is None:
+        fig = go.Figure()
+        for i, condition in enumerate(conditions):
+            rows = table[table["condition"] == condition]
+            fig.add_trace(go.Bar(
+                x=rows["metric"], y=rows["value"], name=str(condition),
+                marker_color=palette[i % len(palette)],
+                error_y=dict(type="data", symmetric=False,
+                             array=(rows["ci_high"] - rows["value"]).to_numpy(),
+                             arrayminus=(rows["value"] - rows["ci_low"]).to_numpy()),
+                customdata=rows[["ci_low", "ci_high", "n"]].to_numpy(),
+                hovertemplate="%{x}: %{y:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], "
+                              "n=%{customdata[2]}<extra>" + str(condition) + "</extra>"))
+        fig.update_layout(barmode="group", title=name, yaxis_title="value")
+        return fig
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=metrics,
+                        vertical_spacing=min(0.08, 0.3 / max(1, len(metrics))))
+    for i, condition in enumerate(conditions):
+        color = palette[i % len(palette)]
+        for j, metric in enumerate(metrics):
+            rows = table[(table["condition"] == condition) & (table["metric"] == metric)]
+            rows = rows.sort_values(axis)
+            if rows.empty:
+                continue
+            x = rows[axis].tolist()
+            fig.add_trace(go.Scatter(
+                x=x + x[::-1], y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
+                fill="toself", fillcolor=_rgba(color, 0.15), line=dict(width=0),
+                hoverinfo="skip", showlegend=False, legendgroup=str(condition)),
+                row=j + 1, col=1)
+            fig.add_trace(go.Scatter(
+                x=x, y=rows["value"], mode="lines+markers", name=str(condition),
+                line=dict(color=color), legendgroup=str(condition), showlegend=j == 0),
+                row=j + 1, col=1)
+    fig.update_xaxes(title_text=axis, row=len(metrics), col=1)
+    fig.update_layout(title=name, height=max(320, 260 * len(metrics)))
+    return fig
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
