@@ -110,10 +110,10 @@ def subspace_alignment(
 
 
 def label_rotation(
-    states: Float[Tensor, "batch *rest d_model"],
+    states: Float[Tensor, "batch ... d_model"],
     label_dirs: Float[Tensor, "d_model label"],
     gold: Int[Tensor, " batch"],
-) -> Float[Tensor, "batch *rest"]:
+) -> Float[Tensor, "batch ..."]:
     """Rotation toward the gold label inside the task subspace:
     ``cos(P h, u_{y*}) - mean_{y' != y*} cos(P h, u_{y'})``."""
     dirs = label_dirs.to(states.device, states.dtype)
