@@ -914,3 +914,122 @@ __all__ = [
     "ActivationMeans", "activation_means", "Ablation", "ablate", "ablate_layers", "Patch",
     "patch", "Steer", "steer", "Compose", "compose", "RowEdit", "applied",
 ]
+
+
+# --------------------------------------------------------------------------- task vectors
+
+
+def state_injection_hook(layer: int, n_layers: int) -> str:
+    """Hook point that sets query *state* ``layer`` (the indexing of
+    :func:`icl_heads.geometry.query_states`: ``0`` = the embeddings, ``l + 1`` = after block
+    ``l``): ``blocks.0.hook_resid_pre`` for ``0``, else ``blocks.{layer - 1}.hook_resid_post``.
+    """
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise TypeError(f"layer must be a whole number (a state index), got {layer!r}.")
+    if not 0 <= int(layer) <= n_layers:
+        raise ValueError(f"State layer {layer} is out of range: states run from 0 (the "
+                         f"embeddings) to {n_layers} (after the last block).")
+    return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{int(layer) - 1}.hook_resid_post"
+
+
+@dataclass(frozen=True, eq=False)
+class TaskVector(Intervention):
+    """Inject a task vector into query state ``layer`` (see :func:`inject_task_vector`).
+
+    ``mode="add"``: ``h <- h + scale * vector``; ``mode="replace"``:
+    ``h <- h + scale * (vector - h)`` (``scale = 1`` replaces the state, ``0`` leaves it).
+    """
+
+    model: HookedTransformer = field(repr=False, default=None)
+    vector: Tensor = field(repr=False, default=None)
+    layer: int = 0
+    mode: str = "replace"
+    scale: float = 1.0
+    positions: Positions = "query"
+
+    @property
+    def hook_name(self) -> str:
+        return state_injection_hook(self.layer, self.model.cfg.n_layers)
+
+    def fwd_hooks(self, batch=None, index=None) -> HookList:
+        def hook(act: Tensor, hook) -> Tensor:
+            sel = position_mask(self.positions, act.shape[1], act.device)[None, :, None]
+            vector = self.vector.to(act.device, act.dtype)
+            if self.mode == "add":
+                new = act + self.scale * vector
+            else:
+                new = act + self.scale * (vector - act)
+            return torch.where(sel, new, act)
+
+        return [(self.hook_name, hook)]
+
+    def describe(self) -> str:
+        return (f"task_vector(state={self.layer}, mode={self.mode}, scale={self.scale:g}, "
+                f"|v|={float(self.vector.norm()):.3g}, positions={self.positions})")
+
+
+TASK_VECTOR_MODES = ("replace", "add")
+
+
+def inject_task_vector(
+    model: HookedTransformer,
+    vector: Float[Tensor, " d_model"],
+    layer: int,
+    *,
+    mode: Literal["replace", "add"] = "replace",
+    scale: float = 1.0,
+    positions: Positions = "query",
+) -> TaskVector:
+    """Inject a task vector (e.g. :func:`icl_heads.geometry.task_vector`) into the residual
+    stream, as an intervention usable with every analysis (``interventions=[...]``) or as a
+    context manager.
+
+    ``layer`` is a *state index*, as in :func:`icl_heads.geometry.query_states`: ``0`` sets
+    the embeddings (``blocks.0.hook_resid_pre``), ``l + 1`` the stream after block ``l``
+    (``blocks.l.hook_resid_post``), so ``task_vector(model, icl, layer)`` and
+    ``inject_task_vector(model, v, layer)`` speak of the same state.
+
+    * ``mode="replace"`` (default; Hendel et al.'s task vectors):
+      ``h <- h + scale * (vector - h)``: ``scale = 1`` replaces the state by the vector,
+      ``scale = 0`` leaves it exactly unchanged, values in between interpolate.
+    * ``mode="add"`` (function-vector style): ``h <- h + scale * vector``.
+
+    Args:
+        positions: ``"query"`` (default: the last token of every row), ``"all"``, an int or
+            a list of ints.
+
+    Example::
+
+        v = ih.task_vector(model, icl_prompts, layer=12)
+        ih.evaluate(model, zero_shot, interventions=[ih.inject_task_vector(model, v, 12)])
+
+    Returns:
+        A :class:`TaskVector`.
+    """
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(f"inject_task_vector needs a HookedTransformer as model, got "
+                        f"{type(model).__name__}.")
+    if not isinstance(vector, Tensor):
+        try:
+            vector = torch.as_tensor(vector, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"vector must be a 1-D tensor of d_model numbers, got "
+                            f"{type(vector).__name__}.") from None
+    vector = vector.detach().float().cpu()
+    if vector.ndim != 1 or vector.shape[0] != model.cfg.d_model:
+        raise ValueError(f"vector must have shape [d_model] = [{model.cfg.d_model}], got "
+                         f"{tuple(vector.shape)}; task_vector(model, prompts, layer) makes one.")
+    if not torch.isfinite(vector).all():
+        raise ValueError("vector contains NaN or inf values.")
+    if mode not in TASK_VECTOR_MODES:
+        raise ValueError(f"Unknown task-vector mode {mode!r}; choose one of {TASK_VECTOR_MODES}.")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a number, got {scale!r}.")
+    if not bool(torch.isfinite(torch.tensor(float(scale)))):
+        raise ValueError(f"scale must be finite, got {scale!r}.")
+    state_injection_hook(layer, model.cfg.n_layers)
+    return TaskVector(model=model, vector=vector, layer=int(layer), mode=mode,
+                      scale=float(scale), positions=check_positions(positions))
+
+
+__all__ += ["state_injection_hook", "TaskVector", "TASK_VECTOR_MODES", "inject_task_vector"]
