@@ -1,0 +1,611 @@
+"""The linked HTML report: one self-contained page per run.
+
+Clicking a head on any layer x head map (or a point of the score scatter) shows, in the
+panel beside the maps, that head's attention pattern on an example prompt (tokens on the
+axes), where it attends from the query position, and its row of scores and effects, each
+with its rank. The page is plain HTML, Plotly's JS and a little script: no server, no
+network (Plotly's JS is embedded, or written once beside the reports), so it opens offline
+from a file::
+
+    from icl_heads.report import attention_example, write_report
+
+    tr, tl = ih.tsla_scores(model, prompts)
+    example = attention_example(model, prompts)          # patterns of every head, prompt 0
+    write_report("results/heads.html", {"TR": tr, "TL": tl}, example=example)
+
+    result = ih.ablation_experiment(model, prompts, ...)  # any ExperimentResult
+    write_report("results/ablation/report.html", result, example=example)
+
+The page also shows the result's own figure (``result.plot()``), any further figures, the
+tidy table and the settings that made the result.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .heads import HeadScores
+from .results import ExperimentResult
+from .viz import display_token, experiment_figure, head_heatmaps, per_head_maps, score_scatter
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from transformer_lens import HookedTransformer
+
+    from .prompts import PromptSet
+
+#: Most layer x head maps drawn side by side in the linked view (the rest appear in the
+#: head's row of the detail panel only).
+MAX_FACETS = 6
+PLOTLY_JS_NAME = "plotly.min.js"
+REPORT_FORMAT = "icl-heads.report/1"
+
+
+@dataclass
+class AttentionExample:
+    """The attention patterns of every head on one prompt, for the report's detail panel.
+
+    Attributes:
+        tokens: the prompt's tokens (no padding), one string per position.
+        patterns: ``[n_layers, n_heads, query, key]`` attention weights.
+        text: the prompt's text.
+        prompt_index: the prompt's row in the :class:`~icl_heads.prompts.PromptSet`.
+        answer: the gold label of the prompt ("" when unknown).
+    """
+
+    tokens: list[str]
+    patterns: Float[Tensor, "layer head query key"]
+    text: str = ""
+    prompt_index: int = 0
+    answer: str = ""
+
+    def __post_init__(self) -> None:
+        self.patterns = torch.as_tensor(self.patterns).detach().float().cpu()
+        if self.patterns.ndim != 4 or self.patterns.shape[2] != self.patterns.shape[3]:
+            raise ValueError(f"AttentionExample.patterns must be [n_layers, n_heads, pos, pos], "
+                             f"got shape {tuple(self.patterns.shape)}.")
+        if self.patterns.shape[2] != len(self.tokens):
+            raise ValueError(f"AttentionExample: {len(self.tokens)} tokens for patterns over "
+                             f"{self.patterns.shape[2]} positions.")
+
+    @property
+    def n_layers(self) -> int:
+        return self.patterns.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.patterns.shape[1]
+
+
+def attention_example(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    index: int = 0,
+    *,
+    device: str | torch.device | None = None,
+) -> AttentionExample:
+    """Every head's attention pattern on prompt ``index`` of ``prompts`` (one forward pass
+    through :func:`icl_heads.collect`, capturing only ``hook_pattern``).
+
+    Args:
+        model: the model.
+        prompts: the prompt set; padding is removed.
+        index: which prompt (default the first).
+        device: where to run (default: the model's device).
+    """
+    from .activations import collect
+
+    one = prompts.select([index])
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    got = collect(model, one, names, positions="all", device=device, return_logits=False,
+                  progress=False)
+    keep = one.attention_mask[0].bool().cpu()
+    patterns = torch.stack([got.activations[name][0] for name in names])  # [L, H, T, T]
+    patterns = patterns[:, :, keep][:, :, :, keep]
+    tokens = model.to_str_tokens(one.tokens[0][keep].cpu())
+    answer = one.label_words[int(one.gold[0])] if len(one.label_words) else ""
+    return AttentionExample(tokens=[str(t) for t in tokens], patterns=patterns,
+                            text=one.texts[0], prompt_index=int(index), answer=answer)
+
+
+def write_report(
+    path: str | Path,
+    result: ExperimentResult | HeadScores | Mapping[str, HeadScores] | None = None,
+    *,
+    maps: Mapping[str, HeadScores] | None = None,
+    example: AttentionExample | None = None,
+    figures: Sequence[go.Figure] = (),
+    tables: Mapping[str, pd.DataFrame] | None = None,
+    title: str | None = None,
+    command: str | None = None,
+    plotly_js: str | Path = "inline",
+) -> Path:
+    """Write the linked HTML report of a run.
+
+    Args:
+        path: the ``.html`` file to write (parent directories are created).
+        result: an :class:`~icl_heads.results.ExperimentResult` (its maps and per-head
+            tables become the linked maps; its figure, table and settings are shown), a
+            :class:`~icl_heads.heads.HeadScores`, a ``{name: HeadScores}`` dict, or None.
+        maps: further maps to link (e.g. detector scores beside an experiment's maps).
+        example: attention patterns for the detail panel (:func:`attention_example`);
+            without it the panel shows the head's scores only.
+        figures: further Plotly figures, shown below the result's own.
+        tables: further tidy tables shown at the end (name -> DataFrame).
+        title: the page title (default: the result's name and settings).
+        command: the command line that made the run, shown on the page.
+        plotly_js: ``"inline"`` (default: the page is one self-contained file),
+            ``"beside"`` (``plotly.min.js`` written once next to the page) or a path
+            relative to the page's directory where the file is written once and shared
+            by several reports (e.g. ``"../plotly.min.js"``).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"write_report: give a .html path, got {path.name!r}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page = build_report(result, maps=maps, example=example, figures=figures, tables=tables,
+                        title=title, command=command,
+                        plotly_js_src=None if plotly_js == "inline" else
+                        _write_plotly_js(path.parent, plotly_js))
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def build_report(
+    result: ExperimentResult | HeadScores | Mapping[str, HeadScores] | None = None,
+    *,
+    maps: Mapping[str, HeadScores] | None = None,
+    example: AttentionExample | None = None,
+    figures: Sequence[go.Figure] = (),
+    tables: Mapping[str, pd.DataFrame] | None = None,
+    title: str | None = None,
+    command: str | None = None,
+    plotly_js_src: str | None = None,
+) -> str:
+    """The report's HTML as a string (see :func:`write_report`); ``plotly_js_src``: a
+    ``<script src>`` for Plotly's JS (None: embed it)."""
+    experiment = result if isinstance(result, ExperimentResult) else None
+    linked = _linked_maps(result, maps)
+    per_head = dict(linked)
+    if experiment is not None:
+        for key, value in per_head_maps(experiment).items():
+            per_head.setdefault(key, value)
+    _check_shapes(per_head, example)
+    facets = dict(list(linked.items())[:MAX_FACETS])
+
+    settings = experiment.settings if experiment is not None else _first_settings(linked)
+    heading = title or _default_title(experiment, linked, settings)
+    blocks: list[str] = []
+    plots: dict[str, dict] = {}
+
+    if facets:
+        fig = head_heatmaps(facets, highlight_top=None, title=" | ".join(facets))
+        plots["maps"] = _figure_json(fig)
+    if len(facets) >= 2:
+        names = list(facets)
+        plots["scatter"] = _figure_json(score_scatter(
+            facets[names[0]], facets[names[1]], x_title=names[0], y_title=names[1],
+            title=f"{names[1]} vs {names[0]} (every head; click a point)"))
+    extra = []
+    if experiment is not None and not (experiment.table.empty and experiment.maps):
+        extra.append(experiment_figure(experiment))
+    extra.extend(figures)
+    for i, fig in enumerate(extra):
+        plots[f"figure{i}"] = _figure_json(fig)
+
+    data = {
+        "format": REPORT_FORMAT,
+        "n_layers": next(iter(per_head.values())).n_layers if per_head else 0,
+        "n_heads": next(iter(per_head.values())).n_heads if per_head else 0,
+        "facets": list(facets),
+        "quantities": _quantities(per_head),
+        "top": {name: [[h.layer, h.head] for h in m.top(None)] for name, m in facets.items()},
+        "example": _example_json(example),
+        "plots": plots,
+    }
+
+    if facets:
+        blocks.append(_LINKED_HTML)
+        blocks.append(_top_heads_html(facets))
+    if "scatter" in plots:
+        blocks.append('<section><div id="plot-scatter" class="plot"></div></section>')
+    for i in range(len(extra)):
+        blocks.append(f'<section><div id="plot-figure{i}" class="plot"></div></section>')
+    if experiment is not None and not experiment.table.empty:
+        blocks.append(_table_html("Results", experiment.table))
+    for name, frame in (tables or {}).items():
+        blocks.append(_table_html(str(name), frame))
+    if settings is not None:
+        text = json.dumps(settings.to_dict(), indent=1, default=str)
+        blocks.append(f"<section><details><summary>Settings (how this was made)</summary>"
+                      f"<pre>{html.escape(text)}</pre></details></section>")
+
+    subtitle = []
+    if command:
+        subtitle.append(f"<p class='muted'>Made with <code>{html.escape(command)}</code></p>")
+    if example is not None:
+        subtitle.append(f"<p class='muted'>Example prompt #{example.prompt_index} "
+                        f"({len(example.tokens)} tokens) for the attention patterns.</p>")
+    script = (f'<script src="{html.escape(plotly_js_src)}"></script>' if plotly_js_src
+              else f"<script>{_plotly_js()}</script>")
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False, default=_json_default)
+    payload = payload.replace("</", "<\\/")
+    return _PAGE.format(
+        title=html.escape(heading), heading=html.escape(heading), subtitle="\n".join(subtitle),
+        blocks="\n".join(blocks), plotly=script, data=payload, script=_SCRIPT, css=_CSS)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _linked_maps(result, maps) -> dict[str, HeadScores]:
+    out: dict[str, HeadScores] = {}
+    if isinstance(result, ExperimentResult):
+        out.update(result.maps)
+        if not out:  # no maps: the per-head tables' columns are the maps
+            out.update(dict(list(per_head_maps(result).items())[:4]))
+    elif isinstance(result, HeadScores):
+        out[result.name] = result
+    elif isinstance(result, Mapping):
+        out.update(result)
+    elif result is not None:
+        raise TypeError(f"write_report: result must be an ExperimentResult, a HeadScores or a "
+                        f"dict of them, got {type(result).__name__}.")
+    for key, value in (maps or {}).items():
+        out[str(key) if key not in out else f"{key} (extra)"] = value
+    for key, value in out.items():
+        if not isinstance(value, HeadScores):
+            raise TypeError(f"write_report: map {key!r} is a {type(value).__name__}, not a "
+                            "HeadScores.")
+    return out
+
+
+def _check_shapes(per_head: Mapping[str, HeadScores], example: AttentionExample | None) -> None:
+    shapes = {(m.n_layers, m.n_heads) for m in per_head.values()}
+    if example is not None:
+        shapes.add((example.n_layers, example.n_heads))
+    if len(shapes) > 1:
+        raise ValueError(f"write_report: the maps and the example come from models of different "
+                         f"shapes {sorted(shapes)}; give maps of one model.")
+
+
+def _quantities(per_head: Mapping[str, HeadScores]) -> list[dict]:
+    """Every per-head quantity: its name, values and ranks (row-major, null for NaN)."""
+    out = []
+    for key, scores in per_head.items():
+        values = scores.scores.flatten().tolist()
+        ranks = scores.rank().flatten().tolist()
+        out.append({"name": key, "score": scores.name,
+                    "values": [None if not math.isfinite(v) else v for v in values],
+                    "ranks": [None if not math.isfinite(r) else int(r) for r in ranks],
+                    "n": int(sum(math.isfinite(v) for v in values))})
+    return out
+
+
+def _example_json(example: AttentionExample | None) -> dict | None:
+    """Lower triangle of every head's pattern, quantised to bytes (weight ~ byte / 255)."""
+    if example is None:
+        return None
+    T = len(example.tokens)
+    rows, cols = np.tril_indices(T)
+    tri = example.patterns.numpy()[:, :, rows, cols]  # [L, H, T(T+1)/2]
+    quantised = np.clip(np.rint(tri * 255.0), 0, 255).astype(np.uint8)
+    return {"tokens": [display_token(t) for t in example.tokens], "T": T,
+            "patterns": base64.b64encode(quantised.tobytes()).decode("ascii"),
+            "text": example.text, "answer": example.answer, "index": example.prompt_index}
+
+
+def _figure_json(fig: go.Figure) -> dict:
+    """A figure as plain JSON data (lists, not Plotly's base64 typed arrays, so the page's
+    script can read the points; NaN as null)."""
+    return _plain(fig.to_plotly_json())
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        if "bdata" in value and "dtype" in value:  # Plotly's base64 typed array
+            array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+            shape = value.get("shape")
+            if shape:
+                array = array.reshape([int(v) for v in str(shape).split(",")])
+            return _plain(array)
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, (pd.Timestamp,)):
+        return str(value)
+    return _json_default(value)
+
+
+def _table_html(name: str, frame: pd.DataFrame) -> str:
+    shown = frame.head(400)
+    body = shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—",
+                         classes="data", border=0)
+    more = f"<p class='muted'>{len(frame) - len(shown)} more rows in the CSV.</p>" \
+        if len(frame) > len(shown) else ""
+    return f"<section><h2>{html.escape(name)}</h2>{body}{more}</section>"
+
+
+def _top_heads_html(facets: Mapping[str, HeadScores]) -> str:
+    parts = []
+    for name, scores in facets.items():
+        buttons = " ".join(f'<button class="head" data-layer="{h.layer}" data-head="{h.head}">'
+                           f"{h}</button>" for h in scores.top(None))
+        parts.append(f"<div><b>{html.escape(name)}</b> top heads: {buttons}</div>")
+    return f"<section class='tops'>{''.join(parts)}</section>"
+
+
+def _first_settings(maps: Mapping[str, HeadScores]):
+    return next((m.settings for m in maps.values() if m.settings is not None), None)
+
+
+def _default_title(experiment, maps, settings) -> str:
+    from .viz import _describe_settings
+
+    name = experiment.name if experiment is not None else " | ".join(maps) or "icl-heads"
+    meta = _describe_settings(settings)
+    return f"icl-heads: {name}" + (f" ({meta})" if meta else "")
+
+
+def _write_plotly_js(directory: Path, where: str | Path) -> str:
+    """Write Plotly's JS once (at ``directory / where``, or beside the page) and return
+    the relative ``src``."""
+    relative = Path(PLOTLY_JS_NAME) if where == "beside" else Path(where)
+    if relative.is_absolute():
+        raise ValueError(f"plotly_js: give 'inline', 'beside' or a path relative to the "
+                         f"report's directory, got {str(where)!r}.")
+    target = directory / relative
+    code = _plotly_js()
+    if not target.is_file() or target.stat().st_size != len(code.encode("utf-8")):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(code, encoding="utf-8")
+    return relative.as_posix()
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+# --------------------------------------------------------------------------- the page
+
+_LINKED_HTML = """
+<section class="linked">
+  <div id="plot-maps" class="plot maps"></div>
+  <aside id="detail" aria-live="polite">
+    <h2 id="detail-head">Click a head</h2>
+    <p id="detail-where" class="muted">Click a cell of a map (or a point of the scatter)
+      to see that head here.</p>
+    <table id="detail-scores" class="data"></table>
+    <p id="detail-query"></p>
+    <div id="detail-pattern" class="plot"></div>
+    <details id="detail-prompt"><summary>Example prompt</summary><pre id="prompt-text"></pre>
+    </details>
+  </aside>
+</section>
+"""
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.2rem;
+       color: #222; }
+h1 { font-size: 1.35rem; margin: 0 0 .3rem 0; }
+h2 { font-size: 1.1rem; margin: .6rem 0 .3rem 0; }
+.muted { color: #666; font-size: .9rem; margin: .2rem 0; }
+section { margin: 1rem 0; }
+.linked { display: flex; gap: 1rem; align-items: flex-start; }
+.linked .maps { flex: 1 1 auto; min-width: 0; }
+#detail { flex: 0 0 460px; border: 1px solid #ddd; border-radius: 6px; padding: .6rem .8rem;
+          background: #fafafa; position: sticky; top: .5rem; max-height: 96vh; overflow: auto; }
+#detail-head { font-size: 1.3rem; }
+table.data { border-collapse: collapse; font-size: .85rem; }
+table.data th, table.data td { border-bottom: 1px solid #e4e4e4; padding: 2px 8px;
+                               text-align: right; }
+table.data th:first-child, table.data td:first-child { text-align: left; }
+.tops div { margin: .2rem 0; font-size: .9rem; }
+button.head { font: inherit; font-size: .8rem; padding: 1px 6px; margin: 1px; cursor: pointer;
+              border: 1px solid #bbb; border-radius: 4px; background: white; }
+button.head:hover { background: #eef; }
+pre { white-space: pre-wrap; font-size: .8rem; background: #f4f4f4; padding: .5rem; }
+@media (max-width: 1100px) { .linked { flex-direction: column; } #detail { flex: none;
+  width: 100%; position: static; } }
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="generator" content="icl-heads">
+<title>{title}</title>
+<style>{css}</style>
+{plotly}
+</head>
+<body>
+<header><h1>{heading}</h1>
+{subtitle}
+</header>
+{blocks}
+<script type="application/json" id="icl-heads-data">{data}</script>
+<script>{script}</script>
+</body>
+</html>
+"""
+
+_SCRIPT = r"""
+(function () {
+  "use strict";
+  const DATA = JSON.parse(document.getElementById("icl-heads-data").textContent);
+  const CONFIG = {responsive: true, displaylogo: false};
+  const H = DATA.n_heads, L = DATA.n_layers;
+  // ColorBrewer Blues, light (0) to dark (1), as Plotly's Python "Blues"
+  const BLUES = [[0, "#f7fbff"], [0.125, "#deebf7"], [0.25, "#c6dbef"], [0.375, "#9ecae1"],
+                 [0.5, "#6baed6"], [0.625, "#4292c6"], [0.75, "#2171b5"], [0.875, "#08519c"],
+                 [1, "#08306b"]];
+  let patterns = null;          // Uint8Array of every head's lower-triangular pattern
+  let baseShapes = null;        // the maps' own shapes (top-k outlines)
+
+  function el(id) { return document.getElementById(id); }
+  function fmt(v) {
+    if (v === null || v === undefined) return "—";
+    const a = Math.abs(v);
+    return (a !== 0 && (a < 1e-3 || a >= 1e4)) ? v.toExponential(3) : v.toPrecision(4);
+  }
+  function draw(key) {
+    const div = el("plot-" + key), fig = DATA.plots[key];
+    if (!div || !fig) return null;
+    Plotly.newPlot(div, fig.data, fig.layout, CONFIG);
+    return div;
+  }
+  function decode() {
+    if (patterns === null && DATA.example) {
+      const raw = atob(DATA.example.patterns);
+      patterns = new Uint8Array(raw.length);
+      for (let i = 0; i < raw.length; i++) patterns[i] = raw.charCodeAt(i);
+    }
+    return patterns;
+  }
+  function headPattern(layer, head) {
+    const T = DATA.example.T, tri = T * (T + 1) / 2, base = (layer * H + head) * tri;
+    const bytes = decode(), z = [];
+    for (let i = 0; i < T; i++) {
+      const row = new Array(T).fill(null), start = base + i * (i + 1) / 2;
+      for (let j = 0; j <= i; j++) row[j] = bytes[start + j] / 255;
+      z.push(row);
+    }
+    return z;
+  }
+  function drawPattern(layer, head) {
+    const ex = DATA.example, div = el("detail-pattern");
+    if (!ex) { div.textContent = "No example prompt in this report."; return; }
+    const z = headPattern(layer, head), T = ex.T, ticks = [...Array(T).keys()];
+    const q = z[T - 1].map((w, j) => [w, j]).sort((a, b) => b[0] - a[0]).slice(0, 5);
+    el("detail-query").textContent = "From the query (last) token, L" + layer + "H" + head +
+      " attends most to: " + q.map(([w, j]) => JSON.stringify(ex.tokens[j]) + " (pos " + j +
+      ", " + w.toFixed(2) + ")").join(", ") + ".";
+    const custom = z.map((row, i) => row.map((_, j) => [ex.tokens[i], ex.tokens[j]]));
+    const axis = {tickmode: "array", tickvals: ticks, ticktext: ex.tokens,
+                  tickfont: {size: 8}, showgrid: false, zeroline: false};
+    Plotly.react(div, [{type: "heatmap", z: z, colorscale: BLUES, zmin: 0, zmax: 1,
+      customdata: custom, colorbar: {thickness: 10, title: {text: "weight"}},
+      hovertemplate: "query %{y} %{customdata[0]} → key %{x} %{customdata[1]}" +
+                     "<br>weight ≈ %{z:.3f}<extra></extra>"}],
+      {title: {text: "Attention of L" + layer + "H" + head + " on prompt #" + ex.index,
+               font: {size: 13}},
+       margin: {l: 90, r: 10, t: 40, b: 90}, height: 460,
+       xaxis: Object.assign({tickangle: -90, title: {text: "key"}}, axis),
+       yaxis: Object.assign({autorange: "reversed", title: {text: "query"}}, axis),
+       plot_bgcolor: "white"}, CONFIG);
+  }
+  function fillScores(layer, head) {
+    const table = el("detail-scores"), i = layer * H + head;
+    table.replaceChildren();
+    const header = table.insertRow();
+    for (const t of ["quantity", "value", "rank (1 = highest)"]) {
+      const th = document.createElement("th"); th.textContent = t; header.appendChild(th);
+    }
+    for (const q of DATA.quantities) {
+      const row = table.insertRow();
+      row.insertCell().textContent = q.name;
+      row.insertCell().textContent = fmt(q.values[i]);
+      row.insertCell().textContent = q.ranks[i] === null ? "—" : q.ranks[i] + " / " + q.n;
+    }
+  }
+  function outline(layer, head) {
+    const maps = el("plot-maps");
+    if (!maps) return;
+    if (baseShapes === null) baseShapes = (maps.layout.shapes || []).slice();
+    const extra = DATA.facets.map((_, k) => ({
+      type: "rect", xref: "x" + (k ? k + 1 : ""), yref: "y" + (k ? k + 1 : ""),
+      x0: head - 0.5, x1: head + 0.5, y0: layer - 0.5, y1: layer + 0.5,
+      line: {color: "#ff7f0e", width: 4}, name: "selected"}));
+    Plotly.relayout(maps, {shapes: baseShapes.concat(extra)});
+    const sc = el("plot-scatter");
+    if (sc && sc.data) {
+      const pts = sc.data[0], k = pts.customdata.findIndex(c => c[0] === layer && c[1] === head);
+      const idx = sc.data.findIndex(t => t.name === "selected");
+      const point = k < 0 ? {x: [], y: []} : {x: [pts.x[k]], y: [pts.y[k]]};
+      if (idx < 0) {
+        Plotly.addTraces(sc, {type: "scatter", mode: "markers", name: "selected", x: point.x,
+          y: point.y, hoverinfo: "skip", showlegend: false,
+          marker: {size: 16, color: "rgba(0,0,0,0)", line: {color: "#ff7f0e", width: 3}}});
+      } else {
+        Plotly.restyle(sc, {x: [point.x], y: [point.y]}, [idx]);
+      }
+    }
+  }
+  function select(layer, head) {
+    layer = Number(layer); head = Number(head);
+    if (!(layer >= 0 && layer < L && head >= 0 && head < H)) return;
+    el("detail-head").textContent = "L" + layer + "H" + head;
+    el("detail-where").textContent = "layer " + layer + ", head " + head;
+    fillScores(layer, head);
+    drawPattern(layer, head);
+    outline(layer, head);
+    document.body.dataset.selected = "L" + layer + "H" + head;
+    if (history.replaceState) history.replaceState(null, "", "#L" + layer + "H" + head);
+  }
+  window.iclHeadsSelect = select;
+
+  const maps = draw("maps");
+  if (maps) {
+    maps.on("plotly_click", ev => {
+      const p = ev.points[0];
+      select(Math.round(p.y), Math.round(p.x));
+    });
+  }
+  const scatter = draw("scatter");
+  if (scatter) {
+    scatter.on("plotly_click", ev => {
+      const p = ev.points.find(q => q.customdata);
+      if (p) select(p.customdata[0], p.customdata[1]);
+    });
+  }
+  for (const key of Object.keys(DATA.plots)) if (key.startsWith("figure")) draw(key);
+  for (const b of document.querySelectorAll("button.head")) {
+    b.addEventListener("click", () => select(b.dataset.layer, b.dataset.head));
+  }
+  if (DATA.example) el("prompt-text").textContent = DATA.example.text +
+      (DATA.example.answer ? "  [gold: " + DATA.example.answer + "]" : "");
+  else if (el("detail-prompt")) el("detail-prompt").hidden = true;
+  if (maps) {
+    const m = /^#L(\d+)H(\d+)$/.exec(location.hash);
+    const first = DATA.top[DATA.facets[0]][0] || [0, 0];
+    if (m) select(m[1], m[2]); else select(first[0], first[1]);
+  }
+  document.body.dataset.ready = "1";
+})();
+"""
