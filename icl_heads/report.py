@@ -204,7 +204,9 @@ def build_report(
             title=f"{names[1]} vs {names[0]} (every head; click a point)"))
     extra = []
     if experiment is not None and not (experiment.table.empty and experiment.maps):
-        extra.append(experiment_figure(experiment))
+        own = experiment_figure(experiment)
+        if not all(trace.type == "heatmap" for trace in own.data):  # maps are drawn above
+            extra.append(own)
     extra.extend(figures)
     for i, fig in enumerate(extra):
         plots[f"figure{i}"] = _figure_json(fig)

@@ -761,8 +761,9 @@ def _chance_for(chance, metric: str) -> float | None:
 
 def per_head_maps(result) -> dict[str, HeadScores]:
     """Every per-head quantity of a result as a map: its ``maps``, and each numeric column
-    of its per-head tables (tables with ``layer`` and ``head`` columns), named by the
-    column (or ``table.column`` where two tables share a column name)."""
+    of its per-head tables (tables with exactly one row per head, by ``layer`` and
+    ``head``), named by the column (or ``table.column`` where two tables share a column
+    name)."""
     import torch
 
     from .heads import HeadScores
@@ -777,13 +778,16 @@ def per_head_maps(result) -> dict[str, HeadScores]:
             continue
         L = int(frame["layer"].max()) + 1 if shape is None else shape[0]
         H = int(frame["head"].max()) + 1 if shape is None else shape[1]
-        layers = frame["layer"].to_numpy(int)
-        heads = frame["head"].to_numpy(int)
+        if len(frame[["layer", "head"]].drop_duplicates()) != L * H or len(frame) != L * H:
+            continue  # not one row per head (e.g. the rows of a few head sets)
+        layers = torch.from_numpy(frame["layer"].to_numpy(dtype=np.int64, copy=True))
+        heads = torch.from_numpy(frame["head"].to_numpy(dtype=np.int64, copy=True))
         for column in frame.columns:
             if column in ("layer", "head", "rank") or not pd.api.types.is_numeric_dtype(frame[column]):
                 continue
             grid = torch.full((L, H), float("nan"))
-            grid[layers, heads] = torch.as_tensor(frame[column].to_numpy(float), dtype=torch.float32)
+            values = frame[column].to_numpy(dtype=float, copy=True)
+            grid[layers, heads] = torch.from_numpy(values).float()
             key = column if column not in out else f"{table_name}.{column}"
             out[key] = HeadScores(grid, name=column, settings=None)
     return out

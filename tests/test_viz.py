@@ -1,0 +1,283 @@
+"""Figures (icl_heads.viz): what each figure draws, read from ``fig.to_dict()``-level
+attributes (traces, colour scales, hover templates, shapes), and which figure each
+experiment's ``.plot()`` picks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from icl_heads import viz
+from icl_heads.heads import Head, HeadScores
+from icl_heads.results import ExperimentResult, make_table, table_row
+from icl_heads.settings import PromptInfo
+
+INFO = PromptInfo(task="sentiment", k=4, n=8, seed=0, perturbation="gold", model="tiny")
+
+
+@pytest.fixture
+def signed():
+    grid = torch.tensor([[1.0, -5.0, 2.0], [0.5, 9.0, -1.0], [3.0, 0.0, math.nan],
+                         [-2.0, 4.0, 6.0]])
+    return HeadScores(grid, name="tl_score", settings=INFO, top_k=2)
+
+
+@pytest.fixture
+def positive():
+    return HeadScores(torch.arange(12.0).reshape(4, 3) / 11, name="induction_score")
+
+
+# --------------------------------------------------------------------------- head maps
+
+
+def test_heatmap_is_diverging_around_zero_for_signed_scores(signed):
+    trace = viz.head_heatmap(signed).data[0]
+    assert trace.colorscale[0][1] != trace.colorscale[-1][1]
+    assert trace.zmid == 0.0 and trace.zmin == -9.0 and trace.zmax == 9.0
+
+
+def test_heatmap_is_sequential_from_zero_for_non_negative_scores(positive):
+    trace = viz.head_heatmap(positive).data[0]
+    assert trace.zmid is None and trace.zmin == 0.0 and trace.zmax == pytest.approx(1.0)
+
+
+def test_heatmap_hover_names_layer_head_score_and_rank(signed):
+    trace = viz.head_heatmap(signed).data[0]
+    for word in ("layer", "head", "tl_score", "rank", "of 12"):
+        assert word in trace.hovertemplate
+    custom = np.asarray(trace.customdata)
+    assert custom.shape == (4, 3, 3)
+    assert list(custom[1, 1]) == [1, 1, 1]  # L1H1 = 9 is rank 1
+    assert math.isnan(custom[2, 2, 2])  # the unscored head has no rank
+    assert trace.z[2][2] is None  # NaN is drawn as a gap, not as a colour
+
+
+def test_heatmap_puts_layer_zero_on_top_and_outlines_the_top_k(signed):
+    fig = viz.head_heatmap(signed, highlight_top=None)  # the map's own top_k = 2
+    assert fig.layout.yaxis.autorange == "reversed"
+    corners = {(s.x0 + 0.5, s.y0 + 0.5) for s in fig.layout.shapes}
+    assert corners == {(1, 1), (2, 3)}  # (head, layer) of L1H1 and L3H2
+    assert len(viz.head_heatmap(signed, highlight_top=3).layout.shapes) == 3
+    assert len(viz.head_heatmap(signed).layout.shapes) == 0
+
+
+def test_faceted_maps_share_axes_and_each_keep_their_own_scale(signed, positive):
+    fig = viz.head_heatmaps({"TL": signed, "induction": positive}, highlight_top=1)
+    assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
+    assert (fig.data[0].xaxis, fig.data[1].xaxis) == ("x", "x2")
+    assert fig.layout.yaxis2.matches == "y" or fig.layout.yaxis2.showticklabels is False
+    assert fig.data[0].zmid == 0.0 and fig.data[1].zmid is None
+    assert [a.text for a in fig.layout.annotations][:2] == ["TL", "induction"]
+    assert {s.xref for s in fig.layout.shapes} == {"x", "x2"}
+    assert fig.data[1].colorbar.orientation == "h"  # one colour bar under each facet
+
+
+def test_shared_scale_gives_every_facet_one_range(signed):
+    other = HeadScores(signed.scores * 2, name="double")
+    fig = viz.head_heatmaps([signed, other], shared_scale=True)
+    assert fig.data[0].zmax == fig.data[1].zmax == 18.0
+
+
+def test_faceted_maps_refuse_maps_of_two_shapes(signed):
+    with pytest.raises(ValueError, match="one \\[n_layers, n_heads\\] shape"):
+        viz.head_heatmaps([signed, HeadScores(torch.zeros(2, 2))])
+    with pytest.raises(TypeError, match="not a HeadScores"):
+        viz.head_heatmaps({"x": torch.zeros(2, 2)})
+
+
+# --------------------------------------------------------------------------- scatter
+
+
+def test_score_scatter_colours_by_layer_and_labels_top_heads(signed, positive):
+    fig = viz.score_scatter(signed, positive, label_top=1)
+    trace = fig.data[0]
+    assert len(trace.x) == 11  # the NaN head is left out
+    assert list(trace.marker.color) == [int(c[0]) for c in trace.customdata]
+    labelled = {t for t in trace.text if t}
+    assert labelled == {"L1H1", "L3H2"}  # best of each map
+
+
+def test_effect_scatter_draws_the_fit_and_spearman_rho(positive):
+    rng = np.random.default_rng(0)
+    effect = HeadScores(positive.scores + torch.tensor(rng.normal(0, 0.2, (4, 3)),
+                                                       dtype=torch.float32), name="effect")
+    fig = viz.effect_scatter(positive, effect)
+    rho = spearmanr(positive.scores.flatten(), effect.scores.flatten()).statistic
+    assert f"ρ = {rho:.3f}" in fig.layout.title.text
+    line = fig.data[1]
+    assert line.mode == "lines" and len(line.x) == 2
+    slope = np.polyfit(positive.scores.flatten().numpy(), effect.scores.flatten().numpy(), 1)[0]
+    assert (line.y[1] - line.y[0]) / (line.x[1] - line.x[0]) == pytest.approx(slope, rel=1e-5)
+
+
+def test_correlation_scatter_plots_drops_with_one_panel_per_pair():
+    heads = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
+                          "tr_score": [1.0, 2.0, 3.0, 4.0],
+                          "delta_accuracy": [0.0, -0.1, -0.2, -0.4],
+                          "delta_logit_diff": [0.1, 0.0, -0.1, 0.2]})
+    fig = viz.correlation_scatter(heads, ["tr_score"], ["delta_accuracy", "delta_logit_diff"])
+    points = [t for t in fig.data if t.mode == "markers"]
+    assert len(points) == 2
+    assert list(points[0].y) == [0.0, 0.1, 0.2, 0.4]  # drop = -delta
+    assert "ρ = 1.00" in fig.layout.annotations[0].text
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _curve_table():
+    rows = []
+    for condition, shift in (("clean", 0.0), ("PTH ablated", -0.2)):
+        for layer in range(4):
+            for metric in ("probe_accuracy", "mean_diff_cosine"):
+                v = 0.5 + 0.1 * layer + shift
+                rows.append(table_row(condition, metric, v, v - 0.05, v + 0.05, 16, layer=layer))
+    return make_table(rows)
+
+
+def test_layer_curves_overlay_conditions_with_ci_bands():
+    fig = viz.layer_curves(_curve_table(), chance={"probe_accuracy": 0.5})
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    bands = [t for t in fig.data if t.fill == "toself"]
+    assert len(lines) == 4 and len(bands) == 4  # 2 conditions x 2 metrics
+    assert list(lines[0].x) == [0, 1, 2, 3]
+    band = bands[0]
+    assert list(band.y[:4]) == pytest.approx([0.55, 0.65, 0.75, 0.85])  # upper edge
+    assert [a.text for a in fig.layout.annotations][:2] == ["probe_accuracy", "mean_diff_cosine"]
+    assert sum(1 for s in fig.layout.shapes if s.y0 == 0.5) == 1  # chance line on one panel
+    assert fig.layout.xaxis2.title.text == "layer"
+
+
+def _bar_table():
+    return make_table([
+        table_row("baseline", "accuracy", 0.8, 0.7, 0.9, 32),
+        table_row("TR", "accuracy", 0.5, 0.4, 0.6, 32),
+        table_row("baseline", "label_space_rate", 1.0, 1.0, 1.0, 32),
+        table_row("TR", "label_space_rate", 0.6, 0.5, 0.7, 32),
+    ])
+
+
+def test_bars_have_ci_error_bars_and_baseline_and_chance_lines():
+    fig = viz.condition_bars(_bar_table(), chance={"accuracy": 0.5})
+    assert [t.name for t in fig.data] == ["baseline", "TR"]
+    assert list(fig.data[1].error_y.array) == pytest.approx([0.1, 0.1])
+    assert list(fig.data[1].error_y.arrayminus) == pytest.approx([0.1, 0.1])
+    lines = {(s.x0, s.y0, s.line.dash) for s in fig.layout.shapes}
+    assert lines == {(-0.45, 0.8, "dash"), (-0.45, 0.5, "dot"), (0.55, 1.0, "dash")}
+
+
+def test_faceted_bars_put_each_metric_on_its_own_axis():
+    fig = viz.condition_bars(_bar_table(), facet=True)
+    assert len(fig.data) == 4 and {t.xaxis for t in fig.data} == {"x", "x2"}
+    assert [t.showlegend for t in fig.data] == [True, True, False, False]
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def test_attention_pattern_has_tokens_on_both_axes_and_keeps_repeats_apart():
+    tokens = ["<s>", " a", " b", " a"]
+    pattern = torch.tril(torch.ones(4, 4))
+    pattern = pattern / pattern.sum(-1, keepdim=True)
+    fig = viz.attention_pattern(pattern, tokens, head=Head(2, 1))
+    assert list(fig.layout.xaxis.ticktext) == tokens and list(fig.layout.yaxis.tickvals) == [0, 1, 2, 3]
+    assert fig.layout.yaxis.autorange == "reversed" and "L2H1" in fig.layout.title.text
+    assert np.asarray(fig.data[0].z)[3, 1] == pytest.approx(0.25)
+
+
+def test_attention_pattern_shows_newlines_and_checks_its_shape():
+    fig = viz.attention_pattern(torch.eye(2), ["x", "\n"])
+    assert list(fig.layout.xaxis.ticktext) == ["x", "\\n"]
+    with pytest.raises(ValueError, match="3 tokens"):
+        viz.attention_pattern(torch.eye(2), ["a", "b", "c"])
+
+
+# --------------------------------------------------------------------------- experiment_figure
+
+
+def test_experiment_figure_of_layer_tables_is_curves():
+    result = ExperimentResult("layer_geometry", _curve_table(), INFO)
+    fig = result.plot()
+    assert any(t.mode == "lines+markers" for t in fig.data)
+    assert "layer_geometry" in fig.layout.title.text
+
+
+def test_experiment_figure_of_kind_tables_draws_levels_and_chance_lines():
+    rows = [table_row("baseline", "accuracy", 0.8, 0.7, 0.9, 8, kind="level"),
+            table_row("baseline", "chance", 0.5, 0.5, 0.5, 8, kind="level"),
+            table_row("TR", "accuracy", 0.6, 0.5, 0.7, 8, kind="level"),
+            table_row("TR", "delta_accuracy", -0.2, -0.3, -0.1, 8, kind="effect"),
+            table_row("TR - TL", "delta_accuracy", -0.1, -0.2, 0.0, 8, kind="contrast")]
+    fig = ExperimentResult("ablation", make_table(rows), INFO).plot()
+    assert {t.name for t in fig.data} == {"baseline", "TR"}  # levels only, no chance bar
+    assert {t.x[0] for t in fig.data} == {"baseline", "TR"}
+    dashes = sorted(s.line.dash for s in fig.layout.shapes)
+    assert dashes == ["dash", "dot"]  # baseline and chance
+
+
+def test_experiment_figure_of_steering_is_curves_over_alpha():
+    rows = [table_row(c, "label_space_rate", v, v - 0.1, v + 0.1, 8, kind="level", alpha=a)
+            for c in ("TR", "random_TR") for a, v in ((0, 0.5), (1, 0.7), (4, 0.9))]
+    fig = ExperimentResult("steering", make_table(rows), INFO).plot()
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in lines] == ["TR", "random_TR"] and list(lines[0].x) == [0, 1, 4]
+    assert lines[1].line.dash == "dot"
+
+
+def test_experiment_figure_of_find_task_heads_is_the_maps(signed, positive):
+    table = make_table([table_row("baseline", "accuracy", 0.8, 0.7, 0.9, 8, kind="level")])
+    maps = {"TR": positive, "TL": signed}
+    fig = ExperimentResult("find_task_heads", table, INFO, maps=maps).plot()
+    assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
+
+
+def test_experiment_figure_of_correlation_is_the_scatter_grid():
+    L, H = 2, 3
+    frame = HeadScores(torch.zeros(L, H)).to_frame()[["layer", "head", "label"]]
+    frame["tr_score"] = np.arange(6.0)
+    frame["tl_score"] = np.arange(6.0)[::-1]
+    frame["delta_logit_diff"] = -np.arange(6.0)
+    table = make_table([table_row("TR", "spearman_drop_logit_diff", 1.0, 0.9, 1.0, 6,
+                                  kind="correlation")])
+    fig = ExperimentResult("correlation", table, INFO, tables={"heads": frame}).plot()
+    assert len([t for t in fig.data if t.mode == "markers"]) == 2
+    assert "ρ = 1.00" in fig.layout.annotations[0].text
+    assert "ρ = -1.00" in fig.layout.annotations[1].text
+
+
+def test_per_head_maps_read_full_per_head_tables_only(positive):
+    frame = positive.to_frame().rename(columns={"induction_score": "effect"})
+    sets = pd.DataFrame({"layer": [0], "head": [1], "tr_score": [3.0]})
+    result = ExperimentResult("x", make_table([]), INFO, maps={"IH": positive},
+                              tables={"heads": frame, "sets": sets})
+    maps = viz.per_head_maps(result)
+    assert set(maps) == {"IH", "effect"}
+    assert torch.equal(maps["effect"].scores, positive.scores)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def test_save_figure_writes_standalone_html_that_needs_no_network(tmp_path, positive):
+    path = viz.save_figure(viz.head_heatmap(positive), tmp_path / "map.html")
+    text = path.read_text()
+    assert "<script src=" not in text  # nothing is fetched: no CDN, no file beside it
+    assert len(text) > 1_000_000  # Plotly's JS is inside
+
+
+def test_save_figure_png_needs_kaleido(tmp_path, positive):
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install kaleido"):
+            viz.save_figure(viz.head_heatmap(positive), tmp_path / "map.png")
+    else:
+        pytest.skip("kaleido is installed; the PNG path is exercised by plotly itself")
+    with pytest.raises(ValueError, match=".html"):
+        viz.save_figure(go.Figure(), tmp_path / "map.txt")
