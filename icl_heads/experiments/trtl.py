@@ -1080,8 +1080,8 @@ def perturbation_experiment(
     overlap; CI: bootstrap over each condition's prompts), and
     ``tr_minus_tl_spearman_vs_gold`` (paired bootstrap over heads: is TR more stable than
     TL?); for ``gold``, the same statistics between two halves of the gold prompts
-    (``..._split_half``): the reliability of a map from ``n/2`` prompts, a reference for the
-    others.
+    (``..._split_half``, each gold label split evenly): the reliability of a map from ``n/2``
+    prompts, a reference for the others.
 
     Example::
 
@@ -1111,11 +1111,11 @@ def perturbation_experiment(
     L, H = model.cfg.n_layers, model.cfg.n_heads
     top_k = check_top_k(top_k, L, H)
     interventions = check_interventions(interventions, model)
-    maps, rows, labels = {}, [], ()
+    maps, rows, labels, gold_prompts = {}, [], (), None
     for p in tqdm(perturbations, desc="perturbations", disable=not progress, leave=False):
         prompts = build_prompts(model, task, k, n, seed, perturbation=p)
         if p == "gold":
-            labels = tuple(prompts.label_words)
+            labels, gold_prompts = tuple(prompts.label_words), prompts
         tr, tl, logits, _ = _tsla_pass(model, prompts, top_k=top_k, normalize=normalize,
                                        apply_ln=apply_ln, batch_size=batch_size, device=device,
                                        interventions=interventions, progress=progress)
@@ -1126,9 +1126,9 @@ def perturbation_experiment(
     gold_tr, gold_tl = maps["TR/gold"], maps["TL/gold"]
     for p in perturbations:
         if p == "gold":
-            half = n // 2
-            a = {s: maps[f"{s}/gold"].per_prompt[:half] for s in ("TR", "TL")}
-            b = {s: maps[f"{s}/gold"].per_prompt[half:] for s in ("TR", "TL")}
+            first, second = _split_by_label(gold_prompts.gold)
+            a = {s: maps[f"{s}/gold"].per_prompt[first] for s in ("TR", "TL")}
+            b = {s: maps[f"{s}/gold"].per_prompt[second] for s in ("TR", "TL")}
             suffix, paired = "split_half", False
         else:
             a = {s: maps[f"{s}/{p}"].per_prompt for s in ("TR", "TL")}
@@ -1157,11 +1157,23 @@ def perturbation_experiment(
     return ExperimentResult("perturbation", make_table(rows), settings, maps=maps)
 
 
+def _split_by_label(gold: Tensor) -> tuple[Tensor, Tensor]:
+    """Two halves of the prompts with the same gold-label balance (alternate prompts of each
+    label): on a binary task a head that favours one label has a TL score of opposite sign
+    on the two labels, so halves with different balance would disagree for that reason."""
+    first, second = [], []
+    for label in torch.unique(gold).tolist():
+        idx = (gold == label).nonzero().flatten().tolist()
+        first += idx[0::2]
+        second += idx[1::2]
+    return torch.tensor(sorted(first)), torch.tensor(sorted(second))
+
+
 # =========================================================================== 4. correlation
 
 
 def _all_metrics_sweep(model, prompts, *, mode, positions, means, reference, seed, batch_size,
-                       device, interventions, progress) -> dict[str, HeadScores]:
+                       device, interventions, progress) -> tuple[dict[str, HeadScores], dict]:
     """Single-head ablation effects on the three metrics from ONE fast sweep.
 
     :func:`~icl_heads.head_sweep` takes one metric; its metric callable sees every logit it
@@ -1170,7 +1182,11 @@ def _all_metrics_sweep(model, prompts, *, mode, positions, means, reference, see
     in-space outcome of the same logits on the side. The recording is checked against the
     sweep's own per-prompt ``logit_diff`` effects (bit for bit); if the engine ever visits
     logits in another order, the check fails and the two other metrics get sweeps of their
-    own (the same numbers, 3x the time)."""
+    own (the same numbers, 3x the time).
+
+    Returns:
+        ``({metric: HeadScores of effects}, {metric: per-prompt clean values})`` (the clean
+        values only when the recording was used)."""
     calls: list[tuple[Tensor, Tensor]] = []
 
     def recorded(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Tensor:
@@ -1198,7 +1214,7 @@ def _all_metrics_sweep(model, prompts, *, mode, positions, means, reference, see
         out = {"logit_diff": ld_map}
         for metric in ("label_space_rate", "in_space_accuracy"):
             out[metric] = head_sweep(model, prompts, metric, **common)
-        return out
+        return out, {}
     base_lsr = (code_clean > 0).float()
     base_isa = torch.where(code_clean > 0, (code_clean == 2).float(), torch.nan)
     int_lsr = (code_int > 0).float()
@@ -1211,7 +1227,8 @@ def _all_metrics_sweep(model, prompts, *, mode, positions, means, reference, see
                                  settings=ld_map.settings.replace(metric=metric),
                                  per_prompt=per_prompt,
                                  baseline=float(torch.nanmean(clean)))
-    return out
+    return out, {"label_space_rate": base_lsr, "in_space_accuracy": base_isa,
+                 "logit_diff": ld_clean}
 
 
 def _decode_calls(calls, n: int, batch_size: int, n_items: int):
@@ -1305,14 +1322,17 @@ def correlation_experiment(
                              batch_size=batch_size, device=device, interventions=interventions,
                              progress=progress)
         scores_from = "computed"
-    effects = _all_metrics_sweep(model, prompts, mode=mode, positions=positions, means=means,
+    effects, clean = _all_metrics_sweep(model, prompts, mode=mode, positions=positions, means=means,
                                  reference=reference, seed=seed, batch_size=batch_size,
                                  device=device, interventions=interventions, progress=progress)
     rows = []
     for metric in ("label_space_rate", "in_space_accuracy", "logit_diff"):
-        base = effects[metric].baseline
-        rows.append(table_row("baseline", metric, base, math.nan, math.nan, len(prompts),
-                              kind="level", score="", effect="", method=""))
+        if metric in clean:
+            v, lo, hi, n = mean_ci(clean[metric], n_boot=n_boot, seed=seed)
+        else:
+            v, lo, hi, n = effects[metric].baseline, math.nan, math.nan, len(prompts)
+        rows.append(table_row("baseline", metric, v, lo, hi, n, kind="level", score="",
+                              effect="", method=""))
     for score_name, scores in (("TR", tr), ("TL", tl)):
         for metric in ("label_space_rate", "in_space_accuracy", "logit_diff"):
             drop = -effects[metric].scores
