@@ -742,9 +742,9 @@ def _top_singular_cosine(G: Tensor, proj: Tensor, w: Tensor, rank: int) -> Tenso
     Gc = G[None] - a[:, :, None] - a[:, None, :]
     root = w.sqrt()
     K = root[:, :, None] * Gc * root[:, None, :]
-    evals, evecs = torch.linalg.eigh(K.float())
-    lam = evals[:, -rank:].double()  # [R, rank], ascending
-    top = evecs[:, :, -rank:].double()  # [R, n, rank]
+    evals, evecs = _eigh(K)
+    lam = evals[:, -rank:]  # [R, rank], ascending
+    top = evecs[:, :, -rank:]  # [R, n, rank]
     mean = (w @ proj) / W[:, None]  # [R, pairs]
     centred = root[:, :, None] * (proj[None] - mean[:, None, :])  # [R, n, pairs]
     coords = top.transpose(1, 2) @ centred  # [R, rank, pairs]
@@ -753,6 +753,21 @@ def _top_singular_cosine(G: Tensor, proj: Tensor, w: Tensor, rank: int) -> Tenso
                          torch.zeros_like(coords))
     frac = coords.pow(2).sum(1).sqrt().clamp_max(1.0)  # [R, pairs]
     return torch.where(keep.any(-1), frac.mean(-1), torch.full_like(W, float("nan")))
+
+
+def _eigh(K: Tensor) -> tuple[Tensor, Tensor]:
+    """Batched symmetric eigendecomposition (float64); a matrix LAPACK fails on gets NaN."""
+    try:
+        return torch.linalg.eigh(K)
+    except torch.linalg.LinAlgError:
+        evals = torch.full(K.shape[:2], float("nan"), dtype=K.dtype)
+        evecs = torch.full(K.shape, float("nan"), dtype=K.dtype)
+        for r in range(K.shape[0]):
+            try:
+                evals[r], evecs[r] = torch.linalg.eigh(K[r])
+            except torch.linalg.LinAlgError:
+                log.warning("alignment: an eigendecomposition failed; its resample is NaN.")
+        return evals, evecs
 
 
 def alignment(

@@ -760,7 +760,19 @@ def reproduce_geometry(
             records.append({"model": model_name(model), "task": task.name,
                             "experiment": experiment, "path": str(path), "status": status,
                             "seconds": time.perf_counter() - start})
+            if status == "computed":
+                _log_timing(root / "timings.csv", records[-1], quick)
     return pd.DataFrame(records)
+
+
+def _log_timing(path: Path, record: dict, quick: bool) -> None:
+    """Append a computed cell's wall time to ``<out_dir>/<model>/timings.csv``."""
+    row = pd.DataFrame([{"task": record["task"], "experiment": record["experiment"],
+                         "seconds": round(record["seconds"], 1), "quick": bool(quick),
+                         "threads": torch.get_num_threads(),
+                         "finished": time.strftime("%Y-%m-%d %H:%M:%S")}])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row.to_csv(path, mode="a", header=not path.is_file(), index=False)
 
 
 def _safe(name: str) -> str:
@@ -1113,7 +1125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in args.models:
         start = time.perf_counter()
