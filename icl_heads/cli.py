@@ -490,8 +490,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .results import ExperimentResult
     from .tasks import load_task
 
-    out = _check_out_dir(args.out)  # first: before anything is loaded
-    page_dir = _check_out_dir(args.page_dir) if args.pages else None
+    quick_root = Path("results/reproduce-quick")
+    out = _check_out_dir(args.out or (quick_root if args.quick else "docs/results/data"))
+    page_dir = None
+    if args.pages:
+        page_dir = _check_out_dir(args.page_dir or (quick_root / "pages" if args.quick
+                                                    else "docs/results"))
     device = _resolve_device_arg(args.device)
     tasks = [load_task(name) for name in args.tasks]  # every task checked before any run
     for task in tasks:
@@ -770,12 +774,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     r.add_argument("--batch-size", type=_positive_int, default=16,
                    help="prompts per forward pass")
-    r.add_argument("--out", default="docs/results/data", metavar="DIR",
-                   help="root of the grid's folders (checked before any model loads)")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="root of the grid's folders, checked before any model loads (default: "
+                        "docs/results/data, the data of the docs' results pages; with --quick "
+                        "results/reproduce-quick, so small runs never mix with full ones)")
     r.add_argument("--pages", action="store_true",
                    help="also write the results pages from the saved results (default: off)")
-    r.add_argument("--page-dir", default="docs/results", metavar="DIR",
-                   help="where --pages writes trtl.md, geometry.md and figures/")
+    r.add_argument("--page-dir", default=None, metavar="DIR",
+                   help="where --pages writes trtl.md, geometry.md and figures/ (default: "
+                        "docs/results; with --quick results/reproduce-quick/pages)")
     r.add_argument("--no-reports", dest="reports", action="store_false",
                    help="do not write a report.html per cell (default: write them, sharing "
                         "one plotly.min.js in --out)")
