@@ -413,8 +413,9 @@ def test_reproduce_saves_resumes_and_the_page_is_written_from_saved_results(tiny
     page = write_geometry_page(out, tmp_path / "docs" / "geometry.md", tmp_path / "docs" / "fig")
     text = page.read_text()
     assert "## Verdicts" in text and "Key numbers" in text
-    assert (tmp_path / "docs" / "fig" / tiny_llama.cfg.model_name / "sentiment"
-            / "curves.html").is_file()
+    figures = tmp_path / "docs" / "fig"
+    assert (figures / f"{tiny_llama.cfg.model_name}__sentiment__curves.html").is_file()
+    assert (figures / "plotly.min.js").is_file()
     assert 'src="fig/' in text
     with pytest.raises(FileNotFoundError, match="reproduce_geometry"):
         write_geometry_page(tmp_path / "nothing", tmp_path / "p.md", tmp_path / "f")

@@ -668,8 +668,9 @@ def _pool_sets(sets: list[GeometryCurves], seed: int) -> GeometryCurves:
 # --------------------------------------------------------------------------- reproduction
 
 #: Sizes of the full and the quick reproduction (quick: CI smoke run).
-FULL = dict(n=96, folds=5, n_random=5, n_boot=N_BOOT, detector_n=32, tv_layers=None)
-QUICK = dict(n=16, folds=2, n_random=1, n_boot=100, detector_n=8, tv_layers=3)
+FULL = dict(n=96, folds=5, n_random=5, n_boot=N_BOOT, detector_n=32, tv_layers=None,
+            layers=None)
+QUICK = dict(n=12, folds=2, n_random=1, n_boot=100, detector_n=4, tv_layers=3, layers=7)
 EXPERIMENTS = ("layer_geometry_k0", "layer_geometry_k4", "task_vector", "head_ablation")
 
 
@@ -697,9 +698,10 @@ def reproduce_geometry(
     Args:
         model: a model, or a name for :func:`icl_heads.load_model`.
         tasks: built-in task names (``ih.builtin_tasks()``) or task files.
-        quick: small sizes (16 prompts, 2 folds, 1 random set, 3 injection layers, 100
-            resamples) for a smoke run; the full run uses 96 prompts, 5 folds, 5 random
-            sets, every injection layer and 1000 resamples.
+        quick: small sizes for a smoke run (12 prompts, 7 of the states, 2 folds, 1 random
+            set, 3 injection layers, 100 resamples, 4 detector sequences); the full run
+            uses 96 prompts, every state, 5 folds, 5 random sets, every injection layer,
+            1000 resamples and 32 detector sequences.
         n: prompts per set (overrides the size of ``quick``).
 
     Example::
@@ -723,9 +725,11 @@ def reproduce_geometry(
         size["n"] = _check_number(n, "n", 2)
     root = Path(out_dir) / _safe(model_name(model) or "model")
     L = model.cfg.n_layers
-    tv_layers = None
+    tv_layers = states = None
     if size["tv_layers"] is not None:
         tv_layers = sorted({int(round(x)) for x in np.linspace(0, L - 1, size["tv_layers"])})
+    if size["layers"] is not None:
+        states = sorted({int(round(x)) for x in np.linspace(0, L, size["layers"])})
     detectors = None
     records = []
     for task_name in tasks:
@@ -742,9 +746,9 @@ def reproduce_geometry(
             else:
                 log.info("geometry: %s / %s / %s", model_name(model), task.name, experiment)
                 if experiment == "layer_geometry_k0":
-                    result = layer_geometry(model, zero, **geo)
+                    result = layer_geometry(model, zero, states, **geo)
                 elif experiment == "layer_geometry_k4":
-                    result = layer_geometry(model, icl, **geo)
+                    result = layer_geometry(model, icl, states, **geo)
                 elif experiment == "task_vector":
                     result = task_vector_experiment(model, icl, zero, layers=tv_layers, **geo)
                 else:
@@ -753,7 +757,7 @@ def reproduce_geometry(
                             model, detectors=["previous_token", "induction"],
                             n=size["detector_n"], seed=seed, progress=progress)
                     heads = {"PTH": detectors["previous_token"], "IH": detectors["induction"]}
-                    result = head_ablation_geometry(model, icl, heads,
+                    result = head_ablation_geometry(model, icl, heads, layers=states,
                                                     n_random=size["n_random"], **geo)
                 result.save(path)
                 status = "computed"
@@ -1000,7 +1004,7 @@ def write_geometry_page(
             f"The first state where each curve reaches {ONSET_FRACTION:.0%} of its maximum "
             "(95% bootstrap interval), and the curve's maximum. Separability: "
             f"`{SEPARABILITY}`; alignment: `{ALIGNMENT}` (and the logit-lens accuracy).", "",
-            "| model | task | k | layers | separability onset | alignment onset | logit-lens "
+            "| model | task | k | blocks | separability onset | alignment onset | logit-lens "
             "onset | max probe accuracy | max cosine | max logit-lens accuracy |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for (model, task), results in sorted(cells.items()):
@@ -1031,8 +1035,8 @@ def write_geometry_page(
             if m != model:
                 continue
             out += [f"### {task}", ""]
-            base = figure_dir / _safe(model) / _safe(task)
-            link = rel / _safe(model) / _safe(task)
+            # one flat directory, so every figure shares one plotly.min.js
+            stem = f"{_safe(model)}__{_safe(task)}__"
             figures = []
             if "layer_geometry_k0" in results and "layer_geometry_k4" in results:
                 both = pd.concat([results["layer_geometry_k0"].table,
@@ -1040,25 +1044,25 @@ def write_geometry_page(
                 combined = ExperimentResult("layer_geometry", both,
                                             results["layer_geometry_k4"].settings)
                 _figure(combined, _CURVE_METRICS, f"{model} / {task}: query-state geometry by "
-                        "layer, k=0 vs k=4", base / "curves.html")
-                figures.append(("curves.html", "Separability and alignment by layer (k=0 vs "
+                        "layer, k=0 vs k=4", figure_dir / f"{stem}curves.html")
+                figures.append((f"{stem}curves.html", "Separability and alignment by layer (k=0 vs "
                                 "k=4), with the TR/TL steering geometry (task-subspace "
                                 "alignment, rotation toward the gold label)", 2200))
             if "task_vector" in results:
                 _figure(results["task_vector"], _TV_METRICS, f"{model} / {task}: task vector "
                         "injected into zero-shot prompts, by injection state",
-                        base / "task_vector.html")
-                figures.append(("task_vector.html", "Task-vector layer sweep (final-state "
+                        figure_dir / f"{stem}task_vector.html")
+                figures.append((f"{stem}task_vector.html", "Task-vector layer sweep (final-state "
                                 "geometry and behaviour of zero-shot prompts; zero-shot and "
                                 "ICL as reference lines)", 1650))
             if "head_ablation" in results:
                 _figure(results["head_ablation"], _ABLATION_METRICS, f"{model} / {task}: PTH / "
-                        "IH / layer-matched random ablations", base / "head_ablation.html")
-                figures.append(("head_ablation.html", "Curves with the top PTH / IH ablated, "
+                        "IH / layer-matched random ablations", figure_dir / f"{stem}head_ablation.html")
+                figures.append((f"{stem}head_ablation.html", "Curves with the top PTH / IH ablated, "
                                 "and layer-matched random sets", 1150))
             for file, caption, height in figures:
-                out += [f"**{caption}** ([open]({(link / file).as_posix()}))", "",
-                        f'<iframe src="{(link / file).as_posix()}" width="100%" '
+                out += [f"**{caption}** ([open]({(rel / file).as_posix()}))", "",
+                        f'<iframe src="{(rel / file).as_posix()}" width="100%" '
                         f'height="{height}" style="border:none"></iframe>', ""]
             out += _settings_md(results)
 
