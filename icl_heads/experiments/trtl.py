@@ -79,12 +79,13 @@ from ..interventions import (
     Positions,
     ablate,
     activation_means,
+    applied,
     check_interventions,
     check_positions,
     compose,
     steer,
 )
-from ..last_token import check_supported, clean_run, run_items
+from ..last_token import check_supported, clean_run, last_token_block, run_items
 from ..metrics import METRICS, accuracy, in_label_space, logit_diff
 from ..patching import head_sweep
 from ..prompts import PERTURBATIONS, PromptSet, build_prompts, check_prompt_set
@@ -675,6 +676,28 @@ def _mean_head_outputs(model, prompts, *, batch_size, device, interventions,
     return (total / count).float()
 
 
+class _Unembed:
+    """``activations.final_logits`` (final norm, unembedding, soft-cap) with the transposed
+    unembedding made contiguous once: TransformerLens's ``Unembed.forward`` copies
+    ``W_U.T.contiguous()`` on every call (113 MB on SmolLM2, 670 MB on Gemma 3 270M), which
+    dominates the many small calls of the shared-clean-run experiments. Same operation
+    (``F.linear`` with the same weight layout), so the same numbers bit for bit."""
+
+    def __init__(self, model: HookedTransformer):
+        self.model = model
+        with torch.no_grad():
+            self.weight = model.W_U.detach().T.contiguous()
+            self.bias = model.b_U.detach()
+
+    def __call__(self, resid: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_vocab"]:
+        x = resid.unsqueeze(-2)
+        if self.model.cfg.normalization_type is not None:
+            x = self.model.ln_final(x)
+        logits = torch.nn.functional.linear(x, self.weight, self.bias).squeeze(-2)
+        cap = getattr(self.model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
 @dataclass
 class _Condition:
     """One run to make over the prompts: its interventions and the layer it starts at."""
@@ -710,13 +733,29 @@ def _engine_runs(model, prompts, conditions: Mapping[str, _Condition], *, query_
     bar = tqdm(total=n * (len(conditions) + 1), desc=desc, disable=not progress, leave=False,
                unit="prompt-run")
 
+    L = model.cfg.n_layers
+    final = f"blocks.{L - 1}.hook_resid_post"
+    unembed = _Unembed(model)
+
     def one(clean, start, ivs):
-        cap = Capture(names=set(names).__contains__, positions="query") if names else None
-        extra = [cap] if cap is not None else []
-        logits = run_items(model, clean, torch.tensor([start]), None,
-                           [*background, *ivs, *extra])[0]
-        st = torch.stack([cap.store[nm] for nm in names], 1).float().cpu() if cap else None
-        return logits, st
+        """Logits at the query and the captured states of one condition."""
+        wanted = set(names) | ({final} if clean.engine != "last_token" else set())
+        cap = Capture(names=wanted.__contains__, positions="query")
+        hooks = [*background, *ivs, cap]
+        if clean.engine == "last_token":
+            # The engine's block for the last token, under ONE hook context for the whole
+            # run (run_items enters one per layer, each exit resetting every hook point).
+            x, mask = clean.resid[start], clean.group.attention_mask
+            with applied(model, hooks, clean.group, clean.index):
+                for layer in range(start, L):
+                    x = last_token_block(model, layer, x, len(clean.group), 1,
+                                         clean.prefixes[layer], mask)
+            resid = x[:, -1]
+        else:
+            run_items(model, clean, torch.tensor([start]), None, hooks)
+            resid = cap.store[final]
+        st = torch.stack([cap.store[nm] for nm in names], 1).float().cpu() if names else None
+        return unembed(resid), st
 
     with torch.inference_mode():
         for g0 in range(0, n, batch_size):
@@ -1075,18 +1114,19 @@ def perturbation_experiment(
     zero-shot prompts get maps too) and behaviour.
 
     Table: per condition, the behaviour metrics and ``chance`` (``kind="level"``); for every
-    condition but gold, ``tr_spearman_vs_gold`` / ``tl_spearman_vs_gold`` (Spearman over heads
-    with ``correlation_ci``) and ``tr_overlap_vs_gold`` / ``tl_overlap_vs_gold`` (top-``k``
-    overlap; CI: bootstrap over each condition's prompts), and
-    ``tr_minus_tl_spearman_vs_gold`` (paired bootstrap over heads: is TR more stable than
-    TL?); for ``gold``, the same statistics between two halves of the gold prompts
-    (``..._split_half``, each gold label split evenly): the reliability of a map from ``n/2``
-    prompts, a reference for the others.
+    condition but gold, its maps against the gold maps (``kind="stability"``,
+    ``reference="gold"``): ``tr_spearman`` / ``tl_spearman`` (Spearman over heads with
+    ``correlation_ci``), ``tr_overlap`` / ``tl_overlap`` (top-``k`` overlap; CI: bootstrap
+    over each condition's prompts) and ``tr_minus_tl_spearman`` (paired bootstrap over heads:
+    is TR more stable than TL?); and condition ``"gold (split half)"``: the same statistics
+    between two halves of the gold prompts (each gold label split evenly;
+    ``reference="other half"``), the reliability of a map from ``n/2`` prompts, a reference
+    for the others.
 
     Example::
 
         res = trtl.perturbation_experiment(model, "sentiment", k=4, n=64, seed=0)
-        res.select(metric="tr_spearman_vs_gold")
+        res.select(metric="tr_spearman")
 
     Returns:
         :class:`ExperimentResult` ``"perturbation"``, maps ``"TR/<condition>"`` and
@@ -1129,26 +1169,26 @@ def perturbation_experiment(
             first, second = _split_by_label(gold_prompts.gold)
             a = {s: maps[f"{s}/gold"].per_prompt[first] for s in ("TR", "TL")}
             b = {s: maps[f"{s}/gold"].per_prompt[second] for s in ("TR", "TL")}
-            suffix, paired = "split_half", False
+            cond, reference, paired = "gold (split half)", "other half", False
         else:
             a = {s: maps[f"{s}/{p}"].per_prompt for s in ("TR", "TL")}
             b = {"TR": gold_tr.per_prompt, "TL": gold_tl.per_prompt}
-            suffix, paired = "vs_gold", False
+            cond, reference, paired = p, "gold", False
         mean_a = {s: torch.nanmean(v, 0) for s, v in a.items()}
         mean_b = {s: torch.nanmean(v, 0) for s, v in b.items()}
         for s in ("TR", "TL"):
             r, lo, hi, m = correlation_ci(mean_a[s], mean_b[s], method="spearman",
                                           n_boot=n_boot, seed=seed)
-            rows.append(table_row(p, f"{s.lower()}_spearman_{suffix}", r, lo, hi, m,
-                                  kind="stability"))
+            rows.append(table_row(cond, f"{s.lower()}_spearman", r, lo, hi, m,
+                                  kind="stability", reference=reference))
             v, lo, hi, m = _overlap_ci(a[s], b[s], top_k, paired=paired, n_boot=n_boot,
                                        seed=seed)
-            rows.append(table_row(p, f"{s.lower()}_overlap_{suffix}", v, lo, hi, m,
-                                  kind="stability"))
+            rows.append(table_row(cond, f"{s.lower()}_overlap", v, lo, hi, m,
+                                  kind="stability", reference=reference))
         v, lo, hi, m = _correlation_difference_ci(mean_a["TR"], mean_b["TR"], mean_a["TL"],
                                                   mean_b["TL"], n_boot=n_boot, seed=seed)
-        rows.append(table_row(p, f"tr_minus_tl_spearman_{suffix}", v, lo, hi, m,
-                              kind="stability"))
+        rows.append(table_row(cond, "tr_minus_tl_spearman", v, lo, hi, m, kind="stability",
+                              reference=reference))
     settings = PerturbationSettings(
         model=model_name(model), task=task.name, k=k, n=n, seed=seed,
         perturbations=perturbations, labels=labels, top_k=top_k, normalize=normalize,
@@ -1890,7 +1930,7 @@ def _claim_tests(claim: str) -> list[_Test]:
             _Test("ablation", "TL - TR", "delta_in_space_accuracy", -1),
             _Test("ablation", "TL - random_TL", "delta_in_space_accuracy", -1)],
         "tr_stable_tl_not": [
-            _Test("perturbation", "random_labels", "tr_minus_tl_spearman_vs_gold", +1)],
+            _Test("perturbation", "random_labels", "tr_minus_tl_spearman", +1)],
         "scores_predict_ablation": [
             _Test("correlation", "TR", "spearman_drop_label_space_rate", +1),
             _Test("correlation", "TL", "spearman_drop_in_space_accuracy", +1)],
@@ -2141,7 +2181,7 @@ def _figure(result: ExperimentResult):
         for condition in dict.fromkeys(levels["condition"]):
             bars(fig, levels[levels["condition"] == condition], condition, col=1,
                  color=None)
-        stab = t[t["metric"].str.contains("spearman") & ~t["metric"].str.startswith("tr_minus")]
+        stab = t[t["metric"].isin(["tr_spearman", "tl_spearman"])]
         for score in ("tr", "tl"):
             rows = stab[stab["metric"].str.startswith(score)]
             bars(fig, rows.assign(metric=rows["condition"]), score.upper(), col=2,
@@ -2300,11 +2340,13 @@ def write_trtl_page(
                 res = results[experiment]
                 parts.append(f"#### {experiment}\n")
                 fig_file = figure_dir / f"{model}__{task}__{experiment}.html"
-                _figure(res).write_html(fig_file, include_plotlyjs="directory")
+                fig = _figure(res)
+                fig.write_html(fig_file, include_plotlyjs="directory")
+                height = int(fig.layout.height or 450) + 40
                 rel = os.path.relpath(fig_file, page_path.parent).replace(os.sep, "/")
                 parts.append(_tables_md(res))
                 parts.append(f"[Figure (interactive)]({rel})\n")
-                parts.append(f'<iframe src="{rel}" width="100%" height="520" '
+                parts.append(f'<iframe src="{rel}" width="100%" height="{height}" '
                              'frameborder="0"></iframe>\n')
                 parts.append("<details><summary>Settings</summary>\n")
                 parts.append(_settings_block(res.settings))
