@@ -39,7 +39,14 @@ from torch import Tensor
 
 from .heads import HeadScores
 from .results import ExperimentResult
-from .viz import display_token, experiment_figure, head_heatmaps, per_head_maps, score_scatter
+from .viz import (
+    display_token,
+    experiment_figure,
+    head_heatmaps,
+    per_head_maps,
+    score_scatter,
+    top_heads,
+)
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -185,9 +192,12 @@ def build_report(
     per_head = dict(linked)
     if experiment is not None:
         for key, value in per_head_maps(experiment).items():
-            per_head.setdefault(key, value)
+            if key not in per_head and not any(_same(value, m) for m in per_head.values()):
+                per_head[key] = value
     _check_shapes(per_head, example)
     facets = dict(list(linked.items())[:MAX_FACETS])
+    if not facets:
+        example = None  # the patterns are shown for a clicked head only
 
     settings = experiment.settings if experiment is not None else _first_settings(linked)
     heading = title or _default_title(experiment, linked, settings)
@@ -217,7 +227,7 @@ def build_report(
         "n_heads": next(iter(per_head.values())).n_heads if per_head else 0,
         "facets": list(facets),
         "quantities": _quantities(per_head),
-        "top": {name: [[h.layer, h.head] for h in m.top(None)] for name, m in facets.items()},
+        "top": {name: [[h.layer, h.head] for h in top_heads(m)] for name, m in facets.items()},
         "example": _example_json(example),
         "plots": plots,
     }
@@ -276,6 +286,12 @@ def _linked_maps(result, maps) -> dict[str, HeadScores]:
             raise TypeError(f"write_report: map {key!r} is a {type(value).__name__}, not a "
                             "HeadScores.")
     return out
+
+
+def _same(a: HeadScores, b: HeadScores) -> bool:
+    """The same values at every head (a per-head table's copy of a map)."""
+    return a.scores.shape == b.scores.shape and bool(torch.allclose(
+        a.scores, b.scores, rtol=1e-5, atol=1e-8, equal_nan=True))
 
 
 def _check_shapes(per_head: Mapping[str, HeadScores], example: AttentionExample | None) -> None:
@@ -344,19 +360,23 @@ def _plain(value):
 
 
 def _table_html(name: str, frame: pd.DataFrame) -> str:
+    """The table (its first 400 rows); a long one folded under its heading."""
     shown = frame.head(400)
     body = shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—",
                          classes="data", border=0)
     more = f"<p class='muted'>{len(frame) - len(shown)} more rows in the CSV.</p>" \
         if len(frame) > len(shown) else ""
-    return f"<section><h2>{html.escape(name)}</h2>{body}{more}</section>"
+    if len(frame) <= 60:
+        return f"<section><h2>{html.escape(name)}</h2>{body}{more}</section>"
+    return (f"<section><details><summary><b>{html.escape(name)}</b> ({len(frame)} rows)"
+            f"</summary>{body}{more}</details></section>")
 
 
 def _top_heads_html(facets: Mapping[str, HeadScores]) -> str:
     parts = []
     for name, scores in facets.items():
         buttons = " ".join(f'<button class="head" data-layer="{h.layer}" data-head="{h.head}">'
-                           f"{h}</button>" for h in scores.top(None))
+                           f"{h}</button>" for h in top_heads(scores)) or "none stand out"
         parts.append(f"<div><b>{html.escape(name)}</b> top heads: {buttons}</div>")
     return f"<section class='tops'>{''.join(parts)}</section>"
 
@@ -600,12 +620,12 @@ _SCRIPT = r"""
   for (const b of document.querySelectorAll("button.head")) {
     b.addEventListener("click", () => select(b.dataset.layer, b.dataset.head));
   }
-  if (DATA.example) el("prompt-text").textContent = DATA.example.text +
+  if (DATA.example && el("prompt-text")) el("prompt-text").textContent = DATA.example.text +
       (DATA.example.answer ? "  [gold: " + DATA.example.answer + "]" : "");
   else if (el("detail-prompt")) el("detail-prompt").hidden = true;
   if (maps) {
     const m = /^#L(\d+)H(\d+)$/.exec(location.hash);
-    const first = DATA.top[DATA.facets[0]][0] || [0, 0];
+    const first = DATA.facets.map(f => DATA.top[f][0]).find(t => t) || [0, 0];
     if (m) select(m[1], m[2]); else select(first[0], first[1]);
   }
   document.body.dataset.ready = "1";

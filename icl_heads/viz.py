@@ -47,6 +47,12 @@ if TYPE_CHECKING:
 #: Colours of conditions, in order (Plotly's D3 palette, blue and red first).
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
+#: Fixed colours of the conditions the experiments name (others take :data:`PALETTE`).
+CONDITION_COLOURS = {"baseline": "#7f7f7f", "clean": "#7f7f7f", "zero_shot": "#7f7f7f",
+                     "TR": "#d62728", "TL": "#1f77b4", "random_TR": "#ff9896",
+                     "random_TL": "#aec7e8", "PTH": "#ff7f0e", "IH": "#2ca02c",
+                     "random (PTH)": "#ffbb78", "random (IH)": "#98df8a",
+                     "icl": "#9467bd", "task_vector": "#8c564b"}
 #: Condition names read as "nothing was changed" (drawn as the baseline line of bar charts).
 BASELINE_CONDITIONS = ("baseline", "clean", "none", "unablated", "no_intervention")
 #: Columns of an experiment table that are a curve's x axis, in order of preference.
@@ -157,7 +163,7 @@ def head_heatmaps(
                            "</extra>"),
             xgap=1, ygap=1, **colour), row=1, col=i + 1)
         if highlight_top != 0:
-            for head in scores.top(highlight_top):
+            for head in top_heads(scores, highlight_top):
                 fig.add_shape(type="rect", x0=head.head - 0.5, x1=head.head + 0.5,
                               y0=head.layer - 0.5, y1=head.layer + 0.5,
                               line=dict(color=OUTLINE, width=2), row=1, col=i + 1)
@@ -167,6 +173,8 @@ def head_heatmaps(
     fig.update_yaxes(title_text="Layer", row=1, col=1)
     fig.update_xaxes(tickprefix="H", dtick=1 if n_heads <= 16 else None, showgrid=False,
                      zeroline=False, title_text="Head")
+    if n > 3:
+        fig.update_annotations(font_size=max(9, 14 - n))
     first = next(iter(named.values()))
     meta = _describe_settings(first.settings)
     fig.update_layout(
@@ -240,6 +248,23 @@ def score_scatter(
     return fig
 
 
+def top_heads(scores: HeadScores, k: int | None = None) -> list:
+    """The heads a figure outlines: ``scores.top(k)`` without the heads that only tie into
+    it (value at or below the map's median), so a mostly constant map outlines only the
+    heads that stand out, and a constant map none."""
+    finite = scores.scores[_isfinite(scores.scores)]
+    if finite.numel() == 0:
+        return []
+    median = float(finite.median())
+    return [h for h in scores.top(k) if scores[h] > median]
+
+
+def _isfinite(values):
+    import torch
+
+    return torch.isfinite(values)
+
+
 def effect_scatter(scores: HeadScores, effects: HeadScores, **kwargs) -> go.Figure:
     """A head's score against the effect of ablating it, over all heads, with the fitted
     line and Spearman's rho (the correlation analysis of the TR/TL paper).
@@ -291,8 +316,9 @@ def layer_curves(
     fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=metrics,
                         vertical_spacing=min(0.1, 0.35 / max(1, n_rows)),
                         horizontal_spacing=0.08)
-    for i, condition in enumerate(conditions):
-        color = PALETTE[i % len(PALETTE)]
+    colours = _colours(conditions)
+    for condition in conditions:
+        color = colours[condition]
         dash = "dot" if str(condition).startswith("random") else "solid"
         for j, metric in enumerate(metrics):
             row, col = divmod(j, cols)
@@ -374,7 +400,7 @@ def condition_bars(
     if chance is None and "chance" in table.columns:
         chance = {m: float(v) for m, v in table.groupby("metric")["chance"].first().items()
                   if pd.notna(v)}
-    colours = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(conditions)}
+    colours = _colours(conditions)
 
     def bar(rows: pd.DataFrame, x: list, condition: str, showlegend: bool = True) -> go.Bar:
         value = rows["value"].to_numpy(float)
@@ -471,7 +497,8 @@ def correlation_scatter(
             y = heads[e].to_numpy(float) * (-1.0 if drop else 1.0)
             ok = np.isfinite(x) & np.isfinite(y)
             rho = _spearman(x[ok], y[ok]) if ok.sum() >= 3 else math.nan
-            titles.append(f"{s} vs {'drop in ' if drop else ''}{_effect_name(e)} (ρ = {rho:.2f})")
+            shown = f"ρ = {rho:.2f}" if math.isfinite(rho) else "ρ undefined: constant"
+            titles.append(f"{s} vs {'drop in ' if drop else ''}{_effect_name(e)} ({shown})")
             panels.append((s, e, x, y, ok))
     fig = make_subplots(rows=len(scores), cols=len(effects), subplot_titles=titles,
                         horizontal_spacing=0.07, vertical_spacing=0.14)
@@ -649,6 +676,20 @@ def save_figure(fig: go.Figure, path: str | Path, *, include_plotlyjs: bool | st
 # --------------------------------------------------------------------------- helpers
 
 
+def _colours(conditions: Sequence[str]) -> dict[str, str]:
+    """A colour per condition: the fixed ones of :data:`CONDITION_COLOURS`, then the
+    palette's unused colours in order."""
+    free = [c for c in PALETTE if c not in CONDITION_COLOURS.values()] or list(PALETTE)
+    out, i = {}, 0
+    for condition in conditions:
+        if condition in CONDITION_COLOURS and CONDITION_COLOURS[condition] not in out.values():
+            out[condition] = CONDITION_COLOURS[condition]
+        else:
+            out[condition] = free[i % len(free)]
+            i += 1
+    return out
+
+
 def _result_title(result) -> str:
     meta = _describe_settings(result.settings)
     return f"{result.name}" + (f" ({meta})" if meta else "")
@@ -662,7 +703,8 @@ def _describe_settings(settings) -> str:
     model = getattr(settings, "model", None)
     if model:
         parts.append(f"model={model}")
-    prompts = getattr(settings, "prompts", None)
+    prompts = next((getattr(settings, a) for a in ("prompts", "source", "icl_prompts")
+                    if getattr(settings, a, None) is not None), None)
     if prompts is None and hasattr(settings, "task") and hasattr(settings, "k"):
         prompts = settings
     if prompts is not None and hasattr(prompts, "task"):
@@ -740,6 +782,8 @@ def _to_numpy(values) -> np.ndarray:
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan  # undefined for a constant input
     return float(spearmanr(a, b).statistic)
 
 
