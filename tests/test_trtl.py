@@ -409,3 +409,9 @@ def test_unembedding_with_a_cached_weight_equals_final_logits(tiny_llama, tiny_g
     for model in (tiny_llama, tiny_gpt):
         resid = torch.randn(5, model.cfg.d_model)
         assert torch.equal(trtl._Unembed(model)(resid), final_logits(model, resid))
+
+
+def test_every_result_plots(found, ablation, steering):
+    for res in (found, ablation, steering):
+        assert res.plot().data
+        assert trtl._figure(res).data
