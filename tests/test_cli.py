@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -263,3 +265,193 @@ def test_quickstart_prints_table(smol, capsys, tmp_path):
     assert cli.main(["quickstart", "--shots", "0", "2", "--n", "6", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "label_space_rate" in text and out.exists()
+
+
+# --------------------------------------------------------------------------- analysis subcommands
+
+FAST = {  # small sizes, so each subcommand runs in seconds on the tiny model
+    "detect": ["--n", "4", "--sequences", "4", "--T", "10"],
+    "find-heads": ["--n", "6", "--n-boot", "20"],
+    "ablate": ["--n", "6", "--n-random", "1", "--n-boot", "20"],
+    "perturb": ["--n", "6", "--n-boot", "20", "--perturbations", "gold", "random_labels"],
+    "correlate": ["--n", "6", "--n-boot", "20"],
+    "steer": ["--n", "6", "--n-random", "1", "--alphas", "0", "1", "--n-boot", "20"],
+    "geometry": ["--n", "8", "--folds", "2", "--n-boot", "20"],
+    "task-vectors": ["--n", "8", "--folds", "2", "--n-boot", "20", "--layers", "0", "1"],
+}
+#: What each subcommand promises to write into --out.
+WRITES = {
+    "detect": ["heads.csv", "settings.json", "maps/induction.json",
+               "maps/previous_token.json", "report.html"],
+    "find-heads": ["result.json", "table.csv", "maps/TR.json", "maps/TL.json",
+                   "tables/sets.csv", "report.html"],
+    "ablate": ["result.json", "table.csv", "tables/random_sets.csv", "report.html"],
+    "perturb": ["result.json", "table.csv", "maps/TR_gold.json", "report.html"],
+    "correlate": ["result.json", "table.csv", "tables/heads.csv", "report.html"],
+    "steer": ["result.json", "table.csv", "tables/geometry.csv", "report.html"],
+    "geometry": ["result.json", "table.csv", "report.html"],
+    "task-vectors": ["result.json", "table.csv", "report.html"],
+}
+NAMES = {"find-heads": "find_task_heads", "ablate": "ablation", "perturb": "perturbation",
+         "correlate": "correlation", "steer": "steering", "geometry": "layer_geometry",
+         "task-vectors": "task_vector"}
+
+
+def check_run(command: str, out: Path, text: str) -> None:
+    """The files a run promises, a loadable result with its settings, a report with data."""
+    import icl_heads.experiments.geometry  # noqa: F401  (registers the settings classes)
+    import icl_heads.experiments.trtl  # noqa: F401
+
+    for name in WRITES[command]:
+        assert (out / name).is_file(), (command, name, sorted(p.name for p in out.rglob("*")))
+    assert f"Wrote {out}" in text
+    page = (out / "report.html").read_text()
+    assert 'id="icl-heads-data"' in page and "<script src=" not in page
+    if command == "detect":
+        frame = pd.read_csv(out / "heads.csv")
+        assert {"induction_score", "previous_token_score", "kind"} <= set(frame.columns)
+        assert json.loads((out / "settings.json").read_text())["kind"] == "DetectorSettings"
+        return
+    result = ih.ExperimentResult.load(out)
+    assert result.name == NAMES[command]
+    assert not result.table.empty
+    header = json.loads((out / "result.json").read_text())
+    assert header["settings"]["seed"] == 0 if "seed" in header["settings"] else True
+    assert "icl-heads " + command in page  # the command line that made it
+
+
+@pytest.mark.parametrize("command", sorted(FAST))
+def test_every_analysis_subcommand_runs_on_the_tiny_model_and_writes_its_files(
+        capsys, tiny_model, tmp_path, command):
+    out = tmp_path / "run"
+    code, text, err = run(capsys, command, "--model", "tiny", "--k", "2", "--out", str(out),
+                          *FAST[command])
+    assert code == 0, err
+    check_run(command, out, text)
+
+
+@pytest.mark.parametrize("command", sorted(FAST))
+def test_every_analysis_subcommand_checks_out_task_and_k_before_loading(
+        capsys, no_model, tmp_path, command):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert_one_line_error(*run(capsys, command, "--out", str(blocker))[::2], "is a file")
+    assert_one_line_error(*run(capsys, command, "--out", str(blocker / "sub"))[::2], "is a file")
+    assert_one_line_error(*run(capsys, command, "--task", "nope", "--out",
+                               str(tmp_path / "o"))[::2], "'nope'", "sentiment")
+    assert_one_line_error(*run(capsys, command, "--task", str(tmp_path / "no.csv"), "--out",
+                               str(tmp_path / "o"))[::2], "no.csv")
+    assert_one_line_error(*run(capsys, command, "--k", "500", "--out",
+                               str(tmp_path / "o"))[::2], "--k 500", "at most")
+
+
+def test_label_that_is_not_a_single_token_fails_a_subcommand_with_one_line(
+        capsys, tiny_model, tmp_path):
+    rows = [(f"example {i}", label) for i, label in
+            enumerate(["antidisestablishmentarianism", "floccinaucinihilipilification"] * 4)]
+    task = write_task_csv(tmp_path / "long_labels.csv", rows)
+    code, _, err = run(capsys, "find-heads", "--task", str(task), "--k", "1", "--n", "2",
+                       "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "single token")
+
+
+def test_steering_needs_demonstrations(capsys, no_model, tmp_path):
+    code, _, err = run(capsys, "steer", "--k", "0", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "--k 0", "at least 1")
+
+
+def test_reproduce_runs_a_resumable_grid_and_writes_reports(capsys, tiny_model, tmp_path,
+                                                            monkeypatch):
+    from icl_heads.experiments import trtl
+
+    out = tmp_path / "grid"
+    argv = ["reproduce", "--models", "tiny", "--tasks", "sentiment", "--quick", "--n", "8",
+            "--out", str(out)]
+    code, text, err = run(capsys, *argv)
+    assert code == 0, err
+    cells = sorted(p.parent for p in out.rglob("result.json"))
+    families = {p.relative_to(out).parts[0] for p in cells}
+    assert families == {"trtl", "geometry"}
+    for cell in cells:
+        assert (cell / "report.html").is_file(), cell
+        assert '<script src="' in (cell / "report.html").read_text()  # the shared JS
+    assert (out / "plotly.min.js").is_file()
+    # a second run skips every finished cell: nothing is recomputed
+    stamps = {c: (c / "result.json").stat().st_mtime_ns for c in cells}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(trtl, "find_task_heads", refuse)
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert stamps == {c: (c / "result.json").stat().st_mtime_ns for c in cells}
+
+
+def test_reproduce_writes_the_results_pages(capsys, tiny_model, tmp_path):
+    out, pages = tmp_path / "grid", tmp_path / "pages"
+    code, _, err = run(capsys, "reproduce", "--models", "tiny", "--tasks", "sentiment",
+                       "--quick", "--n", "8", "--out", str(out), "--experiments", "geometry",
+                       "--pages", "--page-dir", str(pages), "--no-reports")
+    assert code == 0, err
+    assert (pages / "geometry.md").is_file() and not (pages / "trtl.md").exists()
+    assert not list(out.rglob("report.html"))
+
+
+def test_reproduce_checks_every_task_before_loading(capsys, no_model, tmp_path):
+    code, _, err = run(capsys, "reproduce", "--tasks", "sentiment", "nope", "--out",
+                       str(tmp_path / "o"))
+    assert_one_line_error(code, err, "'nope'")
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_docs_cli_reference_is_the_current_help():
+    page = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    assert cli.REFERENCE_MARKER in page, "docs/cli.md lost its generated part"
+    generated = page.split(cli.REFERENCE_MARKER, 1)[1].strip()
+    current = cli.reference_markdown().strip()
+    normalise = lambda text: text.replace("optional arguments:", "options:")  # noqa: E731
+    assert normalise(generated) == normalise(current), (
+        "docs/cli.md is out of date; regenerate its part after the marker with "
+        "icl_heads.cli.reference_markdown()")
+
+
+# --------------------------------------------------------------------------- on the default model
+
+SLOW = {  # the smallest runs that still exercise everything on SmolLM2-135M
+    "detect": ["--n", "2", "--sequences", "2", "--T", "8"],
+    "find-heads": ["--n", "4", "--n-boot", "20"],
+    "ablate": ["--n", "4", "--n-random", "1", "--n-boot", "20", "--positions", "query"],
+    "perturb": ["--n", "4", "--n-boot", "20", "--perturbations", "gold", "zero_shot"],
+    "correlate": ["--n", "4", "--n-boot", "20"],
+    "steer": ["--n", "4", "--n-random", "1", "--alphas", "0", "1", "--n-boot", "20"],
+    "geometry": ["--n", "8", "--folds", "2", "--n-boot", "20", "--ablate", "--n-random", "1",
+                 "--sequences", "2"],
+    "task-vectors": ["--n", "8", "--folds", "2", "--n-boot", "20", "--layers", "10", "20"],
+}
+
+
+@pytest.mark.slow
+def test_every_subcommand_runs_end_to_end_on_the_default_model(smol, capsys, tmp_path):
+    for command, extra in SLOW.items():
+        out = tmp_path / command
+        code, text, err = run(capsys, command, "--k", "2", "--out", str(out), *extra)
+        assert code == 0, (command, err)
+        if command == "geometry":  # --ablate: the PTH / IH ablation curves
+            written = ["result.json", "maps/PTH.json", "maps/IH.json", "report.html"]
+            assert all((out / f).is_file() for f in written), sorted(out.rglob("*"))
+            assert ih.ExperimentResult.load(out).name == "head_ablation_geometry"
+        else:
+            check_run(command, out, text)
+
+
+@pytest.mark.slow
+def test_reproduce_on_the_default_model(smol, capsys, tmp_path):
+    out = tmp_path / "grid"
+    code, _, err = run(capsys, "reproduce", "--tasks", "sentiment", "--quick", "--n", "6",
+                       "--experiments", "geometry", "--out", str(out))
+    assert code == 0, err
+    cells = sorted(p.parent for p in out.rglob("result.json"))
+    assert len(cells) == 4 and all((c / "report.html").is_file() for c in cells)
