@@ -463,10 +463,11 @@ def _split(rows: np.ndarray, centre: bool = False) -> tuple[np.ndarray, np.ndarr
     replicates by the bootstrap's bias estimate (their mean minus the estimate), per layer."""
     point, reps = rows[0], rows[1:]
     if centre:
-        with warnings.catch_warnings():
+        finite = np.where(np.isfinite(reps), reps, np.nan)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
-            bias = np.nanmean(reps, axis=0) - point
-        reps = reps - np.where(np.isnan(bias), 0.0, bias)
+            bias = np.nanmean(finite, axis=0) - point
+            reps = reps - np.where(np.isfinite(bias), bias, 0.0)
     return point, reps
 
 

@@ -443,9 +443,11 @@ def task_vector_experiment(
             if scale == float(scales[0]):
                 rows += _point_rows(ref, name, layer=layer, scale=math.nan, read_layer=read)
         for metric in curves.metrics:
-            diff = curves.replicates[metric][:, 0] - base_curves.replicates[metric][:, 0]
-            value = curves.values[metric][0] - base_curves.values[metric][0]
-            sd = float(np.nanstd(diff)) if (~np.isnan(diff)).sum() > 1 else math.nan
+            with np.errstate(invalid="ignore"):
+                diff = curves.replicates[metric][:, 0] - base_curves.replicates[metric][:, 0]
+                value = curves.values[metric][0] - base_curves.values[metric][0]
+            diff = diff[np.isfinite(diff)]
+            sd = float(np.std(diff)) if diff.size > 1 else math.nan
             effects.append(table_row(condition, metric, value, value - z * sd, value + z * sd,
                                      curves.n, layer=layer, scale=scale, level=level))
     settings = TaskVectorSettings(
@@ -670,7 +672,7 @@ def _pool_sets(sets: list[GeometryCurves], seed: int) -> GeometryCurves:
 #: Sizes of the full and the quick reproduction (quick: CI smoke run).
 FULL = dict(n=96, folds=5, n_random=5, n_boot=N_BOOT, detector_n=32, tv_layers=None,
             layers=None)
-QUICK = dict(n=12, folds=2, n_random=1, n_boot=100, detector_n=4, tv_layers=3, layers=7)
+QUICK = dict(n=8, folds=2, n_random=1, n_boot=100, detector_n=4, tv_layers=2, layers=5)
 EXPERIMENTS = ("layer_geometry_k0", "layer_geometry_k4", "task_vector", "head_ablation")
 
 
@@ -698,8 +700,8 @@ def reproduce_geometry(
     Args:
         model: a model, or a name for :func:`icl_heads.load_model`.
         tasks: built-in task names (``ih.builtin_tasks()``) or task files.
-        quick: small sizes for a smoke run (12 prompts, 7 of the states, 2 folds, 1 random
-            set, 3 injection layers, 100 resamples, 4 detector sequences); the full run
+        quick: small sizes for a smoke run (8 prompts, 5 of the states, 2 folds, 1 random
+            set, 2 injection layers, 100 resamples, 4 detector sequences); the full run
             uses 96 prompts, every state, 5 folds, 5 random sets, every injection layer,
             1000 resamples and 32 detector sequences.
         n: prompts per set (overrides the size of ``quick``).
