@@ -381,6 +381,18 @@ def test_head_ablation_geometry_compares_named_sets_with_layer_matched_random_se
     assert result.settings.heads["IH"] == ("L1H2", "L1H3")
 
 
+def test_default_head_sets_are_the_top_previous_token_and_induction_heads(tiny_llama,
+                                                                          tiny_sets):
+    icl, _ = tiny_sets
+    result = head_ablation_geometry(tiny_llama, icl, n_random=1, layers=[0, 2], folds=3,
+                                    n_boot=20, progress=False)
+    assert set(result.maps) == {"PTH", "IH"}
+    assert result.settings.heads["PTH"] == tuple(str(h) for h in result.maps["PTH"].top(1))
+    assert result.settings.top_k == 1 and set(result.table["layer"]) == {0, 2}
+    with pytest.raises(ValueError, match="names"):
+        head_ablation_geometry(tiny_llama, icl, {"clean": [(0, 1)]}, progress=False)
+
+
 def test_layer_matched_random_sets_borrow_from_the_nearest_layer_when_a_layer_is_full():
     mask = torch.zeros(3, 2, dtype=torch.bool)
     mask[1] = True
