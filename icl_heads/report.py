@@ -536,7 +536,7 @@ _SCRIPT = r"""
     const z = headPattern(layer, head), T = ex.T, ticks = [...Array(T).keys()];
     const q = z[T - 1].map((w, j) => [w, j]).sort((a, b) => b[0] - a[0]).slice(0, 5);
     el("detail-query").textContent = "From the query (last) token, L" + layer + "H" + head +
-      " attends most to: " + q.map(([w, j]) => JSON.stringify(ex.tokens[j]) + " (pos " + j +
+      " attends most to: " + q.map(([w, j]) => "\u201c" + ex.tokens[j] + "\u201d (pos " + j +
       ", " + w.toFixed(2) + ")").join(", ") + ".";
     const custom = z.map((row, i) => row.map((_, j) => [ex.tokens[i], ex.tokens[j]]));
     const axis = {tickmode: "array", tickvals: ticks, ticktext: ex.tokens,
