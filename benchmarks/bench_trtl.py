@@ -26,7 +26,7 @@ from icl_heads.activations import collect
 from icl_heads.experiments import trtl
 
 EXPERIMENT_FUNCTIONS = ("find_task_heads", "ablation_experiment", "perturbation_experiment",
-                        "correlation_experiment", "steering_experiment",
+                        "correlation_experiment", "mean_head_outputs", "steering_experiment",
                         "reconciliation_experiment")
 
 

@@ -305,6 +305,9 @@ def test_results_round_trip_through_save_and_load(ablation, steering, found, tmp
      TypeError, "alphas"),
     (lambda m, p, z: trtl.steering_experiment(m, p, z, {"TR": [(0, 0)]}, n_random=0),
      ValueError, "n_random=0"),
+    (lambda m, p, z: trtl.steering_experiment(m, p, z, {"TR": [(0, 0)]},
+                                              vectors=torch.zeros(2, 4, 5)),
+     ValueError, "vectors"),
     (lambda m, p, z: trtl.reconciliation_experiment(m, z), ValueError, "no demonstrations"),
     (lambda m, p, z: trtl.find_task_heads(m, p, top_k=9), ValueError, "exceeds"),
     (lambda m, p, z: trtl.find_task_heads(m, p, seed=1.0), TypeError, "seed"),
@@ -409,6 +412,12 @@ def test_unembedding_with_a_cached_weight_equals_final_logits(tiny_llama, tiny_g
     for model in (tiny_llama, tiny_gpt):
         resid = torch.randn(5, model.cfg.d_model)
         assert torch.equal(trtl._Unembed(model)(resid), final_logits(model, resid))
+
+
+def test_mean_head_outputs_are_the_heads_mean_output_at_the_query(tiny_llama, tiny_prompts):
+    vectors = trtl.mean_head_outputs(tiny_llama, tiny_prompts, progress=False)
+    expected = ih.activation_means(tiny_llama, tiny_prompts, progress=False).outputs(tiny_llama)
+    torch.testing.assert_close(vectors, expected.float(), atol=1e-5, rtol=1e-5)
 
 
 def test_every_result_plots(found, ablation, steering):

@@ -660,11 +660,30 @@ def _tsla_pass(model, prompts, *, top_k, normalize, apply_ln, batch_size, device
     return tr, tl, logits, states
 
 
-def _mean_head_outputs(model, prompts, *, batch_size, device, interventions,
-                       progress) -> Float[Tensor, "layer head d_model"]:
+def mean_head_outputs(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    interventions: Sequence = (),
+    progress: bool = True,
+) -> Float[Tensor, "layer head d_model"]:
     """Each head's mean output at the query over ``prompts``, as it enters the residual
-    stream (after the post-attention norm's cached scale and weight on Gemma 2/3; elsewhere
-    ``activation_means(model, prompts).outputs(model)``)."""
+    stream: the steering vectors of :func:`steering_experiment`.
+
+    ``mean_i a_i[l, h]`` with ``a = z W_O`` (equal to
+    ``activation_means(model, prompts).outputs(model)``), times the post-attention norm's
+    cached weight and scale on models that have one (Gemma 2/3), so that it is what the head
+    added to the residual stream there. One forward pass.
+
+    Example::
+
+        vectors = trtl.mean_head_outputs(model, prompts)      # [n_layers, n_heads, d_model]
+    """
+    _check_model(model, "mean_head_outputs")
+    check_prompt_set(prompts, model=model)
+    interventions = check_interventions(interventions, model)
     total, count = None, 0
     for _batch, terms in iter_query_terms(model, prompts, full=False, apply_ln=False,
                                           batch_size=batch_size, device=device,
@@ -1427,6 +1446,7 @@ def steering_experiment(
     layer_matched: bool = True,
     random_like: Sequence[str] | None = None,
     positions: Positions = "query",
+    vectors: Float[Tensor, "layer head d_model"] | None = None,
     top_k: int | None = None,
     seed: int = 0,
     n_boot: int = 1000,
@@ -1461,6 +1481,8 @@ def steering_experiment(
         n_random, layer_matched, random_like, seed: random control sets, as in
             :func:`ablation_experiment`.
         positions: where the vectors are added (default ``"query"``).
+        vectors: the heads' mean outputs over the source prompts, if already computed
+            (:func:`mean_head_outputs`; saves its forward pass).
 
     Table: ``baseline`` (``alpha = 0``) and, per alpha, each set and ``random_<set>`` x
     behaviour metrics, ``alignment``, ``rotation`` (``kind="level"``), their ``delta_*`` vs
@@ -1488,8 +1510,17 @@ def steering_experiment(
     n_random, random_like = _check_random(n_random, random_like, named)
     randoms = _random_sets_for(model, named, random_like, n_random, layer_matched, seed)
     L = model.cfg.n_layers
-    vectors = _mean_head_outputs(model, source_prompts, batch_size=batch_size, device=device,
-                                 interventions=interventions, progress=progress)
+    if vectors is None:
+        vectors = mean_head_outputs(model, source_prompts, batch_size=batch_size,
+                                    device=device, interventions=interventions,
+                                    progress=progress)
+    else:
+        want = (L, model.cfg.n_heads, model.cfg.d_model)
+        if not isinstance(vectors, Tensor) or tuple(vectors.shape) != want:
+            raise ValueError(f"vectors must be a [n_layers, n_heads, d_model] = {list(want)} "
+                             f"tensor (mean_head_outputs(model, source_prompts)), got "
+                             f"{getattr(vectors, 'shape', type(vectors).__name__)}.")
+        vectors = vectors.detach().float().cpu()
     sets: dict[str, list[Head]] = dict(named)
     for name, draws in randoms.items():
         for i, hs in enumerate(draws):
@@ -1876,13 +1907,23 @@ def _reproduce_task(model, task: Task, cell_root: Path, *, k, n, n_random, n_boo
         model, task, k, n, seed, n_boot=n_boot, **common))
     cell("correlation", lambda: correlation_experiment(
         model, prompts, tr=tr, tl=tl, seed=seed, n_boot=n_boot, **common))
+    vectors: list[Tensor] = []  # the source prompts' mean head outputs, computed once
+
+    def steer_on(target: str) -> ExperimentResult:
+        if not vectors:
+            vectors.append(mean_head_outputs(model, prompts, **common))
+        # many short last-token runs: bigger groups mean fewer of them (same results)
+        steer_common = {**common, "batch_size": max(common["batch_size"], 64)}
+        return steering_experiment(
+            model, prompts, build_prompts(model, task, k, n, seed + 1, perturbation=target),
+            sets, preset.alphas, n_random=n_random, seed=seed, n_boot=n_boot,
+            vectors=vectors[0], **steer_common)
+
     for target in ("zero_shot", "abstract_labels"):
         if target not in preset.steering_targets:
             bar.update(1)
             continue
-        cell(f"steering_{target}", lambda target=target: steering_experiment(
-            model, prompts, build_prompts(model, task, k, n, seed + 1, perturbation=target),
-            sets, preset.alphas, n_random=n_random, seed=seed, n_boot=n_boot, **common))
+        cell(f"steering_{target}", lambda target=target: steer_on(target))
     cell("reconciliation", lambda: reconciliation_experiment(
         model, prompts, tr=tr, tl=tl, seed=seed, n_sequences=preset.n_sequences,
         n_boot=n_boot, **common))
@@ -2066,6 +2107,10 @@ def _detail(tests: list[dict]) -> str:
             parts.append(f"{t['condition']} {t['metric']}: missing")
             continue
         rel = ">" if t["sign"] > 0 else "<"
+        if math.isnan(t["value"]):
+            parts.append(f"{t['condition']} {t['metric']}: undefined (NaN: e.g. a correlation "
+                         "with a metric no head changes, or no prompt in the label space)")
+            continue
         parts.append(f"{t['condition']} {t['metric']} = {_fmt(t['value'])} "
                      f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}] ({rel} {_fmt(t['null'])}?)")
     return "; ".join(parts)
@@ -2380,8 +2425,28 @@ def _model_notes(tasks: Mapping[str, Mapping[str, ExperimentResult]]) -> str:
         s = ablation.settings
         notes.append(f"Ablation: `mode={s.mode}`, `positions={s.positions}`, "
                      f"`n_random={s.n_random}` random sets per head set, "
-                     f"`layer_matched={s.layer_matched}`. Correlation: single-head "
-                     "mean ablation at the query (the fast exact sweep).")
+                     f"`layer_matched={s.layer_matched}`.")
+    correlation = next((r.get("correlation") for r in tasks.values() if "correlation" in r),
+                       None)
+    if correlation is not None:
+        s = correlation.settings
+        notes.append(f"Correlation: single-head `mode={s.mode}` ablation at "
+                     f"`positions={s.positions}` (the exact fast sweep), every head.")
+    steering = next((r.get(e) for r in tasks.values() for e in EXPERIMENTS
+                     if e.startswith("steering") and e in r), None)
+    if steering is not None:
+        s = steering.settings
+        notes.append(f"Steering: alphas {list(s.alphas)} at `positions={s.positions}`, "
+                     f"`n_random={s.n_random}` random sets; source prompts k={s.source.k}, "
+                     f"target prompts n={s.target.n}, seed {s.target.seed}.")
+    reconciliation = next((r.get("reconciliation") for r in tasks.values()
+                           if "reconciliation" in r), None)
+    if reconciliation is not None:
+        s = reconciliation.settings
+        notes.append(f"Reconciliation: detectors on {s.n_sequences} random sequences of "
+                     f"2 x {s.T} tokens (seed {s.seed}), top-k {s.top_k}; task vector at state "
+                     f"{s.task_vector_layer} in the main table, every layer in its table.")
+    notes.append("These are the only settings run: none was changed after seeing a result.")
     return "\n\n".join(notes) + "\n"
 
 
@@ -2451,7 +2516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
-    "find_task_heads", "head_sets", "random_head_sets", "ablation_experiment",
+    "find_task_heads", "head_sets", "random_head_sets", "mean_head_outputs",
+    "ablation_experiment",
     "perturbation_experiment", "correlation_experiment", "steering_experiment",
     "reconciliation_experiment", "reproduce_trtl", "write_trtl_page", "trtl_verdicts",
     "claim_verdict", "load_results", "CLAIMS", "EXPERIMENTS", "FindTaskHeadsSettings",
