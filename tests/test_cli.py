@@ -434,17 +434,18 @@ SLOW = {  # the smallest runs that still exercise everything on SmolLM2-135M
 
 
 @pytest.mark.slow
-def test_every_subcommand_runs_end_to_end_on_the_default_model(smol, capsys, tmp_path):
-    for command, extra in SLOW.items():
-        out = tmp_path / command
-        code, text, err = run(capsys, command, "--k", "2", "--out", str(out), *extra)
-        assert code == 0, (command, err)
-        if command == "geometry":  # --ablate: the PTH / IH ablation curves
-            written = ["result.json", "maps/PTH.json", "maps/IH.json", "report.html"]
-            assert all((out / f).is_file() for f in written), sorted(out.rglob("*"))
-            assert ih.ExperimentResult.load(out).name == "head_ablation_geometry"
-        else:
-            check_run(command, out, text)
+@pytest.mark.parametrize("command", list(SLOW))
+def test_every_subcommand_runs_end_to_end_on_the_default_model(smol, capsys, tmp_path,
+                                                               command):
+    out = tmp_path / command
+    code, text, err = run(capsys, command, "--k", "2", "--out", str(out), *SLOW[command])
+    assert code == 0, (command, err)
+    if command == "geometry":  # --ablate: the PTH / IH ablation curves
+        written = ["result.json", "maps/PTH.json", "maps/IH.json", "report.html"]
+        assert all((out / f).is_file() for f in written), sorted(out.rglob("*"))
+        assert ih.ExperimentResult.load(out).name == "head_ablation_geometry"
+    else:
+        check_run(command, out, text)
 
 
 @pytest.mark.slow
