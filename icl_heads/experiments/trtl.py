@@ -594,7 +594,7 @@ def _pool(per_set: Sequence[Mapping[str, Tensor]], metrics: Sequence[str]) -> di
     """Per-prompt mean over random sets (NaN-aware)."""
     out = {}
     for metric in metrics:
-        stacked = torch.stack([s[metric].float() for s in per_set])
+        stacked = torch.stack([s[metric].double() for s in per_set])
         out[metric] = torch.nanmean(stacked, 0) if (~torch.isnan(stacked)).any() else stacked[0]
     return out
 
@@ -2024,7 +2024,8 @@ def claim_verdict(claim: str, results: Mapping[str, ExperimentResult]) -> dict:
 
     Returns:
         ``{"claim", "verdict", "tests": [{"experiment", "condition", "metric", "value",
-        "ci_low", "ci_high", "null", "sign", "verdict"}]}``.
+        "ci_low", "ci_high", "null", "sign", "verdict"}], "notes": [...]}`` (notes: e.g.
+        identical TR and TL sets, which make their contrasts exactly 0).
     """
     if claim not in CLAIMS:
         raise ValueError(f"Unknown claim {claim!r}; choose one of {list(CLAIMS)}.")
@@ -2046,6 +2047,14 @@ def claim_verdict(claim: str, results: Mapping[str, ExperimentResult]) -> dict:
         tests.append({"experiment": t.experiment, "condition": t.condition, "metric": t.metric,
                       "value": v, "ci_low": lo, "ci_high": hi, "null": float(null),
                       "sign": t.sign, "verdict": _judge(v, lo, hi, t.sign, float(null))})
+    notes = []
+    for experiment in dict.fromkeys(t.experiment for t in _claim_tests(claim)):
+        res = results.get(experiment)
+        heads = dict(getattr(res.settings, "heads", ()) or ()) if res is not None else {}
+        if "TR" in heads and "TL" in heads and set(heads["TR"]) == set(heads["TL"]) and any(
+                " - " in t["condition"] and "random" not in t["condition"] for t in tests):
+            notes.append(f"the TR and TL head sets of {experiment} are identical "
+                         f"({' '.join(heads['TR'])}), so TR-vs-TL contrasts are exactly 0")
     verdicts = [t["verdict"] for t in tests]
     if all(v == "holds" for v in verdicts):
         verdict = "holds"
@@ -2053,7 +2062,7 @@ def claim_verdict(claim: str, results: Mapping[str, ExperimentResult]) -> dict:
         verdict = "does not hold"
     else:
         verdict = "unclear"
-    return {"claim": claim, "verdict": verdict, "tests": tests}
+    return {"claim": claim, "verdict": verdict, "tests": tests, "notes": notes}
 
 
 def load_results(results_root: str | Path) -> dict[str, dict[str, dict[str, ExperimentResult]]]:
@@ -2087,7 +2096,7 @@ def trtl_verdicts(results_root: str | Path) -> pd.DataFrame:
                 per_task.append(got["verdict"])
                 rows.append({"model": model, "task": task, "claim": claim,
                              "statement": statement, "verdict": got["verdict"],
-                             "detail": _detail(got["tests"])})
+                             "detail": "; ".join([_detail(got["tests"]), *got["notes"]])})
             holds = sum(v == "holds" for v in per_task)
             fails = sum(v == "does not hold" for v in per_task)
             overall = ("holds" if per_task and holds == len(per_task) else
@@ -2119,6 +2128,8 @@ def _detail(tests: list[dict]) -> str:
 def _fmt(x: float) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
+    if abs(x) < 1e-9:  # float rounding of a mean of zeros
+        return "0"
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
 
 
@@ -2313,7 +2324,9 @@ between maps.
 the verdict table. It **holds** when every interval lies on the predicted side of its null
 (0 for effects, contrasts and correlations; the chance overlap for overlaps), **does not
 hold** when some interval lies on the opposite side or is exactly the null (no effect at
-all), and is **unclear** otherwise. The steering claims are judged at alpha = {alpha:g}
+all: e.g. a label-space rate at its ceiling of 1 in every condition, or identical TR and TL
+sets), and is **unclear** otherwise (an undefined statistic, NaN, is unclear too). The
+steering claims are judged at alpha = {alpha:g}
 against both the unsteered baseline and the random sets at the same alpha (adding any
 vector may move the state). "all tasks": holds / does not hold on every task, else unclear.
 The verdicts are computed from the saved tables by `trtl_verdicts`; nothing was tuned to
