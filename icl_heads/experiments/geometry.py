@@ -983,8 +983,9 @@ def write_geometry_page(
             "excludes the reference value on the predicted side; **does not hold**: it "
             "excludes it on the other side; **unclear**: it does not exclude it. A model's "
             "verdict is *holds* when the claim holds on every task, *does not hold* when it "
-            "holds on none and fails on at least one, else *unclear*. Nothing was tuned to "
-            "make a claim hold.", ""]
+            "holds on none and fails on at least one, else *unclear*. A verdict says whether "
+            "an effect can be told from the reference, not whether it is large: read the "
+            "value beside it. Nothing was tuned to make a claim hold.", ""]
     header = "| claim | statistic | reference | " + " | ".join(models) + " |"
     out += [header, "|" + "---|" * (3 + len(models))]
     for key, statement, statistic, reference, _ in CLAIMS:
@@ -1033,9 +1034,14 @@ def write_geometry_page(
 
     for model in models:
         out += ["", f"## {model}", ""]
+        if model.lower().startswith("gemma"):
+            out += ["On Gemma 3 the heads' summed output passes through a norm after attention "
+                    "before it joins the residual stream, so zero-ablating a head also changes "
+                    "how that norm scales the other heads of its layer.", ""]
         for (m, task), results in sorted(cells.items()):
             if m != model:
                 continue
+            results = {name: results[name] for name in EXPERIMENTS if name in results}
             out += [f"### {task}", ""]
             # one flat directory, so every figure shares one plotly.min.js
             stem = f"{_safe(model)}__{_safe(task)}__"
@@ -1068,6 +1074,23 @@ def write_geometry_page(
                         f'height="{height}" style="border:none"></iframe>', ""]
             out += _settings_md(results)
 
+    timing_rows = []
+    for model in models:
+        path = results_root / model / "timings.csv"
+        if path.is_file():
+            log_ = pd.read_csv(path)
+            log_ = log_[~log_["quick"].astype(bool)].drop_duplicates(["task", "experiment"],
+                                                                     keep="last")
+            if log_.empty:
+                continue
+            timing_rows.append(f"| {model} | {len(log_)} | {log_['seconds'].sum() / 60:.1f} | "
+                               f"{int(log_['threads'].max())} | {log_['finished'].min()} .. "
+                               f"{log_['finished'].max()} |")
+    if timing_rows:
+        out += ["", "## Wall time", "", "As recorded by `reproduce_geometry` "
+                "(`<model>/timings.csv`; cells computed, not loaded), on 2 CPU cores shared with "
+                "other jobs:", "", "| model | cells | minutes | torch threads | finished |",
+                "|---|---|---|---|---|", *timing_rows]
     out += ["", "## How to reproduce", "", "```bash",
             "python -m icl_heads.experiments.geometry --models default gemma-3-270m \\",
             "    --tasks sentiment topic category --out docs/results/data/geometry \\",
