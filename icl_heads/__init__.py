@@ -27,6 +27,30 @@ from .detectors import (
     random_repeated_tokens,
     token_detector_scores,
 )
+from .experiments.geometry import (
+    head_ablation_geometry,
+    layer_geometry,
+    reproduce_geometry,
+    task_vector_experiment,
+    write_geometry_page,
+)
+from .experiments.trtl import (
+    ablation_experiment,
+    correlation_experiment,
+    find_task_heads,
+    perturbation_experiment,
+    reconciliation_experiment,
+    reproduce_trtl,
+    steering_experiment,
+    write_trtl_page,
+)
+from .geometry import (
+    alignment,
+    inject_task_vector,
+    query_states,
+    separability,
+    task_vector,
+)
 from .heads import Head, HeadScores
 from .interventions import (
     ActivationMeans,
@@ -65,6 +89,13 @@ __all__ = [
     "token_detector_scores", "previous_token_scores", "duplicate_token_scores",
     "induction_scores", "label_attention_scores", "LabelAttention", "detect_heads",
     "random_repeated_tokens",
+    # geometry
+    "query_states", "separability", "alignment", "task_vector", "inject_task_vector",
+    # experiments (ExperimentResult each)
+    "find_task_heads", "ablation_experiment", "perturbation_experiment",
+    "correlation_experiment", "steering_experiment", "reconciliation_experiment",
+    "reproduce_trtl", "write_trtl_page", "layer_geometry", "task_vector_experiment",
+    "head_ablation_geometry", "reproduce_geometry", "write_geometry_page",
     # result types
     "Head", "HeadScores", "ExperimentResult", "Settings", "PromptInfo",
 ]
