@@ -155,11 +155,16 @@ def _forward(model: HookedTransformer, batch: PromptSet, *, return_logits: bool)
 def final_logits(
     model: HookedTransformer, resid: Float[Tensor, "*batch d_model"]
 ) -> Float[Tensor, "*batch d_vocab"]:
-    """Logits from the final residual stream (final norm, unembed, soft-cap if any)."""
+    """Logits from the final residual stream (final norm, unembed, soft-cap if any).
+
+    The unembedding is ``x @ W_U + b_U`` through the unembed's hook points: the same
+    product as TransformerLens's ``Unembed``, which would first copy ``W_U`` transposed
+    (0.1-0.7 GB) on every call."""
     x = resid.unsqueeze(-2)  # norms expect a position axis
     if model.cfg.normalization_type is not None:
         x = model.ln_final(x)
-    logits = model.unembed(x).squeeze(-2)
+    unembed = model.unembed
+    logits = unembed.hook_out(unembed.hook_in(x) @ unembed.W_U + unembed.b_U).squeeze(-2)
     cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
     if cap > 0:
         logits = cap * torch.tanh(logits / cap)

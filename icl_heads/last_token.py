@@ -130,7 +130,9 @@ def clean_run(
                       attention_mask=group.attention_mask)
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, G) \
         if query_only else None
-    with applied(model, [*interventions, capture], group, index):
+    # The capture goes first: it records what enters each block, before any background
+    # intervention at hook_resid_pre acts (run_items replays those when rows start there).
+    with applied(model, [capture, *interventions], group, index):
         resid = model(group.tokens, attention_mask=group.attention_mask, past_kv_cache=cache,
                       stop_at_layer=L)
     logits = final_logits(model, resid[:, -1])
@@ -230,7 +232,9 @@ def run_items(
     run) act on every row, as they did in the clean run.
 
     Row layout in a block with ``r`` items joined: item-major (row ``j * G + g``) for the
-    TransformerLens engines, prompt-major (row ``g * r + j``) for the last-token block.
+    TransformerLens engines, prompt-major (row ``g * r + j``) for the last-token block. Every
+    block's hooks are planned first and added under one hook context for the whole run
+    (entering and leaving a context resets every hook point of the model).
 
     Returns:
         Logits ``[item, G, d_vocab]`` at the query.
@@ -240,31 +244,49 @@ def run_items(
     first = int(item_layers[0])
     bounds = torch.searchsorted(item_layers, torch.arange(first, L), right=True).tolist()
     device = group.tokens.device
-    x = None  # [G, r, P, d] while rows join; blocks see it flattened in their layout
+    plan, hooks, lo = [], [], 0
     for i, hi in zip(range(first, L), bounds, strict=True):
-        lo = 0 if x is None else x.shape[1]
-        if hi > lo:
-            new = clean.resid[i][:, None].expand(-1, hi - lo, -1, -1)
-            x = new if x is None else torch.cat([x, new], dim=1)
-        r = x.shape[1]
+        r = hi  # items joined once block i has taken its own
+        g = torch.arange(G, device=device)
         if prompt_major:
-            rows = (torch.arange(G, device=device)[None] * r
-                    + torch.arange(lo, hi, device=device)[:, None])
-            prompt_of_row = torch.arange(G, device=device).repeat_interleave(r)
-            flat = x.reshape(G * r, *x.shape[2:])
+            rows = g[None] * r + torch.arange(lo, hi, device=device)[:, None]
+            prompt_of_row = g.repeat_interleave(r)
         else:
-            rows = (torch.arange(lo, hi, device=device)[:, None] * G
-                    + torch.arange(G, device=device)[None])
-            prompt_of_row = torch.arange(G, device=device).repeat(r)
-            flat = x.transpose(0, 1).reshape(r * G, *x.shape[2:])
-        ivs = [edit(i, lo, hi, rows)] if edit is not None and hi > lo else []
-        rows_batch = group.select(prompt_of_row.cpu()) if interventions else None
-        rows_index = clean.index[prompt_of_row.cpu()] if interventions else None
-        with applied(model, interventions, rows_batch, rows_index), applied(model, ivs):
+            rows = torch.arange(lo, hi, device=device)[:, None] * G + g[None]
+            prompt_of_row = g.repeat(r)
+        if interventions:
+            rows_batch, rows_index = group.select(prompt_of_row.cpu()), \
+                clean.index[prompt_of_row.cpu()]
+            for iv in interventions:
+                hooks += [(name, _only_in_block(fn, i))
+                          for name, fn in iv.fwd_hooks(rows_batch, rows_index)]
+        if edit is not None and hi > lo:
+            hooks += edit(i, lo, hi, rows).fwd_hooks()
+        plan.append((i, lo, hi, prompt_of_row))
+        lo = hi
+    x = None  # [G, r, P, d] while rows join; blocks see it flattened in their layout
+    with model.hooks(fwd_hooks=hooks):
+        for i, lo, hi, prompt_of_row in plan:
+            if hi > lo:
+                new = clean.resid[i][:, None].expand(-1, hi - lo, -1, -1)
+                x = new if x is None else torch.cat([x, new], dim=1)
+            r = x.shape[1]
+            flat = x.reshape(G * r, *x.shape[2:]) if prompt_major else \
+                x.transpose(0, 1).reshape(r * G, *x.shape[2:])
             flat = _block(model, clean, i, flat, prompt_of_row, G, r)
-        x = flat.reshape(G, r, *flat.shape[1:]) if prompt_major else \
-            flat.reshape(r, G, *flat.shape[1:]).transpose(0, 1)
+            x = flat.reshape(G, r, *flat.shape[1:]) if prompt_major else \
+                flat.reshape(r, G, *flat.shape[1:]).transpose(0, 1)
     return final_logits(model, x[:, :, -1]).transpose(0, 1)
+
+
+def _only_in_block(fn: Callable, layer: int) -> Callable:
+    """A hook that acts only in block ``layer`` (each block's rows are another batch)."""
+    prefix = f"blocks.{layer}."
+
+    def hook(act: Tensor, hook):
+        return fn(act, hook) if hook.name.startswith(prefix) else None
+
+    return hook
 
 
 def _block(model: HookedTransformer, clean: CleanRun, layer: int, x: Tensor,

@@ -308,3 +308,25 @@ def test_fast_sweeps_equal_the_reference_loop_on_the_default_model(smol, sentime
             assert (~torch.isnan(fast.scores)).sum() == len(heads)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("positions", ["query", "all"])
+@pytest.mark.parametrize("mode", ["zero", "resample"])
+def test_background_interventions_act_on_both_runs_and_fast_equals_naive(tiny_llama,
+                                                                         tiny_prompts,
+                                                                         positions, mode):
+    """head_sweep(interventions=[...]): every head's effect with other heads already
+    ablated; the fast engine replays the background on every row of every block."""
+    background = [ih.ablate(tiny_llama, [Head(0, 2), Head(1, 1)], mode="mean",
+                            reference=tiny_prompts, progress=False),
+                  steer(tiny_llama, torch.randn(tiny_llama.cfg.d_model), 1, alpha=0.5)]
+    kw = dict(mode=mode, positions=positions, interventions=background, progress=False)
+    naive = head_sweep(tiny_llama, tiny_prompts, method="naive", **kw)
+    fast = head_sweep(tiny_llama, tiny_prompts, method="fast", batch_size=4, rows_per_pass=6,
+                      **kw)
+    _assert_same(fast.per_prompt, naive.per_prompt)
+    plain = head_sweep(tiny_llama, tiny_prompts, mode=mode, positions=positions, progress=False)
+    assert not torch.allclose(fast.scores, plain.scores, atol=1e-4)  # the background matters
+    clean = ih.evaluate(tiny_llama, tiny_prompts, interventions=background, progress=False)
+    assert fast.baseline == pytest.approx(clean.logit_diff.iloc[0], abs=1e-5)
+    assert len(fast.settings.interventions) == 2

@@ -406,14 +406,6 @@ def test_quick_reproduce_on_the_default_model(smol, tmp_path):
     assert "smollm2" in page.read_text()
 
 
-def test_unembedding_with_a_cached_weight_equals_final_logits(tiny_llama, tiny_gpt):
-    from icl_heads.activations import final_logits
-
-    for model in (tiny_llama, tiny_gpt):
-        resid = torch.randn(5, model.cfg.d_model)
-        assert torch.equal(trtl._Unembed(model)(resid), final_logits(model, resid))
-
-
 def test_mean_head_outputs_are_the_heads_mean_output_at_the_query(tiny_llama, tiny_prompts):
     vectors = trtl.mean_head_outputs(tiny_llama, tiny_prompts, progress=False)
     expected = ih.activation_means(tiny_llama, tiny_prompts, progress=False).outputs(tiny_llama)

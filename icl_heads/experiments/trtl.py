@@ -79,13 +79,12 @@ from ..interventions import (
     Positions,
     ablate,
     activation_means,
-    applied,
     check_interventions,
     check_positions,
     compose,
     steer,
 )
-from ..last_token import check_supported, clean_run, last_token_block, run_items
+from ..last_token import check_supported, clean_run, run_items
 from ..metrics import METRICS, accuracy, in_label_space, logit_diff
 from ..patching import head_sweep
 from ..prompts import PERTURBATIONS, PromptSet, build_prompts, check_prompt_set
@@ -695,28 +694,6 @@ def mean_head_outputs(
     return (total / count).float()
 
 
-class _Unembed:
-    """``activations.final_logits`` (final norm, unembedding, soft-cap) with the transposed
-    unembedding made contiguous once: TransformerLens's ``Unembed.forward`` copies
-    ``W_U.T.contiguous()`` on every call (113 MB on SmolLM2, 670 MB on Gemma 3 270M), which
-    dominates the many small calls of the shared-clean-run experiments. Same operation
-    (``F.linear`` with the same weight layout), so the same numbers bit for bit."""
-
-    def __init__(self, model: HookedTransformer):
-        self.model = model
-        with torch.no_grad():
-            self.weight = model.W_U.detach().T.contiguous()
-            self.bias = model.b_U.detach()
-
-    def __call__(self, resid: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_vocab"]:
-        x = resid.unsqueeze(-2)
-        if self.model.cfg.normalization_type is not None:
-            x = self.model.ln_final(x)
-        logits = torch.nn.functional.linear(x, self.weight, self.bias).squeeze(-2)
-        cap = getattr(self.model.cfg, "output_logits_soft_cap", 0.0) or 0.0
-        return cap * torch.tanh(logits / cap) if cap > 0 else logits
-
-
 @dataclass
 class _Condition:
     """One run to make over the prompts: its interventions and the layer it starts at."""
@@ -752,29 +729,13 @@ def _engine_runs(model, prompts, conditions: Mapping[str, _Condition], *, query_
     bar = tqdm(total=n * (len(conditions) + 1), desc=desc, disable=not progress, leave=False,
                unit="prompt-run")
 
-    L = model.cfg.n_layers
-    final = f"blocks.{L - 1}.hook_resid_post"
-    unembed = _Unembed(model)
-
     def one(clean, start, ivs):
         """Logits at the query and the captured states of one condition."""
-        wanted = set(names) | ({final} if clean.engine != "last_token" else set())
-        cap = Capture(names=wanted.__contains__, positions="query")
-        hooks = [*background, *ivs, cap]
-        if clean.engine == "last_token":
-            # The engine's block for the last token, under ONE hook context for the whole
-            # run (run_items enters one per layer, each exit resetting every hook point).
-            x, mask = clean.resid[start], clean.group.attention_mask
-            with applied(model, hooks, clean.group, clean.index):
-                for layer in range(start, L):
-                    x = last_token_block(model, layer, x, len(clean.group), 1,
-                                         clean.prefixes[layer], mask)
-            resid = x[:, -1]
-        else:
-            run_items(model, clean, torch.tensor([start]), None, hooks)
-            resid = cap.store[final]
+        cap = Capture(names=set(names).__contains__, positions="query")
+        logits = run_items(model, clean, torch.tensor([start]), None,
+                           [*background, *ivs, cap])[0]
         st = torch.stack([cap.store[nm] for nm in names], 1).float().cpu() if names else None
-        return unembed(resid), st
+        return logits, st
 
     with torch.inference_mode():
         for g0 in range(0, n, batch_size):
