@@ -132,7 +132,7 @@ def main() -> None:
     recorded = recorded_reproduction(Path(args.out), model.cfg.model_name)
     if recorded is None:
         print(f"\nfull reproduction: no timings recorded under {args.out} (run "
-              "python -m icl_heads.experiments.geometry, or pass --reproduce)")
+              "icl-heads reproduce --experiments geometry, or pass --reproduce)")
     else:
         seconds, cells, when = recorded
         print(f"\nfull reproduction (3 tasks, default model), as recorded in {args.out}: "

@@ -7,7 +7,8 @@ token counts for less) and the wall-time ratio to one plain forward pass over th
 prompts. Waste shows up as a large ratio. Target: the whole reproduction on three tasks (n=64,
 k=4) in at most 10 minutes on the 2-core machine.
 
-    python benchmarks/bench_trtl.py                      # sentiment topic category, n=64, k=4
+    python benchmarks/bench_trtl.py --threads 2          # the target: both cores, 3 tasks
+    python benchmarks/bench_trtl.py                      # one thread (a core may be busy)
     python benchmarks/bench_trtl.py --tasks sentiment --n 16
 """
 
@@ -25,7 +26,8 @@ import icl_heads as ih
 from icl_heads.activations import collect
 from icl_heads.experiments import trtl
 
-EXPERIMENT_FUNCTIONS = ("find_task_heads", "ablation_experiment", "perturbation_experiment",
+EXPERIMENT_FUNCTIONS = ("find_task_heads", "activation_means", "ablation_experiment",
+                        "perturbation_experiment",
                         "correlation_experiment", "mean_head_outputs", "steering_experiment",
                         "reconciliation_experiment")
 

@@ -51,7 +51,7 @@ from .geometry import (
     separability,
     task_vector,
 )
-from .heads import Head, HeadScores
+from .heads import Head, HeadScores, random_head_sets
 from .interventions import (
     ActivationMeans,
     ablate,
@@ -79,7 +79,7 @@ __all__ = [
     "iter_batches", "collect", "evaluate",
     # interventions
     "ablate", "ablate_layers", "patch", "steer", "compose", "activation_means",
-    "ActivationMeans",
+    "ActivationMeans", "random_head_sets",
     # attribution
     "head_outputs", "residual_decomposition", "direct_logit_attribution", "dla_scores",
     "task_subspace_projector", "tsla_scores",

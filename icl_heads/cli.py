@@ -541,7 +541,8 @@ def _reproduce(args: argparse.Namespace) -> int:
             print(f"Wrote {page}")
         if "geometry" in args.experiments:
             page = geometry.write_geometry_page(out / "geometry", page_dir / "geometry.md",
-                                                page_dir / "figures" / "geometry")
+                                                page_dir / "figures" / "geometry",
+                                                command=command)
             print(f"Wrote {page}")
     return 0
 

@@ -386,7 +386,7 @@ def _as_labels(labels, n: int) -> np.ndarray:
     return arr
 
 
-def _class_codes(labels: np.ndarray, folds: int | None, what: str) -> tuple[np.ndarray, int]:
+def class_codes(labels: np.ndarray, folds: int | None, what: str) -> tuple[np.ndarray, int]:
     """Class codes ``0..C-1`` and ``C``; errors for one class or too few per class."""
     classes, codes = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
@@ -442,13 +442,13 @@ def resample_counts(codes: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return counts
 
 
-def _weights(codes: np.ndarray, n_boot: int, seed: int) -> Tensor:
+def bootstrap_weights(codes: np.ndarray, n_boot: int, seed: int) -> Tensor:
     """``[1 + n_boot, prompt]``: row 0 all ones (the point estimate), then the resamples."""
     counts = resample_counts(codes, n_boot, seed)
     return torch.from_numpy(np.vstack([np.ones((1, len(codes))), counts]))
 
 
-def _weighted_means(per_prompt: np.ndarray, weights: Tensor) -> np.ndarray:
+def weighted_means(per_prompt: np.ndarray, weights: Tensor) -> np.ndarray:
     """NaN-aware weighted means of ``[prompt, layer]`` values for each weight row."""
     x = torch.from_numpy(np.asarray(per_prompt, dtype=np.float64))
     ok = ~torch.isnan(x)
@@ -506,9 +506,9 @@ def separability_curves(
     if isinstance(C, bool) or not isinstance(C, numbers.Real) or not C > 0:
         raise ValueError(f"C (the probe's inverse regularisation) must be a positive number, got "
                          f"{C!r}.")
-    codes, n_classes = _class_codes(arr, folds, "separability")
+    codes, n_classes = class_codes(arr, folds, "separability")
     layer_labels = _layer_labels(layers, L)
-    weights = _weights(codes, n_boot, seed)
+    weights = bootstrap_weights(codes, n_boot, seed)
 
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed % 2 ** 32)
                   .split(np.zeros(n), codes))
@@ -545,7 +545,7 @@ def separability_curves(
         fisher[:, j] = torch.where(total > 1e-12 * scale, ratio,
                                    torch.full_like(ratio, float("nan"))).numpy()
 
-    accuracy = _weighted_means(correct, weights)
+    accuracy = weighted_means(correct, weights)
     curves = GeometryCurves(layer_labels, n, chance=1.0 / n_classes)
     curves.values["probe_accuracy"], curves.replicates["probe_accuracy"] = _split(accuracy)
     curves.values["fisher_ratio"], curves.replicates["fisher_ratio"] = _split(fisher, True)
@@ -646,10 +646,10 @@ def alignment_curves(
                          f"label_token_ids (e.g. prompts.gold), got values "
                          f"{np.unique(arr)[:8].tolist()}.")
     gold = arr.astype(np.int64)
-    codes, n_classes = _class_codes(gold, None, "alignment")
+    codes, n_classes = class_codes(gold, None, "alignment")
     present = np.unique(gold)  # label index of each class code
     layer_labels = _layer_labels(layers, L)
-    weights = _weights(codes, n_boot, seed)
+    weights = bootstrap_weights(codes, n_boot, seed)
     R = weights.shape[0]
 
     U = label_unembeddings(model, ids).detach().double().cpu()  # [d, labels]
@@ -696,10 +696,10 @@ def alignment_curves(
         spectral[:n_spec, j] = _top_singular_cosine(G, proj, weights[:n_spec], rank).numpy()
 
     curves = GeometryCurves(layer_labels, n, chance=1.0 / n_classes)
-    rows = {"mean_diff_cosine": cosine, "logit_lens_accuracy": _weighted_means(lens, weights),
+    rows = {"mean_diff_cosine": cosine, "logit_lens_accuracy": weighted_means(lens, weights),
             "top_singular_cosine": spectral[:n_spec], "effective_dim": eff_dim,
-            "task_subspace_alignment": _weighted_means(sub, weights),
-            "label_rotation": _weighted_means(rot, weights)}
+            "task_subspace_alignment": weighted_means(sub, weights),
+            "label_rotation": weighted_means(rot, weights)}
     for name in ALIGNMENT_METRICS:
         centre = name in ("mean_diff_cosine", "top_singular_cosine", "effective_dim")
         curves.values[name], curves.replicates[name] = _split(rows[name], centre)

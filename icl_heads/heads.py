@@ -348,6 +348,74 @@ def mask_to_heads(mask: Bool[Tensor, "layer head"]) -> list[Head]:
     return [Head(int(layer), int(head)) for layer, head in mask.nonzero().tolist()]
 
 
+def random_head_sets(
+    model,
+    heads: HeadsLike,
+    n_random: int = 5,
+    *,
+    layer_matched: bool = True,
+    seed: int | np.random.Generator = 0,
+    exclude: HeadsLike | None = None,
+) -> list[list[Head]]:
+    """``n_random`` random head sets of the same size as ``heads``, never containing a head of
+    ``heads`` or ``exclude``: the control sets of every ablation experiment.
+
+    With ``layer_matched`` each random set has as many heads in every layer as ``heads``;
+    where a layer has too few free heads, the rest come from the nearest layers (lower layer
+    first on ties). Without it, heads are drawn uniformly from all free heads. Sets are drawn
+    in order from ``numpy.random.default_rng(seed)`` (or from ``seed`` itself when it is a
+    ``numpy`` ``Generator``, so several calls can share one stream): the same seed gives the
+    same sets.
+
+    Example::
+
+        ih.random_head_sets(model, tl.top(8), 5, seed=0, exclude=tr.top(8))
+
+    Returns:
+        ``n_random`` lists of :class:`Head`, each sorted by layer and head.
+
+    Raises:
+        ValueError: fewer free heads than the set's size; TypeError: a non-integer seed or
+            ``n_random``.
+    """
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if not isinstance(seed, np.random.Generator) and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be an integer (or a numpy Generator), got {seed!r}.")
+    if isinstance(n_random, bool) or not isinstance(n_random, numbers.Integral) or n_random < 0:
+        raise TypeError(f"n_random must be a whole number >= 0, got {n_random!r}.")
+    if not isinstance(layer_matched, bool):
+        raise TypeError(f"layer_matched must be True or False, got {layer_matched!r}.")
+    chosen = heads_to_mask(heads, L, H)
+    blocked = chosen | (heads_to_mask(exclude, L, H) if exclude is not None else False)
+    size, free_total = int(chosen.sum()), int((~blocked).sum())
+    if size > free_total:
+        raise ValueError(f"Cannot draw random sets of {size} heads disjoint from the "
+                         f"{int(blocked.sum())} evaluated heads: only {free_total} of the "
+                         f"model's {L * H} heads are free. Use smaller head sets.")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(int(seed))
+    per_layer = chosen.sum(dim=1).tolist()
+    out = []
+    for _ in range(int(n_random)):
+        taken, picked = blocked.clone(), torch.zeros_like(chosen)
+        if layer_matched:
+            for layer in (i for i, c in enumerate(per_layer) if c):
+                need = per_layer[layer]
+                for other in sorted(range(L), key=lambda x: (abs(x - layer), x)):
+                    if need == 0:
+                        break
+                    free = np.flatnonzero(~taken[other].numpy())
+                    if free.size:
+                        got = rng.choice(free, size=min(need, free.size), replace=False)
+                        taken[other, got] = picked[other, got] = True
+                        need -= len(got)
+        else:
+            got = rng.choice(np.flatnonzero(~taken.flatten().numpy()), size=size, replace=False)
+            picked.view(-1)[torch.as_tensor(got, dtype=torch.long)] = True
+        out.append(mask_to_heads(picked))
+    return out
+
+
 def _nan_to_none(rows: Sequence) -> list:
     return [[None if (isinstance(v, float) and math.isnan(v)) else v for v in r] for r in rows]
 

@@ -369,49 +369,58 @@ def activation_means(
     prompts: PromptSet,
     site: str = "z",
     *,
-    positions: Literal["query", "all"] = "query",
+    positions: Literal["query", "all"] | tuple[str, ...] = "query",
     batch_size: int = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
-) -> ActivationMeans:
+) -> ActivationMeans | tuple[ActivationMeans, ...]:
     """Mean activation of ``site`` in every layer over ``prompts``, for mean ablation.
 
     ``positions="query"``: ``mean_i act_i[N_i]`` over prompts ``i`` at their query position;
     ``positions="all"``: the mean over every real (non-pad) token of every prompt, each
-    token weighted equally.
+    token weighted equally. A tuple such as ``("all", "query")`` gives one
+    :class:`ActivationMeans` per entry, in that order, from one forward pass.
 
     Example::
 
         means = ih.activation_means(model, prompts)            # heads' z at the query
         ih.evaluate(model, prompts, interventions=[ih.ablate(model, heads, "mean", means=means)])
+        every, query = ih.activation_means(model, prompts, positions=("all", "query"))
 
     Returns:
         :class:`ActivationMeans` (``values``: ``[layer, head, d_head]`` for ``"z"``, else
-        ``[layer, d_model]``; float32, CPU).
+        ``[layer, d_model]``; float32, CPU), or a tuple of them for a tuple ``positions``.
     """
     from .activations import iter_batches
 
     check_prompt_set(prompts, "reference", model=model)
-    if positions not in ("query", "all"):
-        raise ValueError(f"positions must be 'query' or 'all' for means, got {positions!r}.")
+    wanted = positions if isinstance(positions, tuple) else (positions,)
+    if not wanted or any(p not in ("query", "all") for p in wanted):
+        raise ValueError(f"positions must be 'query' or 'all' (or a tuple of them) for means, "
+                         f"got {positions!r}.")
     L = model.cfg.n_layers
     names = [hook_name(site, layer) for layer in range(L)]
-    total, count = None, 0.0
-    for batch in iter_batches(model, prompts, names, positions=positions, batch_size=batch_size,
+    capture = "all" if "all" in wanted else "query"
+    totals: dict[str, Tensor] = {}
+    counts = dict.fromkeys(wanted, 0.0)
+    for batch in iter_batches(model, prompts, names, positions=capture, batch_size=batch_size,
                               device=device, interventions=interventions, return_logits=False,
                               progress=progress, desc=f"mean {site}"):
         acts = torch.stack([batch.activations[n] for n in names], dim=1).double()
-        if positions == "query":  # [b, L, ...]
-            s, c = acts.sum(0), acts.shape[0]
-        else:  # [b, L, T, ...]
-            w = batch.prompts.attention_mask.to(acts.device).double()
-            w = w.reshape(w.shape[0], 1, w.shape[1], *([1] * (acts.ndim - 3)))
-            s, c = (acts * w).sum((0, 2)), float(w.sum())
-        total = s if total is None else total + s
-        count += c
-    return ActivationMeans(values=(total / count).float().cpu(), site=site, positions=positions,
-                           prompts=prompts.info())
+        for mode in dict.fromkeys(wanted):
+            if mode == "query":  # [b, L, ...] (the query is the last position)
+                at = acts if capture == "query" else acts[:, :, -1]
+                s, c = at.sum(0), at.shape[0]
+            else:  # [b, L, T, ...]
+                w = batch.prompts.attention_mask.to(acts.device).double()
+                w = w.reshape(w.shape[0], 1, w.shape[1], *([1] * (acts.ndim - 3)))
+                s, c = (acts * w).sum((0, 2)), float(w.sum())
+            totals[mode] = s if mode not in totals else totals[mode] + s
+            counts[mode] += c
+    out = tuple(ActivationMeans(values=(totals[m] / counts[m]).float().cpu(), site=site,
+                                positions=m, prompts=prompts.info()) for m in wanted)
+    return out if isinstance(positions, tuple) else out[0]
 
 
 def _donor_rows(ref_texts: Sequence[str], index: Tensor, texts: Sequence[str] | None,

@@ -386,10 +386,10 @@ def _first_settings(maps: Mapping[str, HeadScores]):
 
 
 def _default_title(experiment, maps, settings) -> str:
-    from .viz import _describe_settings
+    from .viz import describe_settings
 
     name = experiment.name if experiment is not None else " | ".join(maps) or "icl-heads"
-    meta = _describe_settings(settings)
+    meta = describe_settings(settings)
     return f"icl-heads: {name}" + (f" ({meta})" if meta else "")
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
 #: Bootstrap resamples used unless a function is told otherwise.
@@ -107,6 +107,13 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (xc * yc).sum(-1) / denom, np.nan)
 
 
+def _corr_rows(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
+    """Spearman or Pearson correlation along the last axis (one per row)."""
+    if method == "spearman":
+        x, y = _rank(x), _rank(y)
+    return _pearson_rows(x, y)
+
+
 def correlation(x, y, method: Literal["spearman", "pearson"] = "spearman") -> float:
     """Spearman (rank) or Pearson correlation over the pairs where both are defined."""
     return correlation_ci(x, y, method=method, n_boot=1)[0]
@@ -141,9 +148,7 @@ def correlation_ci(
         return math.nan, math.nan, math.nan, n
 
     def stat(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        if method == "spearman":
-            xs, ys = _rank(xs), _rank(ys)
-        return _pearson_rows(xs, ys)
+        return _corr_rows(xs, ys, method)
 
     r = float(stat(a, b))
     if n_boot == 1 or math.isnan(r):
@@ -159,14 +164,93 @@ def correlation_ci(
     return r, float(low), float(high), n
 
 
-def top_k_overlap(a: Tensor, b: Tensor, k: int) -> float:
-    """Fraction of the top-``k`` heads of map ``a`` that are also in the top-``k`` of ``b``
-    (NaN never ranked)."""
-    def top(x: Tensor) -> set[int]:
-        flat = torch.as_tensor(x, dtype=torch.float32).flatten()
-        flat = torch.where(torch.isnan(flat), torch.tensor(-math.inf), flat)
-        return set(torch.argsort(flat, descending=True, stable=True)[:k].tolist())
+def correlation_difference_ci(
+    x1,
+    y1,
+    x2,
+    y2,
+    *,
+    method: Literal["spearman", "pearson"] = "spearman",
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> tuple[float, float, float, int]:
+    """``corr(x1, y1) - corr(x2, y2)`` over the same items (e.g. heads), with a paired
+    bootstrap: the same resampled items for both correlations. Items with a NaN in any of
+    the four are dropped.
 
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}.")
-    return len(top(a) & top(b)) / k
+    Returns:
+        ``(difference, ci_low, ci_high, n)``; NaN where fewer than 3 items.
+    """
+    _check(n_boot, level, seed)
+    if method not in ("spearman", "pearson"):
+        raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}.")
+    arrays = [_as_array(v, name).reshape(-1) for v, name in
+              ((x1, "x1"), (y1, "y1"), (x2, "x2"), (y2, "y2"))]
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"x1, y1, x2, y2 must pair up: {[a.size for a in arrays]} values.")
+    keep = ~np.any([np.isnan(a) for a in arrays], axis=0)
+    a, b, c, d = (arr[keep] for arr in arrays)
+    n = int(a.size)
+    if n < 3:
+        return math.nan, math.nan, math.nan, n
+    value = float(_corr_rows(a, b, method) - _corr_rows(c, d, method))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boots = _corr_rows(a[idx], b[idx], method) - _corr_rows(c[idx], d[idx], method)
+    boots = boots[~np.isnan(boots)]
+    if boots.size == 0 or math.isnan(value):
+        return value, math.nan, math.nan, n
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return value, float(low), float(high), n
+
+
+def _top_set(x: np.ndarray, k: int) -> set[int]:
+    x = np.where(np.isnan(x), -np.inf, x)
+    return set(np.argsort(-x, kind="stable")[:k].tolist())
+
+
+def top_k_overlap(a: Tensor | np.ndarray, b: Tensor | np.ndarray, k: int) -> float:
+    """Fraction of the top-``k`` heads of map ``a`` that are also in the top-``k`` of ``b``
+    (NaN never ranked; ties go to the lower flat index)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k must be >= 1, got {k!r}.")
+    x, y = _as_array(a, "a").reshape(-1), _as_array(b, "b").reshape(-1)
+    return len(_top_set(x, k) & _top_set(y, k)) / k
+
+
+def top_k_overlap_ci(
+    per_prompt_a: Tensor,
+    per_prompt_b: Tensor,
+    k: int,
+    *,
+    paired: bool,
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> tuple[float, float, float, int]:
+    """Top-``k`` overlap of two mean maps (``[prompt, layer, head]`` per-prompt scores) with
+    a bootstrap over prompts: the same resampled prompts for both maps when ``paired`` (maps
+    from the same prompts), independent resamples otherwise.
+
+    Returns:
+        ``(overlap, ci_low, ci_high, k)``.
+    """
+    _check(n_boot, level, seed)
+    a = _as_array(per_prompt_a, "per_prompt_a")
+    b = _as_array(per_prompt_b, "per_prompt_b")
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN columns stay NaN
+        value = top_k_overlap(np.nanmean(a, 0), np.nanmean(b, 0), k)
+        rng = np.random.default_rng(seed)
+        boots = []
+        for start in range(0, n_boot, 100):
+            m = min(100, n_boot - start)
+            ia = rng.integers(0, a.shape[0], size=(m, a.shape[0]))
+            ib = ia if paired else rng.integers(0, b.shape[0], size=(m, b.shape[0]))
+            ma, mb = np.nanmean(a[ia], 1), np.nanmean(b[ib], 1)
+            boots += [len(_top_set(x, k) & _top_set(y, k)) / k for x, y in zip(ma, mb)]
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return float(value), float(low), float(high), int(k)

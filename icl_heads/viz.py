@@ -85,7 +85,7 @@ def head_heatmap(
         A figure with one ``heatmap`` trace; hover shows layer, head, score and rank, and
         ``customdata[i][j] = [layer, head, rank]``.
     """
-    meta = _describe_settings(scores.settings)
+    meta = describe_settings(scores.settings)
     default_title = scores.name + (f" ({meta})" if meta else "")
     fig = head_heatmaps([scores], diverging=diverging, highlight_top=highlight_top,
                         title=title or default_title, subplot_titles=False)
@@ -176,7 +176,7 @@ def head_heatmaps(
     if n > 3:
         fig.update_annotations(font_size=max(9, 14 - n))
     first = next(iter(named.values()))
-    meta = _describe_settings(first.settings)
+    meta = describe_settings(first.settings)
     fig.update_layout(
         title=title or (" | ".join(named) + (f" ({meta})" if meta else "")),
         height=height or max(320, 18 * n_layers + (200 if n > 1 else 120)),
@@ -330,7 +330,7 @@ def layer_curves(
             low, high = rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float)
             if np.isfinite(low).any():
                 fig.add_trace(go.Scatter(
-                    x=xs + xs[::-1], y=list(high) + list(low[::-1]), fill="toself",
+                    x=xs + xs[::-1], y=list(high) + list(low[::-1]), fill="toself", mode="lines",
                     fillcolor=_rgba(color, 0.15), line=dict(width=0), hoverinfo="skip",
                     showlegend=False, legendgroup=str(condition), name=f"{condition} CI"),
                     row=row + 1, col=col + 1)
@@ -678,24 +678,31 @@ def save_figure(fig: go.Figure, path: str | Path, *, include_plotlyjs: bool | st
 
 def _colours(conditions: Sequence[str]) -> dict[str, str]:
     """A colour per condition: the fixed ones of :data:`CONDITION_COLOURS`, then the
-    palette's unused colours in order."""
-    free = [c for c in PALETTE if c not in CONDITION_COLOURS.values()] or list(PALETTE)
-    out, i = {}, 0
+    palette's unused colours in order, then Plotly's 24-colour palette: distinct colours for
+    up to 30-odd conditions before any repeats."""
+    from plotly.colors import qualitative
+
+    fixed = set(CONDITION_COLOURS.values())
+    spare = [c for c in PALETTE if c not in fixed]
+    spare += [c for c in qualitative.Dark24 if c.lower() not in fixed | set(spare)]
+    out: dict[str, str] = {}
+    i = 0
     for condition in conditions:
         if condition in CONDITION_COLOURS and CONDITION_COLOURS[condition] not in out.values():
             out[condition] = CONDITION_COLOURS[condition]
-        else:
-            out[condition] = free[i % len(free)]
-            i += 1
+            continue
+        unused = [c for c in spare if c not in out.values()]
+        out[condition] = unused[0] if unused else spare[i % len(spare)]
+        i += 1
     return out
 
 
 def _result_title(result) -> str:
-    meta = _describe_settings(result.settings)
+    meta = describe_settings(result.settings)
     return f"{result.name}" + (f" ({meta})" if meta else "")
 
 
-def _describe_settings(settings) -> str:
+def describe_settings(settings) -> str:
     """A short title suffix from a result's settings: model, task, k, n."""
     if settings is None:
         return ""

@@ -15,7 +15,6 @@ import torch
 import icl_heads as ih
 from icl_heads.attribution import label_unembeddings
 from icl_heads.experiments.geometry import (
-    _layer_matched,
     _verdict,
     geometry_verdicts,
     head_ablation_geometry,
@@ -391,17 +390,6 @@ def test_default_head_sets_are_the_top_previous_token_and_induction_heads(tiny_l
     assert result.settings.top_k == 1 and set(result.table["layer"]) == {0, 2}
     with pytest.raises(ValueError, match="names"):
         head_ablation_geometry(tiny_llama, icl, {"clean": [(0, 1)]}, progress=False)
-
-
-def test_layer_matched_random_sets_borrow_from_the_nearest_layer_when_a_layer_is_full():
-    mask = torch.zeros(3, 2, dtype=torch.bool)
-    mask[1] = True
-    rng = np.random.default_rng(0)
-    out = _layer_matched(mask, mask.clone(), rng)
-    assert int(out.sum()) == 2 and not (out & mask).any()
-    with pytest.raises(ValueError, match="top_k"):
-        _layer_matched(torch.ones(3, 2, dtype=torch.bool), torch.ones(3, 2, dtype=torch.bool),
-                       rng)
 
 
 def test_verdicts_follow_the_interval_and_the_reference():

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model
 
-from icl_heads.heads import Head, HeadScores, default_top_k, heads_to_mask, mask_to_heads
+from icl_heads.heads import (
+    Head,
+    HeadScores,
+    default_top_k,
+    heads_to_mask,
+    mask_to_heads,
+    random_head_sets,
+)
 from icl_heads.settings import PromptInfo
 
 NAN = math.nan
@@ -163,3 +172,49 @@ def test_bad_input_raises_a_clear_error(scores, tmp_path):
         HeadScores.load(tmp_path / "scores.csv")
     with pytest.raises(ValueError, match="per_prompt"):
         HeadScores(torch.zeros(3, 4), per_prompt=torch.zeros(2, 4, 3))
+
+
+# ----------------------------------------------------------------------------- random sets
+
+
+def test_random_sets_are_reproducible_disjoint_and_layer_matched():
+    model = make_tiny_model(None, n_layers=4, n_heads=8, d_vocab=64)
+    heads = [(1, 0), (1, 3), (3, 5)]
+    exclude = [(1, 1), (2, 2)]
+    a = random_head_sets(model, heads, 6, seed=3, exclude=exclude)
+    b = random_head_sets(model, heads, 6, seed=3, exclude=exclude)
+    assert a == b
+    assert a != random_head_sets(model, heads, 6, seed=4, exclude=exclude)
+    blocked = {Head(*h) for h in heads + exclude}
+    for s in a:
+        assert len(s) == 3 and len(set(s)) == 3 and not (set(s) & blocked)
+        assert sorted(h.layer for h in s) == [1, 1, 3]
+    unmatched = random_head_sets(model, heads, 6, layer_matched=False, seed=3,
+                                 exclude=exclude)
+    assert all(len(s) == 3 and not (set(s) & blocked) for s in unmatched)
+    assert {h.layer for s in unmatched for h in s} != {1, 3}
+
+
+def test_random_sets_take_the_nearest_layer_when_a_layer_is_full():
+    model = make_tiny_model(None, n_layers=3, n_heads=2, d_vocab=64)
+    (s,) = random_head_sets(model, [(1, 0)], 1, seed=0, exclude=[(1, 1)])
+    assert s[0].layer == 0  # layer 1 has no free head; layer 0 is nearest (lower first)
+
+
+def test_random_sets_from_one_generator_continue_its_stream_and_errors_are_clear():
+    model = make_tiny_model(None, n_layers=3, n_heads=4, d_vocab=64)
+    rng = np.random.default_rng(5)
+    first = random_head_sets(model, [(0, 0), (2, 1)], 1, seed=rng)
+    second = random_head_sets(model, [(0, 0), (2, 1)], 1, seed=rng)
+    assert first + second == random_head_sets(model, [(0, 0), (2, 1)], 2, seed=5)
+    assert random_head_sets(model, [(0, 0)], 0) == []
+    six = torch.zeros(3, 4, dtype=torch.bool)
+    six[:, :2] = True  # 6 of 12 heads, plus 1 excluded: only 5 free
+    with pytest.raises(ValueError, match="smaller head sets"):
+        random_head_sets(model, six, 1, exclude=[(0, 2)])
+    with pytest.raises(TypeError, match="seed"):
+        random_head_sets(model, [(0, 0)], 2, seed=1.5)
+    with pytest.raises(TypeError, match="n_random"):
+        random_head_sets(model, [(0, 0)], 2.0)
+    with pytest.raises(ValueError, match="out of range"):
+        random_head_sets(model, [(7, 0)], 2)

@@ -130,6 +130,26 @@ def test_head_means_equal_a_hand_computed_masked_mean(tiny_llama, tiny_prompts):
     assert activation_means(tiny_llama, tiny_prompts, "attn_out").values.shape == (2, tiny_llama.cfg.d_model)
 
 
+def test_means_at_several_positions_come_from_one_pass_and_equal_separate_calls(
+        tiny_llama, tiny_prompts):
+    passes = []
+    tiny_llama.add_hook("blocks.0.hook_resid_pre", lambda act, hook: passes.append(1))
+    try:
+        every, query = activation_means(tiny_llama, tiny_prompts, positions=("all", "query"),
+                                        batch_size=3, progress=False)
+    finally:
+        tiny_llama.reset_hooks()
+    assert len(passes) == -(-len(tiny_prompts) // 3)  # one pass over the prompts
+    for got, positions in ((every, "all"), (query, "query")):
+        alone = activation_means(tiny_llama, tiny_prompts, positions=positions, batch_size=3,
+                                 progress=False)
+        assert got.positions == positions and torch.equal(got.values, alone.values)
+    (only,) = activation_means(tiny_llama, tiny_prompts, positions=("query",), progress=False)
+    assert torch.equal(only.values, query.values)
+    with pytest.raises(ValueError, match="'query' or 'all'"):
+        activation_means(tiny_llama, tiny_prompts, positions=("all", "last"))
+
+
 def test_mean_ablation_writes_the_mean_into_the_head(tiny_llama, tiny_prompts):
     means = activation_means(tiny_llama, tiny_prompts, positions="all")
     iv = ablate(tiny_llama, [Head(0, 1)], mode="mean", means=means)

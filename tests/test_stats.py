@@ -9,7 +9,14 @@ import pytest
 import scipy.stats
 import torch
 
-from icl_heads.stats import correlation_ci, mean_ci, paired_difference_ci, top_k_overlap
+from icl_heads.stats import (
+    correlation_ci,
+    correlation_difference_ci,
+    mean_ci,
+    paired_difference_ci,
+    top_k_overlap,
+    top_k_overlap_ci,
+)
 
 
 def test_mean_ci_brackets_the_mean_and_narrows_with_n():
@@ -59,6 +66,41 @@ def test_top_k_overlap():
     a = torch.tensor([[5.0, 4.0], [3.0, math.nan]])
     b = torch.tensor([[5.0, 1.0], [4.0, 3.0]])
     assert top_k_overlap(a, b, 2) == 0.5 and top_k_overlap(a, a, 3) == 1.0
+
+
+def test_top_k_overlap_takes_arrays_and_ranks_ties_by_index():
+    assert top_k_overlap(np.array([1.0, 1.0, 0.0]), np.array([1.0, 0.0, 1.0]), 1) == 1.0
+    assert top_k_overlap(np.array([1.0, 1.0, 0.0]), np.array([0.0, 1.0, 1.0]), 1) == 0.0
+    with pytest.raises(ValueError, match="k must be"):
+        top_k_overlap(np.ones(3), np.ones(3), 0)
+
+
+def test_correlation_difference_is_zero_for_the_same_pairs_and_matches_two_correlations():
+    rng = np.random.default_rng(0)
+    x, y, z = rng.normal(size=(3, 40))
+    assert correlation_difference_ci(x, y, x, y, seed=0) == (0.0, 0.0, 0.0, 40)
+    for method in ("spearman", "pearson"):
+        value, low, high, n = correlation_difference_ci(x, x + 0.1 * y, x, z, method=method)
+        expected = correlation_ci(x, x + 0.1 * y, method=method)[0] - correlation_ci(
+            x, z, method=method)[0]
+        assert value == pytest.approx(expected) and low <= value <= high and n == 40
+        assert low > 0  # a near-perfect correlation minus an unrelated one
+    x[3] = math.nan
+    assert correlation_difference_ci(x, y, x, z)[3] == 39
+    assert math.isnan(correlation_difference_ci([1.0, 2.0], [1.0, 2.0], [1.0, 2.0],
+                                                [2.0, 1.0])[0])
+    with pytest.raises(ValueError, match="pair up"):
+        correlation_difference_ci(x, y, x, z[:5])
+
+
+def test_top_k_overlap_ci_of_a_map_with_itself_is_one_and_is_seeded():
+    rng = np.random.default_rng(1)
+    a = torch.tensor(rng.normal(size=(20, 3, 4)) + np.arange(12).reshape(3, 4))
+    assert top_k_overlap_ci(a, a, 3, paired=True, n_boot=50) == (1.0, 1.0, 1.0, 3)
+    b = torch.tensor(rng.normal(size=(20, 3, 4)) - np.arange(12).reshape(3, 4))
+    value, low, high, k = top_k_overlap_ci(a, b, 3, paired=False, n_boot=50, seed=2)
+    assert value == 0.0 and low <= high and k == 3
+    assert top_k_overlap_ci(a, b, 3, paired=False, n_boot=50, seed=2) == (value, low, high, k)
 
 
 @pytest.mark.parametrize("kwargs, error", [({"n_boot": 0}, ValueError), ({"level": 1.5}, ValueError),

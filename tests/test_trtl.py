@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tiny_model
 
 import icl_heads as ih
 from icl_heads.attribution import label_unembeddings
@@ -73,33 +72,6 @@ def test_find_task_heads_gives_maps_sets_overlap_and_baseline(found, tiny_llama,
                                                                 abs=1e-6)
     assert found.settings.prompts == tiny_prompts.info()
     assert found.maps["TR"].settings.interventions == ()
-
-
-# ----------------------------------------------------------------------------- random sets
-
-
-def test_random_sets_are_reproducible_disjoint_and_layer_matched():
-    model = make_tiny_model(None, n_layers=4, n_heads=8, d_vocab=64)
-    heads = [(1, 0), (1, 3), (3, 5)]
-    exclude = [(1, 1), (2, 2)]
-    a = trtl.random_head_sets(model, heads, 6, seed=3, exclude=exclude)
-    b = trtl.random_head_sets(model, heads, 6, seed=3, exclude=exclude)
-    assert a == b
-    assert a != trtl.random_head_sets(model, heads, 6, seed=4, exclude=exclude)
-    blocked = {ih.Head(*h) for h in heads + exclude}
-    for s in a:
-        assert len(s) == 3 and len(set(s)) == 3 and not (set(s) & blocked)
-        assert sorted(h.layer for h in s) == [1, 1, 3]
-    unmatched = trtl.random_head_sets(model, heads, 6, layer_matched=False, seed=3,
-                                      exclude=exclude)
-    assert all(len(s) == 3 and not (set(s) & blocked) for s in unmatched)
-    assert {h.layer for s in unmatched for h in s} != {1, 3}
-
-
-def test_random_sets_take_the_nearest_layer_when_a_layer_is_full():
-    model = make_tiny_model(None, n_layers=3, n_heads=2, d_vocab=64)
-    (s,) = trtl.random_head_sets(model, [(1, 0)], 1, seed=0, exclude=[(1, 1)])
-    assert s[0].layer == 0  # layer 1 has no free head; layer 0 is nearest (lower first)
 
 
 def test_ablation_random_sets_never_contain_evaluated_heads(ablation, tiny_llama, tiny_prompts):
@@ -245,6 +217,54 @@ def test_perturbation_gives_maps_per_condition_including_zero_shot(tiny_llama, s
     by_name = trtl.perturbation_experiment(tiny_llama, "sentiment", 3, 8, 0, ("gold",),
                                            n_boot=N_BOOT, progress=False)
     assert by_name.value("gold", "accuracy") == res.value("gold", "accuracy")
+
+
+def test_perturbation_reuses_the_gold_maps_of_find_task_heads_exactly(tiny_llama,
+                                                                        sentiment_task):
+    gold_prompts = ih.build_prompts(tiny_llama, sentiment_task, 3, 8, 0)
+    found = trtl.find_task_heads(tiny_llama, gold_prompts, n_boot=N_BOOT, progress=False)
+    plain = trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 0, n_boot=N_BOOT,
+                                         progress=False)
+    reused = trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 0, n_boot=N_BOOT,
+                                          gold=found, progress=False)
+    pd.testing.assert_frame_equal(reused.table, plain.table)
+    for name, scores in plain.maps.items():
+        assert torch.equal(reused.maps[name].per_prompt, scores.per_prompt), name
+    with pytest.raises(ValueError, match="prompts"):  # other prompts (seed 1)
+        trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 1, gold=found,
+                                     progress=False)
+    with pytest.raises(ValueError, match="normalize"):
+        trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 0, gold=found,
+                                     normalize="norm", progress=False)
+    with pytest.raises(TypeError, match="find_task_heads"):
+        trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 0, gold=plain,
+                                     progress=False)
+
+
+def test_reproduce_shares_passes_without_changing_any_number(tiny_llama, sentiment_task,
+                                                            tmp_path):
+    done = trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, quick=True, progress=False,
+                               n=8, n_boot=N_BOOT)["sentiment"]
+    prompts = ih.build_prompts(tiny_llama, sentiment_task, 4, 8, 0)
+    found = done["find_task_heads"]
+    alone = {
+        "ablation": trtl.ablation_experiment(tiny_llama, prompts, trtl.head_sets(found),
+                                             n_random=2, n_boot=N_BOOT, progress=False),
+        "perturbation": trtl.perturbation_experiment(tiny_llama, sentiment_task, 4, 8, 0,
+                                                     n_boot=N_BOOT, progress=False),
+        "correlation": trtl.correlation_experiment(tiny_llama, prompts, tr=found.maps["TR"],
+                                                   tl=found.maps["TL"], n_boot=N_BOOT,
+                                                   progress=False),
+    }
+    for name, result in alone.items():
+        pd.testing.assert_frame_equal(done[name].table, result.table, obj=name)
+        assert done[name].settings == result.settings, name
+    vectors = trtl.mean_head_outputs(tiny_llama, prompts, progress=False)
+    steer = trtl.steering_experiment(tiny_llama, prompts, ih.build_prompts(
+        tiny_llama, sentiment_task, 4, 8, 1, perturbation="zero_shot"), trtl.head_sets(found),
+        (0, 1, 4), n_random=2, n_boot=N_BOOT, vectors=vectors, batch_size=64, progress=False)
+    pd.testing.assert_frame_equal(done["steering_zero_shot"].table, steer.table,
+                                  check_exact=False, atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- reconciliation
@@ -415,4 +435,3 @@ def test_mean_head_outputs_are_the_heads_mean_output_at_the_query(tiny_llama, ti
 def test_every_result_plots(found, ablation, steering):
     for res in (found, ablation, steering):
         assert res.plot().data
-        assert trtl._figure(res).data

@@ -147,6 +147,7 @@ def test_layer_curves_overlay_conditions_with_ci_bands():
     bands = [t for t in fig.data if t.fill == "toself"]
     assert len(lines) == 4 and len(bands) == 4  # 2 conditions x 2 metrics
     assert list(lines[0].x) == [0, 1, 2, 3]
+    assert all(b.mode == "lines" for b in bands)  # a band's edge draws no markers
     band = bands[0]
     assert list(band.y[:4]) == pytest.approx([0.55, 0.65, 0.75, 0.85])  # upper edge
     assert [a.text for a in fig.layout.annotations][:2] == ["probe_accuracy", "mean_diff_cosine"]
@@ -281,3 +282,12 @@ def test_save_figure_png_needs_kaleido(tmp_path, positive):
         pytest.skip("kaleido is installed; the PNG path is exercised by plotly itself")
     with pytest.raises(ValueError, match=".html"):
         viz.save_figure(go.Figure(), tmp_path / "map.txt")
+
+
+def test_conditions_get_distinct_colours_beyond_the_base_palette():
+    conditions = ["gold", "random_labels", "abstract_labels", "zero_shot", "gold (split half)",
+                  "TR", "TL", "baseline", *[f"extra {i}" for i in range(12)]]
+    fig = viz.condition_bars(make_table([table_row(c, "accuracy", 0.5, 0.4, 0.6, 8)
+                                         for c in conditions]))
+    colours = [t.marker.color for t in fig.data]
+    assert len(colours) == len(conditions) and len(set(colours)) == len(conditions)

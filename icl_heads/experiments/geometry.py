@@ -8,11 +8,9 @@ heads does to the curves. Each returns an :class:`~icl_heads.results.ExperimentR
 
 :func:`reproduce_geometry` runs them for several tasks and saves every result (resumable);
 :func:`write_geometry_page` reads only saved results and writes the results page, with the
-verdict on each of the paper's claims computed from the saved tables. One command::
+verdict on each of the paper's claims computed from the saved tables. One command (resumable: saved cells are loaded)::
 
-    python -m icl_heads.experiments.geometry --models default gemma-3-270m \\
-        --tasks sentiment topic category --out docs/results/data/geometry \\
-        --page docs/results/geometry.md
+    icl-heads reproduce --models default gemma-3-270m --experiments geometry --pages --no-reports
 
 Spans (project choice): with ``L`` blocks, the *early* states are ``1 .. L // 2`` and the
 *late* states ``L // 2 + 1 .. L`` (state ``i`` = the stream after ``i`` blocks; state 0, the
@@ -21,7 +19,6 @@ embeddings, is in neither).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import numbers
@@ -42,17 +39,17 @@ from ..geometry import (
     ONSET_FRACTION,
     SEPARABILITY_METRICS,
     GeometryCurves,
-    _class_codes,
-    _weighted_means,
-    _weights,
     alignment_curves,
+    bootstrap_weights,
     check_state_layers,
+    class_codes,
     onset_layers,
     percentile_interval,
     run_query,
     separability_curves,
+    weighted_means,
 )
-from ..heads import HeadScores, check_top_k, heads_to_mask, mask_to_heads
+from ..heads import HeadScores, check_top_k, heads_to_mask, mask_to_heads, random_head_sets
 from ..interventions import (
     TASK_VECTOR_MODES,
     ablate,
@@ -165,7 +162,7 @@ def _check_classes(prompts: PromptSet, folds: int, fn: str) -> None:
     """The probe's class checks, before any forward pass."""
     if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or folds < 2:
         raise ValueError(f"folds must be an integer >= 2, got {folds!r}.")
-    _class_codes(prompts.gold.cpu().numpy(), folds, fn)
+    class_codes(prompts.gold.cpu().numpy(), folds, fn)
 
 
 def _check_number(value, name: str, minimum: int) -> int:
@@ -463,11 +460,11 @@ def task_vector_experiment(
 def _with_behaviour(curves: GeometryCurves, behaviour: dict[str, np.ndarray], prompts: PromptSet,
                     seed: int, n_boot: int) -> GeometryCurves:
     """Add the behaviour metrics (per-prompt) with the same stratified resamples."""
-    codes, _ = _class_codes(prompts.gold.cpu().numpy(), None, "task_vector_experiment")
-    weights = _weights(codes, n_boot, seed)
+    codes, _ = class_codes(prompts.gold.cpu().numpy(), None, "task_vector_experiment")
+    weights = bootstrap_weights(codes, n_boot, seed)
     for name in BEHAVIOUR:
         per_prompt = behaviour[name][:, None]
-        rows = _weighted_means(per_prompt, weights)
+        rows = weighted_means(per_prompt, weights)
         curves.values[name], curves.replicates[name] = rows[0], rows[1:]
         curves.per_prompt[name] = per_prompt
     return curves
@@ -595,7 +592,8 @@ def head_ablation_geometry(
         head_rows += [{"condition": name, "set": 0, "layer": h.layer, "head": h.head}
                       for h in mask_to_heads(mask)]
         for s in range(n_random):
-            random_mask = _layer_matched(mask, excluded, rng)
+            (random_set,) = random_head_sets(model, mask, 1, seed=rng, exclude=excluded)
+            random_mask = heads_to_mask(random_set, L, H)
             plan.append((f"random ({name})", s, random_mask))
             head_rows += [{"condition": f"random ({name})", "set": s, "layer": h.layer,
                            "head": h.head} for h in mask_to_heads(random_mask)]
@@ -622,31 +620,6 @@ def head_ablation_geometry(
                             tables={"summary": make_table(summary),
                                     "heads": pd.DataFrame(head_rows, columns=[
                                         "condition", "set", "layer", "head"])})
-
-
-def _layer_matched(mask: torch.Tensor, excluded: torch.Tensor, rng: np.random.Generator
-                   ) -> torch.Tensor:
-    """A random head set with ``mask``'s count in every layer, avoiding ``excluded`` (and
-    its own picks); a layer without enough free heads borrows from the nearest layers."""
-    L, H = mask.shape
-    taken = excluded.clone()
-    out = torch.zeros_like(mask)
-    for layer in range(L):
-        need = int(mask[layer].sum())
-        for other in sorted(range(L), key=lambda x: (abs(x - layer), x)):
-            if need == 0:
-                break
-            free = np.flatnonzero(~taken[other].numpy())
-            if free.size == 0:
-                continue
-            picks = rng.choice(free, size=min(need, free.size), replace=False)
-            out[other, picks] = True
-            taken[other, picks] = True
-            need -= len(picks)
-        if need:
-            raise ValueError("Not enough heads outside the named sets to draw a layer-matched "
-                             "random set; use smaller head sets (top_k).")
-    return out
 
 
 def _pool_sets(sets: list[GeometryCurves], seed: int) -> GeometryCurves:
@@ -929,7 +902,7 @@ def _figure(result: ExperimentResult, metrics: Sequence[str], title: str, path: 
     sub = ExperimentResult(result.name, table, result.settings)
     fig = sub.plot(title=title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs="directory")
+    fig.write_html(str(path), include_plotlyjs="directory", div_id=path.stem)
     return path
 
 
@@ -945,6 +918,8 @@ def write_geometry_page(
     results_root: str | Path,
     page_path: str | Path,
     figure_dir: str | Path,
+    *,
+    command: str | None = None,
 ) -> Path:
     """Write the geometry results page from saved results only (every model found under
     ``results_root/<model>/<task>/<experiment>/``).
@@ -959,6 +934,8 @@ def write_geometry_page(
         The page's path.
     """
     results_root, page_path, figure_dir = Path(results_root), Path(page_path), Path(figure_dir)
+    command = command or ("icl-heads reproduce --models default gemma-3-270m --experiments "
+                          "geometry --pages --no-reports")
     cells = _load_cells(results_root)
     if not cells:
         raise FileNotFoundError(f"write_geometry_page: no saved results under "
@@ -967,7 +944,7 @@ def write_geometry_page(
     models = sorted({m for m, _ in cells})
     rel = Path(_relpath(figure_dir, page_path.parent))
     out = ["# Hidden-state geometry: separability, alignment, task vectors, PTH and IH", "",
-           "Generated by `python -m icl_heads.experiments.geometry` from the saved results in "
+           f"Generated by `{command}` from the saved results in "
            f"`{results_root}` (`write_geometry_page` reads only those; do not edit by hand).",
            "", "The geometry paper (Yang et al. 2025, arXiv 2505.18752) explains in-context "
            "classification by two properties of the query hidden states: **separability** "
@@ -1092,9 +1069,7 @@ def write_geometry_page(
                 "other jobs:", "", "| model | cells | minutes | torch threads | finished |",
                 "|---|---|---|---|---|", *timing_rows]
     out += ["", "## How to reproduce", "", "```bash",
-            "python -m icl_heads.experiments.geometry --models default gemma-3-270m \\",
-            "    --tasks sentiment topic category --out docs/results/data/geometry \\",
-            "    --page docs/results/geometry.md", "```", "",
+            command, "```", "",
             "Cells whose `result.json` exists are loaded, not recomputed; delete a cell's "
             "directory to recompute it. `--quick` runs a small smoke version.", ""]
     page_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1135,42 +1110,3 @@ def _relpath(target: Path, start: Path) -> str:
     import os
 
     return os.path.relpath(target.resolve(), start.resolve())
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m icl_heads.experiments.geometry",
-        description="Reproduce the hidden-state geometry experiments and write the page.")
-    parser.add_argument("--models", nargs="+", default=["default"])
-    parser.add_argument("--tasks", nargs="+", default=["sentiment", "topic", "category"])
-    parser.add_argument("--out", default="docs/results/data/geometry")
-    parser.add_argument("--page", default="docs/results/geometry.md")
-    parser.add_argument("--figures", default=None,
-                        help="figure directory (default: <page dir>/figures/geometry)")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in args.models:
-        start = time.perf_counter()
-        cells = reproduce_geometry(name, args.tasks, args.out, quick=args.quick, seed=args.seed,
-                                   progress=not args.no_progress, n=args.n)
-        log.info("%s: %d cells in %.0f s\n%s", name, len(cells), time.perf_counter() - start,
-                 cells.to_string(index=False))
-    figures = args.figures or str(Path(args.page).parent / "figures" / "geometry")
-    page = write_geometry_page(args.out, args.page, figures)
-    log.info("wrote %s", page)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

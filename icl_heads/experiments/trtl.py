@@ -36,7 +36,8 @@ Definitions are in ``docs/methods.md``. Conventions:
 - Random control sets (``random_<name>``, pooled over ``n_random`` sets; single sets in
   ``tables["random_sets"]``) have the size of the named set, lie in the same layers when
   ``layer_matched`` (the nearest layer when a layer has no free head left), and never
-  contain any evaluated head; they are drawn from ``seed`` (:func:`random_head_sets`).
+  contain any evaluated head; they are drawn from ``seed``
+  (:func:`~icl_heads.heads.random_head_sets`).
   Pooled rows give the per-prompt mean over the sets (CI over prompts) and, in
   ``set_sd``/``set_min``/``set_max``, the spread of the set means.
 - Runs that share prompts share one clean run: the baseline and every ablated or steered
@@ -47,7 +48,6 @@ Definitions are in ``docs/methods.md``. Conventions:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import numbers
@@ -71,7 +71,15 @@ from ..attribution import label_unembeddings, tsla_scores
 from ..decomposition import iter_query_terms
 from ..detectors import label_attention_scores, token_detector_scores
 from ..geometry import label_rotation, normalized_states, subspace_alignment
-from ..heads import Head, HeadScores, HeadsLike, check_top_k, heads_to_mask, mask_to_heads
+from ..heads import (
+    Head,
+    HeadScores,
+    HeadsLike,
+    check_top_k,
+    heads_to_mask,
+    mask_to_heads,
+    random_head_sets,
+)
 from ..interventions import (
     ABLATION_MODES,
     ActivationMeans,
@@ -90,7 +98,13 @@ from ..patching import head_sweep
 from ..prompts import PERTURBATIONS, PromptSet, build_prompts, check_prompt_set
 from ..results import ExperimentResult, make_table, table_row
 from ..settings import PromptInfo, Settings, describe_interventions, model_name
-from ..stats import correlation_ci, mean_ci, paired_difference_ci, top_k_overlap
+from ..stats import (
+    correlation_ci,
+    correlation_difference_ci,
+    mean_ci,
+    paired_difference_ci,
+    top_k_overlap_ci,
+)
 from ..tasks import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -353,83 +367,6 @@ def _parse_heads(text: object) -> list[Head]:
 # =========================================================================== random sets
 
 
-def random_head_sets(
-    model: HookedTransformer,
-    heads: HeadsLike,
-    n_random: int = 5,
-    *,
-    layer_matched: bool = True,
-    seed: int = 0,
-    exclude: HeadsLike | None = None,
-) -> list[list[Head]]:
-    """``n_random`` random head sets of the same size as ``heads``, never containing a head of
-    ``heads`` or ``exclude``.
-
-    With ``layer_matched`` each random set has as many heads in every layer as ``heads``;
-    where a layer has too few free heads, the rest come from the nearest layers (lower layer
-    first on ties). Without it, heads are drawn uniformly from all free heads. Sets are drawn
-    from ``numpy.random.default_rng(seed)`` in order, so the same seed gives the same sets.
-
-    Example::
-
-        trtl.random_head_sets(model, tl.top(8), 5, seed=0, exclude=tr.top(8))
-
-    Returns:
-        ``n_random`` lists of :class:`Head`, each sorted by layer and head.
-
-    Raises:
-        ValueError: fewer free heads than the set's size; TypeError: a non-integer seed.
-    """
-    _check_model(model, "random_head_sets")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    seed = _check_int(seed, "seed")
-    n_random = _check_int(n_random, "n_random", 0)
-    _check_bool(layer_matched, "layer_matched")
-    chosen_set = _head_list(model, heads, "heads")
-    blocked = heads_to_mask(chosen_set, L, H)
-    if exclude is not None:
-        blocked |= heads_to_mask(_head_list(model, exclude, "exclude"), L, H)
-    size = len(chosen_set)
-    free_total = int((~blocked).sum())
-    if size > free_total:
-        raise ValueError(f"Cannot draw random sets of {size} heads disjoint from the "
-                         f"{int(blocked.sum())} evaluated heads: only {free_total} of the "
-                         f"model's {L * H} heads are free. Use smaller head sets.")
-    rng = np.random.default_rng(seed)
-    per_layer = np.bincount([h.layer for h in chosen_set], minlength=L)
-    out = []
-    for _ in range(n_random):
-        taken = blocked.clone()
-        picks: list[Head] = []
-        if layer_matched:
-            for layer in np.nonzero(per_layer)[0].tolist():
-                need = int(per_layer[layer])
-                for other in _nearest_layers(layer, L):
-                    if need == 0:
-                        break
-                    free = (~taken[other]).nonzero().flatten().numpy()
-                    if free.size == 0:
-                        continue
-                    got = rng.choice(free, size=min(need, free.size), replace=False)
-                    for h in sorted(got.tolist()):
-                        taken[other, h] = True
-                        picks.append(Head(other, int(h)))
-                    need -= len(got)
-        else:
-            free = (~taken).flatten().nonzero().flatten().numpy()
-            for i in rng.choice(free, size=size, replace=False).tolist():
-                picks.append(Head(int(i) // H, int(i) % H))
-        out.append(sorted(picks))
-    return out
-
-
-def _nearest_layers(layer: int, n_layers: int) -> list[int]:
-    order = [layer]
-    for d in range(1, n_layers):
-        order += [x for x in (layer - d, layer + d) if 0 <= x < n_layers]
-    return order
-
-
 def _random_sets_for(model, named: dict[str, list[Head]], random_like: tuple, n_random: int,
                      layer_matched: bool, seed: int) -> dict[str, list[list[Head]]]:
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -505,69 +442,6 @@ class _quiet:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
-
-
-def _rank_rows(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(x, axis=-1)
-
-
-def _corr_rows(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
-    if method == "spearman":
-        x, y = _rank_rows(x), _rank_rows(y)
-    xc, yc = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
-    denom = np.sqrt((xc ** 2).sum(-1) * (yc ** 2).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (xc * yc).sum(-1) / denom, np.nan)
-
-
-def _correlation_difference_ci(x1, y1, x2, y2, *, method: str = "spearman", n_boot: int,
-                               seed: int) -> tuple[float, float, float, int]:
-    """``corr(x1, y1) - corr(x2, y2)`` over the same items (heads), with a paired bootstrap
-    (the same resampled heads for both correlations)."""
-    arrays = [_np(a) for a in (x1, y1, x2, y2)]
-    keep = ~np.any([np.isnan(a) for a in arrays], axis=0)
-    a, b, c, d = (arr[keep] for arr in arrays)
-    n = int(a.size)
-    if n < 3:
-        return math.nan, math.nan, math.nan, n
-    value = float(_corr_rows(a, b, method) - _corr_rows(c, d, method))
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    boots = _corr_rows(a[idx], b[idx], method) - _corr_rows(c[idx], d[idx], method)
-    boots = boots[~np.isnan(boots)]
-    if boots.size == 0 or math.isnan(value):
-        return value, math.nan, math.nan, n
-    low, high = np.quantile(boots, [0.025, 0.975])
-    return value, float(low), float(high), n
-
-
-def _overlap_ci(per_prompt_a: Tensor, per_prompt_b: Tensor, k: int, *, paired: bool,
-                n_boot: int, seed: int) -> tuple[float, float, float, int]:
-    """Top-``k`` overlap of two mean maps with a bootstrap over prompts (jointly when the
-    maps come from the same prompts, else independently)."""
-    a = per_prompt_a.double().flatten(1).numpy()
-    b = per_prompt_b.double().flatten(1).numpy()
-    value = top_k_overlap(torch.from_numpy(np.nanmean(a, 0)), torch.from_numpy(np.nanmean(b, 0)), k)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for start in range(0, n_boot, 100):
-        m = min(100, n_boot - start)
-        ia = rng.integers(0, a.shape[0], size=(m, a.shape[0]))
-        ib = ia if paired else rng.integers(0, b.shape[0], size=(m, b.shape[0]))
-        with _quiet():
-            ma, mb = np.nanmean(a[ia], 1), np.nanmean(b[ib], 1)
-        boots += [_top_overlap(x, y, k) for x, y in zip(ma, mb)]
-    low, high = np.quantile(boots, [0.025, 0.975])
-    return float(value), float(low), float(high), int(k)
-
-
-def _top_overlap(x: np.ndarray, y: np.ndarray, k: int) -> float:
-    x = np.where(np.isnan(x), -np.inf, x)
-    y = np.where(np.isnan(y), -np.inf, y)
-    tx = set(np.argsort(-x, kind="stable")[:k].tolist())
-    ty = set(np.argsort(-y, kind="stable")[:k].tolist())
-    return len(tx & ty) / k
 
 
 def _level_rows(condition: str, values: Mapping[str, Tensor], *, n_boot: int, seed: int,
@@ -856,8 +730,8 @@ def find_task_heads(
             v, lo, hi, n = mean_ci(per, n_boot=n_boot, seed=seed)
             rows.append(table_row(name, score_name, v, lo, hi, n, kind="score",
                                   heads=_label(heads) if name != "all heads" else ""))
-    v, lo, hi, _ = _overlap_ci(tr.per_prompt, tl.per_prompt, top_k, paired=True,
-                               n_boot=n_boot, seed=seed)
+    v, lo, hi, _ = top_k_overlap_ci(tr.per_prompt, tl.per_prompt, top_k, paired=True,
+                                    n_boot=n_boot, seed=seed)
     rows.append(table_row("TR∩TL", "overlap", v, lo, hi, top_k, kind="overlap",
                           heads=_label(sorted(set(sets["TR"]) & set(sets["TL"])))))
     rows.append(table_row("TR∩TL", "chance_overlap", top_k / (L * H), top_k / (L * H),
@@ -874,8 +748,11 @@ def find_task_heads(
         model=model_name(model), prompts=prompts.info(), labels=tuple(prompts.label_words),
         top_k=top_k, normalize=normalize, apply_ln=bool(apply_ln), n_boot=n_boot, seed=seed,
         post_attention_norm=_post_norm(model), interventions=describe_interventions(interventions))
+    per_prompt = pd.DataFrame({"prompt": np.arange(len(prompts)),
+                               **{m: v.double().numpy() for m, v in behaviour.items()}})
     return ExperimentResult("find_task_heads", make_table(rows), settings,
-                            maps={"TR": tr, "TL": tl}, tables={"sets": pd.DataFrame(set_rows)})
+                            maps={"TR": tr, "TL": tl},
+                            tables={"sets": pd.DataFrame(set_rows), "per_prompt": per_prompt})
 
 
 def head_sets(result: ExperimentResult) -> dict[str, list[Head]]:
@@ -934,8 +811,9 @@ def ablation_experiment(
         heads: ``{"TR": tr.top(), "TL": tl.top(), ...}`` (any head selection per name; an
             empty set is allowed and reproduces the baseline). ``None``: the TR and TL heads
             of these prompts (``tsla_scores``, ``top_k``).
-        n_random: random control sets per named set (see :func:`random_head_sets`); they
-            never contain a head of any named set.
+        n_random: random control sets per named set (see
+            :func:`~icl_heads.heads.random_head_sets`); they never contain a head of any
+            named set.
         layer_matched: random heads in the same layers as the set's heads.
         mode, positions: as in :func:`~icl_heads.ablate` (default mean ablation at every
             position).
@@ -1079,6 +957,7 @@ def perturbation_experiment(
     normalize: Literal["none", "norm", "tr"] = "none",
     apply_ln: bool = False,
     n_boot: int = 1000,
+    gold: ExperimentResult | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
@@ -1102,6 +981,11 @@ def perturbation_experiment(
     between two halves of the gold prompts (each gold label split evenly;
     ``reference="other half"``), the reliability of a map from ``n/2`` prompts, a reference
     for the others.
+
+    ``gold``: a :func:`find_task_heads` result computed (not loaded) on the gold prompts,
+    ``build_prompts(model, task, k, n, seed)``, with the same ``normalize``, ``apply_ln``
+    and interventions: its maps and per-prompt behaviour are the gold condition's (the same
+    numbers, one forward pass fewer).
 
     Example::
 
@@ -1136,11 +1020,17 @@ def perturbation_experiment(
         prompts = build_prompts(model, task, k, n, seed, perturbation=p)
         if p == "gold":
             labels, gold_prompts = tuple(prompts.label_words), prompts
-        tr, tl, logits, _ = _tsla_pass(model, prompts, top_k=top_k, normalize=normalize,
-                                       apply_ln=apply_ln, batch_size=batch_size, device=device,
-                                       interventions=interventions, progress=progress)
+        if p == "gold" and gold is not None:
+            tr, tl, behaviour = _reused_gold(gold, prompts, normalize=normalize,
+                                             apply_ln=apply_ln, interventions=interventions)
+        else:
+            tr, tl, logits, _ = _tsla_pass(model, prompts, top_k=top_k, normalize=normalize,
+                                           apply_ln=apply_ln, batch_size=batch_size,
+                                           device=device, interventions=interventions,
+                                           progress=progress)
+            behaviour = _behaviour(logits, prompts)
         maps[f"TR/{p}"], maps[f"TL/{p}"] = tr, tl
-        rows += _level_rows(p, _behaviour(logits, prompts), n_boot=n_boot, seed=seed)
+        rows += _level_rows(p, behaviour, n_boot=n_boot, seed=seed)
         chance = 1.0 / prompts.n_labels
         rows.append(table_row(p, "chance", chance, chance, chance, n, kind="level"))
     gold_tr, gold_tl = maps["TR/gold"], maps["TL/gold"]
@@ -1161,12 +1051,12 @@ def perturbation_experiment(
                                           n_boot=n_boot, seed=seed)
             rows.append(table_row(cond, f"{s.lower()}_spearman", r, lo, hi, m,
                                   kind="stability", reference=reference))
-            v, lo, hi, m = _overlap_ci(a[s], b[s], top_k, paired=paired, n_boot=n_boot,
-                                       seed=seed)
+            v, lo, hi, m = top_k_overlap_ci(a[s], b[s], top_k, paired=paired,
+                                            n_boot=n_boot, seed=seed)
             rows.append(table_row(cond, f"{s.lower()}_overlap", v, lo, hi, m,
                                   kind="stability", reference=reference))
-        v, lo, hi, m = _correlation_difference_ci(mean_a["TR"], mean_b["TR"], mean_a["TL"],
-                                                  mean_b["TL"], n_boot=n_boot, seed=seed)
+        v, lo, hi, m = correlation_difference_ci(mean_a["TR"], mean_b["TR"], mean_a["TL"],
+                                                 mean_b["TL"], n_boot=n_boot, seed=seed)
         rows.append(table_row(cond, "tr_minus_tl_spearman", v, lo, hi, m, kind="stability",
                               reference=reference))
     settings = PerturbationSettings(
@@ -1175,6 +1065,32 @@ def perturbation_experiment(
         apply_ln=bool(apply_ln), n_boot=n_boot, post_attention_norm=_post_norm(model),
         interventions=describe_interventions(interventions))
     return ExperimentResult("perturbation", make_table(rows), settings, maps=maps)
+
+
+def _reused_gold(found: object, prompts: PromptSet, *, normalize: str, apply_ln: bool,
+                 interventions: Sequence) -> tuple[HeadScores, HeadScores, dict[str, Tensor]]:
+    """The gold condition's maps and behaviour from a :func:`find_task_heads` result, after
+    checking that it was made on these prompts with these settings."""
+    if not isinstance(found, ExperimentResult) or found.name != "find_task_heads":
+        raise TypeError(f"gold must be a find_task_heads result, got {found!r:.80}.")
+    s = found.settings
+    mismatch = [what for what, ok in (
+        ("prompts", s.prompts == prompts.info()), ("normalize", s.normalize == normalize),
+        ("apply_ln", s.apply_ln == bool(apply_ln)),
+        ("interventions", tuple(s.interventions) == describe_interventions(interventions)))
+        if not ok]
+    if mismatch:
+        raise ValueError(f"gold was made with other {', '.join(mismatch)} than this "
+                         f"experiment's gold condition (build_prompts(model, task, k, n, seed)); "
+                         "pass the find_task_heads result of those prompts, or gold=None.")
+    table = found.tables.get("per_prompt")
+    tr, tl = found.maps["TR"], found.maps["TL"]
+    if table is None or tr.per_prompt is None or tl.per_prompt is None:
+        raise ValueError("gold has no per-prompt maps or behaviour (a result loaded from disk "
+                         "keeps only the mean maps); pass a result computed in this session, "
+                         "or gold=None.")
+    return tr, tl, {m: torch.tensor(table[m].to_numpy(), dtype=torch.float32)
+                    for m in BEHAVIOUR}
 
 
 def _split_by_label(gold: Tensor) -> tuple[Tensor, Tensor]:
@@ -1664,8 +1580,9 @@ def reconciliation_experiment(
     chance = top_k / (L * H)
     for a, b in pairs:
         cond = f"{a} vs {b}"
-        v, lo, hi, _ = _overlap_ci(maps[a].per_prompt, maps[b].per_prompt, top_k,
-                                   paired=b == "label_attention", n_boot=n_boot, seed=seed)
+        v, lo, hi, _ = top_k_overlap_ci(maps[a].per_prompt, maps[b].per_prompt, top_k,
+                                        paired=b == "label_attention", n_boot=n_boot,
+                                        seed=seed)
         common = set(maps[a].top(top_k)) & set(maps[b].top(top_k))
         rows.append(table_row(cond, "top_k_overlap", v, lo, hi, top_k, kind="overlap",
                               heads=_label(sorted(common)), layer=math.nan))
@@ -1790,6 +1707,13 @@ def reproduce_trtl(
     per-prompt values) to ``out_dir/<model name>/<task>/<experiment>/``. Resumable: a cell
     whose ``result.json`` exists is loaded, not recomputed.
 
+    Work shared between cells (the numbers of separate calls, the steering vectors up to
+    float rounding; fewer forward passes):
+    one :func:`~icl_heads.activation_means` pass gives the mean-ablation means of the
+    ablation (every token) and correlation (query) cells and, on models without a
+    post-attention norm, the steering vectors (``means.outputs(model)``); the perturbation
+    cell takes its gold condition from the :func:`find_task_heads` result (``gold=``).
+
     Args:
         model: a loaded model or a name for :func:`~icl_heads.load_model`.
         tasks: built-in task names (or :class:`Task` objects).
@@ -1862,17 +1786,32 @@ def _reproduce_task(model, task: Task, cell_root: Path, *, k, n, n_random, n_boo
         model, prompts, n_boot=n_boot, seed=seed, **common))
     sets = head_sets(found)
     tr, tl = found.maps["TR"], found.maps["TL"]
+    # Shared by several cells, computed on first use: the heads' mean z over every token
+    # (mean ablation) and at the query (query-position mean ablation; on models without a
+    # post-attention norm also the steering vectors, z W_O) in one forward pass.
+    shared: dict[str, object] = {}
+
+    def means(positions: str):
+        if not shared:
+            shared["all"], shared["query"] = activation_means(
+                model, prompts, "z", positions=("all", "query"), **common)
+        return shared[positions]
+
     cell("ablation", lambda: ablation_experiment(
-        model, prompts, sets, n_random=n_random, seed=seed, n_boot=n_boot, **common))
+        model, prompts, sets, n_random=n_random, seed=seed, n_boot=n_boot, means=means("all"),
+        **common))
+    computed = found.maps["TR"].per_prompt is not None  # not loaded from disk
     cell("perturbation", lambda: perturbation_experiment(
-        model, task, k, n, seed, n_boot=n_boot, **common))
+        model, task, k, n, seed, n_boot=n_boot, gold=found if computed else None, **common))
     cell("correlation", lambda: correlation_experiment(
-        model, prompts, tr=tr, tl=tl, seed=seed, n_boot=n_boot, **common))
+        model, prompts, tr=tr, tl=tl, seed=seed, n_boot=n_boot, means=means("query"),
+        **common))
     vectors: list[Tensor] = []  # the source prompts' mean head outputs, computed once
 
     def steer_on(target: str) -> ExperimentResult:
         if not vectors:
-            vectors.append(mean_head_outputs(model, prompts, **common))
+            vectors.append(means("query").outputs(model) if not _post_norm(model) else
+                           mean_head_outputs(model, prompts, **common))
         # many short last-token runs: bigger groups mean fewer of them (same results)
         steer_common = {**common, "batch_size": max(common["batch_size"], 64)}
         return steering_experiment(
@@ -2141,137 +2080,6 @@ def _settings_block(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure(result: ExperimentResult):
-    """The page's figure of one result (Plotly), read from its saved tables and maps."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    t = result.table
-    name = result.name
-    palette = {"baseline": "#7f7f7f", "TR": "#d62728", "TL": "#1f77b4",
-               "random_TR": "#ff9896", "random_TL": "#aec7e8"}
-
-    def bars(fig, rows, condition, row=1, col=1, showlegend=True, color=None):
-        fig.add_trace(go.Bar(
-            x=rows["metric"], y=rows["value"], name=condition, legendgroup=condition,
-            showlegend=showlegend, marker_color=color or palette.get(condition),
-            error_y=dict(type="data", symmetric=False,
-                         array=(rows["ci_high"] - rows["value"]).fillna(0).to_numpy(),
-                         arrayminus=(rows["value"] - rows["ci_low"]).fillna(0).to_numpy())),
-            row=row, col=col)
-
-    if name == "find_task_heads":
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("TR score", "TL score"))
-        for i, key in enumerate(("TR", "TL")):
-            m = result.maps[key].scores.numpy()
-            fig.add_trace(go.Heatmap(z=m, colorscale="RdBu", zmid=0 if key == "TL" else None,
-                                     colorbar=dict(x=0.45 if i == 0 else 1.0),
-                                     hovertemplate="L%{y}H%{x}: %{z:.3g}<extra></extra>"),
-                          row=1, col=i + 1)
-            fig.update_xaxes(title_text="head", row=1, col=i + 1)
-            fig.update_yaxes(title_text="layer", row=1, col=i + 1)
-        fig.update_layout(title="TSLA maps (TR: ||P a||², TL: gold-label push)", height=520)
-        return fig
-    if name == "ablation":
-        metrics = list(BEHAVIOUR)
-        fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
-        levels = t[t["kind"] == "level"]
-        for j, metric in enumerate(metrics):
-            for condition in dict.fromkeys(levels["condition"]):
-                rows = levels[(levels["condition"] == condition) & (levels["metric"] == metric)]
-                bars(fig, rows.assign(metric=condition), condition, col=j + 1,
-                     showlegend=j == 0)
-            if "random_sets" in result.tables and not result.tables["random_sets"].empty:
-                rs = result.tables["random_sets"]
-                rs = rs[rs["metric"] == metric]
-                fig.add_trace(go.Scatter(x="random_" + rs["set"], y=rs["value"], mode="markers",
-                                         marker=dict(color="black", size=5),
-                                         name="single random sets", showlegend=j == 0,
-                                         legendgroup="single"), row=1, col=j + 1)
-        fig.update_layout(title="Ablation (bars: mean with 95% CI; dots: single random sets)",
-                          height=450, showlegend=True)
-        return fig
-    if name == "perturbation":
-        fig = make_subplots(rows=1, cols=2, subplot_titles=(
-            "behaviour per condition", "map stability vs gold (Spearman over heads)"))
-        levels = t[(t["kind"] == "level") & (t["metric"] != "chance")]
-        for condition in dict.fromkeys(levels["condition"]):
-            bars(fig, levels[levels["condition"] == condition], condition, col=1,
-                 color=None)
-        stab = t[t["metric"].isin(["tr_spearman", "tl_spearman"])]
-        for score in ("tr", "tl"):
-            rows = stab[stab["metric"].str.startswith(score)]
-            bars(fig, rows.assign(metric=rows["condition"]), score.upper(), col=2,
-                 color="#d62728" if score == "tr" else "#1f77b4")
-        fig.update_layout(title="Input perturbations", barmode="group", height=450)
-        return fig
-    if name == "correlation":
-        heads = result.tables["heads"]
-        pairs = [("tr_score", "delta_label_space_rate"), ("tl_score", "delta_in_space_accuracy"),
-                 ("tl_score", "delta_logit_diff"), ("tr_score", "delta_logit_diff")]
-        fig = make_subplots(rows=1, cols=len(pairs), subplot_titles=[
-            f"{s} vs −{e}" for s, e in pairs])
-        for j, (s, e) in enumerate(pairs):
-            fig.add_trace(go.Scatter(x=heads[s], y=-heads[e], mode="markers", text=heads["label"],
-                                     marker=dict(size=5, color="#d62728" if s.startswith("tr")
-                                                 else "#1f77b4"), showlegend=False,
-                                     hovertemplate="%{text}: %{x:.3g}, %{y:.3g}<extra></extra>"),
-                          row=1, col=j + 1)
-            fig.update_xaxes(title_text=s, row=1, col=j + 1)
-            fig.update_yaxes(title_text=f"drop in {e[6:]}", row=1, col=j + 1)
-        fig.update_layout(title="Single-head ablation effect (drop = clean − ablated) vs score",
-                          height=420)
-        return fig
-    if name == "steering":
-        metrics = ["label_space_rate", "in_space_accuracy", "alignment", "rotation", "accuracy",
-                   "logit_diff"]
-        fig = make_subplots(rows=2, cols=3, subplot_titles=metrics)
-        levels = t[t["kind"] == "level"]
-        for j, metric in enumerate(metrics):
-            r, c = divmod(j, 3)
-            for condition in ("TR", "random_TR", "TL", "random_TL"):
-                rows = levels[(levels["condition"] == condition) & (levels["metric"] == metric)]
-                if rows.empty:
-                    continue
-                rows = rows.sort_values("alpha")
-                fig.add_trace(go.Scatter(
-                    x=rows["alpha"], y=rows["value"], mode="lines+markers", name=condition,
-                    legendgroup=condition, showlegend=j == 0,
-                    line=dict(color=palette[condition],
-                              dash="dot" if condition.startswith("random") else "solid"),
-                    error_y=dict(type="data", symmetric=False,
-                                 array=(rows["ci_high"] - rows["value"]).fillna(0).to_numpy(),
-                                 arrayminus=(rows["value"] - rows["ci_low"]).fillna(0).to_numpy())),
-                    row=r + 1, col=c + 1)
-            fig.update_xaxes(title_text="alpha", row=r + 1, col=c + 1)
-        fig.update_layout(title="Steering (mean with 95% CI; alpha = 0 is the baseline)",
-                          height=650)
-        return fig
-    if name == "reconciliation":
-        fig = make_subplots(rows=1, cols=3, subplot_titles=(
-            "top-k overlap (dashes: chance)", "Spearman over heads",
-            "task vector share in the task subspace"))
-        ov = t[t["metric"] == "top_k_overlap"]
-        bars(fig, ov.assign(metric=ov["condition"]), "overlap", col=1, color="#2ca02c")
-        ch = t[t["metric"] == "chance_overlap"]
-        fig.add_trace(go.Scatter(x=ch["condition"], y=ch["value"], mode="markers",
-                                 marker=dict(symbol="line-ew-open", size=30, color="black"),
-                                 name="chance overlap"), row=1, col=1)
-        sp = t[t["metric"] == "spearman"]
-        bars(fig, sp.assign(metric=sp["condition"]), "spearman", col=2, color="#9467bd")
-        tv = result.tables.get("task_vector")
-        if tv is not None:
-            for metric, color in (("task_subspace_share", "#ff7f0e"), ("chance_share", "black")):
-                rows = tv[tv["metric"] == metric].sort_values("layer")
-                fig.add_trace(go.Scatter(x=rows["layer"], y=rows["value"], name=metric,
-                                         line=dict(color=color)), row=1, col=3)
-            fig.update_yaxes(type="log", row=1, col=3)
-            fig.update_xaxes(title_text="layer (0 = embeddings)", row=1, col=3)
-        fig.update_layout(title="Reconciliation with head types and task vectors", height=450)
-        return fig
-    return result.plot()
-
-
 _PAGE_INTRO = """\
 # TR/TL paper: results
 
@@ -2323,9 +2131,7 @@ def write_trtl_page(
     page_path.parent.mkdir(parents=True, exist_ok=True)
     figure_dir.mkdir(parents=True, exist_ok=True)
     verdicts = trtl_verdicts(results_root)
-    command = command or ("python -m icl_heads.experiments.trtl --models default gemma-3-270m "
-                          "--tasks sentiment topic category --out docs/results/data/trtl "
-                          "--page docs/results/trtl.md")
+    command = command or "icl-heads reproduce --models default gemma-3-270m --experiments trtl --pages --no-reports"
     parts = [_PAGE_INTRO.format(command=command, root=Path(results_root).as_posix(),
                                 alpha=VERDICT_ALPHA)]
     parts.append("## Verdicts\n")
@@ -2359,8 +2165,8 @@ def write_trtl_page(
                 res = results[experiment]
                 parts.append(f"#### {experiment}\n")
                 fig_file = figure_dir / f"{model}__{task}__{experiment}.html"
-                fig = _figure(res)
-                fig.write_html(fig_file, include_plotlyjs="directory")
+                fig = res.plot()
+                fig.write_html(fig_file, include_plotlyjs="directory", div_id=fig_file.stem)
                 height = int(fig.layout.height or 450) + 40
                 rel = os.path.relpath(fig_file, page_path.parent).replace(os.sep, "/")
                 parts.append(_tables_md(res))
@@ -2449,48 +2255,8 @@ def _tables_md(result: ExperimentResult) -> str:
     return "\n".join(out)
 
 
-# =========================================================================== command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m icl_heads.experiments.trtl``: reproduce the TR/TL experiments for some
-    models and tasks, then write the results page."""
-    parser = argparse.ArgumentParser(prog="python -m icl_heads.experiments.trtl",
-                                     description=main.__doc__)
-    parser.add_argument("--models", nargs="+", default=["default"],
-                        help="model names for ih.load_model (default: default)")
-    parser.add_argument("--tasks", nargs="+", default=["sentiment", "topic", "category"])
-    parser.add_argument("--out", default="docs/results/data/trtl", help="results directory")
-    parser.add_argument("--page", default="docs/results/trtl.md", help="results page to write")
-    parser.add_argument("--figures", default=None,
-                        help="figure directory (default: <page dir>/figures/trtl)")
-    parser.add_argument("--quick", action="store_true", help="the small CI preset")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from ..models import load_model
-
-    for name in args.models:
-        started = time.perf_counter()
-        model = load_model(name)
-        reproduce_trtl(model, args.tasks, args.out, quick=args.quick, seed=args.seed,
-                       progress=not args.no_progress)
-        log.info("%s: %.1f s", name, time.perf_counter() - started)
-        del model
-    if args.page:
-        figures = args.figures or str(Path(args.page).parent / "figures" / "trtl")
-        command = "python -m icl_heads.experiments.trtl " + " ".join(
-            argv if argv is not None else __import__("sys").argv[1:])
-        write_trtl_page(args.out, args.page, figures, command=command)
-    return 0
-
-
 __all__ = [
-    "find_task_heads", "head_sets", "random_head_sets", "mean_head_outputs",
+    "find_task_heads", "head_sets", "mean_head_outputs",
     "ablation_experiment",
     "perturbation_experiment", "correlation_experiment", "steering_experiment",
     "reconciliation_experiment", "reproduce_trtl", "write_trtl_page", "trtl_verdicts",
@@ -2498,7 +2264,3 @@ __all__ = [
     "AblationSettings", "PerturbationSettings", "CorrelationSettings", "SteeringSettings",
     "ReconciliationSettings",
 ]
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
