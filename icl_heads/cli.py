@@ -138,29 +138,39 @@ def _check_out_path(out: str | os.PathLike) -> Path:
     if path.is_dir():
         raise ValueError(f"--out {text!r} is a directory; pass a file path inside it, such as "
                          f"{str(path / 'quickstart.csv')!r}.")
-    parent = path.parent
-    for ancestor in (parent, *parent.parents):
+    _make_writable_dir(path.parent, text, "path", probe=not path.exists())
+    if path.exists():
+        try:
+            with path.open("ab"):  # opens for writing without changing the file
+                pass
+        except OSError as err:
+            raise ValueError(f"--out {text!r} cannot be written ({err.strerror or err}); "
+                             "choose a writable location.") from None
+    return path
+
+
+def _make_writable_dir(directory: Path, text: str, what: str, *, probe: bool = True) -> None:
+    """Create ``directory`` (and missing parents) and write a probe file in it (``probe``),
+    so that an unwritable ``--out`` (``text``) fails before any computation, also as root."""
+    for ancestor in (directory, *directory.parents):
         if ancestor.exists():
             if not ancestor.is_dir():
                 raise ValueError(f"--out {text!r}: {str(ancestor)!r} is a file, so nothing can "
-                                 "be written under it; choose another path.")
+                                 f"be written under it; choose another {what}.")
             break
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--out {text!r}: cannot create the directory {str(parent)!r} "
+        raise ValueError(f"--out {text!r}: cannot create the directory {str(directory)!r} "
                          f"({err.strerror or err}); choose a writable location.") from None
+    if not probe:
+        return
     try:
-        if path.exists():
-            with path.open("ab"):  # opens for writing without changing the file
-                pass
-        else:
-            with tempfile.NamedTemporaryFile(dir=parent, prefix=".icl-heads-probe-"):
-                pass
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".icl-heads-probe-"):
+            pass
     except OSError as err:
         raise ValueError(f"--out {text!r} cannot be written ({err.strerror or err}); choose a "
                          "writable location.") from None
-    return path
 
 
 def _resolve_device_arg(device: str | None):
@@ -206,23 +216,7 @@ def _check_out_dir(out: str | os.PathLike) -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {text!r} is a file; pass a directory (the command writes "
                          "result.json, table.csv and report.html into it).")
-    for ancestor in path.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise ValueError(f"--out {text!r}: {str(ancestor)!r} is a file, so nothing can "
-                                 "be written under it; choose another directory.")
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"--out {text!r}: cannot create the directory "
-                         f"({err.strerror or err}); choose a writable location.") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".icl-heads-probe-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"--out {text!r} cannot be written ({err.strerror or err}); choose a "
-                         "writable location.") from None
+    _make_writable_dir(path, text, "directory")
     return path
 
 
