@@ -481,7 +481,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .experiments import geometry, trtl
     from .prompts import build_prompts
     from .report import attention_example, write_report
-    from .results import ExperimentResult
+    from .results import ExperimentResult, safe_name
+    from .settings import model_name
     from .tasks import load_task
 
     quick_root = Path("results/reproduce-quick")
@@ -508,13 +509,14 @@ def _reproduce(args: argparse.Namespace) -> int:
             else:
                 geometry.reproduce_geometry(model, args.tasks, out / "geometry",
                                             quick=args.quick, seed=args.seed, progress=True,
-                                            n=args.n)
+                                            n=args.n, batch_size=args.batch_size,
+                                            device=device)
             print(f"   {family}: {time.perf_counter() - started:.0f} s", flush=True)
             if not args.reports:
                 continue
-            model_dir = out / family / _safe_name(model.cfg.model_name or "model")
+            model_dir = out / family / safe_name(model_name(model) or "model")
             for task in tasks:
-                cells = sorted((model_dir / _safe_name(task.name)).glob("*/result.json"))
+                cells = sorted((model_dir / safe_name(task.name)).glob("*/result.json"))
                 todo = [c.parent for c in cells if not (c.parent / "report.html").is_file()]
                 if not todo:
                     continue
@@ -539,11 +541,6 @@ def _reproduce(args: argparse.Namespace) -> int:
                                                 command=command)
             print(f"Wrote {page}")
     return 0
-
-
-def _safe_name(name: str) -> str:
-    """A model or task name as the experiments name its directory."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
 # --------------------------------------------------------------------------- the parser

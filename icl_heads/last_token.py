@@ -258,8 +258,8 @@ def run_items(
             rows_batch, rows_index = group.select(prompt_of_row.cpu()), \
                 clean.index[prompt_of_row.cpu()]
             for iv in interventions:
-                hooks += [(name, _only_in_block(fn, i))
-                          for name, fn in iv.fwd_hooks(rows_batch, rows_index)]
+                hooks += [(block_name, fn) for name, fn in iv.fwd_hooks(rows_batch, rows_index)
+                          if (block_name := _in_block(name, i)) is not None]
         if edit is not None and hi > lo:
             hooks += edit(i, lo, hi, rows).fwd_hooks()
         plan.append((i, lo, hi, prompt_of_row))
@@ -279,14 +279,13 @@ def run_items(
     return final_logits(model, x[:, :, -1]).transpose(0, 1)
 
 
-def _only_in_block(fn: Callable, layer: int) -> Callable:
-    """A hook that acts only in block ``layer`` (each block's rows are another batch)."""
+def _in_block(name: str | Callable[[str], bool], layer: int) -> str | Callable | None:
+    """A hook's name or name filter narrowed to block ``layer``'s hook points (each block's
+    rows are another batch); ``None`` when a name lies outside the block."""
     prefix = f"blocks.{layer}."
-
-    def hook(act: Tensor, hook):
-        return fn(act, hook) if hook.name.startswith(prefix) else None
-
-    return hook
+    if isinstance(name, str):
+        return name if name.startswith(prefix) else None
+    return lambda hook_name: hook_name.startswith(prefix) and name(hook_name)
 
 
 def _block(model: HookedTransformer, clean: CleanRun, layer: int, x: Tensor,

@@ -114,14 +114,14 @@ class ExperimentResult:
         directory.mkdir(parents=True, exist_ok=True)
         self.table.to_csv(directory / "table.csv", index=False)
         for key, scores in self.maps.items():
-            scores.save(directory / "maps" / f"{_safe(key)}.json")
+            scores.save(directory / "maps" / f"{safe_name(key)}.json")
         for key, frame in self.tables.items():
             (directory / "tables").mkdir(exist_ok=True)
-            frame.to_csv(directory / "tables" / f"{_safe(key)}.csv", index=False)
+            frame.to_csv(directory / "tables" / f"{safe_name(key)}.csv", index=False)
         header = {"format": RESULT_FORMAT, "name": self.name,
                   "settings": self.settings.to_dict(),
-                  "maps": {k: f"maps/{_safe(k)}.json" for k in self.maps},
-                  "tables": {k: f"tables/{_safe(k)}.csv" for k in self.tables}}
+                  "maps": {k: f"maps/{safe_name(k)}.json" for k in self.maps},
+                  "tables": {k: f"tables/{safe_name(k)}.csv" for k in self.tables}}
         (directory / "result.json").write_text(json.dumps(header, indent=1, default=_json))
         return directory
 
@@ -174,8 +174,11 @@ def _float(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def _safe(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(key))
+def safe_name(name: str) -> str:
+    """``name`` as a file or directory name of saved results: every character but letters,
+    digits, ``-``, ``_`` and ``.`` becomes ``_`` (map and table files, and the
+    ``<model>/<task>/`` directories of the reproductions)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
 def _json(value):

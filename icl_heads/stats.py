@@ -147,15 +147,12 @@ def correlation_ci(
     if n < 3:
         return math.nan, math.nan, math.nan, n
 
-    def stat(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        return _corr_rows(xs, ys, method)
-
-    r = float(stat(a, b))
+    r = float(_corr_rows(a, b, method))
     if n_boot == 1 or math.isnan(r):
         return r, math.nan, math.nan, n
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    boots = stat(a[idx], b[idx])
+    boots = _corr_rows(a[idx], b[idx], method)
     boots = boots[~np.isnan(boots)]
     if boots.size == 0:
         return r, math.nan, math.nan, n

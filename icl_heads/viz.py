@@ -252,17 +252,13 @@ def top_heads(scores: HeadScores, k: int | None = None) -> list:
     """The heads a figure outlines: ``scores.top(k)`` without the heads that only tie into
     it (value at or below the map's median), so a mostly constant map outlines only the
     heads that stand out, and a constant map none."""
-    finite = scores.scores[_isfinite(scores.scores)]
+    import torch
+
+    finite = scores.scores[torch.isfinite(scores.scores)]
     if finite.numel() == 0:
         return []
     median = float(finite.median())
     return [h for h in scores.top(k) if scores[h] > median]
-
-
-def _isfinite(values):
-    import torch
-
-    return torch.isfinite(values)
 
 
 def effect_scatter(scores: HeadScores, effects: HeadScores, **kwargs) -> go.Figure:

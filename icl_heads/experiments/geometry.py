@@ -59,7 +59,7 @@ from ..interventions import (
     inject_task_vector,
 )
 from ..prompts import PromptSet, build_prompts, check_prompt_set
-from ..results import ExperimentResult, make_table, table_row
+from ..results import ExperimentResult, make_table, safe_name, table_row
 from ..settings import PromptInfo, Settings, describe_interventions, model_name
 from ..stats import LEVEL, N_BOOT, mean_ci
 
@@ -591,12 +591,11 @@ def head_ablation_geometry(
         plan.append((name, 0, mask))
         head_rows += [{"condition": name, "set": 0, "layer": h.layer, "head": h.head}
                       for h in mask_to_heads(mask)]
-        for s in range(n_random):
-            (random_set,) = random_head_sets(model, mask, 1, seed=rng, exclude=excluded)
-            random_mask = heads_to_mask(random_set, L, H)
-            plan.append((f"random ({name})", s, random_mask))
+        drawn = random_head_sets(model, mask, n_random, seed=rng, exclude=excluded)
+        for s, random_set in enumerate(drawn):
+            plan.append((f"random ({name})", s, heads_to_mask(random_set, L, H)))
             head_rows += [{"condition": f"random ({name})", "set": s, "layer": h.layer,
-                           "head": h.head} for h in mask_to_heads(random_mask)]
+                           "head": h.head} for h in random_set]
 
     measured: dict[str, list[GeometryCurves]] = {}
     for condition, _, mask in tqdm(plan, desc="head ablations", disable=not progress,
@@ -659,6 +658,8 @@ def reproduce_geometry(
     *,
     n: int | None = None,
     k: int = 4,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """Run the geometry experiments for several tasks and save every result.
 
@@ -678,6 +679,7 @@ def reproduce_geometry(
             uses 96 prompts, every state, 5 folds, 5 random sets, every injection layer,
             1000 resamples and 32 detector sequences.
         n: prompts per set (overrides the size of ``quick``).
+        batch_size, device: passed to every experiment (and ``device`` to the detectors).
 
     Example::
 
@@ -698,7 +700,7 @@ def reproduce_geometry(
     size = dict(QUICK if quick else FULL)
     if n is not None:
         size["n"] = _check_number(n, "n", 2)
-    root = Path(out_dir) / _safe(model_name(model) or "model")
+    root = Path(out_dir) / safe_name(model_name(model) or "model")
     L = model.cfg.n_layers
     tv_layers = states = None
     if size["tv_layers"] is not None:
@@ -711,9 +713,10 @@ def reproduce_geometry(
         task = load_task(task_name)
         zero = build_prompts(model, task, k=0, n=size["n"], seed=seed)
         icl = build_prompts(model, task, k=k, n=size["n"], seed=seed)
-        geo = dict(folds=size["folds"], seed=seed, n_boot=size["n_boot"], progress=progress)
+        geo = dict(folds=size["folds"], seed=seed, n_boot=size["n_boot"], progress=progress,
+                   batch_size=batch_size, device=device)
         for experiment in EXPERIMENTS:
-            path = root / _safe(task.name) / experiment
+            path = root / safe_name(task.name) / experiment
             start = time.perf_counter()
             if (path / "result.json").is_file():
                 ExperimentResult.load(path)
@@ -730,7 +733,7 @@ def reproduce_geometry(
                     if detectors is None:
                         detectors = token_detector_scores(
                             model, detectors=["previous_token", "induction"],
-                            n=size["detector_n"], seed=seed, progress=progress)
+                            n=size["detector_n"], seed=seed, device=device, progress=progress)
                     heads = {"PTH": detectors["previous_token"], "IH": detectors["induction"]}
                     result = head_ablation_geometry(model, icl, heads, layers=states,
                                                     n_random=size["n_random"], **geo)
@@ -752,10 +755,6 @@ def _log_timing(path: Path, record: dict, quick: bool) -> None:
                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}])
     path.parent.mkdir(parents=True, exist_ok=True)
     row.to_csv(path, mode="a", header=not path.is_file(), index=False)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -1021,7 +1020,7 @@ def write_geometry_page(
             results = {name: results[name] for name in EXPERIMENTS if name in results}
             out += [f"### {task}", ""]
             # one flat directory, so every figure shares one plotly.min.js
-            stem = f"{_safe(model)}__{_safe(task)}__"
+            stem = f"{safe_name(model)}__{safe_name(task)}__"
             figures = []
             if "layer_geometry_k0" in results and "layer_geometry_k4" in results:
                 both = pd.concat([results["layer_geometry_k0"].table,

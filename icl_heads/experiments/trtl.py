@@ -96,7 +96,7 @@ from ..last_token import check_supported, clean_run, run_items
 from ..metrics import METRICS, accuracy, in_label_space, logit_diff
 from ..patching import head_sweep
 from ..prompts import PERTURBATIONS, PromptSet, build_prompts, check_prompt_set
-from ..results import ExperimentResult, make_table, table_row
+from ..results import ExperimentResult, make_table, safe_name, table_row
 from ..settings import PromptInfo, Settings, describe_interventions, model_name
 from ..stats import (
     correlation_ci,
@@ -1667,11 +1667,6 @@ QUICK = _Preset(k=4, n=12, n_random=2, n_boot=200, alphas=(0, 1, 4),
                 steering_targets=("zero_shot",), n_sequences=8)
 
 
-def _model_dir(model: HookedTransformer) -> str:
-    name = model_name(model) or "model"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def _compact(result: ExperimentResult) -> ExperimentResult:
     """The result as saved: maps without per-prompt values (keeps the files small)."""
     maps = {k: HeadScores(m.scores, name=m.name, settings=m.settings, per_prompt=None,
@@ -1755,8 +1750,9 @@ def reproduce_trtl(
     results: dict[str, dict[str, ExperimentResult]] = {}
     bar = tqdm(total=len(task_objs) * len(EXPERIMENTS), desc="reproduce TR/TL",
                disable=not progress, unit="experiment")
+    model_dir = out_dir / safe_name(model_name(model) or "model")
     for task in task_objs:
-        results[task.name] = _reproduce_task(model, task, out_dir / _model_dir(model) / task.name,
+        results[task.name] = _reproduce_task(model, task, model_dir / safe_name(task.name),
                                              bar=bar, **options)
     bar.close()
     return results
@@ -1792,10 +1788,16 @@ def _reproduce_task(model, task: Task, cell_root: Path, *, k, n, n_random, n_boo
     shared: dict[str, object] = {}
 
     def means(positions: str):
-        if not shared:
+        if "all" not in shared:
             shared["all"], shared["query"] = activation_means(
                 model, prompts, "z", positions=("all", "query"), **common)
         return shared[positions]
+
+    def steering_vectors() -> Tensor:
+        if "vectors" not in shared:
+            shared["vectors"] = (means("query").outputs(model) if not _post_norm(model) else
+                                 mean_head_outputs(model, prompts, **common))
+        return shared["vectors"]
 
     cell("ablation", lambda: ablation_experiment(
         model, prompts, sets, n_random=n_random, seed=seed, n_boot=n_boot, means=means("all"),
@@ -1806,18 +1808,13 @@ def _reproduce_task(model, task: Task, cell_root: Path, *, k, n, n_random, n_boo
     cell("correlation", lambda: correlation_experiment(
         model, prompts, tr=tr, tl=tl, seed=seed, n_boot=n_boot, means=means("query"),
         **common))
-    vectors: list[Tensor] = []  # the source prompts' mean head outputs, computed once
-
     def steer_on(target: str) -> ExperimentResult:
-        if not vectors:
-            vectors.append(means("query").outputs(model) if not _post_norm(model) else
-                           mean_head_outputs(model, prompts, **common))
         # many short last-token runs: bigger groups mean fewer of them (same results)
         steer_common = {**common, "batch_size": max(common["batch_size"], 64)}
         return steering_experiment(
             model, prompts, build_prompts(model, task, k, n, seed + 1, perturbation=target),
             sets, preset.alphas, n_random=n_random, seed=seed, n_boot=n_boot,
-            vectors=vectors[0], **steer_common)
+            vectors=steering_vectors(), **steer_common)
 
     for target in ("zero_shot", "abstract_labels"):
         if target not in preset.steering_targets:
