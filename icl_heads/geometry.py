@@ -66,6 +66,7 @@ from transformer_lens import HookedTransformer
 
 from .activations import iter_batches
 from .attribution import label_unembeddings, subspace_basis
+from .checks import check_int
 from .interventions import TaskVector, inject_task_vector
 from .metrics import METRICS
 from .prompts import PromptSet, check_prompt_set
@@ -407,14 +408,6 @@ def class_codes(labels: np.ndarray, folds: int | None, what: str) -> tuple[np.nd
     return codes.astype(np.int64), len(classes)
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
-
-
 def _layer_labels(layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
     if layers is None:
         return tuple(range(n_layers))
@@ -500,9 +493,9 @@ def separability_curves(
     X = _as_states(states)
     n, L, _ = X.shape
     arr = _as_labels(labels, n)
-    folds = _check_int(folds, "folds", 2)
-    seed = _check_int(seed, "seed", -(2 ** 62))
-    n_boot = _check_int(n_boot, "n_boot", 1)
+    folds = check_int(folds, "folds", 2)
+    seed = check_int(seed, "seed", -(2 ** 62))
+    n_boot = check_int(n_boot, "n_boot", 1)
     if isinstance(C, bool) or not isinstance(C, numbers.Real) or not C > 0:
         raise ValueError(f"C (the probe's inverse regularisation) must be a positive number, got "
                          f"{C!r}.")
@@ -638,8 +631,8 @@ def alignment_curves(
         raise ValueError(f"states have d_model={d} but the model has d_model="
                          f"{model.cfg.d_model}; measure states of this model.")
     arr = _as_labels(labels, n)
-    seed = _check_int(seed, "seed", -(2 ** 62))
-    n_boot = _check_int(n_boot, "n_boot", 1)
+    seed = check_int(seed, "seed", -(2 ** 62))
+    n_boot = check_int(n_boot, "n_boot", 1)
     ids = _label_ids(model, label_token_ids)
     if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= len(ids):
         raise ValueError(f"alignment labels must be label indices 0..{len(ids) - 1} into "

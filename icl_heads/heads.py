@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from .checks import check_int
 from .settings import Settings
 
 #: Written into every saved ``HeadScores`` file; ``load`` refuses files without it.
@@ -375,15 +376,14 @@ def random_head_sets(
         ``n_random`` lists of :class:`Head`, each sorted by layer and head.
 
     Raises:
-        ValueError: fewer free heads than the set's size; TypeError: a non-integer seed or
-            ``n_random``.
+        ValueError: fewer free heads than the set's size, or a negative ``n_random``;
+            TypeError: a non-integer seed or ``n_random``.
     """
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if not isinstance(seed, np.random.Generator) and (
             isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"seed must be an integer (or a numpy Generator), got {seed!r}.")
-    if isinstance(n_random, bool) or not isinstance(n_random, numbers.Integral) or n_random < 0:
-        raise TypeError(f"n_random must be a whole number >= 0, got {n_random!r}.")
+    n_random = check_int(n_random, "n_random", 0)
     if not isinstance(layer_matched, bool):
         raise TypeError(f"layer_matched must be True or False, got {layer_matched!r}.")
     chosen = heads_to_mask(heads, L, H)
@@ -396,7 +396,7 @@ def random_head_sets(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(int(seed))
     per_layer = chosen.sum(dim=1).tolist()
     out = []
-    for _ in range(int(n_random)):
+    for _ in range(n_random):
         taken, picked = blocked.clone(), torch.zeros_like(chosen)
         if layer_matched:
             for layer in (i for i, c in enumerate(per_layer) if c):

@@ -23,6 +23,7 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from .checks import check_int
 from .settings import PromptInfo
 from .tasks import Task
 
@@ -282,7 +283,7 @@ def shift_demo_labels(prompts: PromptSet, shift: int = 1) -> PromptSet:
         ValueError: no demonstrations, fewer than two labels, or a shift that changes nothing.
     """
     check_prompt_set(prompts)
-    shift = _check_int(shift, "shift", None, "an integer")
+    shift = check_int(shift, "shift", None, "an integer")
     if prompts.n_labels < 2:
         raise ValueError(f"shift_demo_labels needs prompts with at least two label words; these "
                          f"have {prompts.n_labels} (build them with build_prompts).")
@@ -386,9 +387,9 @@ def build_prompts(
     if not isinstance(task, Task):
         raise TypeError(f"task must be a Task (from load_task or make_task), got "
                         f"{type(task).__name__}.")
-    k = _check_int(k, "k", 0, "a non-negative integer")
-    n = _check_int(n, "n", 1, "a positive integer")
-    seed = _check_int(seed, "seed", None, "an integer")
+    k = check_int(k, "k", 0, "a non-negative integer")
+    n = check_int(n, "n", 1, "a positive integer")
+    seed = check_int(seed, "seed", None, "an integer")
     if perturbation is not None and not isinstance(perturbation, str):
         raise TypeError(f"perturbation must be None or one of {PERTURBATIONS}, got "
                         f"{type(perturbation).__name__} {perturbation!r}.")
@@ -500,18 +501,6 @@ def _check_model(model: object, fn: str) -> None:
         hint = " (the arguments are (model, task, ...))" if isinstance(model, Task) else ""
         raise TypeError(f"{fn} needs a HookedTransformer as model (e.g. icl_heads.load_model()), "
                         f"got {type(model).__name__}{hint}.")
-
-
-def _check_int(value: object, name: str, minimum: int | None, what: str) -> int:
-    """``value`` as an int: ``TypeError`` for bools, floats and other types, ``ValueError``
-    below ``minimum``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        hint = (f"; write {int(value)}" if isinstance(value, float) and value.is_integer()
-                else "")
-        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}{hint}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be {what}, got {value!r}.")
-    return int(value)
 
 
 def _tokenizer(model: HookedTransformer):

@@ -216,5 +216,7 @@ def test_random_sets_from_one_generator_continue_its_stream_and_errors_are_clear
         random_head_sets(model, [(0, 0)], 2, seed=1.5)
     with pytest.raises(TypeError, match="n_random"):
         random_head_sets(model, [(0, 0)], 2.0)
+    with pytest.raises(ValueError, match="n_random must be >= 0, got -1"):
+        random_head_sets(model, [(0, 0)], -1)
     with pytest.raises(ValueError, match="out of range"):
         random_head_sets(model, [(7, 0)], 2)

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from ..checks import check_int
 from ..detectors import token_detector_scores
 from ..geometry import (
     ALIGNMENT_METRICS,
@@ -163,14 +164,6 @@ def _check_classes(prompts: PromptSet, folds: int, fn: str) -> None:
     if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or folds < 2:
         raise ValueError(f"folds must be an integer >= 2, got {folds!r}.")
     class_codes(prompts.gold.cpu().numpy(), folds, fn)
-
-
-def _check_number(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
 
 
 def _geometry(model, prompts: PromptSet, states, layers, *, folds, seed, n_boot, C,
@@ -544,7 +537,7 @@ def head_ablation_geometry(
     L, H = model.cfg.n_layers, model.cfg.n_heads
     chosen = check_state_layers(layers, L)
     _check_classes(prompts, folds, "head_ablation_geometry")
-    n_random = _check_number(n_random, "n_random", 0)
+    n_random = check_int(n_random, "n_random", 0)
     k = check_top_k(top_k, L, H)
     positions = check_positions(positions)
     maps: dict[str, HeadScores] = {}
@@ -699,7 +692,7 @@ def reproduce_geometry(
         raise TypeError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
     size = dict(QUICK if quick else FULL)
     if n is not None:
-        size["n"] = _check_number(n, "n", 2)
+        size["n"] = check_int(n, "n", 2)
     root = Path(out_dir) / safe_name(model_name(model) or "model")
     L = model.cfg.n_layers
     tv_layers = states = None

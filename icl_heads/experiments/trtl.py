@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ..attribution import label_unembeddings, tsla_scores
+from ..checks import check_int
 from ..decomposition import iter_query_terms
 from ..detectors import label_attention_scores, token_detector_scores
 from ..geometry import label_rotation, normalized_states, subspace_alignment
@@ -249,15 +250,6 @@ def _check_model(model: object, fn: str) -> HookedTransformer:
     return model
 
 
-def _check_int(value: object, name: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        hint = f"; write {int(value)}" if isinstance(value, float) and value.is_integer() else ""
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}{hint}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
-
-
 def _check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}.")
@@ -320,7 +312,7 @@ def _named_sets(model: HookedTransformer, heads: object) -> dict[str, list[Head]
 
 
 def _check_random(n_random: object, random_like: object, named: Mapping[str, list]) -> tuple:
-    n_random = _check_int(n_random, "n_random", 0)
+    n_random = check_int(n_random, "n_random", 0)
     if random_like is None:
         random_like = tuple(name for name, hs in named.items() if hs)
     elif isinstance(random_like, str):
@@ -340,7 +332,7 @@ def _check_random(n_random: object, random_like: object, named: Mapping[str, lis
 
 
 def _check_boot(n_boot: object) -> int:
-    return _check_int(n_boot, "n_boot", 1)
+    return check_int(n_boot, "n_boot", 1)
 
 
 def _sub_seed(seed: int, *keys: int | str) -> int:
@@ -706,7 +698,7 @@ def find_task_heads(
     """
     _check_model(model, "find_task_heads")
     _check_prompts(model, prompts)
-    seed, n_boot = _check_int(seed, "seed"), _check_boot(n_boot)
+    seed, n_boot = check_int(seed, "seed"), _check_boot(n_boot)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     top_k = check_top_k(top_k, L, H)
     if top_k > L * H:
@@ -841,7 +833,7 @@ def ablation_experiment(
     """
     _check_model(model, "ablation_experiment")
     _check_prompts(model, prompts)
-    seed, n_boot = _check_int(seed, "seed"), _check_boot(n_boot)
+    seed, n_boot = check_int(seed, "seed"), _check_boot(n_boot)
     _check_bool(layer_matched, "layer_matched")
     if mode not in ABLATION_MODES:
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
@@ -998,8 +990,8 @@ def perturbation_experiment(
     """
     _check_model(model, "perturbation_experiment")
     task = _as_task(task)
-    k, n = _check_int(k, "k", 1), _check_int(n, "n", 2)
-    seed, n_boot = _check_int(seed, "seed"), _check_boot(n_boot)
+    k, n = check_int(k, "k", 1), check_int(n, "n", 2)
+    seed, n_boot = check_int(seed, "seed"), _check_boot(n_boot)
     if isinstance(perturbations, str) or not isinstance(perturbations, Sequence):
         raise TypeError(f"perturbations must be a list of names from {PERTURBATIONS}, got "
                         f"{perturbations!r}.")
@@ -1242,7 +1234,7 @@ def correlation_experiment(
     """
     _check_model(model, "correlation_experiment")
     _check_prompts(model, prompts)
-    seed, n_boot = _check_int(seed, "seed"), _check_boot(n_boot)
+    seed, n_boot = check_int(seed, "seed"), _check_boot(n_boot)
     if mode not in ABLATION_MODES:
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
     positions = check_positions(positions)
@@ -1375,7 +1367,7 @@ def steering_experiment(
     _check_prompts(model, source_prompts, "source_prompts", need_demos=True)
     _check_prompts(model, target_prompts, "target_prompts")
     alphas = _check_alphas(alphas)
-    seed, n_boot = _check_int(seed, "seed"), _check_boot(n_boot)
+    seed, n_boot = check_int(seed, "seed"), _check_boot(n_boot)
     _check_bool(layer_matched, "layer_matched")
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
@@ -1538,8 +1530,8 @@ def reconciliation_experiment(
     """
     _check_model(model, "reconciliation_experiment")
     _check_prompts(model, prompts, need_demos=True)
-    seed, n_boot = _check_int(seed, "seed"), _check_boot(n_boot)
-    T, n_sequences = _check_int(T, "T", 1), _check_int(n_sequences, "n_sequences", 1)
+    seed, n_boot = check_int(seed, "seed"), _check_boot(n_boot)
+    T, n_sequences = check_int(T, "T", 1), check_int(n_sequences, "n_sequences", 1)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     top_k = check_top_k(top_k if top_k is not None else (tr.top_k if tr is not None else None),
                         L, H)
@@ -1547,7 +1539,7 @@ def reconciliation_experiment(
         raise ValueError(f"top_k={top_k} exceeds the model's {L * H} heads.")
     if task_vector_layer is None:
         task_vector_layer = L // 2
-    task_vector_layer = _check_int(task_vector_layer, "task_vector_layer", 0)
+    task_vector_layer = check_int(task_vector_layer, "task_vector_layer", 0)
     if task_vector_layer > L:
         raise ValueError(f"task_vector_layer={task_vector_layer} is out of range: states run "
                          f"from 0 (the embeddings) to {L} (after the last block).")
@@ -1731,15 +1723,15 @@ def reproduce_trtl(
         model = load_model(model)
     _check_model(model, "reproduce_trtl")
     _check_bool(quick, "quick")
-    seed = _check_int(seed, "seed")
+    seed = check_int(seed, "seed")
     if isinstance(tasks, (str, Task)):
         tasks = [tasks]
     if not isinstance(tasks, Sequence) or not tasks:
         raise TypeError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
     preset = QUICK if quick else FULL
-    k = _check_int(k if k is not None else preset.k, "k", 1)
-    n = _check_int(n if n is not None else preset.n, "n", 2)
-    n_random = _check_int(n_random if n_random is not None else preset.n_random, "n_random", 1)
+    k = check_int(k if k is not None else preset.k, "k", 1)
+    n = check_int(n if n is not None else preset.n, "n", 2)
+    n_random = check_int(n_random if n_random is not None else preset.n_random, "n_random", 1)
     n_boot = _check_boot(n_boot if n_boot is not None else preset.n_boot)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
