@@ -585,13 +585,24 @@ def _add_n_boot(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resamples of the confidence intervals")
 
 
+def _add_ablation(parser: argparse.ArgumentParser, *, positions: str, where: str) -> None:
+    """``--mode`` and ``--positions`` of the ablating subcommands (the default position
+    first among the choices)."""
+    from .interventions import ABLATION_MODES
+
+    parser.add_argument("--mode", choices=ABLATION_MODES, default="mean",
+                        help="how a head's output is replaced")
+    choices = (positions, *(p for p in ("all", "query") if p != positions))
+    parser.add_argument("--positions", choices=choices, default=positions, help=where)
+
+
 def _add_n_random(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-random", type=_positive_int, default=5,
                         help="random control head sets per named set (layer-matched)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .interventions import ABLATION_MODES, TASK_VECTOR_MODES
+    from .interventions import TASK_VECTOR_MODES
     from .prompts import PERTURBATIONS
 
     parser = _Parser(
@@ -655,10 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(a, command="ablate", n=32)
     _add_top_k(a)
     _add_n_random(a)
-    a.add_argument("--mode", choices=ABLATION_MODES, default="mean",
-                   help="how a head's output is replaced")
-    a.add_argument("--positions", choices=("all", "query"), default="all",
-                   help="where heads are ablated")
+    _add_ablation(a, positions="all", where="where heads are ablated")
     _add_n_boot(a)
     a.set_defaults(func=_ablate)
 
@@ -683,10 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "TL scores: Spearman and Pearson over heads with confidence intervals "
                     "(trtl.correlation_experiment).")
     _add_run_args(c, command="correlate", n=32)
-    c.add_argument("--mode", choices=ABLATION_MODES, default="mean",
-                   help="how a head's output is replaced")
-    c.add_argument("--positions", choices=("query", "all"), default="query",
-                   help="where heads are ablated (query: the exact fast path)")
+    _add_ablation(c, positions="query", where="where heads are ablated (query: the exact fast "
+                  "path)")
     _add_n_boot(c)
     c.set_defaults(func=_correlate)
 
