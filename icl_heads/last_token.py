@@ -22,21 +22,24 @@ internals (``calculate_qkv_matrices``, ``apply_rotary``, the key/value cache).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from .activations import final_logits
+from .activations import collect, final_logits
 from .interventions import Capture, Intervention, applied, hook_name
+from .metrics import behaviour
+from .models import resolve_device
 from .prompts import PromptSet
 
 #: How :func:`run_items` runs a block: the specialised last-token block over a shared
@@ -301,3 +304,166 @@ def _block(model: HookedTransformer, clean: CleanRun, layer: int, x: Tensor,
                                                   past_values=values[prompt_of_row],
                                                   frozen=True)
     return model.blocks[layer](x, past_kv_cache_entry=entry, attention_mask=mask[prompt_of_row])
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class Group:
+    """One group of prompts of :func:`clean_groups`: its rows of the full set, the group
+    (on the run's device) and its clean run; ``tick(n)`` advances the shared progress bar."""
+
+    index: Int[Tensor, " G"]
+    prompts: PromptSet
+    clean: CleanRun
+    tick: Callable[[int], None]
+
+
+def clean_groups(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    *,
+    layers: Sequence[int],
+    query_only: bool,
+    interventions: Sequence[Intervention] = (),
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    desc: str = "runs",
+    runs_per_prompt: int = 1,
+) -> Iterator[Group]:
+    """The one group loop of the engine: ``prompts`` in groups of ``batch_size``, each run
+    once (:func:`clean_run`, keeping what rows restarting at ``layers`` need), under
+    ``torch.inference_mode`` and one progress bar of ``len(prompts) * runs_per_prompt``
+    ticks. Every sweep and experiment that re-runs prompts from a layer on iterates this.
+
+    Example::
+
+        for group in clean_groups(model, prompts, layers=[3], query_only=True):
+            logits = run_items(model, group.clean, torch.tensor([3]), None, [iv])[0]
+            group.tick(len(group.index))
+    """
+    device = resolve_device(device) if device is not None else torch.device(model.cfg.device)
+    n = len(prompts)
+    bar = tqdm(total=n * runs_per_prompt, desc=desc, disable=not progress, leave=False,
+               unit="run")
+    try:
+        with torch.inference_mode():
+            for g0 in range(0, n, batch_size):
+                index = torch.arange(g0, min(g0 + batch_size, n))
+                group = prompts.select(index).to(device)
+                clean = clean_run(model, group, index, query_only=query_only, layers=layers,
+                                  interventions=interventions)
+                yield Group(index, group, clean, bar.update)
+    finally:
+        bar.close()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One condition of :func:`run_conditions`: its interventions and the earliest layer
+    they can change (rows restart there from the clean run)."""
+
+    interventions: tuple
+    start: int
+
+
+#: ``measure(logits, prompts) -> {metric: [prompt] tensor}`` (default: the behaviour
+#: metrics of :func:`icl_heads.metrics.behaviour`).
+Measure = Callable[[Tensor, PromptSet], dict[str, Tensor]]
+
+
+def run_conditions(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    conditions: Mapping[Hashable, Run],
+    *,
+    measure: Measure = behaviour,
+    query_only: bool,
+    state_layers: Sequence[int] = (),
+    baseline_start: int | None = None,
+    background: Sequence[Intervention] = (),
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    desc: str = "conditions",
+) -> tuple[dict[Hashable, dict[str, Tensor]], dict[Hashable, Tensor]]:
+    """The baseline and every condition over ``prompts``, sharing one clean run per group of
+    prompts: each condition re-runs only its layers from ``start`` on (only the last token
+    when ``query_only``). The public driver of every experiment.
+
+    ``baseline_start=None``: the baseline is the clean run itself; an int: the baseline is
+    re-run from that layer through the same engine as the conditions, so a condition whose
+    interventions change nothing reproduces it bit for bit. ``background`` interventions
+    act in every run, the baseline included. Architectures the engine cannot run
+    (:func:`check_supported`) fall back to one full pass per condition (the same numbers,
+    slower).
+
+    Returns:
+        ``(measured, states)``: key (``"baseline"`` first, then the keys of
+        ``conditions``) -> ``measure`` of its query logits, per prompt; key -> the query
+        states after the blocks ``state_layers``, ``[prompt, len(state_layers), d_model]``
+        (empty when no ``state_layers``).
+
+    Example::
+
+        iv = ih.ablate(model, [(3, 1)], "zero")
+        measured, _ = run_conditions(model, prompts, {"L3H1": Run((iv,), start=3)},
+                                     query_only=False)
+        measured["L3H1"]["accuracy"] - measured["baseline"]["accuracy"]
+    """
+    names = [hook_name("resid_post", layer) for layer in state_layers]
+    try:
+        check_supported(model)
+    except ValueError:
+        return _full_runs(model, prompts, conditions, measure=measure, names=names,
+                          background=background, batch_size=batch_size, device=device,
+                          progress=progress, desc=desc)
+    starts = sorted({c.start for c in conditions.values()} | (
+        {baseline_start} if baseline_start is not None else set()))
+    if not starts:
+        starts = [model.cfg.n_layers - 1]
+    keys = ["baseline", *conditions]
+    measured: dict = {k: [] for k in keys}
+    states: dict = {k: [] for k in keys}
+
+    def one(clean: CleanRun, start: int, interventions: Sequence) -> tuple[Tensor, Tensor | None]:
+        capture = Capture(names=set(names).__contains__, positions="query")
+        logits = run_items(model, clean, torch.tensor([start]), None,
+                           [*background, *interventions, capture])[0]
+        got = torch.stack([capture.store[nm] for nm in names], 1).float().cpu() if names \
+            else None
+        return logits, got
+
+    for group in clean_groups(model, prompts, layers=starts, query_only=query_only,
+                              interventions=background, batch_size=batch_size, device=device,
+                              progress=progress, desc=desc, runs_per_prompt=len(keys)):
+        G = len(group.index)
+        for key in keys:
+            if key == "baseline":
+                logits, got = (group.clean.logits, None) if baseline_start is None else \
+                    one(group.clean, baseline_start, ())
+            else:
+                logits, got = one(group.clean, conditions[key].start,
+                                  conditions[key].interventions)
+            measured[key].append(measure(logits, group.prompts))
+            states[key].append(got)
+            group.tick(G)
+    out_m = {k: {m: torch.cat([g[m] for g in v]) for m in v[0]} for k, v in measured.items()}
+    out_s = {k: torch.cat(v) for k, v in states.items() if v and v[0] is not None}
+    return out_m, out_s
+
+
+def _full_runs(model, prompts, conditions, *, measure, names, background, batch_size, device,
+               progress, desc) -> tuple[dict, dict]:
+    """One full pass per condition (architectures the cached-prefix engine cannot run)."""
+    measured, states = {}, {}
+    for key, ivs in [("baseline", ()), *((k, c.interventions) for k, c in conditions.items())]:
+        got = collect(model, prompts, names, positions="query", batch_size=batch_size,
+                      device=device, interventions=[*background, *ivs], progress=progress,
+                      desc=desc)
+        measured[key] = measure(got.logits, prompts)
+        if names:
+            states[key] = torch.stack([got.activations[nm] for nm in names], 1).float().cpu()
+    return measured, states

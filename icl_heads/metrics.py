@@ -65,6 +65,22 @@ METRICS: dict[str, Metric] = {
     "label_space_rate": label_space_rate,
     "in_space_accuracy": in_space_accuracy,
 }
+#: The behaviour metrics every experiment reports, in this order (one definition for
+#: ``evaluate``, the TR/TL and the geometry experiments).
+BEHAVIOUR = ("accuracy", "label_space_rate", "in_space_accuracy", "logit_diff")
+
+
+def behaviour(logits: Float[Tensor, "prompt d_vocab"], prompts: PromptSet) -> dict[str, Tensor]:
+    """Every :data:`BEHAVIOUR` metric per prompt (float32 on the CPU; in-space accuracy is
+    NaN outside the label space).
+
+    Example::
+
+        per_prompt = behaviour(logits, prompts)      # {"accuracy": [n], ...}
+    """
+    gold = prompts.gold.to(logits.device)
+    return {m: METRICS[m](logits, gold, prompts.label_token_ids).float().cpu()
+            for m in BEHAVIOUR}
 
 
 def metric_name(metric: str | Metric) -> str:

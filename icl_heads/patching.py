@@ -51,7 +51,14 @@ from .interventions import (
     patch,
     position_mask,
 )
-from .last_token import CleanRun, check_supported, clean_run, run_items, supports_last_token
+from .last_token import (
+    CleanRun,
+    check_supported,
+    clean_groups,
+    clean_run,
+    run_items,
+    supports_last_token,
+)
 from .metrics import Metric, get_metric, metric_name
 from .models import resolve_device
 from .prompts import PromptSet, check_prompt_set
@@ -278,40 +285,36 @@ def _fast_effects(model, prompts, template, run: _Run, items, *, query_only: boo
     out = torch.full((n, len(items)), math.nan)
     clean_all = torch.full((n,), math.nan)
     layers_needed = sorted(set(items.layer.tolist()))
-    bar = tqdm(total=n * len(items), desc="fast sweep", disable=not progress, leave=False,
-               unit="run")
-    with torch.inference_mode():
-        for g0 in range(0, n, batch_size):
-            gidx = torch.arange(g0, min(g0 + batch_size, n))
-            group = prompts.select(gidx).to(device)
-            G, T = len(group), group.seq_len
-            clean = clean_run(model, group, gidx, query_only=query_only, layers=layers_needed,
-                              interventions=run.interventions)
-            clean_m = run.metric(clean.logits, group.gold, group.label_token_ids).float()
-            clean_all[gidx] = clean_m.cpu()
-            length = 1 if query_only else T
-            shape = (G, length, model.cfg.n_heads, model.cfg.d_head) if items.site == "z" \
-                else (G, length, model.cfg.d_model)
-            values = _LayerValues(template, clean, length, shape)
-            if query_only or template.positions == "all":
-                sel_pos = torch.arange(length, device=device)
-            else:
-                sel_pos = position_mask(template.positions, length, device).nonzero().flatten()
-            todo = torch.arange(len(items))
-            if items.pos_from_end is not None:  # positions that exist in this group
-                todo = todo[items.pos_from_end >= -T]
-            order = todo[torch.argsort(items.layer[todo], stable=True)]
-            per_chunk = max(1, rows_per_pass // G)
-            for c0 in range(0, len(order), per_chunk):
-                chunk = order[c0:c0 + per_chunk]
-                edit = _edit_for(items, chunk, values, sel_pos, T, G)
-                logits = run_items(model, clean, items.layer[chunk], edit, run.interventions)
-                r = logits.shape[0]
-                m = run.metric(logits.reshape(r * G, -1), group.gold.repeat(r),
-                               group.label_token_ids).float().reshape(r, G)
-                out[gidx[None, :], chunk[:, None]] = (m - clean_m[None]).cpu()
-                bar.update(r * G)
-    bar.close()
+    for part in clean_groups(model, prompts, layers=layers_needed, query_only=query_only,
+                             interventions=run.interventions, batch_size=batch_size,
+                             device=device, progress=progress, desc="fast sweep",
+                             runs_per_prompt=len(items)):
+        gidx, group, clean = part.index, part.prompts, part.clean
+        G, T = len(group), group.seq_len
+        clean_m = run.metric(clean.logits, group.gold, group.label_token_ids).float()
+        clean_all[gidx] = clean_m.cpu()
+        length = 1 if query_only else T
+        shape = (G, length, model.cfg.n_heads, model.cfg.d_head) if items.site == "z" \
+            else (G, length, model.cfg.d_model)
+        values = _LayerValues(template, clean, length, shape)
+        if query_only or template.positions == "all":
+            sel_pos = torch.arange(length, device=device)
+        else:
+            sel_pos = position_mask(template.positions, length, device).nonzero().flatten()
+        todo = torch.arange(len(items))
+        if items.pos_from_end is not None:  # positions that exist in this group
+            todo = todo[items.pos_from_end >= -T]
+        order = todo[torch.argsort(items.layer[todo], stable=True)]
+        per_chunk = max(1, rows_per_pass // G)
+        for c0 in range(0, len(order), per_chunk):
+            chunk = order[c0:c0 + per_chunk]
+            edit = _edit_for(items, chunk, values, sel_pos, T, G)
+            logits = run_items(model, clean, items.layer[chunk], edit, run.interventions)
+            r = logits.shape[0]
+            m = run.metric(logits.reshape(r * G, -1), group.gold.repeat(r),
+                           group.label_token_ids).float().reshape(r, G)
+            out[gidx[None, :], chunk[:, None]] = (m - clean_m[None]).cpu()
+            part.tick(r * G)
     return out, clean_all
 
 

@@ -81,15 +81,122 @@ def paired_difference_ci(
     level: float = LEVEL,
     seed: int = 0,
 ) -> tuple[float, float, float, int]:
-    """Mean of ``treated - baseline`` over the pairs where both are defined, with a
-    bootstrap interval over the pairs (the right interval for an intervention's effect on
-    the same prompts)."""
+    """``nanmean(treated) - nanmean(baseline)`` over the same items (e.g. prompts), with a
+    bootstrap interval that resamples the items jointly (the interval for an
+    intervention's effect on the same prompts).
+
+    Without NaNs this is the mean of the differences with :func:`mean_ci`'s interval. Items
+    where both values are NaN are dropped; where only one is (e.g. in-space accuracy, which
+    is undefined outside the label space), each mean is over its own defined items of the
+    resample.
+
+    Returns:
+        ``(difference, ci_low, ci_high, n)``, ``n`` the items kept; NaN where one side has
+        no defined value.
+
+    Example::
+
+        paired_difference_ci(ablated_accuracy, clean_accuracy, seed=0)
+    """
+    _check(n_boot, level, seed)
     t = _as_array(treated, "treated").reshape(-1)
     b = _as_array(baseline, "baseline").reshape(-1)
     if t.shape != b.shape:
         raise ValueError(f"treated and baseline must pair up: {t.shape[0]} vs {b.shape[0]} "
                          "values.")
-    return mean_ci(t - b, n_boot=n_boot, level=level, seed=seed)
+    if not (np.isnan(t).any() or np.isnan(b).any()):
+        return mean_ci(t - b, n_boot=n_boot, level=level, seed=seed)
+    keep = ~(np.isnan(t) & np.isnan(b))
+    t, b = t[keep], b[keep]
+    n = int(t.size)
+    if n == 0 or np.isnan(t).all() or np.isnan(b).all():
+        return math.nan, math.nan, math.nan, n
+    value = float(np.nanmean(t) - np.nanmean(b))
+    if n == 1:
+        return value, value, value, 1
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN resamples: NaN
+        boots = np.nanmean(t[idx], 1) - np.nanmean(b[idx], 1)
+    boots = boots[~np.isnan(boots)]
+    if boots.size == 0:
+        return value, math.nan, math.nan, n
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return value, float(low), float(high), n
+
+
+def independent_difference_ci(
+    treated,
+    baseline,
+    *,
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> tuple[float, float, float, int]:
+    """``mean(treated) - mean(baseline)`` of two independent samples (NaN dropped), with a
+    bootstrap interval that resamples each sample on its own (first ``treated``, then
+    ``baseline``, from one seeded generator).
+
+    Returns:
+        ``(difference, ci_low, ci_high, n)`` with ``n`` the smaller sample size.
+
+    Example::
+
+        independent_difference_ci(k4_values, k0_values, seed=0)
+    """
+    _check(n_boot, level, seed)
+    t = _as_array(treated, "treated").reshape(-1)
+    b = _as_array(baseline, "baseline").reshape(-1)
+    t, b = t[~np.isnan(t)], b[~np.isnan(b)]
+    n = int(min(t.size, b.size))
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    value = float(t.mean() - b.mean())
+    rng = np.random.default_rng(seed)
+    boots = (t[rng.integers(0, t.size, (n_boot, t.size))].mean(1)
+             - b[rng.integers(0, b.size, (n_boot, b.size))].mean(1))
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return value, float(low), float(high), n
+
+
+def nanmean(values, axis: int | None = None) -> np.ndarray:
+    """Mean ignoring NaN, NaN (without a warning) where every value is NaN."""
+    x = np.asarray(values, dtype=float)
+    ok = ~np.isnan(x)
+    total = np.where(ok, x, 0.0).sum(axis=axis)
+    count = ok.sum(axis=axis)
+    with np.errstate(all="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def percentile_interval(replicates: np.ndarray, level: float = LEVEL
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-aware percentile interval of bootstrap replicates over their first axis (NaN
+    where no replicate is defined).
+
+    Example::
+
+        low, high = percentile_interval(replicates)      # replicates: [n_boot, layer]
+    """
+    reps = np.asarray(replicates, dtype=float)
+    alpha = (1 - level) / 2
+    out = np.full((2, *reps.shape[1:]), np.nan)
+    ok = (~np.isnan(reps)).any(0)
+    if ok.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[:, ok] = np.nanquantile(reps[:, ok], [alpha, 1 - alpha], axis=0)
+    return out[0], out[1]
+
+
+def bonferroni_z(m: int, level: float = LEVEL) -> float:
+    """The normal quantile of a two-sided interval at ``level`` corrected for ``m``
+    comparisons (Bonferroni): ``Phi^-1(1 - (1 - level) / (2 m))``."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - (1 - level) / (2 * max(1, m))))
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
