@@ -647,15 +647,18 @@ def _effect_name(column: str) -> str:
     return column[len("delta_"):] if column.startswith("delta_") else column
 
 
-def save_figure(fig: go.Figure, path: str | Path, *, include_plotlyjs: bool | str = True) -> Path:
+def save_figure(fig: go.Figure, path: str | Path, *, include_plotlyjs: bool | str = True,
+                div_id: str | None = None) -> Path:
     """Write a figure: ``.html`` (standalone; Plotly's JS embedded unless told otherwise,
-    so it opens offline), or ``.png`` / ``.svg`` / ``.pdf`` through ``kaleido`` (optional:
-    ``pip install kaleido``; it drives a local Chrome or Chromium)."""
+    so it opens offline; ``include_plotlyjs="directory"`` shares one ``plotly.min.js``
+    beside it; ``div_id`` fixes the plot's element id, so regenerated files are identical),
+    or ``.png`` / ``.svg`` / ``.pdf`` through ``kaleido`` (optional: ``pip install
+    kaleido``; it drives a local Chrome or Chromium)."""
     path = Path(path)
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in (".html", ".htm"):
-        fig.write_html(path, include_plotlyjs=include_plotlyjs, full_html=True)
+        fig.write_html(path, include_plotlyjs=include_plotlyjs, full_html=True, div_id=div_id)
         return path
     if suffix not in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
         raise ValueError(f"save_figure: use a .html, .png, .svg or .pdf path, got {path.name!r}.")
