@@ -53,27 +53,36 @@ class ExperimentResult:
 
     def __post_init__(self) -> None:
         if not isinstance(self.table, pd.DataFrame):
-            raise TypeError(f"ExperimentResult.table must be a DataFrame, got "
-                            f"{type(self.table).__name__}.")
+            raise TypeError(
+                f"ExperimentResult.table must be a DataFrame, got {type(self.table).__name__}."
+            )
         missing = [c for c in TABLE_COLUMNS if c not in self.table.columns]
         if missing:
-            raise ValueError(f"ExperimentResult.table lacks the columns {missing}; every "
-                             f"experiment table has {list(TABLE_COLUMNS)}.")
+            raise ValueError(
+                f"ExperimentResult.table lacks the columns {missing}; every "
+                f"experiment table has {list(TABLE_COLUMNS)}."
+            )
         if not isinstance(self.settings, Settings):
-            raise TypeError(f"ExperimentResult.settings must be a Settings dataclass, got "
-                            f"{type(self.settings).__name__}.")
+            raise TypeError(
+                f"ExperimentResult.settings must be a Settings dataclass, got "
+                f"{type(self.settings).__name__}."
+            )
         for key, value in self.maps.items():
             if not isinstance(value, HeadScores):
-                raise TypeError(f"ExperimentResult.maps[{key!r}] must be a HeadScores, got "
-                                f"{type(value).__name__}.")
+                raise TypeError(
+                    f"ExperimentResult.maps[{key!r}] must be a HeadScores, got "
+                    f"{type(value).__name__}."
+                )
 
     # ------------------------------------------------------------------ reading
     def value(self, condition: str, metric: str, **where) -> float:
         """The ``value`` of one row (``where``: further column filters, e.g. ``layer=3``)."""
         rows = self.select(condition=condition, metric=metric, **where)
         if len(rows) != 1:
-            raise ValueError(f"{len(rows)} rows match condition={condition!r}, metric="
-                             f"{metric!r}, {where}; give more filters.")
+            raise ValueError(
+                f"{len(rows)} rows match condition={condition!r}, metric="
+                f"{metric!r}, {where}; give more filters."
+            )
         return float(rows["value"].iloc[0])
 
     def select(self, **where) -> pd.DataFrame:
@@ -109,8 +118,9 @@ class ExperimentResult:
         ``maps/<name>.json`` per map and ``tables/<name>.csv`` per extra table."""
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
-            raise ValueError(f"ExperimentResult.save: {str(directory)!r} is a file; give a "
-                             "directory.")
+            raise ValueError(
+                f"ExperimentResult.save: {str(directory)!r} is a file; give a directory."
+            )
         directory.mkdir(parents=True, exist_ok=True)
         self.table.to_csv(directory / "table.csv", index=False)
         for key, scores in self.maps.items():
@@ -118,10 +128,13 @@ class ExperimentResult:
         for key, frame in self.tables.items():
             (directory / "tables").mkdir(exist_ok=True)
             frame.to_csv(directory / "tables" / f"{safe_name(key)}.csv", index=False)
-        header = {"format": RESULT_FORMAT, "name": self.name,
-                  "settings": self.settings.to_dict(),
-                  "maps": {k: f"maps/{safe_name(k)}.json" for k in self.maps},
-                  "tables": {k: f"tables/{safe_name(k)}.csv" for k in self.tables}}
+        header = {
+            "format": RESULT_FORMAT,
+            "name": self.name,
+            "settings": self.settings.to_dict(),
+            "maps": {k: f"maps/{safe_name(k)}.json" for k in self.maps},
+            "tables": {k: f"tables/{safe_name(k)}.csv" for k in self.tables},
+        }
         (directory / "result.json").write_text(json.dumps(header, indent=1, default=_json))
         return directory
 
@@ -131,16 +144,21 @@ class ExperimentResult:
         directory = Path(directory)
         meta_path = directory / "result.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"ExperimentResult.load: no result.json in "
-                                    f"{str(directory)!r} (save(dir) writes one).")
+            raise FileNotFoundError(
+                f"ExperimentResult.load: no result.json in "
+                f"{str(directory)!r} (save(dir) writes one)."
+            )
         try:
             header = json.loads(meta_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"ExperimentResult.load: {str(meta_path)!r} is not valid JSON "
-                             f"({err}).") from None
+            raise ValueError(
+                f"ExperimentResult.load: {str(meta_path)!r} is not valid JSON ({err})."
+            ) from None
         if not isinstance(header, dict) or header.get("format") != RESULT_FORMAT:
-            raise ValueError(f"ExperimentResult.load: {str(directory)!r} was not written by "
-                             f"ExperimentResult.save (no {RESULT_FORMAT!r} header).")
+            raise ValueError(
+                f"ExperimentResult.load: {str(directory)!r} was not written by "
+                f"ExperimentResult.save (no {RESULT_FORMAT!r} header)."
+            )
         return cls(
             name=header["name"],
             table=pd.read_csv(directory / "table.csv"),
@@ -150,16 +168,26 @@ class ExperimentResult:
         )
 
     def __repr__(self) -> str:
-        return (f"ExperimentResult(name={self.name!r}, rows={len(self.table)}, conditions="
-                f"{self.conditions[:6]}, metrics={self.metrics[:6]}, maps={list(self.maps)}, "
-                f"tables={list(self.tables)})")
+        return (
+            f"ExperimentResult(name={self.name!r}, rows={len(self.table)}, conditions="
+            f"{self.conditions[:6]}, metrics={self.metrics[:6]}, maps={list(self.maps)}, "
+            f"tables={list(self.tables)})"
+        )
 
 
-def table_row(condition: str, metric: str, value: float, ci_low: float, ci_high: float,
-              n: int, **extra) -> dict:
+def table_row(
+    condition: str, metric: str, value: float, ci_low: float, ci_high: float, n: int, **extra
+) -> dict:
     """One row of an experiment table, in the canonical column order."""
-    return {"condition": condition, "metric": metric, "value": _float(value),
-            "ci_low": _float(ci_low), "ci_high": _float(ci_high), "n": int(n), **extra}
+    return {
+        "condition": condition,
+        "metric": metric,
+        "value": _float(value),
+        "ci_low": _float(ci_low),
+        "ci_high": _float(ci_high),
+        "n": int(n),
+        **extra,
+    }
 
 
 def make_table(rows: Iterable[Mapping]) -> pd.DataFrame:
