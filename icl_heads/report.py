@@ -7,7 +7,8 @@ with its rank. The page is plain HTML, Plotly's JS and a little script: no serve
 network (Plotly's JS is embedded, or written once beside the reports), so it opens offline
 from a file::
 
-    from icl_heads.report import attention_example, write_report
+    from icl_heads.attention_patterns import attention_example
+    from icl_heads.report import write_report
 
     tr, tl = ih.tsla_scores(model, prompts)
     example = attention_example(model, prompts)          # patterns of every head, prompt 0
@@ -18,6 +19,9 @@ from a file::
 
 The page also shows the result's own figure (``result.plot()``), any further figures, the
 tidy table and the settings that made the result.
+
+This module only draws: the attention patterns come from
+:func:`icl_heads.attention_patterns.attention_example` (which runs the model).
 """
 
 from __future__ import annotations
@@ -27,115 +31,37 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
+# attention_example is re-exported for callers of one release (cli.py, the notebooks);
+# new code imports it from icl_heads.attention_patterns, where the model runs.
+from .attention_patterns import AttentionExample
+from .attention_patterns import attention_example as attention_example
 from .heads import HeadScores
-from .results import ExperimentResult
+from .results import ExperimentResult, per_head_maps
 from .viz import (
+    describe_settings,
     display_token,
     experiment_figure,
     head_heatmaps,
-    per_head_maps,
     score_scatter,
     top_heads,
 )
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-    from transformer_lens import HookedTransformer
 
-    from .prompts import PromptSet
 
 #: Most layer x head maps drawn side by side in the linked view (the rest appear in the
 #: head's row of the detail panel only).
 MAX_FACETS = 6
 PLOTLY_JS_NAME = "plotly.min.js"
 REPORT_FORMAT = "icl-heads.report/1"
-
-
-@dataclass
-class AttentionExample:
-    """The attention patterns of every head on one prompt, for the report's detail panel.
-
-    Attributes:
-        tokens: the prompt's tokens (no padding), one string per position.
-        patterns: ``[n_layers, n_heads, query, key]`` attention weights.
-        text: the prompt's text.
-        prompt_index: the prompt's row in the :class:`~icl_heads.prompts.PromptSet`.
-        answer: the gold label of the prompt ("" when unknown).
-    """
-
-    tokens: list[str]
-    patterns: Float[Tensor, "layer head query key"]
-    text: str = ""
-    prompt_index: int = 0
-    answer: str = ""
-
-    def __post_init__(self) -> None:
-        self.patterns = torch.as_tensor(self.patterns).detach().float().cpu()
-        if self.patterns.ndim != 4 or self.patterns.shape[2] != self.patterns.shape[3]:
-            raise ValueError(
-                f"AttentionExample.patterns must be [n_layers, n_heads, pos, pos], "
-                f"got shape {tuple(self.patterns.shape)}."
-            )
-        if self.patterns.shape[2] != len(self.tokens):
-            raise ValueError(
-                f"AttentionExample: {len(self.tokens)} tokens for patterns over "
-                f"{self.patterns.shape[2]} positions."
-            )
-
-    @property
-    def n_layers(self) -> int:
-        return self.patterns.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.patterns.shape[1]
-
-
-def attention_example(
-    model: HookedTransformer,
-    prompts: PromptSet,
-    index: int = 0,
-    *,
-    device: str | torch.device | None = None,
-) -> AttentionExample:
-    """Every head's attention pattern on prompt ``index`` of ``prompts`` (one forward pass
-    through :func:`icl_heads.collect`, capturing only ``hook_pattern``).
-
-    Args:
-        model: the model.
-        prompts: the prompt set; padding is removed.
-        index: which prompt (default the first).
-        device: where to run (default: the model's device).
-    """
-    from .activations import collect
-
-    one = prompts.select([index])
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
-    got = collect(
-        model, one, names, positions="all", device=device, return_logits=False, progress=False
-    )
-    keep = one.attention_mask[0].bool().cpu()
-    patterns = torch.stack([got.activations[name][0] for name in names])  # [L, H, T, T]
-    patterns = patterns[:, :, keep][:, :, :, keep]
-    tokens = model.to_str_tokens(one.tokens[0][keep].cpu())
-    answer = one.label_words[int(one.gold[0])] if len(one.label_words) else ""
-    return AttentionExample(
-        tokens=[str(t) for t in tokens],
-        patterns=patterns,
-        text=one.texts[0],
-        prompt_index=int(index),
-        answer=answer,
-    )
 
 
 def write_report(
@@ -449,8 +375,6 @@ def _first_settings(maps: Mapping[str, HeadScores]):
 
 
 def _default_title(experiment, maps, settings) -> str:
-    from .viz import describe_settings
-
     name = experiment.name if experiment is not None else " | ".join(maps) or "icl-heads"
     meta = describe_settings(settings)
     return f"icl-heads: {name}" + (f" ({meta})" if meta else "")

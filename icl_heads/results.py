@@ -21,7 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from .heads import HeadScores
 from .settings import Settings
@@ -173,6 +175,48 @@ class ExperimentResult:
             f"{self.conditions[:6]}, metrics={self.metrics[:6]}, maps={list(self.maps)}, "
             f"tables={list(self.tables)})"
         )
+
+
+def per_head_maps(result: ExperimentResult) -> dict[str, HeadScores]:
+    """Every per-head quantity of a result as a map: its ``maps``, and each numeric column
+    of its per-head tables (tables with exactly one row per head, by ``layer`` and
+    ``head``), named by the column (or ``table.column`` where two tables share a column
+    name).
+
+    Example::
+
+        result = ih.correlation_experiment(model, prompts, ...)
+        per_head_maps(result)["delta_logit_diff"].plot()  # a column of tables["heads"]
+
+    Returns:
+        ``{name: HeadScores}``: the result's maps first, then one map per column (NaN at
+        heads the table leaves out; no settings).
+    """
+    out: dict[str, HeadScores] = dict(result.maps)
+    shape = None
+    if result.maps:
+        first = next(iter(result.maps.values()))
+        shape = (first.n_layers, first.n_heads)
+    for table_name, frame in result.tables.items():
+        if not {"layer", "head"} <= set(frame.columns) or frame.empty:
+            continue
+        L = int(frame["layer"].max()) + 1 if shape is None else shape[0]
+        H = int(frame["head"].max()) + 1 if shape is None else shape[1]
+        if len(frame[["layer", "head"]].drop_duplicates()) != L * H or len(frame) != L * H:
+            continue  # not one row per head (e.g. the rows of a few head sets)
+        layers = torch.from_numpy(frame["layer"].to_numpy(dtype=np.int64, copy=True))
+        heads = torch.from_numpy(frame["head"].to_numpy(dtype=np.int64, copy=True))
+        for column in frame.columns:
+            if column in ("layer", "head", "rank") or not pd.api.types.is_numeric_dtype(
+                frame[column]
+            ):
+                continue
+            grid = torch.full((L, H), float("nan"))
+            values = frame[column].to_numpy(dtype=float, copy=True)
+            grid[layers, heads] = torch.from_numpy(values).float()
+            key = column if column not in out else f"{table_name}.{column}"
+            out[key] = HeadScores(grid, name=column, settings=None)
+    return out
 
 
 def table_row(

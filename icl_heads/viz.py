@@ -21,7 +21,12 @@ Figures and what they show:
 - :func:`attention_pattern`: the attention pattern of one head on one prompt, tokens on
   both axes.
 - :func:`experiment_figure`: the figure an :class:`~icl_heads.results.ExperimentResult`
-  draws with ``.plot()``, chosen from its name and the shape of its table.
+  draws with ``.plot()``, chosen from what its table and maps hold (never from its name,
+  so a new experiment plots without a change here).
+
+This module draws and imports none of the types it draws: a map is anything shaped like
+:class:`HeadMap` and a result anything shaped like :class:`ResultLike` (``HeadScores`` and
+``ExperimentResult`` are; their ``.plot()`` methods call in here, never the other way).
 
 Every figure that shows heads carries ``customdata = [layer, head, ...]`` on its points,
 so a click handler (the linked report, :mod:`icl_heads.report`) can tell which head was
@@ -33,16 +38,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
+from .stats import correlation
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-
-    from .heads import HeadScores
-    from .results import ExperimentResult
+    from torch import Tensor
 
 #: Colours of conditions, in order (Plotly's D3 palette, blue and red first).
 PALETTE = (
@@ -81,11 +86,44 @@ CURVE_AXES = ("layer", "alpha", "k")
 OUTLINE = "black"
 
 
+@runtime_checkable
+class HeadMap(Protocol):
+    """What the figures read from a ``[layer, head]`` map:
+    :class:`~icl_heads.heads.HeadScores` is one (any object with these members draws)."""
+
+    scores: Tensor  #: ``[n_layers, n_heads]`` values, NaN where not scored
+    name: str  #: what the value is, e.g. ``"tr_score"``
+    settings: Any  #: how it was made (read by :func:`describe_settings`), or None
+
+    @property
+    def n_layers(self) -> int: ...
+
+    @property
+    def n_heads(self) -> int: ...
+
+    def top(self, k: int | None = None) -> list: ...
+
+    def rank(self) -> Tensor: ...
+
+    def __getitem__(self, head: tuple[int, int]) -> float: ...
+
+
+class ResultLike(Protocol):
+    """What :func:`experiment_figure` reads from a result:
+    :class:`~icl_heads.results.ExperimentResult` is one."""
+
+    name: str  #: the experiment (titles only: never used to pick the figure)
+    table: pd.DataFrame  #: tidy rows ``condition, metric, value, ci_low, ci_high, n, ...``
+    settings: Any
+    maps: Mapping[str, HeadMap]
+    tables: Mapping[str, pd.DataFrame]
+
+
 # --------------------------------------------------------------------------- head maps
 
 
 def head_heatmap(
-    scores: HeadScores,
+    scores: HeadMap,
     *,
     title: str | None = None,
     diverging: bool | None = None,
@@ -118,7 +156,7 @@ def head_heatmap(
 
 
 def head_heatmaps(
-    maps: Mapping[str, HeadScores] | Sequence[HeadScores],
+    maps: Mapping[str, HeadMap] | Sequence[HeadMap],
     *,
     title: str | None = None,
     diverging: bool | Sequence[bool] | None = None,
@@ -262,8 +300,8 @@ def head_heatmaps(
 
 
 def score_scatter(
-    x: HeadScores,
-    y: HeadScores,
+    x: HeadMap,
+    y: HeadMap,
     *,
     label_top: int = 5,
     fit: bool = False,
@@ -332,7 +370,8 @@ def score_scatter(
     if fit and ok.sum() >= 3:
         slope, intercept = np.polyfit(xs[ok], ys[ok], 1)
         line_x = np.array([xs[ok].min(), xs[ok].max()])
-        rho, pearson = _spearman(xs[ok], ys[ok]), float(np.corrcoef(xs[ok], ys[ok])[0, 1])
+        rho = correlation(xs[ok], ys[ok], method="spearman")
+        pearson = float(np.corrcoef(xs[ok], ys[ok])[0, 1])
         fig.add_trace(
             go.Scatter(
                 x=line_x,
@@ -355,7 +394,7 @@ def score_scatter(
     return fig
 
 
-def top_heads(scores: HeadScores, k: int | None = None) -> list:
+def top_heads(scores: HeadMap, k: int | None = None) -> list:
     """The heads a figure outlines: ``scores.top(k)`` without the heads that only tie into
     it (value at or below the map's median), so a mostly constant map outlines only the
     heads that stand out, and a constant map none."""
@@ -368,7 +407,7 @@ def top_heads(scores: HeadScores, k: int | None = None) -> list:
     return [h for h in scores.top(k) if scores[h] > median]
 
 
-def effect_scatter(scores: HeadScores, effects: HeadScores, **kwargs) -> go.Figure:
+def effect_scatter(scores: HeadMap, effects: HeadMap, **kwargs) -> go.Figure:
     """A head's score against the effect of ablating it, over all heads, with the fitted
     line and Spearman's rho (the correlation analysis of the TR/TL paper).
     :func:`score_scatter` with ``fit=True``; keyword arguments go to it."""
@@ -670,7 +709,7 @@ def correlation_scatter(
             x = heads[s].to_numpy(float)
             y = heads[e].to_numpy(float) * (-1.0 if drop else 1.0)
             ok = np.isfinite(x) & np.isfinite(y)
-            rho = _spearman(x[ok], y[ok]) if ok.sum() >= 3 else math.nan
+            rho = correlation(x[ok], y[ok], method="spearman") if ok.sum() >= 3 else math.nan
             shown = f"ρ = {rho:.2f}" if math.isfinite(rho) else "ρ undefined: constant"
             titles.append(f"{s} vs {'drop in ' if drop else ''}{_effect_name(e)} ({shown})")
             panels.append((s, e, x, y, ok))
@@ -812,14 +851,17 @@ def display_token(token: str) -> str:
 # --------------------------------------------------------------------------- experiments
 
 
-def experiment_figure(result: ExperimentResult, *, title: str | None = None) -> go.Figure:
+def experiment_figure(result: ResultLike, *, title: str | None = None) -> go.Figure:
     """The figure of an :class:`~icl_heads.results.ExperimentResult` (``result.plot()``),
-    chosen from the result's name and the shape of its table:
+    chosen from what the result holds (never from its name):
 
-    - ``find_task_heads`` (or a table with no rows but maps): :func:`head_heatmaps` of its
-      maps, top heads outlined;
-    - ``correlation`` (a per-head table with ``*_score`` and ``delta_*`` columns):
+    - maps and an empty table: :func:`head_heatmaps` of the maps, top heads outlined;
+    - a per-head table (``layer``, ``head``) with score (``*_score``) and effect
+      (``delta_*``) columns, e.g. ``correlation``'s ``tables["heads"]``:
       :func:`correlation_scatter`, every score against every effect's drop, with rho;
+    - maps and a table whose levels are the unchanged model's only (every ``level`` row,
+      or every row where the table has no ``kind``, is a :data:`BASELINE_CONDITIONS`
+      condition; e.g. ``find_task_heads``): the maps are the finding, :func:`head_heatmaps`;
     - a table with a ``layer`` / ``alpha`` / ``k`` axis: :func:`layer_curves`, one panel
       per metric, one curve per condition, confidence bands;
     - otherwise :func:`condition_bars` with confidence error bars, baseline and chance lines.
@@ -829,17 +871,22 @@ def experiment_figure(result: ExperimentResult, *, title: str | None = None) -> 
     as overlaps and correlations), one panel per metric; ``chance`` rows become chance
     lines (for accuracy and in-space accuracy) and ``chance_<x>`` rows the chance line of
     the metric ending in ``<x>``.
+
+    Example::
+
+        result = ih.ablation_experiment(model, prompts, heads={"TR": tr.top()})
+        viz.experiment_figure(result)  # the same as result.plot()
     """
     name = title or _result_title(result)
     table = result.table
-    if result.maps and (table.empty or result.name == "find_task_heads"):
+    if result.maps and table.empty:
         return head_heatmaps(result.maps, title=name, highlight_top=None)
-    heads = result.tables.get("heads")
-    if result.name == "correlation" and heads is not None:
-        scores = [c for c in heads.columns if c.endswith("_score")]
-        effects = [c for c in heads.columns if c.startswith("delta_")]
-        if scores and effects:
-            return correlation_scatter(heads, scores, effects, title=name)
+    found = _score_effect_table(result.tables)
+    if found is not None:
+        heads, scores, effects = found
+        return correlation_scatter(heads, scores, effects, title=name)
+    if result.maps and _baseline_levels_only(table):
+        return head_heatmaps(result.maps, title=name, highlight_top=None)
     drawn, chance = _levels(table)
     axis = _curve_axis(drawn)
     if axis is not None:
@@ -847,6 +894,28 @@ def experiment_figure(result: ExperimentResult, *, title: str | None = None) -> 
     if "kind" in table.columns:
         return condition_bars(drawn, chance=chance, facet=True, title=name)
     return condition_bars(drawn, chance=chance or None, title=name)
+
+
+def _score_effect_table(
+    tables: Mapping[str, pd.DataFrame],
+) -> tuple[pd.DataFrame, list[str], list[str]] | None:
+    """The first per-head table with score and effect columns, and those columns."""
+    for frame in tables.values():
+        if not {"layer", "head"} <= set(frame.columns):
+            continue
+        scores = [c for c in frame.columns if str(c).endswith("_score")]
+        effects = [c for c in frame.columns if str(c).startswith("delta_")]
+        if scores and effects:
+            return frame, scores, effects
+    return None
+
+
+def _baseline_levels_only(table: pd.DataFrame) -> bool:
+    """Whether the table's levels are all of the unchanged model (no intervened condition:
+    what the result found is in its maps)."""
+    levels = table[table["kind"] == "level"] if "kind" in table.columns else table
+    conditions = set(levels["condition"])
+    return bool(conditions) and conditions <= set(BASELINE_CONDITIONS)
 
 
 def _levels(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -956,10 +1025,8 @@ def describe_settings(settings) -> str:
     return ", ".join(parts)
 
 
-def _named_maps(maps) -> dict[str, HeadScores]:
-    from .heads import HeadScores
-
-    if isinstance(maps, HeadScores):
+def _named_maps(maps) -> dict[str, HeadMap]:
+    if isinstance(maps, HeadMap):
         maps = [maps]
     if isinstance(maps, Mapping):
         items = list(maps.items())
@@ -971,7 +1038,7 @@ def _named_maps(maps) -> dict[str, HeadScores]:
                 name, i = f"{m.name} ({i})", i + 1
             items.append((name, m))
     for key, value in items:
-        if not isinstance(value, HeadScores):
+        if not isinstance(value, HeadMap):
             raise TypeError(
                 f"head_heatmaps: {key!r} is a {type(value).__name__}, not a HeadScores map."
             )
@@ -1022,14 +1089,6 @@ def _to_numpy(values) -> np.ndarray:
     return np.asarray(values, dtype=float)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return math.nan  # undefined for a constant input
-    return float(spearmanr(a, b).statistic)
-
-
 def _curve_axis(table: pd.DataFrame) -> str | None:
     for column in CURVE_AXES:
         if column in table.columns and table[column].notna().any() and table[column].nunique() > 1:
@@ -1044,42 +1103,6 @@ def _chance_for(chance, metric: str) -> float | None:
         value = chance.get(metric)
         return None if value is None else float(value)
     return float(chance)
-
-
-def per_head_maps(result) -> dict[str, HeadScores]:
-    """Every per-head quantity of a result as a map: its ``maps``, and each numeric column
-    of its per-head tables (tables with exactly one row per head, by ``layer`` and
-    ``head``), named by the column (or ``table.column`` where two tables share a column
-    name)."""
-    import torch
-
-    from .heads import HeadScores
-
-    out: dict[str, HeadScores] = dict(result.maps)
-    shape = None
-    if result.maps:
-        first = next(iter(result.maps.values()))
-        shape = (first.n_layers, first.n_heads)
-    for table_name, frame in result.tables.items():
-        if not {"layer", "head"} <= set(frame.columns) or frame.empty:
-            continue
-        L = int(frame["layer"].max()) + 1 if shape is None else shape[0]
-        H = int(frame["head"].max()) + 1 if shape is None else shape[1]
-        if len(frame[["layer", "head"]].drop_duplicates()) != L * H or len(frame) != L * H:
-            continue  # not one row per head (e.g. the rows of a few head sets)
-        layers = torch.from_numpy(frame["layer"].to_numpy(dtype=np.int64, copy=True))
-        heads = torch.from_numpy(frame["head"].to_numpy(dtype=np.int64, copy=True))
-        for column in frame.columns:
-            if column in ("layer", "head", "rank") or not pd.api.types.is_numeric_dtype(
-                frame[column]
-            ):
-                continue
-            grid = torch.full((L, H), float("nan"))
-            values = frame[column].to_numpy(dtype=float, copy=True)
-            grid[layers, heads] = torch.from_numpy(values).float()
-            key = column if column not in out else f"{table_name}.{column}"
-            out[key] = HeadScores(grid, name=column, settings=None)
-    return out
 
 
 def _rgba(hex_color: str, alpha: float) -> str:

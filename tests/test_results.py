@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.results import ExperimentResult, make_table, table_row
+from icl_heads.results import ExperimentResult, make_table, per_head_maps, table_row
 from icl_heads.settings import PromptInfo
 
 
@@ -83,3 +83,18 @@ def test_plot_draws_bars_or_curves_with_intervals(result):
     curves = ExperimentResult("layer_geometry", make_table(rows), result.settings).plot()
     lines = [t for t in curves.data if t.mode == "lines+markers"]
     assert len(lines) == 2 and list(lines[0].x) == [0, 1, 2]
+
+
+def test_per_head_maps_read_full_per_head_tables_only():
+    positive = ih.HeadScores(torch.arange(12.0).reshape(4, 3) / 11, name="induction_score")
+    frame = positive.to_frame().rename(columns={"induction_score": "effect"})
+    sets = pd.DataFrame({"layer": [0], "head": [1], "tr_score": [3.0]})
+    info = PromptInfo(task="sentiment", k=4, n=8, seed=0, perturbation="gold", model="tiny")
+    result = ExperimentResult(
+        "x", make_table([]), info, maps={"IH": positive}, tables={"heads": frame, "sets": sets}
+    )
+    maps = per_head_maps(result)
+    assert set(maps) == {"IH", "effect"}
+    assert maps["IH"] is positive
+    assert torch.equal(maps["effect"].scores, positive.scores)
+    assert maps["effect"].name == "effect" and maps["effect"].settings is None

@@ -4,7 +4,9 @@ experiment's ``.plot()`` picks."""
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,7 @@ from icl_heads import viz
 from icl_heads.heads import Head, HeadScores
 from icl_heads.results import ExperimentResult, make_table, table_row
 from icl_heads.settings import PromptInfo
+from icl_heads.stats import correlation
 
 INFO = PromptInfo(task="sentiment", k=4, n=8, seed=0, perturbation="gold", model="tiny")
 
@@ -273,15 +276,99 @@ def test_experiment_figure_of_correlation_is_the_scatter_grid():
     assert "ρ = -1.00" in fig.layout.annotations[1].text
 
 
-def test_per_head_maps_read_full_per_head_tables_only(positive):
-    frame = positive.to_frame().rename(columns={"induction_score": "effect"})
-    sets = pd.DataFrame({"layer": [0], "head": [1], "tr_score": [3.0]})
-    result = ExperimentResult(
-        "x", make_table([]), INFO, maps={"IH": positive}, tables={"heads": frame, "sets": sets}
+def test_experiment_figure_depends_on_what_the_result_holds_not_its_name(signed, positive):
+    """A new experiment plots without a change in viz: renamed results draw the same."""
+    maps = {"TR": positive, "TL": signed}
+    found_table = make_table([table_row("baseline", "accuracy", 0.8, 0.7, 0.9, 8, kind="level")])
+    frame = HeadScores(torch.zeros(2, 3)).to_frame()[["layer", "head"]]
+    frame["tr_score"] = np.arange(6.0)
+    frame["delta_logit_diff"] = -np.arange(6.0)
+    corr_table = make_table([table_row("TR", "spearman", 1.0, 0.9, 1.0, 6, kind="correlation")])
+    cases = [
+        (found_table, dict(maps=maps), ["heatmap", "heatmap"]),
+        (make_table([]), dict(maps=maps), ["heatmap", "heatmap"]),
+        (corr_table, dict(tables={"per_head": frame}), ["scatter", "scatter"]),
+        (_curve_table(), {}, ["scatter"] * 8),
+        (_bar_table(), {}, ["bar", "bar"]),
+    ]
+    for table, extra, types in cases:
+        figures = [ExperimentResult(name, table, INFO, **extra).plot() for name in ("x", "new")]
+        assert [[t.type for t in f.data] for f in figures] == [types, types]
+        assert figures[0].to_dict()["data"] == figures[1].to_dict()["data"]
+    # maps beside levels of an intervened condition: the levels are the finding (bars)
+    levels = make_table([table_row("TR", "accuracy", 0.6, 0.5, 0.7, 8, kind="level")])
+    assert [t.type for t in ExperimentResult("y", levels, INFO, maps=maps).plot().data] == ["bar"]
+
+
+def test_figures_draw_any_object_shaped_like_a_map(positive):
+    """viz imports no result type: anything with the :class:`viz.HeadMap` members draws."""
+
+    class Plain:
+        def __init__(self, scores):
+            self.scores, self.name, self.settings = scores, "plain", None
+            self.n_layers, self.n_heads = scores.shape
+
+        def top(self, k=None):
+            return positive.top(k)
+
+        def rank(self):
+            return positive.rank()
+
+        def __getitem__(self, head):
+            return float(self.scores[head[0], head[1]])
+
+    plain = Plain(positive.scores.clone())
+    assert isinstance(plain, viz.HeadMap) and isinstance(positive, viz.HeadMap)
+    assert (
+        viz.head_heatmap(plain).to_dict()["data"][0]["z"]
+        == (viz.head_heatmap(positive).to_dict()["data"][0]["z"])
     )
-    maps = viz.per_head_maps(result)
-    assert set(maps) == {"IH", "effect"}
-    assert torch.equal(maps["effect"].scores, positive.scores)
+    with pytest.raises(TypeError, match="not a HeadScores map"):
+        viz.head_heatmaps({"bad": positive.scores})
+
+
+def test_displayed_spearman_is_the_stats_one_and_undefined_for_constant_input():
+    heads = pd.DataFrame(
+        {
+            "layer": [0, 0, 1, 1, 2],
+            "head": [0, 1, 0, 1, 0],
+            "tr_score": [1.0, 2.0, 2.0, 4.0, 3.0],
+            "tl_score": [1.0, 1.0, 1.0, 1.0, 1.0],
+            "delta_accuracy": [0.3, -0.1, -0.2, -0.4, 0.1],
+        }
+    )
+    fig = viz.correlation_scatter(heads, ["tr_score", "tl_score"], ["delta_accuracy"])
+    rho = spearmanr(heads["tr_score"], -heads["delta_accuracy"]).statistic
+    assert rho == pytest.approx(correlation(heads["tr_score"], -heads["delta_accuracy"]))
+    assert f"ρ = {rho:.2f}" in fig.layout.annotations[0].text
+    assert "ρ undefined: constant" in fig.layout.annotations[1].text
+
+
+def _imports(module: str) -> set[str]:
+    """The icl_heads modules a module's file imports anywhere (inside functions and
+    ``TYPE_CHECKING`` blocks too), relative imports resolved."""
+    path = Path(viz.__file__).parent / f"{module}.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("icl_heads."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_figures_import_none_of_the_types_they_draw_and_sit_in_no_import_circle():
+    top = ("heads", "results", "viz", "report", "attention_patterns")
+    graph = {m: _imports(m) & set(top) for m in top}
+    assert graph["viz"] == set()  # HeadScores.plot / ExperimentResult.plot call in, not out
+    assert graph["heads"] <= {"viz"} and graph["results"] <= {"heads", "viz"}
+
+    def reaches(start: str, target: str, seen: frozenset = frozenset()) -> bool:
+        return any(
+            n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph[start]
+        )
+
+    assert not [m for m in top if reaches(m, m)]
 
 
 # --------------------------------------------------------------------------- saving
