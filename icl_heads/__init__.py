@@ -10,11 +10,19 @@ One import line for notebooks::
     ih.induction_scores(model).plot()
 
 The root namespace holds the analyses and the result types; plumbing lives in the
-submodules (``icl_heads.activations``, ``icl_heads.interventions``, ...). The conventions
-shared by every function are in ``docs/api.md``.
+submodules (``icl_heads.activations``, ``icl_heads.interventions``, ...) and the results
+pages in ``icl_heads.pages``. The conventions shared by every function are in
+``docs/api.md``.
+
+Moved out (importable from here for one release, with a ``DeprecationWarning`` naming the
+new import path): ``iter_batches`` and ``collect`` (``icl_heads.activations``),
+``write_trtl_page`` (``icl_heads.pages.trtl``) and ``write_geometry_page``
+(``icl_heads.pages.geometry``).
 """
 
-from .activations import collect, iter_batches
+import importlib
+import warnings
+
 from .attribution import direct_logit_attribution, dla_scores, task_subspace_projector, tsla_scores
 from .decomposition import head_outputs, residual_decomposition
 from .detectors import (
@@ -32,7 +40,6 @@ from .experiments.geometry import (
     layer_geometry,
     reproduce_geometry,
     task_vector_experiment,
-    write_geometry_page,
 )
 from .experiments.trtl import (
     ablation_experiment,
@@ -42,7 +49,6 @@ from .experiments.trtl import (
     reconciliation_experiment,
     reproduce_trtl,
     steering_experiment,
-    write_trtl_page,
 )
 from .geometry import (
     alignment,
@@ -73,29 +79,104 @@ __version__ = "0.1.0"
 
 __all__ = [
     # models, tasks, prompts
-    "load_model", "Task", "builtin_tasks", "load_task", "make_task",
-    "PERTURBATIONS", "PromptSet", "build_prompts", "shift_demo_labels",
-    # running the model
-    "iter_batches", "collect", "evaluate",
+    "load_model",
+    "Task",
+    "builtin_tasks",
+    "load_task",
+    "make_task",
+    "PERTURBATIONS",
+    "PromptSet",
+    "build_prompts",
+    "shift_demo_labels",
+    # behaviour
+    "evaluate",
     # interventions
-    "ablate", "ablate_layers", "patch", "steer", "compose", "activation_means",
-    "ActivationMeans", "random_head_sets",
+    "ablate",
+    "ablate_layers",
+    "patch",
+    "steer",
+    "compose",
+    "activation_means",
+    "ActivationMeans",
+    "random_head_sets",
     # attribution
-    "head_outputs", "residual_decomposition", "direct_logit_attribution", "dla_scores",
-    "task_subspace_projector", "tsla_scores",
+    "head_outputs",
+    "residual_decomposition",
+    "direct_logit_attribution",
+    "dla_scores",
+    "task_subspace_projector",
+    "tsla_scores",
     # sweeps
-    "head_sweep", "layer_sweep", "position_sweep", "attribution_patching",
+    "head_sweep",
+    "layer_sweep",
+    "position_sweep",
+    "attribution_patching",
     # detectors
-    "token_detector_scores", "previous_token_scores", "duplicate_token_scores",
-    "induction_scores", "label_attention_scores", "LabelAttention", "detect_heads",
+    "token_detector_scores",
+    "previous_token_scores",
+    "duplicate_token_scores",
+    "induction_scores",
+    "label_attention_scores",
+    "LabelAttention",
+    "detect_heads",
     "random_repeated_tokens",
     # geometry
-    "query_states", "separability", "alignment", "task_vector", "inject_task_vector",
+    "query_states",
+    "separability",
+    "alignment",
+    "task_vector",
+    "inject_task_vector",
     # experiments (ExperimentResult each)
-    "find_task_heads", "ablation_experiment", "perturbation_experiment",
-    "correlation_experiment", "steering_experiment", "reconciliation_experiment",
-    "reproduce_trtl", "write_trtl_page", "layer_geometry", "task_vector_experiment",
-    "head_ablation_geometry", "reproduce_geometry", "write_geometry_page",
+    "find_task_heads",
+    "ablation_experiment",
+    "perturbation_experiment",
+    "correlation_experiment",
+    "steering_experiment",
+    "reconciliation_experiment",
+    "reproduce_trtl",
+    "layer_geometry",
+    "task_vector_experiment",
+    "head_ablation_geometry",
+    "reproduce_geometry",
     # result types
-    "Head", "HeadScores", "ExperimentResult", "Settings", "PromptInfo",
+    "Head",
+    "HeadScores",
+    "ExperimentResult",
+    "Settings",
+    "PromptInfo",
 ]
+
+#: Names that left the root namespace -> the modules that hold them now, preferred first
+#: (the results pages move from the experiments to ``icl_heads.pages``).
+_MOVED = {
+    "iter_batches": ("icl_heads.activations",),
+    "collect": ("icl_heads.activations",),
+    "write_trtl_page": ("icl_heads.pages.trtl", "icl_heads.experiments.trtl"),
+    "write_geometry_page": ("icl_heads.pages.geometry", "icl_heads.experiments.geometry"),
+}
+
+
+def __getattr__(name: str) -> object:
+    """The names that left the root namespace, for one more release: the object from its
+    new home, with a ``DeprecationWarning`` that says how to import it now.
+
+    Example::
+
+        ih.collect  # DeprecationWarning: ... use `from icl_heads.activations import collect`
+    """
+    for home in _MOVED.get(name, ()):
+        try:
+            module = importlib.import_module(home)
+        except ModuleNotFoundError as err:  # that home does not exist (yet): try the next
+            if err.name is not None and (home == err.name or home.startswith(err.name + ".")):
+                continue
+            raise
+        if hasattr(module, name):
+            warnings.warn(
+                f"icl_heads.{name} is deprecated and leaves the root namespace in the next "
+                f"release; use `from {home} import {name}`.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(module, name)
+    raise AttributeError(f"module 'icl_heads' has no attribute {name!r}")

@@ -45,14 +45,16 @@ def default_top_k(n_layers: int, n_heads: int, fraction: float = 0.03) -> int:
     return max(1, round(fraction * n_layers * n_heads))
 
 
-def check_top_k(top_k: int | None, n_layers: int, n_heads: int, *, allow_zero: bool = False,
-                what: str = "top_k") -> int:
+def check_top_k(
+    top_k: int | None, n_layers: int, n_heads: int, *, allow_zero: bool = False, what: str = "top_k"
+) -> int:
     """``top_k`` as an int (``None``: the default 3% of heads); clear errors otherwise."""
     if top_k is None:
         return default_top_k(n_layers, n_heads)
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
-        raise TypeError(f"{what} must be a whole number of heads (or None for 3% of heads), got "
-                        f"{top_k!r}.")
+        raise TypeError(
+            f"{what} must be a whole number of heads (or None for 3% of heads), got {top_k!r}."
+        )
     top_k = int(top_k)
     if top_k < (0 if allow_zero else 1):
         raise ValueError(f"{what} must be >= {0 if allow_zero else 1}, got {top_k}.")
@@ -94,14 +96,20 @@ class HeadScores:
             try:
                 self.scores = torch.as_tensor(self.scores, dtype=torch.float32)
             except (TypeError, ValueError, RuntimeError):
-                raise TypeError(f"HeadScores needs a [n_layers, n_heads] tensor of numbers, got "
-                                f"{type(self.scores).__name__}.") from None
+                raise TypeError(
+                    f"HeadScores needs a [n_layers, n_heads] tensor of numbers, got "
+                    f"{type(self.scores).__name__}."
+                ) from None
         if self.scores.ndim != 2:
-            raise ValueError(f"HeadScores needs a [n_layers, n_heads] tensor, got shape "
-                             f"{tuple(self.scores.shape)}.")
+            raise ValueError(
+                f"HeadScores needs a [n_layers, n_heads] tensor, got shape "
+                f"{tuple(self.scores.shape)}."
+            )
         if self.settings is not None and not isinstance(self.settings, Settings):
-            raise TypeError(f"HeadScores.settings must be a Settings dataclass (or None), got "
-                            f"{type(self.settings).__name__}.")
+            raise TypeError(
+                f"HeadScores.settings must be a Settings dataclass (or None), got "
+                f"{type(self.settings).__name__}."
+            )
         if self.top_k is not None:
             self.top_k = check_top_k(self.top_k, *self.scores.shape)
         if self.baseline is not None:
@@ -110,9 +118,11 @@ class HeadScores:
         if self.per_prompt is not None:
             self.per_prompt = torch.as_tensor(self.per_prompt).detach().float().cpu()
             if self.per_prompt.ndim != 3 or self.per_prompt.shape[1:] != self.scores.shape:
-                raise ValueError(f"per_prompt must have shape [prompt, {self.n_layers}, "
-                                 f"{self.n_heads}] to match the scores, got "
-                                 f"{tuple(self.per_prompt.shape)}.")
+                raise ValueError(
+                    f"per_prompt must have shape [prompt, {self.n_layers}, "
+                    f"{self.n_heads}] to match the scores, got "
+                    f"{tuple(self.per_prompt.shape)}."
+                )
 
     @property
     def n_layers(self) -> int:
@@ -125,7 +135,9 @@ class HeadScores:
     def __getitem__(self, head: Head | tuple[int, int]) -> float:
         return float(self.scores[head[0], head[1]])
 
-    def top(self, k: int | None = None, *, largest: bool = True, by_abs: bool = False) -> list[Head]:
+    def top(
+        self, k: int | None = None, *, largest: bool = True, by_abs: bool = False
+    ) -> list[Head]:
         """The ``k`` best heads, best first (NaN scores never ranked).
 
         Args:
@@ -133,8 +145,13 @@ class HeadScores:
             largest: rank high scores first (``False``: lowest first).
             by_abs: rank by absolute value.
         """
-        k = check_top_k(self.top_k if k is None else k, self.n_layers, self.n_heads,
-                        allow_zero=True, what="top(k): k")
+        k = check_top_k(
+            self.top_k if k is None else k,
+            self.n_layers,
+            self.n_heads,
+            allow_zero=True,
+            what="top(k): k",
+        )
         flat = self.scores.flatten()
         values = flat.abs() if by_abs else flat
         values = values if largest else -values
@@ -151,8 +168,9 @@ class HeadScores:
     def rank(self) -> Float[Tensor, "layer head"]:
         """Rank of every head (1 = highest score; NaN stays NaN)."""
         flat = self.scores.flatten()
-        order = torch.argsort(torch.where(torch.isnan(flat), -math.inf, flat), descending=True,
-                              stable=True)
+        order = torch.argsort(
+            torch.where(torch.isnan(flat), -math.inf, flat), descending=True, stable=True
+        )
         ranks = torch.empty_like(flat)
         ranks[order] = torch.arange(1, flat.numel() + 1, dtype=flat.dtype)
         ranks[torch.isnan(flat)] = math.nan
@@ -163,20 +181,29 @@ class HeadScores:
         L, H = self.scores.shape
         layers = torch.arange(L).repeat_interleave(H)
         heads = torch.arange(H).repeat(L)
-        return pd.DataFrame({
-            "layer": layers.numpy(),
-            "head": heads.numpy(),
-            "label": [f"L{layer}H{head}" for layer, head in zip(layers.tolist(), heads.tolist(),
-                                                                strict=True)],
-            self.name: self.scores.flatten().numpy(),
-            "rank": self.rank().flatten().numpy(),
-        })
+        return pd.DataFrame(
+            {
+                "layer": layers.numpy(),
+                "head": heads.numpy(),
+                "label": [
+                    f"L{layer}H{head}"
+                    for layer, head in zip(layers.tolist(), heads.tolist(), strict=True)
+                ],
+                self.name: self.scores.flatten().numpy(),
+                "rank": self.rank().flatten().numpy(),
+            }
+        )
 
     # ----------------------------------------------------------------- persistence
     def _header(self) -> dict:
-        return {"format": FILE_FORMAT, "name": self.name, "shape": list(self.scores.shape),
-                "settings": self.settings.to_dict() if self.settings is not None else None,
-                "top_k": self.top_k, "baseline": self.baseline}
+        return {
+            "format": FILE_FORMAT,
+            "name": self.name,
+            "shape": list(self.scores.shape),
+            "settings": self.settings.to_dict() if self.settings is not None else None,
+            "top_k": self.top_k,
+            "baseline": self.baseline,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Save as ``.json`` (scores, ``per_prompt``, settings) or ``.parquet`` (the tidy
@@ -200,7 +227,8 @@ class HeadScores:
                 frame["per_prompt"] = list(self.per_prompt.flatten(1).T.numpy())
             table = pa.Table.from_pandas(frame, preserve_index=False)
             table = table.replace_schema_metadata(
-                {**(table.schema.metadata or {}), b"icl_heads": json.dumps(header).encode()})
+                {**(table.schema.metadata or {}), b"icl_heads": json.dumps(header).encode()}
+            )
             pq.write_table(table, path)
         return path
 
@@ -217,8 +245,10 @@ class HeadScores:
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OSError) as err:
             if isinstance(err, ValueError) and str(err).startswith("HeadScores.load"):
                 raise
-            raise ValueError(f"HeadScores.load: {str(path)!r} is not a readable HeadScores file "
-                             f"written by icl-heads ({type(err).__name__}: {err}).") from None
+            raise ValueError(
+                f"HeadScores.load: {str(path)!r} is not a readable HeadScores file "
+                f"written by icl-heads ({type(err).__name__}: {err})."
+            ) from None
 
     @classmethod
     def _load_json(cls, path: Path) -> HeadScores:
@@ -231,8 +261,9 @@ class HeadScores:
         scores = torch.tensor(_none_to_nan(obj["scores"]), dtype=torch.float32).reshape(L, H)
         per_prompt = None
         if obj.get("per_prompt") is not None:
-            per_prompt = torch.tensor([_none_to_nan(p) for p in obj["per_prompt"]],
-                                      dtype=torch.float32).reshape(-1, L, H)
+            per_prompt = torch.tensor(
+                [_none_to_nan(p) for p in obj["per_prompt"]], dtype=torch.float32
+            ).reshape(-1, L, H)
         return cls._from_header(header, scores, per_prompt)
 
     @classmethod
@@ -243,8 +274,9 @@ class HeadScores:
         try:
             table = pq.read_table(path)
         except pyarrow.lib.ArrowException as err:
-            raise ValueError(f"HeadScores.load: {str(path)!r} is not a Parquet file "
-                             f"({err}).") from None
+            raise ValueError(
+                f"HeadScores.load: {str(path)!r} is not a Parquet file ({err})."
+            ) from None
         raw = (table.schema.metadata or {}).get(b"icl_heads")
         header = _check_header(json.loads(raw) if raw else None, path)
         frame = table.to_pandas()
@@ -252,8 +284,9 @@ class HeadScores:
         scores = torch.full((L, H), math.nan)
         layers = torch.tensor(frame["layer"].to_numpy(copy=True), dtype=torch.long)
         heads = torch.tensor(frame["head"].to_numpy(copy=True), dtype=torch.long)
-        scores[layers, heads] = torch.tensor(frame[header["name"]].to_numpy(copy=True),
-                                             dtype=torch.float32)
+        scores[layers, heads] = torch.tensor(
+            frame[header["name"]].to_numpy(copy=True), dtype=torch.float32
+        )
         per_prompt = None
         if "per_prompt" in frame.columns:
             rows = torch.tensor(np.stack(frame["per_prompt"].to_list()), dtype=torch.float32)
@@ -264,10 +297,14 @@ class HeadScores:
     @classmethod
     def _from_header(cls, header: dict, scores: Tensor, per_prompt: Tensor | None) -> HeadScores:
         settings = header.get("settings")
-        return cls(scores, name=header["name"],
-                   settings=Settings.from_dict(settings) if settings else None,
-                   per_prompt=per_prompt, top_k=header.get("top_k"),
-                   baseline=header.get("baseline"))
+        return cls(
+            scores,
+            name=header["name"],
+            settings=Settings.from_dict(settings) if settings else None,
+            per_prompt=per_prompt,
+            top_k=header.get("top_k"),
+            baseline=header.get("baseline"),
+        )
 
     def plot(self, **kwargs):
         """Interactive Plotly layer x head heatmap (see :func:`icl_heads.viz.head_heatmap`)."""
@@ -277,17 +314,24 @@ class HeadScores:
 
     def __repr__(self) -> str:
         top = ", ".join(f"{h}={self[h]:.3g}" for h in self.top(min(3, self.scores.numel())))
-        return (f"HeadScores(name={self.name!r}, shape={tuple(self.scores.shape)}, top=[{top}], "
-                f"settings={self.settings})")
+        return (
+            f"HeadScores(name={self.name!r}, shape={tuple(self.scores.shape)}, top=[{top}], "
+            f"settings={self.settings})"
+        )
 
 
 def _check_header(obj, path: Path) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FILE_FORMAT:
-        raise ValueError(f"HeadScores.load: {str(path)!r} was not written by HeadScores.save "
-                         f"(no {FILE_FORMAT!r} header).")
+        raise ValueError(
+            f"HeadScores.load: {str(path)!r} was not written by HeadScores.save "
+            f"(no {FILE_FORMAT!r} header)."
+        )
     shape = obj.get("shape")
-    if (not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(v, int) and v > 0 for v in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 2
+        or not all(isinstance(v, int) and v > 0 for v in shape)
+    ):
         raise ValueError(f"HeadScores.load: {str(path)!r} has a bad shape entry {shape!r}.")
     return obj
 
@@ -301,36 +345,45 @@ def heads_to_mask(heads: HeadsLike, n_layers: int, n_heads: int) -> Bool[Tensor,
     """
     if isinstance(heads, HeadScores):
         if (heads.n_layers, heads.n_heads) != (n_layers, n_heads):
-            raise ValueError(f"The HeadScores map {heads.name!r} has shape "
-                             f"[{heads.n_layers}, {heads.n_heads}]; this model has "
-                             f"[n_layers, n_heads] = [{n_layers}, {n_heads}]. Use a map made on "
-                             "this model.")
+            raise ValueError(
+                f"The HeadScores map {heads.name!r} has shape "
+                f"[{heads.n_layers}, {heads.n_heads}]; this model has "
+                f"[n_layers, n_heads] = [{n_layers}, {n_heads}]. Use a map made on "
+                "this model."
+            )
         heads = heads.top()
     if isinstance(heads, Tensor):
         if heads.dtype != torch.bool:
             raise TypeError(f"A head mask must be a boolean tensor, got dtype {heads.dtype}.")
         if tuple(heads.shape) != (n_layers, n_heads):
-            raise ValueError(f"Head mask has shape {tuple(heads.shape)}; this model needs "
-                             f"[n_layers, n_heads] = [{n_layers}, {n_heads}].")
+            raise ValueError(
+                f"Head mask has shape {tuple(heads.shape)}; this model needs "
+                f"[n_layers, n_heads] = [{n_layers}, {n_heads}]."
+            )
         return heads.cpu().clone()
     if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
-        raise TypeError(f"Heads must be a list of Head(layer, head) or (layer, head) pairs, a "
-                        f"HeadScores or a boolean [n_layers, n_heads] mask; got {heads!r}.")
+        raise TypeError(
+            f"Heads must be a list of Head(layer, head) or (layer, head) pairs, a "
+            f"HeadScores or a boolean [n_layers, n_heads] mask; got {heads!r}."
+        )
     mask = torch.zeros(n_layers, n_heads, dtype=torch.bool)
     for item in heads:
         layer, head = _head_pair(item)
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(f"Head {Head(layer, head)} is out of range: this model has "
-                             f"{n_layers} layers x {n_heads} heads (layer 0..{n_layers - 1}, "
-                             f"head 0..{n_heads - 1}).")
+            raise ValueError(
+                f"Head {Head(layer, head)} is out of range: this model has "
+                f"{n_layers} layers x {n_heads} heads (layer 0..{n_layers - 1}, "
+                f"head 0..{n_heads - 1})."
+            )
         mask[layer, head] = True
     return mask
 
 
 def _head_pair(item) -> tuple[int, int]:
     """``(layer, head)`` of one head, both whole numbers (floats are refused, not truncated)."""
-    bad = TypeError(f"Heads must be Head(layer, head) or (layer, head) pairs of integers, got "
-                    f"{item!r}.")
+    bad = TypeError(
+        f"Heads must be Head(layer, head) or (layer, head) pairs of integers, got {item!r}."
+    )
     if isinstance(item, (str, bytes, Tensor)) or not isinstance(item, Sequence) or len(item) != 2:
         if isinstance(item, Tensor) and item.numel() == 2 and not item.dtype.is_floating_point:
             return int(item[0]), int(item[1])
@@ -381,7 +434,8 @@ def random_head_sets(
     """
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if not isinstance(seed, np.random.Generator) and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+    ):
         raise TypeError(f"seed must be an integer (or a numpy Generator), got {seed!r}.")
     n_random = check_int(n_random, "n_random", 0)
     if not isinstance(layer_matched, bool):
@@ -390,9 +444,11 @@ def random_head_sets(
     blocked = chosen | (heads_to_mask(exclude, L, H) if exclude is not None else False)
     size, free_total = int(chosen.sum()), int((~blocked).sum())
     if size > free_total:
-        raise ValueError(f"Cannot draw random sets of {size} heads disjoint from the "
-                         f"{int(blocked.sum())} evaluated heads: only {free_total} of the "
-                         f"model's {L * H} heads are free. Use smaller head sets.")
+        raise ValueError(
+            f"Cannot draw random sets of {size} heads disjoint from the "
+            f"{int(blocked.sum())} evaluated heads: only {free_total} of the "
+            f"model's {L * H} heads are free. Use smaller head sets."
+        )
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(int(seed))
     per_layer = chosen.sum(dim=1).tolist()
     out = []

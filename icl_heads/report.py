@@ -7,7 +7,8 @@ with its rank. The page is plain HTML, Plotly's JS and a little script: no serve
 network (Plotly's JS is embedded, or written once beside the reports), so it opens offline
 from a file::
 
-    from icl_heads.report import attention_example, write_report
+    from icl_heads.attention_patterns import attention_example
+    from icl_heads.report import write_report
 
     tr, tl = ih.tsla_scores(model, prompts)
     example = attention_example(model, prompts)          # patterns of every head, prompt 0
@@ -18,6 +19,9 @@ from a file::
 
 The page also shows the result's own figure (``result.plot()``), any further figures, the
 tidy table and the settings that made the result.
+
+This module only draws: the attention patterns come from
+:func:`icl_heads.attention_patterns.attention_example` (which runs the model).
 """
 
 from __future__ import annotations
@@ -27,105 +31,37 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
+# attention_example is re-exported for callers of one release (cli.py, the notebooks);
+# new code imports it from icl_heads.attention_patterns, where the model runs.
+from .attention_patterns import AttentionExample
+from .attention_patterns import attention_example as attention_example
 from .heads import HeadScores
-from .results import ExperimentResult
+from .results import ExperimentResult, per_head_maps
 from .viz import (
+    describe_settings,
     display_token,
     experiment_figure,
     head_heatmaps,
-    per_head_maps,
     score_scatter,
     top_heads,
 )
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-    from transformer_lens import HookedTransformer
 
-    from .prompts import PromptSet
 
 #: Most layer x head maps drawn side by side in the linked view (the rest appear in the
 #: head's row of the detail panel only).
 MAX_FACETS = 6
 PLOTLY_JS_NAME = "plotly.min.js"
 REPORT_FORMAT = "icl-heads.report/1"
-
-
-@dataclass
-class AttentionExample:
-    """The attention patterns of every head on one prompt, for the report's detail panel.
-
-    Attributes:
-        tokens: the prompt's tokens (no padding), one string per position.
-        patterns: ``[n_layers, n_heads, query, key]`` attention weights.
-        text: the prompt's text.
-        prompt_index: the prompt's row in the :class:`~icl_heads.prompts.PromptSet`.
-        answer: the gold label of the prompt ("" when unknown).
-    """
-
-    tokens: list[str]
-    patterns: Float[Tensor, "layer head query key"]
-    text: str = ""
-    prompt_index: int = 0
-    answer: str = ""
-
-    def __post_init__(self) -> None:
-        self.patterns = torch.as_tensor(self.patterns).detach().float().cpu()
-        if self.patterns.ndim != 4 or self.patterns.shape[2] != self.patterns.shape[3]:
-            raise ValueError(f"AttentionExample.patterns must be [n_layers, n_heads, pos, pos], "
-                             f"got shape {tuple(self.patterns.shape)}.")
-        if self.patterns.shape[2] != len(self.tokens):
-            raise ValueError(f"AttentionExample: {len(self.tokens)} tokens for patterns over "
-                             f"{self.patterns.shape[2]} positions.")
-
-    @property
-    def n_layers(self) -> int:
-        return self.patterns.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.patterns.shape[1]
-
-
-def attention_example(
-    model: HookedTransformer,
-    prompts: PromptSet,
-    index: int = 0,
-    *,
-    device: str | torch.device | None = None,
-) -> AttentionExample:
-    """Every head's attention pattern on prompt ``index`` of ``prompts`` (one forward pass
-    through :func:`icl_heads.collect`, capturing only ``hook_pattern``).
-
-    Args:
-        model: the model.
-        prompts: the prompt set; padding is removed.
-        index: which prompt (default the first).
-        device: where to run (default: the model's device).
-    """
-    from .activations import collect
-
-    one = prompts.select([index])
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
-    got = collect(model, one, names, positions="all", device=device, return_logits=False,
-                  progress=False)
-    keep = one.attention_mask[0].bool().cpu()
-    patterns = torch.stack([got.activations[name][0] for name in names])  # [L, H, T, T]
-    patterns = patterns[:, :, keep][:, :, :, keep]
-    tokens = model.to_str_tokens(one.tokens[0][keep].cpu())
-    answer = one.label_words[int(one.gold[0])] if len(one.label_words) else ""
-    return AttentionExample(tokens=[str(t) for t in tokens], patterns=patterns,
-                            text=one.texts[0], prompt_index=int(index), answer=answer)
 
 
 def write_report(
@@ -166,10 +102,16 @@ def write_report(
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"write_report: give a .html path, got {path.name!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    page = build_report(result, maps=maps, example=example, figures=figures, tables=tables,
-                        title=title, command=command,
-                        plotly_js_src=None if plotly_js == "inline" else
-                        _write_plotly_js(path.parent, plotly_js))
+    page = build_report(
+        result,
+        maps=maps,
+        example=example,
+        figures=figures,
+        tables=tables,
+        title=title,
+        command=command,
+        plotly_js_src=None if plotly_js == "inline" else _write_plotly_js(path.parent, plotly_js),
+    )
     path.write_text(page, encoding="utf-8")
     return path
 
@@ -209,9 +151,15 @@ def build_report(
         plots["maps"] = _figure_json(fig)
     if len(facets) >= 2:
         names = list(facets)
-        plots["scatter"] = _figure_json(score_scatter(
-            facets[names[0]], facets[names[1]], x_title=names[0], y_title=names[1],
-            title=f"{names[1]} vs {names[0]} (every head; click a point)"))
+        plots["scatter"] = _figure_json(
+            score_scatter(
+                facets[names[0]],
+                facets[names[1]],
+                x_title=names[0],
+                y_title=names[1],
+                title=f"{names[1]} vs {names[0]} (every head; click a point)",
+            )
+        )
     extra = []
     if experiment is not None and not (experiment.table.empty and experiment.maps):
         own = experiment_figure(experiment)
@@ -245,22 +193,36 @@ def build_report(
         blocks.append(_table_html(str(name), frame))
     if settings is not None:
         text = json.dumps(settings.to_dict(), indent=1, default=str)
-        blocks.append(f"<section><details><summary>Settings (how this was made)</summary>"
-                      f"<pre>{html.escape(text)}</pre></details></section>")
+        blocks.append(
+            f"<section><details><summary>Settings (how this was made)</summary>"
+            f"<pre>{html.escape(text)}</pre></details></section>"
+        )
 
     subtitle = []
     if command:
         subtitle.append(f"<p class='muted'>Made with <code>{html.escape(command)}</code></p>")
     if example is not None:
-        subtitle.append(f"<p class='muted'>Example prompt #{example.prompt_index} "
-                        f"({len(example.tokens)} tokens) for the attention patterns.</p>")
-    script = (f'<script src="{html.escape(plotly_js_src)}"></script>' if plotly_js_src
-              else f"<script>{_plotly_js()}</script>")
+        subtitle.append(
+            f"<p class='muted'>Example prompt #{example.prompt_index} "
+            f"({len(example.tokens)} tokens) for the attention patterns.</p>"
+        )
+    script = (
+        f'<script src="{html.escape(plotly_js_src)}"></script>'
+        if plotly_js_src
+        else f"<script>{_plotly_js()}</script>"
+    )
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False, default=_json_default)
     payload = payload.replace("</", "<\\/")
     return _PAGE.format(
-        title=html.escape(heading), heading=html.escape(heading), subtitle="\n".join(subtitle),
-        blocks="\n".join(blocks), plotly=script, data=payload, script=_SCRIPT, css=_CSS)
+        title=html.escape(heading),
+        heading=html.escape(heading),
+        subtitle="\n".join(subtitle),
+        blocks="\n".join(blocks),
+        plotly=script,
+        data=payload,
+        script=_SCRIPT,
+        css=_CSS,
+    )
 
 
 # --------------------------------------------------------------------------- pieces
@@ -277,21 +239,25 @@ def _linked_maps(result, maps) -> dict[str, HeadScores]:
     elif isinstance(result, Mapping):
         out.update(result)
     elif result is not None:
-        raise TypeError(f"write_report: result must be an ExperimentResult, a HeadScores or a "
-                        f"dict of them, got {type(result).__name__}.")
+        raise TypeError(
+            f"write_report: result must be an ExperimentResult, a HeadScores or a "
+            f"dict of them, got {type(result).__name__}."
+        )
     for key, value in (maps or {}).items():
         out[str(key) if key not in out else f"{key} (extra)"] = value
     for key, value in out.items():
         if not isinstance(value, HeadScores):
-            raise TypeError(f"write_report: map {key!r} is a {type(value).__name__}, not a "
-                            "HeadScores.")
+            raise TypeError(
+                f"write_report: map {key!r} is a {type(value).__name__}, not a HeadScores."
+            )
     return out
 
 
 def _same(a: HeadScores, b: HeadScores) -> bool:
     """The same values at every head (a per-head table's copy of a map)."""
-    return a.scores.shape == b.scores.shape and bool(torch.allclose(
-        a.scores, b.scores, rtol=1e-5, atol=1e-8, equal_nan=True))
+    return a.scores.shape == b.scores.shape and bool(
+        torch.allclose(a.scores, b.scores, rtol=1e-5, atol=1e-8, equal_nan=True)
+    )
 
 
 def _check_shapes(per_head: Mapping[str, HeadScores], example: AttentionExample | None) -> None:
@@ -299,8 +265,10 @@ def _check_shapes(per_head: Mapping[str, HeadScores], example: AttentionExample 
     if example is not None:
         shapes.add((example.n_layers, example.n_heads))
     if len(shapes) > 1:
-        raise ValueError(f"write_report: the maps and the example come from models of different "
-                         f"shapes {sorted(shapes)}; give maps of one model.")
+        raise ValueError(
+            f"write_report: the maps and the example come from models of different "
+            f"shapes {sorted(shapes)}; give maps of one model."
+        )
 
 
 def _quantities(per_head: Mapping[str, HeadScores]) -> list[dict]:
@@ -309,10 +277,15 @@ def _quantities(per_head: Mapping[str, HeadScores]) -> list[dict]:
     for key, scores in per_head.items():
         values = scores.scores.flatten().tolist()
         ranks = scores.rank().flatten().tolist()
-        out.append({"name": key, "score": scores.name,
-                    "values": [None if not math.isfinite(v) else v for v in values],
-                    "ranks": [None if not math.isfinite(r) else int(r) for r in ranks],
-                    "n": int(sum(math.isfinite(v) for v in values))})
+        out.append(
+            {
+                "name": key,
+                "score": scores.name,
+                "values": [None if not math.isfinite(v) else v for v in values],
+                "ranks": [None if not math.isfinite(r) else int(r) for r in ranks],
+                "n": int(sum(math.isfinite(v) for v in values)),
+            }
+        )
     return out
 
 
@@ -324,9 +297,14 @@ def _example_json(example: AttentionExample | None) -> dict | None:
     rows, cols = np.tril_indices(T)
     tri = example.patterns.numpy()[:, :, rows, cols]  # [L, H, T(T+1)/2]
     quantised = np.clip(np.rint(tri * 255.0), 0, 255).astype(np.uint8)
-    return {"tokens": [display_token(t) for t in example.tokens], "T": T,
-            "patterns": base64.b64encode(quantised.tobytes()).decode("ascii"),
-            "text": example.text, "answer": example.answer, "index": example.prompt_index}
+    return {
+        "tokens": [display_token(t) for t in example.tokens],
+        "T": T,
+        "patterns": base64.b64encode(quantised.tobytes()).decode("ascii"),
+        "text": example.text,
+        "answer": example.answer,
+        "index": example.prompt_index,
+    }
 
 
 def _figure_json(fig: go.Figure) -> dict:
@@ -362,21 +340,32 @@ def _plain(value):
 def _table_html(name: str, frame: pd.DataFrame) -> str:
     """The table (its first 400 rows); a long one folded under its heading."""
     shown = frame.head(400)
-    body = shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—",
-                         classes="data", border=0)
-    more = f"<p class='muted'>{len(frame) - len(shown)} more rows in the CSV.</p>" \
-        if len(frame) > len(shown) else ""
+    body = shown.to_html(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", classes="data", border=0
+    )
+    more = (
+        f"<p class='muted'>{len(frame) - len(shown)} more rows in the CSV.</p>"
+        if len(frame) > len(shown)
+        else ""
+    )
     if len(frame) <= 60:
         return f"<section><h2>{html.escape(name)}</h2>{body}{more}</section>"
-    return (f"<section><details><summary><b>{html.escape(name)}</b> ({len(frame)} rows)"
-            f"</summary>{body}{more}</details></section>")
+    return (
+        f"<section><details><summary><b>{html.escape(name)}</b> ({len(frame)} rows)"
+        f"</summary>{body}{more}</details></section>"
+    )
 
 
 def _top_heads_html(facets: Mapping[str, HeadScores]) -> str:
     parts = []
     for name, scores in facets.items():
-        buttons = " ".join(f'<button class="head" data-layer="{h.layer}" data-head="{h.head}">'
-                           f"{h}</button>" for h in top_heads(scores)) or "none stand out"
+        buttons = (
+            " ".join(
+                f'<button class="head" data-layer="{h.layer}" data-head="{h.head}">{h}</button>'
+                for h in top_heads(scores)
+            )
+            or "none stand out"
+        )
         parts.append(f"<div><b>{html.escape(name)}</b> top heads: {buttons}</div>")
     return f"<section class='tops'>{''.join(parts)}</section>"
 
@@ -386,8 +375,6 @@ def _first_settings(maps: Mapping[str, HeadScores]):
 
 
 def _default_title(experiment, maps, settings) -> str:
-    from .viz import describe_settings
-
     name = experiment.name if experiment is not None else " | ".join(maps) or "icl-heads"
     meta = describe_settings(settings)
     return f"icl-heads: {name}" + (f" ({meta})" if meta else "")
@@ -398,8 +385,10 @@ def _write_plotly_js(directory: Path, where: str | Path) -> str:
     the relative ``src``."""
     relative = Path(PLOTLY_JS_NAME) if where == "beside" else Path(where)
     if relative.is_absolute():
-        raise ValueError(f"plotly_js: give 'inline', 'beside' or a path relative to the "
-                         f"report's directory, got {str(where)!r}.")
+        raise ValueError(
+            f"plotly_js: give 'inline', 'beside' or a path relative to the "
+            f"report's directory, got {str(where)!r}."
+        )
     target = directory / relative
     code = _plotly_js()
     if not target.is_file() or target.stat().st_size != len(code.encode("utf-8")):

@@ -25,11 +25,10 @@ NAN = math.nan
 @pytest.fixture
 def scores():
     # 3 layers x 4 heads; one NaN (not scored), one tie (L0H1 = L2H0 = 5)
-    grid = torch.tensor([[1.0, 5.0, -7.0, 0.0],
-                         [2.0, NAN, 9.0, -1.0],
-                         [5.0, 3.0, -2.0, 4.0]])
-    return HeadScores(grid, name="tl_score", settings=PromptInfo(task="x", k=4, n=3, seed=0,
-                                                                perturbation="gold"))
+    grid = torch.tensor([[1.0, 5.0, -7.0, 0.0], [2.0, NAN, 9.0, -1.0], [5.0, 3.0, -2.0, 4.0]])
+    return HeadScores(
+        grid, name="tl_score", settings=PromptInfo(task="x", k=4, n=3, seed=0, perturbation="gold")
+    )
 
 
 def test_head_prints_as_layer_and_head():
@@ -145,15 +144,18 @@ def test_heads_to_mask_accepts_every_head_selection(scores):
     assert not heads_to_mask([], 3, 4).any()
 
 
-@pytest.mark.parametrize("heads, error, match", [
-    ([Head(3, 0)], ValueError, "out of range"),
-    ([(0, 4)], ValueError, "out of range"),
-    ([(-1, 0)], ValueError, "out of range"),
-    (torch.zeros(4, 3, dtype=torch.bool), ValueError, "shape"),
-    (torch.zeros(3, 4), TypeError, "boolean"),
-    (["L0H1"], TypeError, "pairs"),
-    ([5], TypeError, "pairs"),
-])
+@pytest.mark.parametrize(
+    "heads, error, match",
+    [
+        ([Head(3, 0)], ValueError, "out of range"),
+        ([(0, 4)], ValueError, "out of range"),
+        ([(-1, 0)], ValueError, "out of range"),
+        (torch.zeros(4, 3, dtype=torch.bool), ValueError, "shape"),
+        (torch.zeros(3, 4), TypeError, "boolean"),
+        (["L0H1"], TypeError, "pairs"),
+        ([5], TypeError, "pairs"),
+    ],
+)
 def test_heads_to_mask_rejects_bad_selections(heads, error, match):
     with pytest.raises(error, match=match):
         heads_to_mask(heads, 3, 4)
@@ -189,8 +191,7 @@ def test_random_sets_are_reproducible_disjoint_and_layer_matched():
     for s in a:
         assert len(s) == 3 and len(set(s)) == 3 and not (set(s) & blocked)
         assert sorted(h.layer for h in s) == [1, 1, 3]
-    unmatched = random_head_sets(model, heads, 6, layer_matched=False, seed=3,
-                                 exclude=exclude)
+    unmatched = random_head_sets(model, heads, 6, layer_matched=False, seed=3, exclude=exclude)
     assert all(len(s) == 3 and not (set(s) & blocked) for s in unmatched)
     assert {h.layer for s in unmatched for h in s} != {1, 3}
 

@@ -24,8 +24,10 @@ import pytest
 import torch
 
 import icl_heads as ih
+from icl_heads import attention_patterns, report
+from icl_heads.attention_patterns import AttentionExample, attention_example
 from icl_heads.heads import HeadScores
-from icl_heads.report import AttentionExample, attention_example, build_report, write_report
+from icl_heads.report import build_report, write_report
 from icl_heads.results import ExperimentResult, make_table, table_row
 
 # --------------------------------------------------------------------------- fixtures
@@ -41,8 +43,9 @@ def tiny_run(tiny_llama, tiny_prompts):
 
 
 def _data(page: str) -> dict:
-    match = re.search(r'<script type="application/json" id="icl-heads-data">(.*?)</script>',
-                      page, re.S)
+    match = re.search(
+        r'<script type="application/json" id="icl-heads-data">(.*?)</script>', page, re.S
+    )
     assert match, "no data block"
     return json.loads(match.group(1).replace("<\\/", "</"))
 
@@ -51,30 +54,14 @@ def _patterns(data: dict) -> np.ndarray:
     return np.frombuffer(base64.b64decode(data["example"]["patterns"]), dtype=np.uint8)
 
 
-# --------------------------------------------------------------------------- attention_example
+# --------------------------------------------------------------------------- imports
 
 
-def test_attention_example_has_every_heads_pattern_without_padding(tiny_llama, tiny_prompts,
-                                                                   tiny_run):
-    _, example = tiny_run
-    length = int(tiny_prompts.lengths[1])
-    assert example.patterns.shape == (2, 4, length, length)
-    assert len(example.tokens) == length and example.prompt_index == 1
-    assert torch.allclose(example.patterns.sum(-1), torch.ones(2, 4, length), atol=1e-5)
-    assert torch.all(example.patterns.triu(1) == 0)  # causal
-    assert example.text == tiny_prompts.texts[1]
-    assert example.answer == tiny_prompts.label_words[int(tiny_prompts.gold[1])]
-    # the same patterns as TransformerLens's own cache on the unpadded prompt
-    tokens = tiny_prompts.select([1]).tokens
-    _, cache = tiny_llama.run_with_cache(tokens, names_filter=lambda n: n.endswith("pattern"))
-    assert torch.allclose(example.patterns[1], cache["pattern", 1][0], atol=1e-5)
-
-
-def test_attention_example_checks_its_shapes():
-    with pytest.raises(ValueError, match="3 tokens"):
-        AttentionExample(["a", "b", "c"], torch.zeros(1, 1, 2, 2))
-    with pytest.raises(ValueError, match="n_layers, n_heads, pos, pos"):
-        AttentionExample(["a"], torch.zeros(1, 1))
+def test_report_keeps_attention_example_importable_from_its_new_home():
+    """Transitional: ``icl_heads.report.attention_example`` is the function of
+    :mod:`icl_heads.attention_patterns` (the report only draws)."""
+    assert report.attention_example is attention_patterns.attention_example
+    assert report.AttentionExample is attention_patterns.AttentionExample
 
 
 # --------------------------------------------------------------------------- the page
@@ -82,8 +69,9 @@ def test_attention_example_checks_its_shapes():
 
 def test_report_holds_maps_example_and_ranks(tiny_run, tmp_path):
     maps, example = tiny_run
-    path = write_report(tmp_path / "r" / "report.html", maps, example=example,
-                        command="icl-heads find-heads")
+    path = write_report(
+        tmp_path / "r" / "report.html", maps, example=example, command="icl-heads find-heads"
+    )
     page = path.read_text()
     data = _data(page)
     assert data["facets"] == ["TR", "TL", "induction"]
@@ -112,8 +100,9 @@ def test_report_embeds_plotly_and_fetches_nothing(tiny_run, tmp_path):
 def test_report_can_share_one_plotly_file_beside_several_reports(tiny_run, tmp_path):
     maps, _ = tiny_run
     for name in ("a", "b"):
-        page = write_report(tmp_path / name / "report.html", maps,
-                            plotly_js="../plotly.min.js").read_text()
+        page = write_report(
+            tmp_path / name / "report.html", maps, plotly_js="../plotly.min.js"
+        ).read_text()
         assert '<script src="../plotly.min.js"></script>' in page and len(page) < 1_000_000
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
     beside = write_report(tmp_path / "c" / "report.html", maps, plotly_js="beside")
@@ -127,10 +116,15 @@ def test_report_of_an_experiment_shows_its_figure_table_settings_and_per_head_ro
     info = ih.PromptInfo(task="sentiment", k=3, n=10, seed=0, perturbation="gold")
     heads = maps["TR"].to_frame()[["layer", "head"]]
     heads["delta_logit_diff"] = np.linspace(-1, 1, len(heads))
-    table = make_table([table_row("baseline", "accuracy", 0.5, 0.4, 0.6, 10, kind="level"),
-                        table_row("TR", "accuracy", 0.3, 0.2, 0.4, 10, kind="level")])
-    result = ExperimentResult("ablation", table, info, maps={"TR": maps["TR"]},
-                              tables={"heads": heads})
+    table = make_table(
+        [
+            table_row("baseline", "accuracy", 0.5, 0.4, 0.6, 10, kind="level"),
+            table_row("TR", "accuracy", 0.3, 0.2, 0.4, 10, kind="level"),
+        ]
+    )
+    result = ExperimentResult(
+        "ablation", table, info, maps={"TR": maps["TR"]}, tables={"heads": heads}
+    )
     page = build_report(result, maps={"induction": maps["induction"]}, example=example)
     data = _data(page)
     assert data["facets"] == ["TR", "induction"]
@@ -152,8 +146,7 @@ def test_report_refuses_maps_of_another_model(tiny_run, tmp_path):
 
 def test_report_escapes_text_that_could_close_the_script(tmp_path):
     tokens = ["</script><b>", " x"]
-    example = AttentionExample(tokens, torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]]),
-                               text="</script>")
+    example = AttentionExample(tokens, torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]]), text="</script>")
     page = build_report({"m": HeadScores(torch.ones(1, 1))}, example=example)
     body = page.split('id="icl-heads-data">', 1)[1]
     assert "</script><b>" not in body.split("</script>", 1)[0]
@@ -162,14 +155,25 @@ def test_report_escapes_text_that_could_close_the_script(tmp_path):
 
 # --------------------------------------------------------------------------- in a browser
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _chromium() -> str | None:
-    for candidate in (os.environ.get("ICL_HEADS_CHROMIUM"), shutil.which("chromium"),
-                      shutil.which("chromium-browser"), "/usr/bin/chromium"):
+    for candidate in (
+        os.environ.get("ICL_HEADS_CHROMIUM"),
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        "/usr/bin/chromium",
+    ):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -181,8 +185,9 @@ def _browser_or_skip():
     reasons = []
     executable = _chromium()
     if executable is None:
-        reasons.append("no Chromium found (install it: apt-get install -y chromium; or set "
-                       "ICL_HEADS_CHROMIUM)")
+        reasons.append(
+            "no Chromium found (install it: apt-get install -y chromium; or set ICL_HEADS_CHROMIUM)"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -198,15 +203,19 @@ def _browser_or_skip():
 
 def _cell_centre(page, layer: int, head: int, facet: int = 0) -> tuple[float, float]:
     """Viewport coordinates of a heatmap cell, from Plotly's own axis maps."""
-    return tuple(page.evaluate(
-        """([layer, head, facet]) => {
+    return tuple(
+        page.evaluate(
+            """([layer, head, facet]) => {
             const gd = document.getElementById('plot-maps');
             gd.scrollIntoView();
             const s = facet ? String(facet + 1) : '';
             const xa = gd._fullLayout['xaxis' + s], ya = gd._fullLayout['yaxis' + s];
             const box = gd.getBoundingClientRect();
             return [box.left + xa._offset + xa.l2p(head), box.top + ya._offset + ya.l2p(layer)];
-        }""", [layer, head, facet]))
+        }""",
+            [layer, head, facet],
+        )
+    )
 
 
 def test_report_draws_the_maps_and_a_click_shows_the_head_in_chromium(tiny_run, tmp_path):
@@ -219,8 +228,13 @@ def test_report_draws_the_maps_and_a_click_shows_the_head_in_chromium(tiny_run, 
     errors: list[str] = []
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
         browser = pw.chromium.launch_persistent_context(
-            profile, executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000}, offline=True)
+            profile,
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000},
+            offline=True,
+        )
         try:
             page = browser.new_page()
             page.on("pageerror", lambda err: errors.append(str(err)))
@@ -256,8 +270,7 @@ def test_report_draws_the_maps_and_a_click_shows_the_head_in_chromium(tiny_run, 
             target = next(h for h in maps["TL"].top(8) if h != first)
             x, y = _cell_centre(page, target.layer, target.head, facet=1)
             page.mouse.click(x, y)
-            page.wait_for_function(f"document.body.dataset.selected === '{target}'",
-                                   timeout=10_000)
+            page.wait_for_function(f"document.body.dataset.selected === '{target}'", timeout=10_000)
             detail = page.inner_text("#detail")
             assert page.inner_text("#detail-head") == str(target)
             assert f"layer {target.layer}, head {target.head}" in detail
@@ -271,23 +284,26 @@ def test_report_draws_the_maps_and_a_click_shows_the_head_in_chromium(tiny_run, 
             # the selection is outlined on every map
             outlines = page.evaluate(
                 "document.getElementById('plot-maps').layout.shapes"
-                ".filter(s => s.name === 'selected').length")
+                ".filter(s => s.name === 'selected').length"
+            )
             assert outlines == 3
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(tmp_path / "report-clicked.png"))
             # a click on a point of the scatter selects that head too
             other = next(h for h in maps["TR"].top(8) if h != target)
             page.evaluate("document.getElementById('plot-scatter').scrollIntoView()")
-            point = page.evaluate("""([layer, head]) => {
+            point = page.evaluate(
+                """([layer, head]) => {
                 const gd = document.getElementById('plot-scatter'), t = gd._fullData[0];
                 const i = t.customdata.findIndex(c => c[0] === layer && c[1] === head);
                 const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
                 const b = gd.getBoundingClientRect();
                 return [b.left + xa._offset + xa.l2p(t.x[i]), b.top + ya._offset + ya.l2p(t.y[i])];
-            }""", [other.layer, other.head])
+            }""",
+                [other.layer, other.head],
+            )
             page.mouse.click(*point)
-            page.wait_for_function(f"document.body.dataset.selected === '{other}'",
-                                   timeout=10_000)
+            page.wait_for_function(f"document.body.dataset.selected === '{other}'", timeout=10_000)
             assert page.inner_text("#detail-head") == str(other)
             assert not errors, errors
         finally:

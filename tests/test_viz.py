@@ -4,7 +4,9 @@ experiment's ``.plot()`` picks."""
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,14 +19,16 @@ from icl_heads import viz
 from icl_heads.heads import Head, HeadScores
 from icl_heads.results import ExperimentResult, make_table, table_row
 from icl_heads.settings import PromptInfo
+from icl_heads.stats import correlation
 
 INFO = PromptInfo(task="sentiment", k=4, n=8, seed=0, perturbation="gold", model="tiny")
 
 
 @pytest.fixture
 def signed():
-    grid = torch.tensor([[1.0, -5.0, 2.0], [0.5, 9.0, -1.0], [3.0, 0.0, math.nan],
-                         [-2.0, 4.0, 6.0]])
+    grid = torch.tensor(
+        [[1.0, -5.0, 2.0], [0.5, 9.0, -1.0], [3.0, 0.0, math.nan], [-2.0, 4.0, 6.0]]
+    )
     return HeadScores(grid, name="tl_score", settings=INFO, top_k=2)
 
 
@@ -105,8 +109,10 @@ def test_score_scatter_colours_by_layer_and_labels_top_heads(signed, positive):
 
 def test_effect_scatter_draws_the_fit_and_spearman_rho(positive):
     rng = np.random.default_rng(0)
-    effect = HeadScores(positive.scores + torch.tensor(rng.normal(0, 0.2, (4, 3)),
-                                                       dtype=torch.float32), name="effect")
+    effect = HeadScores(
+        positive.scores + torch.tensor(rng.normal(0, 0.2, (4, 3)), dtype=torch.float32),
+        name="effect",
+    )
     fig = viz.effect_scatter(positive, effect)
     rho = spearmanr(positive.scores.flatten(), effect.scores.flatten()).statistic
     assert f"ρ = {rho:.3f}" in fig.layout.title.text
@@ -117,10 +123,15 @@ def test_effect_scatter_draws_the_fit_and_spearman_rho(positive):
 
 
 def test_correlation_scatter_plots_drops_with_one_panel_per_pair():
-    heads = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
-                          "tr_score": [1.0, 2.0, 3.0, 4.0],
-                          "delta_accuracy": [0.0, -0.1, -0.2, -0.4],
-                          "delta_logit_diff": [0.1, 0.0, -0.1, 0.2]})
+    heads = pd.DataFrame(
+        {
+            "layer": [0, 0, 1, 1],
+            "head": [0, 1, 0, 1],
+            "tr_score": [1.0, 2.0, 3.0, 4.0],
+            "delta_accuracy": [0.0, -0.1, -0.2, -0.4],
+            "delta_logit_diff": [0.1, 0.0, -0.1, 0.2],
+        }
+    )
     fig = viz.correlation_scatter(heads, ["tr_score"], ["delta_accuracy", "delta_logit_diff"])
     points = [t for t in fig.data if t.mode == "markers"]
     assert len(points) == 2
@@ -156,12 +167,14 @@ def test_layer_curves_overlay_conditions_with_ci_bands():
 
 
 def _bar_table():
-    return make_table([
-        table_row("baseline", "accuracy", 0.8, 0.7, 0.9, 32),
-        table_row("TR", "accuracy", 0.5, 0.4, 0.6, 32),
-        table_row("baseline", "label_space_rate", 1.0, 1.0, 1.0, 32),
-        table_row("TR", "label_space_rate", 0.6, 0.5, 0.7, 32),
-    ])
+    return make_table(
+        [
+            table_row("baseline", "accuracy", 0.8, 0.7, 0.9, 32),
+            table_row("TR", "accuracy", 0.5, 0.4, 0.6, 32),
+            table_row("baseline", "label_space_rate", 1.0, 1.0, 1.0, 32),
+            table_row("TR", "label_space_rate", 0.6, 0.5, 0.7, 32),
+        ]
+    )
 
 
 def test_bars_have_ci_error_bars_and_baseline_and_chance_lines():
@@ -187,7 +200,12 @@ def test_attention_pattern_has_tokens_on_both_axes_and_keeps_repeats_apart():
     pattern = torch.tril(torch.ones(4, 4))
     pattern = pattern / pattern.sum(-1, keepdim=True)
     fig = viz.attention_pattern(pattern, tokens, head=Head(2, 1))
-    assert list(fig.layout.xaxis.ticktext) == tokens and list(fig.layout.yaxis.tickvals) == [0, 1, 2, 3]
+    assert list(fig.layout.xaxis.ticktext) == tokens and list(fig.layout.yaxis.tickvals) == [
+        0,
+        1,
+        2,
+        3,
+    ]
     assert fig.layout.yaxis.autorange == "reversed" and "L2H1" in fig.layout.title.text
     assert np.asarray(fig.data[0].z)[3, 1] == pytest.approx(0.25)
 
@@ -210,11 +228,13 @@ def test_experiment_figure_of_layer_tables_is_curves():
 
 
 def test_experiment_figure_of_kind_tables_draws_levels_and_chance_lines():
-    rows = [table_row("baseline", "accuracy", 0.8, 0.7, 0.9, 8, kind="level"),
-            table_row("baseline", "chance", 0.5, 0.5, 0.5, 8, kind="level"),
-            table_row("TR", "accuracy", 0.6, 0.5, 0.7, 8, kind="level"),
-            table_row("TR", "delta_accuracy", -0.2, -0.3, -0.1, 8, kind="effect"),
-            table_row("TR - TL", "delta_accuracy", -0.1, -0.2, 0.0, 8, kind="contrast")]
+    rows = [
+        table_row("baseline", "accuracy", 0.8, 0.7, 0.9, 8, kind="level"),
+        table_row("baseline", "chance", 0.5, 0.5, 0.5, 8, kind="level"),
+        table_row("TR", "accuracy", 0.6, 0.5, 0.7, 8, kind="level"),
+        table_row("TR", "delta_accuracy", -0.2, -0.3, -0.1, 8, kind="effect"),
+        table_row("TR - TL", "delta_accuracy", -0.1, -0.2, 0.0, 8, kind="contrast"),
+    ]
     fig = ExperimentResult("ablation", make_table(rows), INFO).plot()
     assert {t.name for t in fig.data} == {"baseline", "TR"}  # levels only, no chance bar
     assert {t.x[0] for t in fig.data} == {"baseline", "TR"}
@@ -223,8 +243,11 @@ def test_experiment_figure_of_kind_tables_draws_levels_and_chance_lines():
 
 
 def test_experiment_figure_of_steering_is_curves_over_alpha():
-    rows = [table_row(c, "label_space_rate", v, v - 0.1, v + 0.1, 8, kind="level", alpha=a)
-            for c in ("TR", "random_TR") for a, v in ((0, 0.5), (1, 0.7), (4, 0.9))]
+    rows = [
+        table_row(c, "label_space_rate", v, v - 0.1, v + 0.1, 8, kind="level", alpha=a)
+        for c in ("TR", "random_TR")
+        for a, v in ((0, 0.5), (1, 0.7), (4, 0.9))
+    ]
     fig = ExperimentResult("steering", make_table(rows), INFO).plot()
     lines = [t for t in fig.data if t.mode == "lines+markers"]
     assert [t.name for t in lines] == ["TR", "random_TR"] and list(lines[0].x) == [0, 1, 4]
@@ -244,22 +267,108 @@ def test_experiment_figure_of_correlation_is_the_scatter_grid():
     frame["tr_score"] = np.arange(6.0)
     frame["tl_score"] = np.arange(6.0)[::-1]
     frame["delta_logit_diff"] = -np.arange(6.0)
-    table = make_table([table_row("TR", "spearman_drop_logit_diff", 1.0, 0.9, 1.0, 6,
-                                  kind="correlation")])
+    table = make_table(
+        [table_row("TR", "spearman_drop_logit_diff", 1.0, 0.9, 1.0, 6, kind="correlation")]
+    )
     fig = ExperimentResult("correlation", table, INFO, tables={"heads": frame}).plot()
     assert len([t for t in fig.data if t.mode == "markers"]) == 2
     assert "ρ = 1.00" in fig.layout.annotations[0].text
     assert "ρ = -1.00" in fig.layout.annotations[1].text
 
 
-def test_per_head_maps_read_full_per_head_tables_only(positive):
-    frame = positive.to_frame().rename(columns={"induction_score": "effect"})
-    sets = pd.DataFrame({"layer": [0], "head": [1], "tr_score": [3.0]})
-    result = ExperimentResult("x", make_table([]), INFO, maps={"IH": positive},
-                              tables={"heads": frame, "sets": sets})
-    maps = viz.per_head_maps(result)
-    assert set(maps) == {"IH", "effect"}
-    assert torch.equal(maps["effect"].scores, positive.scores)
+def test_experiment_figure_depends_on_what_the_result_holds_not_its_name(signed, positive):
+    """A new experiment plots without a change in viz: renamed results draw the same."""
+    maps = {"TR": positive, "TL": signed}
+    found_table = make_table([table_row("baseline", "accuracy", 0.8, 0.7, 0.9, 8, kind="level")])
+    frame = HeadScores(torch.zeros(2, 3)).to_frame()[["layer", "head"]]
+    frame["tr_score"] = np.arange(6.0)
+    frame["delta_logit_diff"] = -np.arange(6.0)
+    corr_table = make_table([table_row("TR", "spearman", 1.0, 0.9, 1.0, 6, kind="correlation")])
+    cases = [
+        (found_table, dict(maps=maps), ["heatmap", "heatmap"]),
+        (make_table([]), dict(maps=maps), ["heatmap", "heatmap"]),
+        (corr_table, dict(tables={"per_head": frame}), ["scatter", "scatter"]),
+        (_curve_table(), {}, ["scatter"] * 8),
+        (_bar_table(), {}, ["bar", "bar"]),
+    ]
+    for table, extra, types in cases:
+        figures = [ExperimentResult(name, table, INFO, **extra).plot() for name in ("x", "new")]
+        assert [[t.type for t in f.data] for f in figures] == [types, types]
+        assert figures[0].to_dict()["data"] == figures[1].to_dict()["data"]
+    # maps beside levels of an intervened condition: the levels are the finding (bars)
+    levels = make_table([table_row("TR", "accuracy", 0.6, 0.5, 0.7, 8, kind="level")])
+    assert [t.type for t in ExperimentResult("y", levels, INFO, maps=maps).plot().data] == ["bar"]
+
+
+def test_figures_draw_any_object_shaped_like_a_map(positive):
+    """viz imports no result type: anything with the :class:`viz.HeadMap` members draws."""
+
+    class Plain:
+        def __init__(self, scores):
+            self.scores, self.name, self.settings = scores, "plain", None
+            self.n_layers, self.n_heads = scores.shape
+
+        def top(self, k=None):
+            return positive.top(k)
+
+        def rank(self):
+            return positive.rank()
+
+        def __getitem__(self, head):
+            return float(self.scores[head[0], head[1]])
+
+    plain = Plain(positive.scores.clone())
+    assert isinstance(plain, viz.HeadMap) and isinstance(positive, viz.HeadMap)
+    assert (
+        viz.head_heatmap(plain).to_dict()["data"][0]["z"]
+        == (viz.head_heatmap(positive).to_dict()["data"][0]["z"])
+    )
+    with pytest.raises(TypeError, match="not a HeadScores map"):
+        viz.head_heatmaps({"bad": positive.scores})
+
+
+def test_displayed_spearman_is_the_stats_one_and_undefined_for_constant_input():
+    heads = pd.DataFrame(
+        {
+            "layer": [0, 0, 1, 1, 2],
+            "head": [0, 1, 0, 1, 0],
+            "tr_score": [1.0, 2.0, 2.0, 4.0, 3.0],
+            "tl_score": [1.0, 1.0, 1.0, 1.0, 1.0],
+            "delta_accuracy": [0.3, -0.1, -0.2, -0.4, 0.1],
+        }
+    )
+    fig = viz.correlation_scatter(heads, ["tr_score", "tl_score"], ["delta_accuracy"])
+    rho = spearmanr(heads["tr_score"], -heads["delta_accuracy"]).statistic
+    assert rho == pytest.approx(correlation(heads["tr_score"], -heads["delta_accuracy"]))
+    assert f"ρ = {rho:.2f}" in fig.layout.annotations[0].text
+    assert "ρ undefined: constant" in fig.layout.annotations[1].text
+
+
+def _imports(module: str) -> set[str]:
+    """The icl_heads modules a module's file imports anywhere (inside functions and
+    ``TYPE_CHECKING`` blocks too), relative imports resolved."""
+    path = Path(viz.__file__).parent / f"{module}.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("icl_heads."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_figures_import_none_of_the_types_they_draw_and_sit_in_no_import_circle():
+    top = ("heads", "results", "viz", "report", "attention_patterns")
+    graph = {m: _imports(m) & set(top) for m in top}
+    assert graph["viz"] == set()  # HeadScores.plot / ExperimentResult.plot call in, not out
+    assert graph["heads"] <= {"viz"} and graph["results"] <= {"heads", "viz"}
+
+    def reaches(start: str, target: str, seen: frozenset = frozenset()) -> bool:
+        return any(
+            n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph[start]
+        )
+
+    assert not [m for m in top if reaches(m, m)]
 
 
 # --------------------------------------------------------------------------- saving
@@ -285,9 +394,19 @@ def test_save_figure_png_needs_kaleido(tmp_path, positive):
 
 
 def test_conditions_get_distinct_colours_beyond_the_base_palette():
-    conditions = ["gold", "random_labels", "abstract_labels", "zero_shot", "gold (split half)",
-                  "TR", "TL", "baseline", *[f"extra {i}" for i in range(12)]]
-    fig = viz.condition_bars(make_table([table_row(c, "accuracy", 0.5, 0.4, 0.6, 8)
-                                         for c in conditions]))
+    conditions = [
+        "gold",
+        "random_labels",
+        "abstract_labels",
+        "zero_shot",
+        "gold (split half)",
+        "TR",
+        "TL",
+        "baseline",
+        *[f"extra {i}" for i in range(12)],
+    ]
+    fig = viz.condition_bars(
+        make_table([table_row(c, "accuracy", 0.5, 0.4, 0.6, 8) for c in conditions])
+    )
     colours = [t.marker.color for t in fig.data]
     assert len(colours) == len(conditions) and len(set(colours)) == len(conditions)
