@@ -31,7 +31,7 @@ from .decomposition import (
     unembed_bias,
 )
 from .heads import HeadScores, check_top_k
-from .interventions import check_interventions
+from .hooks import check_interventions
 from .prompts import PromptSet, check_prompt_set
 from .settings import PromptInfo, Settings, describe_interventions, model_name
 

@@ -42,7 +42,7 @@ from transformer_lens import HookedTransformer
 
 from .activations import iter_batches
 from .heads import HeadScores, check_top_k, default_top_k
-from .interventions import check_interventions
+from .hooks import check_interventions
 from .models import resolve_device
 from .prompts import PromptSet, check_prompt_set
 from .settings import PromptInfo, Settings, describe_interventions, model_name

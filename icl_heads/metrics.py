@@ -16,7 +16,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .interventions import check_interventions
+from .activations import collect
+from .hooks import check_interventions
 from .prompts import PromptSet, check_prompt_set
 from .settings import PromptInfo, Settings, describe_interventions, model_name
 
@@ -152,8 +153,6 @@ def evaluate(
         label_space_rate, in_space_accuracy, logit_diff, chance``;
         ``.attrs["settings"]`` says how it was made.
     """
-    from .activations import collect
-
     check_prompt_set(prompts, model=model)
     logits = collect(model, prompts, batch_size=batch_size, device=device,
                      interventions=interventions, progress=progress,

@@ -85,6 +85,27 @@ def describe_interventions(interventions: Sequence[Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def intervention_specs(interventions: Sequence[Any]) -> tuple[dict, ...]:
+    """One JSON-able spec per intervention (``iv.to_spec()``), for settings, so a saved
+    result can be replayed with :func:`icl_heads.interventions.from_spec`. An object
+    without ``to_spec`` is written as ``{"kind": "opaque", "description": ...}`` (recorded,
+    but not rebuildable).
+
+    Example::
+
+        intervention_specs([ih.ablate(model, [(3, 2)])])
+        # ({'kind': 'ablate', 'site': 'z', 'heads': [[3, 2]], 'mode': 'zero', ...},)
+    """
+    out = []
+    for iv in interventions:
+        to_spec = getattr(iv, "to_spec", None)
+        if callable(to_spec):
+            out.append(to_spec())
+        else:
+            out.append({"kind": "opaque", "description": describe_interventions([iv])[0]})
+    return tuple(out)
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, Settings):
         return value.to_dict()
