@@ -75,8 +75,9 @@ def names_filter(names: Sequence[str] | Callable[[str], bool] | None) -> Callabl
     if isinstance(names, str):
         return {names}.__contains__
     if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
-        raise TypeError(f"names must be a hook name, a list of hook names or a callable "
-                        f"filter, got {names!r}.")
+        raise TypeError(
+            f"names must be a hook name, a list of hook names or a callable filter, got {names!r}."
+        )
     return set(names).__contains__
 
 
@@ -132,13 +133,18 @@ def iter_batches(
     keep = names_filter(names)
     n = len(prompts)
     starts = range(0, n, batch_size)
-    bar = tqdm(starts, desc=desc, disable=not progress, leave=False,
-               total=len(starts), unit="batch")
+    bar = tqdm(
+        starts, desc=desc, disable=not progress, leave=False, total=len(starts), unit="batch"
+    )
     for start in bar:
         index = torch.arange(start, min(start + batch_size, n))
         batch = prompts.select(index).to(device)
-        capture = Capture(names=keep, positions=positions, attention_mask=batch.attention_mask,
-                          reduce=reduce(batch) if reduce is not None else None)
+        capture = Capture(
+            names=keep,
+            positions=positions,
+            attention_mask=batch.attention_mask,
+            reduce=reduce(batch) if reduce is not None else None,
+        )
         hooks: HookList = capture.fwd_hooks()
         for iv in interventions:
             hooks.extend(iv.fwd_hooks(batch, index))
@@ -149,8 +155,9 @@ def iter_batches(
 
 def _forward(model: HookedTransformer, batch: PromptSet, *, return_logits: bool) -> Tensor | None:
     """Forward pass that unembeds only the last position."""
-    resid = model(batch.tokens, attention_mask=batch.attention_mask,
-                  stop_at_layer=model.cfg.n_layers)
+    resid = model(
+        batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=model.cfg.n_layers
+    )
     return final_logits(model, resid[:, -1]) if return_logits else None
 
 
@@ -197,9 +204,18 @@ def collect(
     """Run :func:`iter_batches` and concatenate. Position (and attention-key) axes are
     left-padded back to the full set's length, with zeros at padding."""
     logits, acts = [], {}
-    for batch in iter_batches(model, prompts, names, positions=positions, batch_size=batch_size,
-                              device=device, interventions=interventions,
-                              return_logits=return_logits, progress=progress, desc=desc):
+    for batch in iter_batches(
+        model,
+        prompts,
+        names,
+        positions=positions,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        return_logits=return_logits,
+        progress=progress,
+        desc=desc,
+    ):
         if batch.logits is not None:
             logits.append(batch.logits)
         for name, act in batch.activations.items():

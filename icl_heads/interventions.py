@@ -91,7 +91,7 @@ def _align_end(act: Tensor, length: int) -> Tensor:
     if have == length:
         return act
     if have > length:
-        return act[:, have - length:]
+        return act[:, have - length :]
     pad = act.new_zeros((act.shape[0], length - have, *act.shape[2:]))
     return torch.cat([pad, act], dim=1)
 
@@ -115,8 +115,9 @@ class Replacement(Intervention):
         sel = self.mask.any(-1) if self.mask.ndim == 2 else self.mask
         return sel.nonzero().flatten().tolist()
 
-    def values(self, layer: int, batch: PromptSet | None, index: Tensor | None,
-               length: int, n_rows: int) -> Tensor:
+    def values(
+        self, layer: int, batch: PromptSet | None, index: Tensor | None, length: int, n_rows: int
+    ) -> Tensor:
         """Replacement activations for ``layer``, broadcastable to the site's activation
         ``[n_rows, length, (head,) d]`` (aligned at the end of the sequence)."""
         raise NotImplementedError
@@ -132,6 +133,7 @@ class Replacement(Intervention):
     def fwd_hooks(self, batch: PromptSet | None, index: Tensor | None) -> HookList:
         hooks = []
         for layer in self.layers:
+
             def hook(act: Tensor, hook, layer=layer) -> Tensor:
                 vals = self.values(layer, batch, index, act.shape[1], act.shape[0])
                 sel = self.selector(layer, act.shape[1], act.device)
@@ -143,8 +145,9 @@ class Replacement(Intervention):
     def with_mask(self, mask: Tensor) -> Replacement:
         """The same intervention on other heads/layers (shares the stored activations)."""
         if tuple(mask.shape) != tuple(self.mask.shape):
-            raise ValueError(f"Mask has shape {tuple(mask.shape)}, expected "
-                             f"{tuple(self.mask.shape)}.")
+            raise ValueError(
+                f"Mask has shape {tuple(mask.shape)}, expected {tuple(self.mask.shape)}."
+            )
         return replace(self, mask=mask.bool().cpu())
 
     def _where(self) -> str:
@@ -161,8 +164,9 @@ class Replacement(Intervention):
         return {"site": self.site, "layers": self.layers}
 
 
-def _donor_rows(ref_texts: Sequence[str], index: Tensor, texts: Sequence[str] | None,
-                seed: int) -> Tensor:
+def _donor_rows(
+    ref_texts: Sequence[str], index: Tensor, texts: Sequence[str] | None, seed: int
+) -> Tensor:
     """Seeded donor prompt for every row: row ``i`` (prompt index ``index[i]``) draws a
     reference prompt uniformly among those whose text differs from its own (when its text is
     known), with a generator seeded by ``(seed, index[i])``, so a prompt always gets the same
@@ -175,9 +179,11 @@ def _donor_rows(ref_texts: Sequence[str], index: Tensor, texts: Sequence[str] | 
         else:
             candidates = [j for j in range(n_ref) if ref_texts[j] != texts[row]]
         if not candidates:
-            raise ValueError("Resample ablation needs a reference set with at least one prompt "
-                             "that differs from each ablated prompt; give reference= a larger "
-                             "PromptSet.")
+            raise ValueError(
+                "Resample ablation needs a reference set with at least one prompt "
+                "that differs from each ablated prompt; give reference= a larger "
+                "PromptSet."
+            )
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(gi))
         out.append(candidates[int(torch.randint(len(candidates), (1,), generator=g))])
     return torch.tensor(out, dtype=torch.long)
@@ -213,8 +219,9 @@ class Ablation(Replacement):
 
     def donors(self, batch: PromptSet | None, index: Tensor, n_rows: int) -> Tensor:
         """Donor prompt (row of the reference set) of every row of the batch."""
-        return _donor_rows(self.donor_texts, index, batch.texts if batch is not None else None,
-                           self.seed)
+        return _donor_rows(
+            self.donor_texts, index, batch.texts if batch is not None else None, self.seed
+        )
 
     def values(self, layer, batch, index, length, n_rows):
         if self.mode == "zero":
@@ -290,8 +297,19 @@ def ablate(
         An :class:`Ablation`.
     """
     mask = heads_to_mask(heads, model.cfg.n_layers, model.cfg.n_heads)
-    return _make_ablation(model, "z", mask, mode, positions, means=means, reference=reference,
-                          seed=seed, batch_size=batch_size, device=device, progress=progress)
+    return _make_ablation(
+        model,
+        "z",
+        mask,
+        mode,
+        positions,
+        means=means,
+        reference=reference,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
 
 
 def ablate_layers(
@@ -317,42 +335,73 @@ def ablate_layers(
     ``layers=None`` means every layer.
     """
     if site == "z":
-        raise ValueError("For heads use ablate(model, heads, ...); ablate_layers takes a layer "
-                         f"site, one of {LAYER_SITES}.")
+        raise ValueError(
+            "For heads use ablate(model, heads, ...); ablate_layers takes a layer "
+            f"site, one of {LAYER_SITES}."
+        )
     if site not in LAYER_SITES:
         raise ValueError(f"Unknown layer site {site!r}; choose one of {LAYER_SITES}.")
     mask = layers_to_mask(layers, model.cfg.n_layers)
-    return _make_ablation(model, site, mask, mode, positions, means=means, reference=reference,
-                          seed=seed, batch_size=batch_size, device=device, progress=progress)
+    return _make_ablation(
+        model,
+        site,
+        mask,
+        mode,
+        positions,
+        means=means,
+        reference=reference,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
 
 
-def _make_ablation(model, site, mask, mode, positions, *, means, reference, seed, batch_size,
-                   device, progress) -> Ablation:
+def _make_ablation(
+    model, site, mask, mode, positions, *, means, reference, seed, batch_size, device, progress
+) -> Ablation:
     if mode not in ABLATION_MODES:
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an integer, got {seed!r}.")
     positions = check_positions(positions)
-    kwargs = dict(model=model, site=site, mask=mask, positions=positions, mode=mode,
-                  seed=int(seed))
+    kwargs = dict(model=model, site=site, mask=mask, positions=positions, mode=mode, seed=int(seed))
     if mode == "mean":
         if means is None:
             if reference is None:
-                raise ValueError("Mean ablation needs the mean activations: pass means= (e.g. "
-                                 "activation_means(model, prompts)) or reference= (a PromptSet).")
-            means = activation_means(model, reference, site, positions=positions,
-                                     batch_size=batch_size, device=device, progress=progress)
+                raise ValueError(
+                    "Mean ablation needs the mean activations: pass means= (e.g. "
+                    "activation_means(model, prompts)) or reference= (a PromptSet)."
+                )
+            means = activation_means(
+                model,
+                reference,
+                site,
+                positions=positions,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            )
         kwargs["means"] = _check_means(model, means, site)
         kwargs["means_from"] = means if isinstance(means, ActivationMeans) else None
     elif mode == "resample":
         if reference is None:
-            raise ValueError("Resample ablation draws activations from other prompts: pass "
-                             "reference= (a PromptSet, usually the prompts being run).")
+            raise ValueError(
+                "Resample ablation draws activations from other prompts: pass "
+                "reference= (a PromptSet, usually the prompts being run)."
+            )
         check_prompt_set(reference, "reference", model=model)
         layers = (mask.any(-1) if mask.ndim == 2 else mask).nonzero().flatten().tolist()
-        kwargs["donor_acts"] = collect_sites(model, reference, site, layers,
-                                             positions=positions, batch_size=batch_size,
-                                             device=device, progress=progress)
+        kwargs["donor_acts"] = collect_sites(
+            model,
+            reference,
+            site,
+            layers,
+            positions=positions,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
         kwargs["donor_texts"] = tuple(reference.texts)
         kwargs["reference"] = reference.info()
         kwargs["batch_size"] = batch_size
@@ -362,17 +411,23 @@ def _make_ablation(model, site, mask, mode, positions, *, means, reference, seed
 def _check_means(model: HookedTransformer, means, site: str) -> Tensor:
     if isinstance(means, ActivationMeans):
         if means.site != site:
-            raise ValueError(f"These means are of site {means.site!r}; this ablation is on "
-                             f"{site!r}. Compute activation_means(model, prompts, {site!r}).")
+            raise ValueError(
+                f"These means are of site {means.site!r}; this ablation is on "
+                f"{site!r}. Compute activation_means(model, prompts, {site!r})."
+            )
         means = means.values
     if not isinstance(means, Tensor):
-        raise TypeError(f"means must be ActivationMeans (activation_means(...)) or a tensor, "
-                        f"got {type(means).__name__}.")
-    want = (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head) if site == "z" \
+        raise TypeError(
+            f"means must be ActivationMeans (activation_means(...)) or a tensor, "
+            f"got {type(means).__name__}."
+        )
+    want = (
+        (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
+        if site == "z"
         else (model.cfg.n_layers, model.cfg.d_model)
+    )
     if tuple(means.shape) != want:
-        raise ValueError(f"means has shape {tuple(means.shape)}; site {site!r} needs "
-                         f"{list(want)}.")
+        raise ValueError(f"means has shape {tuple(means.shape)}; site {site!r} needs {list(want)}.")
     return means.detach().float().cpu()
 
 
@@ -396,13 +451,17 @@ class Patch(Replacement):
     def source_rows(self, batch: PromptSet | None, index: Tensor, n_rows: int) -> Tensor:
         n_src = len(self.source_lengths)
         if int(index.max()) >= n_src:
-            raise ValueError(f"Target prompt {int(index.max())} has no source prompt (the "
-                             f"source has {n_src}); source and target must align row by row.")
+            raise ValueError(
+                f"Target prompt {int(index.max())} has no source prompt (the "
+                f"source has {n_src}); source and target must align row by row."
+            )
         if self.positions != "query" and batch is not None:
             if not torch.equal(self.source_lengths[index.cpu()].cpu(), batch.lengths.cpu()):
-                raise ValueError("Source and target prompts differ in length, so their "
-                                 "positions do not correspond; patch only positions='query' or "
-                                 "use aligned prompts of equal length (e.g. shift_demo_labels).")
+                raise ValueError(
+                    "Source and target prompts differ in length, so their "
+                    "positions do not correspond; patch only positions='query' or "
+                    "use aligned prompts of equal length (e.g. shift_demo_labels)."
+                )
         return index.cpu()
 
     def values(self, layer, batch, index, length, n_rows):
@@ -477,11 +536,26 @@ def patch(
             raise ValueError(f"Site {site!r} is a layer activation; select layers=, not heads=.")
         mask = layers_to_mask(layers, L)
     sel = (mask.any(-1) if mask.ndim == 2 else mask).nonzero().flatten().tolist()
-    acts = collect_sites(model, source, site, sel, positions=positions, batch_size=batch_size,
-                         device=device, progress=progress)
-    return Patch(model=model, site=site, mask=mask, positions=positions, source_acts=acts,
-                 source_lengths=source.lengths.cpu(), source=source.info(),
-                 batch_size=batch_size)
+    acts = collect_sites(
+        model,
+        source,
+        site,
+        sel,
+        positions=positions,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    return Patch(
+        model=model,
+        site=site,
+        mask=mask,
+        positions=positions,
+        source_acts=acts,
+        source_lengths=source.lengths.cpu(),
+        source=source.info(),
+        batch_size=batch_size,
+    )
 
 
 # --------------------------------------------------------------------------- steering
@@ -504,18 +578,27 @@ class Steer(Intervention):
             pos = position_mask(self.positions, act.shape[1], act.device)
             add = self.alpha * self.vector.to(act.device, act.dtype)
             if self.site == "z":  # [b, pos, head, d_head]: add to one head's z
-                sel = pos[None, :, None, None] & (
-                    torch.arange(act.shape[2], device=act.device) == self.head)[None, None, :, None]
+                sel = (
+                    pos[None, :, None, None]
+                    & (torch.arange(act.shape[2], device=act.device) == self.head)[
+                        None, None, :, None
+                    ]
+                )
                 return act + sel * add
             return act + pos[None, :, None] * add
 
         return [(hook_name(self.site, self.layer), hook)]
 
     def describe(self) -> str:
-        where = f"head=L{self.layer}H{self.head}" if self.head is not None else \
-            f"site={self.site}, layer={self.layer}"
-        return (f"steer({where}, alpha={self.alpha:g}, |v|={float(self.vector.norm()):.3g}, "
-                f"positions={self.positions})")
+        where = (
+            f"head=L{self.layer}H{self.head}"
+            if self.head is not None
+            else f"site={self.site}, layer={self.layer}"
+        )
+        return (
+            f"steer({where}, alpha={self.alpha:g}, |v|={float(self.vector.norm()):.3g}, "
+            f"positions={self.positions})"
+        )
 
     def to_spec(self, *, max_inline: int = MAX_INLINE) -> dict:
         """``{"kind": "steer", "site", "layer", "head", "alpha", "positions", "vector"}``
@@ -572,12 +655,15 @@ def steer(
         try:
             vector = torch.as_tensor(vector, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"vector must be a 1-D tensor of numbers, got "
-                            f"{type(vector).__name__}.") from None
+            raise TypeError(
+                f"vector must be a 1-D tensor of numbers, got {type(vector).__name__}."
+            ) from None
     vector = vector.detach().float()
     if vector.ndim != 1:
-        raise ValueError(f"vector must be 1-D ([d_model] or, with a head, [d_head]); got shape "
-                         f"{tuple(vector.shape)}.")
+        raise ValueError(
+            f"vector must be 1-D ([d_model] or, with a head, [d_head]); got shape "
+            f"{tuple(vector.shape)}."
+        )
     if not torch.isfinite(vector).all():
         raise ValueError("vector contains NaN or inf values.")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
@@ -589,8 +675,10 @@ def steer(
         mask = heads_to_mask([head], L, model.cfg.n_heads)
         hl, head_index = (int(v) for v in mask.nonzero()[0])
         if layer is not None and layer != hl:
-            raise ValueError(f"layer={layer} disagrees with head {Head(hl, head_index)}; omit "
-                             "layer when giving a head.")
+            raise ValueError(
+                f"layer={layer} disagrees with head {Head(hl, head_index)}; omit "
+                "layer when giving a head."
+            )
         layer = hl
         if vector.shape[0] == model.cfg.d_head and vector.shape[0] != model.cfg.d_model:
             site = "z"
@@ -598,8 +686,10 @@ def steer(
             site = "attn_out"
             head_index = None
         else:
-            raise ValueError(f"A head's steering vector must have d_model={model.cfg.d_model} "
-                             f"or d_head={model.cfg.d_head} entries, got {vector.shape[0]}.")
+            raise ValueError(
+                f"A head's steering vector must have d_model={model.cfg.d_model} "
+                f"or d_head={model.cfg.d_head} entries, got {vector.shape[0]}."
+            )
     else:
         if layer is None:
             raise ValueError("Give the layer to steer (or a head).")
@@ -607,11 +697,20 @@ def steer(
             raise ValueError("To steer a head's z, give head=Head(layer, head).")
         hook_name(site, 0)
         if vector.shape[0] != model.cfg.d_model:
-            raise ValueError(f"vector has {vector.shape[0]} entries; the residual stream has "
-                             f"d_model={model.cfg.d_model}.")
+            raise ValueError(
+                f"vector has {vector.shape[0]} entries; the residual stream has "
+                f"d_model={model.cfg.d_model}."
+            )
     layers_to_mask([layer], L)  # type and range check
-    return Steer(model=model, vector=vector, layer=int(layer), alpha=float(alpha),
-                 positions=positions, head=head_index, site=site)
+    return Steer(
+        model=model,
+        vector=vector,
+        layer=int(layer),
+        alpha=float(alpha),
+        positions=positions,
+        head=head_index,
+        site=site,
+    )
 
 
 # --------------------------------------------------------------------------- composition
@@ -728,8 +827,10 @@ class TaskVector(Intervention):
         return [(self.hook_name, hook)]
 
     def describe(self) -> str:
-        return (f"task_vector(state={self.layer}, mode={self.mode}, scale={self.scale:g}, "
-                f"|v|={float(self.vector.norm()):.3g}, positions={self.positions})")
+        return (
+            f"task_vector(state={self.layer}, mode={self.mode}, scale={self.scale:g}, "
+            f"|v|={float(self.vector.norm()):.3g}, positions={self.positions})"
+        )
 
     def to_spec(self, *, max_inline: int = MAX_INLINE) -> dict:
         """``{"kind": "task_vector", "layer", "mode", "scale", "positions", "vector"}``."""
@@ -780,18 +881,22 @@ def inject_task_vector(
         A :class:`TaskVector`.
     """
     if not isinstance(model, HookedTransformer):
-        raise TypeError(f"inject_task_vector needs a HookedTransformer as model, got "
-                        f"{type(model).__name__}.")
+        raise TypeError(
+            f"inject_task_vector needs a HookedTransformer as model, got {type(model).__name__}."
+        )
     if not isinstance(vector, Tensor):
         try:
             vector = torch.as_tensor(vector, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"vector must be a 1-D tensor of d_model numbers, got "
-                            f"{type(vector).__name__}.") from None
+            raise TypeError(
+                f"vector must be a 1-D tensor of d_model numbers, got {type(vector).__name__}."
+            ) from None
     vector = vector.detach().float().cpu()
     if vector.ndim != 1 or vector.shape[0] != model.cfg.d_model:
-        raise ValueError(f"vector must have shape [d_model] = [{model.cfg.d_model}], got "
-                         f"{tuple(vector.shape)}; task_vector(model, prompts, layer) makes one.")
+        raise ValueError(
+            f"vector must have shape [d_model] = [{model.cfg.d_model}], got "
+            f"{tuple(vector.shape)}; task_vector(model, prompts, layer) makes one."
+        )
     if not torch.isfinite(vector).all():
         raise ValueError("vector contains NaN or inf values.")
     if mode not in TASK_VECTOR_MODES:
@@ -801,10 +906,14 @@ def inject_task_vector(
     if not bool(torch.isfinite(torch.tensor(float(scale)))):
         raise ValueError(f"scale must be finite, got {scale!r}.")
     state_injection_hook(layer, model.cfg.n_layers)
-    return TaskVector(model=model, vector=vector, layer=int(layer), mode=mode,
-                      scale=float(scale), positions=check_positions(positions))
-
-
+    return TaskVector(
+        model=model,
+        vector=vector,
+        layer=int(layer),
+        mode=mode,
+        scale=float(scale),
+        positions=check_positions(positions),
+    )
 
 
 # --------------------------------------------------------------------------- specs
@@ -817,8 +926,18 @@ def inject_task_vector(
 # passed to from_spec (``tensors=``) or recomputed from recorded prompts (``prompts=``).
 
 _SPEC_FIELDS = {
-    "ablate": {"kind", "model", "site", "heads", "layers", "mode", "positions", "seed", "means",
-               "reference"},
+    "ablate": {
+        "kind",
+        "model",
+        "site",
+        "heads",
+        "layers",
+        "mode",
+        "positions",
+        "seed",
+        "means",
+        "reference",
+    },
     "patch": {"kind", "model", "site", "heads", "layers", "positions", "source"},
     "steer": {"kind", "model", "site", "layer", "head", "alpha", "positions", "vector"},
     "task_vector": {"kind", "model", "layer", "mode", "scale", "positions", "vector"},
@@ -879,8 +998,9 @@ def _required(spec: Mapping, kind: str, name: str, where: str = "") -> Any:
     return spec[name]
 
 
-def _spec_int(spec: Mapping, kind: str, name: str, *, optional: bool = False,
-              where: str = "") -> int | None:
+def _spec_int(
+    spec: Mapping, kind: str, name: str, *, optional: bool = False, where: str = ""
+) -> int | None:
     value = spec.get(name) if optional else _required(spec, kind, name, where)
     if value is None and optional:
         return None
@@ -906,8 +1026,9 @@ def _spec_choice(spec: Mapping, kind: str, name: str, choices: Sequence[str]) ->
 def _spec_positions(spec: Mapping, kind: str, where: str = "") -> Positions:
     value = _required(spec, kind, "positions", where)
     if isinstance(value, (list, tuple)) and not value:
-        raise _bad(kind, where + "positions", "an empty list; give 'query', 'all' or a list "
-                   "of ints.")
+        raise _bad(
+            kind, where + "positions", "an empty list; give 'query', 'all' or a list of ints."
+        )
     try:
         return check_positions(value)
     except (TypeError, ValueError) as err:
@@ -954,30 +1075,46 @@ def _find_prompts(kind: str, name: str, info: Any, prompts: Any) -> PromptSet:
     for p in given:
         if isinstance(p, PromptSet) and p.info() == want:
             return p
-    raise _bad(kind, name, f"needs the prompts {want}; pass that PromptSet in prompts= (given: "
-               f"{[p.info() for p in given if isinstance(p, PromptSet)] or 'none'}).")
+    raise _bad(
+        kind,
+        name,
+        f"needs the prompts {want}; pass that PromptSet in prompts= (given: "
+        f"{[p.info() for p in given if isinstance(p, PromptSet)] or 'none'}).",
+    )
 
 
 def _tensor_from(kind: str, name: str, rec: Any, tensors: Any) -> Tensor | None:
     """The tensor of a record: its inline values, else the one of ``tensors`` with its
     fingerprint, else ``None``."""
-    if not isinstance(rec, Mapping) or not isinstance(rec.get("shape"), list) \
-            or not isinstance(rec.get("sha256"), str):
-        raise _bad(kind, name, f"must be a tensor record {{'shape', 'sha256', ['values']}}, "
-                   f"got {str(rec)[:80]!r}.")
+    if (
+        not isinstance(rec, Mapping)
+        or not isinstance(rec.get("shape"), list)
+        or not isinstance(rec.get("sha256"), str)
+    ):
+        raise _bad(
+            kind,
+            name,
+            f"must be a tensor record {{'shape', 'sha256', ['values']}}, got {str(rec)[:80]!r}.",
+        )
     if "values" in rec:
         try:
             t = torch.tensor(rec["values"], dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError):
             raise _bad(kind, f"{name}.values", "must be a (nested) list of numbers.") from None
         if list(t.shape) != rec["shape"] or _fingerprint(t) != rec["sha256"]:
-            raise _bad(kind, f"{name}.values", "does not match the recorded shape and sha256 "
-                       "fingerprint (edited or truncated?).")
+            raise _bad(
+                kind,
+                f"{name}.values",
+                "does not match the recorded shape and sha256 fingerprint (edited or truncated?).",
+            )
         return t
     for cand in _candidates(tensors, (Tensor, ActivationMeans)):
         t = cand.values if isinstance(cand, ActivationMeans) else cand
-        if isinstance(t, Tensor) and list(t.shape) == rec["shape"] \
-                and _fingerprint(t) == rec["sha256"]:
+        if (
+            isinstance(t, Tensor)
+            and list(t.shape) == rec["shape"]
+            and _fingerprint(t) == rec["sha256"]
+        ):
             return t.detach().to("cpu", torch.float32)
     return None
 
@@ -986,40 +1123,70 @@ def _spec_vector(kind: str, spec: Mapping, tensors: Any) -> Tensor:
     vector = _tensor_from(kind, "vector", _required(spec, kind, "vector"), tensors)
     if vector is None:
         rec = spec["vector"]
-        raise _bad(kind, "vector", f"the {rec['shape']} vector is not inlined; pass it in "
-                   f"tensors= (fingerprint {rec['sha256']}).")
+        raise _bad(
+            kind,
+            "vector",
+            f"the {rec['shape']} vector is not inlined; pass it in "
+            f"tensors= (fingerprint {rec['sha256']}).",
+        )
     return vector
 
 
-def _spec_means(model: HookedTransformer, spec: Mapping, site: str, *, prompts: Any,
-                tensors: Any, device: Any, progress: bool) -> ActivationMeans | Tensor:
+def _spec_means(
+    model: HookedTransformer,
+    spec: Mapping,
+    site: str,
+    *,
+    prompts: Any,
+    tensors: Any,
+    device: Any,
+    progress: bool,
+) -> ActivationMeans | Tensor:
     rec = _required(spec, "ablate", "means")
     values = _tensor_from("ablate", "means", rec, tensors)
     made = rec.get("prompts") is not None
     if made:
         if rec.get("site") != site:
-            raise _bad("ablate", "means.site", f"{rec.get('site')!r}; this ablation is on "
-                       f"{site!r}.")
+            raise _bad(
+                "ablate", "means.site", f"{rec.get('site')!r}; this ablation is on {site!r}."
+            )
         positions = _spec_positions(rec, "ablate", where="means.")
         batch_size = _spec_int(rec, "ablate", "batch_size", optional=True, where="means.")
     if values is None:
         if not made or rec.get("interventions"):
             why = "were made under interventions" if made else "were given as a bare tensor"
-            raise _bad("ablate", "means", f"the means {why} and are not inlined; pass them in "
-                       f"tensors= (fingerprint {rec['sha256']}).")
+            raise _bad(
+                "ablate",
+                "means",
+                f"the means {why} and are not inlined; pass them in "
+                f"tensors= (fingerprint {rec['sha256']}).",
+            )
         reference = _find_prompts("ablate", "means.prompts", rec["prompts"], prompts)
-        got = activation_means(model, reference, site, positions=positions,
-                               batch_size=batch_size if batch_size is not None else 16,
-                               device=device, progress=progress)
+        got = activation_means(
+            model,
+            reference,
+            site,
+            positions=positions,
+            batch_size=batch_size if batch_size is not None else 16,
+            device=device,
+            progress=progress,
+        )
         if _fingerprint(got.values) != rec["sha256"]:
-            log.warning("The recomputed mean activations differ from the recorded ones "
-                        "(another device or dtype?); the replay is not bit-exact.")
+            log.warning(
+                "The recomputed mean activations differ from the recorded ones "
+                "(another device or dtype?); the replay is not bit-exact."
+            )
         return got
     if not made:
         return values
-    return ActivationMeans(values=values, site=site, positions=positions,
-                           prompts=Settings.from_dict(rec["prompts"]), batch_size=batch_size,
-                           interventions=tuple(rec.get("interventions") or ()))
+    return ActivationMeans(
+        values=values,
+        site=site,
+        positions=positions,
+        prompts=Settings.from_dict(rec["prompts"]),
+        batch_size=batch_size,
+        interventions=tuple(rec.get("interventions") or ()),
+    )
 
 
 def from_spec(
@@ -1064,24 +1231,37 @@ def from_spec(
             a missing prompt set / tensor (naming what to pass).
     """
     if not isinstance(spec, Mapping) or not isinstance(spec.get("kind"), str):
-        raise ValueError(f"Bad spec field 'kind': a spec is a dict with a 'kind' (written by "
-                         f"iv.to_spec()), got {str(spec)[:80]!r}.")
+        raise ValueError(
+            f"Bad spec field 'kind': a spec is a dict with a 'kind' (written by "
+            f"iv.to_spec()), got {str(spec)[:80]!r}."
+        )
     kind = spec["kind"]
     if kind not in _SPEC_FIELDS:
-        raise ValueError(f"Bad spec field 'kind': unknown kind {kind!r}; known: "
-                         f"{sorted(_SPEC_FIELDS)}.")
+        raise ValueError(
+            f"Bad spec field 'kind': unknown kind {kind!r}; known: {sorted(_SPEC_FIELDS)}."
+        )
     unknown = sorted(set(spec) - _SPEC_FIELDS[kind])
     if unknown:
-        raise _bad(kind, unknown[0], f"not a field of {kind!r} specs (fields: "
-                   f"{sorted(_SPEC_FIELDS[kind])}).")
+        raise _bad(
+            kind,
+            unknown[0],
+            f"not a field of {kind!r} specs (fields: {sorted(_SPEC_FIELDS[kind])}).",
+        )
     if spec.get("model") is not None and spec["model"] != model_name(model):
-        raise _bad(kind, "model", f"written for model {spec['model']!r}; this model is "
-                   f"{model_name(model)!r}.")
+        raise _bad(
+            kind,
+            "model",
+            f"written for model {spec['model']!r}; this model is {model_name(model)!r}.",
+        )
     common = dict(prompts=prompts, tensors=tensors, device=device, progress=progress)
     if kind == "opaque":
-        raise _bad(kind, "kind", f"{spec.get('description', 'this intervention')!r} was "
-                   "written from an intervention that cannot be rebuilt (only ablate, patch, "
-                   "steer, task_vector and compose can).")
+        raise _bad(
+            kind,
+            "kind",
+            f"{spec.get('description', 'this intervention')!r} was "
+            "written from an intervention that cannot be rebuilt (only ablate, patch, "
+            "steer, task_vector and compose can).",
+        )
     if kind == "compose":
         parts = _required(spec, kind, "parts")
         if not isinstance(parts, list) or not parts:
@@ -1099,9 +1279,16 @@ def from_spec(
         source = _find_prompts(kind, "source", rec.get("prompts"), prompts)
         batch_size = _spec_int(rec, kind, "batch_size", optional=True, where="source.")
         selection = {"heads": mask} if site == "z" else {"layers": mask}
-        return patch(model, source, site=site, positions=positions, device=device,
-                     batch_size=batch_size if batch_size is not None else 16,
-                     progress=progress, **selection)
+        return patch(
+            model,
+            source,
+            site=site,
+            positions=positions,
+            device=device,
+            batch_size=batch_size if batch_size is not None else 16,
+            progress=progress,
+            **selection,
+        )
     if kind == "steer":
         site = _spec_choice(spec, kind, "site", list(SITES))
         layer = _spec_int(spec, kind, "layer")
@@ -1110,8 +1297,11 @@ def from_spec(
         positions = _spec_positions(spec, kind)
         vector = _spec_vector(kind, spec, tensors)
         if (site == "z") != (head is not None):
-            raise _bad(kind, "head", f"{head!r}; site 'z' steers one head (give its index), "
-                       "other sites none.")
+            raise _bad(
+                kind,
+                "head",
+                f"{head!r}; site 'z' steers one head (give its index), other sites none.",
+            )
         try:
             if site == "z":
                 return steer(model, vector, head=(layer, head), alpha=alpha, positions=positions)
@@ -1125,14 +1315,20 @@ def from_spec(
     positions = _spec_positions(spec, kind)
     vector = _spec_vector(kind, spec, tensors)
     try:
-        return inject_task_vector(model, vector, layer, mode=mode, scale=scale,
-                                  positions=positions)
+        return inject_task_vector(model, vector, layer, mode=mode, scale=scale, positions=positions)
     except (TypeError, ValueError) as err:
         raise _bad(kind, "vector/layer", str(err)) from None
 
 
-def _ablation_from_spec(model: HookedTransformer, spec: Mapping, *, prompts: Any, tensors: Any,
-                        device: Any, progress: bool) -> Ablation:
+def _ablation_from_spec(
+    model: HookedTransformer,
+    spec: Mapping,
+    *,
+    prompts: Any,
+    tensors: Any,
+    device: Any,
+    progress: bool,
+) -> Ablation:
     kind = "ablate"
     site = _spec_choice(spec, kind, "site", list(SITES))
     mask = _spec_selection(model, spec, kind, site)
@@ -1142,31 +1338,53 @@ def _ablation_from_spec(model: HookedTransformer, spec: Mapping, *, prompts: Any
     means = reference = None
     batch_size = 16
     if mode == "mean":
-        means = _spec_means(model, spec, site, prompts=prompts, tensors=tensors, device=device,
-                            progress=progress)
+        means = _spec_means(
+            model, spec, site, prompts=prompts, tensors=tensors, device=device, progress=progress
+        )
     elif mode == "resample":
         rec = _required(spec, kind, "reference")
         if not isinstance(rec, Mapping):
-            raise _bad(kind, "reference", f"must be a dict {{'prompts', 'batch_size'}}, got "
-                       f"{rec!r}.")
+            raise _bad(
+                kind, "reference", f"must be a dict {{'prompts', 'batch_size'}}, got {rec!r}."
+            )
         reference = _find_prompts(kind, "reference", rec.get("prompts"), prompts)
         recorded = _spec_int(rec, kind, "batch_size", optional=True, where="reference.")
         batch_size = recorded if recorded is not None else 16
     for name, needed in (("means", "mean"), ("reference", "resample")):
         if name in spec and mode != needed:
-            raise _bad(kind, name, f"only mode {needed!r} has {name}; this spec's mode is "
-                       f"{mode!r}.")
-    kwargs = dict(means=means, reference=reference, seed=seed, batch_size=batch_size,
-                  device=device, progress=progress)
+            raise _bad(
+                kind, name, f"only mode {needed!r} has {name}; this spec's mode is {mode!r}."
+            )
+    kwargs = dict(
+        means=means,
+        reference=reference,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     if site == "z":
         return ablate(model, mask, mode, positions, **kwargs)
     return ablate_layers(model, mask, mode, positions, site=site, **kwargs)
 
 
 __all__ = [
-    "ABLATION_MODES", "TASK_VECTOR_MODES", "Replacement", "Ablation", "ablate",
-    "ablate_layers", "Patch", "patch", "Steer", "steer", "Compose", "compose", "RowEdit",
-    "TaskVector", "inject_task_vector", "from_spec",
+    "ABLATION_MODES",
+    "TASK_VECTOR_MODES",
+    "Replacement",
+    "Ablation",
+    "ablate",
+    "ablate_layers",
+    "Patch",
+    "patch",
+    "Steer",
+    "steer",
+    "Compose",
+    "compose",
+    "RowEdit",
+    "TaskVector",
+    "inject_task_vector",
+    "from_spec",
 ]
 
 
@@ -1175,7 +1393,19 @@ __all__ = [
 # (building blocks) and icl_heads.activations (anything that runs the model); modules still
 # importing them from here keep working until then.
 __all__ += [
-    "HookList", "Positions", "SITES", "LAYER_SITES", "hook_name", "check_positions",
-    "position_mask", "layers_to_mask", "check_interventions", "Intervention", "Capture",
-    "applied", "state_injection_hook", "ActivationMeans", "activation_means",
+    "HookList",
+    "Positions",
+    "SITES",
+    "LAYER_SITES",
+    "hook_name",
+    "check_positions",
+    "position_mask",
+    "layers_to_mask",
+    "check_interventions",
+    "Intervention",
+    "Capture",
+    "applied",
+    "state_injection_hook",
+    "ActivationMeans",
+    "activation_means",
 ]

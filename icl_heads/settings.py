@@ -46,7 +46,9 @@ class Settings:
         kind = data["kind"]
         cls = Settings._registry.get(kind)
         if cls is None:
-            raise ValueError(f"Unknown settings kind {kind!r}; known: {sorted(Settings._registry)}.")
+            raise ValueError(
+                f"Unknown settings kind {kind!r}; known: {sorted(Settings._registry)}."
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: _from_plain(v) for k, v in data.items() if k in names}
         return cls(**values)
