@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -1011,9 +1012,14 @@ def _spec_int(
 
 def _spec_number(spec: Mapping, kind: str, name: str) -> float:
     value = _required(spec, kind, name)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _bad(kind, name, f"must be a number, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise _bad(kind, name, f"must be a finite number, got {value!r}.")
     return float(value)
+
+
+def _spec_range(kind: str, name: str, value: int, stop: int) -> None:
+    if not 0 <= value < stop:
+        raise _bad(kind, name, f"{value} is out of range for this model (0..{stop - 1}).")
 
 
 def _spec_choice(spec: Mapping, kind: str, name: str, choices: Sequence[str]) -> str:
@@ -1302,22 +1308,26 @@ def from_spec(
                 "head",
                 f"{head!r}; site 'z' steers one head (give its index), other sites none.",
             )
+        _spec_range(kind, "layer", layer, model.cfg.n_layers)
+        if head is not None:
+            _spec_range(kind, "head", head, model.cfg.n_heads)
         try:
             if site == "z":
                 return steer(model, vector, head=(layer, head), alpha=alpha, positions=positions)
             return steer(model, vector, layer, alpha=alpha, positions=positions, site=site)
         except (TypeError, ValueError) as err:
-            raise _bad(kind, "vector/layer", str(err)) from None
+            raise _bad(kind, "vector", str(err)) from None
     # task_vector
     layer = _spec_int(spec, kind, "layer")
     mode = _spec_choice(spec, kind, "mode", TASK_VECTOR_MODES)
     scale = _spec_number(spec, kind, "scale")
     positions = _spec_positions(spec, kind)
     vector = _spec_vector(kind, spec, tensors)
+    _spec_range(kind, "layer", layer, model.cfg.n_layers + 1)  # states 0..n_layers
     try:
         return inject_task_vector(model, vector, layer, mode=mode, scale=scale, positions=positions)
     except (TypeError, ValueError) as err:
-        raise _bad(kind, "vector/layer", str(err)) from None
+        raise _bad(kind, "vector", str(err)) from None
 
 
 def _ablation_from_spec(

@@ -205,9 +205,16 @@ def test_bad_nested_spec_fields_are_named(tiny_llama, reference):
     with pytest.raises(ValueError, match="'alpha'"):
         from_spec(tiny_llama, spec)
     spec = _json(steer(tiny_llama, torch.ones(tiny_llama.cfg.d_model), 0).to_spec())
+    for name, value in (("layer", 7), ("alpha", float("inf")), ("head", 1)):
+        with pytest.raises(ValueError, match=f"'{name}'"):
+            from_spec(tiny_llama, {**spec, name: value})
     del spec["vector"]
     with pytest.raises(ValueError, match="'vector'.*missing"):
         from_spec(tiny_llama, spec)
+    spec = _json(inject_task_vector(tiny_llama, torch.ones(tiny_llama.cfg.d_model), 0).to_spec())
+    with pytest.raises(ValueError, match="'layer'"):
+        from_spec(tiny_llama, {**spec, "layer": tiny_llama.cfg.n_layers + 1})
+    assert from_spec(tiny_llama, {**spec, "layer": tiny_llama.cfg.n_layers}).layer == 2
     with pytest.raises(ValueError, match="'parts'"):
         from_spec(tiny_llama, {"kind": "compose", "parts": []})
     with pytest.raises(ValueError, match="'kind'"):
