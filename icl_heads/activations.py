@@ -17,7 +17,6 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
 
 import torch
 from jaxtyping import Float
@@ -25,24 +24,26 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from .interventions import Capture, HookList, check_interventions
+from .hooks import (
+    PATTERN_HOOKS,
+    Capture,
+    HookList,
+    Intervention,
+    PositionMode,
+    Positions,
+    check_interventions,
+    check_positions,
+    describe,
+    hook_name,
+    position_mask,
+)
 from .models import resolve_device
 from .prompts import PromptSet, check_prompt_set
+from .settings import PromptInfo
 
-CapturePositions = Literal["query", "all"]
 #: ``reduce(batch) -> (fn(act, hook_name) -> Tensor)``: built once per batch (so it can
 #: prepare per-batch data), applied to every captured activation inside its hook.
 Reducer = Callable[[PromptSet], Callable[[Tensor, str], Tensor]]
-
-
-class Intervention(Protocol):
-    """Anything that can hand the batching routine forward hooks for one batch.
-
-    ``batch`` is the batch's own ``PromptSet`` (trimmed padding) and ``index`` the rows of
-    the full set it holds, so an intervention can pick per-prompt values (e.g. resampling).
-    """
-
-    def fwd_hooks(self, batch: PromptSet, index: Tensor) -> HookList: ...
 
 
 @dataclass
@@ -74,8 +75,9 @@ def names_filter(names: Sequence[str] | Callable[[str], bool] | None) -> Callabl
     if isinstance(names, str):
         return {names}.__contains__
     if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
-        raise TypeError(f"names must be a hook name, a list of hook names or a callable "
-                        f"filter, got {names!r}.")
+        raise TypeError(
+            f"names must be a hook name, a list of hook names or a callable filter, got {names!r}."
+        )
     return set(names).__contains__
 
 
@@ -93,7 +95,7 @@ def iter_batches(
     prompts: PromptSet,
     names: Sequence[str] | Callable[[str], bool] | None = None,
     *,
-    positions: CapturePositions = "query",
+    positions: PositionMode = "query",
     reduce: Reducer | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
@@ -113,7 +115,8 @@ def iter_batches(
             hook (so only the reduced value is kept; see :data:`Reducer`).
         batch_size: prompts per forward pass.
         device: defaults to the model's device.
-        interventions: objects with ``fwd_hooks(batch, index)`` applied during each pass.
+        interventions: :class:`~icl_heads.hooks.Intervention` objects (or anything with
+            ``fwd_hooks(batch, index)``) applied during each pass.
         return_logits: also return final-position logits (the unembedding is applied to
             the query position only, which saves memory and time).
         progress: show a tqdm bar.
@@ -130,13 +133,18 @@ def iter_batches(
     keep = names_filter(names)
     n = len(prompts)
     starts = range(0, n, batch_size)
-    bar = tqdm(starts, desc=desc, disable=not progress, leave=False,
-               total=len(starts), unit="batch")
+    bar = tqdm(
+        starts, desc=desc, disable=not progress, leave=False, total=len(starts), unit="batch"
+    )
     for start in bar:
         index = torch.arange(start, min(start + batch_size, n))
         batch = prompts.select(index).to(device)
-        capture = Capture(names=keep, positions=positions, attention_mask=batch.attention_mask,
-                          reduce=reduce(batch) if reduce is not None else None)
+        capture = Capture(
+            names=keep,
+            positions=positions,
+            attention_mask=batch.attention_mask,
+            reduce=reduce(batch) if reduce is not None else None,
+        )
         hooks: HookList = capture.fwd_hooks()
         for iv in interventions:
             hooks.extend(iv.fwd_hooks(batch, index))
@@ -147,8 +155,9 @@ def iter_batches(
 
 def _forward(model: HookedTransformer, batch: PromptSet, *, return_logits: bool) -> Tensor | None:
     """Forward pass that unembeds only the last position."""
-    resid = model(batch.tokens, attention_mask=batch.attention_mask,
-                  stop_at_layer=model.cfg.n_layers)
+    resid = model(
+        batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=model.cfg.n_layers
+    )
     return final_logits(model, resid[:, -1]) if return_logits else None
 
 
@@ -184,7 +193,7 @@ def collect(
     prompts: PromptSet,
     names: Sequence[str] | Callable[[str], bool] | None = None,
     *,
-    positions: CapturePositions = "query",
+    positions: PositionMode = "query",
     batch_size: int = 16,
     device: str | torch.device | None = None,
     interventions: Sequence[Intervention] = (),
@@ -195,9 +204,18 @@ def collect(
     """Run :func:`iter_batches` and concatenate. Position (and attention-key) axes are
     left-padded back to the full set's length, with zeros at padding."""
     logits, acts = [], {}
-    for batch in iter_batches(model, prompts, names, positions=positions, batch_size=batch_size,
-                              device=device, interventions=interventions,
-                              return_logits=return_logits, progress=progress, desc=desc):
+    for batch in iter_batches(
+        model,
+        prompts,
+        names,
+        positions=positions,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        return_logits=return_logits,
+        progress=progress,
+        desc=desc,
+    ):
         if batch.logits is not None:
             logits.append(batch.logits)
         for name, act in batch.activations.items():
@@ -208,8 +226,8 @@ def collect(
     )
 
 
-def _left_pad(name: str, act: Tensor, length: int, positions: CapturePositions) -> Tensor:
-    if name.endswith(("hook_pattern", "hook_attn_scores")):
+def _left_pad(name: str, act: Tensor, length: int, positions: PositionMode) -> Tensor:
+    if name.endswith(PATTERN_HOOKS):
         missing = length - act.shape[-1]
         pads = (missing, 0) if positions == "query" else (missing, 0, missing, 0)
         return torch.nn.functional.pad(act, pads)
@@ -220,3 +238,197 @@ def _left_pad(name: str, act: Tensor, length: int, positions: CapturePositions) 
         return act
     pad_shape = (act.shape[0], missing, *act.shape[2:])
     return torch.cat([act.new_zeros(pad_shape), act], dim=1)
+
+
+def collect_sites(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    site: str,
+    layers: Sequence[int],
+    *,
+    positions: Positions = "all",
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[int, Tensor]:
+    """Activations of ``site`` at ``layers`` over ``prompts``, on the CPU, for interventions
+    that replay stored activations (resample ablation, patching).
+
+    Only the query position is kept when ``positions == "query"`` (``[prompt, 1, ...]``, so
+    it broadcasts over the position axis), else every position (``[prompt, pos, ...]``,
+    left-padded to ``prompts.seq_len``).
+
+    Example::
+
+        acts = collect_sites(model, prompts, "z", [0, 3], positions="query")
+        acts[3].shape   # [prompt, 1, head, d_head]
+    """
+    names = [hook_name(site, layer) for layer in layers]
+    pos = "query" if positions == "query" else "all"
+    got = collect(
+        model,
+        prompts,
+        names,
+        positions=pos,
+        batch_size=batch_size,
+        device=device,
+        return_logits=False,
+        progress=progress,
+        desc=f"collect {site}",
+    ).activations
+    out = {}
+    for layer, name in zip(layers, names, strict=True):
+        act = got[name].cpu()
+        out[layer] = act[:, None] if pos == "query" else act
+    return out
+
+
+# --------------------------------------------------------------------------- means
+
+
+@dataclass(frozen=True)
+class ActivationMeans:
+    """Mean activation of a site in every layer over a reference prompt set (padding
+    excluded), computed once by :func:`activation_means` and reusable as ``means=``.
+
+    Attributes:
+        values: ``[layer, head, d_head]`` for site ``"z"``, else ``[layer, d_model]``.
+        site: the site (``"z"``, ``"attn_out"``, ...).
+        positions: where the mean was taken: ``"query"``, ``"all"`` (every real token) or a
+            tuple of positions (see :func:`activation_means`).
+        prompts: the reference set it was averaged over.
+        batch_size: the batch size it was computed with (so it can be recomputed exactly).
+        interventions: descriptions of the interventions active while it was computed.
+    """
+
+    values: Float[Tensor, "layer ..."]
+    site: str
+    positions: Positions
+    prompts: PromptInfo | None = None
+    batch_size: int | None = None
+    interventions: tuple[str, ...] = ()
+
+    def outputs(self, model: HookedTransformer) -> Float[Tensor, "layer head d_model"]:
+        """Each head's mean output in the residual stream, ``z @ W_O`` (``b_O`` excluded)."""
+        if self.site != "z":
+            raise ValueError(f"outputs() is for head means (site 'z'); these are {self.site!r}.")
+        return torch.einsum(
+            "lhd,lhdm->lhm",
+            self.values.to(model.W_O.device, model.W_O.dtype),
+            model.W_O.detach(),
+        )
+
+
+def activation_means(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    site: str = "z",
+    *,
+    positions: Positions | tuple[Positions, ...] = "query",
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    interventions: Sequence[Intervention] = (),
+    progress: bool = True,
+) -> ActivationMeans | tuple[ActivationMeans, ...]:
+    """Mean activation of ``site`` in every layer over ``prompts``, for mean ablation.
+
+    * ``positions="query"``: ``mean_i act_i[N_i]`` over prompts ``i`` at their query
+      position;
+    * ``positions="all"``: the mean over every real (non-pad) token of every prompt, each
+      token weighted equally;
+    * an int or a list of ints: the mean over the real tokens at those positions, each token
+      weighted equally. Positions index the prompt set's padded sequence
+      (``prompts.seq_len`` long, left-padded) as :func:`~icl_heads.hooks.position_mask`
+      does, so negative positions (counted from the end) name the same token of every
+      prompt; a non-negative position names the same token only in prompts of equal length,
+      and prompts that are padding there are left out.
+
+    A tuple of several selections, such as ``("all", "query")`` or ``("all", [3])``, gives
+    one :class:`ActivationMeans` per entry, in that order, from one forward pass (a tuple
+    of ints is one selection).
+
+    Example::
+
+        means = ih.activation_means(model, prompts)            # heads' z at the query
+        ih.evaluate(model, prompts, interventions=[ih.ablate(model, heads, "mean", means=means)])
+        every, query = ih.activation_means(model, prompts, positions=("all", "query"))
+
+    Returns:
+        :class:`ActivationMeans` (``values``: ``[layer, head, d_head]`` for ``"z"``, else
+        ``[layer, d_model]``; float32, CPU), or a tuple of them for several selections.
+    """
+    check_prompt_set(prompts, "reference", model=model)
+    several = isinstance(positions, tuple) and any(
+        isinstance(p, (str, Sequence)) for p in positions
+    )
+    requested = positions if several else (positions,)
+    try:
+        wanted = tuple(check_positions(p) for p in requested)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "positions for means must be 'query' or 'all', an int or a list of ints (or a "
+            f"tuple of several of these), got {positions!r}."
+        ) from None
+    if not wanted:
+        raise ValueError(
+            "positions for means must be 'query' or 'all' (or a tuple of them), got ()."
+        )
+    seq_len = prompts.seq_len
+    selected = {p: position_mask(p, seq_len) for p in wanted if p not in ("query", "all")}
+    interventions = check_interventions(interventions, model)
+    L = model.cfg.n_layers
+    names = [hook_name(site, layer) for layer in range(L)]
+    capture = "query" if all(p == "query" for p in wanted) else "all"
+    totals: dict = {}
+    counts = dict.fromkeys(wanted, 0.0)
+    for batch in iter_batches(
+        model,
+        prompts,
+        names,
+        positions=capture,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        return_logits=False,
+        progress=progress,
+        desc=f"mean {site}",
+    ):
+        acts = torch.stack([batch.activations[n] for n in names], dim=1).double()
+        for mode in dict.fromkeys(wanted):
+            if mode == "query":  # [b, L, ...] (the query is the last position)
+                at = acts if capture == "query" else acts[:, :, -1]
+                s, c = at.sum(0), at.shape[0]
+            else:  # [b, L, T, ...]
+                w = batch.prompts.attention_mask.to(acts.device)
+                if mode != "all":  # the batch holds the last T of the set's seq_len columns
+                    w = w.bool() & selected[mode][seq_len - w.shape[1] :].to(w.device)
+                w = w.double()
+                w = w.reshape(w.shape[0], 1, w.shape[1], *([1] * (acts.ndim - 3)))
+                s, c = (acts * w).sum((0, 2)), float(w.sum())
+            totals[mode] = s if mode not in totals else totals[mode] + s
+            counts[mode] += c
+    for mode, count in counts.items():
+        if count == 0:
+            raise ValueError(
+                f"No prompt has a real (non-pad) token at positions {mode!r}, so there is "
+                "nothing to average; choose positions that the prompts cover (negative "
+                "positions count from the end of every prompt)."
+            )
+    out = tuple(
+        ActivationMeans(
+            values=(totals[m] / counts[m]).float().cpu(),
+            site=site,
+            positions=m,
+            prompts=prompts.info(),
+            batch_size=batch_size,
+            interventions=tuple(describe(iv) for iv in interventions),
+        )
+        for m in wanted
+    )
+    return out if several else out[0]
+
+
+# --------------------------------------------------------------------------- transitional
+# Transitional re-exports, removed at integration: names that lived here before
+# icl_heads.hooks existed.
+CapturePositions = PositionMode

@@ -31,7 +31,7 @@ from .decomposition import (
     unembed_bias,
 )
 from .heads import HeadScores, check_top_k
-from .interventions import check_interventions
+from .hooks import check_interventions
 from .prompts import PromptSet, check_prompt_set
 from .settings import PromptInfo, Settings, describe_interventions, model_name
 
@@ -89,11 +89,14 @@ def label_unembeddings(
     ids = torch.as_tensor(label_token_ids, dtype=torch.long)
     vocab = model.cfg.d_vocab_out if model.cfg.d_vocab_out > 0 else model.cfg.d_vocab
     if ids.ndim != 1 or ids.numel() == 0:
-        raise ValueError(f"label_token_ids must be a non-empty 1-D list of token ids, got shape "
-                         f"{tuple(ids.shape)}.")
+        raise ValueError(
+            f"label_token_ids must be a non-empty 1-D list of token ids, got shape "
+            f"{tuple(ids.shape)}."
+        )
     if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-        raise ValueError(f"label_token_ids {ids.tolist()} are out of range for a vocabulary of "
-                         f"{vocab} tokens.")
+        raise ValueError(
+            f"label_token_ids {ids.tolist()} are out of range for a vocabulary of {vocab} tokens."
+        )
     with torch.no_grad():
         W_U = model.W_U.detach()
         directions = W_U[:, ids.to(W_U.device)]
@@ -118,8 +121,10 @@ def subspace_basis(
         ``[d_model, rank]`` tensor with orthonormal columns, in the input's dtype and device.
     """
     if directions.ndim != 2 or directions.shape[1] == 0:
-        raise ValueError(f"directions must be a [d_model, n] matrix with n >= 1, got shape "
-                         f"{tuple(directions.shape)}.")
+        raise ValueError(
+            f"directions must be a [d_model, n] matrix with n >= 1, got shape "
+            f"{tuple(directions.shape)}."
+        )
     if not torch.isfinite(directions).all():
         raise ValueError("directions contain NaN or inf values.")
     W = directions.detach().double()
@@ -169,8 +174,10 @@ def label_weights(
     if target not in TARGETS:
         raise ValueError(f"Unknown target {target!r}; choose one of {TARGETS}.")
     if target != "gold" and n_labels < 2:
-        raise ValueError(f"target={target!r} compares the gold label with the others and needs "
-                         f"at least 2 labels, got {n_labels}; use target='gold'.")
+        raise ValueError(
+            f"target={target!r} compares the gold label with the others and needs "
+            f"at least 2 labels, got {n_labels}; use target='gold'."
+        )
     onehot = torch.nn.functional.one_hot(gold.long(), n_labels).float()
     if target == "gold":
         return onehot
@@ -253,12 +260,15 @@ def tsla_scores(
     """
     _check_prompts(model, prompts, need_pairs=True)
     if normalize not in NORMALIZATIONS:
-        raise ValueError(f"Unknown normalize {normalize!r}; choose one of {NORMALIZATIONS} "
-                         "('none' = raw TL, 'norm' = divide by ||P a||, 'tr' = divide by "
-                         "||P a||^2).")
+        raise ValueError(
+            f"Unknown normalize {normalize!r}; choose one of {NORMALIZATIONS} "
+            "('none' = raw TL, 'norm' = divide by ||P a||, 'tr' = divide by "
+            "||P a||^2)."
+        )
     if isinstance(floor, bool) or not (isinstance(floor, (int, float)) and 0.0 <= floor < 1.0):
-        raise ValueError(f"floor must be a fraction of the largest mean TR score in [0, 1), got "
-                         f"{floor!r}.")
+        raise ValueError(
+            f"floor must be a fraction of the largest mean TR score in [0, 1), got {floor!r}."
+        )
     L, H = model.cfg.n_layers, model.cfg.n_heads
     top_k = check_top_k(top_k, L, H)
     if top_k > L * H:
@@ -277,24 +287,38 @@ def tsla_scores(
         tl = _normalise(tl_score(coords, dirs_in_basis, batch.prompts.gold), tr, normalize)
         return {"tr": tr, "tl": tl}
 
-    got = reduce_query_terms(model, prompts, reduce, full=False, apply_ln=apply_ln,
-                             batch_size=batch_size, device=device, interventions=interventions,
-                             progress=progress, desc="tsla")
+    got = reduce_query_terms(
+        model,
+        prompts,
+        reduce,
+        full=False,
+        apply_ln=apply_ln,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+        desc="tsla",
+    )
     tr_pp, tl_pp = got["tr"].float(), got["tl"].float()
     tr_mean, tl_mean = got["tr"].mean(0).float(), got["tl"].mean(0).float()
     if normalize != "none":
         below = tr_mean < floor * tr_mean.max()
         tl_mean[below] = float("nan")
         tl_pp[:, below] = float("nan")
-    settings = TSLASettings(model=model_name(model), prompts=prompts.info(),
-                            labels=tuple(prompts.label_words), normalize=normalize,
-                            floor=float(floor) if normalize != "none" else None,
-                            apply_ln=bool(apply_ln), top_k=top_k,
-                            interventions=describe_interventions(interventions))
-    return (HeadScores(tr_mean, name="tr_score", settings=settings, per_prompt=tr_pp,
-                       top_k=top_k),
-            HeadScores(tl_mean, name="tl_score", settings=settings, per_prompt=tl_pp,
-                       top_k=top_k))
+    settings = TSLASettings(
+        model=model_name(model),
+        prompts=prompts.info(),
+        labels=tuple(prompts.label_words),
+        normalize=normalize,
+        floor=float(floor) if normalize != "none" else None,
+        apply_ln=bool(apply_ln),
+        top_k=top_k,
+        interventions=describe_interventions(interventions),
+    )
+    return (
+        HeadScores(tr_mean, name="tr_score", settings=settings, per_prompt=tr_pp, top_k=top_k),
+        HeadScores(tl_mean, name="tl_score", settings=settings, per_prompt=tl_pp, top_k=top_k),
+    )
 
 
 def _normalise(tl: Tensor, tr: Tensor, normalize: str) -> Tensor:
@@ -349,16 +373,34 @@ def dla_scores(
         direction = _target_directions(label_dirs, batch.prompts.gold, target).to(a)
         return {"dla": torch.einsum("blhd,bd->blh", a, direction)}
 
-    per_prompt = reduce_query_terms(model, prompts, reduce, full=False, apply_ln=apply_ln,
-                                    batch_size=batch_size, device=device,
-                                    interventions=interventions, progress=progress,
-                                    desc="dla")["dla"]
-    settings = DLASettings(model=model_name(model), prompts=prompts.info(),
-                           labels=tuple(prompts.label_words), target=target,
-                           apply_ln=bool(apply_ln), unit="head",
-                           interventions=describe_interventions(interventions))
-    return HeadScores(per_prompt.mean(0).float(), name=f"dla_{target}", settings=settings,
-                      per_prompt=per_prompt.float(), top_k=top_k)
+    per_prompt = reduce_query_terms(
+        model,
+        prompts,
+        reduce,
+        full=False,
+        apply_ln=apply_ln,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+        desc="dla",
+    )["dla"]
+    settings = DLASettings(
+        model=model_name(model),
+        prompts=prompts.info(),
+        labels=tuple(prompts.label_words),
+        target=target,
+        apply_ln=bool(apply_ln),
+        unit="head",
+        interventions=describe_interventions(interventions),
+    )
+    return HeadScores(
+        per_prompt.mean(0).float(),
+        name=f"dla_{target}",
+        settings=settings,
+        per_prompt=per_prompt.float(),
+        top_k=top_k,
+    )
 
 
 def direct_logit_attribution(
@@ -417,16 +459,23 @@ def direct_logit_attribution(
 
     def reduce(batch, terms):
         stack, _ = stack_terms(model, terms)  # [b, component, d_model]
-        w = label_weights(batch.prompts.gold.to(stack.device), prompts.n_labels,
-                          target).to(stack)
+        w = label_weights(batch.prompts.gold.to(stack.device), prompts.n_labels, target).to(stack)
         values = torch.einsum("bcd,bd->bc", stack, w @ label_dirs.to(stack).T)
         bias = (w @ label_bias.to(stack))[:, None]
         return {"dla": torch.cat([values, bias], dim=1)}
 
-    values = reduce_query_terms(model, prompts, reduce, full=True, apply_ln=apply_ln,
-                                batch_size=batch_size, device=device,
-                                interventions=interventions, progress=progress,
-                                desc="dla")["dla"]  # [prompt, component]
+    values = reduce_query_terms(
+        model,
+        prompts,
+        reduce,
+        full=True,
+        apply_ln=apply_ln,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+        desc="dla",
+    )["dla"]  # [prompt, component]
     groups, info = _unit_groups([*component_labels(model), "unembed_bias"], unit)
     if per_prompt:
         grouped = _group_sum(values, groups, len(info))  # [prompt, unit]
@@ -437,22 +486,30 @@ def direct_logit_attribution(
         frame = _info_frame(info)
         frame[target] = _group_sum(values.mean(0, keepdim=True), groups, len(info))[0].numpy()
     frame.attrs["settings"] = DLASettings(
-        model=model_name(model), prompts=prompts.info(),
-        labels=tuple(prompts.label_words), target=target, apply_ln=bool(apply_ln), unit=unit,
-        interventions=describe_interventions(interventions))
+        model=model_name(model),
+        prompts=prompts.info(),
+        labels=tuple(prompts.label_words),
+        target=target,
+        apply_ln=bool(apply_ln),
+        unit=unit,
+        interventions=describe_interventions(interventions),
+    )
     return frame
 
 
 # --------------------------------------------------------------------------- internals
 
 
-def _check_prompts(model: HookedTransformer, prompts: PromptSet, *,
-                   need_pairs: bool = False) -> None:
+def _check_prompts(
+    model: HookedTransformer, prompts: PromptSet, *, need_pairs: bool = False
+) -> None:
     check_prompt_set(prompts, model=model)
     if need_pairs and prompts.n_labels < 2:
-        raise ValueError(f"TL scores and label-difference targets compare the gold label with "
-                         f"the others; this prompt set has {prompts.n_labels} label(s). Use a "
-                         "task with at least 2 labels.")
+        raise ValueError(
+            f"TL scores and label-difference targets compare the gold label with "
+            f"the others; this prompt set has {prompts.n_labels} label(s). Use a "
+            "task with at least 2 labels."
+        )
     gold = prompts.gold
     if int(gold.min()) < 0 or int(gold.max()) >= prompts.n_labels:
         raise ValueError(f"prompts.gold holds label indices outside 0..{prompts.n_labels - 1}.")
@@ -489,8 +546,11 @@ def _unit_groups(labels: list[str], unit: str) -> tuple[list[int], list[tuple]]:
         elif unit == "mlp":
             key, row = (label, (label, kind, layer, None)) if kind == "mlp" else (None, None)
         elif unit == "attn":
-            key, row = ((f"L{layer}.attn", (f"L{layer}.attn", "attn", layer, None))
-                        if kind in ("head", "attn_bias") else (None, None))
+            key, row = (
+                (f"L{layer}.attn", (f"L{layer}.attn", "attn", layer, None))
+                if kind in ("head", "attn_bias")
+                else (None, None)
+            )
         else:  # layer
             if kind in ("embed", "pos_embed"):
                 key, row = "embed", ("embed", "embed", None, None)

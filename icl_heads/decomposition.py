@@ -41,12 +41,15 @@ def check_additive(model: HookedTransformer) -> None:
         raise ValueError(
             f"{cfg.original_architecture} is a post-norm architecture (each sublayer's output "
             "passes through ln1/ln2 before the residual add), so per-head attribution is not "
-            "additive there; icl-heads' attribution does not support it.")
+            "additive there; icl-heads' attribution does not support it."
+        )
     if cfg.use_normalization_before_and_after:
         post = model.blocks[0].ln1_post
         if type(post).__name__ != "RMSNorm":
-            raise ValueError(f"Post-attention norm {type(post).__name__} is not supported "
-                             "(only RMSNorm, as in Gemma 2/3).")
+            raise ValueError(
+                f"Post-attention norm {type(post).__name__} is not supported "
+                "(only RMSNorm, as in Gemma 2/3)."
+            )
 
 
 def final_norm(model: HookedTransformer):
@@ -116,22 +119,33 @@ def iter_query_terms(
     with torch.no_grad():
         W_O = model.W_O.detach()  # [L, H, d_head, d_model]
         b_O = model.b_O.detach()  # [L, d_model]
-        post_w = (torch.stack([b.ln1_post.w.detach() for b in model.blocks])
-                  if post_norm else None)  # [L, d_model]
+        post_w = (
+            torch.stack([b.ln1_post.w.detach() for b in model.blocks]) if post_norm else None
+        )  # [L, d_model]
 
     # The final norm's scale is only computed when the logits are (iter_batches stops at
     # the last block otherwise), so ask for logits exactly when that scale is needed.
-    for batch in iter_batches(model, prompts, names, positions="query", batch_size=batch_size,
-                              device=device, interventions=interventions,
-                              return_logits=norm is not None, progress=progress, desc=desc):
+    for batch in iter_batches(
+        model,
+        prompts,
+        names,
+        positions="query",
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        return_logits=norm is not None,
+        progress=progress,
+        desc=desc,
+    ):
         acts = batch.activations
         z = torch.stack([acts[n] for n in z_names], dim=1)  # [b, L, H, d_head]
         terms = {"head": torch.einsum("blhk,lhkd->blhd", z, W_O.to(z))}
         if full:
             terms["attn_bias"] = b_O.to(z)[None].expand(z.shape[0], -1, -1)
         if post_norm:
-            scale = torch.stack([acts[f"blocks.{i}.ln1_post.hook_scale"] for i in range(L)],
-                                dim=1)  # [b, L, 1]
+            scale = torch.stack(
+                [acts[f"blocks.{i}.ln1_post.hook_scale"] for i in range(L)], dim=1
+            )  # [b, L, 1]
             factor = post_w.to(z)[None] / scale  # [b, L, d_model]
             terms["head"] = terms["head"] * factor[:, :, None]
             if full:
@@ -141,8 +155,9 @@ def iter_query_terms(
             if has_pos:
                 terms["pos_embed"] = acts["hook_pos_embed"]
             if has_mlp:
-                terms["mlp"] = torch.stack([acts[f"blocks.{i}.hook_mlp_out"] for i in range(L)],
-                                           dim=1)
+                terms["mlp"] = torch.stack(
+                    [acts[f"blocks.{i}.hook_mlp_out"] for i in range(L)], dim=1
+                )
         if norm is not None:
             scale = acts["ln_final.hook_scale"].reshape(-1)  # [b]
             terms = {k: _apply_scale(v, scale, centre) for k, v in terms.items()}
@@ -166,10 +181,17 @@ def reduce_query_terms(
     batch to per-prompt values with ``reduce(batch, terms)``, and concatenate them (CPU,
     float64). Memory grows only with the per-prompt values, never with the terms."""
     rows: dict[str, list[Tensor]] = {}
-    for batch, terms in iter_query_terms(model, prompts, full=full, apply_ln=apply_ln,
-                                         batch_size=batch_size, device=device,
-                                         interventions=interventions, progress=progress,
-                                         desc=desc):
+    for batch, terms in iter_query_terms(
+        model,
+        prompts,
+        full=full,
+        apply_ln=apply_ln,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+        desc=desc,
+    ):
         for name, value in reduce(batch, terms).items():
             rows.setdefault(name, []).append(value.detach().double().cpu())
     return {name: torch.cat(values) for name, values in rows.items()}
@@ -234,10 +256,17 @@ def iter_head_outputs(
         ``(batch, a)`` with ``a`` of shape ``[batch, n_layers, n_heads, d_model]``.
     """
     check_prompt_set(prompts, model=model)
-    for batch, terms in iter_query_terms(model, prompts, full=False, apply_ln=apply_ln,
-                                         batch_size=batch_size, device=device,
-                                         interventions=interventions, progress=progress,
-                                         desc="head outputs"):
+    for batch, terms in iter_query_terms(
+        model,
+        prompts,
+        full=False,
+        apply_ln=apply_ln,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+        desc="head outputs",
+    ):
         yield batch, terms["head"]
 
 
@@ -262,9 +291,20 @@ def head_outputs(
         a = ih.head_outputs(model, prompts)      # [prompt, layer, head, d_model]
         a[:, 17, 3].norm(dim=-1).mean()          # how much L17H3 writes at the query
     """
-    return torch.cat([a for _, a in iter_head_outputs(
-        model, prompts, apply_ln=apply_ln, batch_size=batch_size, device=device,
-        interventions=interventions, progress=progress)])
+    return torch.cat(
+        [
+            a
+            for _, a in iter_head_outputs(
+                model,
+                prompts,
+                apply_ln=apply_ln,
+                batch_size=batch_size,
+                device=device,
+                interventions=interventions,
+                progress=progress,
+            )
+        ]
+    )
 
 
 def residual_decomposition(
@@ -291,9 +331,16 @@ def residual_decomposition(
     """
     check_prompt_set(prompts, model=model)
     stacks = []
-    for _, terms in iter_query_terms(model, prompts, full=True, apply_ln=apply_ln,
-                                     batch_size=batch_size, device=device,
-                                     interventions=interventions, progress=progress):
+    for _, terms in iter_query_terms(
+        model,
+        prompts,
+        full=True,
+        apply_ln=apply_ln,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+    ):
         stack, _ = stack_terms(model, terms)
         stacks.append(stack)
     return torch.cat(stacks), component_labels(model)

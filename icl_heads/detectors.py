@@ -42,7 +42,7 @@ from transformer_lens import HookedTransformer
 
 from .activations import iter_batches
 from .heads import HeadScores, check_top_k, default_top_k
-from .interventions import check_interventions
+from .hooks import check_interventions
 from .models import resolve_device
 from .prompts import PromptSet, check_prompt_set
 from .settings import PromptInfo, Settings, describe_interventions, model_name
@@ -52,8 +52,12 @@ DETECTORS = ("previous_token", "duplicate_token", "induction")
 Normalize = Literal["rows", "detect_head"]
 NORMALIZATIONS = ("rows", "detect_head")
 #: Default thresholds of :func:`detect_heads` (score >= threshold gives the head that kind).
-DEFAULT_THRESHOLDS = {"previous_token": 0.5, "duplicate_token": 0.5, "induction": 0.5,
-                      "label_attention": 0.5}
+DEFAULT_THRESHOLDS = {
+    "previous_token": 0.5,
+    "duplicate_token": 0.5,
+    "induction": 0.5,
+    "label_attention": 0.5,
+}
 KINDS = tuple(DEFAULT_THRESHOLDS)
 
 _PATTERN_SUFFIX = "attn.hook_pattern"
@@ -127,8 +131,10 @@ def random_repeated_tokens(
     if prepend_bos is None:
         prepend_bos = bool(model.cfg.default_prepend_bos) and bos_id is not None
     if prepend_bos and bos_id is None:
-        raise ValueError("prepend_bos=True but this model has no tokenizer with a BOS token; "
-                         "pass prepend_bos=False.")
+        raise ValueError(
+            "prepend_bos=True but this model has no tokenizer with a BOS token; "
+            "pass prepend_bos=False."
+        )
     length = 2 * T + int(prepend_bos)
     if length > model.cfg.n_ctx:
         raise ValueError(
@@ -201,8 +207,12 @@ class _Targets(NamedTuple):
     @classmethod
     def of(cls, detection: Tensor, keep: Tensor) -> _Targets:
         targets = detection & keep[:, None]
-        return cls(keep=keep, index=targets.nonzero(as_tuple=True),
-                   applies=targets.any(-1)[:, :, None].float(), n_detectors=detection.shape[1])
+        return cls(
+            keep=keep,
+            index=targets.nonzero(as_tuple=True),
+            applies=targets.any(-1)[:, :, None].float(),
+            n_detectors=detection.shape[1],
+        )
 
 
 def _score(pattern: Tensor, targets: _Targets, normalize: Normalize) -> Tensor:
@@ -242,9 +252,15 @@ def _keep_mask(
     P = tokens.shape[1]
     if exclude_bos:
         first = torch.argmax(real.int(), dim=1)  # first real position of each row
-        is_bos = torch.ones_like(first, dtype=torch.bool) if normalize == "detect_head" else (
-            tokens.gather(1, first[:, None])[:, 0] == bos_token_id
-            if bos_token_id is not None else torch.zeros_like(first, dtype=torch.bool))
+        is_bos = (
+            torch.ones_like(first, dtype=torch.bool)
+            if normalize == "detect_head"
+            else (
+                tokens.gather(1, first[:, None])[:, 0] == bos_token_id
+                if bos_token_id is not None
+                else torch.zeros_like(first, dtype=torch.bool)
+            )
+        )
         column = torch.arange(P, device=tokens.device)[None] == first[:, None]  # [batch, key]
         keep = keep & ~(column & is_bos[:, None])[:, None, :]
     if exclude_current_token:
@@ -252,8 +268,13 @@ def _keep_mask(
     return keep
 
 
-def _pattern_reducer(model: HookedTransformer, detectors: Sequence[str], normalize: Normalize,
-                     exclude_bos: bool, exclude_current_token: bool):
+def _pattern_reducer(
+    model: HookedTransformer,
+    detectors: Sequence[str],
+    normalize: Normalize,
+    exclude_bos: bool,
+    exclude_current_token: bool,
+):
     """The per-batch reducer handed to :func:`~icl_heads.activations.iter_batches`: it
     prepares the batch's detection targets once, then reduces each layer's attention pattern
     to ``[batch, detector, head]`` scores inside the forward pass, so the patterns of all
@@ -264,9 +285,14 @@ def _pattern_reducer(model: HookedTransformer, detectors: Sequence[str], normali
 
     def for_batch(batch: PromptSet):
         detection = detection_patterns(batch.tokens, batch.attention_mask)[:, which]
-        keep = _keep_mask(batch.tokens, batch.attention_mask, bos_token_id=bos_token_id,
-                          exclude_bos=exclude_bos, exclude_current_token=exclude_current_token,
-                          normalize=normalize)
+        keep = _keep_mask(
+            batch.tokens,
+            batch.attention_mask,
+            bos_token_id=bos_token_id,
+            exclude_bos=exclude_bos,
+            exclude_current_token=exclude_current_token,
+            normalize=normalize,
+        )
         targets = _Targets.of(detection, keep)
         return lambda pattern, name: _score(pattern, targets, normalize)
 
@@ -328,25 +354,45 @@ def token_detector_scores(
     detectors = _check_detectors(detectors)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}.")
-    prompts, source = _as_prompt_set(model, sequences, T=T, n=n, seed=seed,
-                                     attention_mask=attention_mask)
+    prompts, source = _as_prompt_set(
+        model, sequences, T=T, n=n, seed=seed, attention_mask=attention_mask
+    )
     interventions = check_interventions(interventions, model)
     reducer = _pattern_reducer(model, detectors, normalize, exclude_bos, exclude_current_token)
     names = [f"blocks.{layer}.{_PATTERN_SUFFIX}" for layer in range(model.cfg.n_layers)]
     per_prompt = []
-    for batch in iter_batches(model, prompts, names, positions="all", reduce=reducer,
-                              batch_size=batch_size, device=device, interventions=interventions,
-                              return_logits=False, progress=progress, desc="head detectors"):
-        per_prompt.append(torch.stack([batch.activations[name] for name in names],
-                                      dim=2).cpu())  # [batch, detector, layer, head]
+    for batch in iter_batches(
+        model,
+        prompts,
+        names,
+        positions="all",
+        reduce=reducer,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        return_logits=False,
+        progress=progress,
+        desc="head detectors",
+    ):
+        per_prompt.append(
+            torch.stack([batch.activations[name] for name in names], dim=2).cpu()
+        )  # [batch, detector, layer, head]
     stacked = torch.cat(per_prompt)
-    common = dict(model=model_name(model), normalize=normalize, exclude_bos=bool(exclude_bos),
-                  exclude_current_token=bool(exclude_current_token),
-                  interventions=describe_interventions(interventions), **source)
+    common = dict(
+        model=model_name(model),
+        normalize=normalize,
+        exclude_bos=bool(exclude_bos),
+        exclude_current_token=bool(exclude_current_token),
+        interventions=describe_interventions(interventions),
+        **source,
+    )
     return {
-        name: HeadScores(torch.nanmean(stacked[:, i], dim=0), name=f"{name}_score",
-                         settings=DetectorSettings(detector=name, **common),
-                         per_prompt=stacked[:, i])
+        name: HeadScores(
+            torch.nanmean(stacked[:, i], dim=0),
+            name=f"{name}_score",
+            settings=DetectorSettings(detector=name, **common),
+            per_prompt=stacked[:, i],
+        )
         for i, name in enumerate(detectors)
     }
 
@@ -377,10 +423,21 @@ def previous_token_scores(
         ih.previous_token_scores(model).top(5)
     """
     return token_detector_scores(
-        model, sequences, detectors=["previous_token"], T=T, n=n, seed=seed,
-        attention_mask=attention_mask, normalize=normalize, exclude_bos=exclude_bos,
-        exclude_current_token=exclude_current_token, batch_size=batch_size, device=device,
-        interventions=interventions, progress=progress)["previous_token"]
+        model,
+        sequences,
+        detectors=["previous_token"],
+        T=T,
+        n=n,
+        seed=seed,
+        attention_mask=attention_mask,
+        normalize=normalize,
+        exclude_bos=exclude_bos,
+        exclude_current_token=exclude_current_token,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+    )["previous_token"]
 
 
 def duplicate_token_scores(
@@ -402,10 +459,21 @@ def duplicate_token_scores(
     """Duplicate-token score of every head: attention to earlier occurrences of the current
     token. Arguments as in :func:`token_detector_scores`."""
     return token_detector_scores(
-        model, sequences, detectors=["duplicate_token"], T=T, n=n, seed=seed,
-        attention_mask=attention_mask, normalize=normalize, exclude_bos=exclude_bos,
-        exclude_current_token=exclude_current_token, batch_size=batch_size, device=device,
-        interventions=interventions, progress=progress)["duplicate_token"]
+        model,
+        sequences,
+        detectors=["duplicate_token"],
+        T=T,
+        n=n,
+        seed=seed,
+        attention_mask=attention_mask,
+        normalize=normalize,
+        exclude_bos=exclude_bos,
+        exclude_current_token=exclude_current_token,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+    )["duplicate_token"]
 
 
 def induction_scores(
@@ -433,10 +501,21 @@ def induction_scores(
         ih.induction_scores(model).plot()
     """
     return token_detector_scores(
-        model, sequences, detectors=["induction"], T=T, n=n, seed=seed,
-        attention_mask=attention_mask, normalize=normalize, exclude_bos=exclude_bos,
-        exclude_current_token=exclude_current_token, batch_size=batch_size, device=device,
-        interventions=interventions, progress=progress)["induction"]
+        model,
+        sequences,
+        detectors=["induction"],
+        T=T,
+        n=n,
+        seed=seed,
+        attention_mask=attention_mask,
+        normalize=normalize,
+        exclude_bos=exclude_bos,
+        exclude_current_token=exclude_current_token,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+    )["induction"]
 
 
 # ----------------------------------------------------------------------------- label attention
@@ -486,13 +565,23 @@ def label_attention_scores(
         raise ValueError(
             f"This PromptSet has no demonstrations (k={prompts.k}, perturbation="
             f"{prompts.perturbation!r}), so there are no label tokens to attend to. Build it "
-            f"with k >= 1 and without perturbation='zero_shot'.")
+            f"with k >= 1 and without perturbation='zero_shot'."
+        )
     interventions = check_interventions(interventions, model)
     names = [f"blocks.{layer}.{_PATTERN_SUFFIX}" for layer in range(model.cfg.n_layers)]
     masses, golds = [], []
-    for b in iter_batches(model, prompts, names, positions="query", batch_size=batch_size,
-                          device=device, interventions=interventions, return_logits=False,
-                          progress=progress, desc="label attention"):
+    for b in iter_batches(
+        model,
+        prompts,
+        names,
+        positions="query",
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        return_logits=False,
+        progress=progress,
+        desc="label attention",
+    ):
         query_rows = torch.stack([b.activations[n] for n in names], dim=1)  # [b, L, H, pos]
         positions = b.prompts.demo_label_positions  # [b, k]
         index = positions[:, None, None, :].expand(*query_rows.shape[:3], positions.shape[1])
@@ -507,16 +596,28 @@ def label_attention_scores(
     chance = float(fraction_gold[has_gold].mean()) if has_gold.any() else None
 
     def settings(detector: str) -> DetectorSettings:
-        return DetectorSettings(detector=detector, model=model_name(model), sequences="prompts",
-                                prompts=prompts.info(),
-                                interventions=describe_interventions(interventions))
+        return DetectorSettings(
+            detector=detector,
+            model=model_name(model),
+            sequences="prompts",
+            prompts=prompts.info(),
+            interventions=describe_interventions(interventions),
+        )
 
     return LabelAttention(
-        mass=HeadScores(mass.mean(0), name="label_attention_score",
-                        settings=settings("label_attention"), per_prompt=mass),
-        gold_share=HeadScores(torch.nanmean(share, dim=0), name="gold_label_share",
-                              settings=settings("gold_label_share"), per_prompt=share,
-                              baseline=chance),
+        mass=HeadScores(
+            mass.mean(0),
+            name="label_attention_score",
+            settings=settings("label_attention"),
+            per_prompt=mass,
+        ),
+        gold_share=HeadScores(
+            torch.nanmean(share, dim=0),
+            name="gold_label_share",
+            settings=settings("gold_label_share"),
+            per_prompt=share,
+            baseline=chance,
+        ),
     )
 
 
@@ -568,15 +669,31 @@ def detect_heads(
     chosen_top_k = _top_k(top_k, L, H)
     if prompts is not None:
         check_prompt_set(prompts, model=model)
-    token = token_detector_scores(model, sequences, T=T, n=n, seed=seed, normalize=normalize,
-                                  exclude_bos=exclude_bos, batch_size=batch_size, device=device,
-                                  interventions=interventions, progress=progress)
+    token = token_detector_scores(
+        model,
+        sequences,
+        T=T,
+        n=n,
+        seed=seed,
+        normalize=normalize,
+        exclude_bos=exclude_bos,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+    )
     frame = token["previous_token"].to_frame()[["layer", "head", "label"]]
     columns = {f"{d}_score": token[d].scores for d in DETECTORS}
     label = None
     if prompts is not None:
-        label = label_attention_scores(model, prompts, batch_size=batch_size, device=device,
-                                       interventions=interventions, progress=progress)
+        label = label_attention_scores(
+            model,
+            prompts,
+            batch_size=batch_size,
+            device=device,
+            interventions=interventions,
+            progress=progress,
+        )
     nan = torch.full((L, H), float("nan"))
     columns["label_attention_score"] = label.mass.scores if label else nan
     columns["gold_label_share"] = label.gold_share.scores if label else nan
@@ -593,9 +710,11 @@ def detect_heads(
     frame["kind"] = ["+".join(k for k in ks if k) for ks in zip(*kinds, strict=True)]
     token_settings = token["previous_token"].settings
     frame.attrs["settings"] = token_settings.replace(
-        detector="detect_heads", prompts=prompts.info() if prompts is not None else None,
+        detector="detect_heads",
+        prompts=prompts.info() if prompts is not None else None,
         thresholds=None if chosen_top_k is not None else tuple(sorted(chosen_thresholds.items())),
-        top_k=None if chosen_top_k is None else max(chosen_top_k.values()))
+        top_k=None if chosen_top_k is None else max(chosen_top_k.values()),
+    )
     return frame
 
 
@@ -664,40 +783,64 @@ def _as_prompt_set(
     elif isinstance(data, Tensor):
         tokens = data[None] if data.ndim == 1 else data
         if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-            raise TypeError(f"Token data must be an integer [batch, pos] tensor, got dtype "
-                            f"{data.dtype} and shape {tuple(data.shape)}.")
+            raise TypeError(
+                f"Token data must be an integer [batch, pos] tensor, got dtype "
+                f"{data.dtype} and shape {tuple(data.shape)}."
+            )
         if tokens.shape[0] == 0 or tokens.shape[1] < 2:
-            raise ValueError(f"Token data must hold at least one sequence of >= 2 tokens, got "
-                             f"shape {tuple(tokens.shape)}.")
+            raise ValueError(
+                f"Token data must hold at least one sequence of >= 2 tokens, got "
+                f"shape {tuple(tokens.shape)}."
+            )
         if tokens.shape[1] > model.cfg.n_ctx:
-            raise ValueError(f"Sequences of {tokens.shape[1]} tokens exceed the model's context "
-                             f"n_ctx={model.cfg.n_ctx}; shorten them.")
+            raise ValueError(
+                f"Sequences of {tokens.shape[1]} tokens exceed the model's context "
+                f"n_ctx={model.cfg.n_ctx}; shorten them."
+            )
         if int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.d_vocab:
-            raise ValueError(f"Token ids must lie in [0, d_vocab={model.cfg.d_vocab}), got "
-                             f"[{int(tokens.min())}, {int(tokens.max())}].")
+            raise ValueError(
+                f"Token ids must lie in [0, d_vocab={model.cfg.d_vocab}), got "
+                f"[{int(tokens.min())}, {int(tokens.max())}]."
+            )
         if attention_mask is None:
             mask = torch.ones_like(tokens)
         else:
             mask = attention_mask[None] if attention_mask.ndim == 1 else attention_mask
             if mask.shape != tokens.shape:
-                raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; the tokens "
-                                 f"have {tuple(tokens.shape)}.")
+                raise ValueError(
+                    f"attention_mask has shape {tuple(mask.shape)}; the tokens "
+                    f"have {tuple(tokens.shape)}."
+                )
             if bool((mask[:, 1:] < mask[:, :-1]).any()) or bool((mask.sum(-1) == 0).any()):
-                raise ValueError("attention_mask must be left-padded (zeros, then ones) with at "
-                                 "least one real token per row.")
+                raise ValueError(
+                    "attention_mask must be left-padded (zeros, then ones) with at "
+                    "least one real token per row."
+                )
         tokens = tokens.long().cpu()
         mask = mask.long().cpu()
         source = {"sequences": "tokens"}
     else:
-        raise TypeError(f"sequences must be None (random repeated tokens), a PromptSet or a "
-                        f"[batch, pos] token tensor, got {type(data).__name__}.")
+        raise TypeError(
+            f"sequences must be None (random repeated tokens), a PromptSet or a "
+            f"[batch, pos] token tensor, got {type(data).__name__}."
+        )
     n = tokens.shape[0]
     empty = torch.zeros(n, 0, dtype=torch.long)
     prompts = PromptSet(
-        tokens=tokens, attention_mask=mask, gold=torch.zeros(n, dtype=torch.long),
-        label_token_ids=torch.zeros(0, dtype=torch.long), demo_label_positions=empty,
-        demo_labels=empty, texts=("",) * n, label_words=(), task_name="tokens", k=0,
-        seed=int(seed), perturbation="gold", query_examples=(0,) * n)
+        tokens=tokens,
+        attention_mask=mask,
+        gold=torch.zeros(n, dtype=torch.long),
+        label_token_ids=torch.zeros(0, dtype=torch.long),
+        demo_label_positions=empty,
+        demo_labels=empty,
+        texts=("",) * n,
+        label_words=(),
+        task_name="tokens",
+        k=0,
+        seed=int(seed),
+        perturbation="gold",
+        query_examples=(0,) * n,
+    )
     return prompts, source
 
 
@@ -711,19 +854,24 @@ def _thresholds(thresholds: dict[str, float] | float | None) -> dict[str, float]
         if unknown:
             raise ValueError(f"Unknown kind(s) {sorted(unknown)} in thresholds; kinds are {KINDS}.")
         return {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in thresholds.items()}}
-    raise TypeError(f"thresholds must be a float or a dict kind -> float, got "
-                    f"{type(thresholds).__name__}.")
+    raise TypeError(
+        f"thresholds must be a float or a dict kind -> float, got {type(thresholds).__name__}."
+    )
 
 
-def _top_k(top_k: int | dict[str, int] | None, n_layers: int, n_heads: int) -> dict[str, int] | None:
+def _top_k(
+    top_k: int | dict[str, int] | None, n_layers: int, n_heads: int
+) -> dict[str, int] | None:
     if top_k is None:
         return None
     if isinstance(top_k, dict):
         unknown = set(top_k) - set(KINDS)
         if unknown:
             raise ValueError(f"Unknown kind(s) {sorted(unknown)} in top_k; kinds are {KINDS}.")
-        return {k: check_top_k(v, n_layers, n_heads, allow_zero=True, what=f"top_k[{k!r}]")
-                for k, v in top_k.items()}
+        return {
+            k: check_top_k(v, n_layers, n_heads, allow_zero=True, what=f"top_k[{k!r}]")
+            for k, v in top_k.items()
+        }
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
         raise TypeError(f"top_k must be an int or a dict kind -> int, got {top_k!r}.")
     return dict.fromkeys(KINDS, check_top_k(top_k, n_layers, n_heads, allow_zero=True))

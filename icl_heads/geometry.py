@@ -80,17 +80,40 @@ ONSET_FRACTION = 0.9
 #: Resamples used for ``top_singular_cosine``'s interval (one eigendecomposition each).
 SPECTRAL_BOOT = 200
 SEPARABILITY_METRICS = ("probe_accuracy", "fisher_ratio")
-ALIGNMENT_METRICS = ("mean_diff_cosine", "logit_lens_accuracy", "top_singular_cosine",
-                     "effective_dim", "task_subspace_alignment", "label_rotation")
+ALIGNMENT_METRICS = (
+    "mean_diff_cosine",
+    "logit_lens_accuracy",
+    "top_singular_cosine",
+    "effective_dim",
+    "task_subspace_alignment",
+    "label_rotation",
+)
 #: Behaviour metrics (``icl_heads.metrics``) kept per prompt by :func:`run_query`.
 BEHAVIOUR_METRICS = tuple(METRICS)
 
 __all__ = [
-    "ONSET_FRACTION", "SPECTRAL_BOOT", "SEPARABILITY_METRICS", "ALIGNMENT_METRICS",
-    "state_hook_names", "check_state_layers", "query_states", "run_query", "normalized_states",
-    "subspace_alignment", "label_rotation", "GeometryCurves", "SeparabilitySettings",
-    "AlignmentSettings", "resample_counts", "separability_curves", "alignment_curves",
-    "separability", "alignment", "onset_layers", "task_vector", "inject_task_vector",
+    "ONSET_FRACTION",
+    "SPECTRAL_BOOT",
+    "SEPARABILITY_METRICS",
+    "ALIGNMENT_METRICS",
+    "state_hook_names",
+    "check_state_layers",
+    "query_states",
+    "run_query",
+    "normalized_states",
+    "subspace_alignment",
+    "label_rotation",
+    "GeometryCurves",
+    "SeparabilitySettings",
+    "AlignmentSettings",
+    "resample_counts",
+    "separability_curves",
+    "alignment_curves",
+    "separability",
+    "alignment",
+    "onset_layers",
+    "task_vector",
+    "inject_task_vector",
     "TaskVector",
 ]
 
@@ -109,8 +132,11 @@ def state_hook_names(model: HookedTransformer) -> list[str]:
     ``blocks.{i-1}.hook_resid_post``) is seen in the captured state.
     """
     L = model.cfg.n_layers
-    return ["blocks.0.hook_resid_pre", *(f"blocks.{i}.hook_resid_pre" for i in range(1, L)),
-            f"blocks.{L - 1}.hook_resid_post"]
+    return [
+        "blocks.0.hook_resid_pre",
+        *(f"blocks.{i}.hook_resid_pre" for i in range(1, L)),
+        f"blocks.{L - 1}.hook_resid_post",
+    ]
 
 
 def check_state_layers(layers: int | Sequence[int] | None, n_layers: int) -> list[int]:
@@ -126,8 +152,10 @@ def check_state_layers(layers: int | Sequence[int] | None, n_layers: int) -> lis
         if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
             raise TypeError(f"layers must be whole numbers, got {layer!r} in {layers!r}.")
         if not 0 <= layer <= n_layers:
-            raise ValueError(f"State layer {layer} is out of range: states run from 0 (the "
-                             f"embeddings) to {n_layers} (after the last block).")
+            raise ValueError(
+                f"State layer {layer} is out of range: states run from 0 (the "
+                f"embeddings) to {n_layers} (after the last block)."
+            )
         out.append(int(layer))
     if not out:
         raise ValueError("layers is an empty list; give at least one layer (or None for all).")
@@ -161,8 +189,15 @@ def query_states(
     Returns:
         ``[prompt, len(layers), d_model]`` float tensor on the CPU.
     """
-    states, _ = run_query(model, prompts, layers, interventions=interventions,
-                          batch_size=batch_size, device=device, progress=progress)
+    states, _ = run_query(
+        model,
+        prompts,
+        layers,
+        interventions=interventions,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     return states
 
 
@@ -188,14 +223,26 @@ def run_query(
     names = [all_names[i] for i in chosen]
     rows: list[Tensor] = []
     kept: dict[str, list[Tensor]] = {name: [] for name in BEHAVIOUR_METRICS}
-    for batch in iter_batches(model, prompts, names, positions="query", batch_size=batch_size,
-                              device=device, interventions=interventions,
-                              return_logits=behaviour, progress=progress, desc=desc):
+    for batch in iter_batches(
+        model,
+        prompts,
+        names,
+        positions="query",
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        return_logits=behaviour,
+        progress=progress,
+        desc=desc,
+    ):
         rows.append(torch.stack([batch.activations[n] for n in names], dim=1).float().cpu())
         if behaviour:
             for name in BEHAVIOUR_METRICS:
-                kept[name].append(METRICS[name](batch.logits, batch.prompts.gold,
-                                                batch.prompts.label_token_ids).float().cpu())
+                kept[name].append(
+                    METRICS[name](batch.logits, batch.prompts.gold, batch.prompts.label_token_ids)
+                    .float()
+                    .cpu()
+                )
     states = torch.cat(rows)
     if not behaviour:
         return states, None
@@ -236,7 +283,8 @@ def label_rotation(
     projected = (states @ basis) @ basis.T  # P h
     unit = dirs / dirs.norm(dim=0, keepdim=True).clamp_min(torch.finfo(dirs.dtype).tiny)
     cos = (projected @ unit) / projected.norm(dim=-1, keepdim=True).clamp_min(
-        torch.finfo(states.dtype).tiny)  # [batch, *rest, label]
+        torch.finfo(states.dtype).tiny
+    )  # [batch, *rest, label]
     n_labels = dirs.shape[1]
     onehot = torch.nn.functional.one_hot(gold.long().to(states.device), n_labels).to(cos.dtype)
     onehot = onehot.reshape(onehot.shape[0], *([1] * (cos.ndim - 2)), n_labels)
@@ -306,9 +354,14 @@ class GeometryCurves:
         """Both curves' metrics (same layers and prompts)."""
         if tuple(other.layers) != tuple(self.layers) or other.n != self.n:
             raise ValueError("Curves of different layers or prompt counts cannot be merged.")
-        return GeometryCurves(self.layers, self.n, {**self.values, **other.values},
-                              {**self.replicates, **other.replicates},
-                              {**self.per_prompt, **other.per_prompt}, self.chance)
+        return GeometryCurves(
+            self.layers,
+            self.n,
+            {**self.values, **other.values},
+            {**self.replicates, **other.replicates},
+            {**self.per_prompt, **other.per_prompt},
+            self.chance,
+        )
 
     def interval(self, metric: str, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of ``metric`` per layer from the replicates."""
@@ -320,14 +373,22 @@ class GeometryCurves:
         for metric, values in self.values.items():
             low, high = self.interval(metric, level)
             for j, layer in enumerate(self.layers):
-                rows.append({"layer": int(layer), "metric": metric, "value": float(values[j]),
-                             "ci_low": float(low[j]), "ci_high": float(high[j]),
-                             "n": int(self.n)})
+                rows.append(
+                    {
+                        "layer": int(layer),
+                        "metric": metric,
+                        "value": float(values[j]),
+                        "ci_low": float(low[j]),
+                        "ci_high": float(high[j]),
+                        "n": int(self.n),
+                    }
+                )
         return pd.DataFrame(rows, columns=["layer", "metric", "value", "ci_low", "ci_high", "n"])
 
 
-def percentile_interval(replicates: np.ndarray, level: float = LEVEL
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def percentile_interval(
+    replicates: np.ndarray, level: float = LEVEL
+) -> tuple[np.ndarray, np.ndarray]:
     """NaN-aware percentile interval over the first axis (NaN where no replicate is
     defined)."""
     reps = np.asarray(replicates, dtype=float)
@@ -349,19 +410,28 @@ def _as_states(states, what: str = "states") -> Tensor:
     if isinstance(states, np.ndarray):
         states = torch.from_numpy(states)
     if not isinstance(states, Tensor):
-        raise TypeError(f"{what} must be a [prompt, layer, d_model] or [prompt, d_model] tensor "
-                        f"(e.g. ih.query_states(model, prompts)), got {type(states).__name__}.")
-    if states.dtype == torch.bool or states.is_complex() or not (
-            states.dtype.is_floating_point or states.dtype in (torch.int32, torch.int64)):
+        raise TypeError(
+            f"{what} must be a [prompt, layer, d_model] or [prompt, d_model] tensor "
+            f"(e.g. ih.query_states(model, prompts)), got {type(states).__name__}."
+        )
+    if (
+        states.dtype == torch.bool
+        or states.is_complex()
+        or not (states.dtype.is_floating_point or states.dtype in (torch.int32, torch.int64))
+    ):
         raise TypeError(f"{what} must hold real numbers, got a {states.dtype} tensor.")
     if states.ndim == 2:
         states = states[:, None]
     if states.ndim != 3:
-        raise ValueError(f"{what} must be [prompt, layer, d_model] or [prompt, d_model], got shape "
-                         f"{tuple(states.shape)}.")
+        raise ValueError(
+            f"{what} must be [prompt, layer, d_model] or [prompt, d_model], got shape "
+            f"{tuple(states.shape)}."
+        )
     if states.shape[0] == 0 or states.shape[1] == 0 or states.shape[2] == 0:
-        raise ValueError(f"{what} is empty (shape {tuple(states.shape)}); give at least one "
-                         "prompt, layer and dimension.")
+        raise ValueError(
+            f"{what} is empty (shape {tuple(states.shape)}); give at least one "
+            "prompt, layer and dimension."
+        )
     states = states.detach().to("cpu", torch.float64)
     if not torch.isfinite(states).all():
         raise ValueError(f"{what} contain NaN or inf values.")
@@ -375,15 +445,20 @@ def _as_labels(labels, n: int) -> np.ndarray:
     try:
         arr = np.asarray(labels)
     except (TypeError, ValueError):
-        raise TypeError(f"labels must be one class label per prompt (e.g. prompts.gold), got "
-                        f"{type(labels).__name__}.") from None
+        raise TypeError(
+            f"labels must be one class label per prompt (e.g. prompts.gold), got "
+            f"{type(labels).__name__}."
+        ) from None
     if arr.ndim != 1:
-        raise ValueError(f"labels must be 1-D (one label per prompt, e.g. prompts.gold), got "
-                         f"shape {arr.shape}.")
+        raise ValueError(
+            f"labels must be 1-D (one label per prompt, e.g. prompts.gold), got shape {arr.shape}."
+        )
     if len(arr) != n:
-        raise ValueError(f"states and labels have different lengths ({n} states vs {len(arr)} "
-                         "labels); pass one label per prompt, in the order of the states (e.g. "
-                         "query_states(model, prompts) with prompts.gold).")
+        raise ValueError(
+            f"states and labels have different lengths ({n} states vs {len(arr)} "
+            "labels); pass one label per prompt, in the order of the states (e.g. "
+            "query_states(model, prompts) with prompts.gold)."
+        )
     return arr
 
 
@@ -391,20 +466,26 @@ def class_codes(labels: np.ndarray, folds: int | None, what: str) -> tuple[np.nd
     """Class codes ``0..C-1`` and ``C``; errors for one class or too few per class."""
     classes, codes = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
-        raise ValueError(f"{what} needs at least two classes among the prompts, got only "
-                         f"{classes.tolist()} over {len(labels)} prompts; build prompts that cover "
-                         "several labels (build_prompts balances the labels: use n >= the "
-                         "number of labels).")
+        raise ValueError(
+            f"{what} needs at least two classes among the prompts, got only "
+            f"{classes.tolist()} over {len(labels)} prompts; build prompts that cover "
+            "several labels (build_prompts balances the labels: use n >= the "
+            "number of labels)."
+        )
     counts = np.bincount(codes)
     if folds is not None and counts.min() < folds:
         worst = classes[int(counts.argmin())]
-        raise ValueError(f"{what}: class {worst!r} has {int(counts.min())} prompts, fewer than "
-                         f"folds={folds}; use folds <= {int(counts.min())} or more prompts "
-                         f"(n >= folds x classes = {folds * len(classes)}).")
+        raise ValueError(
+            f"{what}: class {worst!r} has {int(counts.min())} prompts, fewer than "
+            f"folds={folds}; use folds <= {int(counts.min())} or more prompts "
+            f"(n >= folds x classes = {folds * len(classes)})."
+        )
     if counts.min() < 2:
         worst = classes[int(counts.argmin())]
-        raise ValueError(f"{what}: class {worst!r} has a single prompt; every class needs at "
-                         "least two (use more prompts).")
+        raise ValueError(
+            f"{what}: class {worst!r} has a single prompt; every class needs at "
+            "least two (use more prompts)."
+        )
     return codes.astype(np.int64), len(classes)
 
 
@@ -413,8 +494,10 @@ def _layer_labels(layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...
         return tuple(range(n_layers))
     labels = tuple(int(x) for x in layers)
     if len(labels) != n_layers:
-        raise ValueError(f"layers names {len(labels)} layers but the states have {n_layers}; "
-                         "give one label per state layer.")
+        raise ValueError(
+            f"layers names {len(labels)} layers but the states have {n_layers}; "
+            "give one label per state layer."
+        )
     return labels
 
 
@@ -447,8 +530,9 @@ def weighted_means(per_prompt: np.ndarray, weights: Tensor) -> np.ndarray:
     ok = ~torch.isnan(x)
     total = weights @ torch.where(ok, x, torch.zeros_like(x))
     count = weights @ ok.double()
-    return torch.where(count > 0, total / count.clamp_min(1e-300),
-                       torch.full_like(total, float("nan"))).numpy()
+    return torch.where(
+        count > 0, total / count.clamp_min(1e-300), torch.full_like(total, float("nan"))
+    ).numpy()
 
 
 def _split(rows: np.ndarray, centre: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -494,17 +578,21 @@ def separability_curves(
     n, L, _ = X.shape
     arr = _as_labels(labels, n)
     folds = check_int(folds, "folds", 2)
-    seed = check_int(seed, "seed", -(2 ** 62))
+    seed = check_int(seed, "seed", -(2**62))
     n_boot = check_int(n_boot, "n_boot", 1)
     if isinstance(C, bool) or not isinstance(C, numbers.Real) or not C > 0:
-        raise ValueError(f"C (the probe's inverse regularisation) must be a positive number, got "
-                         f"{C!r}.")
+        raise ValueError(
+            f"C (the probe's inverse regularisation) must be a positive number, got {C!r}."
+        )
     codes, n_classes = class_codes(arr, folds, "separability")
     layer_labels = _layer_labels(layers, L)
     weights = bootstrap_weights(codes, n_boot, seed)
 
-    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed % 2 ** 32)
-                  .split(np.zeros(n), codes))
+    splits = list(
+        StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32).split(
+            np.zeros(n), codes
+        )
+    )
     correct = np.zeros((n, L))
     not_converged = 0
     for j in tqdm(range(L), desc="probes", disable=not progress, leave=False, unit="layer"):
@@ -517,8 +605,11 @@ def separability_curves(
             not_converged += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
             correct[test, j] = probe.predict(features[test]) == codes[test]
     if not_converged:
-        log.warning("separability: %d of %d probe fits did not converge in 1000 iterations.",
-                    not_converged, L * folds)
+        log.warning(
+            "separability: %d of %d probe fits did not converge in 1000 iterations.",
+            not_converged,
+            L * folds,
+        )
 
     Y = torch.nn.functional.one_hot(torch.from_numpy(codes), n_classes).double()  # [n, C]
     M = weights[:, None, :] * Y.T[None]  # [R, C, n]
@@ -533,10 +624,14 @@ def separability_curves(
         total = A.sum(-1) - P.sum((1, 2)) / N.sum(-1)
         between = total - within
         scale = A.sum(-1).clamp_min(1e-300)
-        ratio = torch.where(within > 1e-12 * scale, between / within.clamp_min(1e-300),
-                            torch.full_like(within, float("inf")))
-        fisher[:, j] = torch.where(total > 1e-12 * scale, ratio,
-                                   torch.full_like(ratio, float("nan"))).numpy()
+        ratio = torch.where(
+            within > 1e-12 * scale,
+            between / within.clamp_min(1e-300),
+            torch.full_like(within, float("inf")),
+        )
+        fisher[:, j] = torch.where(
+            total > 1e-12 * scale, ratio, torch.full_like(ratio, float("nan"))
+        ).numpy()
 
     accuracy = weighted_means(correct, weights)
     curves = GeometryCurves(layer_labels, n, chance=1.0 / n_classes)
@@ -585,11 +680,13 @@ def separability(
         Tidy DataFrame, one row per layer x metric; ``.attrs["settings"]``
         (:class:`SeparabilitySettings`) and ``.attrs["chance"]`` (``1 / classes``).
     """
-    curves = separability_curves(states, labels, folds=folds, seed=seed, n_boot=n_boot, C=C,
-                                 layers=layers, progress=progress)
+    curves = separability_curves(
+        states, labels, folds=folds, seed=seed, n_boot=n_boot, C=C, layers=layers, progress=progress
+    )
     frame = curves.frame()
-    frame.attrs["settings"] = SeparabilitySettings(folds=int(folds), seed=int(seed),
-                                                   n_boot=int(n_boot), C=float(C))
+    frame.attrs["settings"] = SeparabilitySettings(
+        folds=int(folds), seed=int(seed), n_boot=int(n_boot), C=float(C)
+    )
     frame.attrs["chance"] = curves.chance
     return frame
 
@@ -604,8 +701,10 @@ def _label_ids(model: HookedTransformer, label_token_ids) -> Tensor:
         try:
             ids = torch.as_tensor(list(label_token_ids), dtype=torch.long)
         except (TypeError, ValueError):
-            raise TypeError(f"label_token_ids must be a list of token ids (e.g. "
-                            f"prompts.label_token_ids), got {label_token_ids!r}.") from None
+            raise TypeError(
+                f"label_token_ids must be a list of token ids (e.g. "
+                f"prompts.label_token_ids), got {label_token_ids!r}."
+            ) from None
     if ids.numel() < 2:
         raise ValueError(f"alignment needs at least two label tokens, got {ids.tolist()}.")
     return ids
@@ -623,21 +722,27 @@ def alignment_curves(
 ) -> GeometryCurves:
     """:func:`alignment` as :class:`GeometryCurves` (values, replicates, per-prompt)."""
     if not isinstance(model, HookedTransformer):
-        raise TypeError(f"alignment needs the model (a HookedTransformer) for its unembedding "
-                        f"and final norm, got {type(model).__name__}.")
+        raise TypeError(
+            f"alignment needs the model (a HookedTransformer) for its unembedding "
+            f"and final norm, got {type(model).__name__}."
+        )
     X = _as_states(states)
     n, L, d = X.shape
     if d != model.cfg.d_model:
-        raise ValueError(f"states have d_model={d} but the model has d_model="
-                         f"{model.cfg.d_model}; measure states of this model.")
+        raise ValueError(
+            f"states have d_model={d} but the model has d_model="
+            f"{model.cfg.d_model}; measure states of this model."
+        )
     arr = _as_labels(labels, n)
-    seed = check_int(seed, "seed", -(2 ** 62))
+    seed = check_int(seed, "seed", -(2**62))
     n_boot = check_int(n_boot, "n_boot", 1)
     ids = _label_ids(model, label_token_ids)
     if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= len(ids):
-        raise ValueError(f"alignment labels must be label indices 0..{len(ids) - 1} into "
-                         f"label_token_ids (e.g. prompts.gold), got values "
-                         f"{np.unique(arr)[:8].tolist()}.")
+        raise ValueError(
+            f"alignment labels must be label indices 0..{len(ids) - 1} into "
+            f"label_token_ids (e.g. prompts.gold), got values "
+            f"{np.unique(arr)[:8].tolist()}."
+        )
     gold = arr.astype(np.int64)
     codes, n_classes = class_codes(gold, None, "alignment")
     present = np.unique(gold)  # label index of each class code
@@ -647,8 +752,11 @@ def alignment_curves(
 
     U = label_unembeddings(model, ids).detach().double().cpu()  # [d, labels]
     b_U = getattr(model, "b_U", None)
-    bias = (b_U.detach().double().cpu()[ids] if b_U is not None
-            else torch.zeros(len(ids), dtype=torch.float64))
+    bias = (
+        b_U.detach().double().cpu()[ids]
+        if b_U is not None
+        else torch.zeros(len(ids), dtype=torch.float64)
+    )
     Z = normalized_states(model, X.float()).double()  # [n, L, d]
 
     # per-prompt metrics (the steering geometry of the TR/TL paper, by the same functions)
@@ -679,25 +787,36 @@ def alignment_curves(
         proj = Zc @ unit  # [n, pairs]
         S = M @ proj  # [R, C, pairs]
         num = S[:, a, pidx] / N[:, a] - S[:, b, pidx] / N[:, b]
-        sq = (P[:, a, a] / N[:, a] ** 2 + P[:, b, b] / N[:, b] ** 2
-              - 2 * P[:, a, b] / (N[:, a] * N[:, b]))
+        sq = (
+            P[:, a, a] / N[:, a] ** 2
+            + P[:, b, b] / N[:, b] ** 2
+            - 2 * P[:, a, b] / (N[:, a] * N[:, b])
+        )
         scale = G.diagonal().sum().clamp_min(1e-300) / n
-        cos = torch.where(sq > 1e-12 * scale, num / sq.clamp_min(1e-300).sqrt(),
-                          torch.full_like(num, float("nan")))
+        cos = torch.where(
+            sq > 1e-12 * scale,
+            num / sq.clamp_min(1e-300).sqrt(),
+            torch.full_like(num, float("nan")),
+        )
         cosine[:, j] = torch.nanmean(cos, dim=-1).numpy()
         eff_dim[:, j] = _participation_ratio(G, weights).numpy()
         spectral[:n_spec, j] = _top_singular_cosine(G, proj, weights[:n_spec], rank).numpy()
 
     curves = GeometryCurves(layer_labels, n, chance=1.0 / n_classes)
-    rows = {"mean_diff_cosine": cosine, "logit_lens_accuracy": weighted_means(lens, weights),
-            "top_singular_cosine": spectral[:n_spec], "effective_dim": eff_dim,
-            "task_subspace_alignment": weighted_means(sub, weights),
-            "label_rotation": weighted_means(rot, weights)}
+    rows = {
+        "mean_diff_cosine": cosine,
+        "logit_lens_accuracy": weighted_means(lens, weights),
+        "top_singular_cosine": spectral[:n_spec],
+        "effective_dim": eff_dim,
+        "task_subspace_alignment": weighted_means(sub, weights),
+        "label_rotation": weighted_means(rot, weights),
+    }
     for name in ALIGNMENT_METRICS:
         centre = name in ("mean_diff_cosine", "top_singular_cosine", "effective_dim")
         curves.values[name], curves.replicates[name] = _split(rows[name], centre)
-    curves.per_prompt.update(logit_lens_accuracy=lens, task_subspace_alignment=sub,
-                             label_rotation=rot)
+    curves.per_prompt.update(
+        logit_lens_accuracy=lens, task_subspace_alignment=sub, label_rotation=rot
+    )
     return curves
 
 
@@ -706,7 +825,7 @@ def _centred_gram_terms(G: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ``Gc_ij = G_ij - a_i - a_j``, plus ``Gw`` [R, n] and ``W`` [R]."""
     W = w.sum(-1)
     Gw = w @ G
-    s = (Gw * w).sum(-1) / W ** 2
+    s = (Gw * w).sum(-1) / W**2
     a = Gw / W[:, None] - s[:, None] / 2
     return a, Gw, W
 
@@ -722,11 +841,16 @@ def _participation_ratio(G: Tensor, w: Tensor) -> Tensor:
     a, Gw, W = _centred_gram_terms(G, w)
     trace = (w * (G.diagonal()[None] - 2 * a)).sum(-1) / W
     wa = (w * a).sum(-1)
-    squares = (((w @ (G * G)) * w).sum(-1) - 4 * (w * a * Gw).sum(-1)
-               + 2 * W * (w * a * a).sum(-1) + 2 * wa ** 2) / W ** 2
+    squares = (
+        ((w @ (G * G)) * w).sum(-1)
+        - 4 * (w * a * Gw).sum(-1)
+        + 2 * W * (w * a * a).sum(-1)
+        + 2 * wa**2
+    ) / W**2
     tiny = 1e-12 * trace.abs().clamp_min(1e-300) ** 2
-    return torch.where(squares > tiny, trace ** 2 / squares.clamp_min(1e-300),
-                       torch.full_like(trace, float("nan")))
+    return torch.where(
+        squares > tiny, trace**2 / squares.clamp_min(1e-300), torch.full_like(trace, float("nan"))
+    )
 
 
 def _top_singular_cosine(G: Tensor, proj: Tensor, w: Tensor, rank: int) -> Tensor:
@@ -743,8 +867,9 @@ def _top_singular_cosine(G: Tensor, proj: Tensor, w: Tensor, rank: int) -> Tenso
     centred = root[:, :, None] * (proj[None] - mean[:, None, :])  # [R, n, pairs]
     coords = top.transpose(1, 2) @ centred  # [R, rank, pairs]
     keep = lam > 1e-9 * lam.abs().amax(-1, keepdim=True).clamp_min(1e-300)
-    coords = torch.where(keep[..., None], coords / lam.clamp_min(1e-300).sqrt()[..., None],
-                         torch.zeros_like(coords))
+    coords = torch.where(
+        keep[..., None], coords / lam.clamp_min(1e-300).sqrt()[..., None], torch.zeros_like(coords)
+    )
     frac = coords.pow(2).sum(1).sqrt().clamp_max(1.0)  # [R, pairs]
     return torch.where(keep.any(-1), frac.mean(-1), torch.full_like(W, float("nan")))
 
@@ -801,13 +926,17 @@ def alignment(
         Tidy DataFrame, one row per layer x metric; ``.attrs["settings"]``
         (:class:`AlignmentSettings`) and ``.attrs["chance"]``.
     """
-    curves = alignment_curves(states, labels, model, label_token_ids, seed=seed, n_boot=n_boot,
-                              layers=layers)
+    curves = alignment_curves(
+        states, labels, model, label_token_ids, seed=seed, n_boot=n_boot, layers=layers
+    )
     frame = curves.frame()
     frame.attrs["settings"] = AlignmentSettings(
         model=getattr(model.cfg, "model_name", None),
         label_token_ids=tuple(int(i) for i in _label_ids(model, label_token_ids)),
-        seed=int(seed), n_boot=int(n_boot), spectral_boot=min(SPECTRAL_BOOT, int(n_boot)))
+        seed=int(seed),
+        n_boot=int(n_boot),
+        spectral_boot=min(SPECTRAL_BOOT, int(n_boot)),
+    )
     frame.attrs["chance"] = curves.chance
     return frame
 
@@ -865,7 +994,14 @@ def task_vector(
         ``[d_model]`` for one layer, ``[len(layer), d_model]`` for a list (float32, CPU).
     """
     single = isinstance(layer, numbers.Integral) and not isinstance(layer, bool)
-    states = query_states(model, prompts, layer, interventions=interventions,
-                          batch_size=batch_size, device=device, progress=progress)
+    states = query_states(
+        model,
+        prompts,
+        layer,
+        interventions=interventions,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     vectors = states.double().mean(0).float()
     return vectors[0] if single else vectors

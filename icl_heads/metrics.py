@@ -16,7 +16,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .interventions import check_interventions
+from .activations import collect
+from .hooks import check_interventions
 from .prompts import PromptSet, check_prompt_set
 from .settings import PromptInfo, Settings, describe_interventions, model_name
 
@@ -34,7 +35,9 @@ def accuracy(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Ten
     return (label_logits(logits, label_token_ids).argmax(-1) == gold.to(logits.device)).float()
 
 
-def in_label_space(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
+def in_label_space(
+    logits: Tensor, gold: Tensor, label_token_ids: Tensor
+) -> Float[Tensor, " batch"]:
     """1 where the argmax over the whole vocabulary is a label token (task recognition)."""
     top = logits.argmax(-1)
     return (top[:, None] == label_token_ids.to(logits.device)[None]).any(-1).float()
@@ -43,11 +46,16 @@ def in_label_space(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Flo
 label_space_rate = in_label_space
 
 
-def in_space_accuracy(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
+def in_space_accuracy(
+    logits: Tensor, gold: Tensor, label_token_ids: Tensor
+) -> Float[Tensor, " batch"]:
     """Accuracy among prompts whose vocabulary argmax is a label token (NaN elsewhere)."""
     acc = accuracy(logits, gold, label_token_ids)
-    return torch.where(in_label_space(logits, gold, label_token_ids).bool(), acc,
-                       torch.full_like(acc, float("nan")))
+    return torch.where(
+        in_label_space(logits, gold, label_token_ids).bool(),
+        acc,
+        torch.full_like(acc, float("nan")),
+    )
 
 
 def logit_diff(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
@@ -97,23 +105,31 @@ def get_metric(metric: str | Metric) -> Metric:
     """
     if isinstance(metric, str):
         if metric not in METRICS:
-            raise ValueError(f"Unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass "
-                             "a callable metric(logits, gold, label_token_ids) -> [batch].")
+            raise ValueError(
+                f"Unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass "
+                "a callable metric(logits, gold, label_token_ids) -> [batch]."
+            )
         return METRICS[metric]
     if not callable(metric):
-        raise TypeError(f"metric must be a metric name ({sorted(METRICS)}) or a callable "
-                        f"metric(logits, gold, label_token_ids) -> [batch], got {metric!r}.")
+        raise TypeError(
+            f"metric must be a metric name ({sorted(METRICS)}) or a callable "
+            f"metric(logits, gold, label_token_ids) -> [batch], got {metric!r}."
+        )
     name = metric_name(metric)
 
     def checked(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Tensor:
         value = metric(logits, gold, label_token_ids)
         if not isinstance(value, Tensor):
-            raise TypeError(f"The metric {name!r} returned {type(value).__name__}; it must "
-                            f"return a tensor with one value per prompt ([{len(gold)}]).")
+            raise TypeError(
+                f"The metric {name!r} returned {type(value).__name__}; it must "
+                f"return a tensor with one value per prompt ([{len(gold)}])."
+            )
         if tuple(value.shape) != (len(gold),):
-            raise ValueError(f"The metric {name!r} returned shape {tuple(value.shape)} for a "
-                             f"batch of {len(gold)} prompts; it must return one value per "
-                             f"prompt, shape [{len(gold)}] (e.g. no .mean() over the batch).")
+            raise ValueError(
+                f"The metric {name!r} returned shape {tuple(value.shape)} for a "
+                f"batch of {len(gold)} prompts; it must return one value per "
+                f"prompt, shape [{len(gold)}] (e.g. no .mean() over the batch)."
+            )
         if not (value.dtype.is_floating_point or value.dtype == torch.bool):
             value = value.float()
         return value
@@ -168,17 +184,29 @@ def evaluate(
         label_space_rate, in_space_accuracy, logit_diff, chance``;
         ``.attrs["settings"]`` says how it was made.
     """
-    from .activations import collect
-
     check_prompt_set(prompts, model=model)
-    logits = collect(model, prompts, batch_size=batch_size, device=device,
-                     interventions=interventions, progress=progress,
-                     desc=f"evaluate k={prompts.k}").logits
+    logits = collect(
+        model,
+        prompts,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+        desc=f"evaluate k={prompts.k}",
+    ).logits
     info = prompts.info()
-    row = {"task": info.task, "k": info.k, "n": info.n, "seed": info.seed,
-           "perturbation": info.perturbation, **metrics_from_logits(logits, prompts)}
+    row = {
+        "task": info.task,
+        "k": info.k,
+        "n": info.n,
+        "seed": info.seed,
+        "perturbation": info.perturbation,
+        **metrics_from_logits(logits, prompts),
+    }
     frame = pd.DataFrame([row])
-    frame.attrs["settings"] = EvaluateSettings(model=model_name(model), prompts=info,
-                                               interventions=describe_interventions(
-                                                   check_interventions(interventions)))
+    frame.attrs["settings"] = EvaluateSettings(
+        model=model_name(model),
+        prompts=info,
+        interventions=describe_interventions(check_interventions(interventions)),
+    )
     return frame

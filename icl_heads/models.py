@@ -56,8 +56,14 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float64": torch.float64,
 }
-_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
-                  "fp64": "float64", "double": "float64"}
+_DTYPE_ALIASES = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "fp64": "float64",
+    "double": "float64",
+}
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,7 @@ def _check_device_available(resolved: torch.device, given: object) -> None:
         available = bool(is_available()) if callable(is_available) else False
     if not available:
         raise ValueError(
-            f"device={given!r}: no {kind!r} device is available on this machine; use "
-            "device='cpu'."
+            f"device={given!r}: no {kind!r} device is available on this machine; use device='cpu'."
         )
 
 
@@ -202,17 +207,22 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype
-        raise ValueError(f"dtype={dtype} is not supported; use one of {choices} (as a string or "
-                         "torch dtype).")
+        raise ValueError(
+            f"dtype={dtype} is not supported; use one of {choices} (as a string or torch dtype)."
+        )
     if isinstance(dtype, str):
         key = dtype.strip().lower().removeprefix("torch.")
         key = _DTYPE_ALIASES.get(key, key)
         if key in DTYPES:
             return DTYPES[key]
-        raise ValueError(f"dtype={dtype!r} is not a supported dtype; use one of {choices} (or "
-                         "'fp32', 'fp16', 'bf16', 'fp64').")
-    raise TypeError(f"dtype must be a torch.dtype or its name ({choices}); got {dtype!r} of type "
-                    f"{type(dtype).__name__}.")
+        raise ValueError(
+            f"dtype={dtype!r} is not a supported dtype; use one of {choices} (or "
+            "'fp32', 'fp16', 'bf16', 'fp64')."
+        )
+    raise TypeError(
+        f"dtype must be a torch.dtype or its name ({choices}); got {dtype!r} of type "
+        f"{type(dtype).__name__}."
+    )
 
 
 def _check_name(name: object) -> str:
@@ -237,11 +247,15 @@ def _check_cache_dir(cache_dir: object) -> Path | None:
     if cache_dir is None:
         return None
     if isinstance(cache_dir, str) and not cache_dir.strip():
-        raise ValueError("cache_dir='' is empty; pass a directory, or None for the default "
-                         f"(${CACHE_ENV_VAR} or the user cache directory).")
+        raise ValueError(
+            "cache_dir='' is empty; pass a directory, or None for the default "
+            f"(${CACHE_ENV_VAR} or the user cache directory)."
+        )
     if not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"cache_dir must be a path (str or pathlib.Path) or None; got "
-                        f"{cache_dir!r} of type {type(cache_dir).__name__}.")
+        raise TypeError(
+            f"cache_dir must be a path (str or pathlib.Path) or None; got "
+            f"{cache_dir!r} of type {type(cache_dir).__name__}."
+        )
     path = Path(cache_dir).expanduser()
     blocker = _file_in_the_way(path)
     if blocker is not None:
@@ -327,10 +341,14 @@ def load_model(
     elif _looks_like_path(key):
         path = Path(key).expanduser()
         if path.exists():
-            raise ValueError(f"load_model(name={key!r}) is a file; pass the directory that holds "
-                             "a Hugging Face model (config.json and weights).")
-        raise FileNotFoundError(f"load_model(name={key!r}): no such directory; pass an existing "
-                                "directory with a Hugging Face model, or a model name.")
+            raise ValueError(
+                f"load_model(name={key!r}) is a file; pass the directory that holds "
+                "a Hugging Face model (config.json and weights)."
+            )
+        raise FileNotFoundError(
+            f"load_model(name={key!r}): no such directory; pass an existing "
+            "directory with a Hugging Face model, or a model name."
+        )
     else:
         model = _load_from_hub(key, device=device, dtype=dtype)
     if model.cfg.dtype != dtype or next(model.parameters()).dtype != dtype:
@@ -382,8 +400,9 @@ def _source_parts(spec: EmbeddedModel) -> list[Path]:
         module = importlib.import_module(spec.package)
         parts = [Path(p) for p in module.chunk_paths()]
     except ImportError as err:  # the chunk (data) packages were skipped, e.g. by --no-deps
-        raise _not_installed(spec, f"is installed without its data package "
-                                   f"{getattr(err, 'name', None) or err}") from None
+        raise _not_installed(
+            spec, f"is installed without its data package {getattr(err, 'name', None) or err}"
+        ) from None
     missing = [p.name for p in parts if not p.is_file()]
     if missing:
         raise _not_installed(spec, f"is missing its data files {missing}")
@@ -413,9 +432,11 @@ def load_tokenizer(name: str = "default"):
     from transformers import AutoTokenizer
 
     if not isinstance(name, str) or name not in EMBEDDED_MODELS:
-        raise ValueError(f"load_tokenizer(name={name!r}): it knows the embedded models "
-                         f"{sorted(EMBEDDED_MODELS)}; for other models use "
-                         "load_model(...).tokenizer.")
+        raise ValueError(
+            f"load_tokenizer(name={name!r}): it knows the embedded models "
+            f"{sorted(EMBEDDED_MODELS)}; for other models use "
+            "load_model(...).tokenizer."
+        )
     path = embedded_model_file(EMBEDDED_MODELS[name])
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer.padding_side = "left"
@@ -526,8 +547,9 @@ def convert_hf_model(hf_model, tokenizer, *, tl_name: str | None = None) -> Hook
         source = tl_name or tmp
         cfg = loading.get_pretrained_model_config(source, dtype=torch.float32, fold_ln=True)
         state_dict = loading.get_pretrained_state_dict(source, cfg, hf_model=hf_model)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False,
-                              default_padding_side="left")
+    model = HookedTransformer(
+        cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="left"
+    )
     model.load_and_process_state_dict(state_dict, **_PROCESSING)
     return model
 
@@ -545,9 +567,13 @@ def _write_cache(model: HookedTransformer, target: Path, *, source: Path) -> Non
         cfg = {k: v for k, v in model.cfg.to_dict().items() if k != "dtype"}
         (tmp / "config.json").write_text(json.dumps(cfg, default=str))
         model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        meta = {"source": source.name, "source_bytes": source.stat().st_size,
-                "converter_version": CONVERTER_VERSION,
-                "transformer_lens": _transformer_lens_version(), "processing": _PROCESSING}
+        meta = {
+            "source": source.name,
+            "source_bytes": source.stat().st_size,
+            "converter_version": CONVERTER_VERSION,
+            "transformer_lens": _transformer_lens_version(),
+            "processing": _PROCESSING,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks completeness
         try:
             os.replace(tmp, target)
@@ -566,8 +592,9 @@ def _load_cached(target: Path) -> HookedTransformer:
     init_fields = {f.name for f in fields(HookedTransformerConfig) if f.init}
     cfg = HookedTransformerConfig(**{k: v for k, v in raw.items() if k in init_fields})
     tokenizer = AutoTokenizer.from_pretrained(str(target / "tokenizer"))
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False,
-                              default_padding_side="left")
+    model = HookedTransformer(
+        cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="left"
+    )
     model.load_state_dict(load_file(str(target / "model.safetensors")), strict=True)
     return model
 

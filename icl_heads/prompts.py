@@ -38,8 +38,26 @@ FINGERPRINT_PROBE = (
 
 #: Unrelated single-token words used for ``perturbation="abstract_labels"`` (first that fit).
 ABSTRACT_WORDS = (
-    "foo", "bar", "baz", "qux", "zip", "zap", "bin", "jot", "wib", "zed", "vex", "kip",
-    "nub", "fez", "gob", "yak", "orb", "elm", "ivy", "oak",
+    "foo",
+    "bar",
+    "baz",
+    "qux",
+    "zip",
+    "zap",
+    "bin",
+    "jot",
+    "wib",
+    "zed",
+    "vex",
+    "kip",
+    "nub",
+    "fez",
+    "gob",
+    "yak",
+    "orb",
+    "elm",
+    "ivy",
+    "oak",
 )
 
 
@@ -140,15 +158,23 @@ class PromptSet:
     def info(self) -> PromptInfo:
         """How the set was made, as results record it: task, k, n, seed, perturbation,
         model (``model_name``) and tokenizer (``tokenizer_id``)."""
-        return PromptInfo(task=self.task_name, k=int(self.k), n=len(self), seed=int(self.seed),
-                          perturbation=self.perturbation, model=self.model_name,
-                          tokenizer=self.tokenizer_id)
+        return PromptInfo(
+            task=self.task_name,
+            k=int(self.k),
+            n=len(self),
+            seed=int(self.seed),
+            perturbation=self.perturbation,
+            model=self.model_name,
+            tokenizer=self.tokenizer_id,
+        )
 
     def __repr__(self) -> str:
-        return (f"PromptSet(task={self.task_name!r}, n={len(self)}, k={self.k}, "
-                f"perturbation={self.perturbation!r}, seq_len={self.seq_len}, "
-                f"labels={list(self.label_words)[:6]}{'...' if self.n_labels > 6 else ''}, "
-                f"model={self.model_name!r})")
+        return (
+            f"PromptSet(task={self.task_name!r}, n={len(self)}, k={self.k}, "
+            f"perturbation={self.perturbation!r}, seq_len={self.seq_len}, "
+            f"labels={list(self.label_words)[:6]}{'...' if self.n_labels > 6 else ''}, "
+            f"model={self.model_name!r})"
+        )
 
 
 def _select_index(index: object, n: int) -> Int[Tensor, " selected"]:
@@ -157,8 +183,10 @@ def _select_index(index: object, n: int) -> Int[Tensor, " selected"]:
         rows = torch.arange(n)[index]
     else:
         if isinstance(index, (bool, np.bool_)):
-            raise TypeError(f"PromptSet.select: got the single bool {index!r}; pass indices or "
-                            f"a boolean mask with one entry per prompt ({n}).")
+            raise TypeError(
+                f"PromptSet.select: got the single bool {index!r}; pass indices or "
+                f"a boolean mask with one entry per prompt ({n})."
+            )
         if isinstance(index, numbers.Integral):
             index = [int(index)]
         if isinstance(index, np.ndarray):
@@ -166,24 +194,31 @@ def _select_index(index: object, n: int) -> Int[Tensor, " selected"]:
         if isinstance(index, Tensor):
             rows = index.detach().cpu()
             if rows.dtype.is_floating_point or rows.dtype.is_complex:
-                raise TypeError(f"PromptSet.select: indices must be integers or a boolean mask, "
-                                f"got a {rows.dtype} tensor {rows.flatten()[:4].tolist()}.")
+                raise TypeError(
+                    f"PromptSet.select: indices must be integers or a boolean mask, "
+                    f"got a {rows.dtype} tensor {rows.flatten()[:4].tolist()}."
+                )
             if rows.ndim > 1:
-                raise ValueError(f"PromptSet.select: indices must be 1-D, got shape "
-                                 f"{tuple(rows.shape)}.")
+                raise ValueError(
+                    f"PromptSet.select: indices must be 1-D, got shape {tuple(rows.shape)}."
+                )
             rows = rows.reshape(-1)
         elif isinstance(index, (str, bytes)) or not hasattr(index, "__iter__"):
-            raise TypeError(f"PromptSet.select: index must be an int, a sequence of ints, a "
-                            f"slice, a boolean mask or a tensor, got {type(index).__name__} "
-                            f"{index!r}.")
+            raise TypeError(
+                f"PromptSet.select: index must be an int, a sequence of ints, a "
+                f"slice, a boolean mask or a tensor, got {type(index).__name__} "
+                f"{index!r}."
+            )
         else:
             items = list(index)
             bools = [isinstance(i, (bool, np.bool_)) for i in items]
             if items and all(bools):
                 rows = torch.tensor([bool(i) for i in items], dtype=torch.bool)
             else:
-                bad = next((i for i, b in zip(items, bools)
-                            if b or not isinstance(i, numbers.Integral)), None)
+                bad = next(
+                    (i for i, b in zip(items, bools) if b or not isinstance(i, numbers.Integral)),
+                    None,
+                )
                 if bad is not None:
                     raise TypeError(
                         f"PromptSet.select: index {bad!r} ({type(bad).__name__}) is not an int; "
@@ -192,14 +227,18 @@ def _select_index(index: object, n: int) -> Int[Tensor, " selected"]:
                 rows = torch.tensor([int(i) for i in items], dtype=torch.long)
         if rows.dtype == torch.bool:
             if rows.numel() != n:
-                raise ValueError(f"PromptSet.select: the boolean mask has {rows.numel()} "
-                                 f"entries but the set has {n} prompts.")
+                raise ValueError(
+                    f"PromptSet.select: the boolean mask has {rows.numel()} "
+                    f"entries but the set has {n} prompts."
+                )
             rows = rows.nonzero().flatten()
         rows = rows.long()
         out = (rows < -n) | (rows >= n)
         if bool(out.any()):
-            raise ValueError(f"PromptSet.select: index {int(rows[out][0])} is out of range for "
-                             f"a set of {n} prompts (valid: {-n} to {n - 1}).")
+            raise ValueError(
+                f"PromptSet.select: index {int(rows[out][0])} is out of range for "
+                f"a set of {n} prompts (valid: {-n} to {n - 1})."
+            )
         rows = torch.where(rows < 0, rows + n, rows)
     if rows.numel() == 0:
         raise ValueError("PromptSet.select: the selection is empty.")
@@ -218,16 +257,25 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """
     if not callable(getattr(tokenizer, "encode", None)) or not hasattr(tokenizer, "__len__"):
         hint = " (pass model.tokenizer)" if isinstance(tokenizer, HookedTransformer) else ""
-        raise TypeError(f"tokenizer_fingerprint needs a Hugging Face tokenizer{hint}, got "
-                        f"{type(tokenizer).__name__}.")
+        raise TypeError(
+            f"tokenizer_fingerprint needs a Hugging Face tokenizer{hint}, got "
+            f"{type(tokenizer).__name__}."
+        )
     ids = tokenizer.encode(FINGERPRINT_PROBE, add_special_tokens=False)
-    raw = json.dumps([len(tokenizer), getattr(tokenizer, "bos_token_id", None),
-                      getattr(tokenizer, "eos_token_id", None), [int(i) for i in ids]])
+    raw = json.dumps(
+        [
+            len(tokenizer),
+            getattr(tokenizer, "bos_token_id", None),
+            getattr(tokenizer, "eos_token_id", None),
+            [int(i) for i in ids],
+        ]
+    )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def check_prompt_set(prompts: PromptSet, what: str = "prompts", *,
-                     model: HookedTransformer | None = None) -> None:
+def check_prompt_set(
+    prompts: PromptSet, what: str = "prompts", *, model: HookedTransformer | None = None
+) -> None:
     """Raise a clear error unless ``prompts`` is a non-empty :class:`PromptSet` (usable with
     ``model``, when given).
 
@@ -238,8 +286,10 @@ def check_prompt_set(prompts: PromptSet, what: str = "prompts", *,
     Cost: one short encode and a min/max over the tokens.
     """
     if not isinstance(prompts, PromptSet):
-        raise TypeError(f"{what} must be a PromptSet (from icl_heads.build_prompts), got "
-                        f"{type(prompts).__name__}.")
+        raise TypeError(
+            f"{what} must be a PromptSet (from icl_heads.build_prompts), got "
+            f"{type(prompts).__name__}."
+        )
     if len(prompts) == 0:
         raise ValueError(f"The {what} PromptSet is empty; build it with n >= 1.")
     if model is None:
@@ -257,18 +307,22 @@ def check_prompt_set(prompts: PromptSet, what: str = "prompts", *,
             )
     d_vocab, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
     if prompts.seq_len > n_ctx:
-        raise ValueError(f"The {what} are {prompts.seq_len} tokens long, more than model "
-                         f"{name!r}'s context n_ctx={n_ctx}; rebuild them with "
-                         "build_prompts(model, task, ...) and fewer demonstrations.")
+        raise ValueError(
+            f"The {what} are {prompts.seq_len} tokens long, more than model "
+            f"{name!r}'s context n_ctx={n_ctx}; rebuild them with "
+            "build_prompts(model, task, ...) and fewer demonstrations."
+        )
     ids = [prompts.tokens]
     if prompts.label_token_ids.numel():
         ids.append(prompts.label_token_ids)
     lo = min(int(t.min()) for t in ids)
     hi = max(int(t.max()) for t in ids)
     if lo < 0 or hi >= d_vocab:
-        raise ValueError(f"The {what} hold token id {hi if hi >= d_vocab else lo}, outside model "
-                         f"{name!r}'s vocabulary [0, d_vocab={d_vocab}); rebuild them with "
-                         "build_prompts(model, task, ...).")
+        raise ValueError(
+            f"The {what} hold token id {hi if hi >= d_vocab else lo}, outside model "
+            f"{name!r}'s vocabulary [0, d_vocab={d_vocab}); rebuild them with "
+            "build_prompts(model, task, ...)."
+        )
 
 
 def shift_demo_labels(prompts: PromptSet, shift: int = 1) -> PromptSet:
@@ -285,18 +339,25 @@ def shift_demo_labels(prompts: PromptSet, shift: int = 1) -> PromptSet:
     check_prompt_set(prompts)
     shift = check_int(shift, "shift", None, "an integer")
     if prompts.n_labels < 2:
-        raise ValueError(f"shift_demo_labels needs prompts with at least two label words; these "
-                         f"have {prompts.n_labels} (build them with build_prompts).")
+        raise ValueError(
+            f"shift_demo_labels needs prompts with at least two label words; these "
+            f"have {prompts.n_labels} (build them with build_prompts)."
+        )
     if prompts.k == 0:
         raise ValueError("shift_demo_labels needs prompts with demonstrations (k >= 1).")
     if shift % prompts.n_labels == 0:
-        raise ValueError(f"shift={shift} is a multiple of the {prompts.n_labels} labels: "
-                         "nothing would change.")
+        raise ValueError(
+            f"shift={shift} is a multiple of the {prompts.n_labels} labels: nothing would change."
+        )
     demo = (prompts.demo_labels + shift) % prompts.n_labels
     tokens = prompts.tokens.clone()
     tokens.scatter_(1, prompts.demo_label_positions, prompts.label_token_ids[demo])
-    return replace(prompts, tokens=tokens, demo_labels=demo,
-                   perturbation=f"{prompts.perturbation}+shifted_labels")
+    return replace(
+        prompts,
+        tokens=tokens,
+        demo_labels=demo,
+        perturbation=f"{prompts.perturbation}+shifted_labels",
+    )
 
 
 def label_token_ids(model: HookedTransformer, words: Sequence[str]) -> list[int]:
@@ -308,18 +369,23 @@ def label_token_ids(model: HookedTransformer, words: Sequence[str]) -> list[int]
     """
     _check_model(model, "label_token_ids")
     if isinstance(words, (str, bytes)) or not hasattr(words, "__iter__"):
-        raise TypeError(f"words must be a list of label words, e.g. ['positive', 'negative'], "
-                        f"got {type(words).__name__} {words!r}.")
+        raise TypeError(
+            f"words must be a list of label words, e.g. ['positive', 'negative'], "
+            f"got {type(words).__name__} {words!r}."
+        )
     words = list(words)
     if not words:
         raise ValueError("label_token_ids got no words; pass the label words, e.g. task.labels.")
     for w in words:
         if not isinstance(w, str):
-            raise TypeError(f"Label word {w!r} is a {type(w).__name__}; label words must be "
-                            "strings.")
+            raise TypeError(
+                f"Label word {w!r} is a {type(w).__name__}; label words must be strings."
+            )
         if not w.strip() or w != w.strip():
-            raise ValueError(f"Label word {w!r} is empty or has surrounding whitespace; write it "
-                             "bare (the leading space is added here).")
+            raise ValueError(
+                f"Label word {w!r} is empty or has surrounding whitespace; write it "
+                "bare (the leading space is added here)."
+            )
     tok = _tokenizer(model)
     ids, bad = [], []
     for w in words:
@@ -382,28 +448,37 @@ def build_prompts(
     """
     _check_model(model, "build_prompts")
     if isinstance(task, (str, Path)):
-        raise TypeError(f"task must be a Task, got the {type(task).__name__} {str(task)!r}; "
-                        f"load it first: build_prompts(model, load_task({str(task)!r}), k, n).")
+        raise TypeError(
+            f"task must be a Task, got the {type(task).__name__} {str(task)!r}; "
+            f"load it first: build_prompts(model, load_task({str(task)!r}), k, n)."
+        )
     if not isinstance(task, Task):
-        raise TypeError(f"task must be a Task (from load_task or make_task), got "
-                        f"{type(task).__name__}.")
+        raise TypeError(
+            f"task must be a Task (from load_task or make_task), got {type(task).__name__}."
+        )
     k = check_int(k, "k", 0, "a non-negative integer")
     n = check_int(n, "n", 1, "a positive integer")
     seed = check_int(seed, "seed", None, "an integer")
     if perturbation is not None and not isinstance(perturbation, str):
-        raise TypeError(f"perturbation must be None or one of {PERTURBATIONS}, got "
-                        f"{type(perturbation).__name__} {perturbation!r}.")
+        raise TypeError(
+            f"perturbation must be None or one of {PERTURBATIONS}, got "
+            f"{type(perturbation).__name__} {perturbation!r}."
+        )
     perturbation = perturbation or "gold"
     if perturbation not in PERTURBATIONS:
         raise ValueError(f"Unknown perturbation {perturbation!r}; choose one of {PERTURBATIONS}.")
     if prepend_bos is not None and not isinstance(prepend_bos, bool):
-        raise TypeError(f"prepend_bos must be True, False or None (the model's default), got "
-                        f"{type(prepend_bos).__name__} {prepend_bos!r}.")
+        raise TypeError(
+            f"prepend_bos must be True, False or None (the model's default), got "
+            f"{type(prepend_bos).__name__} {prepend_bos!r}."
+        )
     if perturbation == "zero_shot":
         k = 0
     if k > len(task.examples) - 1:
-        raise ValueError(f"k={k} demos need at least {k + 1} examples; task {task.name!r} has "
-                         f"{len(task.examples)}.")
+        raise ValueError(
+            f"k={k} demos need at least {k + 1} examples; task {task.name!r} has "
+            f"{len(task.examples)}."
+        )
     tok = _tokenizer(model)
     label_words = list(task.labels)
     if perturbation == "abstract_labels":
@@ -423,8 +498,10 @@ def build_prompts(
         # never show the query's input as a demo (Task also refuses repeated inputs)
         others = [i for i in range(len(task.examples)) if inputs[i] != inputs[q]]
         if len(others) < k:
-            raise ValueError(f"k={k} demos for query {task.examples[q][0]!r} need {k} examples "
-                             f"with another input; task {task.name!r} has {len(others)}.")
+            raise ValueError(
+                f"k={k} demos for query {task.examples[q][0]!r} need {k} examples "
+                f"with another input; task {task.name!r} has {len(others)}."
+            )
         demos = rng.sample(others, k)
         shown = [task.label_index(task.examples[i][1]) for i in demos]
         if perturbation == "random_labels":
@@ -453,9 +530,12 @@ def build_prompts(
         cursor += len(texts)
         sequences.append(ids)
         positions.append(pos)
-        strings.append("".join(
-            t + (" " + label_words[shown[j]] if j < len(shown) else "") for j, t in enumerate(texts)
-        ))
+        strings.append(
+            "".join(
+                t + (" " + label_words[shown[j]] if j < len(shown) else "")
+                for j, t in enumerate(texts)
+            )
+        )
 
     lengths = [len(s) for s in sequences]
     n_ctx = model.cfg.n_ctx
@@ -499,14 +579,18 @@ def build_prompts(
 def _check_model(model: object, fn: str) -> None:
     if not isinstance(model, HookedTransformer):
         hint = " (the arguments are (model, task, ...))" if isinstance(model, Task) else ""
-        raise TypeError(f"{fn} needs a HookedTransformer as model (e.g. icl_heads.load_model()), "
-                        f"got {type(model).__name__}{hint}.")
+        raise TypeError(
+            f"{fn} needs a HookedTransformer as model (e.g. icl_heads.load_model()), "
+            f"got {type(model).__name__}{hint}."
+        )
 
 
 def _tokenizer(model: HookedTransformer):
     if model.tokenizer is None:
-        raise ValueError("This model has no tokenizer; prompts need one (load it with "
-                         "icl_heads.load_model, or pass tokenizer=... to HookedTransformer).")
+        raise ValueError(
+            "This model has no tokenizer; prompts need one (load it with "
+            "icl_heads.load_model, or pass tokenizer=... to HookedTransformer)."
+        )
     return model.tokenizer
 
 
@@ -543,9 +627,15 @@ def _abstract_words(model: HookedTransformer, labels: Sequence[str]) -> list[str
     # fixed (vocabulary) order so the choice is deterministic.
     for token, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]):
         word = tok.convert_tokens_to_string([token])
-        if (word.startswith(" ") and word[1:].isalpha() and word[1:].islower()
-                and 3 <= len(word) - 1 <= 6 and word[1:] not in banned and word[1:] not in chosen
-                and len(tok.encode(word, add_special_tokens=False)) == 1):
+        if (
+            word.startswith(" ")
+            and word[1:].isalpha()
+            and word[1:].islower()
+            and 3 <= len(word) - 1 <= 6
+            and word[1:] not in banned
+            and word[1:] not in chosen
+            and len(tok.encode(word, add_special_tokens=False)) == 1
+        ):
             chosen.append(word[1:])
             if len(chosen) == len(labels):
                 return chosen

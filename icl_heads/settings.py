@@ -46,7 +46,9 @@ class Settings:
         kind = data["kind"]
         cls = Settings._registry.get(kind)
         if cls is None:
-            raise ValueError(f"Unknown settings kind {kind!r}; known: {sorted(Settings._registry)}.")
+            raise ValueError(
+                f"Unknown settings kind {kind!r}; known: {sorted(Settings._registry)}."
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: _from_plain(v) for k, v in data.items() if k in names}
         return cls(**values)
@@ -82,6 +84,27 @@ def describe_interventions(interventions: Sequence[Any]) -> tuple[str, ...]:
     for iv in interventions:
         describe = getattr(iv, "describe", None)
         out.append(describe() if callable(describe) else type(iv).__name__)
+    return tuple(out)
+
+
+def intervention_specs(interventions: Sequence[Any]) -> tuple[dict, ...]:
+    """One JSON-able spec per intervention (``iv.to_spec()``), for settings, so a saved
+    result can be replayed with :func:`icl_heads.interventions.from_spec`. An object
+    without ``to_spec`` is written as ``{"kind": "opaque", "description": ...}`` (recorded,
+    but not rebuildable).
+
+    Example::
+
+        intervention_specs([ih.ablate(model, [(3, 2)])])
+        # ({'kind': 'ablate', 'site': 'z', 'heads': [[3, 2]], 'mode': 'zero', ...},)
+    """
+    out = []
+    for iv in interventions:
+        to_spec = getattr(iv, "to_spec", None)
+        if callable(to_spec):
+            out.append(to_spec())
+        else:
+            out.append({"kind": "opaque", "description": describe_interventions([iv])[0]})
     return tuple(out)
 
 

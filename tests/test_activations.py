@@ -45,14 +45,21 @@ def test_captures_only_requested_hooks_at_query(tiny_llama, tiny_prompts):
     assert torch.allclose(got.activations[names[0]][i], cache[names[0]][0, -1], atol=1e-5)
     assert torch.allclose(got.activations[names[1]][i], cache[names[1]][0, -1], atol=1e-5)
     pattern = got.activations[names[2]][i]  # [head, key] query row, left-padded keys
-    assert torch.allclose(pattern[:, -one.seq_len:], cache[names[2]][0, :, -1], atol=1e-5)
+    assert torch.allclose(pattern[:, -one.seq_len :], cache[names[2]][0, :, -1], atol=1e-5)
     assert pattern[:, : tiny_prompts.seq_len - one.seq_len].abs().max() < 1e-6
 
 
 def test_all_positions_are_left_padded_to_full_length(tiny_llama, tiny_prompts):
     name = "blocks.0.hook_resid_pre"
-    got = ih.collect(tiny_llama, tiny_prompts, [name], positions="all", batch_size=4, progress=False,
-                     return_logits=False)
+    got = ih.collect(
+        tiny_llama,
+        tiny_prompts,
+        [name],
+        positions="all",
+        batch_size=4,
+        progress=False,
+        return_logits=False,
+    )
     act = got.activations[name]
     assert act.shape[:2] == tiny_prompts.tokens.shape and got.logits is None
     pad = ~tiny_prompts.attention_mask.bool()
@@ -60,19 +67,24 @@ def test_all_positions_are_left_padded_to_full_length(tiny_llama, tiny_prompts):
 
 
 def test_names_filter_callable_and_streaming(tiny_llama, tiny_prompts):
-    batches = list(ih.iter_batches(tiny_llama, tiny_prompts, lambda n: n.endswith("hook_z"),
-                                   batch_size=4, progress=False))
+    batches = list(
+        ih.iter_batches(
+            tiny_llama, tiny_prompts, lambda n: n.endswith("hook_z"), batch_size=4, progress=False
+        )
+    )
     assert [len(b.index) for b in batches] == [4, 4, 2]
-    assert all(set(b.activations) == {"blocks.0.attn.hook_z", "blocks.1.attn.hook_z"}
-               for b in batches)
+    assert all(
+        set(b.activations) == {"blocks.0.attn.hook_z", "blocks.1.attn.hook_z"} for b in batches
+    )
 
 
 def test_final_logits_matches_model(tiny_gpt, tiny_prompts):
     one = tiny_prompts.select([0])
     with torch.inference_mode():
         resid = tiny_gpt(one.tokens, stop_at_layer=tiny_gpt.cfg.n_layers)
-        assert torch.allclose(final_logits(tiny_gpt, resid[:, -1]), tiny_gpt(one.tokens)[:, -1],
-                              atol=1e-5)
+        assert torch.allclose(
+            final_logits(tiny_gpt, resid[:, -1]), tiny_gpt(one.tokens)[:, -1], atol=1e-5
+        )
 
 
 def test_bad_arguments(tiny_llama, tiny_prompts):

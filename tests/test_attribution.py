@@ -57,18 +57,35 @@ def _target_from_logits(logits, prompts, target):
 def _post_norm_model(tokenizer):
     """Gemma-style block: an RMSNorm on the attention and MLP outputs (ln1_post/ln2_post)."""
     cfg = HookedTransformerConfig(
-        n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=64, n_ctx=256,
-        d_vocab=tokenizer.vocab_size, act_fn="gelu", normalization_type="RMS",
-        positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True,
-        use_normalization_before_and_after=True, n_key_value_heads=2, seed=0)
+        n_layers=2,
+        n_heads=4,
+        d_model=32,
+        d_head=8,
+        d_mlp=64,
+        n_ctx=256,
+        d_vocab=tokenizer.vocab_size,
+        act_fn="gelu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        gated_mlp=True,
+        use_normalization_before_and_after=True,
+        n_key_value_heads=2,
+        seed=0,
+    )
     model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="left")
     state = model.state_dict()
     g = torch.Generator().manual_seed(3)
     for name, value in state.items():
         if name.endswith(".w") and value.ndim == 1:
             state[name] = 1.0 + 0.3 * torch.randn(value.shape, generator=g)
-    model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True,
-                                      center_unembed=True, fold_value_biases=True)
+    model.load_and_process_state_dict(
+        state,
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
+        fold_value_biases=True,
+    )
     return model.eval()
 
 
@@ -112,8 +129,9 @@ def test_task_subspace_projector_on_a_model(tiny_llama, topic_prompts):
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt"])
 @pytest.mark.parametrize("apply_ln", [False, True])
-def test_head_outputs_match_transformer_lens_stack_head_results(fixture, apply_ln, request,
-                                                                sentiment_task):
+def test_head_outputs_match_transformer_lens_stack_head_results(
+    fixture, apply_ln, request, sentiment_task
+):
     model = request.getfixturevalue(fixture)
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=5, seed=0)
     assert prompts.lengths.unique().numel() > 1  # padded rows are exercised
@@ -149,13 +167,13 @@ def test_components_sum_to_final_residual_and_logits(fixture, request, sentiment
 def test_dla_rows_sum_to_the_target_from_the_logits(target, unit, tiny_gpt, topic_task):
     prompts = ih.build_prompts(tiny_gpt, topic_task, k=2, n=6, seed=0)
     _, logits = _final_resid(tiny_gpt, prompts)
-    frame = at.direct_logit_attribution(tiny_gpt, prompts, unit=unit, target=target,
-                                        per_prompt=True, progress=False)
+    frame = at.direct_logit_attribution(
+        tiny_gpt, prompts, unit=unit, target=target, per_prompt=True, progress=False
+    )
     per_prompt = torch.tensor(frame.groupby("prompt")[target].sum().to_numpy())
     expected = _target_from_logits(logits, prompts, target).double()
     assert (per_prompt - expected).abs().max() < 1e-3
-    mean = at.direct_logit_attribution(tiny_gpt, prompts, unit=unit, target=target,
-                                       progress=False)
+    mean = at.direct_logit_attribution(tiny_gpt, prompts, unit=unit, target=target, progress=False)
     assert abs(mean[target].sum() - float(expected.mean())) < 1e-3
     assert mean.attrs["settings"].target == target and mean.attrs["settings"].unit == unit
 
@@ -163,12 +181,11 @@ def test_dla_rows_sum_to_the_target_from_the_logits(target, unit, tiny_gpt, topi
 def test_dla_matches_transformer_lens_logit_attrs(tiny_llama, sentiment_task):
     model = tiny_llama
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=4, seed=3)
-    heads = at.direct_logit_attribution(model, prompts, unit="head", target="logit_diff",
-                                        per_prompt=True, progress=False)
-    attn = at.direct_logit_attribution(model, prompts, unit="attn", per_prompt=True,
-                                       progress=False)
-    mlp = at.direct_logit_attribution(model, prompts, unit="mlp", per_prompt=True,
-                                      progress=False)
+    heads = at.direct_logit_attribution(
+        model, prompts, unit="head", target="logit_diff", per_prompt=True, progress=False
+    )
+    attn = at.direct_logit_attribution(model, prompts, unit="attn", per_prompt=True, progress=False)
+    mlp = at.direct_logit_attribution(model, prompts, unit="mlp", per_prompt=True, progress=False)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     for i in range(len(prompts)):
         one, cache = _tl_cache(model, prompts, i)
@@ -213,11 +230,13 @@ def test_post_attention_norm_is_applied_to_head_outputs(smol_tokenizer, sentimen
         # heads + b_O, each through ln1_post's cached scale and weight, = hook_attn_out
         start = labels.index(f"L{layer}H0")
         attn_out = got.activations[f"blocks.{layer}.hook_attn_out"]
-        assert torch.allclose(stack[:, start:start + 5].sum(1), attn_out, atol=1e-5)
-        assert torch.allclose(stack[:, start:start + 4], a[:, layer], atol=1e-6)
+        assert torch.allclose(stack[:, start : start + 5].sum(1), attn_out, atol=1e-5)
+        assert torch.allclose(stack[:, start : start + 4], a[:, layer], atol=1e-6)
     # the raw z @ W_O would not add up: the norm really matters here
-    raw = torch.einsum("bhk,hkd->bd", got.activations["blocks.0.attn.hook_z"],
-                       model.W_O.detach()[0]) + model.b_O.detach()[0]
+    raw = (
+        torch.einsum("bhk,hkd->bd", got.activations["blocks.0.attn.hook_z"], model.W_O.detach()[0])
+        + model.b_O.detach()[0]
+    )
     assert not torch.allclose(raw, got.activations["blocks.0.hook_attn_out"], atol=1e-3)
     scaled, _ = ih.residual_decomposition(model, prompts, apply_ln=True, progress=False)
     rebuilt = scaled.sum(1) @ model.W_U.detach() + model.b_U.detach()
@@ -232,8 +251,9 @@ def test_unfolded_final_norm_weight_and_bias_are_attributed(smol_tokenizer, sent
         model.ln_final.b.copy_(0.2 * torch.randn(model.cfg.d_model, generator=g))
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=4, seed=0)
     _, logits = _final_resid(model, prompts)
-    frame = at.direct_logit_attribution(model, prompts, target="gold", per_prompt=True,
-                                        progress=False)
+    frame = at.direct_logit_attribution(
+        model, prompts, target="gold", per_prompt=True, progress=False
+    )
     per_prompt = torch.tensor(frame.groupby("prompt")["gold"].sum().to_numpy())
     expected = logits.gather(1, prompts.gold_token_ids[:, None])[:, 0].double()
     assert (per_prompt - expected).abs().max() < 1e-3
@@ -280,8 +300,12 @@ def test_tr_is_invariant_to_rescaling_the_label_basis(tiny_llama, topic_prompts)
     assert abs(float(torch.linalg.det(A))) > 1e-2
     a = ih.head_outputs(tiny_llama, topic_prompts, progress=False)
     U = at.label_unembeddings(tiny_llama, ids)
-    assert torch.allclose(at.tr_score(a, at.subspace_basis(U @ A)),
-                          at.tr_score(a, at.subspace_basis(U)), rtol=1e-4, atol=1e-7)
+    assert torch.allclose(
+        at.tr_score(a, at.subspace_basis(U @ A)),
+        at.tr_score(a, at.subspace_basis(U)),
+        rtol=1e-4,
+        atol=1e-7,
+    )
     # end to end: a model whose label unembeddings are mixed by A
     mixed = copy.deepcopy(tiny_llama)
     with torch.no_grad():
@@ -293,8 +317,7 @@ def test_tr_is_invariant_to_rescaling_the_label_basis(tiny_llama, topic_prompts)
 
 
 @pytest.mark.parametrize("normalize", ["none", "norm", "tr"])
-def test_tl_flips_sign_when_gold_is_swapped_in_a_binary_task(normalize, tiny_llama,
-                                                              tiny_prompts):
+def test_tl_flips_sign_when_gold_is_swapped_in_a_binary_task(normalize, tiny_llama, tiny_prompts):
     assert tiny_prompts.n_labels == 2
     swapped = replace(tiny_prompts, gold=1 - tiny_prompts.gold)
     kw = dict(normalize=normalize, floor=0.0, progress=False)
@@ -318,8 +341,9 @@ def test_tl_equals_dla_to_the_gold_logit_difference(tiny_gpt, topic_task):
     assert torch.allclose(centered.scores, diff.scores * 3 / 4, rtol=1e-4, atol=1e-7)
 
 
-def test_per_prompt_scores_average_to_the_map_and_batch_size_does_not_matter(tiny_llama,
-                                                                            topic_prompts):
+def test_per_prompt_scores_average_to_the_map_and_batch_size_does_not_matter(
+    tiny_llama, topic_prompts
+):
     tr, tl = at.tsla_scores(tiny_llama, topic_prompts, batch_size=8, progress=False)
     assert tr.per_prompt.shape == (len(topic_prompts), 2, 4)
     assert torch.allclose(tr.per_prompt.mean(0), tr.scores, atol=1e-6)
@@ -327,7 +351,9 @@ def test_per_prompt_scores_average_to_the_map_and_batch_size_does_not_matter(tin
     tr3, tl3 = at.tsla_scores(tiny_llama, topic_prompts, batch_size=3, progress=False)
     assert torch.allclose(tr3.scores, tr.scores, rtol=1e-5, atol=1e-7)
     assert torch.allclose(tl3.scores, tl.scores, rtol=1e-5, atol=1e-7)
-    assert torch.equal(tr3.per_prompt, tr.per_prompt) or torch.allclose(tr3.per_prompt, tr.per_prompt, atol=1e-6)
+    assert torch.equal(tr3.per_prompt, tr.per_prompt) or torch.allclose(
+        tr3.per_prompt, tr.per_prompt, atol=1e-6
+    )
 
 
 def test_normalisers_divide_per_prompt_and_floor_weak_heads(tiny_llama, topic_prompts):
@@ -357,8 +383,7 @@ def test_normalisers_divide_per_prompt_and_floor_weak_heads(tiny_llama, topic_pr
     assert tl.settings.normalize == "none" and tl.settings.floor is None
 
 
-def test_settings_say_how_scores_were_made_and_survive_saving(tiny_llama, tiny_prompts,
-                                                              tmp_path):
+def test_settings_say_how_scores_were_made_and_survive_saving(tiny_llama, tiny_prompts, tmp_path):
     tr, tl = at.tsla_scores(tiny_llama, tiny_prompts, top_k=3, progress=False)
     for s in (tr, tl):
         settings = s.settings
@@ -381,40 +406,50 @@ def test_settings_say_how_scores_were_made_and_survive_saving(tiny_llama, tiny_p
 
 
 def _empty(prompts):
-    return replace(prompts, tokens=prompts.tokens[:0], attention_mask=prompts.attention_mask[:0],
-                   gold=prompts.gold[:0])
+    return replace(
+        prompts,
+        tokens=prompts.tokens[:0],
+        attention_mask=prompts.attention_mask[:0],
+        gold=prompts.gold[:0],
+    )
 
 
 def _single_label(prompts):
-    return replace(prompts, label_token_ids=prompts.label_token_ids[:1],
-                   label_words=prompts.label_words[:1], gold=torch.zeros_like(prompts.gold))
+    return replace(
+        prompts,
+        label_token_ids=prompts.label_token_ids[:1],
+        label_words=prompts.label_words[:1],
+        gold=torch.zeros_like(prompts.gold),
+    )
 
 
-@pytest.mark.parametrize("call, error, match", [
-    (lambda m, p: at.tsla_scores(m, p, normalize="cosine"), ValueError, "normalize"),
-    (lambda m, p: at.tsla_scores(m, p, normalize="norm", floor=1.5), ValueError, "floor"),
-    (lambda m, p: at.tsla_scores(m, p, top_k=0), ValueError, "top_k"),
-    (lambda m, p: at.tsla_scores(m, p, top_k=100), ValueError, "top_k"),
-    (lambda m, p: at.tsla_scores(m, _empty(p)), ValueError, "empty"),
-    (lambda m, p: at.tsla_scores(m, p.texts), TypeError, "PromptSet"),
-    (lambda m, p: at.tsla_scores(m, _single_label(p)), ValueError, "at least 2 labels"),
-    (lambda m, p: at.tsla_scores(m, p, batch_size=0), ValueError, "batch_size"),
-    (lambda m, p: at.dla_scores(m, p, target="margin"), ValueError, "target"),
-    (lambda m, p: at.direct_logit_attribution(m, p, unit="neuron"), ValueError, "unit"),
-    (lambda m, p: at.direct_logit_attribution(m, _empty(p)), ValueError, "empty"),
-    (lambda m, p: ih.head_outputs(m, _empty(p)), ValueError, "empty"),
-    (lambda m, p: at.label_unembeddings(m, [10**7]), ValueError, "out of range"),
-    (lambda m, p: at.subspace_basis(torch.zeros(8, 2)), ValueError, "zero"),
-    (lambda m, p: at.label_weights(torch.tensor([0]), 1, "logit_diff"), ValueError, "2 labels"),
-])
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda m, p: at.tsla_scores(m, p, normalize="cosine"), ValueError, "normalize"),
+        (lambda m, p: at.tsla_scores(m, p, normalize="norm", floor=1.5), ValueError, "floor"),
+        (lambda m, p: at.tsla_scores(m, p, top_k=0), ValueError, "top_k"),
+        (lambda m, p: at.tsla_scores(m, p, top_k=100), ValueError, "top_k"),
+        (lambda m, p: at.tsla_scores(m, _empty(p)), ValueError, "empty"),
+        (lambda m, p: at.tsla_scores(m, p.texts), TypeError, "PromptSet"),
+        (lambda m, p: at.tsla_scores(m, _single_label(p)), ValueError, "at least 2 labels"),
+        (lambda m, p: at.tsla_scores(m, p, batch_size=0), ValueError, "batch_size"),
+        (lambda m, p: at.dla_scores(m, p, target="margin"), ValueError, "target"),
+        (lambda m, p: at.direct_logit_attribution(m, p, unit="neuron"), ValueError, "unit"),
+        (lambda m, p: at.direct_logit_attribution(m, _empty(p)), ValueError, "empty"),
+        (lambda m, p: ih.head_outputs(m, _empty(p)), ValueError, "empty"),
+        (lambda m, p: at.label_unembeddings(m, [10**7]), ValueError, "out of range"),
+        (lambda m, p: at.subspace_basis(torch.zeros(8, 2)), ValueError, "zero"),
+        (lambda m, p: at.label_weights(torch.tensor([0]), 1, "logit_diff"), ValueError, "2 labels"),
+    ],
+)
 def test_bad_input_raises_a_clear_error(call, error, match, tiny_llama, tiny_prompts):
     with pytest.raises(error, match=match):
         call(tiny_llama, tiny_prompts)
 
 
 def test_dla_gold_target_works_with_a_single_label(tiny_llama, tiny_prompts):
-    scores = at.dla_scores(tiny_llama, _single_label(tiny_prompts), target="gold",
-                           progress=False)
+    scores = at.dla_scores(tiny_llama, _single_label(tiny_prompts), target="gold", progress=False)
     assert torch.isfinite(scores.scores).all()
 
 
@@ -431,8 +466,9 @@ def test_tsla_on_the_default_model_finds_strong_tr_and_tl_heads(smol):
     assert all(tr[h] > 20 * median for h in top[:3])  # a few heads dominate the label space
     best = tl.top(1)[0]
     assert tl[best] > 0
-    assert float(tl.per_prompt[:, best.layer, best.head].mean()) == pytest.approx(tl[best],
-                                                                                  rel=1e-5)
+    assert float(tl.per_prompt[:, best.layer, best.head].mean()) == pytest.approx(
+        tl[best], rel=1e-5
+    )
     _, tl_norm = at.tsla_scores(smol, prompts, normalize="norm", progress=False)
     n_nan = int(torch.isnan(tl_norm.scores).sum())
     assert 0 < n_nan < 270  # weak heads floored, strong ones ranked

@@ -53,9 +53,19 @@ def hand_built_model() -> HookedTransformer:
     - L0H1, L0H2, L1H2: zero weights, i.e. uniform attention.
     Residual layout: [token one-hot (V) | position one-hot (N) | previous token (V)].
     """
-    cfg = HookedTransformerConfig(n_layers=2, n_heads=3, d_model=2 * V + N, d_head=64,
-                                  d_vocab=V, n_ctx=N, attn_only=True, normalization_type=None,
-                                  positional_embedding_type="standard", act_fn="relu", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        n_heads=3,
+        d_model=2 * V + N,
+        d_head=64,
+        d_vocab=V,
+        n_ctx=N,
+        attn_only=True,
+        normalization_type=None,
+        positional_embedding_type="standard",
+        act_fn="relu",
+        seed=0,
+    )
     model = HookedTransformer(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -103,8 +113,9 @@ def test_hand_built_perfect_heads_under_detect_head_normalisation(handmade):
     tokens = random_repeated_tokens(handmade, T=12, n=16, seed=0)
     ours = token_detector_scores(handmade, tokens, normalize="detect_head", progress=False)
     applies = detection_patterns(tokens).any(-1).float().mean(-1).mean(0)  # [detector]
-    for i, (name, head) in enumerate([("previous_token", (0, 0)), ("duplicate_token", (1, 1)),
-                                      ("induction", (1, 0))]):
+    for i, (name, head) in enumerate(
+        [("previous_token", (0, 0)), ("duplicate_token", (1, 1)), ("induction", (1, 0))]
+    ):
         assert ours[name][head] == pytest.approx(float(applies[i]), abs=1e-3), name
     assert ours["previous_token"][(0, 0)] == pytest.approx(23 / 24, abs=1e-3)
 
@@ -118,13 +129,27 @@ def test_random_tokens_have_no_bos_without_tokenizer(handmade):
 
 def test_detect_heads_labels_the_hand_built_heads(handmade):
     frame = detect_heads(handmade, T=12, n=16, progress=False)
-    assert list(frame.columns) == ["layer", "head", "label", "previous_token_score",
-                                   "duplicate_token_score", "induction_score",
-                                   "label_attention_score", "gold_label_share", "kind"]
+    assert list(frame.columns) == [
+        "layer",
+        "head",
+        "label",
+        "previous_token_score",
+        "duplicate_token_score",
+        "induction_score",
+        "label_attention_score",
+        "gold_label_share",
+        "kind",
+    ]
     assert len(frame) == 6
     kinds = dict(zip(frame.label, frame.kind, strict=True))
-    assert kinds == {"L0H0": "previous_token", "L0H1": "", "L0H2": "",
-                     "L1H0": "induction", "L1H1": "duplicate_token", "L1H2": ""}
+    assert kinds == {
+        "L0H0": "previous_token",
+        "L0H1": "",
+        "L0H2": "",
+        "L1H0": "induction",
+        "L1H1": "duplicate_token",
+        "L1H2": "",
+    }
     assert frame.label_attention_score.isna().all()
     assert frame.attrs["settings"].T == 12
 
@@ -135,8 +160,7 @@ def test_detect_heads_top_k_and_thresholds(handmade):
     assert (top1.kind != "").sum() == 3  # label attention is NaN: never ranked
     everything = detect_heads(handmade, T=12, n=8, thresholds=0.0, progress=False)
     assert (everything.kind == "previous_token+duplicate_token+induction").all()
-    custom = detect_heads(handmade, T=12, n=8, thresholds={"induction": 2.0},
-                          progress=False)
+    custom = detect_heads(handmade, T=12, n=8, thresholds={"induction": 2.0}, progress=False)
     assert "induction" not in "".join(custom.kind)
 
 
@@ -146,9 +170,13 @@ def test_detect_heads_top_k_and_thresholds(handmade):
 def test_detection_patterns_equal_transformer_lens():
     tokens = torch.tensor([[1, 5, 7, 5, 9, 7, 7, 5, 2]])
     ours = detection_patterns(tokens)[0].float()
-    for i, fn in enumerate([get_previous_token_head_detection_pattern,
-                            get_duplicate_token_head_detection_pattern,
-                            get_induction_head_detection_pattern]):
+    for i, fn in enumerate(
+        [
+            get_previous_token_head_detection_pattern,
+            get_duplicate_token_head_detection_pattern,
+            get_induction_head_detection_pattern,
+        ]
+    ):
         assert torch.equal(ours[i], fn(tokens)), DETECTORS[i]
 
 
@@ -158,8 +186,14 @@ def test_scores_equal_detect_head_on_the_same_tokens(kind, exclude_bos, tiny_lla
     model = tiny_llama if kind == "llama" else tiny_gpt
     tokens = random_repeated_tokens(model, T=9, n=3, seed=1)
     tokens[0, 4] = tokens[0, 2]  # an in-copy repeat: several targets in one row
-    ours = token_detector_scores(model, tokens, normalize="detect_head", exclude_bos=exclude_bos,
-                                 batch_size=2, progress=False)
+    ours = token_detector_scores(
+        model,
+        tokens,
+        normalize="detect_head",
+        exclude_bos=exclude_bos,
+        batch_size=2,
+        progress=False,
+    )
     ref = tl_scores(model, tokens, exclude_bos=exclude_bos)
     for name in DETECTORS:
         assert (ours[name].scores - ref[name]).abs().max() < 1e-5, name
@@ -168,8 +202,9 @@ def test_scores_equal_detect_head_on_the_same_tokens(kind, exclude_bos, tiny_lla
 def test_exclude_current_token_equals_detect_head(tiny_llama):
     tokens = random_repeated_tokens(tiny_llama, T=6, n=2, seed=2)
     tokens[:, 3] = tokens[:, 2]  # adjacent repeat: the induction target is the query itself
-    ours = token_detector_scores(tiny_llama, tokens, normalize="detect_head",
-                                 exclude_current_token=True, progress=False)
+    ours = token_detector_scores(
+        tiny_llama, tokens, normalize="detect_head", exclude_current_token=True, progress=False
+    )
     ref = tl_scores(tiny_llama, tokens, exclude_current_token=True)
     for name in DETECTORS:
         assert (ours[name].scores - ref[name]).abs().max() < 1e-5, name
@@ -178,16 +213,21 @@ def test_exclude_current_token_equals_detect_head(tiny_llama):
 def test_left_padded_prompts_equal_detect_head_per_prompt(tiny_llama, tiny_prompts):
     """Padding: padded keys get no weight and padded rows do not count."""
     assert (tiny_prompts.attention_mask == 0).any()  # the set really is padded
-    ours = token_detector_scores(tiny_llama, tiny_prompts, normalize="detect_head",
-                                 batch_size=4, progress=False)
+    ours = token_detector_scores(
+        tiny_llama, tiny_prompts, normalize="detect_head", batch_size=4, progress=False
+    )
     sequences = [tiny_prompts.select([i]).tokens[0] for i in range(len(tiny_prompts))]
     ref = tl_scores(tiny_llama, sequences)
     for name in DETECTORS:
         assert (ours[name].scores - ref[name]).abs().max() < 1e-5, name
     # the same prompts as an explicit token batch with an attention mask
-    again = token_detector_scores(tiny_llama, tiny_prompts.tokens,
-                                  attention_mask=tiny_prompts.attention_mask,
-                                  normalize="detect_head", progress=False)
+    again = token_detector_scores(
+        tiny_llama,
+        tiny_prompts.tokens,
+        attention_mask=tiny_prompts.attention_mask,
+        normalize="detect_head",
+        progress=False,
+    )
     assert torch.allclose(again["induction"].scores, ours["induction"].scores, atol=1e-6)
 
 
@@ -197,9 +237,11 @@ def test_left_padded_prompts_equal_detect_head_per_prompt(tiny_llama, tiny_promp
 def _reference(pattern, tokens, mask, normalize, exclude_bos, exclude_current, bos_id):
     """Python loops over sequences, heads and rows."""
     n, H, P, _ = pattern.shape
-    tl_patterns = [get_previous_token_head_detection_pattern,
-                   get_duplicate_token_head_detection_pattern,
-                   get_induction_head_detection_pattern]
+    tl_patterns = [
+        get_previous_token_head_detection_pattern,
+        get_duplicate_token_head_detection_pattern,
+        get_induction_head_detection_pattern,
+    ]
     out = torch.full((n, 3, H), math.nan)
     for b in range(n):
         real = mask[b].nonzero()[:, 0]
@@ -229,9 +271,10 @@ def _reference(pattern, tokens, mask, normalize, exclude_bos, exclude_current, b
     return out
 
 
-@pytest.mark.parametrize("normalize,exclude_bos,exclude_current",
-                         list(itertools.product(["rows", "detect_head"], [False, True],
-                                                [False, True])))
+@pytest.mark.parametrize(
+    "normalize,exclude_bos,exclude_current",
+    list(itertools.product(["rows", "detect_head"], [False, True], [False, True])),
+)
 def test_score_patterns_equal_a_slow_loop(normalize, exclude_bos, exclude_current):
     from icl_heads.detectors import _keep_mask
 
@@ -247,8 +290,14 @@ def test_score_patterns_equal_a_slow_loop(normalize, exclude_bos, exclude_curren
     scores = torch.randn(n, H, P, P, generator=g)
     allowed = torch.ones(P, P, dtype=torch.bool).tril() & mask.bool()[:, None, None, :]
     pattern = scores.masked_fill(~allowed, -torch.inf).softmax(-1)  # NaN rows at padding
-    keep = _keep_mask(tokens, mask, bos_token_id=bos, exclude_bos=exclude_bos,
-                      exclude_current_token=exclude_current, normalize=normalize)
+    keep = _keep_mask(
+        tokens,
+        mask,
+        bos_token_id=bos,
+        exclude_bos=exclude_bos,
+        exclude_current_token=exclude_current,
+        normalize=normalize,
+    )
     ours = score_patterns(pattern, detection_patterns(tokens, mask), keep, normalize)
     ref = _reference(pattern, tokens, mask, normalize, exclude_bos, exclude_current, bos)
     torch.testing.assert_close(ours, ref, equal_nan=True, atol=1e-6, rtol=1e-5)
@@ -260,8 +309,9 @@ def test_a_pattern_equal_to_the_detection_pattern_scores_one():
     for d in range(3):
         rows = D[0, d].float()
         has = rows.sum(-1) > 0
-        pattern = torch.where(has[:, None], rows / rows.sum(-1, keepdim=True).clamp_min(1),
-                              torch.eye(7))[None, None]
+        pattern = torch.where(
+            has[:, None], rows / rows.sum(-1, keepdim=True).clamp_min(1), torch.eye(7)
+        )[None, None]
         keep = torch.ones(1, 7, 7, dtype=torch.bool)
         score = score_patterns(pattern, D[:, [d]], keep, "rows")
         assert score.item() == pytest.approx(1.0, abs=1e-6)
@@ -280,11 +330,15 @@ def test_label_attention_equals_a_full_cache_reference(tiny_llama, tiny_prompts)
         to_labels = q[:, :, p.demo_label_positions[0]]  # [L, H, k]
         gold = p.demo_labels[0] == p.gold[0]
         mass.append(to_labels.sum(-1))
-        share.append(to_labels[:, :, gold].sum(-1) / to_labels.sum(-1) if gold.any()
-                     else torch.full((2, 4), math.nan))
+        share.append(
+            to_labels[:, :, gold].sum(-1) / to_labels.sum(-1)
+            if gold.any()
+            else torch.full((2, 4), math.nan)
+        )
     torch.testing.assert_close(la.mass.scores, torch.stack(mass).mean(0), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(la.gold_share.scores, torch.stack(share).nanmean(0), atol=1e-5,
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        la.gold_share.scores, torch.stack(share).nanmean(0), atol=1e-5, rtol=1e-4
+    )
     assert la.mass.name == "label_attention_score" and la.gold_share.name == "gold_label_share"
     assert la.mass.per_prompt.shape == (len(tiny_prompts), 2, 4)
     assert 0 < la.gold_share.baseline < 1
@@ -326,8 +380,11 @@ def test_random_tokens_are_seeded_ordinary_and_repeated(tiny_llama, smol_tokeniz
 
 def test_named_wrappers_equal_the_joint_pass(tiny_llama):
     joint = token_detector_scores(tiny_llama, T=6, n=3, progress=False)
-    for fn, name in [(previous_token_scores, "previous_token"),
-                     (duplicate_token_scores, "duplicate_token"), (induction_scores, "induction")]:
+    for fn, name in [
+        (previous_token_scores, "previous_token"),
+        (duplicate_token_scores, "duplicate_token"),
+        (induction_scores, "induction"),
+    ]:
         single = fn(tiny_llama, T=6, n=3, progress=False)
         assert torch.allclose(single.scores, joint[name].scores, atol=1e-6)
         assert single.name == f"{name}_score"
@@ -343,8 +400,7 @@ def test_bad_input_gives_clear_errors(tiny_llama, sentiment_task):
         induction_scores(tiny_llama, T=200, progress=False)
     with pytest.raises(ValueError, match="n must be a positive integer"):
         induction_scores(tiny_llama, n=0, progress=False)
-    zero_shot = ih.build_prompts(tiny_llama, sentiment_task, k=2, n=2,
-                                 perturbation="zero_shot")
+    zero_shot = ih.build_prompts(tiny_llama, sentiment_task, k=2, n=2, perturbation="zero_shot")
     with pytest.raises(ValueError, match="no demonstrations"):
         label_attention_scores(tiny_llama, zero_shot, progress=False)
     with pytest.raises(TypeError, match="PromptSet"):
@@ -362,8 +418,12 @@ def test_bad_input_gives_clear_errors(tiny_llama, sentiment_task):
     with pytest.raises(ValueError, match="d_vocab"):
         induction_scores(tiny_llama, torch.full((1, 5), 10**6), progress=False)
     with pytest.raises(ValueError, match="left-padded"):
-        induction_scores(tiny_llama, torch.ones(1, 4, dtype=torch.long),
-                         attention_mask=torch.tensor([[1, 1, 0, 1]]), progress=False)
+        induction_scores(
+            tiny_llama,
+            torch.ones(1, 4, dtype=torch.long),
+            attention_mask=torch.tensor([[1, 1, 0, 1]]),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="Unknown kind"):
         detect_heads(tiny_llama, T=4, n=1, thresholds={"induction_head": 0.5})
 
