@@ -30,7 +30,9 @@ import base64
 import html
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,9 @@ if TYPE_CHECKING:
 MAX_FACETS = 6
 PLOTLY_JS_NAME = "plotly.min.js"
 REPORT_FORMAT = "icl-heads.report/1"
+#: The page's HTML, CSS and script (``report_page.html``, with ``{{name}}`` slots) and the
+#: linked maps' detail panel (``report_linked.html``) are package data files.
+TEMPLATES = "icl_heads.data"
 
 
 def write_report(
@@ -181,7 +186,7 @@ def build_report(
     }
 
     if facets:
-        blocks.append(_LINKED_HTML)
+        blocks.append("\n" + _template("report_linked.html"))
         blocks.append(_top_heads_html(facets))
     if "scatter" in plots:
         blocks.append('<section><div id="plot-scatter" class="plot"></div></section>')
@@ -213,15 +218,14 @@ def build_report(
     )
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False, default=_json_default)
     payload = payload.replace("</", "<\\/")
-    return _PAGE.format(
+    return _fill(
+        _template("report_page.html"),
         title=html.escape(heading),
         heading=html.escape(heading),
         subtitle="\n".join(subtitle),
         blocks="\n".join(blocks),
         plotly=script,
         data=payload,
-        script=_SCRIPT,
-        css=_CSS,
     )
 
 
@@ -413,210 +417,18 @@ def _json_default(value):
     return str(value)
 
 
-# --------------------------------------------------------------------------- the page
+def _template(name: str) -> str:
+    """A template file of the page (package data, :data:`TEMPLATES`)."""
+    return resources.files(TEMPLATES).joinpath(name).read_text(encoding="utf-8")
 
-_LINKED_HTML = """
-<section class="linked">
-  <div id="plot-maps" class="plot maps"></div>
-  <aside id="detail" aria-live="polite">
-    <h2 id="detail-head">Click a head</h2>
-    <p id="detail-where" class="muted">Click a cell of a map (or a point of the scatter)
-      to see that head here.</p>
-    <table id="detail-scores" class="data"></table>
-    <p id="detail-query"></p>
-    <div id="detail-pattern" class="plot"></div>
-    <details id="detail-prompt"><summary>Example prompt</summary><pre id="prompt-text"></pre>
-    </details>
-  </aside>
-</section>
-"""
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.2rem;
-       color: #222; }
-h1 { font-size: 1.35rem; margin: 0 0 .3rem 0; }
-h2 { font-size: 1.1rem; margin: .6rem 0 .3rem 0; }
-.muted { color: #666; font-size: .9rem; margin: .2rem 0; }
-section { margin: 1rem 0; }
-.linked { display: flex; gap: 1rem; align-items: flex-start; }
-.linked .maps { flex: 1 1 auto; min-width: 0; }
-#detail { flex: 0 0 460px; border: 1px solid #ddd; border-radius: 6px; padding: .6rem .8rem;
-          background: #fafafa; position: sticky; top: .5rem; max-height: 96vh; overflow: auto; }
-#detail-head { font-size: 1.3rem; }
-table.data { border-collapse: collapse; font-size: .85rem; }
-table.data th, table.data td { border-bottom: 1px solid #e4e4e4; padding: 2px 8px;
-                               text-align: right; }
-table.data th:first-child, table.data td:first-child { text-align: left; }
-.tops div { margin: .2rem 0; font-size: .9rem; }
-button.head { font: inherit; font-size: .8rem; padding: 1px 6px; margin: 1px; cursor: pointer;
-              border: 1px solid #bbb; border-radius: 4px; background: white; }
-button.head:hover { background: #eef; }
-pre { white-space: pre-wrap; font-size: .8rem; background: #f4f4f4; padding: .5rem; }
-@media (max-width: 1100px) { .linked { flex-direction: column; } #detail { flex: none;
-  width: 100%; position: static; } }
-"""
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="generator" content="icl-heads">
-<title>{title}</title>
-<style>{css}</style>
-{plotly}
-</head>
-<body>
-<header><h1>{heading}</h1>
-{subtitle}
-</header>
-{blocks}
-<script type="application/json" id="icl-heads-data">{data}</script>
-<script>{script}</script>
-</body>
-</html>
-"""
-
-_SCRIPT = r"""
-(function () {
-  "use strict";
-  const DATA = JSON.parse(document.getElementById("icl-heads-data").textContent);
-  const CONFIG = {responsive: true, displaylogo: false};
-  const H = DATA.n_heads, L = DATA.n_layers;
-  // ColorBrewer Blues, light (0) to dark (1), as Plotly's Python "Blues"
-  const BLUES = [[0, "#f7fbff"], [0.125, "#deebf7"], [0.25, "#c6dbef"], [0.375, "#9ecae1"],
-                 [0.5, "#6baed6"], [0.625, "#4292c6"], [0.75, "#2171b5"], [0.875, "#08519c"],
-                 [1, "#08306b"]];
-  let patterns = null;          // Uint8Array of every head's lower-triangular pattern
-  let baseShapes = null;        // the maps' own shapes (top-k outlines)
-
-  function el(id) { return document.getElementById(id); }
-  function fmt(v) {
-    if (v === null || v === undefined) return "—";
-    const a = Math.abs(v);
-    return (a !== 0 && (a < 1e-3 || a >= 1e4)) ? v.toExponential(3) : v.toPrecision(4);
-  }
-  function draw(key) {
-    const div = el("plot-" + key), fig = DATA.plots[key];
-    if (!div || !fig) return null;
-    Plotly.newPlot(div, fig.data, fig.layout, CONFIG);
-    return div;
-  }
-  function decode() {
-    if (patterns === null && DATA.example) {
-      const raw = atob(DATA.example.patterns);
-      patterns = new Uint8Array(raw.length);
-      for (let i = 0; i < raw.length; i++) patterns[i] = raw.charCodeAt(i);
-    }
-    return patterns;
-  }
-  function headPattern(layer, head) {
-    const T = DATA.example.T, tri = T * (T + 1) / 2, base = (layer * H + head) * tri;
-    const bytes = decode(), z = [];
-    for (let i = 0; i < T; i++) {
-      const row = new Array(T).fill(null), start = base + i * (i + 1) / 2;
-      for (let j = 0; j <= i; j++) row[j] = bytes[start + j] / 255;
-      z.push(row);
-    }
-    return z;
-  }
-  function drawPattern(layer, head) {
-    const ex = DATA.example, div = el("detail-pattern");
-    if (!ex) { div.textContent = "No example prompt in this report."; return; }
-    const z = headPattern(layer, head), T = ex.T, ticks = [...Array(T).keys()];
-    const q = z[T - 1].map((w, j) => [w, j]).sort((a, b) => b[0] - a[0]).slice(0, 5);
-    el("detail-query").textContent = "From the query (last) token, L" + layer + "H" + head +
-      " attends most to: " + q.map(([w, j]) => "\u201c" + ex.tokens[j] + "\u201d (pos " + j +
-      ", " + w.toFixed(2) + ")").join(", ") + ".";
-    const custom = z.map((row, i) => row.map((_, j) => [ex.tokens[i], ex.tokens[j]]));
-    const axis = {tickmode: "array", tickvals: ticks, ticktext: ex.tokens,
-                  tickfont: {size: 8}, showgrid: false, zeroline: false};
-    Plotly.react(div, [{type: "heatmap", z: z, colorscale: BLUES, zmin: 0, zmax: 1,
-      customdata: custom, colorbar: {thickness: 10, title: {text: "weight"}},
-      hovertemplate: "query %{y} %{customdata[0]} → key %{x} %{customdata[1]}" +
-                     "<br>weight ≈ %{z:.3f}<extra></extra>"}],
-      {title: {text: "Attention of L" + layer + "H" + head + " on prompt #" + ex.index,
-               font: {size: 13}},
-       margin: {l: 90, r: 10, t: 40, b: 90}, height: 460,
-       xaxis: Object.assign({tickangle: -90, title: {text: "key"}}, axis),
-       yaxis: Object.assign({autorange: "reversed", title: {text: "query"}}, axis),
-       plot_bgcolor: "white"}, CONFIG);
-  }
-  function fillScores(layer, head) {
-    const table = el("detail-scores"), i = layer * H + head;
-    table.replaceChildren();
-    const header = table.insertRow();
-    for (const t of ["quantity", "value", "rank (1 = highest)"]) {
-      const th = document.createElement("th"); th.textContent = t; header.appendChild(th);
-    }
-    for (const q of DATA.quantities) {
-      const row = table.insertRow();
-      row.insertCell().textContent = q.name;
-      row.insertCell().textContent = fmt(q.values[i]);
-      row.insertCell().textContent = q.ranks[i] === null ? "—" : q.ranks[i] + " / " + q.n;
-    }
-  }
-  function outline(layer, head) {
-    const maps = el("plot-maps");
-    if (!maps) return;
-    if (baseShapes === null) baseShapes = (maps.layout.shapes || []).slice();
-    const extra = DATA.facets.map((_, k) => ({
-      type: "rect", xref: "x" + (k ? k + 1 : ""), yref: "y" + (k ? k + 1 : ""),
-      x0: head - 0.5, x1: head + 0.5, y0: layer - 0.5, y1: layer + 0.5,
-      line: {color: "#ff7f0e", width: 4}, name: "selected"}));
-    Plotly.relayout(maps, {shapes: baseShapes.concat(extra)});
-    const sc = el("plot-scatter");
-    if (sc && sc.data) {
-      const pts = sc.data[0], k = pts.customdata.findIndex(c => c[0] === layer && c[1] === head);
-      const idx = sc.data.findIndex(t => t.name === "selected");
-      const point = k < 0 ? {x: [], y: []} : {x: [pts.x[k]], y: [pts.y[k]]};
-      if (idx < 0) {
-        Plotly.addTraces(sc, {type: "scatter", mode: "markers", name: "selected", x: point.x,
-          y: point.y, hoverinfo: "skip", showlegend: false,
-          marker: {size: 16, color: "rgba(0,0,0,0)", line: {color: "#ff7f0e", width: 3}}});
-      } else {
-        Plotly.restyle(sc, {x: [point.x], y: [point.y]}, [idx]);
-      }
-    }
-  }
-  function select(layer, head) {
-    layer = Number(layer); head = Number(head);
-    if (!(layer >= 0 && layer < L && head >= 0 && head < H)) return;
-    el("detail-head").textContent = "L" + layer + "H" + head;
-    el("detail-where").textContent = "layer " + layer + ", head " + head;
-    fillScores(layer, head);
-    drawPattern(layer, head);
-    outline(layer, head);
-    document.body.dataset.selected = "L" + layer + "H" + head;
-    if (history.replaceState) history.replaceState(null, "", "#L" + layer + "H" + head);
-  }
-  window.iclHeadsSelect = select;
-
-  const maps = draw("maps");
-  if (maps) {
-    maps.on("plotly_click", ev => {
-      const p = ev.points[0];
-      select(Math.round(p.y), Math.round(p.x));
-    });
-  }
-  const scatter = draw("scatter");
-  if (scatter) {
-    scatter.on("plotly_click", ev => {
-      const p = ev.points.find(q => q.customdata);
-      if (p) select(p.customdata[0], p.customdata[1]);
-    });
-  }
-  for (const key of Object.keys(DATA.plots)) if (key.startsWith("figure")) draw(key);
-  for (const b of document.querySelectorAll("button.head")) {
-    b.addEventListener("click", () => select(b.dataset.layer, b.dataset.head));
-  }
-  if (DATA.example && el("prompt-text")) el("prompt-text").textContent = DATA.example.text +
-      (DATA.example.answer ? "  [gold: " + DATA.example.answer + "]" : "");
-  else if (el("detail-prompt")) el("detail-prompt").hidden = true;
-  if (maps) {
-    const m = /^#L(\d+)H(\d+)$/.exec(location.hash);
-    const first = DATA.facets.map(f => DATA.top[f][0]).find(t => t) || [0, 0];
-    if (m) select(m[1], m[2]); else select(first[0], first[1]);
-  }
-  document.body.dataset.ready = "1";
-})();
-"""
+def _fill(template: str, **values: str) -> str:
+    """The template with every ``{{name}}`` slot replaced by ``values[name]``, in one pass
+    (text put in is never read for slots: a table or payload may contain ``{{x}}``)."""
+    slots = set(re.findall(r"\{\{(\w+)\}\}", template))
+    if slots != set(values):
+        raise ValueError(
+            f"report template: slots {sorted(slots)} but values for {sorted(values)}; "
+            "the template and report.py must name the same slots."
+        )
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)

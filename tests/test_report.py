@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,31 @@ def test_report_keeps_attention_example_importable_from_its_new_home():
 
 
 # --------------------------------------------------------------------------- the page
+
+
+def test_report_page_and_panel_come_from_the_package_data_templates():
+    """The page's HTML, CSS and script live in ``icl_heads/data/report_*.html`` (shipped as
+    package data); every ``{{slot}}`` is filled in one pass, so text put in (a condition
+    named like a slot) stays as it is."""
+    data = resources.files("icl_heads.data")
+    page_template = data.joinpath("report_page.html").read_text(encoding="utf-8")
+    panel = data.joinpath("report_linked.html").read_text(encoding="utf-8")
+    slots = set(re.findall(r"\{\{(\w+)\}\}", page_template))
+    assert slots == {"title", "heading", "subtitle", "plotly", "blocks", "data"}
+    assert not re.findall(r"\{\{\w+\}\}", panel)
+    assert '"data/*.html"' in (Path(__file__).parents[1] / "pyproject.toml").read_text()
+
+    scores = HeadScores(torch.arange(8.0).reshape(2, 4), name="tr_score")
+    table = make_table([table_row("{{blocks}}", "accuracy", 0.5, 0.4, 0.6, 4)])
+    info = ih.PromptInfo(task="sentiment", k=3, n=10, seed=0, perturbation="gold")
+    result = ExperimentResult("demo {{data}}", table, info, maps={"TR": scores})
+    page = build_report(result, plotly_js_src="plotly.min.js")
+    assert page.startswith("<!DOCTYPE html>") and page.endswith("</html>\n")
+    assert "window.iclHeadsSelect = select;" in page and "#detail {" in page
+    assert '<aside id="detail"' in page  # the linked panel
+    assert "<td>{{blocks}}</td>" in page and "<h1>icl-heads: demo {{data}} (" in page
+    assert page.count('id="icl-heads-data"') == 1 and page.count("<style>") == 1
+    assert _data(page)["facets"] == ["TR"]
 
 
 def test_report_holds_maps_example_and_ranks(tiny_run, tmp_path):

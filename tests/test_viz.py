@@ -5,6 +5,7 @@ experiment's ``.plot()`` picks."""
 from __future__ import annotations
 
 import ast
+import inspect
 import math
 from pathlib import Path
 
@@ -345,16 +346,30 @@ def test_displayed_spearman_is_the_stats_one_and_undefined_for_constant_input():
 
 
 def _imports(module: str) -> set[str]:
-    """The icl_heads modules a module's file imports anywhere (inside functions and
-    ``TYPE_CHECKING`` blocks too), relative imports resolved."""
-    path = Path(viz.__file__).parent / f"{module}.py"
+    """The icl_heads modules (first part of the dotted name after ``icl_heads``) a module's
+    files import anywhere (inside functions and ``TYPE_CHECKING`` blocks too), relative
+    imports resolved; a package (``viz``) counts with every file in it."""
+    root = Path(viz.__file__).resolve().parents[1]  # the icl_heads directory
+    files = [root / f"{module}.py"] if (root / f"{module}.py").exists() else []
+    files += sorted((root / module).rglob("*.py")) if (root / module).is_dir() else []
+    assert files, f"no module or package {module!r} in {root}"
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.update([node.module] if node.module else [a.name for a in node.names])
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("icl_heads."):
-            found.add(node.module.split(".")[1])
-    return found
+    for path in files:
+        parts = ("icl_heads", *path.relative_to(root).with_suffix("").parts)
+        package = parts[:-1]  # what a one-dot import names (also for an __init__.py)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            target = (*base, *(node.module or "").split(".")) if node.module else base
+            target = tuple(t for t in target if t)
+            if target[:1] != ("icl_heads",):
+                continue
+            if len(target) > 1:
+                found.add(target[1])
+            else:  # from icl_heads import x / from .. import x
+                found.update(a.name for a in node.names)
+    return found - {module}
 
 
 def test_figures_import_none_of_the_types_they_draw_and_sit_in_no_import_circle():
@@ -369,6 +384,53 @@ def test_figures_import_none_of_the_types_they_draw_and_sit_in_no_import_circle(
         )
 
     assert not [m for m in top if reaches(m, m)]
+
+
+#: viz's public names (those of the one-module viz.py before it became a package).
+VIZ_API = {
+    "BASELINE_CONDITIONS", "CONDITION_COLOURS", "CURVE_AXES", "OUTLINE", "PALETTE",
+    "HeadMap", "ResultLike", "attention_pattern", "condition_bars", "correlation_scatter",
+    "describe_settings", "display_token", "effect_scatter", "experiment_figure",
+    "head_heatmap", "head_heatmaps", "layer_curves", "save_figure", "score_scatter",
+    "top_heads",
+}  # fmt: skip
+
+
+def test_viz_is_a_package_of_small_rooms_that_keeps_every_public_name():
+    assert set(viz.__all__) == VIZ_API
+    for name in VIZ_API:
+        value = getattr(viz, name)
+        if callable(value):  # functions and protocols are defined in a room of viz
+            assert value.__module__.startswith("icl_heads.viz."), name
+    assert "div_id" in inspect.signature(viz.save_figure).parameters
+    rooms = Path(viz.__file__).parent
+    sizes = {p.name: len(p.read_text().splitlines()) for p in rooms.glob("*.py")}
+    assert {"maps.py", "scatter.py", "curves.py", "patterns.py", "experiment.py"} <= set(sizes)
+    assert max(sizes.values()) <= 400, sizes
+
+
+def test_nothing_imports_a_private_name_of_viz():
+    """Rooms share helpers by public names (``viz.style.escape``), and no module of the
+    package nor a test reaches into viz's private ``_names``."""
+    root = Path(viz.__file__).resolve().parents[2]
+    files = [*(root / "icl_heads").rglob("*.py"), *(root / "tests").glob("*.py")]
+    found = []
+    for path in files:
+        parts = path.relative_to(root).with_suffix("").parts
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = parts[: len(parts) - node.level] if node.level else ()
+                module = ".".join([*base, *([node.module] if node.module else [])])
+                if "viz" in module.split("."):
+                    found += [f"{path.name}: {a.name}" for a in node.names if _private(a.name)]
+            elif isinstance(node, ast.Attribute) and _private(node.attr):
+                if isinstance(node.value, ast.Name) and node.value.id == "viz":
+                    found.append(f"{path.name}: viz.{node.attr}")
+    assert not found, found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
 
 
 # --------------------------------------------------------------------------- saving
