@@ -14,8 +14,9 @@ import torch
 
 import icl_heads as ih
 from icl_heads.attribution import label_unembeddings
-from icl_heads.experiments import trtl
+from icl_heads.experiments import kit, trtl
 from icl_heads.geometry import normalized_states, query_states, subspace_alignment
+from icl_heads.pages.trtl import write_trtl_page
 from icl_heads.results import TABLE_COLUMNS, ExperimentResult, make_table, table_row
 from icl_heads.stats import paired_difference_ci
 
@@ -133,10 +134,12 @@ def test_ablation_shared_clean_run_equals_a_plain_ablated_run(tiny_gpt, sentimen
 def test_effects_are_paired_differences():
     t = torch.tensor([1.0, 0.0, 1.0, 1.0])
     b = torch.tensor([0.0, 0.0, 1.0, 0.0])
-    assert trtl._difference_ci(t, b, n_boot=200, seed=1) == paired_difference_ci(
-        t, b, n_boot=200, seed=1)
+    rows = kit.effect_rows("S", {"accuracy": t}, {"accuracy": b}, n_boot=200, seed=1,
+                           metrics=("accuracy",))
+    assert tuple(rows[0][c] for c in ("value", "ci_low", "ci_high", "n")) == \
+        paired_difference_ci(t, b, n_boot=200, seed=1)
     t_nan = torch.tensor([1.0, math.nan, 0.0, 1.0])
-    v, lo, hi, _ = trtl._difference_ci(t_nan, b, n_boot=200, seed=1)
+    v, lo, hi, _ = paired_difference_ci(t_nan, b, n_boot=200, seed=1)
     assert v == pytest.approx(2 / 3 - 1 / 4) and lo <= v <= hi
 
 
@@ -205,8 +208,9 @@ def test_correlation_one_sweep_equals_one_head_sweep_per_metric(tiny_llama, tiny
 
 
 def test_perturbation_gives_maps_per_condition_including_zero_shot(tiny_llama, sentiment_task):
-    res = trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 0, n_boot=N_BOOT,
-                                       progress=False)
+    res = trtl.perturbation_experiment(
+        tiny_llama, ih.build_prompts(tiny_llama, sentiment_task, 3, 8, 0), task=sentiment_task,
+        n_boot=N_BOOT, progress=False)
     _columns_ok(res)
     assert set(res.maps) == {f"{s}/{p}" for s in ("TR", "TL") for p in ih.PERTURBATIONS}
     assert res.maps["TR/zero_shot"].settings.prompts.k == 0
@@ -214,8 +218,9 @@ def test_perturbation_gives_maps_per_condition_including_zero_shot(tiny_llama, s
         for metric in ("tr_spearman", "tl_spearman", "tr_overlap", "tr_minus_tl_spearman"):
             assert len(res.select(condition=p, metric=metric, reference="gold")) == 1
     assert len(res.select(condition="gold (split half)", metric="tr_spearman")) == 1
-    by_name = trtl.perturbation_experiment(tiny_llama, "sentiment", 3, 8, 0, ("gold",),
-                                           n_boot=N_BOOT, progress=False)
+    by_name = trtl.perturbation_experiment(
+        tiny_llama, ih.build_prompts(tiny_llama, sentiment_task, 3, 8, 0), ("gold",),
+        n_boot=N_BOOT, progress=False)
     assert by_name.value("gold", "accuracy") == res.value("gold", "accuracy")
 
 
@@ -223,46 +228,51 @@ def test_perturbation_reuses_the_gold_maps_of_find_task_heads_exactly(tiny_llama
                                                                         sentiment_task):
     gold_prompts = ih.build_prompts(tiny_llama, sentiment_task, 3, 8, 0)
     found = trtl.find_task_heads(tiny_llama, gold_prompts, n_boot=N_BOOT, progress=False)
-    plain = trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 0, n_boot=N_BOOT,
-                                         progress=False)
-    reused = trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 0, n_boot=N_BOOT,
-                                          gold=found, progress=False)
+    plain = trtl.perturbation_experiment(tiny_llama, gold_prompts, task=sentiment_task,
+                                         n_boot=N_BOOT, progress=False)
+    reused = trtl.perturbation_experiment(tiny_llama, gold_prompts, task=sentiment_task,
+                                          n_boot=N_BOOT, gold=found, progress=False)
     pd.testing.assert_frame_equal(reused.table, plain.table)
     for name, scores in plain.maps.items():
         assert torch.equal(reused.maps[name].per_prompt, scores.per_prompt), name
     with pytest.raises(ValueError, match="prompts"):  # other prompts (seed 1)
-        trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 1, gold=found,
+        trtl.perturbation_experiment(tiny_llama, ih.build_prompts(tiny_llama, sentiment_task,
+                                                                  3, 8, 1), gold=found,
                                      progress=False)
     with pytest.raises(ValueError, match="normalize"):
-        trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 0, gold=found,
+        trtl.perturbation_experiment(tiny_llama, gold_prompts, gold=found,
                                      normalize="norm", progress=False)
     with pytest.raises(TypeError, match="find_task_heads"):
-        trtl.perturbation_experiment(tiny_llama, sentiment_task, 3, 8, 0, gold=plain,
+        trtl.perturbation_experiment(tiny_llama, gold_prompts, gold=plain,
                                      progress=False)
 
 
 def test_reproduce_shares_passes_without_changing_any_number(tiny_llama, sentiment_task,
                                                             tmp_path):
-    done = trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, quick=True, progress=False,
-                               n=8, n_boot=N_BOOT)["sentiment"]
+    cells = trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, quick=True,
+                                progress=False, n=8, n_boot=N_BOOT)
+    assert set(cells["status"]) == {"computed"}
+    done = {e: ExperimentResult.load(p) for e, p in zip(cells["experiment"], cells["path"])}
     prompts = ih.build_prompts(tiny_llama, sentiment_task, 4, 8, 0)
     found = done["find_task_heads"]
     alone = {
         "ablation": trtl.ablation_experiment(tiny_llama, prompts, trtl.head_sets(found),
                                              n_random=2, n_boot=N_BOOT, progress=False),
-        "perturbation": trtl.perturbation_experiment(tiny_llama, sentiment_task, 4, 8, 0,
-                                                     n_boot=N_BOOT, progress=False),
+        "perturbation": trtl.perturbation_experiment(tiny_llama, prompts, n_boot=N_BOOT,
+                                                     progress=False),
         "correlation": trtl.correlation_experiment(tiny_llama, prompts, tr=found.maps["TR"],
                                                    tl=found.maps["TL"], n_boot=N_BOOT,
                                                    progress=False),
     }
-    for name, result in alone.items():
+    for name, result in alone.items():  # both through the same save and load
+        result = ExperimentResult.load(result.save(tmp_path / "alone" / name))
         pd.testing.assert_frame_equal(done[name].table, result.table, obj=name)
         assert done[name].settings == result.settings, name
     vectors = trtl.mean_head_outputs(tiny_llama, prompts, progress=False)
     steer = trtl.steering_experiment(tiny_llama, prompts, ih.build_prompts(
         tiny_llama, sentiment_task, 4, 8, 1, perturbation="zero_shot"), trtl.head_sets(found),
         (0, 1, 4), n_random=2, n_boot=N_BOOT, vectors=vectors, batch_size=64, progress=False)
+    steer = ExperimentResult.load(steer.save(tmp_path / "alone" / "steering"))
     pd.testing.assert_frame_equal(done["steering_zero_shot"].table, steer.table,
                                   check_exact=False, atol=1e-5, rtol=1e-4)
 
@@ -331,9 +341,9 @@ def test_results_round_trip_through_save_and_load(ablation, steering, found, tmp
     (lambda m, p, z: trtl.reconciliation_experiment(m, z), ValueError, "no demonstrations"),
     (lambda m, p, z: trtl.find_task_heads(m, p, top_k=9), ValueError, "exceeds"),
     (lambda m, p, z: trtl.find_task_heads(m, p, seed=1.0), TypeError, "seed"),
-    (lambda m, p, z: trtl.perturbation_experiment(m, "sentiment", 3, 8, 0, ("random_labels",)),
-     ValueError, "gold"),
-    (lambda m, p, z: trtl.perturbation_experiment(m, "sentiment", 3, 8, 0.0), TypeError, "seed"),
+    (lambda m, p, z: trtl.perturbation_experiment(m, p, ("random_labels",)), ValueError,
+     "gold"),
+    (lambda m, p, z: trtl.perturbation_experiment(m, z), ValueError, "no demonstrations"),
     (lambda m, p, z: trtl.correlation_experiment(m, p, tr=torch.zeros(2, 4)), ValueError,
      "HeadScores"),
     (lambda m, p, z: trtl.random_head_sets(m, [(0, 0)], 2, seed=1.5), TypeError, "seed"),
@@ -388,7 +398,7 @@ def test_quick_reproduce_is_resumable_and_writes_the_page(tiny_llama, tmp_path, 
                                 n=8, n_boot=N_BOOT)
     cells = sorted(p.parent.name for p in out.glob("*/sentiment/*/result.json"))
     assert cells == sorted(e for e in trtl.EXPERIMENTS if e != "steering_abstract_labels")
-    assert first["sentiment"]["find_task_heads"].maps["TR"].per_prompt is not None
+    assert sorted(first["experiment"]) == cells and set(first["status"]) == {"computed"}
 
     def refuse(*args, **kwargs):
         raise AssertionError("a saved cell was recomputed")
@@ -398,11 +408,12 @@ def test_quick_reproduce_is_resumable_and_writes_the_page(tiny_llama, tmp_path, 
         monkeypatch.setattr(trtl, fn, refuse)
     second = trtl.reproduce_trtl(tiny_llama, ["sentiment"], out, quick=True, progress=False,
                                  n=8, n_boot=N_BOOT)
-    pd.testing.assert_frame_equal(second["sentiment"]["ablation"].table.fillna(""),
-                                  first["sentiment"]["ablation"].table.fillna(""),
-                                  check_dtype=False)
-    assert second["sentiment"]["find_task_heads"].maps["TR"].per_prompt is None  # saved compact
-    page = trtl.write_trtl_page(out, tmp_path / "page.md", tmp_path / "figures")
+    assert set(second["status"]) == {"loaded"}
+    pd.testing.assert_frame_equal(second[["model", "task", "experiment", "path"]],
+                                  first[["model", "task", "experiment", "path"]])
+    saved = kit.load_cells(out)[tiny_llama.cfg.model_name]["sentiment"]
+    assert saved["find_task_heads"].maps["TR"].per_prompt is None  # saved compact
+    page = write_trtl_page(out, tmp_path / "page.md", tmp_path / "figures")
     text = page.read_text()
     assert "## Verdicts" in text
     for statement in trtl.CLAIMS.values():
@@ -417,12 +428,13 @@ def test_quick_reproduce_is_resumable_and_writes_the_page(tiny_llama, tmp_path, 
 @pytest.mark.slow
 def test_quick_reproduce_on_the_default_model(smol, tmp_path):
     torch.set_num_threads(1)
-    results = trtl.reproduce_trtl(smol, ["sentiment"], tmp_path, quick=True, progress=False)
+    trtl.reproduce_trtl(smol, ["sentiment"], tmp_path, quick=True, progress=False)
+    results = {"sentiment": next(iter(kit.load_cells(tmp_path).values()))["sentiment"]}
     found = results["sentiment"]["find_task_heads"]
     assert len(trtl.head_sets(found)["TR"]) == 8
     abl = results["sentiment"]["ablation"]
     assert abl.value("baseline", "label_space_rate") > 0.5
-    page = trtl.write_trtl_page(tmp_path, tmp_path / "page.md", tmp_path / "fig")
+    page = write_trtl_page(tmp_path, tmp_path / "page.md", tmp_path / "fig")
     assert "smollm2" in page.read_text()
 
 
