@@ -91,14 +91,15 @@ def write_trtl_page(
     command: str | None = None,
 ) -> Path:
     """Write the TR/TL results page from the saved results only (every model under
-    ``results_root``; see :func:`~icl_heads.experiments.trtl.reproduce_trtl`): the verdict table per claim and model, then
-    per model and task each experiment's table, settings and figure. Figures are standalone
+    ``results_root``; see :func:`~icl_heads.experiments.trtl.reproduce_trtl`): the verdict
+    table per claim and model, then per model and task each experiment's table, settings
+    and figure (through :func:`~icl_heads.pages.common.write_figure`). Figures are standalone
     HTML files in ``figure_dir`` (one shared ``plotly.min.js``), linked and embedded.
 
     Example::
 
-        trtl.write_trtl_page("docs/results/data/trtl", "docs/results/trtl.md",
-                             "docs/results/figures/trtl")
+        write_trtl_page("docs/results/data/trtl", "docs/results/trtl.md",
+                        "docs/results/figures/trtl")
 
     Returns:
         The page's path.
