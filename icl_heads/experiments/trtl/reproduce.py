@@ -20,6 +20,7 @@ from ...models import load_model
 from ...prompts import PromptSet, build_prompts
 from ...results import ExperimentResult, safe_name
 from ...settings import model_name
+from ...stats import N_BOOT
 from ...tasks import Task
 from ..kit import (
     as_task,
@@ -83,7 +84,7 @@ FULL = Preset(
     k=4,
     n=64,
     n_random=5,
-    n_boot=1000,
+    n_boot=N_BOOT,
     alphas=(0, 0.5, 1, 2, 4),
     steering_targets=("zero_shot", "abstract_labels"),
     n_sequences=32,
