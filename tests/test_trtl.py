@@ -478,6 +478,20 @@ def test_bad_input_gives_a_clear_error(tiny_llama, tiny_prompts, zero_shot, call
         call(tiny_llama, tiny_prompts, zero_shot)
 
 
+def test_perturbation_takes_the_gold_prompts_and_their_task(tiny_llama, sentiment_task):
+    shuffled = ih.build_prompts(tiny_llama, sentiment_task, 3, 8, 0, perturbation="random_labels")
+    with pytest.raises(ValueError, match="gold prompts"):
+        trtl.perturbation_experiment(tiny_llama, shuffled, progress=False)
+    mine = ih.make_task("mine", [(f"input {i}", ["good", "bad"][i % 2]) for i in range(12)])
+    prompts = ih.build_prompts(tiny_llama, mine, 3, 8, 0)
+    with pytest.raises(ValueError, match=r"pass task=\.\.\."):
+        trtl.perturbation_experiment(tiny_llama, prompts, progress=False)
+    res = trtl.perturbation_experiment(
+        tiny_llama, prompts, ("gold", "random_labels"), task=mine, n_boot=N_BOOT, progress=False
+    )
+    assert res.settings.task == "mine" and res.settings.n == 8 and res.settings.k == 3
+
+
 def test_random_sets_can_be_turned_off(tiny_llama, tiny_prompts):
     res = trtl.ablation_experiment(
         tiny_llama,
