@@ -12,7 +12,7 @@ from transformer_lens import HookedTransformer
 
 from ...attribution import tsla_scores
 from ...checks import check_int
-from ...heads import HeadsLike, heads_to_mask
+from ...heads import Head, HeadsLike, heads_to_mask
 from ...interventions import (
     ABLATION_MODES,
     ActivationMeans,
@@ -211,10 +211,44 @@ def ablation_experiment(
         if not c.heads:
             measured[c.key] = {m: v.clone() for m, v in base.items()}
 
+    rows, random_rows = _rows(named, controls, measured, prompts, n_boot=n_boot, seed=seed)
+    settings = AblationSettings(
+        model=model_name(model),
+        prompts=prompts.info(),
+        labels=tuple(prompts.label_words),
+        heads=settings_heads(named),
+        n_random=n_random,
+        layer_matched=layer_matched,
+        random_like=random_like,
+        mode=mode,
+        positions=positions,
+        means=mean_info,
+        seed=seed,
+        n_boot=n_boot,
+        post_attention_norm=post_attention_norm(model),
+        interventions=describe_interventions(interventions),
+    )
+    return ExperimentResult(
+        "ablation", make_table(rows), settings, tables={"random_sets": make_table(random_rows)}
+    )
+
+
+def _rows(
+    named: Mapping[str, list[Head]],
+    controls: Sequence[Condition],
+    measured: Mapping[str, dict[str, Tensor]],
+    prompts: PromptSet,
+    *,
+    n_boot: int,
+    seed: int,
+) -> tuple[list[dict], list[dict]]:
+    """The main table's rows (levels, effects, contrasts) and the random sets' rows."""
+    base = measured[BASELINE]
+    conditions = [Condition(name, tuple(hs)) for name, hs in named.items()]
     rows = level_rows(BASELINE, base, n_boot=n_boot, seed=seed, heads="")
     rows.append(chance_row(prompts, heads=""))
     pooled = {}
-    for c in conditions[: len(named)]:
+    for c in conditions:
         rows += level_rows(c.name, measured[c.key], n_boot=n_boot, seed=seed, heads=c.label)
         rows += effect_rows(c.name, measured[c.key], base, n_boot=n_boot, seed=seed, heads=c.label)
         per_set = [measured[r.key] for r in controls if r.control_of == c.name]
@@ -257,22 +291,4 @@ def ablation_experiment(
                 layer_matched_fraction=matched_fraction(named[c.control_of], c.heads),
             )
             random_rows.append(row)
-    settings = AblationSettings(
-        model=model_name(model),
-        prompts=prompts.info(),
-        labels=tuple(prompts.label_words),
-        heads=settings_heads(named),
-        n_random=n_random,
-        layer_matched=layer_matched,
-        random_like=random_like,
-        mode=mode,
-        positions=positions,
-        means=mean_info,
-        seed=seed,
-        n_boot=n_boot,
-        post_attention_norm=post_attention_norm(model),
-        interventions=describe_interventions(interventions),
-    )
-    return ExperimentResult(
-        "ablation", make_table(rows), settings, tables={"random_sets": make_table(random_rows)}
-    )
+    return rows, random_rows

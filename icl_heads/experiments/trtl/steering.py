@@ -16,7 +16,7 @@ from transformer_lens import HookedTransformer
 from ...attribution import label_unembeddings, tsla_scores
 from ...checks import check_int
 from ...geometry import label_rotation, normalized_states, subspace_alignment
-from ...heads import HeadsLike
+from ...heads import Head, HeadsLike
 from ...interventions import Positions, check_interventions, check_positions, compose, steer
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
@@ -210,60 +210,9 @@ def steering_experiment(
             "_alignment_layers": align,
             "_rotation_layers": rot,
         }
-    metrics = (*BEHAVIOUR, *GEOMETRY)
-    base = per[BASELINE]
-    rows = level_rows(BASELINE, base, n_boot=n_boot, seed=seed, metrics=metrics, alpha=0.0)
-    rows.append(chance_row(target_prompts, alpha=0.0))
-    geo_rows = _geometry_rows(BASELINE, base, state_layers, n_boot=n_boot, seed=seed, alpha=0.0)
-    random_rows = []
-    for alpha in alphas:
-        for c in conditions[: len(named)]:
-            here = per[(c.key, alpha)]
-            rows += level_rows(c.name, here, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha)
-            rows += effect_rows(
-                c.name, here, base, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha
-            )
-            geo_rows += _geometry_rows(
-                c.name, here, state_layers, n_boot=n_boot, seed=seed, alpha=alpha
-            )
-            mine = [r for r in controls if r.control_of == c.name]
-            if not mine:
-                continue
-            per_set = [per[(r.key, alpha)] for r in mine]
-            pooled = pool(per_set, (*metrics, "_alignment_layers", "_rotation_layers"))
-            name = random_name(c.name)
-            for row in level_rows(
-                name, pooled, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha
-            ):
-                row.update(spread(per_set, row["metric"]))
-                rows.append(row)
-            rows += effect_rows(
-                name, pooled, base, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha
-            )
-            rows += effect_rows(
-                contrast_name(c.name, name),
-                here,
-                pooled,
-                n_boot=n_boot,
-                seed=seed,
-                kind="contrast",
-                metrics=metrics,
-                alpha=alpha,
-            )
-            geo_rows += _geometry_rows(
-                name, pooled, state_layers, n_boot=n_boot, seed=seed, alpha=alpha
-            )
-            for r, values in zip(mine, per_set):
-                for row in level_rows(
-                    r.key, values, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha
-                ):
-                    row.update(
-                        set=c.name,
-                        index=r.index,
-                        heads=r.label,
-                        layer_matched_fraction=matched_fraction(named[c.name], r.heads),
-                    )
-                    random_rows.append(row)
+    rows, geo_rows, random_rows = _rows(
+        named, controls, per, target_prompts, alphas, state_layers, n_boot=n_boot, seed=seed
+    )
     settings = SteeringSettings(
         model=model_name(model),
         source=source_prompts.info(),
@@ -328,3 +277,73 @@ def _geometry_rows(
             v, lo, hi, n = mean_ci(per_layer[:, j], n_boot=n_boot, seed=seed)
             rows.append(table_row(condition, metric, v, lo, hi, n, alpha=alpha, layer=layer))
     return rows
+
+
+def _rows(
+    named: Mapping[str, list[Head]],
+    controls: Sequence[Condition],
+    per: Mapping,
+    target_prompts: PromptSet,
+    alphas: tuple[float, ...],
+    state_layers: Sequence[int],
+    *,
+    n_boot: int,
+    seed: int,
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """The main table's rows, the geometry rows (per layer) and the random sets' rows."""
+    conditions = [Condition(name, tuple(hs)) for name, hs in named.items()]
+    metrics = (*BEHAVIOUR, *GEOMETRY)
+    base = per[BASELINE]
+    rows = level_rows(BASELINE, base, n_boot=n_boot, seed=seed, metrics=metrics, alpha=0.0)
+    rows.append(chance_row(target_prompts, alpha=0.0))
+    geo_rows = _geometry_rows(BASELINE, base, state_layers, n_boot=n_boot, seed=seed, alpha=0.0)
+    random_rows = []
+    for alpha in alphas:
+        for c in conditions:
+            here = per[(c.key, alpha)]
+            rows += level_rows(c.name, here, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha)
+            rows += effect_rows(
+                c.name, here, base, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha
+            )
+            geo_rows += _geometry_rows(
+                c.name, here, state_layers, n_boot=n_boot, seed=seed, alpha=alpha
+            )
+            mine = [r for r in controls if r.control_of == c.name]
+            if not mine:
+                continue
+            per_set = [per[(r.key, alpha)] for r in mine]
+            pooled = pool(per_set, (*metrics, "_alignment_layers", "_rotation_layers"))
+            name = random_name(c.name)
+            for row in level_rows(
+                name, pooled, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha
+            ):
+                row.update(spread(per_set, row["metric"]))
+                rows.append(row)
+            rows += effect_rows(
+                name, pooled, base, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha
+            )
+            rows += effect_rows(
+                contrast_name(c.name, name),
+                here,
+                pooled,
+                n_boot=n_boot,
+                seed=seed,
+                kind="contrast",
+                metrics=metrics,
+                alpha=alpha,
+            )
+            geo_rows += _geometry_rows(
+                name, pooled, state_layers, n_boot=n_boot, seed=seed, alpha=alpha
+            )
+            for r, values in zip(mine, per_set):
+                for row in level_rows(
+                    r.key, values, n_boot=n_boot, seed=seed, metrics=metrics, alpha=alpha
+                ):
+                    row.update(
+                        set=c.name,
+                        index=r.index,
+                        heads=r.label,
+                        layer_matched_fraction=matched_fraction(named[c.name], r.heads),
+                    )
+                    random_rows.append(row)
+    return rows, geo_rows, random_rows
