@@ -25,11 +25,18 @@ import torch
 import icl_heads as ih
 from icl_heads.activations import collect
 from icl_heads.experiments import trtl
+from icl_heads.experiments.trtl import reproduce
 
-EXPERIMENT_FUNCTIONS = ("find_task_heads", "activation_means", "ablation_experiment",
-                        "perturbation_experiment",
-                        "correlation_experiment", "mean_head_outputs", "steering_experiment",
-                        "reconciliation_experiment")
+EXPERIMENT_FUNCTIONS = (
+    "find_task_heads",
+    "activation_means",
+    "ablation_experiment",
+    "perturbation_experiment",
+    "correlation_experiment",
+    "mean_head_outputs",
+    "steering_experiment",
+    "reconciliation_experiment",
+)
 
 
 class WorkCounter:
@@ -57,8 +64,10 @@ def main() -> None:
     model = ih.load_model()
     counter = WorkCounter(model)
     out = args.out or tempfile.mkdtemp(prefix="bench_trtl_")
-    print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers x {model.cfg.n_heads} "
-          f"heads), {args.threads} thread(s), load average {load0:.1f} at start")
+    print(
+        f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers x {model.cfg.n_heads} "
+        f"heads), {args.threads} thread(s), load average {load0:.1f} at start"
+    )
     print(f"tasks: {args.tasks}, k={args.k}, n={args.n}; results in {out}\n")
 
     plain: dict[str, tuple[float, int]] = {}
@@ -68,8 +77,10 @@ def main() -> None:
         started = time.perf_counter()
         collect(model, prompts, progress=False)
         plain[name] = (time.perf_counter() - started, counter.work)
-        print(f"plain forward pass, {name}: {plain[name][0]:.1f} s "
-              f"({len(prompts)} prompts, {prompts.seq_len} tokens padded)")
+        print(
+            f"plain forward pass, {name}: {plain[name][0]:.1f} s "
+            f"({len(prompts)} prompts, {prompts.seq_len} tokens padded)"
+        )
 
     records: list[tuple[str, str, float, int]] = []
     current = {"task": None}
@@ -81,31 +92,41 @@ def main() -> None:
             try:
                 return fn(*a, **kw)
             finally:
-                records.append((current["task"], fn_name, time.perf_counter() - started,
-                                counter.work - before))
+                records.append(
+                    (current["task"], fn_name, time.perf_counter() - started, counter.work - before)
+                )
+
         return wrapper
 
-    for fn_name in EXPERIMENT_FUNCTIONS:
-        setattr(trtl, fn_name, timed(fn_name, getattr(trtl, fn_name)))
+    for fn_name in EXPERIMENT_FUNCTIONS:  # the names reproduce_trtl calls
+        setattr(reproduce, fn_name, timed(fn_name, getattr(reproduce, fn_name)))
     total_started = time.perf_counter()
     for name in args.tasks:
         current["task"] = name
         trtl.reproduce_trtl(model, [name], out, k=args.k, n=args.n, progress=False)
     total = time.perf_counter() - total_started
 
-    print(f"\n{'task':<10} {'experiment':<26} {'wall s':>8} {'prompt-passes':>14} "
-          f"{'wall / plain pass':>18}")
+    print(
+        f"\n{'task':<10} {'experiment':<26} {'wall s':>8} {'prompt-passes':>14} "
+        f"{'wall / plain pass':>18}"
+    )
     for task, fn_name, seconds, work in records:
         t_plain, w_plain = plain[task]
-        print(f"{task:<10} {fn_name:<26} {seconds:8.1f} {work / w_plain:14.2f} "
-              f"{seconds / t_plain:18.2f}")
+        print(
+            f"{task:<10} {fn_name:<26} {seconds:8.1f} {work / w_plain:14.2f} "
+            f"{seconds / t_plain:18.2f}"
+        )
     per_task = {t: sum(r[2] for r in records if r[0] == t) for t in args.tasks}
     passes = {t: sum(r[3] for r in records if r[0] == t) / plain[t][1] for t in args.tasks}
     for task in args.tasks:
-        print(f"{task:<10} {'all experiments':<26} {per_task[task]:8.1f} {passes[task]:14.2f} "
-              f"{per_task[task] / plain[task][0]:18.2f}")
-    print(f"\nTOTAL reproduction: {total:.1f} s ({total / 60:.1f} min; target <= 10 min); "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
+        print(
+            f"{task:<10} {'all experiments':<26} {per_task[task]:8.1f} {passes[task]:14.2f} "
+            f"{per_task[task] / plain[task][0]:18.2f}"
+        )
+    print(
+        f"\nTOTAL reproduction: {total:.1f} s ({total / 60:.1f} min; target <= 10 min); "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
+    )
 
 
 if __name__ == "__main__":

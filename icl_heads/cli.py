@@ -405,9 +405,8 @@ def _perturb(args: argparse.Namespace) -> int:
     out, device, task, model = _prepare(args, min_k=1)
     prompts = _base_prompts(model, task, args)  # the gold prompts (checked before the runs)
     result = trtl.perturbation_experiment(
-        model, task, args.k, args.n, args.seed, perturbations=args.perturbations,
-        top_k=args.top_k, n_boot=args.n_boot, batch_size=args.batch_size, device=device,
-        progress=True)
+        model, prompts, perturbations=args.perturbations, task=task, top_k=args.top_k,
+        n_boot=args.n_boot, batch_size=args.batch_size, device=device, progress=True)
     return _finish(args, out, result, model, prompts)
 
 
@@ -479,6 +478,7 @@ FAMILIES = ("trtl", "geometry")
 
 def _reproduce(args: argparse.Namespace) -> int:
     from .experiments import geometry, trtl
+    from .pages.trtl import write_trtl_page
     from .prompts import build_prompts
     from .report import attention_example, write_report
     from .results import ExperimentResult, safe_name
@@ -532,8 +532,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     if page_dir is not None:
         command = args.command_line
         if "trtl" in args.experiments:
-            page = trtl.write_trtl_page(out / "trtl", page_dir / "trtl.md",
-                                        page_dir / "figures" / "trtl", command=command)
+            page = write_trtl_page(out / "trtl", page_dir / "trtl.md",
+                                   page_dir / "figures" / "trtl", command=command)
             print(f"Wrote {page}")
         if "geometry" in args.experiments:
             page = geometry.write_geometry_page(out / "geometry", page_dir / "geometry.md",

@@ -362,7 +362,7 @@ def test_steering_needs_demonstrations(capsys, no_model, tmp_path):
 
 def test_reproduce_runs_a_resumable_grid_and_writes_reports(capsys, tiny_model, tmp_path,
                                                             monkeypatch):
-    from icl_heads.experiments import trtl
+    from icl_heads.experiments.trtl import reproduce
 
     out = tmp_path / "grid"
     argv = ["reproduce", "--models", "tiny", "--tasks", "sentiment", "--quick", "--n", "8",
@@ -382,7 +382,7 @@ def test_reproduce_runs_a_resumable_grid_and_writes_reports(capsys, tiny_model, 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(trtl, "find_task_heads", refuse)
+    monkeypatch.setattr(reproduce, "find_task_heads", refuse)  # the name reproduce_trtl calls
     code, _, err = run(capsys, *argv)
     assert code == 0, err
     assert stamps == {c: (c / "result.json").stat().st_mtime_ns for c in cells}

@@ -1,0 +1,294 @@
+"""Experiment 2 of the TR/TL paper: ablate each named head set and its random controls."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from ...attribution import tsla_scores
+from ...checks import check_int
+from ...heads import Head, HeadsLike, heads_to_mask
+from ...interventions import (
+    ABLATION_MODES,
+    ActivationMeans,
+    Positions,
+    ablate,
+    activation_means,
+    check_interventions,
+    check_positions,
+)
+from ...last_token import Run, run_conditions
+from ...metrics import BEHAVIOUR
+from ...prompts import PromptSet
+from ...results import ExperimentResult, make_table
+from ...settings import PromptInfo, Settings, describe_interventions, model_name
+from ...stats import N_BOOT
+from ..kit import (
+    BASELINE,
+    Condition,
+    chance_row,
+    check_bool,
+    check_boot,
+    check_model,
+    check_prompts,
+    check_random,
+    contrast_name,
+    effect_rows,
+    level_rows,
+    matched_fraction,
+    named_sets,
+    pool,
+    post_attention_norm,
+    random_controls,
+    random_name,
+    spread,
+)
+from .find_heads import settings_heads
+
+
+@dataclass(frozen=True)
+class AblationSettings(Settings):
+    """How :func:`ablation_experiment` was run (``heads``: ``(name, ("L3H5", ...))``)."""
+
+    model: str | None
+    prompts: PromptInfo
+    labels: tuple[str, ...]
+    heads: tuple
+    n_random: int
+    layer_matched: bool
+    random_like: tuple[str, ...]
+    mode: str
+    positions: str | tuple[int, ...]
+    means: PromptInfo | None
+    seed: int
+    n_boot: int
+    post_attention_norm: bool = False
+    interventions: tuple[str, ...] = ()
+
+
+def ablation_experiment(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    heads: Mapping[str, HeadsLike] | None = None,
+    *,
+    n_random: int = 5,
+    layer_matched: bool = True,
+    mode: Literal["zero", "mean", "resample"] = "mean",
+    positions: Positions = "all",
+    seed: int = 0,
+    random_like: Sequence[str] | None = None,
+    means: ActivationMeans | Tensor | None = None,
+    reference: PromptSet | None = None,
+    top_k: int | None = None,
+    n_boot: int = N_BOOT,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    interventions: Sequence = (),
+    progress: bool = True,
+) -> ExperimentResult:
+    """Ablate each named head set (and ``n_random`` seeded random sets of the same size per
+    set) and measure accuracy, label-space rate, in-space accuracy and logit difference.
+
+    All conditions share one clean run per group of prompts (the baseline); each ablated
+    run re-runs only the layers from the set's earliest layer on (only the last token when
+    ``positions="query"``; :func:`~icl_heads.last_token.run_conditions`). Mean ablation uses
+    one :func:`~icl_heads.activation_means` over ``reference`` (default: these prompts; at
+    the query when ``positions="query"``, else over every real token) for every set.
+
+    Args:
+        heads: ``{"TR": tr.top(), "TL": tl.top(), ...}`` (any head selection per name; an
+            empty set is allowed and reproduces the baseline). ``None``: the TR and TL heads
+            of these prompts (``tsla_scores``, ``top_k``).
+        n_random: random control sets per named set (see
+            :func:`~icl_heads.experiments.kit.random_controls`); they never contain a head
+            of any named set.
+        layer_matched: random heads in the same layers as the set's heads.
+        mode, positions: as in :func:`~icl_heads.ablate` (default mean ablation at every
+            position).
+        seed: seeds the random sets, resampling donors and the bootstrap.
+        random_like: the sets that get random controls (default: every non-empty set;
+            ``()`` for none).
+        means, reference: mean-ablation values or the prompts they come from.
+        interventions: background interventions, active in every run (baseline included).
+
+    Table: ``baseline`` / each set / ``random_<set>`` x metrics (``kind="level"``, with
+    ``heads``, ``set_sd``, ``set_min``, ``set_max``); ``delta_<metric>`` vs baseline
+    (``"effect"``); ``"<set> - random_<set>"`` and ``"<set> - <other set>"`` contrasts of the
+    same metrics (``"contrast"``); ``baseline`` x ``chance``. ``tables["random_sets"]``: each
+    random set's heads, layer-matched fraction and levels.
+
+    Example::
+
+        res = trtl.ablation_experiment(model, prompts, {"TR": tr.top(), "TL": tl.top()})
+        res.select(condition="TR - random_TR", metric="delta_label_space_rate")
+
+    Raises:
+        TypeError: a non-mapping ``heads``, a float seed. ValueError: a head set larger than
+        the model or out of range, ``n_random=0`` with random sets requested, too few free
+        heads for the random sets, a bad mode.
+    """
+    check_model(model, "ablation_experiment")
+    check_prompts(model, prompts)
+    seed, n_boot = check_int(seed, "seed"), check_boot(n_boot)
+    check_bool(layer_matched, "layer_matched")
+    if mode not in ABLATION_MODES:
+        raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
+    positions = check_positions(positions)
+    interventions = check_interventions(interventions, model)
+    if heads is None:
+        tr, tl = tsla_scores(
+            model,
+            prompts,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=device,
+            interventions=interventions,
+            progress=progress,
+        )
+        heads = {"TR": tr.top(), "TL": tl.top()}
+    named = named_sets(model, heads)
+    n_random, random_like = check_random(n_random, random_like, named)
+    controls = random_controls(
+        model, named, random_like, n_random, layer_matched=layer_matched, seed=seed
+    )
+    conditions = [Condition(name, tuple(hs)) for name, hs in named.items()] + controls
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    union = torch.zeros(L, H, dtype=torch.bool)
+    for c in conditions:
+        union |= heads_to_mask(list(c.heads), L, H)
+    mean_info = None
+    if mode == "mean":
+        if means is None:
+            means = activation_means(
+                model,
+                reference if reference is not None else prompts,
+                "z",
+                positions="query" if positions == "query" else "all",
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            )
+        mean_info = means.prompts if isinstance(means, ActivationMeans) else None
+    elif means is not None:
+        raise ValueError(f"means= is only used with mode='mean' (mode is {mode!r}).")
+    template = ablate(
+        model,
+        union,
+        mode,
+        positions,
+        means=means,
+        reference=(reference if reference is not None else prompts) if mode == "resample" else None,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    runs = {
+        c.key: Run(
+            (template.with_mask(heads_to_mask(list(c.heads), L, H)),), min(h.layer for h in c.heads)
+        )
+        for c in conditions
+        if c.heads
+    }
+    measured, _ = run_conditions(
+        model,
+        prompts,
+        runs,
+        query_only=positions == "query",
+        background=interventions,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        desc="ablation",
+    )
+    base = measured[BASELINE]
+    for c in conditions:
+        if not c.heads:
+            measured[c.key] = {m: v.clone() for m, v in base.items()}
+
+    rows, random_rows = _rows(named, controls, measured, prompts, n_boot=n_boot, seed=seed)
+    settings = AblationSettings(
+        model=model_name(model),
+        prompts=prompts.info(),
+        labels=tuple(prompts.label_words),
+        heads=settings_heads(named),
+        n_random=n_random,
+        layer_matched=layer_matched,
+        random_like=random_like,
+        mode=mode,
+        positions=positions,
+        means=mean_info,
+        seed=seed,
+        n_boot=n_boot,
+        post_attention_norm=post_attention_norm(model),
+        interventions=describe_interventions(interventions),
+    )
+    return ExperimentResult(
+        "ablation", make_table(rows), settings, tables={"random_sets": make_table(random_rows)}
+    )
+
+
+def _rows(
+    named: Mapping[str, list[Head]],
+    controls: Sequence[Condition],
+    measured: Mapping[str, dict[str, Tensor]],
+    prompts: PromptSet,
+    *,
+    n_boot: int,
+    seed: int,
+) -> tuple[list[dict], list[dict]]:
+    """The main table's rows (levels, effects, contrasts) and the random sets' rows."""
+    base = measured[BASELINE]
+    conditions = [Condition(name, tuple(hs)) for name, hs in named.items()]
+    rows = level_rows(BASELINE, base, n_boot=n_boot, seed=seed, heads="")
+    rows.append(chance_row(prompts, heads=""))
+    pooled = {}
+    for c in conditions:
+        rows += level_rows(c.name, measured[c.key], n_boot=n_boot, seed=seed, heads=c.label)
+        rows += effect_rows(c.name, measured[c.key], base, n_boot=n_boot, seed=seed, heads=c.label)
+        per_set = [measured[r.key] for r in controls if r.control_of == c.name]
+        if per_set:
+            pooled[c.name] = pool(per_set, BEHAVIOUR)
+            name = random_name(c.name)
+            for row in level_rows(name, pooled[c.name], n_boot=n_boot, seed=seed, heads=""):
+                row.update(spread(per_set, row["metric"]))
+                rows.append(row)
+            rows += effect_rows(name, pooled[c.name], base, n_boot=n_boot, seed=seed, heads="")
+    for name in named:
+        if name in pooled:
+            rows += effect_rows(
+                contrast_name(name, random_name(name)),
+                measured[name],
+                pooled[name],
+                n_boot=n_boot,
+                seed=seed,
+                kind="contrast",
+                heads="",
+            )
+        for other in named:
+            if other != name:
+                rows += effect_rows(
+                    contrast_name(name, other),
+                    measured[name],
+                    measured[other],
+                    n_boot=n_boot,
+                    seed=seed,
+                    kind="contrast",
+                    heads="",
+                )
+    random_rows = []
+    for c in controls:
+        for row in level_rows(c.key, measured[c.key], n_boot=n_boot, seed=seed):
+            row.update(
+                set=c.control_of,
+                index=c.index,
+                heads=c.label,
+                layer_matched_fraction=matched_fraction(named[c.control_of], c.heads),
+            )
+            random_rows.append(row)
+    return rows, random_rows

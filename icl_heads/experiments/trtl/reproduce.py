@@ -1,0 +1,383 @@
+"""The TR/TL reproduction grid: every experiment on several tasks, one saved cell each,
+resumable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from ...checks import check_int
+from ...heads import HeadScores
+from ...interventions import ActivationMeans, activation_means
+from ...models import load_model
+from ...prompts import PromptSet, build_prompts
+from ...results import ExperimentResult, safe_name
+from ...settings import model_name
+from ...stats import N_BOOT
+from ...tasks import Task
+from ..kit import (
+    as_task,
+    cell_record,
+    cell_table,
+    check_bool,
+    check_boot,
+    check_model,
+    post_attention_norm,
+    run_cell,
+)
+from .ablation import ablation_experiment
+from .correlation import correlation_experiment
+from .find_heads import find_task_heads, head_sets
+from .passes import mean_head_outputs
+from .perturbation import perturbation_experiment
+from .reconciliation import reconciliation_experiment
+from .steering import steering_experiment
+
+#: The experiments of :func:`reproduce_trtl`, in the order they run (directory names).
+EXPERIMENTS = (
+    "find_task_heads",
+    "ablation",
+    "perturbation",
+    "correlation",
+    "steering_zero_shot",
+    "steering_abstract_labels",
+    "reconciliation",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The settings of a TR/TL reproduction.
+
+    Attributes:
+        k: demonstrations per prompt.
+        n: prompts per task (the steering targets too).
+        n_random: random control sets per head set (ablation, steering).
+        n_boot: bootstrap resamples of every interval.
+        alphas: steering strengths.
+        steering_targets: the perturbations steered onto (``"zero_shot"``,
+            ``"abstract_labels"``).
+        n_sequences: random sequences of the induction / previous-token detectors.
+        steering_batch_size: prompts per group in the steering runs (many short last-token
+            runs: bigger groups mean fewer of them; the same results up to float rounding).
+    """
+
+    k: int
+    n: int
+    n_random: int
+    n_boot: int
+    alphas: tuple[float, ...]
+    steering_targets: tuple[str, ...]
+    n_sequences: int
+    steering_batch_size: int = 64
+
+
+#: The published reproduction: k=4, n=64, 5 random sets, 1000 resamples, alphas 0..4.
+FULL = Preset(
+    k=4,
+    n=64,
+    n_random=5,
+    n_boot=N_BOOT,
+    alphas=(0, 0.5, 1, 2, 4),
+    steering_targets=("zero_shot", "abstract_labels"),
+    n_sequences=32,
+)
+#: The small preset for CI: n=12, 2 random sets, 200 resamples, zero-shot steering only.
+QUICK = Preset(
+    k=4,
+    n=12,
+    n_random=2,
+    n_boot=200,
+    alphas=(0, 1, 4),
+    steering_targets=("zero_shot",),
+    n_sequences=8,
+)
+
+
+def compact(result: ExperimentResult) -> ExperimentResult:
+    """The result as a reproduction saves it: maps without per-prompt values (small files).
+
+    Example::
+
+        compact(result).save("results/trtl/model/sentiment/ablation")
+    """
+    maps = {
+        k: HeadScores(
+            m.scores,
+            name=m.name,
+            settings=m.settings,
+            per_prompt=None,
+            top_k=m.top_k,
+            baseline=m.baseline,
+        )
+        for k, m in result.maps.items()
+    }
+    return ExperimentResult(
+        result.name, result.table, result.settings, maps=maps, tables=result.tables
+    )
+
+
+def reproduce_trtl(
+    model: HookedTransformer | str,
+    tasks: Sequence[str | Task] = ("sentiment", "topic", "category"),
+    out_dir: str | Path = "results/trtl",
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    k: int | None = None,
+    n: int | None = None,
+    n_random: int | None = None,
+    n_boot: int | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> pd.DataFrame:
+    """Run every TR/TL experiment on several tasks and save each result.
+
+    Per task, on ``build_prompts(model, task, k, n, seed)``: ``find_task_heads``; then, with
+    its TR and TL head sets (3% of heads each) and maps, ``ablation_experiment`` (mean
+    ablation, all positions, ``n_random`` layer-matched random sets per set),
+    ``perturbation_experiment``, ``correlation_experiment`` (mean ablation at the query),
+    ``steering_experiment`` onto zero-shot and abstract-label prompts of the same task
+    (``n`` prompts, seed ``seed + 1``, groups of ``preset.steering_batch_size`` prompts) and
+    ``reconciliation_experiment``. Each result is saved (:func:`compact`: maps without
+    per-prompt values) to ``out_dir/<model name>/<task>/<experiment>/``
+    (:func:`~icl_heads.experiments.kit.run_cell`). Resumable: a cell whose ``result.json``
+    exists is loaded, not recomputed.
+
+    Work shared between cells (the numbers of separate calls, the steering vectors up to
+    float rounding; fewer forward passes): one :func:`~icl_heads.activation_means` pass
+    gives the mean-ablation means of the ablation (every token) and correlation (query)
+    cells and, on models without a post-attention norm, the steering vectors
+    (``means.outputs(model)``); the perturbation cell takes its gold condition from the
+    ``find_task_heads`` result (``gold=``).
+
+    Args:
+        model: a loaded model or a name for :func:`~icl_heads.load_model`.
+        tasks: built-in task names (or :class:`Task` objects).
+        quick: the :data:`QUICK` preset (for CI) instead of :data:`FULL`.
+        k, n, n_random, n_boot: override the preset.
+        batch_size: prompts per batch (steering: ``preset.steering_batch_size``).
+
+    Example::
+
+        cells = trtl.reproduce_trtl(ih.load_model(), ["sentiment"], "results/trtl", quick=True)
+        kit.load_cells("results/trtl")         # {model: {task: {experiment: result}}}
+
+    Returns:
+        The cells (:func:`~icl_heads.experiments.kit.cell_table`: ``model, task,
+        experiment, path, status, seconds``; status ``"computed"`` or ``"loaded"``).
+    """
+    if isinstance(model, str):
+        model = load_model(model)
+    check_model(model, "reproduce_trtl")
+    check_bool(quick, "quick")
+    seed = check_int(seed, "seed")
+    if isinstance(tasks, (str, Task)):
+        tasks = [tasks]
+    if not isinstance(tasks, Sequence) or not tasks:
+        raise TypeError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
+    preset = QUICK if quick else FULL
+    k = check_int(k if k is not None else preset.k, "k", 1)
+    n = check_int(n if n is not None else preset.n, "n", 2)
+    n_random = check_int(n_random if n_random is not None else preset.n_random, "n_random", 1)
+    n_boot = check_boot(n_boot if n_boot is not None else preset.n_boot)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {str(out_dir)!r} is a file; give a directory.")
+    task_objs = [as_task(t) for t in tasks]
+    records: list[dict] = []
+    bar = tqdm(
+        total=len(task_objs) * len(EXPERIMENTS),
+        desc="reproduce TR/TL",
+        disable=not progress,
+        unit="experiment",
+    )
+    model_dir = out_dir / safe_name(model_name(model) or "model")
+    for task in task_objs:
+        grid = _TaskGrid(
+            model,
+            task,
+            build_prompts(model, task, k, n, seed),
+            model_dir / safe_name(task.name),
+            records=records,
+            bar=bar,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
+        grid.run(preset, n_random=n_random, n_boot=n_boot, seed=seed)
+    bar.close()
+    return cell_table(records)
+
+
+class _TaskGrid:
+    """The cells of one task, and the passes they share (computed on first use)."""
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        task: Task,
+        prompts: PromptSet,
+        root: Path,
+        *,
+        records: list[dict],
+        bar: tqdm,
+        batch_size: int,
+        device: str | torch.device | None,
+        progress: bool,
+    ):
+        self.model, self.task, self.prompts, self.root = model, task, prompts, root
+        self.records, self.bar = records, bar
+        self.batch_size, self.device, self.progress = batch_size, device, progress
+        self.means: dict[str, ActivationMeans] = {}
+        self.vectors: Tensor | None = None
+
+    def cell(self, name: str, make: Callable[[], ExperimentResult]) -> ExperimentResult:
+        """Load or make (and save, compact) one cell."""
+        path = self.root / name
+        result, status, seconds = run_cell(path, make, save=lambda r, p: compact(r).save(p))
+        self.records.append(
+            cell_record(model_name(self.model), self.task.name, name, path, status, seconds)
+        )
+        self.bar.update(1)
+        return result
+
+    def mean_z(self, positions: str) -> ActivationMeans:
+        """The heads' mean z over every token (``"all"``) or at the query (``"query"``):
+        both from one pass."""
+        if not self.means:
+            self.means["all"], self.means["query"] = activation_means(
+                self.model,
+                self.prompts,
+                "z",
+                positions=("all", "query"),
+                batch_size=self.batch_size,
+                device=self.device,
+                progress=self.progress,
+            )
+        return self.means[positions]
+
+    def steering_vectors(self) -> Tensor:
+        """The heads' mean outputs at the query (from the shared means on models without a
+        post-attention norm)."""
+        if self.vectors is None:
+            if post_attention_norm(self.model):
+                self.vectors = mean_head_outputs(
+                    self.model,
+                    self.prompts,
+                    batch_size=self.batch_size,
+                    device=self.device,
+                    progress=self.progress,
+                )
+            else:
+                self.vectors = self.mean_z("query").outputs(self.model)
+        return self.vectors
+
+    def run(self, preset: Preset, *, n_random: int, n_boot: int, seed: int) -> None:
+        """Every experiment of the task (see :func:`reproduce_trtl`)."""
+        model, prompts, task = self.model, self.prompts, self.task
+        batch_size, device, progress = self.batch_size, self.device, self.progress
+        found = self.cell(
+            "find_task_heads",
+            lambda: find_task_heads(
+                model,
+                prompts,
+                n_boot=n_boot,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            ),
+        )
+        sets = head_sets(found)
+        tr, tl = found.maps["TR"], found.maps["TL"]
+        self.cell(
+            "ablation",
+            lambda: ablation_experiment(
+                model,
+                prompts,
+                sets,
+                n_random=n_random,
+                seed=seed,
+                n_boot=n_boot,
+                means=self.mean_z("all"),
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            ),
+        )
+        computed = tr.per_prompt is not None  # not loaded from disk
+        self.cell(
+            "perturbation",
+            lambda: perturbation_experiment(
+                model,
+                prompts,
+                task=task,
+                n_boot=n_boot,
+                gold=found if computed else None,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            ),
+        )
+        self.cell(
+            "correlation",
+            lambda: correlation_experiment(
+                model,
+                prompts,
+                tr=tr,
+                tl=tl,
+                seed=seed,
+                n_boot=n_boot,
+                means=self.mean_z("query"),
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            ),
+        )
+        for target in ("zero_shot", "abstract_labels"):
+            if target not in preset.steering_targets:
+                self.bar.update(1)
+                continue
+            self.cell(
+                f"steering_{target}",
+                lambda target=target: steering_experiment(
+                    model,
+                    prompts,
+                    build_prompts(
+                        model, task, prompts.k, len(prompts), seed + 1, perturbation=target
+                    ),
+                    sets,
+                    preset.alphas,
+                    n_random=n_random,
+                    seed=seed,
+                    n_boot=n_boot,
+                    vectors=self.steering_vectors(),
+                    batch_size=preset.steering_batch_size,
+                    device=device,
+                    progress=progress,
+                ),
+            )
+        self.cell(
+            "reconciliation",
+            lambda: reconciliation_experiment(
+                model,
+                prompts,
+                tr=tr,
+                tl=tl,
+                seed=seed,
+                n_sequences=preset.n_sequences,
+                n_boot=n_boot,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            ),
+        )

@@ -1,0 +1,60 @@
+"""A saved TR/TL cell of the default model recomputes to the same numbers (within 1e-6)
+from its saved settings alone, with today's code (issue 17: the split of the TR/TL module
+must not change a number on the results page)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import icl_heads as ih
+from icl_heads.experiments import trtl
+from icl_heads.results import ExperimentResult
+
+CELL = (Path(__file__).resolve().parent.parent / "docs" / "results" / "data" / "trtl"
+        / "smollm2-135m-instruct" / "sentiment" / "ablation")  # fmt: skip
+
+
+def _prompts(model, info: ih.PromptInfo) -> ih.PromptSet:
+    task = ih.load_task(info.task)
+    return ih.build_prompts(model, task, info.k, info.n, info.seed, perturbation=info.perturbation)
+
+
+def _same_rows(got: pd.DataFrame, saved: pd.DataFrame, what: str) -> None:
+    assert list(got["condition"]) == list(saved["condition"]), what
+    assert list(got["metric"]) == list(saved["metric"]), what
+    for column in ("value", "ci_low", "ci_high"):
+        np.testing.assert_allclose(got[column].to_numpy(float), saved[column].to_numpy(float),
+                                   rtol=0, atol=1e-6, equal_nan=True, err_msg=f"{what} {column}")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_saved_ablation_cell_recomputes_from_its_settings(smol):
+    torch.set_num_threads(2)
+    saved = ExperimentResult.load(CELL)
+    s = saved.settings
+    assert s.model == smol.cfg.model_name and not s.interventions
+    prompts = _prompts(smol, s.prompts)
+    assert prompts.info() == s.prompts
+    got = trtl.ablation_experiment(
+        smol,
+        prompts,
+        trtl.head_sets(saved),
+        n_random=s.n_random,
+        layer_matched=s.layer_matched,
+        random_like=s.random_like,
+        mode=s.mode,
+        positions=s.positions,
+        reference=_prompts(smol, s.means) if s.means is not None else None,
+        seed=s.seed,
+        n_boot=s.n_boot,
+        progress=False,
+    )
+    assert got.settings == s
+    _same_rows(got.table, saved.table, "table")
+    _same_rows(got.tables["random_sets"], saved.tables["random_sets"], "random_sets")
+    assert list(got.tables["random_sets"]["heads"]) == list(saved.tables["random_sets"]["heads"])
