@@ -65,15 +65,11 @@ from .reproduce import EXPERIMENTS, FULL, QUICK, Preset, reproduce_trtl
 from .steering import GEOMETRY, SteeringSettings, steering_experiment
 from .verdicts import CLAIMS, VERDICT_ALPHA, claim_verdict, trtl_verdicts
 
-# Deprecated location, kept while ``icl_heads/__init__.py`` imports it from here: the page
-# writer lives in icl_heads.pages.trtl (imported last: it reads .verdicts and .reproduce).
-from ...pages.trtl import write_trtl_page  # noqa: E402  isort: skip
-
 __all__ = [
     "find_task_heads", "head_sets", "mean_head_outputs", "ablation_experiment",
     "perturbation_experiment", "correlation_experiment", "steering_experiment",
     "reconciliation_experiment", "reproduce_trtl", "trtl_verdicts", "claim_verdict",
-    "write_trtl_page", "CLAIMS", "EXPERIMENTS", "VERDICTS", "VERDICT_ALPHA", "BEHAVIOUR",
+    "CLAIMS", "EXPERIMENTS", "VERDICTS", "VERDICT_ALPHA", "BEHAVIOUR",
     "GEOMETRY", "FULL", "QUICK", "Preset", "random_head_sets", "FindTaskHeadsSettings",
     "AblationSettings", "PerturbationSettings", "CorrelationSettings", "SteeringSettings",
     "ReconciliationSettings",

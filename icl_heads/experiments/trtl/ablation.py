@@ -26,7 +26,13 @@ from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
 from ...prompts import PromptSet
 from ...results import ExperimentResult, make_table
-from ...settings import PromptInfo, Settings, describe_interventions, model_name
+from ...settings import (
+    PromptInfo,
+    Settings,
+    describe_interventions,
+    intervention_specs,
+    model_name,
+)
 from ...stats import N_BOOT
 from ..kit import (
     BASELINE,
@@ -69,6 +75,12 @@ class AblationSettings(Settings):
     n_boot: int
     post_attention_norm: bool = False
     interventions: tuple[str, ...] = ()
+    #: Every ablated condition as data: ``{"condition", "start", "query_only", "spec"}``
+    #: with the ablation's JSON spec (``to_spec()``), so
+    #: :func:`~icl_heads.experiments.replay.replay` reruns it from the saved result.
+    conditions: tuple = ()
+    #: The background interventions as JSON specs (``interventions`` describes them).
+    intervention_specs: tuple = ()
 
 
 def ablation_experiment(
@@ -97,8 +109,10 @@ def ablation_experiment(
     All conditions share one clean run per group of prompts (the baseline); each ablated
     run re-runs only the layers from the set's earliest layer on (only the last token when
     ``positions="query"``; :func:`~icl_heads.last_token.run_conditions`). Mean ablation uses
-    one :func:`~icl_heads.activation_means` over ``reference`` (default: these prompts; at
-    the query when ``positions="query"``, else over every real token) for every set.
+    one :func:`~icl_heads.activation_means` over ``reference`` (default: these prompts) at
+    the ablated ``positions`` (every real token for ``"all"``, the query for ``"query"``) for
+    every set. Every condition is saved as data (``settings.conditions``: its start layer and
+    the ablation's JSON spec), so :func:`~icl_heads.experiments.replay.replay` reruns it.
 
     Args:
         heads: ``{"TR": tr.top(), "TL": tl.top(), ...}`` (any head selection per name; an
@@ -168,7 +182,7 @@ def ablation_experiment(
                 model,
                 reference if reference is not None else prompts,
                 "z",
-                positions="query" if positions == "query" else "all",
+                positions=positions,
                 batch_size=batch_size,
                 device=device,
                 progress=progress,
@@ -227,6 +241,12 @@ def ablation_experiment(
         n_boot=n_boot,
         post_attention_norm=post_attention_norm(model),
         interventions=describe_interventions(interventions),
+        conditions=tuple(
+            {"condition": key, "start": run.start, "query_only": positions == "query",
+             "spec": run.interventions[0].to_spec()}
+            for key, run in runs.items()
+        ),
+        intervention_specs=intervention_specs(interventions),
     )
     return ExperimentResult(
         "ablation", make_table(rows), settings, tables={"random_sets": make_table(random_rows)}
