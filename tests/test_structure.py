@@ -29,10 +29,11 @@ def _modules() -> dict[Path, str]:
 
 def _import_graph() -> dict[str, set[str]]:
     """Module -> the package modules it imports anywhere in its file (relative imports
-    resolved; a package ``__init__`` that only re-exports is not an edge target)."""
+    resolved). A package's ``__init__`` is a node like any module (importing from a package
+    runs it), so a circle through a package's re-exports counts too; ``from . import x``
+    names the submodule only."""
     modules = _modules()
     names = set(modules.values())
-    packages = {m for p, m in modules.items() if p.name == "__init__.py"}
     graph: dict[str, set[str]] = {m: set() for m in names}
     for path, module in modules.items():
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
@@ -46,8 +47,11 @@ def _import_graph() -> dict[str, set[str]]:
                 target = f"{base}.{node.module}" if node.module else base
             else:
                 target = node.module or ""
-            for candidate in [target, *(f"{target}.{a.name}" for a in node.names)]:
-                if candidate in names and candidate != module and candidate not in packages:
+            candidates = [f"{target}.{a.name}" for a in node.names]
+            if node.module:
+                candidates.append(target)
+            for candidate in candidates:
+                if candidate in names and candidate != module:
                     graph[module].add(candidate)
     return graph
 
