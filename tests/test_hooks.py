@@ -80,20 +80,28 @@ def test_capture_and_applied_record_a_forward_pass(tiny_llama, tiny_prompts):
 
 
 def _imports(module: str) -> set[str]:
-    """Package modules imported anywhere in ``icl_heads/<module>.py`` (also inside
-    functions and under TYPE_CHECKING), relative imports resolved."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    """Top-level package modules imported anywhere in ``icl_heads/<module>.py`` or, for a
+    subpackage, in any file of ``icl_heads/<module>/`` (also inside functions and under
+    TYPE_CHECKING), relative imports resolved; imports within the subpackage are left out."""
+    path = PACKAGE / module
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [PACKAGE / f"{module}.py"]
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            name = node.module or ""
-            if node.level:
-                out.add(name.split(".")[0] if name else "")
-                out.update(a.name for a in node.names if not name)
-            elif name.startswith("icl_heads."):
-                out.add(name.split(".")[1])
-        elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("icl_heads."))
+    for file in files:
+        depth = len(file.relative_to(PACKAGE).parts) - 1  # 0 for icl_heads/x.py
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = node.module or ""
+                if node.level:
+                    if node.level <= depth:
+                        continue  # a sibling inside the subpackage
+                    out.add(name.split(".")[0] if name else "")
+                    out.update(a.name for a in node.names if not name)
+                elif name.startswith("icl_heads."):
+                    out.add(name.split(".")[1])
+            elif isinstance(node, ast.Import):
+                out.update(
+                    a.name.split(".")[1] for a in node.names if a.name.startswith("icl_heads.")
+                )
     return out
 
 
