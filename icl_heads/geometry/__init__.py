@@ -47,7 +47,7 @@ Metrics (one value per layer):
   over prompts.
 
 Rooms: :mod:`~icl_heads.geometry.states` (query states, task vectors),
-:mod:`~icl_heads.geometry.separability`, :mod:`~icl_heads.geometry.alignment`,
+:mod:`~icl_heads.geometry.probes` (separability), :mod:`~icl_heads.geometry.label_alignment`,
 :mod:`~icl_heads.geometry.curves` (:class:`GeometryCurves`, onsets), and their shared
 :mod:`~icl_heads.geometry.inputs` checks and :mod:`~icl_heads.geometry.bootstrap`. Every
 public name is importable from ``icl_heads.geometry``.
@@ -57,7 +57,10 @@ from __future__ import annotations
 
 from ..interventions import TaskVector, inject_task_vector
 from ..stats import percentile_interval
-from .alignment import (
+from .bootstrap import bootstrap_weights, resample_counts, weighted_means
+from .curves import ONSET_FRACTION, GeometryCurves, onset_layers
+from .inputs import class_codes
+from .label_alignment import (
     ALIGNMENT_METRICS,
     SPECTRAL_BOOT,
     AlignmentSettings,
@@ -66,10 +69,7 @@ from .alignment import (
     label_rotation,
     subspace_alignment,
 )
-from .bootstrap import bootstrap_weights, resample_counts, weighted_means
-from .curves import ONSET_FRACTION, GeometryCurves, onset_layers
-from .inputs import class_codes
-from .separability import (
+from .probes import (
     SEPARABILITY_METRICS,
     SeparabilitySettings,
     separability,
