@@ -132,3 +132,32 @@ def test_moved_names_stay_importable_from_their_old_modules():
     assert interventions.activation_means is activations.activation_means
     assert interventions.ActivationMeans is activations.ActivationMeans
     assert activations.CapturePositions == hooks.PositionMode
+
+
+def test_the_split_packages_keep_every_public_name_of_the_old_modules():
+    """interventions, geometry and detectors became packages of rooms; every public name of
+    the old single modules is still importable from the package."""
+    from icl_heads import detectors, geometry
+
+    old = {
+        interventions: "ABLATION_MODES TASK_VECTOR_MODES Replacement Ablation ablate "
+        "ablate_layers Patch patch Steer steer Compose compose RowEdit TaskVector "
+        "inject_task_vector from_spec",
+        geometry: "ONSET_FRACTION SPECTRAL_BOOT SEPARABILITY_METRICS ALIGNMENT_METRICS "
+        "BEHAVIOUR_METRICS state_hook_names check_state_layers query_states run_query "
+        "normalized_states subspace_alignment label_rotation GeometryCurves "
+        "SeparabilitySettings AlignmentSettings resample_counts bootstrap_weights "
+        "weighted_means class_codes percentile_interval separability_curves "
+        "alignment_curves separability alignment onset_layers task_vector "
+        "inject_task_vector TaskVector",
+        detectors: "DETECTORS Normalize NORMALIZATIONS DEFAULT_THRESHOLDS KINDS Sequences "
+        "DetectorSettings random_repeated_tokens detection_patterns score_patterns "
+        "token_detector_scores previous_token_scores duplicate_token_scores "
+        "induction_scores LabelAttention label_attention_scores detect_heads",
+    }
+    for package, names in old.items():
+        for name in names.split():
+            assert hasattr(package, name), f"{package.__name__}.{name}"
+            assert name in package.__all__, f"{package.__name__}.__all__ lacks {name}"
+    assert callable(geometry.separability) and callable(geometry.alignment)  # not submodules
+    assert callable(interventions.compose)
