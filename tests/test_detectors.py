@@ -96,7 +96,7 @@ def handmade():
 
 
 def test_hand_built_model_heads_are_found_and_nothing_else(handmade):
-    scores = token_detector_scores(handmade, T=12, n=16, seed=0, progress=False)
+    scores = token_detector_scores(handmade, T=12, n_sequences=16, seed=0, progress=False)
     expected = {"previous_token": (0, 0), "induction": (1, 0), "duplicate_token": (1, 1)}
     for name, head in expected.items():
         s = scores[name]
@@ -110,7 +110,7 @@ def test_hand_built_model_heads_are_found_and_nothing_else(handmade):
 def test_hand_built_perfect_heads_under_detect_head_normalisation(handmade):
     """TransformerLens's "mul" divides by all rows: a perfect head scores the fraction of
     rows where its pattern applies (about 1/2 for induction on r + r), not 1."""
-    tokens = random_repeated_tokens(handmade, T=12, n=16, seed=0)
+    tokens = random_repeated_tokens(handmade, T=12, n_sequences=16, seed=0)
     ours = token_detector_scores(handmade, tokens, normalize="detect_head", progress=False)
     applies = detection_patterns(tokens).any(-1).float().mean(-1).mean(0)  # [detector]
     for i, (name, head) in enumerate(
@@ -121,14 +121,14 @@ def test_hand_built_perfect_heads_under_detect_head_normalisation(handmade):
 
 
 def test_random_tokens_have_no_bos_without_tokenizer(handmade):
-    tokens = random_repeated_tokens(handmade, T=12, n=4, seed=3)
+    tokens = random_repeated_tokens(handmade, T=12, n_sequences=4, seed=3)
     assert tokens.shape == (4, 24)
     assert torch.equal(tokens[:, :12], tokens[:, 12:])
     assert tokens.min() >= 0 and tokens.max() < V
 
 
 def test_detect_heads_labels_the_hand_built_heads(handmade):
-    frame = detect_heads(handmade, T=12, n=16, progress=False)
+    frame = detect_heads(handmade, T=12, n_sequences=16, progress=False)
     assert list(frame.columns) == [
         "layer",
         "head",
@@ -155,12 +155,14 @@ def test_detect_heads_labels_the_hand_built_heads(handmade):
 
 
 def test_detect_heads_top_k_and_thresholds(handmade):
-    top1 = detect_heads(handmade, T=12, n=8, top_k=1, progress=False)
+    top1 = detect_heads(handmade, T=12, n_sequences=8, top_k=1, progress=False)
     assert dict(zip(top1.label, top1.kind, strict=True))["L1H0"] == "induction"
     assert (top1.kind != "").sum() == 3  # label attention is NaN: never ranked
-    everything = detect_heads(handmade, T=12, n=8, thresholds=0.0, progress=False)
+    everything = detect_heads(handmade, T=12, n_sequences=8, thresholds=0.0, progress=False)
     assert (everything.kind == "previous_token+duplicate_token+induction").all()
-    custom = detect_heads(handmade, T=12, n=8, thresholds={"induction": 2.0}, progress=False)
+    custom = detect_heads(
+        handmade, T=12, n_sequences=8, thresholds={"induction": 2.0}, progress=False
+    )
     assert "induction" not in "".join(custom.kind)
 
 
@@ -184,7 +186,7 @@ def test_detection_patterns_equal_transformer_lens():
 @pytest.mark.parametrize("exclude_bos", [False, True])
 def test_scores_equal_detect_head_on_the_same_tokens(kind, exclude_bos, tiny_llama, tiny_gpt):
     model = tiny_llama if kind == "llama" else tiny_gpt
-    tokens = random_repeated_tokens(model, T=9, n=3, seed=1)
+    tokens = random_repeated_tokens(model, T=9, n_sequences=3, seed=1)
     tokens[0, 4] = tokens[0, 2]  # an in-copy repeat: several targets in one row
     ours = token_detector_scores(
         model,
@@ -200,7 +202,7 @@ def test_scores_equal_detect_head_on_the_same_tokens(kind, exclude_bos, tiny_lla
 
 
 def test_exclude_current_token_equals_detect_head(tiny_llama):
-    tokens = random_repeated_tokens(tiny_llama, T=6, n=2, seed=2)
+    tokens = random_repeated_tokens(tiny_llama, T=6, n_sequences=2, seed=2)
     tokens[:, 3] = tokens[:, 2]  # adjacent repeat: the induction target is the query itself
     ours = token_detector_scores(
         tiny_llama, tokens, normalize="detect_head", exclude_current_token=True, progress=False
@@ -276,7 +278,7 @@ def _reference(pattern, tokens, mask, normalize, exclude_bos, exclude_current, b
     list(itertools.product(["rows", "detect_head"], [False, True], [False, True])),
 )
 def test_score_patterns_equal_a_slow_loop(normalize, exclude_bos, exclude_current):
-    from icl_heads.detectors import _keep_mask
+    from icl_heads.detectors.scoring import keep_mask
 
     g = torch.Generator().manual_seed(0)
     n, H, P, bos = 3, 2, 9, 1
@@ -290,7 +292,7 @@ def test_score_patterns_equal_a_slow_loop(normalize, exclude_bos, exclude_curren
     scores = torch.randn(n, H, P, P, generator=g)
     allowed = torch.ones(P, P, dtype=torch.bool).tril() & mask.bool()[:, None, None, :]
     pattern = scores.masked_fill(~allowed, -torch.inf).softmax(-1)  # NaN rows at padding
-    keep = _keep_mask(
+    keep = keep_mask(
         tokens,
         mask,
         bos_token_id=bos,
@@ -356,7 +358,9 @@ def test_label_attention_equals_detect_head_with_a_label_pattern(tiny_llama, tin
 
 
 def test_detect_heads_with_prompts_fills_label_columns(tiny_llama, tiny_prompts):
-    frame = detect_heads(tiny_llama, tiny_prompts, T=5, n=2, thresholds=0.0, progress=False)
+    frame = detect_heads(
+        tiny_llama, tiny_prompts, T=5, n_sequences=2, thresholds=0.0, progress=False
+    )
     assert frame.label_attention_score.notna().all()
     assert frame.kind.str.contains("label_attention").all()
     assert isinstance(frame, pd.DataFrame) and len(frame) == 8
@@ -366,30 +370,53 @@ def test_detect_heads_with_prompts_fills_label_columns(tiny_llama, tiny_prompts)
 
 
 def test_random_tokens_are_seeded_ordinary_and_repeated(tiny_llama, smol_tokenizer):
-    a = random_repeated_tokens(tiny_llama, T=40, n=5, seed=7)
-    b = random_repeated_tokens(tiny_llama, T=40, n=5, seed=7)
-    c = random_repeated_tokens(tiny_llama, T=40, n=5, seed=8)
+    a = random_repeated_tokens(tiny_llama, T=40, n_sequences=5, seed=7)
+    b = random_repeated_tokens(tiny_llama, T=40, n_sequences=5, seed=7)
+    c = random_repeated_tokens(tiny_llama, T=40, n_sequences=5, seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (5, 81)
     assert (a[:, 0] == smol_tokenizer.bos_token_id).all()
     assert torch.equal(a[:, 1:41], a[:, 41:])
     special = torch.tensor(smol_tokenizer.all_special_ids)
     assert not torch.isin(a[:, 1:], special).any()
-    assert random_repeated_tokens(tiny_llama, T=4, n=1, prepend_bos=False).shape == (1, 8)
+    assert random_repeated_tokens(tiny_llama, T=4, n_sequences=1, prepend_bos=False).shape == (1, 8)
 
 
 def test_named_wrappers_equal_the_joint_pass(tiny_llama):
-    joint = token_detector_scores(tiny_llama, T=6, n=3, progress=False)
+    joint = token_detector_scores(tiny_llama, T=6, n_sequences=3, progress=False)
     for fn, name in [
         (previous_token_scores, "previous_token"),
         (duplicate_token_scores, "duplicate_token"),
         (induction_scores, "induction"),
     ]:
-        single = fn(tiny_llama, T=6, n=3, progress=False)
+        single = fn(tiny_llama, T=6, n_sequences=3, progress=False)
         assert torch.allclose(single.scores, joint[name].scores, atol=1e-6)
         assert single.name == f"{name}_score"
         assert single.settings.T == 6 and single.settings.normalize == "rows"
         assert single.per_prompt.shape == (3, 2, 4)
+
+
+def test_the_old_keyword_n_still_works_with_a_deprecation_warning(tiny_llama):
+    """``n=`` is the old name of ``n_sequences=``: same numbers, a DeprecationWarning,
+    and a TypeError when both are given."""
+    with pytest.warns(DeprecationWarning, match="n= is deprecated; use n_sequences="):
+        old = random_repeated_tokens(tiny_llama, T=5, n=3, seed=1)
+    assert torch.equal(old, random_repeated_tokens(tiny_llama, T=5, n_sequences=3, seed=1))
+    new = token_detector_scores(tiny_llama, T=5, n_sequences=3, progress=False)
+    for fn in (token_detector_scores, induction_scores, detect_heads):
+        with pytest.warns(DeprecationWarning, match="n= is deprecated") as caught:
+            got = fn(tiny_llama, T=5, n=3, progress=False)
+        assert len(caught) == 1 and caught[0].filename == __file__  # points at the caller
+        if fn is induction_scores:
+            assert torch.equal(got.scores, new["induction"].scores)
+        elif fn is detect_heads:
+            assert got.attrs["settings"].n == 3
+        else:
+            assert torch.equal(got["induction"].scores, new["induction"].scores)
+        with pytest.raises(TypeError, match="n_sequences=3 and .* n=3 were both given"):
+            fn(tiny_llama, T=5, n_sequences=3, n=3, progress=False)
+    assert new["induction"].settings.n == 3  # the settings field keeps its saved name
+    assert random_repeated_tokens(tiny_llama, T=5).shape[0] == ih.detectors.N_SEQUENCES == 32
 
 
 # --------------------------------------------------------------------------- bad input
@@ -398,17 +425,17 @@ def test_named_wrappers_equal_the_joint_pass(tiny_llama):
 def test_bad_input_gives_clear_errors(tiny_llama, sentiment_task):
     with pytest.raises(ValueError, match="n_ctx=256.*T <= 127"):
         induction_scores(tiny_llama, T=200, progress=False)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
-        induction_scores(tiny_llama, n=0, progress=False)
+    with pytest.raises(ValueError, match="n_sequences must be a positive integer"):
+        induction_scores(tiny_llama, n_sequences=0, progress=False)
     zero_shot = ih.build_prompts(tiny_llama, sentiment_task, k=2, n=2, perturbation="zero_shot")
     with pytest.raises(ValueError, match="no demonstrations"):
         label_attention_scores(tiny_llama, zero_shot, progress=False)
     with pytest.raises(TypeError, match="PromptSet"):
         label_attention_scores(tiny_llama, torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="normalize"):
-        induction_scores(tiny_llama, T=4, n=1, normalize="mul", progress=False)
+        induction_scores(tiny_llama, T=4, n_sequences=1, normalize="mul", progress=False)
     with pytest.raises(ValueError, match="Unknown detector"):
-        token_detector_scores(tiny_llama, T=4, n=1, detectors=["induction_head"])
+        token_detector_scores(tiny_llama, T=4, n_sequences=1, detectors=["induction_head"])
     with pytest.raises(TypeError, match="token tensor"):
         induction_scores(tiny_llama, ["some text"], progress=False)
     with pytest.raises(TypeError, match="integer"):
@@ -425,7 +452,7 @@ def test_bad_input_gives_clear_errors(tiny_llama, sentiment_task):
             progress=False,
         )
     with pytest.raises(ValueError, match="Unknown kind"):
-        detect_heads(tiny_llama, T=4, n=1, thresholds={"induction_head": 0.5})
+        detect_heads(tiny_llama, T=4, n_sequences=1, thresholds={"induction_head": 0.5})
 
 
 # --------------------------------------------------------------------------- real model
@@ -433,7 +460,7 @@ def test_bad_input_gives_clear_errors(tiny_llama, sentiment_task):
 
 @pytest.mark.slow
 def test_real_model_has_induction_and_previous_token_heads(smol):
-    scores = token_detector_scores(smol, T=30, n=8, seed=0, batch_size=8, progress=False)
+    scores = token_detector_scores(smol, T=30, n_sequences=8, seed=0, batch_size=8, progress=False)
     induction, previous = scores["induction"], scores["previous_token"]
     top_induction = induction.top(5)
     assert induction[top_induction[0]] > 0.7

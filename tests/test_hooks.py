@@ -80,20 +80,28 @@ def test_capture_and_applied_record_a_forward_pass(tiny_llama, tiny_prompts):
 
 
 def _imports(module: str) -> set[str]:
-    """Package modules imported anywhere in ``icl_heads/<module>.py`` (also inside
-    functions and under TYPE_CHECKING), relative imports resolved."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    """Top-level package modules imported anywhere in ``icl_heads/<module>.py`` or, for a
+    subpackage, in any file of ``icl_heads/<module>/`` (also inside functions and under
+    TYPE_CHECKING), relative imports resolved; imports within the subpackage are left out."""
+    path = PACKAGE / module
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [PACKAGE / f"{module}.py"]
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            name = node.module or ""
-            if node.level:
-                out.add(name.split(".")[0] if name else "")
-                out.update(a.name for a in node.names if not name)
-            elif name.startswith("icl_heads."):
-                out.add(name.split(".")[1])
-        elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("icl_heads."))
+    for file in files:
+        depth = len(file.relative_to(PACKAGE).parts) - 1  # 0 for icl_heads/x.py
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = node.module or ""
+                if node.level:
+                    if node.level <= depth:
+                        continue  # a sibling inside the subpackage
+                    out.add(name.split(".")[0] if name else "")
+                    out.update(a.name for a in node.names if not name)
+                elif name.startswith("icl_heads."):
+                    out.add(name.split(".")[1])
+            elif isinstance(node, ast.Import):
+                out.update(
+                    a.name.split(".")[1] for a in node.names if a.name.startswith("icl_heads.")
+                )
     return out
 
 
@@ -124,3 +132,32 @@ def test_moved_names_stay_importable_from_their_old_modules():
     assert interventions.activation_means is activations.activation_means
     assert interventions.ActivationMeans is activations.ActivationMeans
     assert activations.CapturePositions == hooks.PositionMode
+
+
+def test_the_split_packages_keep_every_public_name_of_the_old_modules():
+    """interventions, geometry and detectors became packages of rooms; every public name of
+    the old single modules is still importable from the package."""
+    from icl_heads import detectors, geometry
+
+    old = {
+        interventions: "ABLATION_MODES TASK_VECTOR_MODES Replacement Ablation ablate "
+        "ablate_layers Patch patch Steer steer Compose compose RowEdit TaskVector "
+        "inject_task_vector from_spec",
+        geometry: "ONSET_FRACTION SPECTRAL_BOOT SEPARABILITY_METRICS ALIGNMENT_METRICS "
+        "BEHAVIOUR_METRICS state_hook_names check_state_layers query_states run_query "
+        "normalized_states subspace_alignment label_rotation GeometryCurves "
+        "SeparabilitySettings AlignmentSettings resample_counts bootstrap_weights "
+        "weighted_means class_codes percentile_interval separability_curves "
+        "alignment_curves separability alignment onset_layers task_vector "
+        "inject_task_vector TaskVector",
+        detectors: "DETECTORS Normalize NORMALIZATIONS DEFAULT_THRESHOLDS KINDS Sequences "
+        "DetectorSettings random_repeated_tokens detection_patterns score_patterns "
+        "token_detector_scores previous_token_scores duplicate_token_scores "
+        "induction_scores LabelAttention label_attention_scores detect_heads",
+    }
+    for package, names in old.items():
+        for name in names.split():
+            assert hasattr(package, name), f"{package.__name__}.{name}"
+            assert name in package.__all__, f"{package.__name__}.__all__ lacks {name}"
+    assert callable(geometry.separability) and callable(geometry.alignment)  # not submodules
+    assert callable(interventions.compose)
