@@ -405,3 +405,15 @@ def test_optional_gemma_matches_transformers(tmp_path):
     with torch.inference_mode():
         diff = (_centred(model(tokens)) - _centred(hf_model(tokens).logits)).abs().max()
     assert diff < 1e-3
+
+
+def test_models_serves_the_devices_and_embedded_names():
+    """Device/dtype resolution and the embedded models' files moved out; models keeps them."""
+    from icl_heads import devices
+
+    for name in ("resolve_device", "resolve_dtype", "DTYPES"):
+        assert getattr(models, name) is getattr(devices, name)
+    for name in ("EMBEDDED_MODELS", "EmbeddedModel", "CACHE_ENV_VAR", "default_cache_dir",
+                 "embedded_model_file", "embedded_model_parts", "load_tokenizer"):
+        assert getattr(models, name) is getattr(embedded, name)
+    assert ih.load_model is models.load_model

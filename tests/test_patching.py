@@ -331,3 +331,14 @@ def test_background_interventions_act_on_both_runs_and_fast_equals_naive(tiny_ll
     clean = ih.evaluate(tiny_llama, tiny_prompts, interventions=background, progress=False)
     assert fast.baseline == pytest.approx(clean.logit_diff.iloc[0], abs=1e-5)
     assert len(fast.settings.interventions) == 2
+
+
+def test_the_split_modules_serve_the_old_import_paths():
+    """patching re-exports what moved to sweep_setup and patching_attribution."""
+    from icl_heads import patching_attribution, sweep_setup
+
+    assert patching.attribution_patching is patching_attribution.attribution_patching
+    assert patching.SweepSettings is sweep_setup.SweepSettings
+    assert patching.SWEEP_MODES == ("zero", "mean", "resample", "patch")
+    assert patching.NON_DIFFERENTIABLE is patching_attribution.NON_DIFFERENTIABLE
+    assert ih.attribution_patching is attribution_patching

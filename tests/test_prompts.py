@@ -181,3 +181,13 @@ def test_template_with_escaped_braces_builds_literal_braces(tiny_llama):
         assert "{{" not in text and text.endswith("} ->") and text.startswith("{")
         real = ps.tokens[i][ps.attention_mask[i].bool()].tolist()
         assert tiny_llama.tokenizer.decode(real[1:]) == text
+
+
+def test_prompts_serves_the_prompt_set_names():
+    """The type and its checks live in prompt_set; prompts keeps exporting them."""
+    from icl_heads import prompt_set, prompts
+
+    for name in ("PromptSet", "FINGERPRINT_PROBE", "tokenizer_fingerprint", "check_prompt_set"):
+        assert getattr(prompts, name) is getattr(prompt_set, name)
+        assert name in prompts.__all__
+    assert ih.PromptSet is prompt_set.PromptSet
