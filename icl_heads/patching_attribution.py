@@ -1,0 +1,171 @@
+"""Attribution patching: the first-order estimate ``grad · (replacement - z)`` of every
+head's effect from one forward and one backward pass per batch of prompts.
+
+Directly comparable with the exact :func:`~icl_heads.patching.head_sweep` (same modes,
+positions, replacements and settings record); importable as
+``icl_heads.patching.attribution_patching``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from .activations import ActivationMeans, final_logits
+from .heads import HeadScores
+from .hooks import Capture, Positions, applied, hook_name, position_mask
+from .last_token import clean_run, run_items, supports_last_token
+from .metrics import Metric, metric_name
+from .prompts import PromptSet
+from .sweep_setup import SweepRun, check_sweep, sweep_settings, sweep_template
+
+#: Metrics that are step functions of the logits: their gradient is zero almost everywhere.
+NON_DIFFERENTIABLE = ("accuracy", "label_space_rate", "in_space_accuracy")
+
+
+def attribution_patching(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    metric: str | Metric = "logit_diff",
+    *,
+    mode: Literal["zero", "mean", "resample", "patch"] = "zero",
+    positions: Positions = "query",
+    source: PromptSet | None = None,
+    means: ActivationMeans | Tensor | None = None,
+    reference: PromptSet | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    interventions: Sequence = (),
+    progress: bool = True,
+) -> HeadScores:
+    """Attribution patching: a first-order estimate of every head's effect at once.
+
+    For prompt ``i`` and head ``(l, h)``::
+
+        effect ~ sum_{pos in positions} sum_d  dM_i/dz[pos, l, h, d] * (z'[pos, l, h, d] - z[pos, l, h, d])
+
+    where ``z`` is the target run's ``hook_z``, ``z'`` the replacement (0, the mean, a
+    donor's or the source's ``z``, as in :func:`~icl_heads.patching.head_sweep`) and ``M_i`` the metric. One
+    forward and one backward pass per batch of prompts give every head's estimate (the
+    gradient is taken with respect to ``hook_z`` only, so no weight gradients are
+    computed). With ``positions="query"`` the prefix runs once without gradients and only
+    the last token goes forward and backward (the query's ``z`` reaches the metric only
+    through the last token), which gives the same gradient for less. The metric must be
+    differentiable (``"logit_diff"`` or a callable); step metrics such as accuracy have zero
+    gradient and are refused.
+
+    Example::
+
+        attr = ih.attribution_patching(model, prompts, "logit_diff", mode="mean")
+        attr.top(5, largest=False)           # the heads estimated to matter most
+
+    Returns:
+        ``HeadScores`` named ``"attribution_<metric>"`` (per-prompt estimates in
+        ``per_prompt``), directly comparable with
+        :func:`~icl_heads.patching.head_sweep`'s effects.
+    """
+    run = check_sweep(
+        model, prompts, metric, mode, "naive", positions, batch_size, device, interventions, seed
+    )
+    if isinstance(metric, str) and metric in NON_DIFFERENTIABLE:
+        raise ValueError(
+            f"Attribution patching needs a differentiable metric; {metric!r} is a "
+            "step function of the logits (zero gradient). Use 'logit_diff' or a "
+            "smooth callable."
+        )
+    template = sweep_template(
+        model,
+        prompts,
+        "z",
+        mode,
+        run.positions,
+        source=source,
+        means=means,
+        reference=reference,
+        seed=seed,
+        batch_size=batch_size,
+        device=run.device,
+        progress=progress,
+    )
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    names = [hook_name("z", layer) for layer in range(L)]
+    per_prompt = torch.zeros(len(prompts), L, H)
+    starts = range(0, len(prompts), batch_size)
+    # A specialised loop, not iter_batches: that one runs under inference_mode, and this
+    # needs a backward pass.
+    for s in tqdm(starts, desc="attribution patching", disable=not progress, leave=False):
+        index = torch.arange(s, min(s + batch_size, len(prompts)))
+        batch = prompts.select(index).to(run.device)
+        zs, grads = _z_grads(model, batch, index, run, names)
+        T = zs[0].shape[1]  # 1 on the last-token path
+        pos = position_mask(run.positions, T, run.device)[None, :, None, None]
+        for layer, (z, grad) in enumerate(zip(zs, grads, strict=True)):
+            with torch.no_grad():
+                rep = template.values(layer, batch, index, T, len(index)).to(run.device)
+                delta = (rep - z.detach()) * pos
+                per_prompt[index, layer] = (grad * delta).sum((1, 3)).float().cpu()
+    settings = sweep_settings(
+        "attribution_patching",
+        model,
+        prompts,
+        metric,
+        mode,
+        run.positions,
+        "z",
+        "attribution",
+        seed,
+        source=source,
+        means=means,
+        reference=reference,
+        interventions=run.interventions,
+    )
+    return HeadScores(
+        torch.nanmean(per_prompt, 0),
+        name=f"attribution_{metric_name(metric)}",
+        settings=settings,
+        per_prompt=per_prompt,
+    )
+
+
+def _z_grads(model, batch: PromptSet, index: Tensor, run: SweepRun, names: list[str]):
+    """``hook_z`` of every layer and the metric's gradient with respect to it, from one
+    forward and one backward pass. At the query (on supported architectures) the prefix
+    runs once without gradients and only the last token goes forward and backward."""
+    last_token = run.positions == "query" and supports_last_token(model, batch.seq_len)
+    if last_token:
+        with torch.no_grad():
+            clean = clean_run(
+                model, batch, index, query_only=True, layers=[0], interventions=run.interventions
+            )
+    capture = Capture(names=set(names).__contains__, positions="all", keep_grad=True)
+    with torch.enable_grad(), applied(model, [capture]):
+        if last_token:
+            logits = run_items(
+                model, clean, torch.zeros(1, dtype=torch.long), interventions=run.interventions
+            )[0]
+        else:
+            with applied(model, run.interventions, batch, index):
+                resid = model(
+                    batch.tokens,
+                    attention_mask=batch.attention_mask,
+                    stop_at_layer=model.cfg.n_layers,
+                )
+            logits = final_logits(model, resid[:, -1])
+        zs = [capture.store[name] for name in names]
+        value = run.metric(logits, batch.gold, batch.label_token_ids)
+        if not value.requires_grad:
+            raise ValueError(
+                "The metric's value does not depend differentiably on the "
+                "logits; attribution patching needs a differentiable metric."
+            )
+        grads = torch.autograd.grad(value.sum(), zs, allow_unused=True)
+    return zs, [torch.zeros_like(z) if g is None else g for z, g in zip(zs, grads, strict=True)]
+
+
+__all__ = ["attribution_patching", "NON_DIFFERENTIABLE"]
