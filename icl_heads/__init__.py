@@ -20,9 +20,7 @@ new import path): ``iter_batches`` and ``collect`` (``icl_heads.activations``),
 (``icl_heads.pages.geometry``).
 """
 
-import importlib
-import warnings
-
+from .activations import ActivationMeans, activation_means
 from .attribution import direct_logit_attribution, dla_scores, task_subspace_projector, tsla_scores
 from .decomposition import head_outputs, residual_decomposition
 from .detectors import (
@@ -58,17 +56,10 @@ from .geometry import (
     task_vector,
 )
 from .heads import Head, HeadScores, random_head_sets
-from .interventions import (
-    ActivationMeans,
-    ablate,
-    ablate_layers,
-    activation_means,
-    compose,
-    patch,
-    steer,
-)
+from .interventions import ablate, ablate_layers, compose, patch, steer
 from .metrics import evaluate
 from .models import load_model
+from .moved import moved_names as _moved_names
 from .patching import attribution_patching, head_sweep, layer_sweep, position_sweep
 from .prompts import PERTURBATIONS, PromptSet, build_prompts, shift_demo_labels
 from .results import ExperimentResult
@@ -146,37 +137,13 @@ __all__ = [
     "PromptInfo",
 ]
 
-#: Names that left the root namespace -> the modules that hold them now, preferred first
-#: (the results pages move from the experiments to ``icl_heads.pages``).
-_MOVED = {
-    "iter_batches": ("icl_heads.activations",),
-    "collect": ("icl_heads.activations",),
-    "write_trtl_page": ("icl_heads.pages.trtl", "icl_heads.experiments.trtl"),
-    "write_geometry_page": ("icl_heads.pages.geometry", "icl_heads.experiments.geometry"),
-}
-
-
-def __getattr__(name: str) -> object:
-    """The names that left the root namespace, for one more release: the object from its
-    new home, with a ``DeprecationWarning`` that says how to import it now.
-
-    Example::
-
-        ih.collect  # DeprecationWarning: ... use `from icl_heads.activations import collect`
-    """
-    for home in _MOVED.get(name, ()):
-        try:
-            module = importlib.import_module(home)
-        except ModuleNotFoundError as err:  # that home does not exist (yet): try the next
-            if err.name is not None and (home == err.name or home.startswith(err.name + ".")):
-                continue
-            raise
-        if hasattr(module, name):
-            warnings.warn(
-                f"icl_heads.{name} is deprecated and leaves the root namespace in the next "
-                f"release; use `from {home} import {name}`.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            return getattr(module, name)
-    raise AttributeError(f"module 'icl_heads' has no attribute {name!r}")
+#: Names that left the root namespace -> the modules that hold them now.
+__getattr__ = _moved_names(
+    "icl_heads",
+    {
+        "iter_batches": "icl_heads.activations",
+        "collect": "icl_heads.activations",
+        "write_trtl_page": "icl_heads.pages.trtl",
+        "write_geometry_page": "icl_heads.pages.geometry",
+    },
+)

@@ -426,9 +426,3 @@ def activation_means(
         for m in wanted
     )
     return out if several else out[0]
-
-
-# --------------------------------------------------------------------------- transitional
-# Transitional re-exports, removed at integration: names that lived here before
-# icl_heads.hooks existed.
-CapturePositions = PositionMode

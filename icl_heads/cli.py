@@ -248,7 +248,8 @@ def _finish(args: argparse.Namespace, out: Path, result, model, prompts, *,
             maps=None) -> int:
     """Save the result, write its linked report (example: the first prompt), print a
     summary."""
-    from .report import attention_example, write_report
+    from .attention_patterns import attention_example
+    from .report import write_report
 
     result.save(out)
     example = attention_example(model, prompts) if prompts is not None else None
@@ -339,9 +340,10 @@ def _quickstart_report(path: Path, table, task, args) -> Path:
 def _detect(args: argparse.Namespace) -> int:
     import torch
 
+    from .attention_patterns import attention_example
     from .detectors import detect_heads
     from .heads import HeadScores
-    from .report import attention_example, write_report
+    from .report import write_report
 
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
@@ -477,10 +479,11 @@ FAMILIES = ("trtl", "geometry")
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from .attention_patterns import attention_example
     from .experiments import geometry, trtl
     from .pages.trtl import write_trtl_page
     from .prompts import build_prompts
-    from .report import attention_example, write_report
+    from .report import write_report
     from .results import ExperimentResult, safe_name
     from .settings import model_name
     from .tasks import load_task

@@ -37,7 +37,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from .activations import collect, final_logits
-from .interventions import Capture, Intervention, applied, hook_name
+from .hooks import Capture, Intervention, applied, hook_name
 from .metrics import behaviour
 from .models import resolve_device
 from .prompts import PromptSet

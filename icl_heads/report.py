@@ -40,11 +40,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-# attention_example is re-exported for callers of one release (cli.py, the notebooks);
-# new code imports it from icl_heads.attention_patterns, where the model runs.
 from .attention_patterns import AttentionExample
-from .attention_patterns import attention_example as attention_example
 from .heads import HeadScores
+from .moved import moved_names
 from .results import ExperimentResult, per_head_maps
 from .viz import (
     describe_settings,
@@ -432,3 +430,8 @@ def _fill(template: str, **values: str) -> str:
             "the template and report.py must name the same slots."
         )
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
+
+
+#: ``attention_example`` runs the model, so it lives in :mod:`icl_heads.attention_patterns`;
+#: importable from here for one release, with a DeprecationWarning.
+__getattr__ = moved_names(__name__, {"attention_example": "icl_heads.attention_patterns"})

@@ -131,7 +131,6 @@ def test_moved_names_stay_importable_from_their_old_modules():
         assert getattr(interventions, name) is getattr(hooks, name)
     assert interventions.activation_means is activations.activation_means
     assert interventions.ActivationMeans is activations.ActivationMeans
-    assert activations.CapturePositions == hooks.PositionMode
 
 
 def test_the_split_packages_keep_every_public_name_of_the_old_modules():

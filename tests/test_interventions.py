@@ -8,19 +8,10 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.activations import final_logits
+from icl_heads.activations import activation_means, final_logits
 from icl_heads.heads import Head
-from icl_heads.hooks import position_mask
-from icl_heads.interventions import (
-    Capture,
-    ablate,
-    ablate_layers,
-    activation_means,
-    applied,
-    compose,
-    patch,
-    steer,
-)
+from icl_heads.hooks import Capture, applied, position_mask
+from icl_heads.interventions import ablate, ablate_layers, compose, patch, steer
 from icl_heads.prompts import shift_demo_labels
 
 

@@ -13,7 +13,8 @@ import icl_heads.patching as patching
 import icl_heads.patching_attribution as patching_attribution
 from icl_heads import last_token
 from icl_heads.heads import Head
-from icl_heads.interventions import Capture, applied, steer
+from icl_heads.hooks import Capture, applied
+from icl_heads.interventions import steer
 from icl_heads.patching import attribution_patching, head_sweep, layer_sweep, position_sweep
 from icl_heads.prompts import shift_demo_labels
 

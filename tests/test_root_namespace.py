@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib
 import re
-import sys
-import types
 
 import pytest
 
@@ -38,22 +36,6 @@ def test_moved_names_point_at_their_new_homes():
         assert ih.collect is importlib.import_module("icl_heads.activations").collect
     with pytest.warns(DeprecationWarning, match="icl_heads.activations import iter_batches"):
         assert ih.iter_batches is importlib.import_module("icl_heads.activations").iter_batches
-
-
-def test_page_writers_are_taken_from_icl_heads_pages_once_it_has_them(monkeypatch):
-    sentinel = object()
-    pages = types.ModuleType("icl_heads.pages.trtl")
-    pages.write_trtl_page = sentinel
-    monkeypatch.setitem(sys.modules, "icl_heads.pages.trtl", pages)
-    with pytest.warns(DeprecationWarning, match="from icl_heads.pages.trtl import"):
-        assert ih.write_trtl_page is sentinel
-    # a pages module without the writer yet: the experiments module still has it
-    monkeypatch.setitem(sys.modules, "icl_heads.pages.trtl", types.ModuleType("x"))
-    with pytest.warns(DeprecationWarning, match="from icl_heads.experiments.trtl import"):
-        assert (
-            ih.write_trtl_page
-            is importlib.import_module("icl_heads.experiments.trtl").write_trtl_page
-        )
 
 
 def test_all_lists_analyses_and_result_types_but_no_plumbing():

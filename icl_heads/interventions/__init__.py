@@ -51,6 +51,7 @@ from ``icl_heads.interventions``.
 
 from __future__ import annotations
 
+from ..moved import moved_names
 from .composition import Compose, compose
 from .replacement import (
     ABLATION_MODES,
@@ -85,41 +86,19 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- transitional
-# Transitional re-exports, removed at integration: these names moved to icl_heads.hooks
-# (building blocks) and icl_heads.activations (anything that runs the model); modules still
-# importing them from here keep working until then.
-from ..activations import ActivationMeans, activation_means  # noqa: E402
-from ..hooks import (  # noqa: E402
-    LAYER_SITES,
-    SITES,
-    Capture,
-    HookList,
-    Intervention,
-    Positions,
-    applied,
-    check_interventions,
-    check_positions,
-    hook_name,
-    layers_to_mask,
-    position_mask,
-    state_injection_hook,
-)
-
-__all__ += [
-    "HookList",
-    "Positions",
-    "SITES",
-    "LAYER_SITES",
-    "hook_name",
-    "check_positions",
-    "position_mask",
-    "layers_to_mask",
-    "check_interventions",
-    "Intervention",
-    "Capture",
-    "applied",
-    "state_injection_hook",
-    "ActivationMeans",
-    "activation_means",
-]
+#: Names that moved to the floors below (building blocks to ``icl_heads.hooks``, anything
+#: that runs the model to ``icl_heads.activations``): importable from here for one release,
+#: with a DeprecationWarning naming the new path.
+__getattr__ = moved_names(
+    __name__,
+    {
+        **dict.fromkeys(
+            ("HookList", "Positions", "SITES", "LAYER_SITES", "hook_name", "check_positions",
+             "position_mask", "layers_to_mask", "check_interventions", "Intervention",
+             "Capture", "applied", "state_injection_hook"),
+            "icl_heads.hooks",
+        ),
+        "ActivationMeans": "icl_heads.activations",
+        "activation_means": "icl_heads.activations",
+    },
+)  # fmt: skip

@@ -10,18 +10,12 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ...activations import ActivationMeans, activation_means
 from ...attribution import tsla_scores
 from ...checks import check_int
 from ...heads import Head, HeadsLike, heads_to_mask
-from ...interventions import (
-    ABLATION_MODES,
-    ActivationMeans,
-    Positions,
-    ablate,
-    activation_means,
-    check_interventions,
-    check_positions,
-)
+from ...hooks import Positions, check_interventions, check_positions
+from ...interventions import ABLATION_MODES, ablate
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
 from ...prompts import PromptSet

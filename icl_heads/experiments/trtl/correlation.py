@@ -13,16 +13,12 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ...activations import ActivationMeans
 from ...attribution import tsla_scores
 from ...checks import check_int
 from ...heads import HeadScores
-from ...interventions import (
-    ABLATION_MODES,
-    ActivationMeans,
-    Positions,
-    check_interventions,
-    check_positions,
-)
+from ...hooks import Positions, check_interventions, check_positions
+from ...interventions import ABLATION_MODES
 from ...metrics import accuracy, in_label_space, logit_diff
 from ...patching import head_sweep
 from ...prompts import PromptSet

@@ -14,7 +14,7 @@ from transformer_lens import HookedTransformer
 
 from ...checks import check_int
 from ...heads import Head, check_top_k
-from ...interventions import check_interventions
+from ...hooks import check_interventions
 from ...metrics import behaviour
 from ...prompts import PromptSet
 from ...results import ExperimentResult, make_table, table_row

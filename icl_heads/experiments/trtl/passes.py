@@ -16,7 +16,7 @@ from ...activations import final_logits
 from ...attribution import tsla_scores
 from ...decomposition import iter_query_terms
 from ...heads import HeadScores
-from ...interventions import Capture, check_interventions
+from ...hooks import Capture, check_interventions
 from ...prompts import PromptSet, check_prompt_set
 from ...settings import describe_interventions
 from ..kit import check_model

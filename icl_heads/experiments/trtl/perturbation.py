@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ...heads import HeadScores, check_top_k
-from ...interventions import check_interventions
+from ...hooks import check_interventions
 from ...metrics import BEHAVIOUR, behaviour
 from ...prompts import PERTURBATIONS, PromptSet, build_prompts
 from ...results import ExperimentResult, make_table, table_row

@@ -17,7 +17,7 @@ from ...checks import check_int
 from ...detectors import label_attention_scores, token_detector_scores
 from ...geometry import normalized_states
 from ...heads import HeadScores, check_top_k
-from ...interventions import check_interventions
+from ...hooks import check_interventions
 from ...prompts import PromptSet
 from ...results import ExperimentResult, make_table, table_row
 from ...settings import PromptInfo, Settings, describe_interventions, model_name

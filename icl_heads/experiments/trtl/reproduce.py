@@ -13,9 +13,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from ...activations import ActivationMeans, activation_means
 from ...checks import check_int
 from ...heads import HeadScores
-from ...interventions import ActivationMeans, activation_means
 from ...models import load_model
 from ...prompts import PromptSet, build_prompts
 from ...results import ExperimentResult, safe_name

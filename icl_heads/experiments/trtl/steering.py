@@ -17,7 +17,8 @@ from ...attribution import label_unembeddings, tsla_scores
 from ...checks import check_int
 from ...geometry import label_rotation, normalized_states, subspace_alignment
 from ...heads import Head, HeadsLike
-from ...interventions import Positions, check_interventions, check_positions, compose, steer
+from ...hooks import Positions, check_interventions, check_positions
+from ...interventions import compose, steer
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
 from ...prompts import PromptSet
