@@ -479,6 +479,7 @@ FAMILIES = ("trtl", "geometry")
 
 def _reproduce(args: argparse.Namespace) -> int:
     from .experiments import geometry, trtl
+    from .pages import geometry as geometry_page
     from .prompts import build_prompts
     from .report import attention_example, write_report
     from .results import ExperimentResult, safe_name
@@ -536,9 +537,10 @@ def _reproduce(args: argparse.Namespace) -> int:
                                         page_dir / "figures" / "trtl", command=command)
             print(f"Wrote {page}")
         if "geometry" in args.experiments:
-            page = geometry.write_geometry_page(out / "geometry", page_dir / "geometry.md",
-                                                page_dir / "figures" / "geometry",
-                                                command=command)
+            page = geometry_page.write_geometry_page(out / "geometry",
+                                                     page_dir / "geometry.md",
+                                                     page_dir / "figures" / "geometry",
+                                                     command=command)
             print(f"Wrote {page}")
     return 0
 
