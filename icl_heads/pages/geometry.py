@@ -10,7 +10,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from ..experiments.kit import load_cells, pool_verdicts
 from ..geometry import ONSET_FRACTION
 from ..results import ExperimentResult, safe_name
 from .common import fmt, fmt_ci, relpath, write_figure
-
-log = logging.getLogger(__name__)
 
 _CURVE_METRICS = (
     "probe_accuracy",
@@ -67,7 +64,13 @@ def write_geometry_page(
     ``include_plotlyjs="directory"`` and embedded by relative links), the settings, the key
     numbers (the first state where separability and alignment reach
     :data:`~icl_heads.geometry.ONSET_FRACTION` of their maximum, per task and model), and the
-    verdict on each claim per model (:func:`geometry_verdicts`).
+    verdict on each claim per model
+    (:func:`~icl_heads.experiments.geometry.geometry_verdicts`).
+
+    Example::
+
+        write_geometry_page("docs/results/data/geometry", "docs/results/geometry.md",
+                            "docs/results/figures/geometry")
 
     Returns:
         The page's path.

@@ -64,7 +64,12 @@ def spans(layers: Sequence[int], n_layers: int) -> dict[str, list[int]]:
 
 def check_classes(prompts: PromptSet, folds: object, fn: str) -> None:
     """The probe's checks (``folds`` >= 2, two classes, enough prompts per class), before any
-    forward pass."""
+    forward pass.
+
+    Example::
+
+        check_classes(prompts, 5, "layer_geometry")    # ValueError before any model run
+    """
     if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or folds < 2:
         raise ValueError(f"folds must be an integer >= 2, got {folds!r}.")
     class_codes(prompts.gold.cpu().numpy(), folds, fn)
@@ -119,7 +124,12 @@ def with_behaviour(
     n_boot: int,
 ) -> GeometryCurves:
     """``curves`` with the behaviour metrics (per prompt) added, with the same stratified
-    resamples."""
+    resamples.
+
+    Example::
+
+        curves = with_behaviour(curves, behaviour, prompts, seed=0, n_boot=1000)
+    """
     codes, _ = class_codes(prompts.gold.cpu().numpy(), None, "task_vector_experiment")
     weights = bootstrap_weights(codes, n_boot, seed)
     for name in BEHAVIOUR:
@@ -132,7 +142,12 @@ def with_behaviour(
 
 def pool_sets(sets: Sequence[GeometryCurves], seed: int) -> GeometryCurves:
     """Mean over random sets; replicates from a two-level bootstrap (resample the sets, then
-    take each set's prompt-resample replicate)."""
+    take each set's prompt-resample replicate).
+
+    Example::
+
+        pooled = pool_sets([curves_0, curves_1, curves_2], seed=0)
+    """
     first = sets[0]
     pooled = GeometryCurves(first.layers, first.n, chance=first.chance)
     rng = np.random.default_rng([seed, 7919])
@@ -153,7 +168,12 @@ def pool_sets(sets: Sequence[GeometryCurves], seed: int) -> GeometryCurves:
 
 def prompts_condition(prompts: PromptSet, interventions: Sequence = ()) -> str:
     """The condition name of a layer-geometry run: ``"k=4"``, ``"k=4 (shuffled)"``, with
-    ``" + <intervention>"`` per background intervention."""
+    ``" + <intervention>"`` per background intervention.
+
+    Example::
+
+        prompts_condition(prompts)                     # "k=4"
+    """
     name = f"k={prompts.k}"
     if prompts.perturbation != "gold":
         name += f" ({prompts.perturbation})"
@@ -161,7 +181,12 @@ def prompts_condition(prompts: PromptSet, interventions: Sequence = ()) -> str:
 
 
 def curve_rows(curves: GeometryCurves, condition: str, **extra) -> list[dict]:
-    """One row per metric x layer, with the percentile interval of its replicates."""
+    """One row per metric x layer, with the percentile interval of its replicates.
+
+    Example::
+
+        make_table(curve_rows(curves, "k=4"))
+    """
     rows = []
     for metric in curves.metrics:
         low, high = curves.interval(metric)
@@ -182,7 +207,12 @@ def curve_rows(curves: GeometryCurves, condition: str, **extra) -> list[dict]:
 
 
 def point_rows(curves: GeometryCurves, condition: str, **extra) -> list[dict]:
-    """One row per metric of a one-layer curve."""
+    """One row per metric of a one-layer curve.
+
+    Example::
+
+        point_rows(curves, "zero_shot", layer=3, scale=1.0, read_layer=30)
+    """
     rows = []
     for metric in curves.metrics:
         low, high = curves.interval(metric)
@@ -197,7 +227,12 @@ def point_rows(curves: GeometryCurves, condition: str, **extra) -> list[dict]:
 def span_rows(
     curves: GeometryCurves, condition: str, layer_spans: Mapping[str, list[int]]
 ) -> list[dict]:
-    """Mean of each curve over each span, with the interval of the span mean."""
+    """Mean of each curve over each span, with the interval of the span mean.
+
+    Example::
+
+        span_rows(curves, "PTH", spans(layers, model.cfg.n_layers))
+    """
     rows = []
     index = {layer: j for j, layer in enumerate(curves.layers)}
     for metric in curves.metrics:
@@ -226,7 +261,12 @@ def span_rows(
 
 def onset_rows(curves: GeometryCurves, condition: str) -> list[dict]:
     """Onset layer (first layer at ``ONSET_FRACTION`` of the maximum) of every metric, and
-    the alignment-minus-separability onset difference, with bootstrap intervals."""
+    the alignment-minus-separability onset difference, with bootstrap intervals.
+
+    Example::
+
+        make_table(onset_rows(curves, "k=4"))
+    """
     rows = []
     onsets = {}
     for metric in curves.metrics:
@@ -255,7 +295,12 @@ def onset_rows(curves: GeometryCurves, condition: str) -> list[dict]:
 
 
 def per_prompt_frame(curves: GeometryCurves, prompts: PromptSet) -> pd.DataFrame:
-    """Per-prompt values by layer (``prompt, query_example, gold, layer, <metric>...``)."""
+    """Per-prompt values by layer (``prompt, query_example, gold, layer, <metric>...``).
+
+    Example::
+
+        per_prompt_frame(curves, prompts).groupby("layer")["probe_accuracy"].mean()
+    """
     n, L = curves.n, len(curves.layers)
     frame = pd.DataFrame(
         {
