@@ -39,13 +39,14 @@ def _time_it(fn) -> float:
 
 def bench_ratios(model, n: int, k: int, reps: int, batch_size: int) -> dict:
     import icl_heads as ih
+    from icl_heads.activations import iter_batches
     from icl_heads.experiments.geometry import layer_geometry
     from icl_heads.geometry import query_states
 
     prompts = ih.build_prompts(model, ih.load_task("sentiment"), k=k, n=n, seed=0)
 
     def plain() -> None:
-        for _ in ih.iter_batches(model, prompts, batch_size=batch_size, progress=False):
+        for _ in iter_batches(model, prompts, batch_size=batch_size, progress=False):
             pass
 
     def states() -> None:

@@ -33,13 +33,14 @@ def _time_it(fn) -> float:
 
 def bench_time(n: int, k: int, reps: int, batch_size: int) -> dict:
     import icl_heads as ih
+    from icl_heads.activations import iter_batches
     from icl_heads.attribution import tsla_scores
 
     model = ih.load_model()
     prompts = ih.build_prompts(model, ih.load_task("sentiment"), k=k, n=n, seed=0)
 
     def plain() -> None:
-        for _ in ih.iter_batches(model, prompts, batch_size=batch_size, progress=False):
+        for _ in iter_batches(model, prompts, batch_size=batch_size, progress=False):
             pass
 
     def tsla() -> None:

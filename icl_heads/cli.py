@@ -347,7 +347,7 @@ def _detect(args: argparse.Namespace) -> int:
 
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
-    frame = detect_heads(model, prompts, T=args.T, n=args.sequences, seed=args.seed,
+    frame = detect_heads(model, prompts, T=args.T, n_sequences=args.sequences, seed=args.seed,
                          top_k=args.top_k, batch_size=args.batch_size, device=device,
                          progress=True)
     settings = frame.attrs.get("settings")
@@ -447,7 +447,7 @@ def _geometry(args: argparse.Namespace) -> int:
     prompts = _base_prompts(model, task, args)
     if args.ablate:
         detected = token_detector_scores(model, detectors=["previous_token", "induction"],
-                                         n=args.sequences, seed=args.seed, device=device,
+                                         n_sequences=args.sequences, seed=args.seed, device=device,
                                          progress=True)
         heads = {"PTH": detected["previous_token"], "IH": detected["induction"]}
         result = geometry.head_ablation_geometry(
@@ -481,6 +481,7 @@ FAMILIES = ("trtl", "geometry")
 def _reproduce(args: argparse.Namespace) -> int:
     from .attention_patterns import attention_example
     from .experiments import geometry, trtl
+    from .pages.geometry import write_geometry_page
     from .pages.trtl import write_trtl_page
     from .prompts import build_prompts
     from .report import write_report
@@ -539,9 +540,10 @@ def _reproduce(args: argparse.Namespace) -> int:
                                    page_dir / "figures" / "trtl", command=command)
             print(f"Wrote {page}")
         if "geometry" in args.experiments:
-            page = geometry.write_geometry_page(out / "geometry", page_dir / "geometry.md",
-                                                page_dir / "figures" / "geometry",
-                                                command=command)
+            page = write_geometry_page(out / "geometry",
+                                                     page_dir / "geometry.md",
+                                                     page_dir / "figures" / "geometry",
+                                                     command=command)
             print(f"Wrote {page}")
     return 0
 

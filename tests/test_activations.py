@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.activations import final_logits
+from icl_heads.activations import collect, final_logits, iter_batches
 
 
 def _one_by_one_logits(model, ps):
@@ -23,7 +23,7 @@ def test_batched_equals_unbatched(fixture, request, sentiment_task):
     model = request.getfixturevalue(fixture)
     ps = ih.build_prompts(model, sentiment_task, k=3, n=7, seed=0)
     assert ps.lengths.unique().numel() > 1  # really padded
-    batched = ih.collect(model, ps, batch_size=4, progress=False).logits
+    batched = collect(model, ps, batch_size=4, progress=False).logits
     assert (batched - _one_by_one_logits(model, ps)).abs().max() < 1e-4
 
 
@@ -31,13 +31,13 @@ def test_batched_equals_unbatched(fixture, request, sentiment_task):
 def test_batched_equals_unbatched_on_default_model(smol):
     ps = ih.build_prompts(smol, ih.load_task("sentiment"), k=2, n=5, seed=1)
     assert ps.lengths.unique().numel() > 1
-    batched = ih.collect(smol, ps, batch_size=5, progress=False).logits
+    batched = collect(smol, ps, batch_size=5, progress=False).logits
     assert (batched - _one_by_one_logits(smol, ps)).abs().max() < 1e-4
 
 
 def test_captures_only_requested_hooks_at_query(tiny_llama, tiny_prompts):
     names = ["blocks.0.attn.hook_z", "blocks.1.hook_resid_post", "blocks.1.attn.hook_pattern"]
-    got = ih.collect(tiny_llama, tiny_prompts, names, batch_size=3, progress=False)
+    got = collect(tiny_llama, tiny_prompts, names, batch_size=3, progress=False)
     assert set(got.activations) == set(names)
     i = int(tiny_prompts.lengths.argmin())  # a padded row
     one = tiny_prompts.select([i])
@@ -51,7 +51,7 @@ def test_captures_only_requested_hooks_at_query(tiny_llama, tiny_prompts):
 
 def test_all_positions_are_left_padded_to_full_length(tiny_llama, tiny_prompts):
     name = "blocks.0.hook_resid_pre"
-    got = ih.collect(
+    got = collect(
         tiny_llama,
         tiny_prompts,
         [name],
@@ -68,7 +68,7 @@ def test_all_positions_are_left_padded_to_full_length(tiny_llama, tiny_prompts):
 
 def test_names_filter_callable_and_streaming(tiny_llama, tiny_prompts):
     batches = list(
-        ih.iter_batches(
+        iter_batches(
             tiny_llama, tiny_prompts, lambda n: n.endswith("hook_z"), batch_size=4, progress=False
         )
     )
@@ -89,6 +89,6 @@ def test_final_logits_matches_model(tiny_gpt, tiny_prompts):
 
 def test_bad_arguments(tiny_llama, tiny_prompts):
     with pytest.raises(ValueError, match="batch_size"):
-        ih.collect(tiny_llama, tiny_prompts, batch_size=0)
+        collect(tiny_llama, tiny_prompts, batch_size=0)
     with pytest.raises(ValueError, match="positions must be"):
-        ih.collect(tiny_llama, tiny_prompts, positions="middle")
+        collect(tiny_llama, tiny_prompts, positions="middle")

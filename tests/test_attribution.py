@@ -15,6 +15,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import icl_heads as ih
 from icl_heads import attribution as at
+from icl_heads.activations import collect
 from icl_heads.metrics import logit_diff
 
 # --------------------------------------------------------------------------- helpers
@@ -40,7 +41,7 @@ def _tl_cache(model, prompts, i):
 
 def _final_resid(model, prompts):
     name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    got = ih.collect(model, prompts, [name], progress=False)
+    got = collect(model, prompts, [name], progress=False)
     return got.activations[name], got.logits
 
 
@@ -223,7 +224,7 @@ def test_post_attention_norm_is_applied_to_head_outputs(smol_tokenizer, sentimen
     model = _post_norm_model(smol_tokenizer)
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=4, seed=0)
     names = [f"blocks.{layer}.hook_attn_out" for layer in range(2)] + ["blocks.0.attn.hook_z"]
-    got = ih.collect(model, prompts, names, progress=False)
+    got = collect(model, prompts, names, progress=False)
     a = ih.head_outputs(model, prompts, progress=False)
     stack, labels = ih.residual_decomposition(model, prompts, progress=False)
     for layer in range(2):

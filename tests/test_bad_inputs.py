@@ -21,6 +21,7 @@ from conftest import make_tiny_model
 
 import icl_heads as ih
 from icl_heads import cli, models
+from icl_heads.activations import collect
 from icl_heads.heads import Head, HeadScores, heads_to_mask
 from icl_heads.prompts import (
     check_prompt_set,
@@ -173,13 +174,13 @@ CASES = [
                            progress=False),
      ValueError, "another model"),
     # ------------------------------------------------------------------ running the model
-    ("batch_size 0", lambda e: ih.collect(e["m"], e["p"], batch_size=0), ValueError, "0"),
+    ("batch_size 0", lambda e: collect(e["m"], e["p"], batch_size=0), ValueError, "0"),
     ("batch_size float", lambda e: ih.evaluate(e["m"], e["p"], batch_size=2.5), TypeError, "2.5"),
     ("batch_size bool", lambda e: ih.evaluate(e["m"], e["p"], batch_size=True), TypeError,
      "True"),
-    ("collect positions", lambda e: ih.collect(e["m"], e["p"], positions="middle"), ValueError,
+    ("collect positions", lambda e: collect(e["m"], e["p"], positions="middle"), ValueError,
      "middle"),
-    ("collect names", lambda e: ih.collect(e["m"], e["p"], names=5), TypeError, "5"),
+    ("collect names", lambda e: collect(e["m"], e["p"], names=5), TypeError, "5"),
     ("prompts as a list", lambda e: ih.evaluate(e["m"], list(e["p"].texts)), TypeError, "list"),
     ("prompts as a string", lambda e: ih.tsla_scores(e["m"], "sentiment"), TypeError, "str"),
     ("empty prompt set", lambda e: ih.evaluate(e["m"], _empty(e["p"])), ValueError, "empty"),
@@ -237,12 +238,12 @@ CASES = [
     # ------------------------------------------------------------------ detectors
     ("random sequences too long", lambda e: ih.induction_scores(e["m"], T=200), ValueError,
      "T=200"),
-    ("random sequences n=0", lambda e: ih.induction_scores(e["m"], n=0), ValueError, "0"),
-    ("random sequences n float", lambda e: ih.induction_scores(e["m"], n=2.5), TypeError, "2.5"),
-    ("detector normalize", lambda e: ih.induction_scores(e["m"], T=4, n=1, normalize="mul"),
+    ("random sequences n=0", lambda e: ih.induction_scores(e["m"], n_sequences=0), ValueError, "0"),
+    ("random sequences n float", lambda e: ih.induction_scores(e["m"], n_sequences=2.5), TypeError, "2.5"),
+    ("detector normalize", lambda e: ih.induction_scores(e["m"], T=4, n_sequences=1, normalize="mul"),
      ValueError, "mul"),
     ("unknown detector",
-     lambda e: ih.token_detector_scores(e["m"], T=4, n=1, detectors=["induction_head"]),
+     lambda e: ih.token_detector_scores(e["m"], T=4, n_sequences=1, detectors=["induction_head"]),
      ValueError, "induction_head"),
     ("sequences as text", lambda e: ih.induction_scores(e["m"], ["some text"]), TypeError,
      "list"),
@@ -258,12 +259,12 @@ CASES = [
      lambda e: ih.label_attention_scores(e["m"], ih.build_prompts(
          e["m"], ih.load_task("sentiment"), k=0, n=2)), ValueError, "k=0"),
     ("detect_heads threshold kind",
-     lambda e: ih.detect_heads(e["m"], T=4, n=1, thresholds={"induction_head": 0.5}),
+     lambda e: ih.detect_heads(e["m"], T=4, n_sequences=1, thresholds={"induction_head": 0.5}),
      ValueError, "induction_head"),
-    ("detect_heads threshold string", lambda e: ih.detect_heads(e["m"], T=4, n=1,
+    ("detect_heads threshold string", lambda e: ih.detect_heads(e["m"], T=4, n_sequences=1,
                                                                 thresholds="high"),
      TypeError, "str"),
-    ("detect_heads negative top_k", lambda e: ih.detect_heads(e["m"], T=4, n=1,
+    ("detect_heads negative top_k", lambda e: ih.detect_heads(e["m"], T=4, n_sequences=1,
                                                               top_k={"induction": -1}),
      ValueError, "-1"),
 ]

@@ -1,7 +1,7 @@
-"""Hidden-state geometry (icl_heads/geometry.py, icl_heads/experiments/geometry.py) and the
-task-vector intervention (icl_heads/interventions.py): synthetic states whose answers are
-known, exactness against TransformerLens, determinism, bad inputs, and the experiments on
-tiny models. Tests marked ``slow`` run on the embedded SmolLM2-135M with small n."""
+"""Hidden-state geometry (icl_heads/geometry.py) and the task-vector intervention
+(icl_heads/interventions.py): synthetic states whose answers are known, exactness against
+TransformerLens, determinism and bad inputs. The experiments built on them:
+tests/test_geometry_experiments.py. Tests marked ``slow`` run on the embedded SmolLM2-135M."""
 
 from __future__ import annotations
 
@@ -14,15 +14,6 @@ import torch
 
 import icl_heads as ih
 from icl_heads.attribution import label_unembeddings
-from icl_heads.experiments.geometry import (
-    _verdict,
-    geometry_verdicts,
-    head_ablation_geometry,
-    layer_geometry,
-    reproduce_geometry,
-    task_vector_experiment,
-    write_geometry_page,
-)
 from icl_heads.geometry import (
     alignment,
     alignment_curves,
@@ -34,7 +25,6 @@ from icl_heads.geometry import (
     task_vector,
 )
 from icl_heads.interventions import TaskVector, inject_task_vector
-from icl_heads.results import ExperimentResult
 
 
 def _two_gaussians(n=80, d=16, gap=12.0, direction=None, seed=0):
@@ -295,143 +285,9 @@ def test_bad_inputs_give_clear_errors_naming_the_fix(tiny_llama, tiny_prompts):
         query_states(tiny_llama, tiny_prompts, [9], progress=False)
     with pytest.raises(ValueError, match="State layer 9 is out of range"):
         task_vector(tiny_llama, tiny_prompts, 9, progress=False)
-    with pytest.raises(ValueError, match="State layer 9 is out of range"):
-        layer_geometry(tiny_llama, tiny_prompts, [9], progress=False)
-    # tiny_prompts: 10 prompts, 5 per class
-    with pytest.raises(ValueError, match="fewer than folds=6; use folds <= 5"):
-        layer_geometry(tiny_llama, tiny_prompts, folds=6, progress=False)
-    one_class = tiny_prompts.select([i for i in range(10) if tiny_prompts.gold[i] == 0])
-    with pytest.raises(ValueError, match="at least two classes"):
-        layer_geometry(tiny_llama, one_class, progress=False)
-    with pytest.raises(ValueError, match="mode"):
-        task_vector_experiment(tiny_llama, tiny_prompts, tiny_prompts, mode="swap",
-                               progress=False)
-    with pytest.raises(TypeError, match="dict"):
-        head_ablation_geometry(tiny_llama, tiny_prompts, heads=[(0, 1)], progress=False)
-
-
-# --------------------------------------------------------------------------- experiments
-
-
-@pytest.fixture(scope="module")
-def tiny_sets(tiny_llama, sentiment_task):
-    icl = ih.build_prompts(tiny_llama, sentiment_task, k=2, n=12, seed=0)
-    zero = ih.build_prompts(tiny_llama, sentiment_task, k=0, n=12, seed=0)
-    return icl, zero
-
-
-def test_layer_geometry_has_one_row_per_layer_and_metric_and_round_trips(tiny_llama, tiny_sets,
-                                                                         tmp_path):
-    icl, _ = tiny_sets
-    result = layer_geometry(tiny_llama, icl, folds=3, n_boot=30, progress=False)
-    L = tiny_llama.cfg.n_layers
-    assert len(result.table) == (L + 1) * 8 and set(result.table["condition"]) == {"k=2"}
-    assert {"condition", "metric", "value", "ci_low", "ci_high", "n", "layer"} <= set(
-        result.table.columns)
-    assert set(result.tables["onset"]["metric"]) >= {"probe_accuracy",
-                                                      "mean_diff_cosine - probe_accuracy"}
-    assert result.settings.prompts == icl.info() and result.settings.folds == 3
-    again = ExperimentResult.load(result.save(tmp_path / "r"))
-    pd.testing.assert_frame_equal(again.table, result.table)
-    assert again.settings == result.settings
-    fig = result.plot()
-    assert len(fig.data) > 0
-    same = layer_geometry(tiny_llama, icl, folds=3, n_boot=30, progress=False)
-    pd.testing.assert_frame_equal(same.table, result.table)
-
-
-def test_task_vector_experiment_reports_behaviour_and_geometry_per_injection_layer(
-        tiny_llama, tiny_sets):
-    icl, zero = tiny_sets
-    result = task_vector_experiment(tiny_llama, icl, zero, layers=[0, 1], scales=[0.0, 1.0],
-                                    folds=3, n_boot=30, progress=False)
-    t = result.table
-    assert set(t["condition"]) == {"zero_shot", "icl", "task_vector x0", "task_vector x1"}
-    assert {"accuracy", "label_space_rate", "mean_diff_cosine", "probe_accuracy"} <= set(
-        t["metric"])
-    # scale 0 changes nothing: the same numbers as the zero-shot baseline
-    for layer in (0, 1):
-        for metric in ("accuracy", "logit_diff", "mean_diff_cosine", "probe_accuracy"):
-            assert result.value("task_vector x0", metric, layer=layer) == pytest.approx(
-                result.value("zero_shot", metric, layer=layer))
-    effect = result.tables["effect"]
-    zero_rows = effect[effect["condition"] == "task_vector x0"]
-    values = zero_rows["value"].dropna().to_numpy()  # in-space accuracy may be undefined
-    assert len(values) > 10 and np.allclose(values, 0.0)
-
-
-def test_head_ablation_geometry_compares_named_sets_with_layer_matched_random_sets(
-        tiny_llama, tiny_sets):
-    icl, _ = tiny_sets
-    heads = {"PTH": [(0, 1)], "IH": [(1, 2), (1, 3)]}
-    result = head_ablation_geometry(tiny_llama, icl, heads, n_random=2, folds=3, n_boot=30,
-                                    progress=False)
-    assert result.conditions == ["clean", "PTH", "random (PTH)", "IH", "random (IH)"]
-    sets = result.tables["heads"]
-    named = {(1, 2), (1, 3), (0, 1)}
-    for (condition, _), rows in sets.groupby(["condition", "set"]):
-        got = set(zip(rows["layer"], rows["head"]))
-        if condition.startswith("random"):
-            assert not got & named
-            want = heads[condition[len("random ("):-1]]
-            assert sorted(layer for layer, _ in got) == sorted(layer for layer, _ in want)
-    summary = result.tables["summary"]
-    assert set(summary["span"]) == {"early", "late"}
-    assert result.settings.heads["IH"] == ("L1H2", "L1H3")
-
-
-def test_default_head_sets_are_the_top_previous_token_and_induction_heads(tiny_llama,
-                                                                          tiny_sets):
-    icl, _ = tiny_sets
-    result = head_ablation_geometry(tiny_llama, icl, n_random=1, layers=[0, 2], folds=3,
-                                    n_boot=20, progress=False)
-    assert set(result.maps) == {"PTH", "IH"}
-    assert result.settings.heads["PTH"] == tuple(str(h) for h in result.maps["PTH"].top(1))
-    assert result.settings.top_k == 1 and set(result.table["layer"]) == {0, 2}
-    with pytest.raises(ValueError, match="names"):
-        head_ablation_geometry(tiny_llama, icl, {"clean": [(0, 1)]}, progress=False)
-
-
-def test_verdicts_follow_the_interval_and_the_reference():
-    assert _verdict(0.5, 0.2, 0.8, 0.0, +1) == "holds"
-    assert _verdict(-0.5, -0.8, -0.2, 0.0, +1) == "does not hold"
-    assert _verdict(0.1, -0.1, 0.3, 0.0, +1) == "unclear"
-    assert _verdict(0.4, 0.3, 0.5, 0.6, -1) == "holds"
-    assert _verdict(math.nan, 0, 1, 0, +1) == "unclear"
-
-
-def test_reproduce_saves_resumes_and_the_page_is_written_from_saved_results(tiny_llama,
-                                                                           tmp_path):
-    out = tmp_path / "data"
-    first = reproduce_geometry(tiny_llama, ["sentiment"], out, quick=True, progress=False, n=12)
-    assert set(first["status"]) == {"computed"} and len(first) == 4
-    again = reproduce_geometry(tiny_llama, ["sentiment"], out, quick=True, progress=False, n=12)
-    assert set(again["status"]) == {"loaded"}
-    verdicts = geometry_verdicts(out)
-    assert len(verdicts) == 5
-    assert set(verdicts["verdict"]) <= {"holds", "does not hold", "unclear"}
-    page = write_geometry_page(out, tmp_path / "docs" / "geometry.md", tmp_path / "docs" / "fig")
-    text = page.read_text()
-    assert "## Verdicts" in text and "Key numbers" in text
-    figures = tmp_path / "docs" / "fig"
-    assert (figures / f"{tiny_llama.cfg.model_name}__sentiment__curves.html").is_file()
-    assert (figures / "plotly.min.js").is_file()
-    assert 'src="fig/' in text
-    with pytest.raises(FileNotFoundError, match="reproduce_geometry"):
-        write_geometry_page(tmp_path / "nothing", tmp_path / "p.md", tmp_path / "f")
 
 
 # --------------------------------------------------------------------------- slow
-
-
-@pytest.mark.slow
-def test_on_the_default_model_sentiment_becomes_separable_before_the_last_layer(smol):
-    torch.set_num_threads(1)
-    prompts = ih.build_prompts(smol, ih.load_task("sentiment"), k=4, n=24, seed=0)
-    result = layer_geometry(smol, prompts, folds=3, n_boot=50, progress=False)
-    acc = result.select(metric="probe_accuracy").set_index("layer")["value"]
-    assert acc.loc[0] <= 0.6  # the query token is the same for every prompt
-    assert acc.max() >= 0.75
 
 
 @pytest.mark.slow

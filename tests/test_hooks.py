@@ -143,10 +143,10 @@ def test_the_split_packages_keep_every_public_name_of_the_old_modules():
         "ablate_layers Patch patch Steer steer Compose compose RowEdit TaskVector "
         "inject_task_vector from_spec",
         geometry: "ONSET_FRACTION SPECTRAL_BOOT SEPARABILITY_METRICS ALIGNMENT_METRICS "
-        "BEHAVIOUR_METRICS state_hook_names check_state_layers query_states run_query "
+        "state_hook_names check_state_layers query_states run_query "
         "normalized_states subspace_alignment label_rotation GeometryCurves "
         "SeparabilitySettings AlignmentSettings resample_counts bootstrap_weights "
-        "weighted_means class_codes percentile_interval separability_curves "
+        "weighted_means class_codes separability_curves "
         "alignment_curves separability alignment onset_layers task_vector "
         "inject_task_vector TaskVector",
         detectors: "DETECTORS Normalize NORMALIZATIONS DEFAULT_THRESHOLDS KINDS Sequences "

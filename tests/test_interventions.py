@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.activations import activation_means, final_logits
+from icl_heads.activations import activation_means, collect, final_logits
 from icl_heads.heads import Head
 from icl_heads.hooks import Capture, applied, position_mask
 from icl_heads.interventions import ablate, ablate_layers, compose, patch, steer
@@ -16,7 +16,7 @@ from icl_heads.prompts import shift_demo_labels
 
 
 def _logits(model, prompts, interventions=()):
-    return ih.collect(model, prompts, interventions=list(interventions), progress=False).logits
+    return collect(model, prompts, interventions=list(interventions), progress=False).logits
 
 
 def _record(model, prompts, names, interventions=(), positions="all"):
@@ -121,7 +121,7 @@ def test_zero_ablating_a_head_at_the_query_removes_exactly_its_output(tiny_llama
 
 
 def test_head_means_equal_a_hand_computed_masked_mean(tiny_llama, tiny_prompts):
-    z = ih.collect(
+    z = collect(
         tiny_llama, tiny_prompts, ["blocks.1.attn.hook_z"], positions="all", progress=False
     ).activations["blocks.1.attn.hook_z"]
     m = tiny_prompts.attention_mask.float()
@@ -161,7 +161,7 @@ def test_means_at_several_positions_come_from_one_pass_and_equal_separate_calls(
 
 
 def test_means_at_explicit_positions_average_the_real_tokens_there(tiny_llama, tiny_prompts):
-    z = ih.collect(
+    z = collect(
         tiny_llama, tiny_prompts, ["blocks.1.attn.hook_z"], positions="all", progress=False
     ).activations["blocks.1.attn.hook_z"]
     sel = position_mask([3, -2], tiny_prompts.seq_len)
@@ -227,10 +227,10 @@ def test_resample_ablation_takes_a_seeded_donor_that_is_another_prompt(tiny_llam
 
 def test_resample_donors_do_not_depend_on_batching(tiny_llama, tiny_prompts):
     iv = ablate(tiny_llama, [Head(0, 0), Head(1, 1)], mode="resample", reference=tiny_prompts)
-    one = ih.collect(
+    one = collect(
         tiny_llama, tiny_prompts, interventions=[iv], batch_size=10, progress=False
     ).logits
-    many = ih.collect(
+    many = collect(
         tiny_llama, tiny_prompts, interventions=[iv], batch_size=3, progress=False
     ).logits
     torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-5)

@@ -12,6 +12,7 @@ import icl_heads as ih
 import icl_heads.patching as patching
 import icl_heads.patching_attribution as patching_attribution
 from icl_heads import last_token
+from icl_heads.activations import collect
 from icl_heads.heads import Head
 from icl_heads.hooks import Capture, applied
 from icl_heads.interventions import steer
@@ -229,8 +230,8 @@ def test_layer_sweep_zero_attn_out_equals_zero_ablating_every_head_and_removing_
     heads = [Head(0, h) for h in range(tiny_gpt.cfg.n_heads)]
     minus_bias = steer(tiny_gpt, -tiny_gpt.blocks[0].attn.b_O.detach(), 0, site="attn_out")
     iv = ih.interventions.ablate(tiny_gpt, heads, mode="zero", positions="query")
-    clean = ih.collect(tiny_gpt, prompts, progress=False).logits
-    ablated = ih.collect(tiny_gpt, prompts, interventions=[iv, minus_bias], progress=False).logits
+    clean = collect(tiny_gpt, prompts, progress=False).logits
+    ablated = collect(tiny_gpt, prompts, interventions=[iv, minus_bias], progress=False).logits
     ld = ih.metrics.logit_diff
     expected = (
         ld(ablated, prompts.gold, prompts.label_token_ids)
@@ -256,7 +257,7 @@ def test_attribution_patching_equals_a_finite_difference_derivative(tiny_llama, 
 
         def metric(eps, z=z, layer=layer, head=head):
             iv = steer(tiny_llama, z, head=Head(layer, head), alpha=-eps)
-            logits = ih.collect(tiny_llama, one, interventions=[iv], progress=False).logits
+            logits = collect(tiny_llama, one, interventions=[iv], progress=False).logits
             return float(ld(logits, one.gold, one.label_token_ids))
 
         eps = 1e-2

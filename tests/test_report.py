@@ -38,7 +38,7 @@ from icl_heads.results import ExperimentResult, make_table, table_row
 def tiny_run(tiny_llama, tiny_prompts):
     """Real maps and patterns of the tiny model: TR, TL, induction."""
     tr, tl = ih.tsla_scores(tiny_llama, tiny_prompts, progress=False)
-    induction = ih.induction_scores(tiny_llama, T=10, n=4, progress=False)
+    induction = ih.induction_scores(tiny_llama, T=10, n_sequences=4, progress=False)
     example = attention_example(tiny_llama, tiny_prompts, index=1)
     return {"TR": tr, "TL": tl, "induction": induction}, example
 

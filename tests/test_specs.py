@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-import icl_heads as ih
+from icl_heads.activations import collect
 from icl_heads.hooks import Capture
 from icl_heads.interventions import (
     ablate,
@@ -25,7 +25,7 @@ from icl_heads.settings import intervention_specs
 
 
 def _logits(model, prompts, iv):
-    return ih.collect(model, prompts, interventions=[iv], batch_size=4, progress=False).logits
+    return collect(model, prompts, interventions=[iv], batch_size=4, progress=False).logits
 
 
 def _json(spec):

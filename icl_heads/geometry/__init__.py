@@ -56,7 +56,7 @@ public name is importable from ``icl_heads.geometry``.
 from __future__ import annotations
 
 from ..interventions import TaskVector, inject_task_vector
-from ..stats import percentile_interval
+from ..moved import moved_names
 from .bootstrap import bootstrap_weights, resample_counts, weighted_means
 from .curves import ONSET_FRACTION, GeometryCurves, onset_layers
 from .inputs import class_codes
@@ -76,7 +76,6 @@ from .probes import (
     separability_curves,
 )
 from .states import (
-    BEHAVIOUR_METRICS,
     check_state_layers,
     normalized_states,
     query_states,
@@ -110,9 +109,11 @@ __all__ = [
     "inject_task_vector",
     "TaskVector",
     # building blocks the experiments share
-    "BEHAVIOUR_METRICS",
     "bootstrap_weights",
     "class_codes",
     "weighted_means",
-    "percentile_interval",
 ]
+
+#: ``percentile_interval`` is a statistic: it lives in :mod:`icl_heads.stats`; importable from
+#: here for one release, with a DeprecationWarning.
+__getattr__ = moved_names(__name__, {"percentile_interval": "icl_heads.stats"})

@@ -19,11 +19,10 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ..activations import iter_batches
-from ..metrics import METRICS
+from ..metrics import BEHAVIOUR, METRICS
 from ..prompts import PromptSet, check_prompt_set
 
 #: Behaviour metrics (``icl_heads.metrics``) kept per prompt by :func:`run_query`.
-BEHAVIOUR_METRICS = tuple(METRICS)
 
 
 def state_hook_names(model: HookedTransformer) -> list[str]:
@@ -127,7 +126,7 @@ def run_query(
     all_names = state_hook_names(model)
     names = [all_names[i] for i in chosen]
     rows: list[Tensor] = []
-    kept: dict[str, list[Tensor]] = {name: [] for name in BEHAVIOUR_METRICS}
+    kept: dict[str, list[Tensor]] = {name: [] for name in BEHAVIOUR}
     for batch in iter_batches(
         model,
         prompts,
@@ -142,7 +141,7 @@ def run_query(
     ):
         rows.append(torch.stack([batch.activations[n] for n in names], dim=1).float().cpu())
         if behaviour:
-            for name in BEHAVIOUR_METRICS:
+            for name in BEHAVIOUR:
                 kept[name].append(
                     METRICS[name](batch.logits, batch.prompts.gold, batch.prompts.label_token_ids)
                     .float()

@@ -130,7 +130,7 @@ def reconciliation_experiment(
         model,
         detectors=("previous_token", "induction"),
         T=T,
-        n=n_sequences,
+        n_sequences=n_sequences,
         seed=seed,
         device=device,
         interventions=interventions,

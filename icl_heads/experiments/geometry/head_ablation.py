@@ -1,0 +1,230 @@
+"""Separability and alignment curves with head sets ablated, against the unablated curves
+and layer-matched random sets (:func:`head_ablation_geometry`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from ...activations import activation_means
+from ...detectors import token_detector_scores
+from ...geometry import GeometryCurves, check_state_layers, run_query
+from ...heads import HeadScores, check_top_k
+from ...hooks import check_interventions, check_positions
+from ...interventions import ablate
+from ...prompts import PromptSet, check_prompt_set
+from ...results import ExperimentResult, make_table
+from ...settings import PromptInfo, Settings, describe_interventions, model_name
+from ...stats import LEVEL, N_BOOT
+from ..kit import (
+    BASELINE,
+    Condition,
+    check_model,
+    check_random,
+    named_sets,
+    random_controls,
+)
+from .curves import check_classes, curve_rows, measure_geometry, pool_sets, span_rows, spans
+
+
+@dataclass(frozen=True)
+class HeadAblationGeometrySettings(Settings):
+    """How :func:`head_ablation_geometry` was run."""
+
+    model: str | None
+    prompts: PromptInfo
+    labels: tuple[str, ...]
+    heads: dict
+    top_k: int
+    n_random: int
+    mode: str
+    positions: str
+    layers: tuple[int, ...]
+    folds: int
+    seed: int
+    n_boot: int
+    C: float
+    early: tuple[int, ...] = ()
+    late: tuple[int, ...] = ()
+    level: float = LEVEL
+    random_sets: str = "layer-matched, never containing a head of any named set; seeded"
+    interventions: tuple[str, ...] = ()
+
+
+def head_ablation_geometry(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    heads: Mapping[str, object] | None = None,
+    *,
+    top_k: int | None = None,
+    n_random: int = 5,
+    mode: str = "zero",
+    positions="all",
+    layers: int | Sequence[int] | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    n_boot: int = N_BOOT,
+    C: float = 1.0,
+    interventions: Sequence = (),
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> ExperimentResult:
+    """Separability and alignment curves with head sets ablated, against the unablated
+    curves and layer-matched random sets.
+
+    Conditions: ``"baseline"`` (nothing ablated); each named set (default ``"PTH"``: the
+    top-``k`` previous-token heads, ``"IH"``: the top-``k`` induction heads, from
+    :func:`~icl_heads.detectors.token_detector_scores` on random repeated tokens, ``k`` = 3%
+    of heads); and ``"random_<name>"``: ``n_random`` sets with the same number of heads in
+    each layer as the named set, never containing a head of any named set (from the nearest
+    layers when a layer has too few others; drawn from one seeded stream, set after set). A
+    random condition's value is the mean over its sets; its interval comes from a two-level
+    bootstrap (sets, then prompts), so it covers both. Every condition shares the probe
+    folds and the prompt resamples.
+
+    Args:
+        heads: ``{name: heads}`` with heads as ``Head`` lists, ``(layer, head)`` pairs, a
+            boolean mask or a ``HeadScores`` (its ``top(top_k)``; the map is kept in
+            ``maps``). Default: PTH and IH as above.
+        top_k: heads per set taken from a ``HeadScores`` (default 3% of heads, at least 1).
+        n_random: random sets per named set (0: none).
+        mode, positions: the ablation (:func:`~icl_heads.interventions.ablate`; default zero
+            ablation at every position).
+        layers, folds, seed, n_boot, C: as in :func:`layer_geometry`.
+        interventions: background interventions, active in every run (the baseline too).
+
+    Example::
+
+        result = ih.head_ablation_geometry(model, prompts)
+        result.plot(); result.tables["summary"]        # early / late span means
+
+    Returns:
+        :class:`~icl_heads.results.ExperimentResult` named ``"head_ablation_geometry"``:
+        ``table`` (condition x layer x metric), ``tables["summary"]`` (each curve's mean
+        over the early and late states, with intervals), ``tables["heads"]`` (every set's
+        heads; ``set`` = the random set's index, 0 for a named set), ``maps`` (the detector
+        maps the sets came from).
+    """
+    check_model(model, "head_ablation_geometry")
+    check_prompt_set(prompts, model=model)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    chosen = check_state_layers(layers, L)
+    check_classes(prompts, folds, "head_ablation_geometry")
+    k = check_top_k(top_k, L, H)
+    positions = check_positions(positions)
+    background = check_interventions(interventions, model)
+    if heads is None:
+        detected = token_detector_scores(
+            model, detectors=["previous_token", "induction"], seed=seed, progress=progress
+        )
+        heads = {"PTH": detected["previous_token"], "IH": detected["induction"]}
+    if not isinstance(heads, Mapping) or not heads:
+        raise TypeError(
+            f"heads must be a dict {{name: heads}}, e.g. {{'PTH': [...], 'IH': "
+            f"[...]}}, got {type(heads).__name__}."
+        )
+    maps = {name: value for name, value in heads.items() if isinstance(value, HeadScores)}
+    named = named_sets(model, heads, top_k=k)
+    n_random, random_like = check_random(n_random, None if n_random else (), named)
+    controls = random_controls(
+        model, named, random_like, n_random, layer_matched=True, seed=np.random.default_rng(seed)
+    )
+    plan = [Condition(BASELINE, ())]
+    for name, hs in named.items():
+        plan += [Condition(name, tuple(hs))] + [c for c in controls if c.control_of == name]
+
+    means = None
+    if mode == "mean":
+        means = activation_means(
+            model,
+            prompts,
+            positions="query" if positions == "query" else "all",
+            batch_size=batch_size,
+            device=device,
+            progress=False,
+        )
+    geo = dict(folds=folds, seed=seed, n_boot=n_boot, C=C)
+
+    def measure(condition: Condition) -> GeometryCurves:
+        ivs = (
+            []
+            if condition.name == BASELINE
+            else [
+                ablate(
+                    model,
+                    list(condition.heads),
+                    mode,
+                    positions,
+                    means=means,
+                    reference=prompts,
+                    seed=seed,
+                    batch_size=batch_size,
+                    device=device,
+                    progress=False,
+                )
+            ]
+        )
+        states, _ = run_query(
+            model,
+            prompts,
+            chosen,
+            interventions=[*background, *ivs],
+            batch_size=batch_size,
+            device=device,
+            progress=False,
+        )
+        return measure_geometry(model, prompts, states, chosen, **geo)
+
+    measured: dict[str, list[GeometryCurves]] = {}
+    for condition in tqdm(
+        plan, desc="head ablations", disable=not progress, leave=False, unit="set"
+    ):
+        measured.setdefault(condition.name, []).append(measure(condition))
+
+    layer_spans = spans(chosen, L)
+    pooled = {c.name for c in controls}
+    rows, summary = [], []
+    for name, sets in measured.items():
+        curves = pool_sets(sets, seed) if name in pooled else sets[0]
+        rows += curve_rows(curves, name)
+        summary += span_rows(curves, name, layer_spans)
+    head_rows = [
+        {"condition": c.name, "set": c.index or 0, "layer": h.layer, "head": h.head}
+        for c in plan[1:]
+        for h in c.heads
+    ]
+    settings = HeadAblationGeometrySettings(
+        model=model_name(model),
+        prompts=prompts.info(),
+        labels=tuple(prompts.label_words),
+        heads={name: tuple(str(h) for h in hs) for name, hs in named.items()},
+        top_k=int(k),
+        n_random=int(n_random),
+        mode=mode,
+        positions=str(positions),
+        layers=tuple(chosen),
+        folds=int(folds),
+        seed=int(seed),
+        n_boot=int(n_boot),
+        C=float(C),
+        early=tuple(layer_spans["early"]),
+        late=tuple(layer_spans["late"]),
+        interventions=describe_interventions(background),
+    )
+    return ExperimentResult(
+        "head_ablation_geometry",
+        make_table(rows),
+        settings,
+        maps=maps,
+        tables={
+            "summary": make_table(summary),
+            "heads": pd.DataFrame(head_rows, columns=["condition", "set", "layer", "head"]),
+        },
+    )
