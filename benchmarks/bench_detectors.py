@@ -41,8 +41,14 @@ import torch
 def ours(model, tokens, batch_size):
     from icl_heads.detectors import token_detector_scores
 
-    s = token_detector_scores(model, tokens, detectors=["induction", "previous_token"],
-                              normalize="detect_head", batch_size=batch_size, progress=False)
+    s = token_detector_scores(
+        model,
+        tokens,
+        detectors=["induction", "previous_token"],
+        normalize="detect_head",
+        batch_size=batch_size,
+        progress=False,
+    )
     return s["induction"].scores, s["previous_token"].scores
 
 
@@ -53,8 +59,9 @@ def transformer_lens(model, tokens, shared_cache=False, grad=False):
     from tl_reference import detect_head_on_tokens  # test scaffolding, shared with the tests
 
     with torch.set_grad_enabled(grad):
-        ind, prev = detect_head_on_tokens(model, tokens, ["induction", "previous_token"],
-                                          share_cache=shared_cache)
+        ind, prev = detect_head_on_tokens(
+            model, tokens, ["induction", "previous_token"], share_cache=shared_cache
+        )
     return ind, prev
 
 
@@ -83,8 +90,11 @@ def gemm_floor(model, batch: int, seq_len: int, repeats: int = 3) -> float:
             if i < cfg.n_layers - 1:
                 w["v"] = flat_in(getattr(attn, "_W_V", attn.W_V))
                 w["o"] = attn.W_O.reshape(-1, cfg.d_model).contiguous()
-                w["mlp_in"] = [m.contiguous() for m in (mlp.W_in, getattr(mlp, "W_gate", None))
-                               if m is not None]
+                w["mlp_in"] = [
+                    m.contiguous()
+                    for m in (mlp.W_in, getattr(mlp, "W_gate", None))
+                    if m is not None
+                ]
                 w["mlp_out"] = mlp.W_out.contiguous()
             layers.append(w)
         x = torch.randn(batch * seq_len, cfg.d_model)
@@ -149,9 +159,24 @@ def child(method: str, n: int, T: int, batch_size: int) -> None:
 
 
 def memory(method: str, n: int, T: int, batch_size: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", method, "--n", str(n), "--T",
-                          str(T), "--batch-size", str(batch_size)], capture_output=True,
-                         text=True, check=True, env=os.environ)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            method,
+            "--n",
+            str(n),
+            "--T",
+            str(T),
+            "--batch-size",
+            str(batch_size),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
@@ -160,15 +185,27 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--T", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for every method (default: torch's default)")
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="detect_head runs in this many chunks, each followed by one run "
-                             "of ours (spreads machine-load drift over both)")
-    parser.add_argument("--no-shared-cache", action="store_true",
-                        help="skip the detect_head variant with a shared run_with_cache")
-    parser.add_argument("--no-autograd", action="store_true",
-                        help="skip detect_head as shipped (autograd on)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for every method (default: torch's default)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="detect_head runs in this many chunks, each followed by one run "
+        "of ours (spreads machine-load drift over both)",
+    )
+    parser.add_argument(
+        "--no-shared-cache",
+        action="store_true",
+        help="skip the detect_head variant with a shared run_with_cache",
+    )
+    parser.add_argument(
+        "--no-autograd", action="store_true", help="skip detect_head as shipped (autograd on)"
+    )
     parser.add_argument("--child", choices=["ours", "tl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -182,8 +219,10 @@ def main() -> None:
 
     model = ih.load_model(device="cpu")
     tokens = random_repeated_tokens(model, args.T, args.n, seed=0)
-    print(f"{args.n} sequences [BOS] + 2 x {args.T} random tokens, {model.cfg.n_layers} layers x "
-          f"{model.cfg.n_heads} heads, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.n} sequences [BOS] + 2 x {args.T} random tokens, {model.cfg.n_layers} layers x "
+        f"{model.cfg.n_heads} heads, torch threads {torch.get_num_threads()}"
+    )
     ours(model, tokens[:2], 2)  # warm-up
     variants = {"detect_head x2, no_grad": {}}
     if not args.no_autograd:
@@ -214,24 +253,33 @@ def main() -> None:
     diff = max((ind - ind_tl).abs().max().item(), (prev - prev_tl).abs().max().item())
     t_ours = sum(ours_times) / len(ours_times)
     rows = [("ours (batched, patterns only)", t_ours), *tl_times.items()]
-    mem = {"ours": memory("ours", args.n, args.T, args.batch_size),
-           "tl": memory("tl", args.n, args.T, args.batch_size)}
+    mem = {
+        "ours": memory("ours", args.n, args.T, args.batch_size),
+        "tl": memory("tl", args.n, args.T, args.batch_size),
+    }
 
     print("ours: " + ", ".join(f"{t:.1f} s" for t in ours_times) + f" (mean {t_ours:.1f} s)")
     print("per round (detect_head chunk extrapolated to all sequences / our run right after):")
     for t_o, round_times in per_round:
-        print("  " + "; ".join(f"{name}: {t / t_o:.1f}x" for name, t in round_times.items())
-              + f"  (ours {t_o:.1f} s)")
+        print(
+            "  "
+            + "; ".join(f"{name}: {t / t_o:.1f}x" for name, t in round_times.items())
+            + f"  (ours {t_o:.1f} s)"
+        )
     print(f"{'method':32} {'time (s)':>9} {'ratio':>7} {'bound':>7}")
     for name, t in rows:
         bound = "" if t is t_ours else f"{t / floor:6.1f}x"
         print(f"{name:32} {t:9.1f} {t / t_ours:6.1f}x {bound:>7}")
-    print(f"GEMM floor (the matrix products any exact pattern forward needs): {floor:.1f} s "
-          f"(runs: {', '.join(f'{f:.1f}' for f in floors)}); ours / floor = {t_ours / floor:.2f}."
-          " 'bound' = detect_head / floor, the most any exact method could reach here.")
+    print(
+        f"GEMM floor (the matrix products any exact pattern forward needs): {floor:.1f} s "
+        f"(runs: {', '.join(f'{f:.1f}' for f in floors)}); ours / floor = {t_ours / floor:.2f}."
+        " 'bound' = detect_head / floor, the most any exact method could reach here."
+    )
     print(f"max |ours - detect_head| over all heads (induction, previous token): {diff:.2e}")
-    print(f"peak memory above the loaded model: ours {mem['ours']:.0f} MB "
-          f"(batch {args.batch_size}); detect_head {mem['tl']:.0f} MB (one sequence at a time)")
+    print(
+        f"peak memory above the loaded model: ours {mem['ours']:.0f} MB "
+        f"(batch {args.batch_size}); detect_head {mem['tl']:.0f} MB (one sequence at a time)"
+    )
 
 
 if __name__ == "__main__":

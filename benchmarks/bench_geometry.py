@@ -61,11 +61,19 @@ def bench_ratios(model, n: int, k: int, reps: int, batch_size: int) -> dict:
         for name, fn in (("plain", plain), ("states", states), ("whole", whole)):
             times[name].append(_time_it(fn))
     med = {name: statistics.median(v) for name, v in times.items()}
-    return {"n": n, "k": k, "seq_len": prompts.seq_len, "batch_size": batch_size, "times": times,
-            "states_ratio": med["states"] / med["plain"],
-            "whole_ratio": med["whole"] / med["plain"],
-            "rounds": [(s / p, w / p) for p, s, w in zip(times["plain"], times["states"],
-                                                         times["whole"], strict=True)]}
+    return {
+        "n": n,
+        "k": k,
+        "seq_len": prompts.seq_len,
+        "batch_size": batch_size,
+        "times": times,
+        "states_ratio": med["states"] / med["plain"],
+        "whole_ratio": med["whole"] / med["plain"],
+        "rounds": [
+            (s / p, w / p)
+            for p, s, w in zip(times["plain"], times["states"], times["whole"], strict=True)
+        ],
+    }
 
 
 def recorded_reproduction(out: Path, model_name: str) -> tuple[float, int, str] | None:
@@ -80,8 +88,11 @@ def recorded_reproduction(out: Path, model_name: str) -> tuple[float, int, str] 
     log = log.drop_duplicates(["task", "experiment"], keep="last")
     if log.empty:
         return None
-    return float(log["seconds"].sum()), len(log), f"{log['finished'].min()} .. " \
-        f"{log['finished'].max()}"
+    return (
+        float(log["seconds"].sum()),
+        len(log),
+        f"{log['finished'].min()} .. {log['finished'].max()}",
+    )
 
 
 def main() -> None:
@@ -90,11 +101,16 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: 1 when the machine is loaded)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: 1 when the machine is loaded)",
+    )
     parser.add_argument("--quick", action="store_true", help="time the quick reproduction")
-    parser.add_argument("--reproduce", action="store_true",
-                        help="run and time the full reproduction now")
+    parser.add_argument(
+        "--reproduce", action="store_true", help="run and time the full reproduction now"
+    )
     parser.add_argument("--out", default="docs/results/data/geometry")
     args = parser.parse_args()
 
@@ -107,24 +123,28 @@ def main() -> None:
     threads = args.threads or (1 if load > 0.5 * (os.cpu_count() or 1) else None)
     if threads:
         torch.set_num_threads(threads)
-    print(f"load average {load:.2f} on {os.cpu_count()} cores; torch threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"load average {load:.2f} on {os.cpu_count()} cores; torch threads "
+        f"{torch.get_num_threads()}"
+    )
     model = ih.load_model()
 
     r = bench_ratios(model, args.n, args.k, args.reps, args.batch_size)
-    print(f"\nlayer_geometry on {r['n']} prompts (k={r['k']}, {r['seq_len']} tokens, "
-          f"batch {r['batch_size']}), interleaved x{args.reps}:")
+    print(
+        f"\nlayer_geometry on {r['n']} prompts (k={r['k']}, {r['seq_len']} tokens, "
+        f"batch {r['batch_size']}), interleaved x{args.reps}:"
+    )
     for name, values in r["times"].items():
         print(f"  {name:>6}: " + ", ".join(f"{v:.1f} s" for v in values))
     print(f"  capturing forward / plain forward: {r['states_ratio']:.2f}  (target <= 1.2)")
     print(f"  whole call        / plain forward: {r['whole_ratio']:.2f}  (target <= 2.0)")
-    print("  per round (states, whole): " + ", ".join(f"({a:.2f}, {b:.2f})"
-                                                      for a, b in r["rounds"]))
+    print(
+        "  per round (states, whole): " + ", ".join(f"({a:.2f}, {b:.2f})" for a, b in r["rounds"])
+    )
 
     if args.quick:
         with tempfile.TemporaryDirectory() as tmp:
-            t = _time_it(lambda: reproduce_geometry(model, TASKS, tmp, quick=True,
-                                                    progress=False))
+            t = _time_it(lambda: reproduce_geometry(model, TASKS, tmp, quick=True, progress=False))
         print(f"\nquick reproduction (3 tasks, default model): {t:.0f} s")
     if args.reproduce:
         with tempfile.TemporaryDirectory() as tmp:
@@ -132,12 +152,16 @@ def main() -> None:
         print(f"\nfull reproduction (3 tasks, default model), run now: {t / 60:.1f} min")
     recorded = recorded_reproduction(Path(args.out), model.cfg.model_name)
     if recorded is None:
-        print(f"\nfull reproduction: no timings recorded under {args.out} (run "
-              "icl-heads reproduce --experiments geometry, or pass --reproduce)")
+        print(
+            f"\nfull reproduction: no timings recorded under {args.out} (run "
+            "icl-heads reproduce --experiments geometry, or pass --reproduce)"
+        )
     else:
         seconds, cells, when = recorded
-        print(f"\nfull reproduction (3 tasks, default model), as recorded in {args.out}: "
-              f"{seconds / 60:.1f} min over {cells} cells ({when})")
+        print(
+            f"\nfull reproduction (3 tasks, default model), as recorded in {args.out}: "
+            f"{seconds / 60:.1f} min over {cells} cells ({when})"
+        )
 
 
 if __name__ == "__main__":

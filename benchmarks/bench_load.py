@@ -30,8 +30,9 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1,
 
 
 def run(cache_dir: str, model: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, cache_dir, model], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, cache_dir, model], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -37,8 +37,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="prompts for sweeps 1 and 3")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--naive-heads", type=int, default=10,
-                        help="heads timed in the naive loop (270 = all)")
+    parser.add_argument(
+        "--naive-heads", type=int, default=10, help="heads timed in the naive loop (270 = all)"
+    )
     parser.add_argument("--tl-n", type=int, default=1, help="equal-length prompts for sweep 2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip", default="", help="comma list of parts to skip: query,allpos,attr")
@@ -62,39 +63,54 @@ def main() -> None:
     L, H = model.cfg.n_layers, model.cfg.n_heads
     task = ih.load_task(args.task)
     prompts = ih.build_prompts(model, task, k=args.k, n=args.n, seed=args.seed)
-    print(f"model={model.cfg.model_name} layers={L} heads={H} threads={torch.get_num_threads()} "
-          f"cpu_count={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+    print(
+        f"model={model.cfg.model_name} layers={L} heads={H} threads={torch.get_num_threads()} "
+        f"cpu_count={os.cpu_count()} load={os.getloadavg()[0]:.1f}"
+    )
     print(f"prompts: {prompts}")
 
     exact = None
     if "query" not in skip:
         print("\n[1] query-position zero-ablation sweep, all heads, metric logit_diff")
         t0 = time.perf_counter()
-        exact = head_sweep(model, prompts, "logit_diff", mode="zero", positions="query",
-                           progress=False)
+        exact = head_sweep(
+            model, prompts, "logit_diff", mode="zero", positions="query", progress=False
+        )
         t_fast = time.perf_counter() - t0
         n_naive = min(args.naive_heads, L * H)
         flat = np.linspace(0, L * H - 1, n_naive).round().astype(int)
         heads = [Head(int(i) // H, int(i) % H) for i in flat]
         t0 = time.perf_counter()
-        naive = head_sweep(model, prompts, "logit_diff", mode="zero", positions="query",
-                           heads=heads, method="naive", progress=False)
+        naive = head_sweep(
+            model,
+            prompts,
+            "logit_diff",
+            mode="zero",
+            positions="query",
+            heads=heads,
+            method="naive",
+            progress=False,
+        )
         t_naive_sample = time.perf_counter() - t0
         t_naive = t_naive_sample / n_naive * L * H
         sel = ~torch.isnan(naive.scores)
         diff = (naive.per_prompt - exact.per_prompt)[:, sel].abs().max().item()
-        label = "measured" if n_naive == L * H else \
-            f"{n_naive} heads measured ({t_naive_sample:.1f} s), x{L * H / n_naive:.0f}"
+        label = (
+            "measured"
+            if n_naive == L * H
+            else f"{n_naive} heads measured ({t_naive_sample:.1f} s), x{L * H / n_naive:.0f}"
+        )
         print(f"  fast sweep (270 heads x {len(prompts)} prompts): {t_fast:.1f} s")
         print(f"  naive loop, one full pass per head: {t_naive:.1f} s ({label})")
         print(f"  max |fast - naive| per prompt on the timed heads: {diff:.2e}")
         print(f"  RATIO query sweep naive/fast = {t_naive / t_fast:.1f}x")
 
     if "allpos" not in skip:
-        print("\n[2] all-position head patching sweep vs TransformerLens "
-              "get_act_patch_attn_head_out_all_pos")
-        pool = ih.build_prompts(model, task, k=args.k, n=max(64, 4 * args.tl_n),
-                                seed=args.seed + 1)
+        print(
+            "\n[2] all-position head patching sweep vs TransformerLens "
+            "get_act_patch_attn_head_out_all_pos"
+        )
+        pool = ih.build_prompts(model, task, k=args.k, n=max(64, 4 * args.tl_n), seed=args.seed + 1)
         lengths = pool.lengths
         values, counts = torch.unique(lengths, return_counts=True)
         length = int(values[counts.argmax()])
@@ -113,41 +129,59 @@ def main() -> None:
             t0 = time.perf_counter()
             _, clean_cache = model.run_with_cache(clean.tokens)
             tl = tl_patching.get_act_patch_attn_head_out_all_pos(
-                model, corrupted.tokens, clean_cache, tl_metric)
+                model, corrupted.tokens, clean_cache, tl_metric
+            )
             t_tl = time.perf_counter() - t0
             del clean_cache
         t0 = time.perf_counter()
-        ours = head_sweep(model, corrupted, "logit_diff", mode="patch", source=clean,
-                          positions="all", progress=False)
+        ours = head_sweep(
+            model,
+            corrupted,
+            "logit_diff",
+            mode="patch",
+            source=clean,
+            positions="all",
+            progress=False,
+        )
         t_ours = time.perf_counter() - t0
         clean_metric = ours.baseline
         diff = (tl.cpu() - clean_metric - ours.scores).abs().max().item()
         print(f"  TransformerLens: {t_tl:.1f} s (incl. its clean run_with_cache)")
-        print(f"  ours (fast, start_at_layer + batched heads): {t_ours:.1f} s "
-              "(incl. caching the source activations and the clean run)")
-        print(f"  max |TL - ours| over heads: {diff:.2e} (largest |effect| "
-              f"{ours.scores.abs().max().item():.3f})")
+        print(
+            f"  ours (fast, start_at_layer + batched heads): {t_ours:.1f} s "
+            "(incl. caching the source activations and the clean run)"
+        )
+        print(
+            f"  max |TL - ours| over heads: {diff:.2e} (largest |effect| "
+            f"{ours.scores.abs().max().item():.3f})"
+        )
         print(f"  RATIO all-position sweep TL/ours = {t_tl / t_ours:.1f}x")
 
     if "attr" not in skip:
         print("\n[3] attribution patching vs exact query-position sweep (zero ablation)")
         if exact is None:
             t0 = time.perf_counter()
-            exact = head_sweep(model, prompts, "logit_diff", mode="zero", positions="query",
-                               progress=False)
+            exact = head_sweep(
+                model, prompts, "logit_diff", mode="zero", positions="query", progress=False
+            )
             t_fast = time.perf_counter() - t0
         t0 = time.perf_counter()
-        attr = attribution_patching(model, prompts, "logit_diff", mode="zero",
-                                    positions="query", progress=False)
+        attr = attribution_patching(
+            model, prompts, "logit_diff", mode="zero", positions="query", progress=False
+        )
         t_attr = time.perf_counter() - t0
         a, e = attr.scores.flatten().numpy(), exact.scores.flatten().numpy()
         rho = spearmanr(a, e).statistic
         r = pearsonr(a, e).statistic
         top = set(exact.top(10, by_abs=True)) & set(attr.top(10, by_abs=True))
-        print(f"  attribution patching: {t_attr:.1f} s; exact fast sweep: {t_fast:.1f} s "
-              f"(ratio {t_fast / t_attr:.1f}x)")
-        print(f"  Spearman rho = {rho:.3f}, Pearson r = {r:.3f}, top-10 |effect| overlap = "
-              f"{len(top)}/10")
+        print(
+            f"  attribution patching: {t_attr:.1f} s; exact fast sweep: {t_fast:.1f} s "
+            f"(ratio {t_fast / t_attr:.1f}x)"
+        )
+        print(
+            f"  Spearman rho = {rho:.3f}, Pearson r = {r:.3f}, top-10 |effect| overlap = "
+            f"{len(top)}/10"
+        )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,12 @@ def bench_time(n: int, k: int, reps: int, batch_size: int) -> dict:
         t_plain.append(_time_it(plain))
         t_tsla.append(_time_it(tsla))
     return {
-        "n": n, "k": k, "seq_len": prompts.seq_len, "batch_size": batch_size,
-        "plain_s": t_plain, "tsla_s": t_tsla,
+        "n": n,
+        "k": k,
+        "seq_len": prompts.seq_len,
+        "batch_size": batch_size,
+        "plain_s": t_plain,
+        "tsla_s": t_tsla,
         "ratio_of_medians": statistics.median(t_tsla) / statistics.median(t_plain),
         "ratios": [b / a for a, b in zip(t_plain, t_tsla, strict=True)],
     }
@@ -72,8 +76,9 @@ def memory_worker(n: int, k: int, batch_size: int) -> dict:
     model = ih.load_model()
     prompts = ih.build_prompts(model, ih.load_task("sentiment"), k=k, n=n, seed=0)
     # warm up on a few prompts so one-time allocations do not count against either n
-    tsla_scores(model, prompts.select(range(min(batch_size, n))), batch_size=batch_size,
-                progress=False)
+    tsla_scores(
+        model, prompts.select(range(min(batch_size, n))), batch_size=batch_size, progress=False
+    )
     gc.collect()
     proc = psutil.Process()
     base = proc.memory_info().rss
@@ -94,16 +99,30 @@ def memory_worker(n: int, k: int, batch_size: int) -> dict:
     done.set()
     sampler.join()
     peak = max(peak, proc.memory_info().rss)
-    return {"n": n, "k": k, "seq_len": prompts.seq_len, "seconds": elapsed,
-            "rss_before_mb": base / 2**20, "peak_added_mb": (peak - base) / 2**20,
-            "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "n": n,
+        "k": k,
+        "seq_len": prompts.seq_len,
+        "seconds": elapsed,
+        "rss_before_mb": base / 2**20,
+        "peak_added_mb": (peak - base) / 2**20,
+        "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def bench_memory(ns: list[int], k: int, batch_size: int) -> list[dict]:
     out = []
     for n in ns:
-        cmd = [sys.executable, __file__, "--memory-worker", str(n), "--mem-k", str(k),
-               "--batch-size", str(batch_size)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-worker",
+            str(n),
+            "--mem-k",
+            str(k),
+            "--batch-size",
+            str(batch_size),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
@@ -128,32 +147,43 @@ def main() -> None:
 
     if not args.skip_time:
         t = bench_time(args.n, args.k, args.reps, args.batch_size)
-        print(f"[time] sentiment, n={t['n']} prompts, k={t['k']}, seq_len={t['seq_len']}, "
-              f"batch_size={t['batch_size']}, {args.reps} interleaved repetitions")
+        print(
+            f"[time] sentiment, n={t['n']} prompts, k={t['k']}, seq_len={t['seq_len']}, "
+            f"batch_size={t['batch_size']}, {args.reps} interleaved repetitions"
+        )
         print("  plain forward (s): " + ", ".join(f"{x:.2f}" for x in t["plain_s"]))
         print("  tsla_scores   (s): " + ", ".join(f"{x:.2f}" for x in t["tsla_s"]))
         print("  per-repetition ratios: " + ", ".join(f"{x:.2f}" for x in t["ratios"]))
         verdict = "OK" if t["ratio_of_medians"] <= 1.5 else "ABOVE TARGET"
-        print(f"  TSLA / plain forward (ratio of medians) = {t['ratio_of_medians']:.2f}x "
-              f"(target <= 1.5x: {verdict})")
+        print(
+            f"  TSLA / plain forward (ratio of medians) = {t['ratio_of_medians']:.2f}x "
+            f"(target <= 1.5x: {verdict})"
+        )
     if not args.skip_memory:
         rows = bench_memory(args.mem_n, args.mem_k, args.batch_size)
-        print(f"[memory] sentiment, k={args.mem_k}, batch_size={args.batch_size}, each n in a "
-              "fresh process; RSS sampled every 5 ms")
+        print(
+            f"[memory] sentiment, k={args.mem_k}, batch_size={args.batch_size}, each n in a "
+            "fresh process; RSS sampled every 5 ms"
+        )
         for r in rows:
             r["peak_during_mb"] = r["rss_before_mb"] + r["peak_added_mb"]
-            print(f"  n={r['n']:>5}: seq_len={r['seq_len']}, {r['seconds']:.1f} s, RSS before "
-                  f"{r['rss_before_mb']:.0f} MB, peak during TSLA {r['peak_during_mb']:.0f} MB "
-                  f"(+{r['peak_added_mb']:.1f} MB), process peak incl. model loading "
-                  f"{r['process_peak_mb']:.0f} MB")
+            print(
+                f"  n={r['n']:>5}: seq_len={r['seq_len']}, {r['seconds']:.1f} s, RSS before "
+                f"{r['rss_before_mb']:.0f} MB, peak during TSLA {r['peak_during_mb']:.0f} MB "
+                f"(+{r['peak_added_mb']:.1f} MB), process peak incl. model loading "
+                f"{r['process_peak_mb']:.0f} MB"
+            )
         if len(rows) >= 2:
             small, large = rows[0], rows[-1]
             ratio = large["peak_during_mb"] / small["peak_during_mb"]
             verdict = "OK" if abs(ratio - 1) <= 0.10 else "ABOVE TARGET"
-            print(f"  peak RSS during TSLA, n={large['n']} / n={small['n']} = {ratio:.3f} "
-                  f"(target within 10%: {verdict}); memory added by TSLA "
-                  f"{small['peak_added_mb']:.0f} -> {large['peak_added_mb']:.0f} MB for "
-                  f"{large['n'] / small['n']:.0f}x the prompts")
+            print(
+                f"  peak RSS during TSLA, n={large['n']} / n={small['n']} = {ratio:.3f} "
+                f"(target within 10%: {verdict}); memory added by TSLA "
+                f"{small['peak_added_mb']:.0f} -> {large['peak_added_mb']:.0f} MB for "
+                f"{large['n'] / small['n']:.0f}x the prompts"
+            )
+
 
 if __name__ == "__main__":
     main()

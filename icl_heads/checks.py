@@ -8,8 +8,7 @@ import numbers
 import numpy as np
 
 
-def check_int(value: object, name: str, minimum: int | None = None, what: str | None = None
-              ) -> int:
+def check_int(value: object, name: str, minimum: int | None = None, what: str | None = None) -> int:
     """``value`` as an ``int``: ``TypeError`` for bools, floats and other types (a whole
     float gets a hint), ``ValueError`` below ``minimum``. ``what`` says what is wanted
     (default: "an integer", and ">= minimum" for a value too small).
@@ -19,10 +18,10 @@ def check_int(value: object, name: str, minimum: int | None = None, what: str | 
         k = check_int(k, "k", 0, "a non-negative integer")
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        hint = (f"; write {int(value)}" if isinstance(value, float) and value.is_integer()
-                else "")
-        raise TypeError(f"{name} must be {what or 'an integer'}, got {type(value).__name__} "
-                        f"{value!r}{hint}.")
+        hint = f"; write {int(value)}" if isinstance(value, float) and value.is_integer() else ""
+        raise TypeError(
+            f"{name} must be {what or 'an integer'}, got {type(value).__name__} {value!r}{hint}."
+        )
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be {what or f'>= {minimum}'}, got {value!r}.")
     return int(value)

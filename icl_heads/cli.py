@@ -72,7 +72,9 @@ def _positive_int(text: str) -> int:
 def _non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer (0 or more), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a non-negative integer (0 or more), got {text!r}"
+        )
     return value
 
 
@@ -89,15 +91,19 @@ def _int(text: str) -> int:
 def _models_help() -> str:
     from .models import EMBEDDED_MODELS
 
-    return (f"an embedded model ({', '.join(EMBEDDED_MODELS)}), a local HF directory or a "
-            "TransformerLens official name such as gpt2 (downloaded: needs network)")
+    return (
+        f"an embedded model ({', '.join(EMBEDDED_MODELS)}), a local HF directory or a "
+        "TransformerLens official name such as gpt2 (downloaded: needs network)"
+    )
 
 
 def _tasks_help() -> str:
     from .tasks import builtin_tasks
 
-    return (f"a built-in task ({', '.join(builtin_tasks())}) or a .csv/.jsonl file with "
-            "columns input,label")
+    return (
+        f"a built-in task ({', '.join(builtin_tasks())}) or a .csv/.jsonl file with "
+        "columns input,label"
+    )
 
 
 def _choices_epilog() -> str:
@@ -106,8 +112,11 @@ def _choices_epilog() -> str:
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help=f"the model: {_models_help()}")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:<index> or mps (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:<index> or mps (default: cuda if available, else cpu)",
+    )
 
 
 def _add_task_arg(parser: argparse.ArgumentParser, default: str = "sentiment") -> None:
@@ -115,8 +124,7 @@ def _add_task_arg(parser: argparse.ArgumentParser, default: str = "sentiment") -
 
 
 def _add_subcommand(sub, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=description,
-                          formatter_class=_HelpFormatter)
+    return sub.add_parser(name, help=help, description=description, formatter_class=_HelpFormatter)
 
 
 # --------------------------------------------------------------------------- shared checks
@@ -136,16 +144,20 @@ def _check_out_path(out: str | os.PathLike) -> Path:
         raise ValueError("--out is empty; pass a file path such as results/quickstart.csv.")
     path = Path(text).expanduser()
     if path.is_dir():
-        raise ValueError(f"--out {text!r} is a directory; pass a file path inside it, such as "
-                         f"{str(path / 'quickstart.csv')!r}.")
+        raise ValueError(
+            f"--out {text!r} is a directory; pass a file path inside it, such as "
+            f"{str(path / 'quickstart.csv')!r}."
+        )
     _make_writable_dir(path.parent, text, "path", probe=not path.exists())
     if path.exists():
         try:
             with path.open("ab"):  # opens for writing without changing the file
                 pass
         except OSError as err:
-            raise ValueError(f"--out {text!r} cannot be written ({err.strerror or err}); "
-                             "choose a writable location.") from None
+            raise ValueError(
+                f"--out {text!r} cannot be written ({err.strerror or err}); "
+                "choose a writable location."
+            ) from None
     return path
 
 
@@ -155,22 +167,27 @@ def _make_writable_dir(directory: Path, text: str, what: str, *, probe: bool = T
     for ancestor in (directory, *directory.parents):
         if ancestor.exists():
             if not ancestor.is_dir():
-                raise ValueError(f"--out {text!r}: {str(ancestor)!r} is a file, so nothing can "
-                                 f"be written under it; choose another {what}.")
+                raise ValueError(
+                    f"--out {text!r}: {str(ancestor)!r} is a file, so nothing can "
+                    f"be written under it; choose another {what}."
+                )
             break
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--out {text!r}: cannot create the directory {str(directory)!r} "
-                         f"({err.strerror or err}); choose a writable location.") from None
+        raise ValueError(
+            f"--out {text!r}: cannot create the directory {str(directory)!r} "
+            f"({err.strerror or err}); choose a writable location."
+        ) from None
     if not probe:
         return
     try:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".icl-heads-probe-"):
             pass
     except OSError as err:
-        raise ValueError(f"--out {text!r} cannot be written ({err.strerror or err}); choose a "
-                         "writable location.") from None
+        raise ValueError(
+            f"--out {text!r} cannot be written ({err.strerror or err}); choose a writable location."
+        ) from None
 
 
 def _resolve_device_arg(device: str | None):
@@ -186,8 +203,11 @@ def _load_model_arg(name: str, device):
     t0 = time.perf_counter()
     print(f"Loading model {name!r} (the first run converts and caches it) ...", flush=True)
     model = models.load_model(name, device=device)
-    print(f"Loaded in {time.perf_counter() - t0:.1f} s: {model.cfg.n_layers} layers x "
-          f"{model.cfg.n_heads} heads.", flush=True)
+    print(
+        f"Loaded in {time.perf_counter() - t0:.1f} s: {model.cfg.n_layers} layers x "
+        f"{model.cfg.n_heads} heads.",
+        flush=True,
+    )
     return model
 
 
@@ -195,9 +215,11 @@ def _check_shots(shots: list[int], task) -> None:
     """Each k needs k demonstrations besides the query, so at most ``len(examples) - 1``."""
     too_many = [k for k in shots if k > len(task.examples) - 1]
     if too_many:
-        raise ValueError(f"--shots {max(too_many)} is too large for task {task.name!r}: it has "
-                         f"{len(task.examples)} examples, so k can be at most "
-                         f"{len(task.examples) - 1}.")
+        raise ValueError(
+            f"--shots {max(too_many)} is too large for task {task.name!r}: it has "
+            f"{len(task.examples)} examples, so k can be at most "
+            f"{len(task.examples) - 1}."
+        )
 
 
 def _check_out_dir(out: str | os.PathLike) -> Path:
@@ -214,8 +236,10 @@ def _check_out_dir(out: str | os.PathLike) -> Path:
         raise ValueError("--out is empty; pass a directory such as results/find-heads.")
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {text!r} is a file; pass a directory (the command writes "
-                         "result.json, table.csv and report.html into it).")
+        raise ValueError(
+            f"--out {text!r} is a file; pass a directory (the command writes "
+            "result.json, table.csv and report.html into it)."
+        )
     _make_writable_dir(path, text, "directory")
     return path
 
@@ -223,12 +247,16 @@ def _check_out_dir(out: str | os.PathLike) -> Path:
 def _check_k(k: int, task, *, minimum: int = 0, command: str = "") -> None:
     """``k`` demonstrations besides the query: at most ``len(examples) - 1``."""
     if k < minimum:
-        raise ValueError(f"--k {k} is too small for {command}: it needs prompts with at least "
-                         f"{minimum} demonstration{'s' if minimum > 1 else ''}.")
+        raise ValueError(
+            f"--k {k} is too small for {command}: it needs prompts with at least "
+            f"{minimum} demonstration{'s' if minimum > 1 else ''}."
+        )
     if k > len(task.examples) - 1:
-        raise ValueError(f"--k {k} is too large for task {task.name!r}: it has "
-                         f"{len(task.examples)} examples, so k can be at most "
-                         f"{len(task.examples) - 1}.")
+        raise ValueError(
+            f"--k {k} is too large for task {task.name!r}: it has "
+            f"{len(task.examples)} examples, so k can be at most "
+            f"{len(task.examples) - 1}."
+        )
 
 
 def _prepare(args: argparse.Namespace, *, min_k: int = 0):
@@ -244,8 +272,7 @@ def _prepare(args: argparse.Namespace, *, min_k: int = 0):
     return out, device, task, model
 
 
-def _finish(args: argparse.Namespace, out: Path, result, model, prompts, *,
-            maps=None) -> int:
+def _finish(args: argparse.Namespace, out: Path, result, model, prompts, *, maps=None) -> int:
     """Save the result, write its linked report (example: the first prompt), print a
     summary."""
     from .attention_patterns import attention_example
@@ -253,11 +280,15 @@ def _finish(args: argparse.Namespace, out: Path, result, model, prompts, *,
 
     result.save(out)
     example = attention_example(model, prompts) if prompts is not None else None
-    report = write_report(out / "report.html", result, maps=maps, example=example,
-                          command=args.command_line)
+    report = write_report(
+        out / "report.html", result, maps=maps, example=example, command=args.command_line
+    )
     _print_result(result)
-    written = ["result.json", "table.csv"] + (["maps/"] if result.maps else []) + \
-        (["tables/"] if result.tables else [])
+    written = (
+        ["result.json", "table.csv"]
+        + (["maps/"] if result.maps else [])
+        + (["tables/"] if result.tables else [])
+    )
     print(f"\nWrote {out}{os.sep}: {', '.join(written)}; report: {report}")
     return 0
 
@@ -266,16 +297,23 @@ def _print_result(result) -> None:
     import pandas as pd
 
     table = result.table
-    columns = [c for c in ("condition", "metric", "layer", "alpha", "value", "ci_low",
-                           "ci_high", "n") if c in table.columns]
+    columns = [
+        c
+        for c in ("condition", "metric", "layer", "alpha", "value", "ci_low", "ci_high", "n")
+        if c in table.columns
+    ]
     shown = table[columns]
     if "kind" in table.columns and (table["kind"] == "level").any() and len(table) > 40:
         shown = table[table["kind"] == "level"][columns]
-    with pd.option_context("display.width", 140, "display.max_columns", 20,
-                           "display.max_rows", 60):
-        print(f"\n{result.name}: {len(table)} rows" +
-              (f" (showing {min(len(shown), 40)})" if len(shown) < len(table) or len(shown) > 40
-               else ""))
+    with pd.option_context("display.width", 140, "display.max_columns", 20, "display.max_rows", 60):
+        print(
+            f"\n{result.name}: {len(table)} rows"
+            + (
+                f" (showing {min(len(shown), 40)})"
+                if len(shown) < len(table) or len(shown) > 40
+                else ""
+            )
+        )
         print(shown.head(40).to_string(index=False, float_format="%.4g"))
     for name, scores in list(result.maps.items())[:6]:
         print(f"top {name}: {' '.join(str(h) for h in scores.top())}")
@@ -284,8 +322,14 @@ def _print_result(result) -> None:
 def _base_prompts(model, task, args, **kwargs):
     from .prompts import build_prompts
 
-    return build_prompts(model, task, k=kwargs.pop("k", args.k), n=args.n,
-                         seed=kwargs.pop("seed", args.seed), **kwargs)
+    return build_prompts(
+        model,
+        task,
+        k=kwargs.pop("k", args.k),
+        n=args.n,
+        seed=kwargs.pop("seed", args.seed),
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -304,17 +348,22 @@ def _quickstart(args: argparse.Namespace) -> int:
     # every prompt set is built (and checked: single-token labels, context length) before
     # any evaluation runs
     prompt_sets = [build_prompts(model, task, k=k, n=args.n, seed=args.seed) for k in args.shots]
-    rows = [evaluate(model, prompts, batch_size=args.batch_size, progress=True)
-            for prompts in prompt_sets]
+    rows = [
+        evaluate(model, prompts, batch_size=args.batch_size, progress=True)
+        for prompts in prompt_sets
+    ]
     table = pd.concat(rows, ignore_index=True)
     with pd.option_context("display.width", 140, "display.max_columns", 20):
-        print(f"\nICL behaviour on task {task.name!r} ({len(task.labels)} labels, "
-              f"n={args.n} queries per row):")
+        print(
+            f"\nICL behaviour on task {task.name!r} ({len(task.labels)} labels, "
+            f"n={args.n} queries per row):"
+        )
         print(table.drop(columns=["task", "seed"]).to_string(index=False, float_format="%.3f"))
     if out is not None:
         table.to_csv(out, index=False)
-        settings = [frame.attrs["settings"].to_dict() for frame in rows
-                    if "settings" in frame.attrs]
+        settings = [
+            frame.attrs["settings"].to_dict() for frame in rows if "settings" in frame.attrs
+        ]
         out.with_suffix(".json").write_text(json.dumps({"settings": settings}, indent=1))
         report = _quickstart_report(out.with_suffix(".html"), table, task, args)
         print(f"\nWrote {out} (settings: {out.with_suffix('.json').name}, report: {report.name})")
@@ -328,13 +377,25 @@ def _quickstart_report(path: Path, table, task, args) -> Path:
     from .viz import layer_curves
 
     metrics = ("accuracy", "label_space_rate", "in_space_accuracy", "logit_diff")
-    rows = [table_row(task.name, m, r[m], math.nan, math.nan, r["n"], k=int(r["k"]))
-            for _, r in table.iterrows() for m in metrics]
-    figure = layer_curves(make_table(rows), x="k", chance={"accuracy": 1 / len(task.labels),
-                                                            "in_space_accuracy": 1 / len(task.labels)},
-                          title=f"ICL behaviour on {task.name} over k demonstrations")
-    return write_report(path, None, figures=[figure], tables={"behaviour": table},
-                        title=f"icl-heads quickstart: {task.name}", command=args.command_line)
+    rows = [
+        table_row(task.name, m, r[m], math.nan, math.nan, r["n"], k=int(r["k"]))
+        for _, r in table.iterrows()
+        for m in metrics
+    ]
+    figure = layer_curves(
+        make_table(rows),
+        x="k",
+        chance={"accuracy": 1 / len(task.labels), "in_space_accuracy": 1 / len(task.labels)},
+        title=f"ICL behaviour on {task.name} over k demonstrations",
+    )
+    return write_report(
+        path,
+        None,
+        figures=[figure],
+        tables={"behaviour": table},
+        title=f"icl-heads quickstart: {task.name}",
+        command=args.command_line,
+    )
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -347,28 +408,50 @@ def _detect(args: argparse.Namespace) -> int:
 
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
-    frame = detect_heads(model, prompts, T=args.T, n_sequences=args.sequences, seed=args.seed,
-                         top_k=args.top_k, batch_size=args.batch_size, device=device,
-                         progress=True)
+    frame = detect_heads(
+        model,
+        prompts,
+        T=args.T,
+        n_sequences=args.sequences,
+        seed=args.seed,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
     settings = frame.attrs.get("settings")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     maps = {}
-    for column in ("previous_token_score", "induction_score", "duplicate_token_score",
-                   "label_attention_score", "gold_label_share"):
+    for column in (
+        "previous_token_score",
+        "induction_score",
+        "duplicate_token_score",
+        "label_attention_score",
+        "gold_label_share",
+    ):
         grid = torch.tensor(frame[column].to_numpy(float), dtype=torch.float32).reshape(L, H)
-        maps[column.removesuffix("_score")] = HeadScores(grid, name=column, settings=settings,
-                                                         top_k=args.top_k)
+        maps[column.removesuffix("_score")] = HeadScores(
+            grid, name=column, settings=settings, top_k=args.top_k
+        )
     frame.to_csv(out / "heads.csv", index=False)
-    (out / "settings.json").write_text(json.dumps(
-        settings.to_dict() if settings is not None else None, indent=1, default=str))
+    (out / "settings.json").write_text(
+        json.dumps(settings.to_dict() if settings is not None else None, indent=1, default=str)
+    )
     for name, scores in maps.items():
         scores.save(out / "maps" / f"{name}.json")
-    report = write_report(out / "report.html", maps, example=attention_example(model, prompts),
-                          tables={"Heads": frame}, command=args.command_line,
-                          title=f"icl-heads detect ({model.cfg.model_name}, task={task.name})")
+    report = write_report(
+        out / "report.html",
+        maps,
+        example=attention_example(model, prompts),
+        tables={"Heads": frame},
+        command=args.command_line,
+        title=f"icl-heads detect ({model.cfg.model_name}, task={task.name})",
+    )
     kinds = frame["kind"][frame["kind"] != ""]
-    print(f"\n{len(kinds)} of {len(frame)} heads have a kind "
-          f"({'top ' + str(args.top_k) if args.top_k else 'score >= 0.5'}):")
+    print(
+        f"\n{len(kinds)} of {len(frame)} heads have a kind "
+        f"({'top ' + str(args.top_k) if args.top_k else 'score >= 0.5'}):"
+    )
     for name, scores in maps.items():
         print(f"top {name}: {' '.join(f'{h}={scores[h]:.2f}' for h in scores.top(5))}")
     print(f"\nWrote {out}{os.sep}: heads.csv, settings.json, maps/; report: {report}")
@@ -380,9 +463,16 @@ def _find_heads(args: argparse.Namespace) -> int:
 
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
-    result = trtl.find_task_heads(model, prompts, args.top_k, n_boot=args.n_boot,
-                                  seed=args.seed, batch_size=args.batch_size, device=device,
-                                  progress=True)
+    result = trtl.find_task_heads(
+        model,
+        prompts,
+        args.top_k,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
     return _finish(args, out, result, model, prompts)
 
 
@@ -391,13 +481,29 @@ def _ablate(args: argparse.Namespace) -> int:
 
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
-    found = trtl.find_task_heads(model, prompts, args.top_k, n_boot=args.n_boot,
-                                 seed=args.seed, batch_size=args.batch_size, device=device,
-                                 progress=True)
+    found = trtl.find_task_heads(
+        model,
+        prompts,
+        args.top_k,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
     result = trtl.ablation_experiment(
-        model, prompts, trtl.head_sets(found), n_random=args.n_random, mode=args.mode,
-        positions=args.positions, seed=args.seed, n_boot=args.n_boot,
-        batch_size=args.batch_size, device=device, progress=True)
+        model,
+        prompts,
+        trtl.head_sets(found),
+        n_random=args.n_random,
+        mode=args.mode,
+        positions=args.positions,
+        seed=args.seed,
+        n_boot=args.n_boot,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
     return _finish(args, out, result, model, prompts, maps=found.maps)
 
 
@@ -407,8 +513,16 @@ def _perturb(args: argparse.Namespace) -> int:
     out, device, task, model = _prepare(args, min_k=1)
     prompts = _base_prompts(model, task, args)  # the gold prompts (checked before the runs)
     result = trtl.perturbation_experiment(
-        model, prompts, perturbations=args.perturbations, task=task, top_k=args.top_k,
-        n_boot=args.n_boot, batch_size=args.batch_size, device=device, progress=True)
+        model,
+        prompts,
+        perturbations=args.perturbations,
+        task=task,
+        top_k=args.top_k,
+        n_boot=args.n_boot,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
     return _finish(args, out, result, model, prompts)
 
 
@@ -418,8 +532,16 @@ def _correlate(args: argparse.Namespace) -> int:
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
     result = trtl.correlation_experiment(
-        model, prompts, mode=args.mode, positions=args.positions, n_boot=args.n_boot,
-        seed=args.seed, batch_size=args.batch_size, device=device, progress=True)
+        model,
+        prompts,
+        mode=args.mode,
+        positions=args.positions,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
     return _finish(args, out, result, model, prompts)
 
 
@@ -429,13 +551,29 @@ def _steer(args: argparse.Namespace) -> int:
     out, device, task, model = _prepare(args, min_k=1)
     source = _base_prompts(model, task, args)
     target = _base_prompts(model, task, args, seed=args.seed + 1, perturbation=args.target)
-    found = trtl.find_task_heads(model, source, args.top_k, n_boot=args.n_boot,
-                                 seed=args.seed, batch_size=args.batch_size, device=device,
-                                 progress=True)
+    found = trtl.find_task_heads(
+        model,
+        source,
+        args.top_k,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
     result = trtl.steering_experiment(
-        model, source, target, trtl.head_sets(found), args.alphas, n_random=args.n_random,
-        seed=args.seed, n_boot=args.n_boot, batch_size=args.batch_size, device=device,
-        progress=True)
+        model,
+        source,
+        target,
+        trtl.head_sets(found),
+        args.alphas,
+        n_random=args.n_random,
+        seed=args.seed,
+        n_boot=args.n_boot,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
     return _finish(args, out, result, model, source, maps=found.maps)
 
 
@@ -446,18 +584,39 @@ def _geometry(args: argparse.Namespace) -> int:
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
     if args.ablate:
-        detected = token_detector_scores(model, detectors=["previous_token", "induction"],
-                                         n_sequences=args.sequences, seed=args.seed, device=device,
-                                         progress=True)
+        detected = token_detector_scores(
+            model,
+            detectors=["previous_token", "induction"],
+            n_sequences=args.sequences,
+            seed=args.seed,
+            device=device,
+            progress=True,
+        )
         heads = {"PTH": detected["previous_token"], "IH": detected["induction"]}
         result = geometry.head_ablation_geometry(
-            model, prompts, heads, top_k=args.top_k, n_random=args.n_random,
-            folds=args.folds, seed=args.seed, n_boot=args.n_boot,
-            batch_size=args.batch_size, device=device, progress=True)
+            model,
+            prompts,
+            heads,
+            top_k=args.top_k,
+            n_random=args.n_random,
+            folds=args.folds,
+            seed=args.seed,
+            n_boot=args.n_boot,
+            batch_size=args.batch_size,
+            device=device,
+            progress=True,
+        )
     else:
-        result = geometry.layer_geometry(model, prompts, folds=args.folds, seed=args.seed,
-                                         n_boot=args.n_boot, batch_size=args.batch_size,
-                                         device=device, progress=True)
+        result = geometry.layer_geometry(
+            model,
+            prompts,
+            folds=args.folds,
+            seed=args.seed,
+            n_boot=args.n_boot,
+            batch_size=args.batch_size,
+            device=device,
+            progress=True,
+        )
     return _finish(args, out, result, model, prompts)
 
 
@@ -468,9 +627,19 @@ def _task_vectors(args: argparse.Namespace) -> int:
     icl = _base_prompts(model, task, args)
     zero_shot = _base_prompts(model, task, args, k=0)
     result = geometry.task_vector_experiment(
-        model, icl, zero_shot, layers=args.layers, scales=args.scales, mode=args.mode,
-        folds=args.folds, seed=args.seed, n_boot=args.n_boot, batch_size=args.batch_size,
-        device=device, progress=True)
+        model,
+        icl,
+        zero_shot,
+        layers=args.layers,
+        scales=args.scales,
+        mode=args.mode,
+        folds=args.folds,
+        seed=args.seed,
+        n_boot=args.n_boot,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
     return _finish(args, out, result, model, icl)
 
 
@@ -493,8 +662,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     out = _check_out_dir(args.out or (quick_root if args.quick else "docs/results/data"))
     page_dir = None
     if args.pages:
-        page_dir = _check_out_dir(args.page_dir or (quick_root / "pages" if args.quick
-                                                    else "docs/results"))
+        page_dir = _check_out_dir(
+            args.page_dir or (quick_root / "pages" if args.quick else "docs/results")
+        )
     device = _resolve_device_arg(args.device)
     tasks = [load_task(name) for name in args.tasks]  # every task checked before any run
     for task in tasks:
@@ -504,17 +674,34 @@ def _reproduce(args: argparse.Namespace) -> int:
         model = _load_model_arg(name, device)
         for family in args.experiments:
             started = time.perf_counter()
-            print(f"\n== {family} on {model.cfg.model_name}: {', '.join(t.name for t in tasks)}",
-                  flush=True)
+            print(
+                f"\n== {family} on {model.cfg.model_name}: {', '.join(t.name for t in tasks)}",
+                flush=True,
+            )
             if family == "trtl":
-                trtl.reproduce_trtl(model, args.tasks, out / "trtl",
-                                    quick=args.quick, seed=args.seed, progress=True, n=args.n,
-                                    batch_size=args.batch_size, device=device)
+                trtl.reproduce_trtl(
+                    model,
+                    args.tasks,
+                    out / "trtl",
+                    quick=args.quick,
+                    seed=args.seed,
+                    progress=True,
+                    n=args.n,
+                    batch_size=args.batch_size,
+                    device=device,
+                )
             else:
-                geometry.reproduce_geometry(model, args.tasks, out / "geometry",
-                                            quick=args.quick, seed=args.seed, progress=True,
-                                            n=args.n, batch_size=args.batch_size,
-                                            device=device)
+                geometry.reproduce_geometry(
+                    model,
+                    args.tasks,
+                    out / "geometry",
+                    quick=args.quick,
+                    seed=args.seed,
+                    progress=True,
+                    n=args.n,
+                    batch_size=args.batch_size,
+                    device=device,
+                )
             print(f"   {family}: {time.perf_counter() - started:.0f} s", flush=True)
             if not args.reports:
                 continue
@@ -524,26 +711,37 @@ def _reproduce(args: argparse.Namespace) -> int:
                 todo = [c.parent for c in cells if not (c.parent / "report.html").is_file()]
                 if not todo:
                     continue
-                example = attention_example(model, build_prompts(model, task, k=4, n=1,
-                                                                 seed=args.seed))
+                example = attention_example(
+                    model, build_prompts(model, task, k=4, n=1, seed=args.seed)
+                )
                 for cell in todo:
                     js = os.path.relpath(shared_js, cell)
-                    write_report(cell / "report.html", ExperimentResult.load(cell),
-                                 example=example, command=args.command_line, plotly_js=js)
+                    write_report(
+                        cell / "report.html",
+                        ExperimentResult.load(cell),
+                        example=example,
+                        command=args.command_line,
+                        plotly_js=js,
+                    )
         del model
-    print(f"\nResults in {out}{os.sep}<family>/<model>/<task>/<experiment>/ (finished cells "
-          "are skipped on a re-run)")
+    print(
+        f"\nResults in {out}{os.sep}<family>/<model>/<task>/<experiment>/ (finished cells "
+        "are skipped on a re-run)"
+    )
     if page_dir is not None:
         command = args.command_line
         if "trtl" in args.experiments:
-            page = write_trtl_page(out / "trtl", page_dir / "trtl.md",
-                                   page_dir / "figures" / "trtl", command=command)
+            page = write_trtl_page(
+                out / "trtl", page_dir / "trtl.md", page_dir / "figures" / "trtl", command=command
+            )
             print(f"Wrote {page}")
         if "geometry" in args.experiments:
-            page = write_geometry_page(out / "geometry",
-                                                     page_dir / "geometry.md",
-                                                     page_dir / "figures" / "geometry",
-                                                     command=command)
+            page = write_geometry_page(
+                out / "geometry",
+                page_dir / "geometry.md",
+                page_dir / "figures" / "geometry",
+                command=command,
+            )
             print(f"Wrote {page}")
     return 0
 
@@ -565,29 +763,49 @@ def _add_run_args(parser: argparse.ArgumentParser, *, command: str, n: int, k: i
     """The options every analysis subcommand shares."""
     _add_model_args(parser)
     _add_task_arg(parser)
-    parser.add_argument("--k", type=_non_negative_int, default=k,
-                        help="demonstrations per prompt (at most the task's examples - 1)")
+    parser.add_argument(
+        "--k",
+        type=_non_negative_int,
+        default=k,
+        help="demonstrations per prompt (at most the task's examples - 1)",
+    )
     parser.add_argument("--n", type=_positive_int, default=n, help="prompts")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of every random choice (prompts, random head sets, "
-                             "bootstrap)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16,
-                        help="prompts per forward pass")
-    parser.add_argument("--out", default=f"results/{command}", metavar="DIR",
-                        help="directory for the result (result.json with the settings, "
-                             "table.csv, maps/, tables/) and report.html; checked before the "
-                             "model loads")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice (prompts, random head sets, bootstrap)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="prompts per forward pass"
+    )
+    parser.add_argument(
+        "--out",
+        default=f"results/{command}",
+        metavar="DIR",
+        help="directory for the result (result.json with the settings, "
+        "table.csv, maps/, tables/) and report.html; checked before the "
+        "model loads",
+    )
 
 
 def _add_top_k(parser: argparse.ArgumentParser, what: str = "TR and TL head sets") -> None:
-    parser.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
-                        help=f"size of the {what} (default: 3%% of the model's heads, at "
-                             "least 1)")
+    parser.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help=f"size of the {what} (default: 3%% of the model's heads, at least 1)",
+    )
 
 
 def _add_n_boot(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-boot", type=_positive_int, default=1000,
-                        help="bootstrap resamples of the confidence intervals")
+    parser.add_argument(
+        "--n-boot",
+        type=_positive_int,
+        default=1000,
+        help="bootstrap resamples of the confidence intervals",
+    )
 
 
 def _add_ablation(parser: argparse.ArgumentParser, *, positions: str, where: str) -> None:
@@ -595,15 +813,20 @@ def _add_ablation(parser: argparse.ArgumentParser, *, positions: str, where: str
     first among the choices)."""
     from .interventions import ABLATION_MODES
 
-    parser.add_argument("--mode", choices=ABLATION_MODES, default="mean",
-                        help="how a head's output is replaced")
+    parser.add_argument(
+        "--mode", choices=ABLATION_MODES, default="mean", help="how a head's output is replaced"
+    )
     choices = (positions, *(p for p in ("all", "query") if p != positions))
     parser.add_argument("--positions", choices=choices, default=positions, help=where)
 
 
 def _add_n_random(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-random", type=_positive_int, default=5,
-                        help="random control head sets per named set (layer-matched)")
+    parser.add_argument(
+        "--n-random",
+        type=_positive_int,
+        default=5,
+        help="random control head sets per named set (layer-matched)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -611,63 +834,94 @@ def build_parser() -> argparse.ArgumentParser:
     from .prompts import PERTURBATIONS
 
     parser = _Parser(
-        prog=PROG, formatter_class=_HelpFormatter,
+        prog=PROG,
+        formatter_class=_HelpFormatter,
         description="Find and explain the attention heads behind in-context learning. Each "
-                    "analysis subcommand saves its result (CSV tables, JSON with the "
-                    "settings) and a self-contained HTML report in --out.",
-        epilog=_choices_epilog())
+        "analysis subcommand saves its result (CSV tables, JSON with the "
+        "settings) and a self-contained HTML report in --out.",
+        epilog=_choices_epilog(),
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = _add_subcommand(
-        sub, "quickstart", help="ICL behaviour of a model on a task across k shots",
+        sub,
+        "quickstart",
+        help="ICL behaviour of a model on a task across k shots",
         description="ICL behaviour of a model on a task: for each k in --shots, build --n "
-                    "k-shot prompts and print accuracy, label-space rate, in-space accuracy "
-                    "and the gold-label logit difference, one row per k.")
+        "k-shot prompts and print accuracy, label-space rate, in-space accuracy "
+        "and the gold-label logit difference, one row per k.",
+    )
     _add_model_args(q)
     _add_task_arg(q)
-    q.add_argument("--shots", type=_non_negative_int, nargs="+", default=[0, 1, 2, 4, 8],
-                   metavar="K", help="numbers of demonstrations per prompt")
+    q.add_argument(
+        "--shots",
+        type=_non_negative_int,
+        nargs="+",
+        default=[0, 1, 2, 4, 8],
+        metavar="K",
+        help="numbers of demonstrations per prompt",
+    )
     q.add_argument("--n", type=_positive_int, default=40, help="queries (prompts) per k")
     q.add_argument("--seed", type=int, default=0, help="seed of the query and demo choice")
     q.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per forward pass")
-    q.add_argument("--out", default=None, metavar="CSV",
-                   help="also write the table to this CSV file, its settings beside it "
-                        "(.json) and a report (.html); checked before the model loads")
+    q.add_argument(
+        "--out",
+        default=None,
+        metavar="CSV",
+        help="also write the table to this CSV file, its settings beside it "
+        "(.json) and a report (.html); checked before the model loads",
+    )
     q.set_defaults(func=_quickstart)
 
     d = _add_subcommand(
-        sub, "detect", help="previous-token, induction, duplicate-token, label-attention heads",
+        sub,
+        "detect",
+        help="previous-token, induction, duplicate-token, label-attention heads",
         description="Score every head as a previous-token, duplicate-token and induction head "
-                    "(on --sequences seeded random token sequences [BOS] + r + r, r of --T "
-                    "tokens) and as a label-attention head (attention from the query to the "
-                    "demonstrations' labels, on --n k-shot prompts of --task); write "
-                    "heads.csv (one row per head, with its kinds), the maps and the report.")
+        "(on --sequences seeded random token sequences [BOS] + r + r, r of --T "
+        "tokens) and as a label-attention head (attention from the query to the "
+        "demonstrations' labels, on --n k-shot prompts of --task); write "
+        "heads.csv (one row per head, with its kinds), the maps and the report.",
+    )
     _add_run_args(d, command="detect", n=16)
-    d.add_argument("--sequences", type=_positive_int, default=32,
-                   help="random repeated-token sequences for the token detectors")
+    d.add_argument(
+        "--sequences",
+        type=_positive_int,
+        default=32,
+        help="random repeated-token sequences for the token detectors",
+    )
     d.add_argument("--T", type=_positive_int, default=50, help="tokens per repeated half")
-    _add_top_k(d, "head kinds: with K, a head has a kind when it is among the K best by that "
-                  "score; without, when its score is at least 0.5")
+    _add_top_k(
+        d,
+        "head kinds: with K, a head has a kind when it is among the K best by that "
+        "score; without, when its score is at least 0.5",
+    )
     d.set_defaults(func=_detect)
 
     f = _add_subcommand(
-        sub, "find-heads", help="TR and TL heads (TSLA) with their overlap",
+        sub,
+        "find-heads",
+        help="TR and TL heads (TSLA) with their overlap",
         description="Task Recognition (TR) and Task Learning (TL) scores of every head by "
-                    "Task Subspace Logit Attribution on --n k-shot prompts, the TR and TL head "
-                    "sets (the --top-k best of each), their overlap and the baseline behaviour "
-                    "(trtl.find_task_heads).")
+        "Task Subspace Logit Attribution on --n k-shot prompts, the TR and TL head "
+        "sets (the --top-k best of each), their overlap and the baseline behaviour "
+        "(trtl.find_task_heads).",
+    )
     _add_run_args(f, command="find-heads", n=32)
     _add_top_k(f)
     _add_n_boot(f)
     f.set_defaults(func=_find_heads)
 
     a = _add_subcommand(
-        sub, "ablate", help="ablate the TR and TL heads and random control sets",
+        sub,
+        "ablate",
+        help="ablate the TR and TL heads and random control sets",
         description="Find the TR and TL heads, then ablate each set and --n-random "
-                    "layer-matched random sets of the same size, and measure accuracy, "
-                    "label-space rate, in-space accuracy and logit difference with bootstrap "
-                    "confidence intervals (trtl.ablation_experiment).")
+        "layer-matched random sets of the same size, and measure accuracy, "
+        "label-space rate, in-space accuracy and logit difference with bootstrap "
+        "confidence intervals (trtl.ablation_experiment).",
+    )
     _add_run_args(a, command="ablate", n=32)
     _add_top_k(a)
     _add_n_random(a)
@@ -676,119 +930,208 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_ablate)
 
     p = _add_subcommand(
-        sub, "perturb", help="behaviour and TR/TL maps under input perturbations",
+        sub,
+        "perturb",
+        help="behaviour and TR/TL maps under input perturbations",
         description="Behaviour and TR/TL maps with gold, random and abstract labels and "
-                    "without demonstrations, and how stable each map is against the gold "
-                    "map: Spearman over heads and top-k overlap "
-                    "(trtl.perturbation_experiment).")
+        "without demonstrations, and how stable each map is against the gold "
+        "map: Spearman over heads and top-k overlap "
+        "(trtl.perturbation_experiment).",
+    )
     _add_run_args(p, command="perturb", n=32)
-    p.add_argument("--perturbations", nargs="+", choices=PERTURBATIONS,
-                   default=list(PERTURBATIONS), metavar="NAME",
-                   help=f"conditions ({', '.join(PERTURBATIONS)}); gold is needed")
+    p.add_argument(
+        "--perturbations",
+        nargs="+",
+        choices=PERTURBATIONS,
+        default=list(PERTURBATIONS),
+        metavar="NAME",
+        help=f"conditions ({', '.join(PERTURBATIONS)}); gold is needed",
+    )
     _add_top_k(p, "top-k overlaps")
     _add_n_boot(p)
     p.set_defaults(func=_perturb)
 
     c = _add_subcommand(
-        sub, "correlate", help="single-head ablation effects against TR and TL scores",
+        sub,
+        "correlate",
+        help="single-head ablation effects against TR and TL scores",
         description="Ablate every head alone (exact fast sweep) and correlate the drop in "
-                    "label-space rate, in-space accuracy and logit difference with its TR and "
-                    "TL scores: Spearman and Pearson over heads with confidence intervals "
-                    "(trtl.correlation_experiment).")
+        "label-space rate, in-space accuracy and logit difference with its TR and "
+        "TL scores: Spearman and Pearson over heads with confidence intervals "
+        "(trtl.correlation_experiment).",
+    )
     _add_run_args(c, command="correlate", n=32)
-    _add_ablation(c, positions="query", where="where heads are ablated (query: the exact fast "
-                  "path)")
+    _add_ablation(
+        c, positions="query", where="where heads are ablated (query: the exact fast path)"
+    )
     _add_n_boot(c)
     c.set_defaults(func=_correlate)
 
     s = _add_subcommand(
-        sub, "steer", help="steer zero-shot prompts with the TR / TL heads' mean output",
+        sub,
+        "steer",
+        help="steer zero-shot prompts with the TR / TL heads' mean output",
         description="Find the TR and TL heads on --n k-shot prompts, then add alpha times "
-                    "each head's mean output at the query of --target prompts (and of random "
-                    "control sets) and measure behaviour, subspace alignment and rotation "
-                    "toward the gold label (trtl.steering_experiment).")
+        "each head's mean output at the query of --target prompts (and of random "
+        "control sets) and measure behaviour, subspace alignment and rotation "
+        "toward the gold label (trtl.steering_experiment).",
+    )
     _add_run_args(s, command="steer", n=32)
-    s.add_argument("--target", choices=("zero_shot", "abstract_labels", "random_labels"),
-                   default="zero_shot", help="the prompts that are steered")
-    s.add_argument("--alphas", type=_float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 4.0],
-                   metavar="ALPHA", help="steering strengths")
+    s.add_argument(
+        "--target",
+        choices=("zero_shot", "abstract_labels", "random_labels"),
+        default="zero_shot",
+        help="the prompts that are steered",
+    )
+    s.add_argument(
+        "--alphas",
+        type=_float,
+        nargs="+",
+        default=[0.0, 0.5, 1.0, 2.0, 4.0],
+        metavar="ALPHA",
+        help="steering strengths",
+    )
     _add_top_k(s)
     _add_n_random(s)
     _add_n_boot(s)
     s.set_defaults(func=_steer)
 
     g = _add_subcommand(
-        sub, "geometry", help="separability and alignment of the query states over layers",
+        sub,
+        "geometry",
+        help="separability and alignment of the query states over layers",
         description="Separability (probe accuracy, Fisher ratio) and alignment (with the "
-                    "label unembeddings, logit-lens accuracy) of the query hidden states, "
-                    "layer by layer (geometry.layer_geometry); with --ablate, the same curves "
-                    "with the previous-token (PTH) and induction (IH) heads ablated, against "
-                    "random sets (geometry.head_ablation_geometry).")
+        "label unembeddings, logit-lens accuracy) of the query hidden states, "
+        "layer by layer (geometry.layer_geometry); with --ablate, the same curves "
+        "with the previous-token (PTH) and induction (IH) heads ablated, against "
+        "random sets (geometry.head_ablation_geometry).",
+    )
     _add_run_args(g, command="geometry", n=64)
     g.add_argument("--folds", type=_positive_int, default=5, help="probe cross-validation folds")
-    g.add_argument("--ablate", action="store_true",
-                   help="ablate the top previous-token and induction heads (default: off)")
-    g.add_argument("--sequences", type=_positive_int, default=32,
-                   help="random sequences that find the PTH and IH heads (with --ablate)")
+    g.add_argument(
+        "--ablate",
+        action="store_true",
+        help="ablate the top previous-token and induction heads (default: off)",
+    )
+    g.add_argument(
+        "--sequences",
+        type=_positive_int,
+        default=32,
+        help="random sequences that find the PTH and IH heads (with --ablate)",
+    )
     _add_top_k(g, "PTH and IH sets (with --ablate)")
     _add_n_random(g)
     _add_n_boot(g)
     g.set_defaults(func=_geometry)
 
     t = _add_subcommand(
-        sub, "task-vectors", help="inject the ICL task vector into zero-shot prompts",
+        sub,
+        "task-vectors",
+        help="inject the ICL task vector into zero-shot prompts",
         description="The task vector (mean query state of --n k-shot prompts after a layer) "
-                    "injected into --n zero-shot prompts at each layer: behaviour and geometry "
-                    "against the zero-shot and ICL references (geometry.task_vector_experiment).")
+        "injected into --n zero-shot prompts at each layer: behaviour and geometry "
+        "against the zero-shot and ICL references (geometry.task_vector_experiment).",
+    )
     _add_run_args(t, command="task-vectors", n=32)
-    t.add_argument("--layers", type=_non_negative_int, nargs="+", default=None, metavar="L",
-                   help="injection states (0 = embeddings; default: every layer)")
-    t.add_argument("--scales", type=_float, nargs="+", default=[1.0], metavar="S",
-                   help="injection scales")
-    t.add_argument("--mode", choices=TASK_VECTOR_MODES, default="replace",
-                   help="replace the state or add the vector")
+    t.add_argument(
+        "--layers",
+        type=_non_negative_int,
+        nargs="+",
+        default=None,
+        metavar="L",
+        help="injection states (0 = embeddings; default: every layer)",
+    )
+    t.add_argument(
+        "--scales", type=_float, nargs="+", default=[1.0], metavar="S", help="injection scales"
+    )
+    t.add_argument(
+        "--mode",
+        choices=TASK_VECTOR_MODES,
+        default="replace",
+        help="replace the state or add the vector",
+    )
     t.add_argument("--folds", type=_positive_int, default=5, help="probe cross-validation folds")
     _add_n_boot(t)
     t.set_defaults(func=_task_vectors)
 
     r = _add_subcommand(
-        sub, "reproduce", help="a resumable grid: models x tasks x experiments, and the pages",
+        sub,
+        "reproduce",
+        help="a resumable grid: models x tasks x experiments, and the pages",
         description="Run every experiment of the chosen families (trtl: find-heads, ablation, "
-                    "perturbation, correlation, steering, reconciliation; geometry: layer "
-                    "geometry at k=0 and 4, task vectors, PTH/IH ablation) for every model and "
-                    "task, one folder per cell (--out/<family>/<model>/<task>/<experiment>/, "
-                    "with its report.html). Resumable: a finished cell is skipped, so an "
-                    "interrupted grid continues and cells can be farmed out. With --pages, "
-                    "write the results pages (--page-dir/trtl.md, geometry.md) from the saved "
-                    "results.")
-    r.add_argument("--models", nargs="+", default=["default"], metavar="MODEL",
-                   help=f"the models: {_models_help()}")
-    r.add_argument("--tasks", nargs="+", default=["sentiment", "topic", "category"],
-                   metavar="TASK", help=f"the tasks: {_tasks_help()}")
-    r.add_argument("--experiments", nargs="+", choices=FAMILIES, default=list(FAMILIES),
-                   metavar="FAMILY", help=f"experiment families ({', '.join(FAMILIES)})")
-    r.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:<index> or mps (default: cuda if available, else cpu)")
-    r.add_argument("--quick", action="store_true",
-                   help="the small preset (few prompts, random sets and resamples) for a smoke "
-                        "run (default: off, the full sizes)")
-    r.add_argument("--n", type=_positive_int, default=None,
-                   help="prompts per set (default: the preset's)")
+        "perturbation, correlation, steering, reconciliation; geometry: layer "
+        "geometry at k=0 and 4, task vectors, PTH/IH ablation) for every model and "
+        "task, one folder per cell (--out/<family>/<model>/<task>/<experiment>/, "
+        "with its report.html). Resumable: a finished cell is skipped, so an "
+        "interrupted grid continues and cells can be farmed out. With --pages, "
+        "write the results pages (--page-dir/trtl.md, geometry.md) from the saved "
+        "results.",
+    )
+    r.add_argument(
+        "--models",
+        nargs="+",
+        default=["default"],
+        metavar="MODEL",
+        help=f"the models: {_models_help()}",
+    )
+    r.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["sentiment", "topic", "category"],
+        metavar="TASK",
+        help=f"the tasks: {_tasks_help()}",
+    )
+    r.add_argument(
+        "--experiments",
+        nargs="+",
+        choices=FAMILIES,
+        default=list(FAMILIES),
+        metavar="FAMILY",
+        help=f"experiment families ({', '.join(FAMILIES)})",
+    )
+    r.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:<index> or mps (default: cuda if available, else cpu)",
+    )
+    r.add_argument(
+        "--quick",
+        action="store_true",
+        help="the small preset (few prompts, random sets and resamples) for a smoke "
+        "run (default: off, the full sizes)",
+    )
+    r.add_argument(
+        "--n", type=_positive_int, default=None, help="prompts per set (default: the preset's)"
+    )
     r.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    r.add_argument("--batch-size", type=_positive_int, default=16,
-                   help="prompts per forward pass")
-    r.add_argument("--out", default=None, metavar="DIR",
-                   help="root of the grid's folders, checked before any model loads (default: "
-                        "docs/results/data, the data of the docs' results pages; with --quick "
-                        "results/reproduce-quick, so small runs never mix with full ones)")
-    r.add_argument("--pages", action="store_true",
-                   help="also write the results pages from the saved results (default: off)")
-    r.add_argument("--page-dir", default=None, metavar="DIR",
-                   help="where --pages writes trtl.md, geometry.md and figures/ (default: "
-                        "docs/results; with --quick results/reproduce-quick/pages)")
-    r.add_argument("--no-reports", dest="reports", action="store_false",
-                   help="do not write a report.html per cell (default: write them, sharing "
-                        "one plotly.min.js in --out)")
+    r.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per forward pass")
+    r.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="root of the grid's folders, checked before any model loads (default: "
+        "docs/results/data, the data of the docs' results pages; with --quick "
+        "results/reproduce-quick, so small runs never mix with full ones)",
+    )
+    r.add_argument(
+        "--pages",
+        action="store_true",
+        help="also write the results pages from the saved results (default: off)",
+    )
+    r.add_argument(
+        "--page-dir",
+        default=None,
+        metavar="DIR",
+        help="where --pages writes trtl.md, geometry.md and figures/ (default: "
+        "docs/results; with --quick results/reproduce-quick/pages)",
+    )
+    r.add_argument(
+        "--no-reports",
+        dest="reports",
+        action="store_false",
+        help="do not write a report.html per cell (default: write them, sharing "
+        "one plotly.min.js in --out)",
+    )
     r.set_defaults(func=_reproduce)
     return parser
 
@@ -807,8 +1150,14 @@ def reference_markdown(width: int = 96) -> str:
         (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         parts = ["## `icl-heads`", "", "```text", parser.format_help().rstrip(), "```", ""]
         for name, subparser in sub.choices.items():
-            parts += [f"## `icl-heads {name}`", "", "```text", subparser.format_help().rstrip(),
-                      "```", ""]
+            parts += [
+                f"## `icl-heads {name}`",
+                "",
+                "```text",
+                subparser.format_help().rstrip(),
+                "```",
+                "",
+            ]
     finally:
         if previous is None:
             os.environ.pop("COLUMNS", None)
@@ -834,8 +1183,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help
         return done.code if isinstance(done.code, int) else 0
     args.command_line = shlex.join([PROG, *argv])
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except EXPECTED_ERRORS as err:

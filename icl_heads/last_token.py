@@ -58,12 +58,19 @@ def supports_last_token(model: HookedTransformer, seq_len: int) -> bool:
     cfg = model.cfg
     if cfg.positional_embedding_type not in ("rotary", "standard"):
         return False
-    flags = (cfg.parallel_attn_mlp, cfg.use_split_qkv_input, cfg.use_attn_in, cfg.load_in_4bit,
-             cfg.use_logn_attn, cfg.use_attention_sinks, cfg.use_dynamic_ntk_rope,
-             cfg.clip_qkv is not None, cfg.original_architecture in POST_NORM_ARCHITECTURES,
-             cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM",
-                                           "Olmo3ForCausalLM"),
-             cfg.attention_dir != "causal")
+    flags = (
+        cfg.parallel_attn_mlp,
+        cfg.use_split_qkv_input,
+        cfg.use_attn_in,
+        cfg.load_in_4bit,
+        cfg.use_logn_attn,
+        cfg.use_attention_sinks,
+        cfg.use_dynamic_ntk_rope,
+        cfg.clip_qkv is not None,
+        cfg.original_architecture in POST_NORM_ARCHITECTURES,
+        cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"),
+        cfg.attention_dir != "causal",
+    )
     if any(bool(f) for f in flags):
         return False
     for block in model.blocks:
@@ -75,8 +82,9 @@ def supports_last_token(model: HookedTransformer, seq_len: int) -> bool:
 def check_supported(model: HookedTransformer) -> None:
     """Raise a clear error for models the engine cannot run exactly."""
     if model.cfg.positional_embedding_type == "shortformer":
-        raise ValueError("The fast sweeps do not support shortformer positional embeddings; "
-                         "use method='naive'.")
+        raise ValueError(
+            "The fast sweeps do not support shortformer positional embeddings; use method='naive'."
+        )
 
 
 # --------------------------------------------------------------------------- clean run
@@ -128,16 +136,22 @@ def clean_run(
     needs to restart rows at ``layers``: see :class:`CleanRun`."""
     G, L = len(group), model.cfg.n_layers
     names = [hook_name("resid_pre", layer) for layer in layers]
-    capture = Capture(names=set(names).__contains__,
-                      positions="query" if query_only else "all",
-                      attention_mask=group.attention_mask)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, G) \
-        if query_only else None
+    capture = Capture(
+        names=set(names).__contains__,
+        positions="query" if query_only else "all",
+        attention_mask=group.attention_mask,
+    )
+    cache = (
+        TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, G)
+        if query_only
+        else None
+    )
     # The capture goes first: it records what enters each block, before any background
     # intervention at hook_resid_pre acts (run_items replays those when rows start there).
     with applied(model, [capture, *interventions], group, index):
-        resid = model(group.tokens, attention_mask=group.attention_mask, past_kv_cache=cache,
-                      stop_at_layer=L)
+        resid = model(
+            group.tokens, attention_mask=group.attention_mask, past_kv_cache=cache, stop_at_layer=L
+        )
     logits = final_logits(model, resid[:, -1])
     stored = {layer: capture.store[name] for layer, name in zip(layers, names, strict=True)}
     if not query_only:
@@ -152,23 +166,35 @@ def clean_run(
 
 def _prefixes(model: HookedTransformer, kv: list, mask: Tensor) -> list[Prefix]:
     out = []
-    pad = (mask[:, :-1] == 0)
+    pad = mask[:, :-1] == 0
     bias = torch.zeros(mask.shape, dtype=model.cfg.dtype, device=mask.device)
     bias[:, :-1] = bias[:, :-1].masked_fill(pad, -math.inf)
     bias = bias[:, None, None]
     for layer, (keys, values) in enumerate(kv):
         if model.cfg.positional_embedding_type == "rotary":
             keys = model.blocks[layer].attn.apply_rotary(keys, 0, mask[:, :-1])
-        out.append(Prefix(keys_t=keys.permute(0, 2, 3, 1).contiguous(),
-                          values=values.permute(0, 2, 1, 3).contiguous(), bias=bias))
+        out.append(
+            Prefix(
+                keys_t=keys.permute(0, 2, 3, 1).contiguous(),
+                values=values.permute(0, 2, 1, 3).contiguous(),
+                bias=bias,
+            )
+        )
     return out
 
 
 # --------------------------------------------------------------------------- the last-token block
 
 
-def last_token_block(model: HookedTransformer, layer: int, x: Tensor, G: int, r: int,
-                     prefix: Prefix, mask_rows: Tensor) -> Tensor:
+def last_token_block(
+    model: HookedTransformer,
+    layer: int,
+    x: Tensor,
+    G: int,
+    r: int,
+    prefix: Prefix,
+    mask_rows: Tensor,
+) -> Tensor:
     """One transformer block for the last token only, ``x`` = ``[G * r, 1, d_model]`` (row
     ``g * r + j``: row ``j`` of prompt ``g``), attending to prompt ``g``'s cached prefix.
 
@@ -258,11 +284,16 @@ def run_items(
             rows = torch.arange(lo, hi, device=device)[:, None] * G + g[None]
             prompt_of_row = g.repeat(r)
         if interventions:
-            rows_batch, rows_index = group.select(prompt_of_row.cpu()), \
-                clean.index[prompt_of_row.cpu()]
+            rows_batch, rows_index = (
+                group.select(prompt_of_row.cpu()),
+                clean.index[prompt_of_row.cpu()],
+            )
             for iv in interventions:
-                hooks += [(block_name, fn) for name, fn in iv.fwd_hooks(rows_batch, rows_index)
-                          if (block_name := _in_block(name, i)) is not None]
+                hooks += [
+                    (block_name, fn)
+                    for name, fn in iv.fwd_hooks(rows_batch, rows_index)
+                    if (block_name := _in_block(name, i)) is not None
+                ]
         if edit is not None and hi > lo:
             hooks += edit(i, lo, hi, rows).fwd_hooks()
         plan.append((i, lo, hi, prompt_of_row))
@@ -274,11 +305,17 @@ def run_items(
                 new = clean.resid[i][:, None].expand(-1, hi - lo, -1, -1)
                 x = new if x is None else torch.cat([x, new], dim=1)
             r = x.shape[1]
-            flat = x.reshape(G * r, *x.shape[2:]) if prompt_major else \
-                x.transpose(0, 1).reshape(r * G, *x.shape[2:])
+            flat = (
+                x.reshape(G * r, *x.shape[2:])
+                if prompt_major
+                else x.transpose(0, 1).reshape(r * G, *x.shape[2:])
+            )
             flat = _block(model, clean, i, flat, prompt_of_row, G, r)
-            x = flat.reshape(G, r, *flat.shape[1:]) if prompt_major else \
-                flat.reshape(r, G, *flat.shape[1:]).transpose(0, 1)
+            x = (
+                flat.reshape(G, r, *flat.shape[1:])
+                if prompt_major
+                else flat.reshape(r, G, *flat.shape[1:]).transpose(0, 1)
+            )
     return final_logits(model, x[:, :, -1]).transpose(0, 1)
 
 
@@ -291,18 +328,26 @@ def _in_block(name: str | Callable[[str], bool], layer: int) -> str | Callable |
     return lambda hook_name: hook_name.startswith(prefix) and name(hook_name)
 
 
-def _block(model: HookedTransformer, clean: CleanRun, layer: int, x: Tensor,
-           prompt_of_row: Tensor, G: int, r: int) -> Tensor:
+def _block(
+    model: HookedTransformer,
+    clean: CleanRun,
+    layer: int,
+    x: Tensor,
+    prompt_of_row: Tensor,
+    G: int,
+    r: int,
+) -> Tensor:
     mask = clean.group.attention_mask
     if clean.engine == "last_token":
-        return last_token_block(model, layer, x, G, r, clean.prefixes[layer],
-                                mask.repeat_interleave(r, dim=0))
+        return last_token_block(
+            model, layer, x, G, r, clean.prefixes[layer], mask.repeat_interleave(r, dim=0)
+        )
     entry = None
     if clean.engine == "kv_blocks":
         keys, values = clean.kv[layer]
-        entry = TransformerLensKeyValueCacheEntry(past_keys=keys[prompt_of_row],
-                                                  past_values=values[prompt_of_row],
-                                                  frozen=True)
+        entry = TransformerLensKeyValueCacheEntry(
+            past_keys=keys[prompt_of_row], past_values=values[prompt_of_row], frozen=True
+        )
     return model.blocks[layer](x, past_kv_cache_entry=entry, attention_mask=mask[prompt_of_row])
 
 
@@ -346,15 +391,20 @@ def clean_groups(
     """
     device = resolve_device(device) if device is not None else torch.device(model.cfg.device)
     n = len(prompts)
-    bar = tqdm(total=n * runs_per_prompt, desc=desc, disable=not progress, leave=False,
-               unit="run")
+    bar = tqdm(total=n * runs_per_prompt, desc=desc, disable=not progress, leave=False, unit="run")
     try:
         with torch.inference_mode():
             for g0 in range(0, n, batch_size):
                 index = torch.arange(g0, min(g0 + batch_size, n))
                 group = prompts.select(index).to(device)
-                clean = clean_run(model, group, index, query_only=query_only, layers=layers,
-                                  interventions=interventions)
+                clean = clean_run(
+                    model,
+                    group,
+                    index,
+                    query_only=query_only,
+                    layers=layers,
+                    interventions=interventions,
+                )
                 yield Group(index, group, clean, bar.update)
     finally:
         bar.close()
@@ -417,11 +467,22 @@ def run_conditions(
     try:
         check_supported(model)
     except ValueError:
-        return _full_runs(model, prompts, conditions, measure=measure, names=names,
-                          background=background, batch_size=batch_size, device=device,
-                          progress=progress, desc=desc)
-    starts = sorted({c.start for c in conditions.values()} | (
-        {baseline_start} if baseline_start is not None else set()))
+        return _full_runs(
+            model,
+            prompts,
+            conditions,
+            measure=measure,
+            names=names,
+            background=background,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            desc=desc,
+        )
+    starts = sorted(
+        {c.start for c in conditions.values()}
+        | ({baseline_start} if baseline_start is not None else set())
+    )
     if not starts:
         starts = [model.cfg.n_layers - 1]
     keys = ["baseline", *conditions]
@@ -430,23 +491,34 @@ def run_conditions(
 
     def one(clean: CleanRun, start: int, interventions: Sequence) -> tuple[Tensor, Tensor | None]:
         capture = Capture(names=set(names).__contains__, positions="query")
-        logits = run_items(model, clean, torch.tensor([start]), None,
-                           [*background, *interventions, capture])[0]
-        got = torch.stack([capture.store[nm] for nm in names], 1).float().cpu() if names \
-            else None
+        logits = run_items(
+            model, clean, torch.tensor([start]), None, [*background, *interventions, capture]
+        )[0]
+        got = torch.stack([capture.store[nm] for nm in names], 1).float().cpu() if names else None
         return logits, got
 
-    for group in clean_groups(model, prompts, layers=starts, query_only=query_only,
-                              interventions=background, batch_size=batch_size, device=device,
-                              progress=progress, desc=desc, runs_per_prompt=len(keys)):
+    for group in clean_groups(
+        model,
+        prompts,
+        layers=starts,
+        query_only=query_only,
+        interventions=background,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        desc=desc,
+        runs_per_prompt=len(keys),
+    ):
         G = len(group.index)
         for key in keys:
             if key == "baseline":
-                logits, got = (group.clean.logits, None) if baseline_start is None else \
-                    one(group.clean, baseline_start, ())
+                logits, got = (
+                    (group.clean.logits, None)
+                    if baseline_start is None
+                    else one(group.clean, baseline_start, ())
+                )
             else:
-                logits, got = one(group.clean, conditions[key].start,
-                                  conditions[key].interventions)
+                logits, got = one(group.clean, conditions[key].start, conditions[key].interventions)
             measured[key].append(measure(logits, group.prompts))
             states[key].append(got)
             group.tick(G)
@@ -455,14 +527,23 @@ def run_conditions(
     return out_m, out_s
 
 
-def _full_runs(model, prompts, conditions, *, measure, names, background, batch_size, device,
-               progress, desc) -> tuple[dict, dict]:
+def _full_runs(
+    model, prompts, conditions, *, measure, names, background, batch_size, device, progress, desc
+) -> tuple[dict, dict]:
     """One full pass per condition (architectures the cached-prefix engine cannot run)."""
     measured, states = {}, {}
     for key, ivs in [("baseline", ()), *((k, c.interventions) for k, c in conditions.items())]:
-        got = collect(model, prompts, names, positions="query", batch_size=batch_size,
-                      device=device, interventions=[*background, *ivs], progress=progress,
-                      desc=desc)
+        got = collect(
+            model,
+            prompts,
+            names,
+            positions="query",
+            batch_size=batch_size,
+            device=device,
+            interventions=[*background, *ivs],
+            progress=progress,
+            desc=desc,
+        )
         measured[key] = measure(got.logits, prompts)
         if names:
             states[key] = torch.stack([got.activations[nm] for nm in names], 1).float().cpu()

@@ -87,8 +87,7 @@ def behaviour(logits: Float[Tensor, "prompt d_vocab"], prompts: PromptSet) -> di
         per_prompt = behaviour(logits, prompts)      # {"accuracy": [n], ...}
     """
     gold = prompts.gold.to(logits.device)
-    return {m: METRICS[m](logits, gold, prompts.label_token_ids).float().cpu()
-            for m in BEHAVIOUR}
+    return {m: METRICS[m](logits, gold, prompts.label_token_ids).float().cpu() for m in BEHAVIOUR}
 
 
 def metric_name(metric: str | Metric) -> str:

@@ -29,8 +29,9 @@ def _as_array(values, name: str) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=float)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be numbers (a tensor, array or list), got "
-                        f"{type(values).__name__}.") from None
+        raise TypeError(
+            f"{name} must be numbers (a tensor, array or list), got {type(values).__name__}."
+        ) from None
     return arr
 
 
@@ -102,8 +103,7 @@ def paired_difference_ci(
     t = _as_array(treated, "treated").reshape(-1)
     b = _as_array(baseline, "baseline").reshape(-1)
     if t.shape != b.shape:
-        raise ValueError(f"treated and baseline must pair up: {t.shape[0]} vs {b.shape[0]} "
-                         "values.")
+        raise ValueError(f"treated and baseline must pair up: {t.shape[0]} vs {b.shape[0]} values.")
     if not (np.isnan(t).any() or np.isnan(b).any()):
         return mean_ci(t - b, n_boot=n_boot, level=level, seed=seed)
     keep = ~(np.isnan(t) & np.isnan(b))
@@ -154,8 +154,9 @@ def independent_difference_ci(
         return math.nan, math.nan, math.nan, 0
     value = float(t.mean() - b.mean())
     rng = np.random.default_rng(seed)
-    boots = (t[rng.integers(0, t.size, (n_boot, t.size))].mean(1)
-             - b[rng.integers(0, b.size, (n_boot, b.size))].mean(1))
+    boots = t[rng.integers(0, t.size, (n_boot, t.size))].mean(1) - b[
+        rng.integers(0, b.size, (n_boot, b.size))
+    ].mean(1)
     alpha = (1 - level) / 2
     low, high = np.quantile(boots, [alpha, 1 - alpha])
     return value, float(low), float(high), n
@@ -171,8 +172,9 @@ def nanmean(values, axis: int | None = None) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def percentile_interval(replicates: np.ndarray, level: float = LEVEL
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def percentile_interval(
+    replicates: np.ndarray, level: float = LEVEL
+) -> tuple[np.ndarray, np.ndarray]:
     """NaN-aware percentile interval of bootstrap replicates over their first axis (NaN
     where no replicate is defined).
 
@@ -209,7 +211,7 @@ def _rank(x: np.ndarray) -> np.ndarray:
 def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     xc = x - x.mean(-1, keepdims=True)
     yc = y - y.mean(-1, keepdims=True)
-    denom = np.sqrt((xc ** 2).sum(-1) * (yc ** 2).sum(-1))
+    denom = np.sqrt((xc**2).sum(-1) * (yc**2).sum(-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, (xc * yc).sum(-1) / denom, np.nan)
 
@@ -289,8 +291,10 @@ def correlation_difference_ci(
     _check(n_boot, level, seed)
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}.")
-    arrays = [_as_array(v, name).reshape(-1) for v, name in
-              ((x1, "x1"), (y1, "y1"), (x2, "x2"), (y2, "y2"))]
+    arrays = [
+        _as_array(v, name).reshape(-1)
+        for v, name in ((x1, "x1"), (y1, "y1"), (x2, "x2"), (y2, "y2"))
+    ]
     if len({a.shape for a in arrays}) != 1:
         raise ValueError(f"x1, y1, x2, y2 must pair up: {[a.size for a in arrays]} values.")
     keep = ~np.any([np.isnan(a) for a in arrays], axis=0)

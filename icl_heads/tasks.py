@@ -61,25 +61,33 @@ class Task:
             raise TypeError(f"Task name must be a non-empty str, got {self.name!r}.")
         where = f"Task {self.name!r}"
         if isinstance(self.examples, (str, bytes)) or not isinstance(self.examples, Sequence):
-            raise TypeError(f"{where}: examples must be a sequence of (input, label) pairs, got "
-                            f"{type(self.examples).__name__}.")
+            raise TypeError(
+                f"{where}: examples must be a sequence of (input, label) pairs, got "
+                f"{type(self.examples).__name__}."
+            )
         if isinstance(self.labels, (str, bytes)) or not isinstance(self.labels, Sequence):
-            raise TypeError(f"{where}: labels must be a sequence of label words, got "
-                            f"{self.labels!r}; e.g. labels=('positive', 'negative').")
+            raise TypeError(
+                f"{where}: labels must be a sequence of label words, got "
+                f"{self.labels!r}; e.g. labels=('positive', 'negative')."
+            )
         bad = [y for y in self.labels if not isinstance(y, str)]
         if bad:
-            raise TypeError(f"{where}: labels must be strings; got {bad[0]!r} "
-                            f"({type(bad[0]).__name__}).")
+            raise TypeError(
+                f"{where}: labels must be strings; got {bad[0]!r} ({type(bad[0]).__name__})."
+            )
         for i, pair in enumerate(self.examples):
             _check_pair(pair, f"{where}: example {i}")
             if not isinstance(pair[0], str) or not isinstance(pair[1], str):
-                raise TypeError(f"{where}: example {i} {tuple(pair)!r} must hold two strings; "
-                                "use make_task, which converts numbers with str().")
+                raise TypeError(
+                    f"{where}: example {i} {tuple(pair)!r} must hold two strings; "
+                    "use make_task, which converts numbers with str()."
+                )
         object.__setattr__(self, "examples", tuple((x, y) for x, y in self.examples))
         object.__setattr__(self, "labels", tuple(self.labels))
         if not isinstance(self.description, str):
-            raise TypeError(f"{where}: description must be a str, got "
-                            f"{type(self.description).__name__}.")
+            raise TypeError(
+                f"{where}: description must be a str, got {type(self.description).__name__}."
+            )
         check_template(self.template)
         if not self.examples:
             raise ValueError(f"{where} has no examples; give at least two labels' worth.")
@@ -88,12 +96,16 @@ class Task:
             raise ValueError(f"{where} lists a label twice: {list(self.labels)}")
         for y in self.labels:
             if not y.strip() or y != y.strip():
-                raise ValueError(f"{where}: label {y!r} is empty or has surrounding whitespace; "
-                                 "write it bare (the template adds the leading space).")
+                raise ValueError(
+                    f"{where}: label {y!r} is empty or has surrounding whitespace; "
+                    "write it bare (the template adds the leading space)."
+                )
         clash = _case_clash(self.labels)
         if clash:
-            raise ValueError(f"{where}: labels {clash} differ only in case; the model would "
-                             "see them as different answers. Use one spelling.")
+            raise ValueError(
+                f"{where}: labels {clash} differ only in case; the model would "
+                "see them as different answers. Use one spelling."
+            )
         if len(self.labels) < 2:
             raise ValueError(
                 f"{where} has {len(self.labels)} label(s) {list(self.labels)}; an ICL "
@@ -101,8 +113,9 @@ class Task:
             )
         unknown = sorted({y for _, y in self.examples} - set(self.labels))
         if unknown:
-            raise ValueError(f"{where}: labels {unknown} are not in the label set "
-                             f"{list(self.labels)}.")
+            raise ValueError(
+                f"{where}: labels {unknown} are not in the label set {list(self.labels)}."
+            )
 
     @property
     def n_labels(self) -> int:
@@ -113,8 +126,9 @@ class Task:
         try:
             return self.labels.index(label)
         except ValueError:
-            raise ValueError(f"{label!r} is not a label of task {self.name!r}; labels are "
-                             f"{list(self.labels)}.") from None
+            raise ValueError(
+                f"{label!r} is not a label of task {self.name!r}; labels are {list(self.labels)}."
+            ) from None
 
     def render_demo(self, x: str, y: str) -> str:
         """One demonstration: the template filled with ``x`` and ``y`` (``{{``/``}}`` -> braces).
@@ -140,8 +154,10 @@ class Task:
         return self.template[end:].format()
 
     def __repr__(self) -> str:
-        return (f"Task(name={self.name!r}, n_examples={len(self.examples)}, "
-                f"labels={list(self.labels)[:8]}{'...' if len(self.labels) > 8 else ''})")
+        return (
+            f"Task(name={self.name!r}, n_examples={len(self.examples)}, "
+            f"labels={list(self.labels)[:8]}{'...' if len(self.labels) > 8 else ''})"
+        )
 
 
 def _template_fields(template: str) -> list[tuple[str, int, int]]:
@@ -150,16 +166,16 @@ def _template_fields(template: str) -> list[tuple[str, int, int]]:
     fields, i = [], 0
     while i < len(template):
         c = template[i]
-        if c in "{}" and template[i:i + 2] in ("{{", "}}"):
+        if c in "{}" and template[i : i + 2] in ("{{", "}}"):
             i += 2
         elif c == "{":
             end = template.find("}", i + 1)
-            if end < 0 or "{" in template[i + 1:end]:
+            if end < 0 or "{" in template[i + 1 : end]:
                 raise ValueError(
                     f"Template {template!r} has an unmatched '{{' at position {i}; write '{{{{' "
                     "for a literal brace."
                 )
-            fields.append((template[i + 1:end], i, end + 1))
+            fields.append((template[i + 1 : end], i, end + 1))
             i = end + 1
         elif c == "}":
             raise ValueError(
@@ -172,7 +188,7 @@ def _template_fields(template: str) -> list[tuple[str, int, int]]:
 
 
 def _label_span(template: str) -> tuple[int, int]:
-    (start, end), = [(s, e) for name, s, e in _template_fields(template) if name == "label"]
+    ((start, end),) = [(s, e) for name, s, e in _template_fields(template) if name == "label"]
     return start, end
 
 
@@ -184,8 +200,9 @@ def check_template(template: str) -> None:
     template is not a str.
     """
     if not isinstance(template, str):
-        raise TypeError(f"template must be a str such as {DEFAULT_TEMPLATE!r}, got "
-                        f"{type(template).__name__}.")
+        raise TypeError(
+            f"template must be a str such as {DEFAULT_TEMPLATE!r}, got {type(template).__name__}."
+        )
     fields = _template_fields(template)
     for name, _, _ in fields:
         if name in ("input", "label"):
@@ -207,7 +224,7 @@ def check_template(template: str) -> None:
             f"{DEFAULT_TEMPLATE!r}."
         )
     start, _ = _label_span(template)
-    if template[start - 1:start] != " ":
+    if template[start - 1 : start] != " ":
         raise ValueError(
             f"Template {template!r}: write ' {{label}}' with one space before it; the space is "
             "part of the label token."
@@ -234,11 +251,15 @@ def make_task(
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"Task name must be a non-empty str, got {name!r}.")
     if isinstance(examples, dict):
-        raise TypeError(f"Task {name!r}: examples must be a list of (input, label) pairs, got a "
-                        "dict; pass list(examples.items()).")
+        raise TypeError(
+            f"Task {name!r}: examples must be a list of (input, label) pairs, got a "
+            "dict; pass list(examples.items())."
+        )
     if isinstance(examples, (str, bytes)) or not hasattr(examples, "__iter__"):
-        raise TypeError(f"Task {name!r}: examples must be a list of (input, label) pairs, got "
-                        f"{type(examples).__name__}.")
+        raise TypeError(
+            f"Task {name!r}: examples must be a list of (input, label) pairs, got "
+            f"{type(examples).__name__}."
+        )
     pairs = []
     for i, pair in enumerate(examples):
         where = f"Task {name!r}: example {i}"
@@ -246,13 +267,16 @@ def make_task(
         pairs.append((_as_text(pair[0], f"{where} input"), _as_text(pair[1], f"{where} label")))
     if labels is not None:
         if isinstance(labels, (str, bytes)):
-            raise TypeError(f"Task {name!r}: labels must be a sequence of label words, got the "
-                            f"string {labels!r}; e.g. labels=('positive', 'negative').")
+            raise TypeError(
+                f"Task {name!r}: labels must be a sequence of label words, got the "
+                f"string {labels!r}; e.g. labels=('positive', 'negative')."
+            )
         labels = tuple(labels)
     else:
         labels = tuple(dict.fromkeys(y for _, y in pairs))
-    return Task(name=name, examples=tuple(pairs), labels=labels, template=template,
-                description=description)
+    return Task(
+        name=name, examples=tuple(pairs), labels=labels, template=template, description=description
+    )
 
 
 def _check_pair(pair: object, where: str) -> None:
@@ -266,8 +290,10 @@ def _as_text(value: object, where: str) -> str:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return str(value)
-    raise TypeError(f"{where} is {value!r} ({type(value).__name__}); inputs and labels must be "
-                    "strings (or numbers, used as their str).")
+    raise TypeError(
+        f"{where} is {value!r} ({type(value).__name__}); inputs and labels must be "
+        "strings (or numbers, used as their str)."
+    )
 
 
 def _case_clash(labels: Sequence[str]) -> list[str]:
@@ -280,13 +306,15 @@ def _case_clash(labels: Sequence[str]) -> list[str]:
     return next((g for g in groups.values() if len(g) > 1), [])
 
 
-def _check_examples(examples: Sequence[tuple[str, str]], *, where: str,
-                    lines: Sequence[int] | None = None) -> None:
+def _check_examples(
+    examples: Sequence[tuple[str, str]], *, where: str, lines: Sequence[int] | None = None
+) -> None:
     """Empty fields, padded labels, repeated inputs and labels differing only in case.
 
     ``where`` names the task or file; ``lines`` (file line numbers, one per example) makes
     the messages say "line N" instead of "example i".
     """
+
     def loc(i: int) -> str:
         return f"line {lines[i]}" if lines is not None else f"example {i}"
 
@@ -294,11 +322,15 @@ def _check_examples(examples: Sequence[tuple[str, str]], *, where: str,
     first_label: dict[str, int] = {}
     for i, (x, y) in enumerate(examples):
         if not x.strip():
-            raise ValueError(f"{where}, {loc(i)}: the input is empty ({x!r}); every example "
-                             "needs an input and a label.")
+            raise ValueError(
+                f"{where}, {loc(i)}: the input is empty ({x!r}); every example "
+                "needs an input and a label."
+            )
         if not y.strip():
-            raise ValueError(f"{where}, {loc(i)}: the label is empty ({y!r}) for input {x!r}; "
-                             "every example needs an input and a label.")
+            raise ValueError(
+                f"{where}, {loc(i)}: the label is empty ({y!r}) for input {x!r}; "
+                "every example needs an input and a label."
+            )
         if y != y.strip():
             raise ValueError(
                 f"{where}, {loc(i)}: label {y!r} has surrounding whitespace; write it bare "
@@ -318,8 +350,10 @@ def _check_examples(examples: Sequence[tuple[str, str]], *, where: str,
     clash = _case_clash(list(first_label))
     if clash:
         places = ", ".join(f"{y!r} ({loc(first_label[y])})" for y in clash)
-        raise ValueError(f"{where}: labels {places} differ only in case; the model would see "
-                         "them as different answers. Use one spelling.")
+        raise ValueError(
+            f"{where}: labels {places} differ only in case; the model would see "
+            "them as different answers. Use one spelling."
+        )
 
 
 def _catalog() -> dict:
@@ -349,25 +383,34 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
             (the message names the file and the line); a bad template.
     """
     if not isinstance(name_or_path, (str, Path)):
-        raise TypeError(f"load_task takes a built-in task name or a file path, got "
-                        f"{type(name_or_path).__name__} {name_or_path!r}.")
+        raise TypeError(
+            f"load_task takes a built-in task name or a file path, got "
+            f"{type(name_or_path).__name__} {name_or_path!r}."
+        )
     if template is not None:
         check_template(template)
     key = str(name_or_path)
     catalog = _catalog()
     if isinstance(name_or_path, str) and key in catalog:
         entry = catalog[key]
-        text = resources.files("icl_heads.data").joinpath(entry["file"]).read_text(
-            encoding="utf-8")
+        text = resources.files("icl_heads.data").joinpath(entry["file"]).read_text(encoding="utf-8")
         rows, lines = _parse_jsonl(text, source=entry["file"])
         _check_examples(rows, where=entry["file"], lines=lines)
-        return make_task(key, rows, template=template if template is not None else
-                         entry["template"], labels=entry.get("labels"),
-                         description=entry.get("description", ""))
+        return make_task(
+            key,
+            rows,
+            template=template if template is not None else entry["template"],
+            labels=entry.get("labels"),
+            description=entry.get("description", ""),
+        )
     builtins = ", ".join(sorted(catalog))
     path = Path(key).expanduser()
-    looks_like_path = (isinstance(name_or_path, Path) or path.suffix.lower() in _TASK_SUFFIXES
-                       or "/" in key or "\\" in key)
+    looks_like_path = (
+        isinstance(name_or_path, Path)
+        or path.suffix.lower() in _TASK_SUFFIXES
+        or "/" in key
+        or "\\" in key
+    )
     if not path.exists():
         if looks_like_path:
             raise FileNotFoundError(
@@ -387,8 +430,7 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
         raise ValueError(f"Task file {path} must end in .csv or .jsonl (got {suffix!r}).")
     text = _read_utf8(path)
     if not text.strip():
-        raise ValueError(f"Task file {path} is empty; it needs examples with an input and a "
-                         "label.")
+        raise ValueError(f"Task file {path} is empty; it needs examples with an input and a label.")
     if suffix == ".csv":
         rows, lines = _parse_csv(text, source=str(path))
     else:
@@ -397,8 +439,9 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
         raise ValueError(f"Task file {path} has no examples (only a header or blank lines).")
     _check_examples(rows, where=str(path), lines=lines)
     try:
-        return make_task(path.stem, rows, template=template if template is not None else
-                         DEFAULT_TEMPLATE)
+        return make_task(
+            path.stem, rows, template=template if template is not None else DEFAULT_TEMPLATE
+        )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 
@@ -406,20 +449,25 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
 def _read_utf8(path: Path) -> str:
     data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ValueError(f"Task file {path} is UTF-16 (it starts with a UTF-16 byte-order mark); "
-                         "re-save it as UTF-8.")
+        raise ValueError(
+            f"Task file {path} is UTF-16 (it starts with a UTF-16 byte-order mark); "
+            "re-save it as UTF-8."
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
+        line = data[: err.start].count(b"\n") + 1
         raise ValueError(
-            f"Task file {path} is not valid UTF-8: byte {data[err.start:err.start + 1]!r} at "
+            f"Task file {path} is not valid UTF-8: byte {data[err.start : err.start + 1]!r} at "
             f"line {line} ({err.reason}); re-save the file as UTF-8 (e.g. 'iconv -f latin1 -t "
-            "utf-8').") from None
+            "utf-8')."
+        ) from None
     if "\x00" in text:
-        line = text[:text.index("\x00")].count("\n") + 1
-        raise ValueError(f"Task file {path} holds a NUL byte (line {line}): it is not a text file, "
-                         "or it is UTF-16 without a byte-order mark; re-save it as UTF-8.")
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ValueError(
+            f"Task file {path} holds a NUL byte (line {line}): it is not a text file, "
+            "or it is UTF-16 without a byte-order mark; re-save it as UTF-8."
+        )
     return text
 
 
@@ -432,19 +480,30 @@ def _parse_jsonl(text: str, *, source: str) -> tuple[list[tuple[str, str]], list
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            hint = (" It looks like a JSON array; write one object per line (JSONL)."
-                    if line.lstrip().startswith("[") else "")
+            hint = (
+                " It looks like a JSON array; write one object per line (JSONL)."
+                if line.lstrip().startswith("[")
+                else ""
+            )
             raise ValueError(f"{source}, line {i}: not valid JSON ({err.msg}).{hint}") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{source}, line {i}: each line must be an object with keys "
-                             f"'input' and 'label', got {type(obj).__name__}.")
+            raise ValueError(
+                f"{source}, line {i}: each line must be an object with keys "
+                f"'input' and 'label', got {type(obj).__name__}."
+            )
         missing = [key for key in ("input", "label") if key not in obj]
         if missing:
-            raise ValueError(f"{source}, line {i}: no {' or '.join(map(repr, missing))} key; "
-                             "each line must be an object with keys 'input' and 'label'.")
+            raise ValueError(
+                f"{source}, line {i}: no {' or '.join(map(repr, missing))} key; "
+                "each line must be an object with keys 'input' and 'label'."
+            )
         try:
-            rows.append((_as_text(obj["input"], f"{source}, line {i}: 'input'"),
-                         _as_text(obj["label"], f"{source}, line {i}: 'label'")))
+            rows.append(
+                (
+                    _as_text(obj["input"], f"{source}, line {i}: 'input'"),
+                    _as_text(obj["label"], f"{source}, line {i}: 'label'"),
+                )
+            )
         except TypeError as err:
             raise ValueError(str(err)) from None
         lines.append(i)
@@ -480,8 +539,10 @@ def _parse_csv(text: str, *, source: str) -> tuple[list[tuple[str, str]], list[i
                 )
             for col, key in ((col_x, "input"), (col_y, "label")):
                 if col >= len(cells) or not cells[col].strip():
-                    raise ValueError(f"{source}, line {start}: the {key} cell is missing or "
-                                     f"empty ({cells}); every row needs an input and a label.")
+                    raise ValueError(
+                        f"{source}, line {start}: the {key} cell is missing or "
+                        f"empty ({cells}); every row needs an input and a label."
+                    )
             rows.append((cells[col_x], cells[col_y]))
             lines.append(start)
     except csv.Error as err:

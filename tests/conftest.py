@@ -24,20 +24,44 @@ def smol_tokenizer():
     return load_tokenizer("default")
 
 
-def make_tiny_model(tokenizer=None, *, kind: str = "llama", n_layers: int = 2, n_heads: int = 4,
-                    d_model: int = 32, d_head: int = 8, d_vocab: int = 64, n_ctx: int = 256,
-                    seed: int = 0, process: bool = True) -> HookedTransformer:
+def make_tiny_model(
+    tokenizer=None,
+    *,
+    kind: str = "llama",
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_model: int = 32,
+    d_head: int = 8,
+    d_vocab: int = 64,
+    n_ctx: int = 256,
+    seed: int = 0,
+    process: bool = True,
+) -> HookedTransformer:
     """A random-init model. ``kind="llama"``: RMS norm, rotary, gated SiLU MLP, GQA (2 KV
     heads); ``kind="gpt"``: LayerNorm, learned positions, GELU. With ``process=True`` the
     weights are processed like the real model's (fold_ln, centring), so head outputs add up
     linearly to the logits."""
-    common = dict(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=d_head,
-                  d_mlp=4 * d_model, n_ctx=n_ctx, seed=seed,
-                  d_vocab=tokenizer.vocab_size if tokenizer is not None else d_vocab)
+    common = dict(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        d_head=d_head,
+        d_mlp=4 * d_model,
+        n_ctx=n_ctx,
+        seed=seed,
+        d_vocab=tokenizer.vocab_size if tokenizer is not None else d_vocab,
+    )
     if kind == "llama":
-        cfg = HookedTransformerConfig(**common, act_fn="silu", normalization_type="RMS",
-                                      positional_embedding_type="rotary", rotary_dim=d_head,
-                                      gated_mlp=True, final_rms=True, n_key_value_heads=2)
+        cfg = HookedTransformerConfig(
+            **common,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=d_head,
+            gated_mlp=True,
+            final_rms=True,
+            n_key_value_heads=2,
+        )
     elif kind == "gpt":
         cfg = HookedTransformerConfig(**common, act_fn="gelu", normalization_type="LN")
     else:
@@ -52,8 +76,13 @@ def make_tiny_model(tokenizer=None, *, kind: str = "llama", n_layers: int = 2, n
                 state[name] = 1.0 + 0.2 * torch.randn(value.shape, generator=g)
             elif name.endswith(("b_O", "b_in", "b_out", ".b")) and value.ndim == 1:
                 state[name] = 0.05 * torch.randn(value.shape, generator=g)
-        model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True,
-                                          center_unembed=True, fold_value_biases=True)
+        model.load_and_process_state_dict(
+            state,
+            fold_ln=True,
+            center_writing_weights=True,
+            center_unembed=True,
+            fold_value_biases=True,
+        )
     model.eval()
     return model
 

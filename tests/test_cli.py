@@ -80,8 +80,7 @@ def _subcommands() -> list[str]:
 
 
 @pytest.mark.parametrize("command", _subcommands())
-def test_help_of_every_subcommand_describes_it_and_lists_tasks_models_and_defaults(
-        capsys, command):
+def test_help_of_every_subcommand_describes_it_and_lists_tasks_models_and_defaults(capsys, command):
     code, out, err = run(capsys, command, "--help")
     assert code == 0 and err == ""
     text = " ".join(out.split())  # argparse wraps lines
@@ -100,8 +99,14 @@ def test_help_of_every_subcommand_describes_it_and_lists_tasks_models_and_defaul
 def test_quickstart_help_shows_its_defaults(capsys):
     _, out, _ = run(capsys, "quickstart", "--help")
     text = " ".join(out.split())
-    for default in ("(default: sentiment)", "(default: default)", "(default: 40)",
-                    "(default: [0, 1, 2, 4, 8])", "(default: 16)", "(default: 0)"):
+    for default in (
+        "(default: sentiment)",
+        "(default: default)",
+        "(default: 40)",
+        "(default: [0, 1, 2, 4, 8])",
+        "(default: 16)",
+        "(default: 0)",
+    ):
         assert default in text
 
 
@@ -123,14 +128,17 @@ def test_missing_command_and_unknown_command(capsys):
     assert_one_line_error(*run(capsys, "no-such-command")[::2], "no-such-command")
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--n", "0"], "'0'"),
-    (["--n", "-3"], "'-3'"),
-    (["--n", "many"], "'many'"),
-    (["--shots", "0", "-1"], "'-1'"),
-    (["--shots", "two"], "'two'"),
-    (["--batch-size", "0"], "'0'"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--n", "0"], "'0'"),
+        (["--n", "-3"], "'-3'"),
+        (["--n", "many"], "'many'"),
+        (["--shots", "0", "-1"], "'-1'"),
+        (["--shots", "two"], "'two'"),
+        (["--batch-size", "0"], "'0'"),
+    ],
+)
 def test_bad_counts_are_rejected_by_the_parser(capsys, no_model, argv, fragment):
     code, _, err = run(capsys, "quickstart", *argv)
     assert_one_line_error(code, err, argv[0], fragment, "icl-heads quickstart --help")
@@ -166,8 +174,12 @@ def test_more_shots_than_the_task_has_examples_fails_before_loading(capsys, no_m
 
 
 def test_label_that_is_not_a_single_token(capsys, tiny_model, tmp_path):
-    rows = [(f"example {i}", label) for i, label in
-            enumerate(["antidisestablishmentarianism", "floccinaucinihilipilification"] * 3)]
+    rows = [
+        (f"example {i}", label)
+        for i, label in enumerate(
+            ["antidisestablishmentarianism", "floccinaucinihilipilification"] * 3
+        )
+    ]
     task = write_task_csv(tmp_path / "long_labels.csv", rows)
     code, out, err = run(capsys, "quickstart", "--task", str(task), "--shots", "1", "--n", "2")
     assert_one_line_error(code, err, "single token", "antidisestablishmentarianism")
@@ -178,8 +190,7 @@ def test_k_too_large_for_the_context(capsys, tiny_model, tmp_path):
     long_input = " ".join(f"word{i}" for i in range(60))  # far over 256 tokens at k=8
     rows = [(f"{long_input} {i}", "positive" if i % 2 else "negative") for i in range(20)]
     task = write_task_csv(tmp_path / "long_inputs.csv", rows)
-    code, out, err = run(capsys, "quickstart", "--task", str(task), "--shots", "0", "8",
-                         "--n", "2")
+    code, out, err = run(capsys, "quickstart", "--task", str(task), "--shots", "0", "8", "--n", "2")
     assert_one_line_error(code, err, "n_ctx=256", "k=8")
     assert "ICL behaviour" not in out  # every k is checked before any evaluation
 
@@ -214,8 +225,10 @@ def test_out_in_a_location_where_no_file_can_be_written(capsys, no_model):
     assert_one_line_error(code, err, out, "cannot be written")
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root may write into read-only directories")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0,
+    reason="root may write into read-only directories",
+)
 def test_out_in_a_read_only_directory(capsys, no_model, tmp_path):
     read_only = tmp_path / "ro"
     read_only.mkdir()
@@ -249,8 +262,21 @@ def test_out_check_leaves_no_file_behind_and_creates_missing_directories(tmp_pat
 
 def test_quickstart_on_the_tiny_model_writes_the_csv(capsys, tiny_model, tmp_path):
     out = tmp_path / "results" / "q.csv"
-    code, text, _ = run(capsys, "quickstart", "--model", "my-model", "--device", "cpu",
-                        "--shots", "0", "1", "--n", "4", "--out", str(out))
+    code, text, _ = run(
+        capsys,
+        "quickstart",
+        "--model",
+        "my-model",
+        "--device",
+        "cpu",
+        "--shots",
+        "0",
+        "1",
+        "--n",
+        "4",
+        "--out",
+        str(out),
+    )
     assert code == 0
     assert "label_space_rate" in text and f"Wrote {out}" in text
     with out.open() as f:
@@ -281,10 +307,21 @@ FAST = {  # small sizes, so each subcommand runs in seconds on the tiny model
 }
 #: What each subcommand promises to write into --out.
 WRITES = {
-    "detect": ["heads.csv", "settings.json", "maps/induction.json",
-               "maps/previous_token.json", "report.html"],
-    "find-heads": ["result.json", "table.csv", "maps/TR.json", "maps/TL.json",
-                   "tables/sets.csv", "report.html"],
+    "detect": [
+        "heads.csv",
+        "settings.json",
+        "maps/induction.json",
+        "maps/previous_token.json",
+        "report.html",
+    ],
+    "find-heads": [
+        "result.json",
+        "table.csv",
+        "maps/TR.json",
+        "maps/TL.json",
+        "tables/sets.csv",
+        "report.html",
+    ],
     "ablate": ["result.json", "table.csv", "tables/random_sets.csv", "report.html"],
     "perturb": ["result.json", "table.csv", "maps/TR_gold.json", "report.html"],
     "correlate": ["result.json", "table.csv", "tables/heads.csv", "report.html"],
@@ -292,9 +329,15 @@ WRITES = {
     "geometry": ["result.json", "table.csv", "report.html"],
     "task-vectors": ["result.json", "table.csv", "report.html"],
 }
-NAMES = {"find-heads": "find_task_heads", "ablate": "ablation", "perturb": "perturbation",
-         "correlate": "correlation", "steer": "steering", "geometry": "layer_geometry",
-         "task-vectors": "task_vector"}
+NAMES = {
+    "find-heads": "find_task_heads",
+    "ablate": "ablation",
+    "perturb": "perturbation",
+    "correlate": "correlation",
+    "steer": "steering",
+    "geometry": "layer_geometry",
+    "task-vectors": "task_vector",
+}
 
 
 def check_run(command: str, out: Path, text: str) -> None:
@@ -322,36 +365,62 @@ def check_run(command: str, out: Path, text: str) -> None:
 
 @pytest.mark.parametrize("command", sorted(FAST))
 def test_every_analysis_subcommand_runs_on_the_tiny_model_and_writes_its_files(
-        capsys, tiny_model, tmp_path, command):
+    capsys, tiny_model, tmp_path, command
+):
     out = tmp_path / "run"
-    code, text, err = run(capsys, command, "--model", "tiny", "--k", "2", "--out", str(out),
-                          *FAST[command])
+    code, text, err = run(
+        capsys, command, "--model", "tiny", "--k", "2", "--out", str(out), *FAST[command]
+    )
     assert code == 0, err
     check_run(command, out, text)
 
 
 @pytest.mark.parametrize("command", sorted(FAST))
 def test_every_analysis_subcommand_checks_out_task_and_k_before_loading(
-        capsys, no_model, tmp_path, command):
+    capsys, no_model, tmp_path, command
+):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     assert_one_line_error(*run(capsys, command, "--out", str(blocker))[::2], "is a file")
     assert_one_line_error(*run(capsys, command, "--out", str(blocker / "sub"))[::2], "is a file")
-    assert_one_line_error(*run(capsys, command, "--task", "nope", "--out",
-                               str(tmp_path / "o"))[::2], "'nope'", "sentiment")
-    assert_one_line_error(*run(capsys, command, "--task", str(tmp_path / "no.csv"), "--out",
-                               str(tmp_path / "o"))[::2], "no.csv")
-    assert_one_line_error(*run(capsys, command, "--k", "500", "--out",
-                               str(tmp_path / "o"))[::2], "--k 500", "at most")
+    assert_one_line_error(
+        *run(capsys, command, "--task", "nope", "--out", str(tmp_path / "o"))[::2],
+        "'nope'",
+        "sentiment",
+    )
+    assert_one_line_error(
+        *run(capsys, command, "--task", str(tmp_path / "no.csv"), "--out", str(tmp_path / "o"))[
+            ::2
+        ],
+        "no.csv",
+    )
+    assert_one_line_error(
+        *run(capsys, command, "--k", "500", "--out", str(tmp_path / "o"))[::2], "--k 500", "at most"
+    )
 
 
 def test_label_that_is_not_a_single_token_fails_a_subcommand_with_one_line(
-        capsys, tiny_model, tmp_path):
-    rows = [(f"example {i}", label) for i, label in
-            enumerate(["antidisestablishmentarianism", "floccinaucinihilipilification"] * 4)]
+    capsys, tiny_model, tmp_path
+):
+    rows = [
+        (f"example {i}", label)
+        for i, label in enumerate(
+            ["antidisestablishmentarianism", "floccinaucinihilipilification"] * 4
+        )
+    ]
     task = write_task_csv(tmp_path / "long_labels.csv", rows)
-    code, _, err = run(capsys, "find-heads", "--task", str(task), "--k", "1", "--n", "2",
-                       "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys,
+        "find-heads",
+        "--task",
+        str(task),
+        "--k",
+        "1",
+        "--n",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert_one_line_error(code, err, "single token")
 
 
@@ -360,13 +429,24 @@ def test_steering_needs_demonstrations(capsys, no_model, tmp_path):
     assert_one_line_error(code, err, "--k 0", "at least 1")
 
 
-def test_reproduce_runs_a_resumable_grid_and_writes_reports(capsys, tiny_model, tmp_path,
-                                                            monkeypatch):
+def test_reproduce_runs_a_resumable_grid_and_writes_reports(
+    capsys, tiny_model, tmp_path, monkeypatch
+):
     from icl_heads.experiments.trtl import reproduce
 
     out = tmp_path / "grid"
-    argv = ["reproduce", "--models", "tiny", "--tasks", "sentiment", "--quick", "--n", "8",
-            "--out", str(out)]
+    argv = [
+        "reproduce",
+        "--models",
+        "tiny",
+        "--tasks",
+        "sentiment",
+        "--quick",
+        "--n",
+        "8",
+        "--out",
+        str(out),
+    ]
     code, text, err = run(capsys, *argv)
     assert code == 0, err
     cells = sorted(p.parent for p in out.rglob("result.json"))
@@ -390,17 +470,34 @@ def test_reproduce_runs_a_resumable_grid_and_writes_reports(capsys, tiny_model, 
 
 def test_reproduce_writes_the_results_pages(capsys, tiny_model, tmp_path):
     out, pages = tmp_path / "grid", tmp_path / "pages"
-    code, _, err = run(capsys, "reproduce", "--models", "tiny", "--tasks", "sentiment",
-                       "--quick", "--n", "8", "--out", str(out), "--experiments", "geometry",
-                       "--pages", "--page-dir", str(pages), "--no-reports")
+    code, _, err = run(
+        capsys,
+        "reproduce",
+        "--models",
+        "tiny",
+        "--tasks",
+        "sentiment",
+        "--quick",
+        "--n",
+        "8",
+        "--out",
+        str(out),
+        "--experiments",
+        "geometry",
+        "--pages",
+        "--page-dir",
+        str(pages),
+        "--no-reports",
+    )
     assert code == 0, err
     assert (pages / "geometry.md").is_file() and not (pages / "trtl.md").exists()
     assert not list(out.rglob("report.html"))
 
 
 def test_reproduce_checks_every_task_before_loading(capsys, no_model, tmp_path):
-    code, _, err = run(capsys, "reproduce", "--tasks", "sentiment", "nope", "--out",
-                       str(tmp_path / "o"))
+    code, _, err = run(
+        capsys, "reproduce", "--tasks", "sentiment", "nope", "--out", str(tmp_path / "o")
+    )
     assert_one_line_error(code, err, "'nope'")
 
 
@@ -415,7 +512,8 @@ def test_docs_cli_reference_is_the_current_help():
     normalise = lambda text: text.replace("optional arguments:", "options:")  # noqa: E731
     assert normalise(generated) == normalise(current), (
         "docs/cli.md is out of date; regenerate its part after the marker with "
-        "icl_heads.cli.reference_markdown()")
+        "icl_heads.cli.reference_markdown()"
+    )
 
 
 # --------------------------------------------------------------------------- on the default model
@@ -427,16 +525,26 @@ SLOW = {  # the smallest runs that still exercise everything on SmolLM2-135M
     "perturb": ["--n", "4", "--n-boot", "20", "--perturbations", "gold", "zero_shot"],
     "correlate": ["--n", "4", "--n-boot", "20"],
     "steer": ["--n", "4", "--n-random", "1", "--alphas", "0", "1", "--n-boot", "20"],
-    "geometry": ["--n", "8", "--folds", "2", "--n-boot", "20", "--ablate", "--n-random", "1",
-                 "--sequences", "2"],
+    "geometry": [
+        "--n",
+        "8",
+        "--folds",
+        "2",
+        "--n-boot",
+        "20",
+        "--ablate",
+        "--n-random",
+        "1",
+        "--sequences",
+        "2",
+    ],
     "task-vectors": ["--n", "8", "--folds", "2", "--n-boot", "20", "--layers", "10", "20"],
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", list(SLOW))
-def test_every_subcommand_runs_end_to_end_on_the_default_model(smol, capsys, tmp_path,
-                                                               command):
+def test_every_subcommand_runs_end_to_end_on_the_default_model(smol, capsys, tmp_path, command):
     out = tmp_path / command
     code, text, err = run(capsys, command, "--k", "2", "--out", str(out), *SLOW[command])
     assert code == 0, (command, err)
@@ -451,8 +559,19 @@ def test_every_subcommand_runs_end_to_end_on_the_default_model(smol, capsys, tmp
 @pytest.mark.slow
 def test_reproduce_on_the_default_model(smol, capsys, tmp_path):
     out = tmp_path / "grid"
-    code, _, err = run(capsys, "reproduce", "--tasks", "sentiment", "--quick", "--n", "6",
-                       "--experiments", "geometry", "--out", str(out))
+    code, _, err = run(
+        capsys,
+        "reproduce",
+        "--tasks",
+        "sentiment",
+        "--quick",
+        "--n",
+        "6",
+        "--experiments",
+        "geometry",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     cells = sorted(p.parent for p in out.rglob("result.json"))
     assert len(cells) == 4 and all((c / "report.html").is_file() for c in cells)

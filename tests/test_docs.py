@@ -21,13 +21,23 @@ def test_docs_site_builds_strict_with_every_page(tmp_path):
     site = tmp_path / "site"
     run = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert run.returncode == 0, f"mkdocs build --strict failed:\n{run.stderr[-4000:]}"
     # every page of the nav, the generated results pages and the API reference were written
-    for page in ("index.html", "methods/index.html", "api/index.html", "cli/index.html",
-                 "results/trtl/index.html", "results/geometry/index.html",
-                 "reference/experiments/index.html", "reference/geometry/index.html"):
+    for page in (
+        "index.html",
+        "methods/index.html",
+        "api/index.html",
+        "cli/index.html",
+        "results/trtl/index.html",
+        "results/geometry/index.html",
+        "reference/experiments/index.html",
+        "reference/geometry/index.html",
+    ):
         assert (site / page).is_file(), f"{page} missing from the built site"
     # the API reference rendered docstrings, not empty stubs
     reference = (site / "reference/experiments/index.html").read_text(encoding="utf-8")

@@ -68,10 +68,10 @@ def test_fisher_ratio_equals_the_trace_ratio_of_the_scatter_matrices():
     states = torch.randn(30, 5, generator=g).double()
     labels = torch.arange(30) % 3
     mu = states.mean(0)
-    between = sum((labels == c).sum() * ((states[labels == c].mean(0) - mu) ** 2).sum()
-                  for c in range(3))
-    within = sum(((states[labels == c] - states[labels == c].mean(0)) ** 2).sum()
-                 for c in range(3))
+    between = sum(
+        (labels == c).sum() * ((states[labels == c].mean(0) - mu) ** 2).sum() for c in range(3)
+    )
+    within = sum(((states[labels == c] - states[labels == c].mean(0)) ** 2).sum() for c in range(3))
     frame = separability(states, labels, folds=3, n_boot=10)
     assert _value(frame, "fisher_ratio").value == pytest.approx(float(between / within), rel=1e-9)
 
@@ -140,10 +140,12 @@ def test_an_orthogonal_class_mean_difference_has_cosine_zero(tiny_llama):
 
 
 def test_alignment_reads_states_after_the_final_norm_and_matches_the_logit_lens(
-        tiny_llama, tiny_prompts):
+    tiny_llama, tiny_prompts
+):
     states = query_states(tiny_llama, tiny_prompts, progress=False)
-    frame = alignment(states, tiny_prompts.gold, tiny_llama, tiny_prompts.label_token_ids,
-                      n_boot=20)
+    frame = alignment(
+        states, tiny_prompts.gold, tiny_llama, tiny_prompts.label_token_ids, n_boot=20
+    )
     # the logit lens at the final state is the model's own label accuracy
     acc = ih.evaluate(tiny_llama, tiny_prompts, progress=False)["accuracy"].iloc[0]
     last = tiny_llama.cfg.n_layers
@@ -167,7 +169,8 @@ def test_effective_dimension_is_the_participation_ratio_of_the_covariance(tiny_l
     Z = ih.geometry.normalized_states(tiny_llama, states).double()
     eig = torch.linalg.eigvalsh(torch.cov(Z.T, correction=0))
     assert curves.values["effective_dim"][0] == pytest.approx(
-        float(eig.sum() ** 2 / (eig ** 2).sum()), rel=1e-6)
+        float(eig.sum() ** 2 / (eig**2).sum()), rel=1e-6
+    )
 
 
 def test_onset_is_the_first_layer_at_ninety_percent_of_the_maximum():
@@ -180,21 +183,23 @@ def test_onset_is_the_first_layer_at_ninety_percent_of_the_maximum():
 
 
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt"])
-def test_query_states_equal_run_with_cache_at_the_last_position(model_name, request,
-                                                                  sentiment_task):
+def test_query_states_equal_run_with_cache_at_the_last_position(
+    model_name, request, sentiment_task
+):
     model = request.getfixturevalue(model_name)
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=5, seed=1)
     states = query_states(model, prompts, batch_size=2, progress=False)
     _, cache = model.run_with_cache(prompts.tokens, attention_mask=prompts.attention_mask)
     L = model.cfg.n_layers
-    expected = torch.stack([cache["blocks.0.hook_resid_pre"][:, -1]]
-                           + [cache[f"blocks.{layer}.hook_resid_post"][:, -1]
-                              for layer in range(L)], dim=1)
+    expected = torch.stack(
+        [cache["blocks.0.hook_resid_pre"][:, -1]]
+        + [cache[f"blocks.{layer}.hook_resid_post"][:, -1] for layer in range(L)],
+        dim=1,
+    )
     assert states.shape == (5, L + 1, model.cfg.d_model)
     torch.testing.assert_close(states, expected, atol=1e-5, rtol=1e-5)
     assert len(state_hook_names(model)) == L + 1
-    assert torch.equal(query_states(model, prompts, [2, 0], progress=False),
-                       states[:, [2, 0]])
+    assert torch.equal(query_states(model, prompts, [2, 0], progress=False), states[:, [2, 0]])
 
 
 # --------------------------------------------------------------------------- task vectors
@@ -210,25 +215,33 @@ def test_a_task_vector_is_the_mean_query_state(tiny_llama, tiny_prompts):
 
 @pytest.mark.parametrize("mode", ["replace", "add"])
 def test_injecting_a_task_vector_with_scale_zero_reproduces_the_baseline_exactly(
-        tiny_llama, tiny_prompts, mode):
+    tiny_llama, tiny_prompts, mode
+):
     v = task_vector(tiny_llama, tiny_prompts, 1, progress=False) * 3
     base = query_states(tiny_llama, tiny_prompts, progress=False)
     iv = inject_task_vector(tiny_llama, v, 1, mode=mode, scale=0.0)
-    assert torch.equal(query_states(tiny_llama, tiny_prompts, interventions=[iv],
-                                    progress=False), base)
+    assert torch.equal(
+        query_states(tiny_llama, tiny_prompts, interventions=[iv], progress=False), base
+    )
 
 
-def test_replacing_writes_the_vector_into_the_state_and_adding_adds_it(tiny_llama,
-                                                                       tiny_prompts):
+def test_replacing_writes_the_vector_into_the_state_and_adding_adds_it(tiny_llama, tiny_prompts):
     v = torch.randn(tiny_llama.cfg.d_model)
     base = query_states(tiny_llama, tiny_prompts, progress=False)
-    replaced = query_states(tiny_llama, tiny_prompts, progress=False,
-                            interventions=[inject_task_vector(tiny_llama, v, 1)])
+    replaced = query_states(
+        tiny_llama,
+        tiny_prompts,
+        progress=False,
+        interventions=[inject_task_vector(tiny_llama, v, 1)],
+    )
     torch.testing.assert_close(replaced[:, 1], v.expand(len(tiny_prompts), -1))
     torch.testing.assert_close(replaced[:, 0], base[:, 0])
-    added = query_states(tiny_llama, tiny_prompts, progress=False,
-                         interventions=[inject_task_vector(tiny_llama, v, 1, mode="add",
-                                                           scale=0.5)])
+    added = query_states(
+        tiny_llama,
+        tiny_prompts,
+        progress=False,
+        interventions=[inject_task_vector(tiny_llama, v, 1, mode="add", scale=0.5)],
+    )
     torch.testing.assert_close(added[:, 1], base[:, 1] + 0.5 * v)
     # a context manager too, and only the query position is touched
     with inject_task_vector(tiny_llama, v, 1):
@@ -269,8 +282,12 @@ def test_bad_inputs_give_clear_errors_naming_the_fix(tiny_llama, tiny_prompts):
     with pytest.raises(ValueError, match="different lengths"):
         alignment(torch.zeros(20, tiny_llama.cfg.d_model), labels[:19], tiny_llama, [10, 20])
     with pytest.raises(ValueError, match="at least two classes"):
-        alignment(torch.randn(20, tiny_llama.cfg.d_model), torch.zeros(20, dtype=torch.long),
-                  tiny_llama, [10, 20])
+        alignment(
+            torch.randn(20, tiny_llama.cfg.d_model),
+            torch.zeros(20, dtype=torch.long),
+            tiny_llama,
+            [10, 20],
+        )
     with pytest.raises(ValueError, match="label indices 0..1"):
         alignment(torch.randn(20, tiny_llama.cfg.d_model), labels + 1, tiny_llama, [10, 20])
     with pytest.raises(ValueError, match="d_model"):
@@ -298,6 +315,7 @@ def test_on_the_default_model_injection_at_scale_zero_matches_zero_shot(smol):
     zero = ih.build_prompts(smol, task, k=0, n=8, seed=0)
     v = task_vector(smol, icl, 12, progress=False)
     base = ih.evaluate(smol, zero, progress=False)
-    same = ih.evaluate(smol, zero, progress=False,
-                       interventions=[inject_task_vector(smol, v, 12, scale=0.0)])
+    same = ih.evaluate(
+        smol, zero, progress=False, interventions=[inject_task_vector(smol, v, 12, scale=0.0)]
+    )
     pd.testing.assert_frame_equal(base, same, check_like=True)

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-EXPECTED = ["01_quickstart", "02_induction_and_prev_token", "03_tr_tl_heads",
-            "04_geometry_and_task_vectors"]
+EXPECTED = [
+    "01_quickstart",
+    "02_induction_and_prev_token",
+    "03_tr_tl_heads",
+    "04_geometry_and_task_vectors",
+]
 #: Prompts per set while testing (the notebooks read ICL_HEADS_NOTEBOOK_N).
 TEST_N = "8"
 
@@ -34,6 +38,11 @@ def test_notebook_executes(path, smol, tmp_path, monkeypatch):
     monkeypatch.setenv("ICL_HEADS_NOTEBOOK_N", TEST_N)  # the kernel inherits it
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3").execute(cwd=str(tmp_path))
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors, errors

@@ -20,14 +20,22 @@ def _saved_levels(result: ExperimentResult, condition: str):
     return rows.set_index("metric")[["value", "ci_low", "ci_high", "n"]]
 
 
-@pytest.mark.parametrize(("mode", "positions"), [("mean", "all"), ("zero", "query"),
-                                                 ("mean", [-2, -1])])
+@pytest.mark.parametrize(
+    ("mode", "positions"), [("mean", "all"), ("zero", "query"), ("mean", [-2, -1])]
+)
 def test_a_saved_ablation_condition_replays_from_its_spec_to_the_same_numbers(
-        tiny_llama, tiny_prompts, tmp_path, mode, positions):
-    result = trtl.ablation_experiment(tiny_llama, tiny_prompts, {"A": [(1, 0), (1, 2)],
-                                                                 "B": [(0, 3)]},
-                                      n_random=2, mode=mode, positions=positions, n_boot=50,
-                                      progress=False)
+    tiny_llama, tiny_prompts, tmp_path, mode, positions
+):
+    result = trtl.ablation_experiment(
+        tiny_llama,
+        tiny_prompts,
+        {"A": [(1, 0), (1, 2)], "B": [(0, 3)]},
+        n_random=2,
+        mode=mode,
+        positions=positions,
+        n_boot=50,
+        progress=False,
+    )
     result.save(tmp_path / "cell")
     saved = ExperimentResult.load(tmp_path / "cell")
     records = {c["condition"]: c for c in saved.settings.to_dict()["conditions"]}
@@ -38,26 +46,37 @@ def test_a_saved_ablation_condition_replays_from_its_spec_to_the_same_numbers(
         want = _saved_levels(saved, condition)
         for metric in want.index:
             for column in ("value", "ci_low", "ci_high"):
-                assert again.loc[metric, column] == pytest.approx(want.loc[metric, column],
-                                                                  abs=1e-9, nan_ok=True)
+                assert again.loc[metric, column] == pytest.approx(
+                    want.loc[metric, column], abs=1e-9, nan_ok=True
+                )
 
 
 def test_a_replayed_condition_with_background_interventions_rebuilds_them_too(
-        tiny_llama, tiny_prompts):
+    tiny_llama, tiny_prompts
+):
     background = ih.ablate(tiny_llama, [(0, 0)], "zero")
-    result = trtl.ablation_experiment(tiny_llama, tiny_prompts, {"A": [(1, 1)]}, n_random=1,
-                                      n_boot=20, interventions=[background], progress=False)
+    result = trtl.ablation_experiment(
+        tiny_llama,
+        tiny_prompts,
+        {"A": [(1, 1)]},
+        n_random=1,
+        n_boot=20,
+        interventions=[background],
+        progress=False,
+    )
     again = replay(result, tiny_llama, "A").set_index("metric")
     assert again.loc["accuracy", "value"] == pytest.approx(result.value("A", "accuracy"))
 
 
 def test_replay_names_what_is_missing(tiny_llama, tiny_prompts):
-    result = trtl.ablation_experiment(tiny_llama, tiny_prompts, {"A": [(1, 1)]}, n_random=1,
-                                      n_boot=20, progress=False)
+    result = trtl.ablation_experiment(
+        tiny_llama, tiny_prompts, {"A": [(1, 1)]}, n_random=1, n_boot=20, progress=False
+    )
     with pytest.raises(ValueError, match=r"No condition 'C'.*'A'"):
         replay(result, tiny_llama, "C")
-    old = ExperimentResult(result.name, result.table,
-                           result.settings.replace(conditions=()), tables=result.tables)
+    old = ExperimentResult(
+        result.name, result.table, result.settings.replace(conditions=()), tables=result.tables
+    )
     with pytest.raises(ValueError, match="records no conditions"):
         replay(old, tiny_llama, "A")
     with pytest.raises(TypeError, match="ExperimentResult"):

@@ -81,14 +81,15 @@ def test_correlation_difference_is_zero_for_the_same_pairs_and_matches_two_corre
     assert correlation_difference_ci(x, y, x, y, seed=0) == (0.0, 0.0, 0.0, 40)
     for method in ("spearman", "pearson"):
         value, low, high, n = correlation_difference_ci(x, x + 0.1 * y, x, z, method=method)
-        expected = correlation_ci(x, x + 0.1 * y, method=method)[0] - correlation_ci(
-            x, z, method=method)[0]
+        expected = (
+            correlation_ci(x, x + 0.1 * y, method=method)[0]
+            - correlation_ci(x, z, method=method)[0]
+        )
         assert value == pytest.approx(expected) and low <= value <= high and n == 40
         assert low > 0  # a near-perfect correlation minus an unrelated one
     x[3] = math.nan
     assert correlation_difference_ci(x, y, x, z)[3] == 39
-    assert math.isnan(correlation_difference_ci([1.0, 2.0], [1.0, 2.0], [1.0, 2.0],
-                                                [2.0, 1.0])[0])
+    assert math.isnan(correlation_difference_ci([1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [2.0, 1.0])[0])
     with pytest.raises(ValueError, match="pair up"):
         correlation_difference_ci(x, y, x, z[:5])
 
@@ -103,8 +104,10 @@ def test_top_k_overlap_ci_of_a_map_with_itself_is_one_and_is_seeded():
     assert top_k_overlap_ci(a, b, 3, paired=False, n_boot=50, seed=2) == (value, low, high, k)
 
 
-@pytest.mark.parametrize("kwargs, error", [({"n_boot": 0}, ValueError), ({"level": 1.5}, ValueError),
-                                           ({"seed": "x"}, TypeError)])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [({"n_boot": 0}, ValueError), ({"level": 1.5}, ValueError), ({"seed": "x"}, TypeError)],
+)
 def test_bad_settings_give_clear_errors(kwargs, error):
     with pytest.raises(error):
         mean_ci([1.0, 2.0], **kwargs)

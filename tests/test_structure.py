@@ -62,7 +62,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     def visit(node: str, stack: list[str]) -> None:
         for nxt in sorted(graph[node]):
             if nxt in stack:
-                found.append(stack[stack.index(nxt):] + [nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in done:
                 visit(nxt, stack + [nxt])
         done.add(node)
@@ -74,9 +74,12 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_module_of_the_package_is_over_600_lines_but_the_cli():
-    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
-            and p.name not in LONG_MODULES}
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+        and p.name not in LONG_MODULES
+    }
     assert not long, f"modules over {MAX_LINES} lines (split them into rooms): {long}"
 
 
@@ -94,6 +97,13 @@ def test_the_tree_is_formatted_with_ruff():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
-    run = subprocess.run([ruff, "format", "--check", "icl_heads", "tests", "benchmarks"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, f"run `ruff format icl_heads tests benchmarks`:\n{run.stdout[-2000:]}"
+    run = subprocess.run(
+        [ruff, "format", "--check", "icl_heads", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, (
+        f"run `ruff format icl_heads tests benchmarks`:\n{run.stdout[-2000:]}"
+    )

@@ -16,8 +16,9 @@ def test_six_builtin_tasks():
     assert {"sentiment", "topic", "question", "capital", "antonym", "category"} <= set(names)
 
 
-@pytest.mark.parametrize("name", ["sentiment", "topic", "question", "capital", "antonym",
-                                  "category"])
+@pytest.mark.parametrize(
+    "name", ["sentiment", "topic", "question", "capital", "antonym", "category"]
+)
 def test_builtin_task_loads_balanced_single_token_labels(name, tiny_llama):
     task = ih.load_task(name)
     assert len(task.examples) >= 60
@@ -92,7 +93,8 @@ def test_multi_token_label_error_names_label_and_tokens(tiny_llama):
 def test_query_template_and_suffix():
     task = ih.load_task("sentiment")
     assert task.render_query("great") + " positive" + task.demo_suffix == task.render_demo(
-        "great", "positive")
+        "great", "positive"
+    )
 
 
 def test_escaped_braces_are_literal_and_renderers_agree():
@@ -110,8 +112,9 @@ def test_user_files_numbers_bom_extra_columns_blank_rows_and_quotes(tmp_path):
     jsonl.write_text('{"input": 1, "label": 2, "id": 7}\n{"input": 2.5, "label": "3"}\n')
     assert ih.load_task(jsonl).examples == (("1", "2"), ("2.5", "3"))
     csv = tmp_path / "excel.csv"
-    csv.write_bytes("\ufeffid, Input ,Label,note\n1,\"good, fun\",yes,x\n,,,\n\n2,bad,no\n"
-                    .encode("utf-8"))
+    csv.write_bytes(
+        '\ufeffid, Input ,Label,note\n1,"good, fun",yes,x\n,,,\n\n2,bad,no\n'.encode("utf-8")
+    )
     task = ih.load_task(csv)
     assert task.examples == (("good, fun", "yes"), ("bad", "no"))
 

@@ -11,8 +11,11 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 #: TransformerLens ``detect_head`` names of icl_heads.detectors.DETECTORS.
-TL_HEAD_NAMES = {"previous_token": "previous_token_head",
-                 "duplicate_token": "duplicate_token_head", "induction": "induction_head"}
+TL_HEAD_NAMES = {
+    "previous_token": "previous_token_head",
+    "duplicate_token": "duplicate_token_head",
+    "induction": "induction_head",
+}
 
 
 def detect_head_on_tokens(
@@ -73,5 +76,3 @@ class _FixedTokens:
 
     def to_tokens(self, *args, **kwargs) -> Tensor:
         return self._tokens
-
-

@@ -64,8 +64,10 @@ VERDICTS = ("holds", "does not hold", "unclear")
 def check_model(model: object, fn: str) -> HookedTransformer:
     """``model`` if it is a ``HookedTransformer``, else a TypeError naming ``fn``."""
     if not isinstance(model, HookedTransformer):
-        raise TypeError(f"{fn} needs a HookedTransformer as model (e.g. ih.load_model()), got "
-                        f"{type(model).__name__}.")
+        raise TypeError(
+            f"{fn} needs a HookedTransformer as model (e.g. ih.load_model()), got "
+            f"{type(model).__name__}."
+        )
     return model
 
 
@@ -81,19 +83,29 @@ def check_boot(n_boot: object) -> int:
     return check_int(n_boot, "n_boot", 1)
 
 
-def check_prompts(model: HookedTransformer, prompts: PromptSet, what: str = "prompts", *,
-                  need_demos: bool = False, need_labels: int = 2) -> PromptSet:
+def check_prompts(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    what: str = "prompts",
+    *,
+    need_demos: bool = False,
+    need_labels: int = 2,
+) -> PromptSet:
     """``prompts`` checked against ``model``, with at least ``need_labels`` labels and (with
     ``need_demos``) demonstrations."""
     check_prompt_set(prompts, what, model=model)
     if prompts.n_labels < need_labels:
-        raise ValueError(f"The {what} have {prompts.n_labels} label(s); these experiments "
-                         f"compare the gold label with the others and need at least "
-                         f"{need_labels}.")
+        raise ValueError(
+            f"The {what} have {prompts.n_labels} label(s); these experiments "
+            f"compare the gold label with the others and need at least "
+            f"{need_labels}."
+        )
     if need_demos and (prompts.k == 0 or prompts.perturbation == "zero_shot"):
-        raise ValueError(f"The {what} have no demonstrations (k={prompts.k}, perturbation="
-                         f"{prompts.perturbation!r}), but this experiment needs ICL prompts: "
-                         "build them with k >= 1, e.g. build_prompts(model, task, k=4, n=64).")
+        raise ValueError(
+            f"The {what} have no demonstrations (k={prompts.k}, perturbation="
+            f"{prompts.perturbation!r}), but this experiment needs ICL prompts: "
+            "build them with k >= 1, e.g. build_prompts(model, task, k=4, n=64)."
+        )
     return prompts
 
 
@@ -103,8 +115,9 @@ def as_task(task: object) -> Task:
         return task
     if isinstance(task, (str, os.PathLike)):
         return load_task(task)
-    raise TypeError(f"task must be a Task or a task name / file (load_task), got "
-                    f"{type(task).__name__}.")
+    raise TypeError(
+        f"task must be a Task or a task name / file (load_task), got {type(task).__name__}."
+    )
 
 
 def post_attention_norm(model: HookedTransformer) -> bool:
@@ -181,8 +194,10 @@ def head_set(model: HookedTransformer, heads: HeadsLike, name: str) -> list[Head
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if isinstance(heads, (list, tuple)):
         if len(heads) > L * H:
-            raise ValueError(f"Head set {name!r} has {len(heads)} heads, more than the model's "
-                             f"{L * H} ({L} layers x {H} heads).")
+            raise ValueError(
+                f"Head set {name!r} has {len(heads)} heads, more than the model's "
+                f"{L * H} ({L} layers x {H} heads)."
+            )
         pairs = [tuple(h) if isinstance(h, (list, tuple)) else h for h in heads]
         try:
             if len(set(pairs)) != len(pairs):
@@ -196,8 +211,9 @@ def head_set(model: HookedTransformer, heads: HeadsLike, name: str) -> list[Head
     return mask_to_heads(mask)
 
 
-def named_sets(model: HookedTransformer, heads: object, *, top_k: int | None = None
-               ) -> dict[str, list[Head]]:
+def named_sets(
+    model: HookedTransformer, heads: object, *, top_k: int | None = None
+) -> dict[str, list[Head]]:
     """The named head sets of an experiment, checked: ``{name: sorted heads}``.
 
     Values may be any head selection (``Head`` lists, ``(layer, head)`` pairs, a boolean
@@ -206,27 +222,39 @@ def named_sets(model: HookedTransformer, heads: object, *, top_k: int | None = N
     contrasts).
     """
     if not isinstance(heads, Mapping):
-        raise TypeError("heads must be a mapping from a set's name to its heads, e.g. "
-                        "{'TR': tr.top(), 'TL': tl.top()}, got "
-                        f"{type(heads).__name__}.")
+        raise TypeError(
+            "heads must be a mapping from a set's name to its heads, e.g. "
+            "{'TR': tr.top(), 'TL': tl.top()}, got "
+            f"{type(heads).__name__}."
+        )
     if not heads:
-        raise ValueError("heads is empty; give at least one named head set, e.g. "
-                         "{'TR': tr.top(), 'TL': tl.top()}.")
+        raise ValueError(
+            "heads is empty; give at least one named head set, e.g. "
+            "{'TR': tr.top(), 'TL': tl.top()}."
+        )
     out = {}
     for name, value in heads.items():
-        if (not isinstance(name, str) or not name or name == BASELINE
-                or name.startswith("random") or " - " in name):
-            raise ValueError(f"Head set names must be non-empty strings other than "
-                             f"{BASELINE!r}, not starting with 'random' nor containing ' - ' "
-                             f"(used for controls and contrasts); got {name!r}.")
+        if (
+            not isinstance(name, str)
+            or not name
+            or name == BASELINE
+            or name.startswith("random")
+            or " - " in name
+        ):
+            raise ValueError(
+                f"Head set names must be non-empty strings other than "
+                f"{BASELINE!r}, not starting with 'random' nor containing ' - ' "
+                f"(used for controls and contrasts); got {name!r}."
+            )
         if isinstance(value, HeadScores):
             value = value.top(top_k)
         out[name] = head_set(model, value, name)
     return out
 
 
-def check_random(n_random: object, random_like: object, named: Mapping[str, list]
-                 ) -> tuple[int, tuple[str, ...]]:
+def check_random(
+    n_random: object, random_like: object, named: Mapping[str, list]
+) -> tuple[int, tuple[str, ...]]:
     """``(n_random, random_like)`` checked: the sets that get random controls (default every
     non-empty named set) and how many controls each."""
     n_random = check_int(n_random, "n_random", 0)
@@ -239,18 +267,27 @@ def check_random(n_random: object, random_like: object, named: Mapping[str, list
     random_like = tuple(random_like)
     for name in random_like:
         if name not in named:
-            raise ValueError(f"random_like names {name!r}, which is not one of the head sets "
-                             f"{list(named)}.")
+            raise ValueError(
+                f"random_like names {name!r}, which is not one of the head sets {list(named)}."
+            )
     if random_like and n_random == 0:
-        raise ValueError(f"n_random=0 but random control sets were requested for "
-                         f"{list(random_like)}; pass n_random >= 1 (default 5), or "
-                         "random_like=() to run without random sets.")
+        raise ValueError(
+            f"n_random=0 but random control sets were requested for "
+            f"{list(random_like)}; pass n_random >= 1 (default 5), or "
+            "random_like=() to run without random sets."
+        )
     return n_random, random_like
 
 
-def random_controls(model: HookedTransformer, named: Mapping[str, list[Head]],
-                    random_like: Sequence[str], n_random: int, *, layer_matched: bool = True,
-                    seed: int | np.random.Generator = 0) -> list[Condition]:
+def random_controls(
+    model: HookedTransformer,
+    named: Mapping[str, list[Head]],
+    random_like: Sequence[str],
+    n_random: int,
+    *,
+    layer_matched: bool = True,
+    seed: int | np.random.Generator = 0,
+) -> list[Condition]:
     """``n_random`` random control sets for each set in ``random_like``
     (:func:`~icl_heads.heads.random_head_sets`): the same size (and, ``layer_matched``, the
     same layers) as the set, never containing a head of any named set.
@@ -267,10 +304,13 @@ def random_controls(model: HookedTransformer, named: Mapping[str, list[Head]],
     out = []
     for name in random_like:
         stream = seed if isinstance(seed, np.random.Generator) else sub_seed(seed, "random", name)
-        draws = random_head_sets(model, named[name], n_random, layer_matched=layer_matched,
-                                 seed=stream, exclude=exclude)
-        out += [Condition(random_name(name), tuple(hs), control_of=name, index=i)
-                for i, hs in enumerate(draws)]
+        draws = random_head_sets(
+            model, named[name], n_random, layer_matched=layer_matched, seed=stream, exclude=exclude
+        )
+        out += [
+            Condition(random_name(name), tuple(hs), control_of=name, index=i)
+            for i, hs in enumerate(draws)
+        ]
     return out
 
 
@@ -278,8 +318,10 @@ def matched_fraction(reference: Sequence[Head], sample: Sequence[Head]) -> float
     """Fraction of ``reference``'s heads whose layer ``sample`` matches (1 = layer-matched)."""
     if not reference:
         return math.nan
-    want = np.bincount([h.layer for h in reference], minlength=1 + max(
-        [h.layer for h in reference] + [h.layer for h in sample]))
+    want = np.bincount(
+        [h.layer for h in reference],
+        minlength=1 + max([h.layer for h in reference] + [h.layer for h in sample]),
+    )
     got = np.bincount([h.layer for h in sample], minlength=want.size)
     return float(np.minimum(want, got).sum() / len(reference))
 
@@ -287,8 +329,15 @@ def matched_fraction(reference: Sequence[Head], sample: Sequence[Head]) -> float
 # =========================================================================== rows
 
 
-def level_rows(condition: str, values: Mapping[str, Tensor], *, n_boot: int, seed: int,
-               metrics: Sequence[str] = BEHAVIOUR, **extra) -> list[dict]:
+def level_rows(
+    condition: str,
+    values: Mapping[str, Tensor],
+    *,
+    n_boot: int,
+    seed: int,
+    metrics: Sequence[str] = BEHAVIOUR,
+    **extra,
+) -> list[dict]:
     """One ``kind="level"`` row per metric: the mean over prompts with its interval."""
     rows = []
     for metric in metrics:
@@ -297,16 +346,25 @@ def level_rows(condition: str, values: Mapping[str, Tensor], *, n_boot: int, see
     return rows
 
 
-def effect_rows(condition: str, treated: Mapping[str, Tensor], baseline: Mapping[str, Tensor],
-                *, n_boot: int, seed: int, kind: str = "effect",
-                metrics: Sequence[str] = BEHAVIOUR, **extra) -> list[dict]:
+def effect_rows(
+    condition: str,
+    treated: Mapping[str, Tensor],
+    baseline: Mapping[str, Tensor],
+    *,
+    n_boot: int,
+    seed: int,
+    kind: str = "effect",
+    metrics: Sequence[str] = BEHAVIOUR,
+    **extra,
+) -> list[dict]:
     """One row per metric, ``delta_<metric>``: the paired difference ``treated - baseline``
     over the same prompts (:func:`~icl_heads.stats.paired_difference_ci`). ``kind`` is
     ``"effect"`` against the baseline, ``"contrast"`` between two conditions."""
     rows = []
     for metric in metrics:
-        v, lo, hi, n = paired_difference_ci(treated[metric], baseline[metric], n_boot=n_boot,
-                                            seed=seed)
+        v, lo, hi, n = paired_difference_ci(
+            treated[metric], baseline[metric], n_boot=n_boot, seed=seed
+        )
         rows.append(table_row(condition, f"delta_{metric}", v, lo, hi, n, kind=kind, **extra))
     return rows
 
@@ -314,8 +372,9 @@ def effect_rows(condition: str, treated: Mapping[str, Tensor], baseline: Mapping
 def chance_row(prompts: PromptSet, **extra) -> dict:
     """The ``baseline`` x ``chance`` row (``1 / n_labels``)."""
     chance = 1.0 / prompts.n_labels
-    return table_row(BASELINE, "chance", chance, chance, chance, len(prompts), kind="level",
-                     **extra)
+    return table_row(
+        BASELINE, "chance", chance, chance, chance, len(prompts), kind="level", **extra
+    )
 
 
 def pool(per_set: Sequence[Mapping[str, Tensor]], metrics: Sequence[str]) -> dict[str, Tensor]:
@@ -337,8 +396,11 @@ def spread(per_set: Sequence[Mapping[str, Tensor]], metric: str) -> dict[str, fl
     ok = arr[~np.isnan(arr)]
     if ok.size == 0:
         return {"set_sd": math.nan, "set_min": math.nan, "set_max": math.nan}
-    return {"set_sd": float(ok.std(ddof=1)) if ok.size > 1 else 0.0,
-            "set_min": float(ok.min()), "set_max": float(ok.max())}
+    return {
+        "set_sd": float(ok.std(ddof=1)) if ok.size > 1 else 0.0,
+        "set_min": float(ok.min()),
+        "set_max": float(ok.max()),
+    }
 
 
 # =========================================================================== verdicts
@@ -372,9 +434,12 @@ def pool_verdicts(verdicts: Sequence[str]) -> str:
 # =========================================================================== grid cells
 
 
-def run_cell(path: str | Path, make: Callable[[], ExperimentResult], *,
-             save: Callable[[ExperimentResult, Path], object] | None = None,
-             ) -> tuple[ExperimentResult, str, float]:
+def run_cell(
+    path: str | Path,
+    make: Callable[[], ExperimentResult],
+    *,
+    save: Callable[[ExperimentResult, Path], object] | None = None,
+) -> tuple[ExperimentResult, str, float]:
     """One cell of a reproduction grid: load the result saved at ``path`` or, when there is
     none, ``make()`` it and save it there (``save(result, path)``, default
     ``result.save(path)``).
@@ -396,11 +461,18 @@ def run_cell(path: str | Path, make: Callable[[], ExperimentResult], *,
     return result, "computed", seconds
 
 
-def cell_record(model: str | None, task: str, experiment: str, path: Path, status: str,
-                seconds: float) -> dict:
+def cell_record(
+    model: str | None, task: str, experiment: str, path: Path, status: str, seconds: float
+) -> dict:
     """One row of a grid's cell table (what :func:`run_cell` did)."""
-    return {"model": model, "task": task, "experiment": experiment, "path": str(path),
-            "status": status, "seconds": seconds}
+    return {
+        "model": model,
+        "task": task,
+        "experiment": experiment,
+        "path": str(path),
+        "status": status,
+        "seconds": seconds,
+    }
 
 
 def load_cells(results_root: str | Path) -> dict[str, dict[str, dict[str, ExperimentResult]]]:
@@ -408,8 +480,9 @@ def load_cells(results_root: str | Path) -> dict[str, dict[str, dict[str, Experi
     (the layout the reproduction grids write)."""
     root = Path(results_root)
     if not root.is_dir():
-        raise FileNotFoundError(f"No results directory {str(root)!r}; run the reproduction "
-                                "first (icl-heads reproduce).")
+        raise FileNotFoundError(
+            f"No results directory {str(root)!r}; run the reproduction first (icl-heads reproduce)."
+        )
     out: dict = {}
     for meta in sorted(root.glob("*/*/*/result.json")):
         cell = meta.parent
@@ -421,5 +494,6 @@ def load_cells(results_root: str | Path) -> dict[str, dict[str, dict[str, Experi
 def cell_table(records: Sequence[Mapping]) -> pd.DataFrame:
     """The cell records of a grid as a DataFrame (``model, task, experiment, path, status,
     seconds``)."""
-    return pd.DataFrame(list(records), columns=["model", "task", "experiment", "path",
-                                                "status", "seconds"])
+    return pd.DataFrame(
+        list(records), columns=["model", "task", "experiment", "path", "status", "seconds"]
+    )

@@ -30,8 +30,9 @@ from ..tasks import Task
 from .kit import as_task, check_model, level_rows
 
 
-def prompts_from_info(model: HookedTransformer, info: PromptInfo | Mapping,
-                      task: Task | str | None = None) -> PromptSet:
+def prompts_from_info(
+    model: HookedTransformer, info: PromptInfo | Mapping, task: Task | str | None = None
+) -> PromptSet:
     """The prompt set a result recorded (``prompts.info()``), built again:
     ``build_prompts(model, task, k, n, seed, perturbation)``. ``task`` defaults to the
     built-in task of that name (pass the :class:`~icl_heads.tasks.Task` for your own).
@@ -46,13 +47,17 @@ def prompts_from_info(model: HookedTransformer, info: PromptInfo | Mapping,
     perturbation = None if info.perturbation == "gold" else info.perturbation
     prompts = build_prompts(model, task, info.k, info.n, info.seed, perturbation=perturbation)
     got = prompts.info()
-    differ = [f for f in ("task", "k", "n", "seed", "perturbation", "tokenizer")
-              if getattr(got, f) != getattr(info, f)
-              and not (f == "tokenizer" and info.tokenizer is None)]
+    differ = [
+        f
+        for f in ("task", "k", "n", "seed", "perturbation", "tokenizer")
+        if getattr(got, f) != getattr(info, f) and not (f == "tokenizer" and info.tokenizer is None)
+    ]
     if differ:
-        raise ValueError(f"The prompts rebuilt for this model differ from the recorded ones in "
-                         f"{differ} (recorded {info}, rebuilt {got}); pass the task the result "
-                         "was made with (task=...) and a model with the same tokenizer.")
+        raise ValueError(
+            f"The prompts rebuilt for this model differ from the recorded ones in "
+            f"{differ} (recorded {info}, rebuilt {got}); pass the task the result "
+            "was made with (task=...) and a model with the same tokenizer."
+        )
     return prompts
 
 
@@ -103,30 +108,42 @@ def replay(
     """
     check_model(model, "replay")
     if not isinstance(result, ExperimentResult):
-        raise TypeError(f"replay needs an ExperimentResult (ExperimentResult.load(path)), got "
-                        f"{type(result).__name__}.")
+        raise TypeError(
+            f"replay needs an ExperimentResult (ExperimentResult.load(path)), got "
+            f"{type(result).__name__}."
+        )
     plain = json.loads(json.dumps(result.settings.to_dict()))
     records = {r["condition"]: r for r in plain.get("conditions") or ()}
     if not records:
-        raise ValueError(f"The {result.name!r} result records no conditions as data "
-                         "(settings.conditions); it was saved by an older version or by an "
-                         "experiment that does not replay.")
+        raise ValueError(
+            f"The {result.name!r} result records no conditions as data "
+            "(settings.conditions); it was saved by an older version or by an "
+            "experiment that does not replay."
+        )
     if condition not in records:
-        raise ValueError(f"No condition {condition!r} in this result; it has "
-                         f"{sorted(records)}.")
+        raise ValueError(f"No condition {condition!r} in this result; it has {sorted(records)}.")
     record = records[condition]
     prompts = prompts_from_info(model, plain["prompts"], task)
     background_specs = plain.get("intervention_specs") or []
-    needed = {json.dumps(i, sort_keys=True): i
-              for i in _prompt_infos([record["spec"], *background_specs])}
+    needed = {
+        json.dumps(i, sort_keys=True): i for i in _prompt_infos([record["spec"], *background_specs])
+    }
     sources = [prompts_from_info(model, info, task) for info in needed.values()]
     build = dict(prompts=sources, device=device, progress=progress)
     intervention = from_spec(model, record["spec"], **build)
     background = [from_spec(model, spec, **build) for spec in background_specs]
-    measured, _ = run_conditions(model, prompts, {condition: Run((intervention,), record["start"])},
-                                 query_only=bool(record["query_only"]), background=background,
-                                 batch_size=batch_size, device=device, progress=progress,
-                                 desc="replay")
-    rows = level_rows(condition, measured[condition], n_boot=int(plain["n_boot"]),
-                      seed=int(plain["seed"]))
+    measured, _ = run_conditions(
+        model,
+        prompts,
+        {condition: Run((intervention,), record["start"])},
+        query_only=bool(record["query_only"]),
+        background=background,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        desc="replay",
+    )
+    rows = level_rows(
+        condition, measured[condition], n_boot=int(plain["n_boot"]), seed=int(plain["seed"])
+    )
     return make_table(rows)

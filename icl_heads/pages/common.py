@@ -25,8 +25,12 @@ def fmt(x: float | None) -> str:
 
 def fmt_ci(value: float, low: float, high: float) -> str:
     """``value [low, high]``, or the value alone when the interval is missing or a point."""
-    if low is None or high is None or any(
-            isinstance(x, float) and math.isnan(x) for x in (low, high)) or low == high == value:
+    if (
+        low is None
+        or high is None
+        or any(isinstance(x, float) and math.isnan(x) for x in (low, high))
+        or low == high == value
+    ):
         return fmt(value)
     return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
 

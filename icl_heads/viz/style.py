@@ -30,8 +30,8 @@ CONDITION_COLOURS = {
     "random_TL": "#aec7e8",
     "PTH": "#ff7f0e",
     "IH": "#2ca02c",
-    "random (PTH)": "#ffbb78",
-    "random (IH)": "#98df8a",
+    "random_PTH": "#ffbb78",
+    "random_IH": "#98df8a",
     "icl": "#9467bd",
     "task_vector": "#8c564b",
 }

@@ -236,8 +236,12 @@ def ablation_experiment(
         post_attention_norm=post_attention_norm(model),
         interventions=describe_interventions(interventions),
         conditions=tuple(
-            {"condition": key, "start": run.start, "query_only": positions == "query",
-             "spec": run.interventions[0].to_spec()}
+            {
+                "condition": key,
+                "start": run.start,
+                "query_only": positions == "query",
+                "spec": run.interventions[0].to_spec(),
+            }
             for key, run in runs.items()
         ),
         intervention_specs=intervention_specs(interventions),
