@@ -431,6 +431,26 @@ def pool_verdicts(verdicts: Sequence[str]) -> str:
     return "unclear"
 
 
+# =========================================================================== numbers
+
+
+def fmt(x: float | None) -> str:
+    """One number as the results pages and verdict details show it: 3 significant digits,
+    ``1.2e-04`` below 1e-3, ``0`` for float rounding of zero (|x| < 1e-9), ``–`` for a
+    missing value (None or NaN).
+
+    Example::
+
+        fmt(0.12345), fmt(0.00012), fmt(float("nan"))     # '0.123', '1.2e-04', '–'
+    """
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    x = float(x)
+    if abs(x) < 1e-9:
+        return "0"
+    return f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.1e}"
+
+
 # =========================================================================== grid cells
 
 

@@ -1,4 +1,4 @@
-"""What both results pages share: one number format, intervals, figures written through
+"""What both results pages share: one number format (:func:`icl_heads.experiments.kit.fmt`), intervals, figures written through
 :func:`icl_heads.viz.save_figure`, relative links."""
 
 from __future__ import annotations
@@ -9,18 +9,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from ..experiments.kit import fmt
 from ..viz import save_figure
-
-
-def fmt(x: float | None) -> str:
-    """One number on a page: 3 significant digits, ``1.2e-04`` below 1e-3, ``0`` for float
-    rounding of zero (|x| < 1e-9), ``–`` for a missing value (None or NaN)."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    x = float(x)
-    if abs(x) < 1e-9:
-        return "0"
-    return f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.1e}"
 
 
 def fmt_ci(value: float, low: float, high: float) -> str:

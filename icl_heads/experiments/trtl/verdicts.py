@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ...results import ExperimentResult
-from ..kit import VERDICTS, judge, load_cells, pool_verdicts
+from ..kit import VERDICTS, fmt, judge, load_cells, pool_verdicts
 
 #: The steering strength at which the steering claims are judged on the results page.
 VERDICT_ALPHA = 1.0
@@ -237,21 +237,11 @@ def _detail(tests: list[dict]) -> str:
             )
             continue
         parts.append(
-            f"{t['condition']} {t['metric']} = {_number(t['value'])} "
-            f"[{_number(t['ci_low'])}, {_number(t['ci_high'])}] "
-            f"({rel} {_number(t['null'])}?)"
+            f"{t['condition']} {t['metric']} = {fmt(t['value'])} "
+            f"[{fmt(t['ci_low'])}, {fmt(t['ci_high'])}] "
+            f"({rel} {fmt(t['null'])}?)"
         )
     return "; ".join(parts)
-
-
-def _number(x: float) -> str:
-    """The results pages' number format (``icl_heads.pages.common.fmt``, which this layer
-    may not import): 3 significant digits, ``1.2e-04`` below 1e-3, ``0`` for |x| < 1e-9."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if abs(x) < 1e-9:
-        return "0"
-    return f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.1e}"
 
 
 __all__ = ["CLAIMS", "VERDICTS", "VERDICT_ALPHA", "claim_verdict", "trtl_verdicts"]
