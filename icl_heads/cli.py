@@ -879,17 +879,21 @@ def build_parser() -> argparse.ArgumentParser:
         "detect",
         help="previous-token, induction, duplicate-token, label-attention heads",
         description="Score every head as a previous-token, duplicate-token and induction head "
-        "(on --sequences seeded random token sequences [BOS] + r + r, r of --T "
+        "(on --n-sequences seeded random token sequences [BOS] + r + r, r of --T "
         "tokens) and as a label-attention head (attention from the query to the "
         "demonstrations' labels, on --n k-shot prompts of --task); write "
         "heads.csv (one row per head, with its kinds), the maps and the report.",
     )
     _add_run_args(d, command="detect", n=16)
     d.add_argument(
+        "--n-sequences",
         "--sequences",
+        dest="sequences",
+        metavar="N",
         type=_positive_int,
         default=32,
-        help="random repeated-token sequences for the token detectors",
+        help="random repeated-token sequences for the token detectors (n_sequences; "
+        "--sequences is the old spelling)",
     )
     d.add_argument("--T", type=_positive_int, default=50, help="tokens per repeated half")
     _add_top_k(
@@ -1014,10 +1018,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="ablate the top previous-token and induction heads (default: off)",
     )
     g.add_argument(
+        "--n-sequences",
         "--sequences",
+        dest="sequences",
+        metavar="N",
         type=_positive_int,
         default=32,
-        help="random sequences that find the PTH and IH heads (with --ablate)",
+        help="random sequences that find the PTH and IH heads (with --ablate; n_sequences; "
+        "--sequences is the old spelling)",
     )
     _add_top_k(g, "PTH and IH sets (with --ablate)")
     _add_n_random(g)

@@ -296,7 +296,7 @@ def test_quickstart_prints_table(smol, capsys, tmp_path):
 # --------------------------------------------------------------------------- analysis subcommands
 
 FAST = {  # small sizes, so each subcommand runs in seconds on the tiny model
-    "detect": ["--n", "4", "--sequences", "4", "--T", "10"],
+    "detect": ["--n", "4", "--n-sequences", "4", "--T", "10"],
     "find-heads": ["--n", "6", "--n-boot", "20"],
     "ablate": ["--n", "6", "--n-random", "1", "--n-boot", "20"],
     "perturb": ["--n", "6", "--n-boot", "20", "--perturbations", "gold", "random_labels"],
@@ -519,7 +519,7 @@ def test_docs_cli_reference_is_the_current_help():
 # --------------------------------------------------------------------------- on the default model
 
 SLOW = {  # the smallest runs that still exercise everything on SmolLM2-135M
-    "detect": ["--n", "2", "--sequences", "2", "--T", "8"],
+    "detect": ["--n", "2", "--n-sequences", "2", "--T", "8"],
     "find-heads": ["--n", "4", "--n-boot", "20"],
     "ablate": ["--n", "4", "--n-random", "1", "--n-boot", "20", "--positions", "query"],
     "perturb": ["--n", "4", "--n-boot", "20", "--perturbations", "gold", "zero_shot"],
