@@ -108,6 +108,19 @@ def intervention_specs(interventions: Sequence[Any]) -> tuple[dict, ...]:
     return tuple(out)
 
 
+def settings_value(value: Any) -> Any:
+    """``value`` (JSON-able: dicts, lists, numbers, strings, settings) as a settings field
+    holds it after a save and a load (lists as tuples, nested settings dicts as their
+    dataclasses), so a result's settings compare equal before and after
+    ``save``/``load``. ``settings.to_dict()`` gives the plain JSON form back.
+
+    Example::
+
+        settings_value({"heads": [[3, 2]]})      # {'heads': ((3, 2),)}
+    """
+    return _from_plain(_to_plain(value))
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, Settings):
         return value.to_dict()

@@ -314,6 +314,54 @@ def random_controls(
     return out
 
 
+@dataclass(frozen=True)
+class HeadSets:
+    """The head sets of an experiment: the named sets and their random controls.
+
+    Attributes:
+        named: ``{name: sorted heads}``, checked (:func:`named_sets`).
+        controls: the random control sets (:func:`random_controls`).
+        n_random, random_like: as checked (:func:`check_random`), for the settings.
+    """
+
+    named: dict[str, list[Head]]
+    controls: list[Condition]
+    n_random: int
+    random_like: tuple[str, ...]
+
+    @property
+    def conditions(self) -> list[Condition]:
+        """Every set as a :class:`Condition`: the named sets first, then the controls."""
+        return [Condition(name, tuple(hs)) for name, hs in self.named.items()] + self.controls
+
+
+def head_sets_with_controls(
+    model: HookedTransformer,
+    heads: object,
+    *,
+    n_random: object,
+    random_like: object,
+    layer_matched: bool = True,
+    seed: int | np.random.Generator = 0,
+    top_k: int | None = None,
+) -> HeadSets:
+    """The named head sets of ``heads`` (:func:`named_sets`) and ``n_random`` random
+    controls for each set of ``random_like`` (:func:`check_random`,
+    :func:`random_controls`).
+
+    Example::
+
+        sets = head_sets_with_controls(model, {"TR": tr.top()}, n_random=5, random_like=None)
+        [c.key for c in sets.conditions]        # ["TR", "random_TR#0", ..., "random_TR#4"]
+    """
+    named = named_sets(model, heads, top_k=top_k)
+    n_random, random_like = check_random(n_random, random_like, named)
+    controls = random_controls(
+        model, named, random_like, n_random, layer_matched=layer_matched, seed=seed
+    )
+    return HeadSets(named, controls, n_random, random_like)
+
+
 def matched_fraction(reference: Sequence[Head], sample: Sequence[Head]) -> float:
     """Fraction of ``reference``'s heads whose layer ``sample`` matches (1 = layer-matched)."""
     if not reference:

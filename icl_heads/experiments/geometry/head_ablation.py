@@ -26,9 +26,7 @@ from ..kit import (
     BASELINE,
     Condition,
     check_model,
-    check_random,
-    named_sets,
-    random_controls,
+    head_sets_with_controls,
 )
 from .curves import check_classes, curve_rows, measure_geometry, pool_sets, span_rows, spans
 
@@ -131,11 +129,16 @@ def head_ablation_geometry(
             f"[...]}}, got {type(heads).__name__}."
         )
     maps = {name: value for name, value in heads.items() if isinstance(value, HeadScores)}
-    named = named_sets(model, heads, top_k=k)
-    n_random, random_like = check_random(n_random, None if n_random else (), named)
-    controls = random_controls(
-        model, named, random_like, n_random, layer_matched=True, seed=np.random.default_rng(seed)
+    sets = head_sets_with_controls(
+        model,
+        heads,
+        n_random=n_random,
+        random_like=None if n_random else (),
+        layer_matched=True,
+        seed=np.random.default_rng(seed),
+        top_k=k,
     )
+    named, controls = sets.named, sets.controls
     plan = [Condition(BASELINE, ())]
     for name, hs in named.items():
         plan += [Condition(name, tuple(hs))] + [c for c in controls if c.control_of == name]
@@ -206,7 +209,7 @@ def head_ablation_geometry(
         labels=tuple(prompts.label_words),
         heads={name: tuple(str(h) for h in hs) for name, hs in named.items()},
         top_k=int(k),
-        n_random=int(n_random),
+        n_random=sets.n_random,
         mode=mode,
         positions=str(positions),
         layers=tuple(chosen),

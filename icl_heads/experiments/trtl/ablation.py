@@ -11,7 +11,6 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ...activations import ActivationMeans, activation_means
-from ...attribution import tsla_scores
 from ...checks import check_int
 from ...heads import Head, HeadsLike, heads_to_mask
 from ...hooks import Positions, check_interventions, check_positions
@@ -26,6 +25,7 @@ from ...settings import (
     describe_interventions,
     intervention_specs,
     model_name,
+    settings_value,
 )
 from ...stats import N_BOOT
 from ..kit import (
@@ -36,19 +36,18 @@ from ..kit import (
     check_boot,
     check_model,
     check_prompts,
-    check_random,
     contrast_name,
     effect_rows,
+    head_sets_with_controls,
     level_rows,
     matched_fraction,
-    named_sets,
     pool,
     post_attention_norm,
-    random_controls,
     random_name,
     spread,
 )
 from .find_heads import settings_heads
+from .passes import tr_tl_sets
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ def ablation_experiment(
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
     if heads is None:
-        tr, tl = tsla_scores(
+        heads = tr_tl_sets(
             model,
             prompts,
             top_k=top_k,
@@ -158,13 +157,16 @@ def ablation_experiment(
             interventions=interventions,
             progress=progress,
         )
-        heads = {"TR": tr.top(), "TL": tl.top()}
-    named = named_sets(model, heads)
-    n_random, random_like = check_random(n_random, random_like, named)
-    controls = random_controls(
-        model, named, random_like, n_random, layer_matched=layer_matched, seed=seed
+    sets = head_sets_with_controls(
+        model,
+        heads,
+        n_random=n_random,
+        random_like=random_like,
+        layer_matched=layer_matched,
+        seed=seed,
     )
-    conditions = [Condition(name, tuple(hs)) for name, hs in named.items()] + controls
+    named, controls, conditions = sets.named, sets.controls, sets.conditions
+    n_random, random_like = sets.n_random, sets.random_like
     L, H = model.cfg.n_layers, model.cfg.n_heads
     union = torch.zeros(L, H, dtype=torch.bool)
     for c in conditions:
@@ -235,16 +237,18 @@ def ablation_experiment(
         n_boot=n_boot,
         post_attention_norm=post_attention_norm(model),
         interventions=describe_interventions(interventions),
-        conditions=tuple(
-            {
-                "condition": key,
-                "start": run.start,
-                "query_only": positions == "query",
-                "spec": run.interventions[0].to_spec(),
-            }
-            for key, run in runs.items()
+        conditions=settings_value(
+            [
+                {
+                    "condition": key,
+                    "start": run.start,
+                    "query_only": positions == "query",
+                    "spec": run.interventions[0].to_spec(),
+                }
+                for key, run in runs.items()
+            ]
         ),
-        intervention_specs=intervention_specs(interventions),
+        intervention_specs=settings_value(list(intervention_specs(interventions))),
     )
     return ExperimentResult(
         "ablation", make_table(rows), settings, tables={"random_sets": make_table(random_rows)}

@@ -15,7 +15,7 @@ from transformer_lens import HookedTransformer
 from ...activations import final_logits
 from ...attribution import tsla_scores
 from ...decomposition import iter_query_terms
-from ...heads import HeadScores
+from ...heads import Head, HeadScores
 from ...hooks import Capture, check_interventions
 from ...prompts import PromptSet, check_prompt_set
 from ...settings import describe_interventions
@@ -141,3 +141,32 @@ def mean_head_outputs(
         total = s if total is None else total + s
         count += terms["head"].shape[0]
     return (total / count).float()
+
+
+def tr_tl_sets(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    *,
+    top_k: int | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    interventions: Sequence = (),
+    progress: bool = True,
+) -> dict[str, list[Head]]:
+    """The default head sets of the experiments that take ``heads=None``: the ``top_k``
+    best heads of the TR and TL maps of ``prompts`` (:func:`~icl_heads.tsla_scores`).
+
+    Example::
+
+        trtl.passes.tr_tl_sets(model, prompts)      # {"TR": [Head(...), ...], "TL": [...]}
+    """
+    tr, tl = tsla_scores(
+        model,
+        prompts,
+        top_k=top_k,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+    )
+    return {"TR": tr.top(), "TL": tl.top()}

@@ -13,7 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from ...attribution import label_unembeddings, tsla_scores
+from ...attribution import label_unembeddings
 from ...checks import check_int
 from ...geometry import label_rotation, normalized_states, subspace_alignment
 from ...heads import Head, HeadsLike
@@ -33,20 +33,18 @@ from ..kit import (
     check_boot,
     check_model,
     check_prompts,
-    check_random,
     contrast_name,
     effect_rows,
+    head_sets_with_controls,
     level_rows,
     matched_fraction,
-    named_sets,
     pool,
     post_attention_norm,
-    random_controls,
     random_name,
     spread,
 )
 from .find_heads import settings_heads
-from .passes import mean_head_outputs
+from .passes import mean_head_outputs, tr_tl_sets
 
 #: The steering geometry of the final state (``docs/methods.md``, "Geometry of steering").
 GEOMETRY = ("alignment", "rotation")
@@ -146,7 +144,7 @@ def steering_experiment(
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
     if heads is None:
-        tr, tl = tsla_scores(
+        heads = tr_tl_sets(
             model,
             source_prompts,
             top_k=top_k,
@@ -155,13 +153,16 @@ def steering_experiment(
             interventions=interventions,
             progress=progress,
         )
-        heads = {"TR": tr.top(), "TL": tl.top()}
-    named = named_sets(model, heads)
-    n_random, random_like = check_random(n_random, random_like, named)
-    controls = random_controls(
-        model, named, random_like, n_random, layer_matched=layer_matched, seed=seed
+    sets = head_sets_with_controls(
+        model,
+        heads,
+        n_random=n_random,
+        random_like=random_like,
+        layer_matched=layer_matched,
+        seed=seed,
     )
-    conditions = [Condition(name, tuple(hs)) for name, hs in named.items()] + controls
+    named, controls, conditions = sets.named, sets.controls, sets.conditions
+    n_random, random_like = sets.n_random, sets.random_like
     L = model.cfg.n_layers
     vectors = _check_vectors(model, vectors)
     if vectors is None:
