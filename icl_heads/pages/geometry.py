@@ -103,7 +103,7 @@ def write_geometry_page(
         "(can the classes be told apart?) rising in early layers and **alignment** (does "
         "the class structure point along the label unembeddings?) rising in later layers; "
         "previous-token heads (PTH) drive the first, induction heads (IH) and task vectors "
-        "the second. Definitions: `docs/methods.md` and `icl_heads/geometry.py`. State `i` "
+        "the second. Definitions: `docs/methods.md` and `icl_heads/geometry/`. State `i` "
         "is the residual stream at the query after `i` blocks (0 = embeddings).",
         "",
     ]

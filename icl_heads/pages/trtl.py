@@ -47,10 +47,14 @@ def _pivot(table: pd.DataFrame, index: Sequence[str] = ("condition",)) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Settings fields that are machine data (JSON specs for replay), not shown on the page.
+_NOT_SHOWN = ("kind", "conditions", "intervention_specs")
+
+
 def _settings_block(settings: Settings) -> str:
     lines = []
     for key, value in settings.to_dict().items():
-        if key == "kind":
+        if key in _NOT_SHOWN:
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items() if k != "kind")
