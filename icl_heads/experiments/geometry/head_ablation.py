@@ -129,7 +129,7 @@ def head_ablation_geometry(
             f"[...]}}, got {type(heads).__name__}."
         )
     maps = {name: value for name, value in heads.items() if isinstance(value, HeadScores)}
-    sets = head_sets_with_controls(
+    chosen_sets = head_sets_with_controls(
         model,
         heads,
         n_random=n_random,
@@ -138,7 +138,7 @@ def head_ablation_geometry(
         seed=np.random.default_rng(seed),
         top_k=k,
     )
-    named, controls = sets.named, sets.controls
+    named, controls = chosen_sets.named, chosen_sets.controls
     plan = [Condition(BASELINE, ())]
     for name, hs in named.items():
         plan += [Condition(name, tuple(hs))] + [c for c in controls if c.control_of == name]
@@ -209,7 +209,7 @@ def head_ablation_geometry(
         labels=tuple(prompts.label_words),
         heads={name: tuple(str(h) for h in hs) for name, hs in named.items()},
         top_k=int(k),
-        n_random=sets.n_random,
+        n_random=chosen_sets.n_random,
         mode=mode,
         positions=str(positions),
         layers=tuple(chosen),
