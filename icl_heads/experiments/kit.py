@@ -45,6 +45,7 @@ from transformer_lens import HookedTransformer
 from ..checks import check_int
 from ..heads import Head, HeadScores, HeadsLike, heads_to_mask, mask_to_heads, random_head_sets
 from ..metrics import BEHAVIOUR
+from ..prompt_set import check_model as check_prompt_model
 from ..prompts import PromptSet, check_prompt_set
 from ..results import ExperimentResult, table_row
 from ..stats import mean_ci, paired_difference_ci
@@ -62,12 +63,9 @@ VERDICTS = ("holds", "does not hold", "unclear")
 
 
 def check_model(model: object, fn: str) -> HookedTransformer:
-    """``model`` if it is a ``HookedTransformer``, else a TypeError naming ``fn``."""
-    if not isinstance(model, HookedTransformer):
-        raise TypeError(
-            f"{fn} needs a HookedTransformer as model (e.g. ih.load_model()), got "
-            f"{type(model).__name__}."
-        )
+    """``model`` if it is a ``HookedTransformer``, else a TypeError naming ``fn``
+    (:func:`icl_heads.prompt_set.check_model`)."""
+    check_prompt_model(model, fn)
     return model
 
 
