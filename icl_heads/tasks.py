@@ -9,6 +9,10 @@ What a task accepts (checked when it is made, so a bad task never reaches ``buil
   ``bool``) are accepted as their ``str``, anything else (``None``, lists...) is an error;
 - each input text is listed once (compared without surrounding whitespace); a repeated
   input is an error naming both places, so a query can never be shown as its own demo;
+- two inputs that differ only in letter case or spacing (``"Great film"`` and
+  ``"great  film"``) may not have different labels (an error naming both places);
+  with the same label they are allowed, and ``build_prompts`` never shows one as a
+  demonstration of the other (:func:`input_key`);
 - labels are written bare (no surrounding whitespace) and no two labels differ only in case;
 - the template holds ``{input}`` and `` {label}`` once each and no other field; a literal
   brace is written ``{{`` or ``}}`` (as in ``str.format``).
@@ -21,11 +25,13 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import io
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -47,6 +53,9 @@ class Task:
             text after `` {label}`` separates demonstrations; the query is the template
             cut just before `` {label}``. Literal braces are written ``{{`` and ``}}``.
         description: one line on what the task is.
+        source: where the task came from: ``"builtin:<file>"`` for a built-in task, the
+            resolved path of a task file, ``None`` for a task made in code (recorded in
+            every result's :class:`~icl_heads.settings.PromptInfo`).
     """
 
     name: str
@@ -55,6 +64,7 @@ class Task:
     template: str = DEFAULT_TEMPLATE
     description: str = ""
     metadata: dict = field(default_factory=dict, compare=False)
+    source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -120,6 +130,27 @@ class Task:
     @property
     def n_labels(self) -> int:
         return len(self.labels)
+
+    @cached_property
+    def digest(self) -> str:
+        """A hash of what the task holds (its examples in order, its labels and its
+        template; not its name, description or source): equal digests mean the same
+        prompts for the same model, seed, k and n. sha256, first 16 hex digits.
+
+        Example::
+
+            load_task("sentiment").digest        # e.g. '5b1f0e2c9a7d4e31'
+        """
+        raw = json.dumps(
+            {
+                "examples": [list(pair) for pair in self.examples],
+                "labels": list(self.labels),
+                "template": self.template,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
     def label_index(self, label: str) -> int:
         """The class id of ``label`` (its index in ``labels``)."""
@@ -240,13 +271,16 @@ def make_task(
     template: str = DEFAULT_TEMPLATE,
     labels: Sequence[str] | None = None,
     description: str = "",
+    source: str | None = None,
 ) -> Task:
     """Build a ``Task``; the label set defaults to the labels in order of first appearance.
 
     Inputs and labels must be strings; numbers (``int``/``float``, not ``bool``) are
     converted with ``str``. ``TypeError`` for anything else (``None``, lists, a dict of
-    examples); ``ValueError`` for empty fields, repeated inputs, labels that differ only in
-    case and bad templates (see :class:`Task` and :func:`check_template`).
+    examples); ``ValueError`` for empty fields, repeated inputs, inputs that differ only in
+    case or spacing but have different labels, labels that differ only in case and bad
+    templates (see :class:`Task` and :func:`check_template`). ``source``: where the
+    examples came from (recorded in results; :func:`load_task` fills it).
     """
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"Task name must be a non-empty str, got {name!r}.")
@@ -274,8 +308,15 @@ def make_task(
         labels = tuple(labels)
     else:
         labels = tuple(dict.fromkeys(y for _, y in pairs))
+    if source is not None and not isinstance(source, str):
+        raise TypeError(f"Task {name!r}: source must be a str or None, got {source!r}.")
     return Task(
-        name=name, examples=tuple(pairs), labels=labels, template=template, description=description
+        name=name,
+        examples=tuple(pairs),
+        labels=labels,
+        template=template,
+        description=description,
+        source=source,
     )
 
 
@@ -294,6 +335,19 @@ def _as_text(value: object, where: str) -> str:
         f"{where} is {value!r} ({type(value).__name__}); inputs and labels must be "
         "strings (or numbers, used as their str)."
     )
+
+
+def input_key(text: str) -> str:
+    """An input as tasks and prompts compare inputs: letter case folded and whitespace runs
+    collapsed (``"Great  Film "`` and ``"great film"`` have the same key). Two examples with
+    the same key may not have different labels, and neither is shown as a demonstration of
+    the other.
+
+    Example::
+
+        input_key("  Great\tFILM ")          # 'great film'
+    """
+    return " ".join(text.split()).casefold()
 
 
 def _case_clash(labels: Sequence[str]) -> list[str]:
@@ -319,6 +373,7 @@ def _check_examples(
         return f"line {lines[i]}" if lines is not None else f"example {i}"
 
     first_input: dict[str, int] = {}
+    first_variant: dict[str, int] = {}
     first_label: dict[str, int] = {}
     for i, (x, y) in enumerate(examples):
         if not x.strip():
@@ -346,6 +401,15 @@ def _check_examples(
                 "each input once (a query must never be its own demonstration)."
             )
         first_input[key] = i
+        variant = input_key(x)
+        j = first_variant.setdefault(variant, i)
+        if examples[j][1] != y:
+            raise ValueError(
+                f"{where}: inputs {examples[j][0]!r} ({loc(j)}, label {examples[j][1]!r}) and "
+                f"{x!r} ({loc(i)}, label {y!r}) differ only in letter case or spacing but have "
+                "different labels; the model sees them as the same question. Keep one of them "
+                "(or give both the same label)."
+            )
         first_label.setdefault(y, i)
     clash = _case_clash(list(first_label))
     if clash:
@@ -402,6 +466,7 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
             template=template if template is not None else entry["template"],
             labels=entry.get("labels"),
             description=entry.get("description", ""),
+            source=f"builtin:{entry['file']}",
         )
     builtins = ", ".join(sorted(catalog))
     path = Path(key).expanduser()
@@ -440,7 +505,10 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
     _check_examples(rows, where=str(path), lines=lines)
     try:
         return make_task(
-            path.stem, rows, template=template if template is not None else DEFAULT_TEMPLATE
+            path.stem,
+            rows,
+            template=template if template is not None else DEFAULT_TEMPLATE,
+            source=str(path.resolve()),
         )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None

@@ -18,6 +18,7 @@ from ...interventions import ABLATION_MODES, ablate
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
 from ...prompts import PromptSet
+from ...provenance import check_head_sets, check_means
 from ...results import ExperimentResult, make_table
 from ...settings import (
     PromptInfo,
@@ -120,7 +121,10 @@ def ablation_experiment(
         seed: seeds the random sets, resampling donors and the bootstrap.
         random_like: the sets that get random controls (default: every non-empty set;
             ``()`` for none).
-        means, reference: mean-ablation values or the prompts they come from.
+        means, reference: mean-ablation values or the prompts they come from. ``means``
+            (an :class:`~icl_heads.ActivationMeans`) must come from this model, at the
+            ablated ``positions``, over ``reference`` when given, else over prompts of this
+            task (:func:`~icl_heads.provenance.check_means`).
         interventions: background interventions, active in every run (baseline included).
 
     Table: ``baseline`` / each set / ``random_<set>`` x metrics (``kind="level"``, with
@@ -137,7 +141,9 @@ def ablation_experiment(
     Raises:
         TypeError: a non-mapping ``heads``, a float seed. ValueError: a head set larger than
         the model or out of range, ``n_random=0`` with random sets requested, too few free
-        heads for the random sets, a bad mode.
+        heads for the random sets, a bad mode; a map or head sets of another model or (for
+        maps scored on prompts, and the sets of ``trtl.head_sets``) another task; ``means``
+        of another model, positions or task (:mod:`icl_heads.provenance`).
     """
     check_model(model, "ablation_experiment")
     check_prompts(model, prompts)
@@ -147,6 +153,16 @@ def ablation_experiment(
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
+    check_head_sets(heads, model, prompts, fn="ablation_experiment")
+    if mode == "mean":
+        check_means(
+            means,
+            model,
+            prompts,
+            positions=positions,
+            reference=reference,
+            fn="ablation_experiment",
+        )
     if heads is None:
         heads = tr_tl_sets(
             model,
