@@ -23,17 +23,16 @@ whose cells are all empty) are skipped; extra CSV columns and extra JSON keys ar
 
 from __future__ import annotations
 
-import csv
 import difflib
 import hashlib
-import io
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+
+from .task_files import as_text, parse_csv, parse_jsonl, read_utf8
 
 DEFAULT_TEMPLATE = "Input: {input}\nLabel: {label}\n"
 
@@ -298,7 +297,7 @@ def make_task(
     for i, pair in enumerate(examples):
         where = f"Task {name!r}: example {i}"
         _check_pair(pair, where)
-        pairs.append((_as_text(pair[0], f"{where} input"), _as_text(pair[1], f"{where} label")))
+        pairs.append((as_text(pair[0], f"{where} input"), as_text(pair[1], f"{where} label")))
     if labels is not None:
         if isinstance(labels, (str, bytes)):
             raise TypeError(
@@ -323,18 +322,6 @@ def make_task(
 def _check_pair(pair: object, where: str) -> None:
     if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
         raise TypeError(f"{where} is {pair!r}; each example must be an (input, label) pair.")
-
-
-def _as_text(value: object, where: str) -> str:
-    """``value`` as example text: a str as is, a finite number as ``str(value)``."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return str(value)
-    raise TypeError(
-        f"{where} is {value!r} ({type(value).__name__}); inputs and labels must be "
-        "strings (or numbers, used as their str)."
-    )
 
 
 def input_key(text: str) -> str:
@@ -458,7 +445,7 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
     if isinstance(name_or_path, str) and key in catalog:
         entry = catalog[key]
         text = resources.files("icl_heads.data").joinpath(entry["file"]).read_text(encoding="utf-8")
-        rows, lines = _parse_jsonl(text, source=entry["file"])
+        rows, lines = parse_jsonl(text, source=entry["file"])
         _check_examples(rows, where=entry["file"], lines=lines)
         return make_task(
             key,
@@ -493,13 +480,13 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
     suffix = path.suffix.lower()
     if suffix not in _TASK_SUFFIXES:
         raise ValueError(f"Task file {path} must end in .csv or .jsonl (got {suffix!r}).")
-    text = _read_utf8(path)
+    text = read_utf8(path)
     if not text.strip():
         raise ValueError(f"Task file {path} is empty; it needs examples with an input and a label.")
     if suffix == ".csv":
-        rows, lines = _parse_csv(text, source=str(path))
+        rows, lines = parse_csv(text, source=str(path))
     else:
-        rows, lines = _parse_jsonl(text, source=str(path))
+        rows, lines = parse_jsonl(text, source=str(path))
     if not rows:
         raise ValueError(f"Task file {path} has no examples (only a header or blank lines).")
     _check_examples(rows, where=str(path), lines=lines)
@@ -512,109 +499,3 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
         )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-
-
-def _read_utf8(path: Path) -> str:
-    data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ValueError(
-            f"Task file {path} is UTF-16 (it starts with a UTF-16 byte-order mark); "
-            "re-save it as UTF-8."
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise ValueError(
-            f"Task file {path} is not valid UTF-8: byte {data[err.start : err.start + 1]!r} at "
-            f"line {line} ({err.reason}); re-save the file as UTF-8 (e.g. 'iconv -f latin1 -t "
-            "utf-8')."
-        ) from None
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise ValueError(
-            f"Task file {path} holds a NUL byte (line {line}): it is not a text file, "
-            "or it is UTF-16 without a byte-order mark; re-save it as UTF-8."
-        )
-    return text
-
-
-def _parse_jsonl(text: str, *, source: str) -> tuple[list[tuple[str, str]], list[int]]:
-    """Rows ``(input, label)`` and the line number of each."""
-    rows, lines = [], []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            hint = (
-                " It looks like a JSON array; write one object per line (JSONL)."
-                if line.lstrip().startswith("[")
-                else ""
-            )
-            raise ValueError(f"{source}, line {i}: not valid JSON ({err.msg}).{hint}") from None
-        if not isinstance(obj, dict):
-            raise ValueError(
-                f"{source}, line {i}: each line must be an object with keys "
-                f"'input' and 'label', got {type(obj).__name__}."
-            )
-        missing = [key for key in ("input", "label") if key not in obj]
-        if missing:
-            raise ValueError(
-                f"{source}, line {i}: no {' or '.join(map(repr, missing))} key; "
-                "each line must be an object with keys 'input' and 'label'."
-            )
-        try:
-            rows.append(
-                (
-                    _as_text(obj["input"], f"{source}, line {i}: 'input'"),
-                    _as_text(obj["label"], f"{source}, line {i}: 'label'"),
-                )
-            )
-        except TypeError as err:
-            raise ValueError(str(err)) from None
-        lines.append(i)
-    return rows, lines
-
-
-def _parse_csv(text: str, *, source: str) -> tuple[list[tuple[str, str]], list[int]]:
-    """Rows ``(input, label)`` and the (first) line number of each."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows, lines = [], []
-    header: list[str] | None = None
-    line = 1
-    try:
-        for cells in reader:
-            start, line = line, reader.line_num + 1
-            if not any(c.strip() for c in cells):
-                continue  # a blank line or a row of empty cells
-            if header is None:
-                header = [c.strip().lower() for c in cells]
-                for key in ("input", "label"):
-                    if header.count(key) != 1:
-                        raise ValueError(
-                            f"{source}: the CSV needs a header with columns 'input' and 'label' "
-                            f"once each (found {cells} on line {start})."
-                        )
-                col_x, col_y = header.index("input"), header.index("label")
-                continue
-            if len(cells) > len(header):
-                raise ValueError(
-                    f"{source}, line {start}: {len(cells)} cells but the header has "
-                    f"{len(header)} columns; put an input or label that contains a comma in "
-                    'double quotes, e.g. "good, not great",negative.'
-                )
-            for col, key in ((col_x, "input"), (col_y, "label")):
-                if col >= len(cells) or not cells[col].strip():
-                    raise ValueError(
-                        f"{source}, line {start}: the {key} cell is missing or "
-                        f"empty ({cells}); every row needs an input and a label."
-                    )
-            rows.append((cells[col_x], cells[col_y]))
-            lines.append(start)
-    except csv.Error as err:
-        raise ValueError(f"{source}, line {reader.line_num}: not valid CSV ({err}).") from None
-    if header is None:
-        raise ValueError(f"{source}: the CSV needs a header with columns 'input' and 'label'.")
-    return rows, lines
