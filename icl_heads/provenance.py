@@ -321,6 +321,26 @@ def check_head_sets(
         check_map(value, model, prompts, fn=fn, what=f"{what}[{name!r}]", need="task")
 
 
+def heads_origin(heads: object) -> PromptInfo | None:
+    """The prompts named head sets were found on, where they record it: those of a
+    :class:`TracedHeadSets`, or of the maps given as every value (when they agree); ``None``
+    for head lists given by hand (settings record it as ``heads_from``).
+
+    Example::
+
+        heads_origin(trtl.head_sets(found)) == found.settings.prompts     # True
+    """
+    if isinstance(heads, TracedHeadSets):
+        return heads.prompts
+    if not isinstance(heads, Mapping) or not heads:
+        return None
+    origins = [map_origin(v).prompts if isinstance(v, HeadScores) else None for v in heads.values()]
+    first = origins[0]
+    if first is None or any(o is None or not same_prompts(o, first) for o in origins):
+        return None
+    return first
+
+
 # =========================================================================== pairs
 
 
@@ -494,6 +514,7 @@ __all__ = [
     "check_task_of",
     "check_task_vector_pair",
     "describe_prompts",
+    "heads_origin",
     "map_origin",
     "same_prompts",
     "same_task",

@@ -125,10 +125,16 @@ def test_maps_and_head_sets_of_the_same_task_on_other_prompts_are_accepted(
         ("TR", tuple(map(str, sets["TR"]))),
         ("TL", tuple(map(str, sets["TL"]))),
     )
+    assert res.settings.heads_from == found.settings.prompts  # where the heads were found
     res = trtl.ablation_experiment(
         tiny_llama, held_out, {"TR": found.maps["TR"]}, n_random=1, n_boot=N_BOOT, progress=False
     )
     assert res.settings.heads[0][0] == "TR"
+    assert res.settings.heads_from == found.maps["TR"].settings.prompts
+    by_hand = trtl.ablation_experiment(
+        tiny_llama, held_out, {"S": [(1, 0)]}, n_random=1, n_boot=N_BOOT, progress=False
+    )
+    assert by_hand.settings.heads_from is None
     # another task's sets, copied into a plain dict: the user's explicit choice
     topic = ih.build_prompts(tiny_llama, ih.load_task("topic"), k=3, n=8, seed=0)
     trtl.ablation_experiment(

@@ -18,7 +18,7 @@ from ...interventions import ABLATION_MODES, ablate
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
 from ...prompts import PromptSet
-from ...provenance import check_head_sets, check_means
+from ...provenance import check_head_sets, check_means, heads_origin
 from ...results import ExperimentResult, make_table
 from ...settings import (
     PromptInfo,
@@ -75,6 +75,9 @@ class AblationSettings(Settings):
     conditions: tuple = ()
     #: The background interventions as JSON specs (``interventions`` describes them).
     intervention_specs: tuple = ()
+    #: The prompts the head sets were found on (these prompts for ``heads=None``, those of
+    #: ``trtl.head_sets(found)`` or of the maps given); ``None`` for head lists given by hand.
+    heads_from: PromptInfo | None = None
 
 
 def ablation_experiment(
@@ -163,6 +166,7 @@ def ablation_experiment(
             reference=reference,
             fn="ablation_experiment",
         )
+    heads_from = prompts.info() if heads is None else heads_origin(heads)
     if heads is None:
         heads = tr_tl_sets(
             model,
@@ -265,6 +269,7 @@ def ablation_experiment(
             ]
         ),
         intervention_specs=settings_value(list(intervention_specs(interventions))),
+        heads_from=heads_from,
     )
     return ExperimentResult(
         "ablation", make_table(rows), settings, tables={"random_sets": make_table(random_rows)}

@@ -22,7 +22,7 @@ from ...interventions import compose, steer
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
 from ...prompts import PromptSet
-from ...provenance import check_head_sets, check_same_task
+from ...provenance import check_head_sets, check_same_task, heads_origin
 from ...results import ExperimentResult, make_table, table_row
 from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import N_BOOT, mean_ci
@@ -75,6 +75,10 @@ class SteeringSettings(Settings):
     )
     post_attention_norm: bool = False
     interventions: tuple[str, ...] = ()
+    #: The prompts the head sets were found on (the source prompts for ``heads=None``,
+    #: those of ``trtl.head_sets(found)`` or of the maps given); ``None`` for head lists
+    #: given by hand.
+    heads_from: PromptInfo | None = None
 
 
 def steering_experiment(
@@ -157,6 +161,7 @@ def steering_experiment(
     check_bool(layer_matched, "layer_matched")
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
+    heads_from = source_prompts.info() if heads is None else heads_origin(heads)
     if heads is None:
         heads = tr_tl_sets(
             model,
@@ -245,6 +250,7 @@ def steering_experiment(
         n_boot=n_boot,
         post_attention_norm=post_attention_norm(model),
         interventions=describe_interventions(interventions),
+        heads_from=heads_from,
     )
     tables = {"geometry": make_table(geo_rows), "random_sets": make_table(random_rows)}
     return ExperimentResult("steering", make_table(rows), settings, tables=tables)
