@@ -1440,6 +1440,13 @@ def _h2_cases():
             ),
             r"gold: task 'sentiment'.*seed=0.*here: task 'sentiment'.*seed=7",
         ),
+        (
+            "perturbation: gold= of another model",
+            lambda m, p, f, t: trtl.perturbation_experiment(
+                m, p, gold=replace(f, settings=f.settings.replace(model="gpt-x")), **fast
+            ),
+            r"other model .*gold: model 'gpt-x'; here: model 'custom'",
+        ),
         (  # before: accepted, NaN cosines for the zero label difference
             "alignment: a label token listed twice",
             lambda m, p, f, t: alignment(

@@ -140,7 +140,12 @@ def perturbation_experiment(
             )
         if p == "gold" and gold is not None:
             tr, tl, measured = _reused_gold(
-                gold, here, normalize=normalize, apply_ln=apply_ln, interventions=interventions
+                gold,
+                here,
+                model=model_name(model),
+                normalize=normalize,
+                apply_ln=apply_ln,
+                interventions=interventions,
             )
         else:
             tr, tl, logits, _ = tsla_pass(
@@ -254,6 +259,7 @@ def _reused_gold(
     found: object,
     prompts: PromptSet,
     *,
+    model: str | None,
     normalize: str,
     apply_ln: bool,
     interventions: Sequence,
@@ -267,6 +273,7 @@ def _reused_gold(
         what
         for what, ok in (
             ("prompts", same_prompts(s.prompts, prompts.info())),
+            ("model", s.model is None or model is None or s.model == model),
             ("normalize", s.normalize == normalize),
             ("apply_ln", s.apply_ln == bool(apply_ln)),
             ("interventions", tuple(s.interventions) == describe_interventions(interventions)),
@@ -277,6 +284,8 @@ def _reused_gold(
         shown = (
             f" (gold: {describe_prompts(s.prompts)}; here: {describe_prompts(prompts.info())})"
             if "prompts" in mismatch
+            else f" (gold: model {s.model!r}; here: model {model!r})"
+            if "model" in mismatch
             else ""
         )
         raise ValueError(
