@@ -299,6 +299,10 @@ class ActivationMeans:
         prompts: the reference set it was averaged over.
         batch_size: the batch size it was computed with (so it can be recomputed exactly).
         interventions: descriptions of the interventions active while it was computed.
+        model: ``cfg.model_name`` of the model it was computed with (``None`` if unknown;
+            the prompts may have been built for another model sharing the tokenizer).
+            :func:`icl_heads.provenance.check_means` compares it, ``values``' shape and
+            ``prompts`` with the model and prompts the means are used on.
     """
 
     values: Float[Tensor, "layer ..."]
@@ -307,6 +311,7 @@ class ActivationMeans:
     prompts: PromptInfo | None = None
     batch_size: int | None = None
     interventions: tuple[str, ...] = ()
+    model: str | None = None
 
     def outputs(self, model: HookedTransformer) -> Float[Tensor, "layer head d_model"]:
         """Each head's mean output in the residual stream, ``z @ W_O`` (``b_O`` excluded)."""
@@ -422,6 +427,7 @@ def activation_means(
             prompts=prompts.info(),
             batch_size=batch_size,
             interventions=tuple(describe(iv) for iv in interventions),
+            model=model.cfg.model_name,
         )
         for m in wanted
     )

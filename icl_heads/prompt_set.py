@@ -51,6 +51,10 @@ class PromptSet:
             unknown).
         tokenizer_id: :func:`tokenizer_fingerprint` of that model's tokenizer (``None`` if
             unknown; then :func:`check_prompt_set` cannot compare tokenizers).
+        task_digest: :attr:`~icl_heads.tasks.Task.digest` of the task (``None`` if
+            unknown).
+        task_source: :attr:`~icl_heads.tasks.Task.source` of the task (``None`` if unknown
+            or made in code).
     """
 
     tokens: Int[Tensor, "prompt pos"]
@@ -68,6 +72,8 @@ class PromptSet:
     query_examples: tuple[int, ...]
     model_name: str | None = None
     tokenizer_id: str | None = None
+    task_digest: str | None = None
+    task_source: str | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -128,7 +134,12 @@ class PromptSet:
 
     def info(self) -> PromptInfo:
         """How the set was made, as results record it: task, k, n, seed, perturbation,
-        model (``model_name``) and tokenizer (``tokenizer_id``)."""
+        model (``model_name``) and tokenizer (``tokenizer_id``), and what it holds: the
+        task's digest and source and :func:`prompts_digest` (computed once per set)."""
+        digest = self.__dict__.get("_prompts_digest")
+        if digest is None:
+            digest = prompts_digest(self)
+            object.__setattr__(self, "_prompts_digest", digest)
         return PromptInfo(
             task=self.task_name,
             k=int(self.k),
@@ -137,6 +148,9 @@ class PromptSet:
             perturbation=self.perturbation,
             model=self.model_name,
             tokenizer=self.tokenizer_id,
+            task_digest=self.task_digest,
+            task_source=self.task_source,
+            prompts_digest=digest,
         )
 
     def __repr__(self) -> str:
@@ -214,6 +228,30 @@ def _select_index(index: object, n: int) -> Int[Tensor, " selected"]:
     if rows.numel() == 0:
         raise ValueError("PromptSet.select: the selection is empty.")
     return rows
+
+
+def prompts_digest(prompts: PromptSet) -> str:
+    """A hash of what a prompt set holds: every prompt's real tokens (padding excluded, so
+    the same prompts padded to another length hash the same), its gold label index and the
+    label token ids. sha256, first 16 hex digits. Equal digests mean the same prompts, in
+    the same order, scored against the same labels.
+
+    Example::
+
+        prompts_digest(prompts) == prompts.info().prompts_digest      # True
+    """
+    tokens = prompts.tokens.detach().cpu().long().numpy()
+    mask = prompts.attention_mask.detach().cpu().bool().numpy()
+    gold = prompts.gold.detach().cpu().long().numpy()
+    labels = prompts.label_token_ids.detach().cpu().long().numpy()
+    h = hashlib.sha256()
+    h.update(np.asarray([len(labels)], dtype="<i8").tobytes())
+    h.update(labels.astype("<i8").tobytes())
+    for row, keep, y in zip(tokens, mask, gold):
+        real = row[keep].astype("<i8")
+        h.update(np.asarray([real.size, y], dtype="<i8").tobytes())
+        h.update(real.tobytes())
+    return h.hexdigest()[:16]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -316,6 +354,7 @@ __all__ = [
     "PromptSet",
     "FINGERPRINT_PROBE",
     "tokenizer_fingerprint",
+    "prompts_digest",
     "check_prompt_set",
     "check_model",
 ]

@@ -2,7 +2,8 @@
 perturbations (random or abstract labels, zero-shot, shifted demo labels) and the label
 words' token ids.
 
-Demonstrations never include the query example, nor any example with the same input text.
+Demonstrations never include the query example, nor any example whose input is the same
+text up to letter case and spacing (:func:`~icl_heads.tasks.input_key`).
 The result type, :class:`PromptSet`, and its checks (:func:`check_prompt_set`,
 :func:`tokenizer_fingerprint`) live in :mod:`icl_heads.prompt_set` and are importable from
 here.
@@ -26,7 +27,7 @@ from .prompt_set import (
     check_prompt_set,
     tokenizer_fingerprint,
 )
-from .tasks import Task
+from .tasks import Task, input_key
 
 PERTURBATIONS = ("gold", "random_labels", "abstract_labels", "zero_shot")
 
@@ -149,7 +150,8 @@ def build_prompts(
 
     Queries cycle through the labels (balanced) in a seeded random order; each prompt's
     ``k`` demonstrations are drawn without replacement from the examples whose input text
-    differs from the query's.
+    differs from the query's, letter case and spacing ignored (:func:`~icl_heads.tasks.input_key`:
+    a case variant of the query is never shown as its demonstration).
 
     Args:
         model: supplies the tokenizer, BOS convention and context length.
@@ -222,10 +224,11 @@ def build_prompts(
     bos = [tok.bos_token_id] if prepend_bos and tok.bos_token_id is not None else []
     pieces: list[list[str]] = []  # text pieces between label tokens
     rows = []
-    inputs = [x.strip() for x, _ in task.examples]
+    inputs = [input_key(x) for x, _ in task.examples]
     demo_suffix = task.demo_suffix
     for q in queries:
-        # never show the query's input as a demo (Task also refuses repeated inputs)
+        # never show the query's input, or a case / spacing variant of it, as a demo (Task
+        # refuses repeated inputs and variants with different labels)
         others = [i for i in range(len(task.examples)) if inputs[i] != inputs[q]]
         if len(others) < k:
             raise ValueError(
@@ -303,6 +306,8 @@ def build_prompts(
         query_examples=tuple(queries),
         model_name=model.cfg.model_name,
         tokenizer_id=tokenizer_fingerprint(tok),
+        task_digest=task.digest,
+        task_source=task.source,
     )
 
 

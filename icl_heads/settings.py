@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
@@ -62,7 +62,26 @@ class Settings:
 class PromptInfo(Settings):
     """Identity of a :class:`~icl_heads.prompts.PromptSet` (``prompts.info()``): which
     task, how many prompts, how many demonstrations, the seed, the perturbation and the
-    model / tokenizer it was built for."""
+    model / tokenizer it was built for (the *recipe*), and what exactly they hold (the
+    *content*):
+
+    - ``task_digest``: :attr:`~icl_heads.tasks.Task.digest`, a hash of the task's
+      examples, labels and template (so an edited task file with the same name differs);
+    - ``task_source``: where the task came from (``"builtin:<file>"``, or the path of a
+      task file); ``None`` for a task made in code;
+    - ``prompts_digest``: a hash of the prompts' tokens (padding excluded), gold labels and
+      label tokens (:func:`~icl_heads.prompt_set.prompts_digest`).
+
+    The content fields are ``None`` in settings saved before they were recorded, and they
+    take no part in ``==`` (two infos are equal when their recipes are); compare content
+    with :func:`icl_heads.provenance.same_prompts`, which treats ``None`` as unknown.
+
+    Example::
+
+        prompts.info()
+        # PromptInfo(task='sentiment', k=4, n=64, seed=0, perturbation='gold', model=...,
+        #            task_digest='3f0c...', task_source='builtin:sentiment.jsonl', ...)
+    """
 
     task: str
     k: int
@@ -71,6 +90,9 @@ class PromptInfo(Settings):
     perturbation: str
     model: str | None = None
     tokenizer: str | None = None
+    task_digest: str | None = field(default=None, compare=False)
+    task_source: str | None = field(default=None, compare=False)
+    prompts_digest: str | None = field(default=None, compare=False)
 
 
 def model_name(model: Any) -> str | None:

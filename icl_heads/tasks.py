@@ -9,6 +9,10 @@ What a task accepts (checked when it is made, so a bad task never reaches ``buil
   ``bool``) are accepted as their ``str``, anything else (``None``, lists...) is an error;
 - each input text is listed once (compared without surrounding whitespace); a repeated
   input is an error naming both places, so a query can never be shown as its own demo;
+- two inputs that differ only in letter case or spacing (``"Great film"`` and
+  ``"great  film"``) may not have different labels (an error naming both places);
+  with the same label they are allowed, and ``build_prompts`` never shows one as a
+  demonstration of the other (:func:`input_key`);
 - labels are written bare (no surrounding whitespace) and no two labels differ only in case;
 - the template holds ``{input}`` and `` {label}`` once each and no other field; a literal
   brace is written ``{{`` or ``}}`` (as in ``str.format``).
@@ -19,15 +23,16 @@ whose cells are all empty) are skipped; extra CSV columns and extra JSON keys ar
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
+import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
+
+from .task_files import as_text, parse_csv, parse_jsonl, read_utf8
 
 DEFAULT_TEMPLATE = "Input: {input}\nLabel: {label}\n"
 
@@ -47,6 +52,9 @@ class Task:
             text after `` {label}`` separates demonstrations; the query is the template
             cut just before `` {label}``. Literal braces are written ``{{`` and ``}}``.
         description: one line on what the task is.
+        source: where the task came from: ``"builtin:<file>"`` for a built-in task, the
+            resolved path of a task file, ``None`` for a task made in code (recorded in
+            every result's :class:`~icl_heads.settings.PromptInfo`).
     """
 
     name: str
@@ -55,6 +63,7 @@ class Task:
     template: str = DEFAULT_TEMPLATE
     description: str = ""
     metadata: dict = field(default_factory=dict, compare=False)
+    source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -120,6 +129,27 @@ class Task:
     @property
     def n_labels(self) -> int:
         return len(self.labels)
+
+    @cached_property
+    def digest(self) -> str:
+        """A hash of what the task holds (its examples in order, its labels and its
+        template; not its name, description or source): equal digests mean the same
+        prompts for the same model, seed, k and n. sha256, first 16 hex digits.
+
+        Example::
+
+            load_task("sentiment").digest        # e.g. '5b1f0e2c9a7d4e31'
+        """
+        raw = json.dumps(
+            {
+                "examples": [list(pair) for pair in self.examples],
+                "labels": list(self.labels),
+                "template": self.template,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
     def label_index(self, label: str) -> int:
         """The class id of ``label`` (its index in ``labels``)."""
@@ -240,13 +270,16 @@ def make_task(
     template: str = DEFAULT_TEMPLATE,
     labels: Sequence[str] | None = None,
     description: str = "",
+    source: str | None = None,
 ) -> Task:
     """Build a ``Task``; the label set defaults to the labels in order of first appearance.
 
     Inputs and labels must be strings; numbers (``int``/``float``, not ``bool``) are
     converted with ``str``. ``TypeError`` for anything else (``None``, lists, a dict of
-    examples); ``ValueError`` for empty fields, repeated inputs, labels that differ only in
-    case and bad templates (see :class:`Task` and :func:`check_template`).
+    examples); ``ValueError`` for empty fields, repeated inputs, inputs that differ only in
+    case or spacing but have different labels, labels that differ only in case and bad
+    templates (see :class:`Task` and :func:`check_template`). ``source``: where the
+    examples came from (recorded in results; :func:`load_task` fills it).
     """
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"Task name must be a non-empty str, got {name!r}.")
@@ -264,7 +297,7 @@ def make_task(
     for i, pair in enumerate(examples):
         where = f"Task {name!r}: example {i}"
         _check_pair(pair, where)
-        pairs.append((_as_text(pair[0], f"{where} input"), _as_text(pair[1], f"{where} label")))
+        pairs.append((as_text(pair[0], f"{where} input"), as_text(pair[1], f"{where} label")))
     if labels is not None:
         if isinstance(labels, (str, bytes)):
             raise TypeError(
@@ -274,8 +307,15 @@ def make_task(
         labels = tuple(labels)
     else:
         labels = tuple(dict.fromkeys(y for _, y in pairs))
+    if source is not None and not isinstance(source, str):
+        raise TypeError(f"Task {name!r}: source must be a str or None, got {source!r}.")
     return Task(
-        name=name, examples=tuple(pairs), labels=labels, template=template, description=description
+        name=name,
+        examples=tuple(pairs),
+        labels=labels,
+        template=template,
+        description=description,
+        source=source,
     )
 
 
@@ -284,16 +324,17 @@ def _check_pair(pair: object, where: str) -> None:
         raise TypeError(f"{where} is {pair!r}; each example must be an (input, label) pair.")
 
 
-def _as_text(value: object, where: str) -> str:
-    """``value`` as example text: a str as is, a finite number as ``str(value)``."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return str(value)
-    raise TypeError(
-        f"{where} is {value!r} ({type(value).__name__}); inputs and labels must be "
-        "strings (or numbers, used as their str)."
-    )
+def input_key(text: str) -> str:
+    """An input as tasks and prompts compare inputs: letter case folded and whitespace runs
+    collapsed (``"Great  Film "`` and ``"great film"`` have the same key). Two examples with
+    the same key may not have different labels, and neither is shown as a demonstration of
+    the other.
+
+    Example::
+
+        input_key("  Great\tFILM ")          # 'great film'
+    """
+    return " ".join(text.split()).casefold()
 
 
 def _case_clash(labels: Sequence[str]) -> list[str]:
@@ -319,6 +360,7 @@ def _check_examples(
         return f"line {lines[i]}" if lines is not None else f"example {i}"
 
     first_input: dict[str, int] = {}
+    first_variant: dict[str, int] = {}
     first_label: dict[str, int] = {}
     for i, (x, y) in enumerate(examples):
         if not x.strip():
@@ -346,6 +388,15 @@ def _check_examples(
                 "each input once (a query must never be its own demonstration)."
             )
         first_input[key] = i
+        variant = input_key(x)
+        j = first_variant.setdefault(variant, i)
+        if examples[j][1] != y:
+            raise ValueError(
+                f"{where}: inputs {examples[j][0]!r} ({loc(j)}, label {examples[j][1]!r}) and "
+                f"{x!r} ({loc(i)}, label {y!r}) differ only in letter case or spacing but have "
+                "different labels; the model sees them as the same question. Keep one of them "
+                "(or give both the same label)."
+            )
         first_label.setdefault(y, i)
     clash = _case_clash(list(first_label))
     if clash:
@@ -394,7 +445,7 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
     if isinstance(name_or_path, str) and key in catalog:
         entry = catalog[key]
         text = resources.files("icl_heads.data").joinpath(entry["file"]).read_text(encoding="utf-8")
-        rows, lines = _parse_jsonl(text, source=entry["file"])
+        rows, lines = parse_jsonl(text, source=entry["file"])
         _check_examples(rows, where=entry["file"], lines=lines)
         return make_task(
             key,
@@ -402,6 +453,7 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
             template=template if template is not None else entry["template"],
             labels=entry.get("labels"),
             description=entry.get("description", ""),
+            source=f"builtin:{entry['file']}",
         )
     builtins = ", ".join(sorted(catalog))
     path = Path(key).expanduser()
@@ -428,125 +480,22 @@ def load_task(name_or_path: str | Path, *, template: str | None = None) -> Task:
     suffix = path.suffix.lower()
     if suffix not in _TASK_SUFFIXES:
         raise ValueError(f"Task file {path} must end in .csv or .jsonl (got {suffix!r}).")
-    text = _read_utf8(path)
+    text = read_utf8(path)
     if not text.strip():
         raise ValueError(f"Task file {path} is empty; it needs examples with an input and a label.")
     if suffix == ".csv":
-        rows, lines = _parse_csv(text, source=str(path))
+        rows, lines = parse_csv(text, source=str(path))
     else:
-        rows, lines = _parse_jsonl(text, source=str(path))
+        rows, lines = parse_jsonl(text, source=str(path))
     if not rows:
         raise ValueError(f"Task file {path} has no examples (only a header or blank lines).")
     _check_examples(rows, where=str(path), lines=lines)
     try:
         return make_task(
-            path.stem, rows, template=template if template is not None else DEFAULT_TEMPLATE
+            path.stem,
+            rows,
+            template=template if template is not None else DEFAULT_TEMPLATE,
+            source=str(path.resolve()),
         )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-
-
-def _read_utf8(path: Path) -> str:
-    data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ValueError(
-            f"Task file {path} is UTF-16 (it starts with a UTF-16 byte-order mark); "
-            "re-save it as UTF-8."
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise ValueError(
-            f"Task file {path} is not valid UTF-8: byte {data[err.start : err.start + 1]!r} at "
-            f"line {line} ({err.reason}); re-save the file as UTF-8 (e.g. 'iconv -f latin1 -t "
-            "utf-8')."
-        ) from None
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise ValueError(
-            f"Task file {path} holds a NUL byte (line {line}): it is not a text file, "
-            "or it is UTF-16 without a byte-order mark; re-save it as UTF-8."
-        )
-    return text
-
-
-def _parse_jsonl(text: str, *, source: str) -> tuple[list[tuple[str, str]], list[int]]:
-    """Rows ``(input, label)`` and the line number of each."""
-    rows, lines = [], []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            hint = (
-                " It looks like a JSON array; write one object per line (JSONL)."
-                if line.lstrip().startswith("[")
-                else ""
-            )
-            raise ValueError(f"{source}, line {i}: not valid JSON ({err.msg}).{hint}") from None
-        if not isinstance(obj, dict):
-            raise ValueError(
-                f"{source}, line {i}: each line must be an object with keys "
-                f"'input' and 'label', got {type(obj).__name__}."
-            )
-        missing = [key for key in ("input", "label") if key not in obj]
-        if missing:
-            raise ValueError(
-                f"{source}, line {i}: no {' or '.join(map(repr, missing))} key; "
-                "each line must be an object with keys 'input' and 'label'."
-            )
-        try:
-            rows.append(
-                (
-                    _as_text(obj["input"], f"{source}, line {i}: 'input'"),
-                    _as_text(obj["label"], f"{source}, line {i}: 'label'"),
-                )
-            )
-        except TypeError as err:
-            raise ValueError(str(err)) from None
-        lines.append(i)
-    return rows, lines
-
-
-def _parse_csv(text: str, *, source: str) -> tuple[list[tuple[str, str]], list[int]]:
-    """Rows ``(input, label)`` and the (first) line number of each."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows, lines = [], []
-    header: list[str] | None = None
-    line = 1
-    try:
-        for cells in reader:
-            start, line = line, reader.line_num + 1
-            if not any(c.strip() for c in cells):
-                continue  # a blank line or a row of empty cells
-            if header is None:
-                header = [c.strip().lower() for c in cells]
-                for key in ("input", "label"):
-                    if header.count(key) != 1:
-                        raise ValueError(
-                            f"{source}: the CSV needs a header with columns 'input' and 'label' "
-                            f"once each (found {cells} on line {start})."
-                        )
-                col_x, col_y = header.index("input"), header.index("label")
-                continue
-            if len(cells) > len(header):
-                raise ValueError(
-                    f"{source}, line {start}: {len(cells)} cells but the header has "
-                    f"{len(header)} columns; put an input or label that contains a comma in "
-                    'double quotes, e.g. "good, not great",negative.'
-                )
-            for col, key in ((col_x, "input"), (col_y, "label")):
-                if col >= len(cells) or not cells[col].strip():
-                    raise ValueError(
-                        f"{source}, line {start}: the {key} cell is missing or "
-                        f"empty ({cells}); every row needs an input and a label."
-                    )
-            rows.append((cells[col_x], cells[col_y]))
-            lines.append(start)
-    except csv.Error as err:
-        raise ValueError(f"{source}, line {reader.line_num}: not valid CSV ({err}).") from None
-    if header is None:
-        raise ValueError(f"{source}: the CSV needs a header with columns 'input' and 'label'.")
-    return rows, lines

@@ -1252,3 +1252,226 @@ def test_cli_out_under_a_file(capsys, tmp_path):
     assert cli.main(["quickstart", "--out", str(blocker / "q.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(blocker) in err
+
+
+# ---- H2: provenance (issue 22 class 2: objects that must belong together, checked together)
+# Each case was accepted before (a silently wrong result) or failed deep inside (IndexError
+# from stats.py); now a ValueError names both origins. Positive cases: tests/test_provenance.py.
+
+
+@pytest.fixture(scope="module")
+def h2_found(tiny_llama, tiny_prompts):
+    from icl_heads.experiments import trtl
+
+    return trtl.find_task_heads(tiny_llama, tiny_prompts, n_boot=20, progress=False)
+
+
+@pytest.fixture(scope="module")
+def h2_topic(tiny_llama):
+    return ih.build_prompts(tiny_llama, ih.load_task("topic"), k=3, n=8, seed=0)
+
+
+def _h2_cases():
+    from icl_heads.experiments import trtl
+    from icl_heads.experiments.geometry import head_ablation_geometry, task_vector_experiment
+    from icl_heads.geometry import alignment
+
+    fast = dict(n_boot=20, progress=False)
+    geo = dict(layers=[2], folds=2, n_boot=5, progress=False)
+    return [
+        (  # the head sets of find_task_heads on sentiment, ablated on topic prompts
+            "ablation: head sets of another task",
+            lambda m, p, f, t: trtl.ablation_experiment(m, t, trtl.head_sets(f), **fast),
+            r"found on task 'sentiment'.*prompts here are task 'topic'",
+        ),
+        (
+            "ablation: a TR map of another task",
+            lambda m, p, f, t: trtl.ablation_experiment(m, t, {"TR": f.maps["TR"]}, **fast),
+            r"heads\['TR'\] is a map scored on task 'sentiment'.*task 'topic'",
+        ),
+        (
+            "ablation: a map of another model (same shape)",
+            lambda m, p, f, t: trtl.ablation_experiment(
+                m,
+                p,
+                {
+                    "TR": replace(
+                        f.maps["TR"], settings=f.maps["TR"].settings.replace(model="gpt-x")
+                    )
+                },
+                **fast,
+            ),
+            r"made with model 'gpt-x'.*model here is 'custom'",
+        ),
+        (
+            "correlation: maps of another task",
+            lambda m, p, f, t: trtl.correlation_experiment(
+                m, t, tr=f.maps["TR"], tl=f.maps["TL"], **fast
+            ),
+            r"tr= is a map scored on task 'sentiment'.*task 'topic'",
+        ),
+        (  # before: IndexError from stats.py (8 prompts paired with the map's 10 rows)
+            "reconciliation: maps of other prompts of the task",
+            lambda m, p, f, t: trtl.reconciliation_experiment(
+                m,
+                ih.build_prompts(m, ih.load_task("sentiment"), 3, 8, 1),
+                tr=f.maps["TR"],
+                tl=f.maps["TL"],
+                **fast,
+            ),
+            r"tr= must be scored on these prompts.*n=10, seed=0.*\(10 per-prompt rows\).*n=8, seed=1",
+        ),
+        (
+            "steering: target prompts of another task",
+            lambda m, p, f, t: trtl.steering_experiment(
+                m, p, ih.build_prompts(m, ih.load_task("topic"), 0, 8, 0), {"TR": [(1, 0)]}, **fast
+            ),
+            r"source_prompts are task 'sentiment'.*target_prompts are task 'topic'",
+        ),
+        (
+            "steering: head sets of another task",
+            lambda m, p, f, t: trtl.steering_experiment(
+                m, t, ih.build_prompts(m, ih.load_task("topic"), 0, 8, 0), trtl.head_sets(f), **fast
+            ),
+            r"found on task 'sentiment'",
+        ),
+        (  # before: accepted, the "task vector" was a mean zero-shot state
+            "task vectors: ICL and zero-shot prompts swapped",
+            lambda m, p, f, t: task_vector_experiment(
+                m, ih.build_prompts(m, ih.load_task("sentiment"), 0, 10, 0), p, **geo
+            ),
+            r"source_prompts have no demonstrations \(k=0.*look swapped",
+        ),
+        (
+            "task vectors: a target with demonstrations",
+            lambda m, p, f, t: task_vector_experiment(m, p, p, **geo),
+            r"target_prompts have k=3 demonstrations",
+        ),
+        (  # same label words (same label tokens), another task
+            "task vectors: a zero-shot set of another task",
+            lambda m, p, f, t: task_vector_experiment(
+                m,
+                p,
+                ih.build_prompts(
+                    m,
+                    ih.make_task(
+                        "reviews", [(f"r{i}", ("positive", "negative")[i % 2]) for i in range(8)]
+                    ),
+                    0,
+                    10,
+                    0,
+                ),
+                **geo,
+            ),
+            r"task 'sentiment'.*target_prompts are task 'reviews'.*same task",
+        ),
+        (  # before: accepted (a smaller map's top heads ablated on this model)
+            "head ablation geometry: a map of another model's shape",
+            lambda m, p, f, t: head_ablation_geometry(
+                m, p, {"X": HeadScores(torch.rand(1, 4))}, n_random=0, **geo
+            ),
+            r"\[1 layers, 4 heads\].*\[2 layers, 4 heads\]",
+        ),
+        (
+            "head ablation geometry: a TR map of another task",
+            lambda m, p, f, t: head_ablation_geometry(m, t, {"TR": f.maps["TR"]}, **geo),
+            r"heads\['TR'\] is a map scored on task 'sentiment'",
+        ),
+        (
+            "ablation: means at other positions",
+            lambda m, p, f, t: trtl.ablation_experiment(
+                m,
+                p,
+                {"S": [(1, 0)]},
+                means=ih.activation_means(m, p, positions="query", progress=False),
+                **fast,
+            ),
+            r"means= were taken at positions='query'.*positions='all'",
+        ),
+        (
+            "ablation: means of another task",
+            lambda m, p, f, t: trtl.ablation_experiment(
+                m, p, {"S": [(1, 0)]}, means=ih.activation_means(m, t, positions="all"), **fast
+            ),
+            r"means= were computed over task 'topic'.*prompts here are task 'sentiment'",
+        ),
+        (
+            "ablation: means of another model",
+            lambda m, p, f, t: trtl.ablation_experiment(
+                m,
+                p,
+                {"S": [(1, 0)]},
+                means=replace(ih.activation_means(m, p, positions="all"), model="gpt-x"),
+                **fast,
+            ),
+            r"means= was made with model 'gpt-x'",
+        ),
+        (
+            "ablation: means not of the given reference",
+            lambda m, p, f, t: trtl.ablation_experiment(
+                m,
+                p,
+                {"S": [(1, 0)]},
+                means=ih.activation_means(m, p, positions="all"),
+                reference=t,
+                **fast,
+            ),
+            r"means= were computed over task 'sentiment'.*reference= is task 'topic'",
+        ),  # fmt: skip
+        (
+            "correlation: means of another task",
+            lambda m, p, f, t: trtl.correlation_experiment(
+                m, p, means=ih.activation_means(m, t, positions="query"), **fast
+            ),
+            r"means= were computed over task 'topic'",
+        ),
+        (  # same name, same queries, another template: the prompts' task differs
+            "perturbation: task= is not the prompts' task",
+            lambda m, p, f, t: trtl.perturbation_experiment(
+                m, p, task=ih.load_task("sentiment", template="Q: {input}\nA: {label}\n"), **fast
+            ),
+            r"built from task 'sentiment' \(digest [0-9a-f]+.*not from the given task "
+            r"'sentiment' \(digest [0-9a-f]+",
+        ),
+        (
+            "perturbation: gold= of other prompts names both",
+            lambda m, p, f, t: trtl.perturbation_experiment(
+                m, ih.build_prompts(m, ih.load_task("sentiment"), 3, 10, 7), gold=f, **fast
+            ),
+            r"gold: task 'sentiment'.*seed=0.*here: task 'sentiment'.*seed=7",
+        ),
+        (
+            "perturbation: gold= of another model",
+            lambda m, p, f, t: trtl.perturbation_experiment(
+                m, p, gold=replace(f, settings=f.settings.replace(model="gpt-x")), **fast
+            ),
+            r"other model .*gold: model 'gpt-x'; here: model 'custom'",
+        ),
+        (  # before: accepted, NaN cosines for the zero label difference
+            "alignment: a label token listed twice",
+            lambda m, p, f, t: alignment(
+                torch.randn(10, 32), p.gold, m, [int(p.label_token_ids[0])] * 2, n_boot=5
+            ),
+            r"repeat token\(s\) \[\d+\]",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_h2_cases())), ids=[c[0] for c in _h2_cases()])
+def test_h2_objects_that_do_not_belong_together_are_refused(
+    tiny_llama, tiny_prompts, h2_found, h2_topic, case
+):
+    _, call, named = _h2_cases()[case]
+    with pytest.raises(ValueError, match=named):
+        call(tiny_llama, tiny_prompts, h2_found, h2_topic)
+
+
+def test_h2_case_variants_with_different_labels_are_refused_naming_both(tmp_path):
+    with pytest.raises(ValueError, match=r"'Great film' \(example 0.*'great  FILM' \(example 2"):
+        ih.make_task(
+            "v", [("Great film", "positive"), ("bad", "negative"), ("great  FILM", "negative")]
+        )
+    path = tmp_path / "variants.csv"
+    path.write_text("input,label\nGreat film,positive\nbad,negative\ngreat film,negative\n")
+    with pytest.raises(ValueError, match=r"variants.csv.*'Great film' \(line 2.*\(line 4"):
+        ih.load_task(path)

@@ -104,6 +104,14 @@ def _label_ids(model: HookedTransformer, label_token_ids) -> Tensor:
             ) from None
     if ids.numel() < 2:
         raise ValueError(f"alignment needs at least two label tokens, got {ids.tolist()}.")
+    listed = ids.tolist()
+    repeated = sorted({i for i in listed if listed.count(i) > 1})
+    if repeated:
+        raise ValueError(
+            f"alignment: label_token_ids {listed} repeat token(s) {repeated}; two labels with "
+            "one token have the same unembedding, so their difference is zero. Pass one "
+            "distinct token per label (prompts.label_token_ids)."
+        )
     return ids
 
 
@@ -311,7 +319,8 @@ def alignment(
         states: ``[prompt, layer, d_model]`` or ``[prompt, d_model]`` residual states of
             ``model`` (before the final norm; normalised here).
         labels: gold label index per prompt into ``label_token_ids`` (``prompts.gold``).
-        label_token_ids: the label tokens (``prompts.label_token_ids``).
+        label_token_ids: the label tokens (``prompts.label_token_ids``), one distinct
+            token per label (a repeated token is a ``ValueError``).
         layers: the state index of each layer of ``states`` (default ``0, 1, ...``).
 
     Example::

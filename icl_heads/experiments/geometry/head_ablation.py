@@ -19,6 +19,7 @@ from ...heads import HeadScores, check_top_k
 from ...hooks import check_interventions, check_positions
 from ...interventions import ablate
 from ...prompts import PromptSet, check_prompt_set
+from ...provenance import check_head_sets
 from ...results import ExperimentResult, make_table
 from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import LEVEL, N_BOOT
@@ -90,7 +91,9 @@ def head_ablation_geometry(
     Args:
         heads: ``{name: heads}`` with heads as ``Head`` lists, ``(layer, head)`` pairs, a
             boolean mask or a ``HeadScores`` (its ``top(top_k)``; the map is kept in
-            ``maps``). Default: PTH and IH as above.
+            ``maps``). Default: PTH and IH as above. A map must come from this model (its
+            shape and name); a map scored on prompts (e.g. TR/TL) also from this task
+            (:func:`~icl_heads.provenance.check_head_sets`).
         top_k: heads per set taken from a ``HeadScores`` (default 3% of heads, at least 1).
         n_random: random sets per named set (0: none).
         mode, positions: the ablation (:func:`~icl_heads.interventions.ablate`; default zero
@@ -128,6 +131,7 @@ def head_ablation_geometry(
             f"heads must be a dict {{name: heads}}, e.g. {{'PTH': [...], 'IH': "
             f"[...]}}, got {type(heads).__name__}."
         )
+    check_head_sets(heads, model, prompts, fn="head_ablation_geometry")
     maps = {name: value for name, value in heads.items() if isinstance(value, HeadScores)}
     chosen_sets = head_sets_with_controls(
         model,

@@ -17,6 +17,7 @@ from ...geometry import check_state_layers, run_query
 from ...hooks import check_interventions, check_positions
 from ...interventions import TASK_VECTOR_MODES, inject_task_vector
 from ...prompts import PromptSet, check_prompt_set
+from ...provenance import check_task_vector_pair
 from ...results import ExperimentResult, make_table, table_row
 from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import LEVEL, N_BOOT, bonferroni_z
@@ -94,8 +95,10 @@ def task_vector_experiment(
     source prompts gives every task vector.
 
     Args:
-        source_prompts: the ICL prompts the vectors come from.
-        target_prompts: the zero-shot prompts they are injected into.
+        source_prompts: the ICL prompts the vectors come from (``k >= 1``).
+        target_prompts: the zero-shot prompts (``k == 0``) of the same task they are
+            injected into; a swapped or mixed pair is refused
+            (:func:`~icl_heads.provenance.check_task_vector_pair`).
         layers: injection states; default ``0 .. n_layers - 1`` (injecting after the last
             block would leave no block to use the vector).
         scales: injection scales (``replace``: 1 replaces the state, 0 changes nothing).
@@ -136,6 +139,7 @@ def task_vector_experiment(
     if mode not in TASK_VECTOR_MODES:
         raise ValueError(f"Unknown task-vector mode {mode!r}; choose one of {TASK_VECTOR_MODES}.")
     positions = check_positions(positions)
+    check_task_vector_pair(source_prompts, target_prompts, fn="task_vector_experiment")
     check_classes(target_prompts, folds, "task_vector_experiment")
     check_classes(source_prompts, folds, "task_vector_experiment")
     background = check_interventions(interventions, model)

@@ -18,6 +18,7 @@ from ...interventions import ABLATION_MODES, ablate
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
 from ...prompts import PromptSet
+from ...provenance import check_head_sets, check_means, heads_origin
 from ...results import ExperimentResult, make_table
 from ...settings import (
     PromptInfo,
@@ -74,6 +75,9 @@ class AblationSettings(Settings):
     conditions: tuple = ()
     #: The background interventions as JSON specs (``interventions`` describes them).
     intervention_specs: tuple = ()
+    #: The prompts the head sets were found on (these prompts for ``heads=None``, those of
+    #: ``trtl.head_sets(found)`` or of the maps given); ``None`` for head lists given by hand.
+    heads_from: PromptInfo | None = None
 
 
 def ablation_experiment(
@@ -120,7 +124,10 @@ def ablation_experiment(
         seed: seeds the random sets, resampling donors and the bootstrap.
         random_like: the sets that get random controls (default: every non-empty set;
             ``()`` for none).
-        means, reference: mean-ablation values or the prompts they come from.
+        means, reference: mean-ablation values or the prompts they come from. ``means``
+            (an :class:`~icl_heads.ActivationMeans`) must come from this model, at the
+            ablated ``positions``, over ``reference`` when given, else over prompts of this
+            task (:func:`~icl_heads.provenance.check_means`).
         interventions: background interventions, active in every run (baseline included).
 
     Table: ``baseline`` / each set / ``random_<set>`` x metrics (``kind="level"``, with
@@ -137,7 +144,9 @@ def ablation_experiment(
     Raises:
         TypeError: a non-mapping ``heads``, a float seed. ValueError: a head set larger than
         the model or out of range, ``n_random=0`` with random sets requested, too few free
-        heads for the random sets, a bad mode.
+        heads for the random sets, a bad mode; a map or head sets of another model or (for
+        maps scored on prompts, and the sets of ``trtl.head_sets``) another task; ``means``
+        of another model, positions or task (:mod:`icl_heads.provenance`).
     """
     check_model(model, "ablation_experiment")
     check_prompts(model, prompts)
@@ -147,6 +156,17 @@ def ablation_experiment(
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
+    check_head_sets(heads, model, prompts, fn="ablation_experiment")
+    if mode == "mean":
+        check_means(
+            means,
+            model,
+            prompts,
+            positions=positions,
+            reference=reference,
+            fn="ablation_experiment",
+        )
+    heads_from = prompts.info() if heads is None else heads_origin(heads)
     if heads is None:
         heads = tr_tl_sets(
             model,
@@ -249,6 +269,7 @@ def ablation_experiment(
             ]
         ),
         intervention_specs=settings_value(list(intervention_specs(interventions))),
+        heads_from=heads_from,
     )
     return ExperimentResult(
         "ablation", make_table(rows), settings, tables={"random_sets": make_table(random_rows)}

@@ -22,6 +22,7 @@ from ...interventions import ABLATION_MODES
 from ...metrics import accuracy, in_label_space, logit_diff
 from ...patching import head_sweep
 from ...prompts import PromptSet
+from ...provenance import check_map, check_means
 from ...results import ExperimentResult, make_table, table_row
 from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import N_BOOT, correlation_ci, mean_ci
@@ -83,8 +84,11 @@ def correlation_experiment(
     ones whose removal hurts.
 
     Args:
-        tr, tl: TSLA maps of these prompts (default: computed here, one pass).
-        mode, positions, means, reference: the ablation of the sweep.
+        tr, tl: TSLA maps of this task and model (default: computed here on these
+            prompts, one pass); a map scored on another task's prompts or with another
+            model is refused (:func:`~icl_heads.provenance.check_map`).
+        mode, positions, means, reference: the ablation of the sweep (``means`` checked as
+            in :func:`~icl_heads.experiments.trtl.ablation_experiment`).
 
     Table: ``baseline`` x metrics (``kind="level"``, the clean run); ``TR`` / ``TL`` x
     ``spearman_drop_<metric>`` and ``pearson_drop_<metric>`` (CI over heads; columns
@@ -111,6 +115,16 @@ def correlation_experiment(
                 f"{name}= must be a HeadScores of this model's shape [{L}, {H}] (from "
                 f"tsla_scores(model, prompts)), got {m!r}."
             )
+        check_map(m, model, prompts, fn="correlation_experiment", what=f"{name}=", need="task")
+    if mode == "mean":
+        check_means(
+            means,
+            model,
+            prompts,
+            positions=positions,
+            reference=reference,
+            fn="correlation_experiment",
+        )
     scores_from = "given"
     if tr is None or tl is None:
         tr, tl = tsla_scores(

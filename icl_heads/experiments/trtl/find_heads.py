@@ -17,6 +17,7 @@ from ...heads import Head, check_top_k
 from ...hooks import check_interventions
 from ...metrics import behaviour
 from ...prompts import PromptSet
+from ...provenance import TracedHeadSets, settings_prompts
 from ...results import ExperimentResult, make_table, table_row
 from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import N_BOOT, correlation_ci, mean_ci, top_k_overlap_ci
@@ -171,6 +172,11 @@ def head_sets(result: ExperimentResult) -> dict[str, list[Head]]:
     :func:`find_task_heads` (its ``tables["sets"]``, best first), or the sets an ablation or
     steering result evaluated (its settings' ``heads``).
 
+    The sets of a ``find_task_heads`` result are a
+    :class:`~icl_heads.provenance.TracedHeadSets` (a dict that remembers the prompts and
+    model they were found on), so the experiments refuse them on another task's prompts or
+    another model; ``dict(sets)`` drops that record, to use them there on purpose.
+
     Example::
 
         sets = trtl.head_sets(trtl.find_task_heads(model, prompts))
@@ -183,7 +189,16 @@ def head_sets(result: ExperimentResult) -> dict[str, list[Head]]:
         for name in dict.fromkeys(result.tables["sets"]["set"]):
             rows = frame[frame["set"] == name]
             out[str(name)] = [Head(int(a), int(b)) for a, b in zip(rows["layer"], rows["head"])]
-        return out
+        if result.name != "find_task_heads":
+            return out
+        first = next(iter(result.maps.values()), None)
+        return TracedHeadSets(
+            out,
+            prompts=settings_prompts(result.settings),
+            model=getattr(result.settings, "model", None),
+            shape=(first.n_layers, first.n_heads) if first is not None else None,
+            source="find_task_heads",
+        )
     heads = getattr(result.settings, "heads", None)
     if heads:
         return {str(name): parse_heads(" ".join(labels)) for name, labels in heads}

@@ -16,8 +16,9 @@ from ...heads import HeadScores, check_top_k
 from ...hooks import check_interventions
 from ...metrics import BEHAVIOUR, behaviour
 from ...prompts import PERTURBATIONS, PromptSet, build_prompts
+from ...provenance import check_task_of, describe_prompts, same_prompts
 from ...results import ExperimentResult, make_table, table_row
-from ...settings import Settings, describe_interventions, model_name
+from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import N_BOOT, correlation_ci, correlation_difference_ci, top_k_overlap_ci
 from ...tasks import Task, builtin_tasks
 from ..kit import (
@@ -34,7 +35,8 @@ from .passes import tsla_pass
 @dataclass(frozen=True)
 class PerturbationSettings(Settings):
     """How :func:`perturbation_experiment` was run (``task``, ``k``, ``n``, ``seed``: those
-    of the gold prompts, from which every condition's prompts are built)."""
+    of the gold prompts, from which every condition's prompts are built; ``prompts``: the
+    gold prompts' full identity, ``None`` in results saved before it was recorded)."""
 
     model: str | None
     task: str
@@ -49,6 +51,7 @@ class PerturbationSettings(Settings):
     n_boot: int
     post_attention_norm: bool = False
     interventions: tuple[str, ...] = ()
+    prompts: PromptInfo | None = None
 
 
 def perturbation_experiment(
@@ -120,6 +123,7 @@ def perturbation_experiment(
             f"{len(prompts)} prompt(s)."
         )
     task = _task_of(prompts, task)
+    check_task_of(task, prompts, fn="perturbation_experiment")
     n_boot = check_boot(n_boot)
     perturbations = _check_perturbations(perturbations)
     k, n, seed = prompts.k, len(prompts), prompts.seed
@@ -136,7 +140,12 @@ def perturbation_experiment(
             )
         if p == "gold" and gold is not None:
             tr, tl, measured = _reused_gold(
-                gold, here, normalize=normalize, apply_ln=apply_ln, interventions=interventions
+                gold,
+                here,
+                model=model_name(model),
+                normalize=normalize,
+                apply_ln=apply_ln,
+                interventions=interventions,
             )
         else:
             tr, tl, logits, _ = tsla_pass(
@@ -171,6 +180,7 @@ def perturbation_experiment(
         n_boot=n_boot,
         post_attention_norm=post_attention_norm(model),
         interventions=describe_interventions(interventions),
+        prompts=prompts.info(),
     )
     return ExperimentResult("perturbation", make_table(rows), settings, maps=maps)
 
@@ -249,6 +259,7 @@ def _reused_gold(
     found: object,
     prompts: PromptSet,
     *,
+    model: str | None,
     normalize: str,
     apply_ln: bool,
     interventions: Sequence,
@@ -261,7 +272,8 @@ def _reused_gold(
     mismatch = [
         what
         for what, ok in (
-            ("prompts", s.prompts == prompts.info()),
+            ("prompts", same_prompts(s.prompts, prompts.info())),
+            ("model", s.model is None or model is None or s.model == model),
             ("normalize", s.normalize == normalize),
             ("apply_ln", s.apply_ln == bool(apply_ln)),
             ("interventions", tuple(s.interventions) == describe_interventions(interventions)),
@@ -269,10 +281,17 @@ def _reused_gold(
         if not ok
     ]
     if mismatch:
+        shown = (
+            f" (gold: {describe_prompts(s.prompts)}; here: {describe_prompts(prompts.info())})"
+            if "prompts" in mismatch
+            else f" (gold: model {s.model!r}; here: model {model!r})"
+            if "model" in mismatch
+            else ""
+        )
         raise ValueError(
             f"gold was made with other {', '.join(mismatch)} than this experiment's gold "
-            "condition (its prompts); pass the find_task_heads result of those prompts, or "
-            "gold=None."
+            f"condition (its prompts){shown}; pass the find_task_heads result of those "
+            "prompts, or gold=None."
         )
     table = found.tables.get("per_prompt")
     tr, tl = found.maps["TR"], found.maps["TL"]

@@ -19,6 +19,7 @@ from ...geometry import normalized_states
 from ...heads import HeadScores, check_top_k
 from ...hooks import check_interventions
 from ...prompts import PromptSet
+from ...provenance import check_map
 from ...results import ExperimentResult, make_table, table_row
 from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import N_BOOT, correlation_ci, top_k_overlap_ci
@@ -89,6 +90,12 @@ def reconciliation_experiment(
     bootstrap over prompts. Main table: at ``task_vector_layer`` (default ``n_layers // 2``
     **reconstruction**); ``tables["task_vector"]``: every layer.
 
+    ``tr``, ``tl``: the TSLA maps of these very prompts (their per-prompt values are paired
+    with the label-attention map's over the prompts), e.g. ``find_task_heads(model,
+    prompts).maps``; maps of other prompts or another model are refused
+    (:func:`~icl_heads.provenance.check_map`); default (or without per-prompt values, e.g.
+    loaded from disk): computed here (the given maps must still be of this task and model).
+
     Example::
 
         res = trtl.reconciliation_experiment(model, prompts)
@@ -113,9 +120,20 @@ def reconciliation_experiment(
             f"embeddings) to {L} (after the last block)."
         )
     interventions = check_interventions(interventions, model)
+    # maps with per-prompt values are paired with these prompts' (the same prompts); maps
+    # without are recomputed here, so only their model and task are checked
+    paired = all(m is not None and getattr(m, "per_prompt", None) is not None for m in (tr, tl))
     for name, m in (("tr", tr), ("tl", tl)):
         if m is not None and (not isinstance(m, HeadScores) or m.scores.shape != (L, H)):
             raise ValueError(f"{name}= must be a HeadScores of this model's shape [{L}, {H}].")
+        check_map(
+            m,
+            model,
+            prompts,
+            fn="reconciliation_experiment",
+            what=f"{name}=",
+            need="prompts" if paired else "task",
+        )
     if tr is None or tl is None or tr.per_prompt is None or tl.per_prompt is None:
         tr, tl = tsla_scores(
             model,

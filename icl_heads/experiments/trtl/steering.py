@@ -22,6 +22,7 @@ from ...interventions import compose, steer
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
 from ...prompts import PromptSet
+from ...provenance import check_head_sets, check_same_task, heads_origin
 from ...results import ExperimentResult, make_table, table_row
 from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import N_BOOT, mean_ci
@@ -74,6 +75,10 @@ class SteeringSettings(Settings):
     )
     post_attention_norm: bool = False
     interventions: tuple[str, ...] = ()
+    #: The prompts the head sets were found on (the source prompts for ``heads=None``,
+    #: those of ``trtl.head_sets(found)`` or of the maps given); ``None`` for head lists
+    #: given by hand.
+    heads_from: PromptInfo | None = None
 
 
 def steering_experiment(
@@ -116,8 +121,11 @@ def steering_experiment(
 
     Args:
         source_prompts: ICL prompts (with demonstrations) the vectors are averaged over.
-        target_prompts: the prompts to steer (any perturbation).
+        target_prompts: the prompts to steer (any perturbation), of the source prompts'
+            task (another task's target is refused).
         heads: ``{"TR": ..., "TL": ...}``; ``None``: TR and TL heads of the source prompts.
+            Maps scored on prompts and ``trtl.head_sets`` must come from this model and the
+            source prompts' task (:func:`~icl_heads.provenance.check_head_sets`).
         alphas: steering strengths.
         n_random, layer_matched, random_like, seed: random control sets, as in
             :func:`~icl_heads.experiments.trtl.ablation_experiment`.
@@ -138,11 +146,22 @@ def steering_experiment(
     check_model(model, "steering_experiment")
     check_prompts(model, source_prompts, "source_prompts", need_demos=True)
     check_prompts(model, target_prompts, "target_prompts")
+    check_same_task(
+        source_prompts,
+        target_prompts,
+        fn="steering_experiment",
+        a_name="source_prompts",
+        b_name="target_prompts",
+        fix="Build the target prompts from the source prompts' task, e.g. "
+        "build_prompts(model, task, k=0, n=64).",
+    )
+    check_head_sets(heads, model, source_prompts, fn="steering_experiment")
     alphas = _check_alphas(alphas)
     seed, n_boot = check_int(seed, "seed"), check_boot(n_boot)
     check_bool(layer_matched, "layer_matched")
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
+    heads_from = source_prompts.info() if heads is None else heads_origin(heads)
     if heads is None:
         heads = tr_tl_sets(
             model,
@@ -231,6 +250,7 @@ def steering_experiment(
         n_boot=n_boot,
         post_attention_norm=post_attention_norm(model),
         interventions=describe_interventions(interventions),
+        heads_from=heads_from,
     )
     tables = {"geometry": make_table(geo_rows), "random_sets": make_table(random_rows)}
     return ExperimentResult("steering", make_table(rows), settings, tables=tables)
