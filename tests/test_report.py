@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser import CHROMIUM_FLAGS, browser_or_skip
 
 import icl_heads as ih
 from icl_heads import attention_patterns, report
@@ -181,51 +182,6 @@ def test_report_escapes_text_that_could_close_the_script(tmp_path):
 
 # --------------------------------------------------------------------------- in a browser
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _chromium() -> str | None:
-    for candidate in (
-        os.environ.get("ICL_HEADS_CHROMIUM"),
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-        "/usr/bin/chromium",
-    ):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _browser_or_skip():
-    """(sync_playwright, chromium path); skipped with the reason where there is none, a
-    failure under CI."""
-    reasons = []
-    executable = _chromium()
-    if executable is None:
-        reasons.append(
-            "no Chromium found (install it: apt-get install -y chromium; or set ICL_HEADS_CHROMIUM)"
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-        reasons.append("Playwright is not installed (pip install -e '.[dev]')")
-    if reasons:
-        message = "; ".join(reasons)
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser check must run in CI: {message}")
-        pytest.skip(message)
-    return sync_playwright, executable
-
 
 def _cell_centre(page, layer: int, head: int, facet: int = 0) -> tuple[float, float]:
     """Viewport coordinates of a heatmap cell, from Plotly's own axis maps."""
@@ -245,7 +201,7 @@ def _cell_centre(page, layer: int, head: int, facet: int = 0) -> tuple[float, fl
 
 
 def test_report_draws_the_maps_and_a_click_shows_the_head_in_chromium(tiny_run, tmp_path):
-    sync_playwright, executable = _browser_or_skip()
+    sync_playwright, executable = browser_or_skip()
     from PIL import Image
 
     maps, example = tiny_run

@@ -213,7 +213,8 @@ def test_attention_pattern_has_tokens_on_both_axes_and_keeps_repeats_apart():
 
 def test_attention_pattern_shows_newlines_and_checks_its_shape():
     fig = viz.attention_pattern(torch.eye(2), ["x", "\n"])
-    assert list(fig.layout.xaxis.ticktext) == ["x", "\\n"]
+    # issue 21: a newline is the visible symbol ⏎, never the two characters "\n"
+    assert list(fig.layout.xaxis.ticktext) == ["x", "⏎"]
     with pytest.raises(ValueError, match="3 tokens"):
         viz.attention_pattern(torch.eye(2), ["a", "b", "c"])
 
