@@ -17,7 +17,7 @@ import numpy as np
 
 from .agreement import disagreements, top_heads
 from .protocols import HeadMap
-from .scales import NAN_COLOUR, Scale, colour_scale
+from .scales import NAN_COLOUR, Scale, colour_scale, tick_label
 from .scores import score_info, wrap
 from .style import OUTLINE, describe_settings, escape, format_number
 
@@ -143,7 +143,7 @@ def head_heatmaps(
     for i, ((name, scores), z, flag) in enumerate(zip(named.items(), grids, flags)):
         info = score_info(scores.name)
         colours = colour_scale(z, scale=scale, diverging=flag, reference=reference)
-        notes.append((name, colours.note))
+        notes.append((name, colours))
         custom = np.stack(
             [
                 np.broadcast_to(np.arange(n_layers)[:, None], z.shape),
@@ -200,7 +200,7 @@ def head_heatmaps(
                     y0=head.layer - 0.5,
                     y1=head.layer + 0.5,
                     line=dict(color=OUTLINE, width=2),
-                    name=_outline_name(highlight_top, n),
+                    name=_outline_name(len(heads) if highlight_top is None else highlight_top, n),
                     legendgroup="top",
                     showlegend=outlined == 0,
                     row=1,
@@ -276,13 +276,16 @@ def _caption(named: Mapping[str, HeadMap], notes, grids) -> list[str]:
         if scores.name not in seen:
             seen.add(scores.name)
             lines.append(wrap(score_info(scores.name).describe(), CAPTION_WIDTH))
-    kinds = {note for _, note in notes}
-    if len(kinds) == 1 and "" not in kinds:
-        lines.append(wrap(f"Colours: {kinds.pop()}.", CAPTION_WIDTH))
-    else:
-        lines += [
-            wrap(f"Colours of {name}: {note}.", CAPTION_WIDTH) for name, note in notes if note
-        ]
+    kinds = {colours.kind for _, colours in notes}
+    if kinds == {"symlog"} and len(notes) > 1:
+        constants = ", ".join(f"{tick_label(c.constant)} for {name}" for name, c in notes)
+        text = f"Colours: symlog scales, linear below c and logarithmic above (c = {constants})."
+        lines.append(wrap(text, CAPTION_WIDTH))
+    elif len({colours.note for _, colours in notes}) == 1 and kinds != {"linear"}:
+        lines.append(wrap(f"Colours: {notes[0][1].note}.", CAPTION_WIDTH))
+    elif kinds != {"linear"}:
+        shown = "; ".join(f"{name}: {c.note or 'linear scale'}" for name, c in notes)
+        lines.append(wrap(f"Colours ({shown}).", CAPTION_WIDTH))
     lines.append("Hover a cell for the head's value and rank.")
     if any(np.isnan(z).any() for z in grids):
         lines.append("Grey cells: heads not scored (NaN).")
@@ -306,8 +309,11 @@ def _hover_value(value: float) -> str:
 def _named_maps(maps) -> dict[str, HeadMap]:
     if isinstance(maps, HeadMap):
         maps = [maps]
-    if isinstance(maps, Mapping):
-        items = list(maps.items())
+    if isinstance(maps, Mapping):  # a key that is the score's own name gets its title
+        items = [
+            (score_info(k).title if k == getattr(m, "name", None) else k, m)
+            for k, m in maps.items()
+        ]
     else:
         items = []
         for m in maps:

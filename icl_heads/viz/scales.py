@@ -50,6 +50,7 @@ class ColourScale:
         colorscale: Plotly's name, ``"RdBu"`` (diverging) or ``"Blues"``.
         tickvals, ticktext: colour-bar ticks at real values (None: Plotly's own ticks).
         note: how the colours were made, for a caption (empty for linear).
+        constant: ``c`` of the symlog scale (None for the others).
     """
 
     kind: str
@@ -61,6 +62,7 @@ class ColourScale:
     tickvals: list[float] | None = None
     ticktext: list[str] | None = None
     note: str = ""
+    constant: float | None = None
 
     def trace_kwargs(self) -> dict:
         """The ``go.Heatmap`` keyword arguments of the colours (not ``z``)."""
@@ -171,10 +173,7 @@ def _symlog(z: np.ndarray, finite: np.ndarray, signed: bool) -> ColourScale:
     ticks, positions = _thin(ticks, positions, zmax - zmin)
     with np.errstate(invalid="ignore"):
         coloured = forward(z)
-    note = (
-        f"symlog colour scale, sign(x)·log10(1 + |x|/{tick_label(c)}): "
-        "each order of magnitude gets its own colours"
-    )
+    note = f"symlog scale, linear below {tick_label(c)} and logarithmic above"
     return ColourScale(
         "symlog",
         coloured,
@@ -185,6 +184,7 @@ def _symlog(z: np.ndarray, finite: np.ndarray, signed: bool) -> ColourScale:
         positions,
         [tick_label(v) for v in ticks],
         note,
+        c,
     )
 
 
@@ -244,7 +244,7 @@ def _rank(z: np.ndarray, finite: np.ndarray, signed: bool) -> ColourScale:
     return ColourScale("rank", coloured, 0.0, 1.0, None, "Blues", ticks, labels, _RANK_NOTE)
 
 
-_RANK_NOTE = "rank colour scale: colour by a head's rank within the map, ticks at real values"
+_RANK_NOTE = "rank scale, colour by a head's rank within the map"
 _SIGNED_NOTE = " (negative and positive heads ranked apart)"
 
 
