@@ -113,3 +113,100 @@ def test_outlines_are_named_in_the_legend(real_looking_map, tmp_path):
         page = browser.new_page()
         seen = _look(page, real_looking_map.plot(highlight_top=None), tmp_path / "top.png")
     assert seen["legend"] == ["outlined: top 8 heads"], seen["legend"]
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _rects_overlap(rects: list[list[float]]) -> list[tuple[int, int]]:
+    """Pairs of [left, top, right, bottom] boxes that overlap by more than a pixel."""
+    return [
+        (i, j)
+        for i, a in enumerate(rects)
+        for j, b in enumerate(rects[i + 1 :], start=i + 1)
+        if a[0] < b[2] - 1 and b[0] < a[2] - 1 and a[1] < b[3] - 1 and b[1] < a[3] - 1
+    ]
+
+
+@pytest.fixture(scope="module")
+def report_page(real_looking_map, tmp_path_factory):
+    """A report of a TR map, a TL map whose lowest head is the top TR head, a per-head
+    effect with a tiny value at that head, and a 44-token example with newlines."""
+    from icl_heads.attention_patterns import AttentionExample
+    from icl_heads.report import write_report
+
+    rng = np.random.default_rng(1)
+    tr = real_looking_map
+    tl_values = rng.normal(0, 1.0, size=(30, 9))
+    tl_values[DOMINANT] = -8.3  # the top TR head pushes against the gold label most
+    tl = HeadScores(torch.tensor(tl_values, dtype=torch.float32), name="tl_score", top_k=8)
+    effect = torch.full((30, 9), 0.8826)
+    effect[DOMINANT] = 6.585e-8
+    for i, (layer, head) in enumerate([(27, 1), (18, 6), (29, 8)]):  # a cluster of top heads
+        tr.scores[layer, head] = 35.0 + 0.4 * i
+        tl.scores[layer, head] = 0.6 + 0.2 * i
+    words = (
+        "Review : great movie , loved it \n Sentiment : positive \n\n Review : boring and "
+        "too long \n Sentiment : negative \n\n Review : the cast was wonderful \n "
+        "Sentiment : positive \n\n Review : a waste of time \n Sentiment :"
+    ).split(" ")
+    tokens = ["<|endoftext|>"] + [w if w == "\n" else " " + w for w in words]
+    T = len(tokens)
+    weights = torch.rand(30, 9, T, T, generator=torch.Generator().manual_seed(0)).tril()
+    example = AttentionExample(tokens, weights / weights.sum(-1, keepdim=True), text="x")
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    effects = {"delta_label_space_rate": HeadScores(effect, name="delta_label_space_rate")}
+    return write_report(path, {"TR": tr, "TL": tl}, maps=effects, example=example)
+
+
+def test_report_detail_panel_reads_as_a_person_needs_it(report_page, tmp_path):
+    with open_browser((1500, 1100)) as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(report_page.as_uri())
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=30_000)
+        page.hover("#detail-pattern .nsewdrag")  # shows the mode bar
+        page.wait_for_timeout(300)
+        seen = page.evaluate("""() => {
+            const box = e => { const r = e.getBoundingClientRect();
+                               return [r.left, r.top, r.right, r.bottom]; };
+            const q = s => [...document.querySelectorAll(s)];
+            const pattern = '#detail-pattern ';
+            return {
+              head: document.getElementById('detail-head').textContent,
+              x: q(pattern + '.xtick text').map(box), y: q(pattern + '.ytick text').map(box),
+              labels: q(pattern + '.xtick text, ' + pattern + '.ytick text')
+                      .map(t => t.textContent),
+              fonts: q(pattern + '.xtick text, ' + pattern + '.ytick text')
+                     .map(t => parseFloat(getComputedStyle(t).fontSize)),
+              title: box(document.querySelector(pattern + '.gtitle')),
+              modebar: box(document.querySelector(pattern + '.modebar')),
+              values: q('#detail-scores tr').slice(1).map(r => r.cells[1].textContent),
+              names: q('#detail-scores tr').slice(1).map(r => r.cells[0].textContent),
+              flags: document.getElementById('detail-flags').textContent,
+              scatter: q('#plot-scatter .textpoint text').filter(t => t.textContent)
+                       .map(box),
+              legend: q('#plot-maps .legend text').map(t => t.textContent),
+            };
+        }""")
+        page.screenshot(path=str(tmp_path / "report.png"))
+        assert not errors, errors
+    keep_screenshot(tmp_path / "report.png", "report-detail.png")
+
+    assert seen["head"] == "L23H3"  # the top TR head is selected at load
+    # token labels: readable (>= 10 px), no literal "\n" but the visible ⏎, never overlapping
+    assert min(seen["fonts"]) >= 10, seen["fonts"]
+    assert "⏎" in seen["labels"] and not any("\\n" in t for t in seen["labels"])
+    assert len(seen["y"]) == 44  # every query token is labelled
+    assert not _rects_overlap(seen["x"]) and not _rects_overlap(seen["y"])
+    # Plotly's mode bar never covers the title
+    assert not _rects_overlap([seen["title"], seen["modebar"]]), seen
+    # one number format: no exponents, 4 significant digits
+    assert seen["values"] == ["395.8", "-8.300", "0.0000"], seen["values"]
+    assert seen["names"] == ["TR", "TL", "Change in label-space rate"]
+    # the disagreement is flagged where the head is shown
+    assert "L23H3 is #1 by TR but ranks 270/270 by TL (the lowest)" in seen["flags"]
+    # scatter labels: some, none overlapping; the legend names the outlines and selection
+    assert len(seen["scatter"]) >= 3 and not _rects_overlap(seen["scatter"]), seen["scatter"]
+    assert seen["legend"] == ["outlined: top 8 heads of each map", "selected"], seen["legend"]
