@@ -180,6 +180,34 @@ def test_report_escapes_text_that_could_close_the_script(tmp_path):
     assert _data(page)["example"]["tokens"][0] == "</script><b>"
 
 
+def test_report_names_maps_by_title_flags_disagreements_and_keeps_one_number_format():
+    """Issue 21: snake_case names, an unflagged top TR head with the lowest TL score, and a
+    table mixing 6.585e-8 with 0.8826."""
+    tr = HeadScores(torch.arange(8.0).reshape(2, 4), name="tr_score")
+    tl = HeadScores(-torch.arange(8.0).reshape(2, 4), name="tl_score")  # top TR = lowest TL
+    effect = HeadScores(torch.full((2, 4), 0.8826), name="delta_logit_diff")
+    table = make_table(
+        [
+            table_row("TR", "accuracy", 6.585e-8, 0.0, 0.8826, 4),
+            table_row("TL", "accuracy", 0.8826, 0.5, 1.0, 4),
+        ]
+    )
+    info = ih.PromptInfo(task="sentiment", k=3, n=10, seed=0, perturbation="gold")
+    result = ExperimentResult("demo", table, info, maps={"TR": tr, "TL": tl})
+    page = build_report(result, maps={"delta_logit_diff": effect}, plotly_js_src="p.js")
+    data = _data(page)
+    titles = {q["name"]: q["title"] for q in data["quantities"]}
+    assert titles == {"TR": "TR", "TL": "TL", "delta_logit_diff": "Change in logit difference"}
+    assert "(unit: logits)" in data["quantities"][2]["caption"]
+    assert {"head": [1, 3], "text": "L1H3 is #1 by TR but ranks 8/8 by TL (the lowest)."} in (
+        data["flags"]
+    )
+    assert "<h2>Where the maps disagree</h2>" in page
+    results = page.split("<h2>Results</h2>", 1)[1].split("</table>", 1)[0]
+    assert "<td>0.0000</td>" in results and "<td>0.8826</td>" in results
+    assert not re.search(r"\de[-+]?\d", results)  # no exponents
+
+
 # --------------------------------------------------------------------------- in a browser
 
 
