@@ -1252,3 +1252,24 @@ def test_cli_out_under_a_file(capsys, tmp_path):
     assert cli.main(["quickstart", "--out", str(blocker / "q.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(blocker) in err
+
+
+# ---- H6: head maps (issue 21): scale= and disagreements()
+
+
+def test_head_maps_name_a_bad_scale():
+    from icl_heads import viz
+
+    scores = HeadScores(torch.arange(6.0).reshape(2, 3), name="tr_score")
+    with pytest.raises(ValueError, match="scale: use one of .*got 'log'"):
+        viz.head_heatmap(scores, scale="log")
+    with pytest.raises(ValueError, match="got 'Rank'"):
+        viz.head_heatmaps({"TR": scores}, scale="Rank")
+
+
+def test_disagreements_name_a_bad_bottom_share():
+    from icl_heads.viz.agreement import disagreements
+
+    scores = HeadScores(torch.arange(6.0).reshape(2, 3), name="tr_score")
+    with pytest.raises(ValueError, match=r"bottom is a share in \(0, 1\), got 1.5"):
+        disagreements({"TR": scores, "TL": scores}, bottom=1.5)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .agreement import disagreements, top_heads
 from .protocols import HeadMap
-from .scales import NAN_COLOUR, Scale, colour_scale, tick_label
+from .scales import NAN_COLOUR, Scale, check_scale, colour_scale, tick_label
 from .scores import score_info, wrap
 from .style import OUTLINE, describe_settings, escape, format_number
 
@@ -119,6 +119,7 @@ def head_heatmaps(
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    check_scale(scale)
     named = _named_maps(maps)
     if not named:
         raise ValueError("head_heatmaps needs at least one HeadScores map.")

@@ -96,8 +96,7 @@ def colour_scale(
 
         colour_scale(np.array([[0.1, 0.2], [0.3, 400.0]])).kind  # "symlog"
     """
-    if scale not in SCALES:
-        raise ValueError(f"scale: use one of {', '.join(map(repr, SCALES))}, got {scale!r}.")
+    check_scale(scale)
     z = np.asarray(values, dtype=float)
     ref = z if reference is None else np.asarray(reference, dtype=float)
     finite = ref[np.isfinite(ref)]
@@ -110,6 +109,17 @@ def colour_scale(
     if kind == "symlog":
         return _symlog(z, finite, signed)
     return _rank(z, finite, signed)
+
+
+def check_scale(scale: object) -> None:
+    """Raise ValueError naming ``scale`` unless it is one of :data:`SCALES`.
+
+    Example::
+
+        check_scale("symlog")  # fine; check_scale("log") raises
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale: use one of {', '.join(map(repr, SCALES))}, got {scale!r}.")
 
 
 def crowded(finite: np.ndarray, signed: bool) -> bool:
