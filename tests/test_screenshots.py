@@ -188,6 +188,9 @@ def test_report_detail_panel_reads_as_a_person_needs_it(report_page, tmp_path):
               scatter: q('#plot-scatter .textpoint text').filter(t => t.textContent)
                        .map(box),
               legend: q('#plot-maps .legend text').map(t => t.textContent),
+              mapsTitle: box(document.querySelector('#plot-maps .gtitle')),
+              mapsModebar: box(document.querySelector('#plot-maps .modebar')),
+              facetTitles: q('#plot-maps .annotation').slice(0, 3).map(box),
             };
         }""")
         page.screenshot(path=str(tmp_path / "report.png"))
@@ -200,8 +203,10 @@ def test_report_detail_panel_reads_as_a_person_needs_it(report_page, tmp_path):
     assert "⏎" in seen["labels"] and not any("\\n" in t for t in seen["labels"])
     assert len(seen["y"]) == 44  # every query token is labelled
     assert not _rects_overlap(seen["x"]) and not _rects_overlap(seen["y"])
-    # Plotly's mode bar never covers the title
+    # Plotly's mode bar never covers a title (the pattern's, the maps')
     assert not _rects_overlap([seen["title"], seen["modebar"]]), seen
+    assert not _rects_overlap([seen["mapsTitle"], seen["mapsModebar"]]), seen
+    assert not _rects_overlap([seen["mapsTitle"], *seen["facetTitles"]]), seen
     # one number format: no exponents, 4 significant digits
     assert seen["values"] == ["395.8", "-8.300", "0.0000"], seen["values"]
     assert seen["names"] == ["TR", "TL", "Change in label-space rate"]

@@ -560,6 +560,8 @@ def test_maps_shown_together_flag_a_top_head_at_the_bottom_of_the_other():
     assert found[0].describe() == "L23H3 is #1 by TR but ranks 270/270 by TL (the lowest)."
     caption = viz.head_heatmaps({"TR": tr, "TL": tl}).layout.annotations[-1].text
     assert "Disagreement: L23H3 is #1 by TR but ranks 270/270 by TL" in caption
+    # ties are no verdict: a constant map (ranked by position) flags nothing
+    assert not disagreements({"TR": tr, "flat": HeadScores(torch.ones(30, 9), name="flat")})
 
 
 def test_one_number_format_never_mixes_exponents_with_decimals():

@@ -48,9 +48,10 @@ class Disagreement:
 def disagreements(
     maps: Mapping[str, HeadMap], *, k: int | None = None, bottom: float = 0.1
 ) -> list[Disagreement]:
-    """Heads among the top of one map (:func:`top_heads`, ``k`` each) that rank in the
-    lowest ``bottom`` share (at least the last head) of another map, first the most
-    striking (best rank in its own map, then worst in the other).
+    """Heads among the top of one map (:func:`top_heads`, ``k`` each) whose value in
+    another map is among its lowest ``bottom`` share (at least the lowest head) and below
+    that map's median (so ties, e.g. a constant map, flag nothing), first the most striking
+    (best rank in its own map, then worst in the other).
 
     Example::
 
@@ -66,10 +67,14 @@ def disagreements(
             for other, o in maps.items():
                 if other == name or (o.n_layers, o.n_heads) != (m.n_layers, m.n_heads):
                     continue
-                rank = float(ranks[other][head.layer, head.head])
-                n = int((~ranks[other].isnan()).sum())
-                if n < 2 or math.isnan(rank):
+                values = o.scores[~o.scores.isnan()]
+                value, rank = float(o.scores[head.layer, head.head]), ranks[other]
+                if values.numel() < 2 or math.isnan(value):
                     continue
-                if rank > n - max(1, math.floor(bottom * n)):
-                    found.append(Disagreement(head, name, position, other, int(rank), n))
+                low = float(values.sort().values[max(0, math.ceil(bottom * len(values)) - 1)])
+                # in the lowest share by value, and below the median (ties are no verdict)
+                if value <= low and value < float(values.median()):
+                    n = int(values.numel())
+                    place = int(rank[head.layer, head.head])
+                    found.append(Disagreement(head, name, position, other, place, n))
     return sorted(found, key=lambda d: (d.top_rank, -d.other_rank / d.n_other))

@@ -229,7 +229,16 @@ def head_heatmaps(
     lines = _caption(named, notes, grids) if caption else []
     _lay_out(fig, n, n_layers, height, outlined, lines)
     fig.update_layout(
-        title=dict(text=title or (" | ".join(named) + (f" ({meta})" if meta else "")), x=0.01),
+        title=dict(
+            text=title or (" | ".join(named) + (f" ({meta})" if meta else "")),
+            x=0,
+            xref="container",
+            xanchor="left",
+            y=1,
+            yref="container",
+            yanchor="top",
+            pad=dict(t=30, l=12),  # below Plotly's mode bar (top right), never under it
+        ),
     )
     return fig
 
@@ -237,13 +246,13 @@ def head_heatmaps(
 def _lay_out(fig, n: int, n_layers: int, height, outlined: int, lines: list[str]) -> None:
     """Height and margins; the legend (outlines) and the caption under the maps, below the
     x axis title and (for facets) the colour bars."""
-    below = 125 if n > 1 else 50
+    below = 108 if n > 1 else 50
     legend_px = 26 if outlined else 0
     base_bottom = 120 if n > 1 else 60
     maps_height = height or max(320, 18 * n_layers + (200 if n > 1 else 120))
     bottom = max(base_bottom, below + legend_px + CAPTION_LINE * len(lines) + 12)
     total = maps_height + bottom - base_bottom
-    top = 80 if n > 1 else 60
+    top = 96 if n > 1 else 72
     plot_height = max(1, total - top - bottom)
     fig.update_layout(
         height=total,

@@ -214,15 +214,29 @@ def _symlog_ticks(low: float, high: float, c: float) -> list[float]:
     return sorted(ticks)
 
 
+#: Least distance between two colour-bar ticks, as a share of the bar (room for labels on
+#: the narrow horizontal bars under faceted maps).
+TICK_SPACING = 0.1
+
+
 def _thin(ticks: list[float], positions: list[float], span: float) -> tuple[list, list]:
-    """Drop ticks closer than 6% of the colour bar to a kept one (the extremes first)."""
-    order = sorted(
-        range(len(ticks)),
-        key=lambda i: (i not in (0, len(ticks) - 1), ticks[i] != 0, -abs(ticks[i])),
-    )
+    """Drop ticks closer than :data:`TICK_SPACING` of the bar to a kept one, keeping first
+    the largest magnitude (the top head's value), then 0, powers of ten, their 2x and 5x,
+    and last the other extreme."""
+    top = max(abs(t) for t in ticks)
+
+    def priority(i: int) -> tuple:
+        value = abs(ticks[i])
+        if value == top:
+            return (0, 0.0)
+        if value == 0:
+            return (1, 0.0)
+        exponent = math.log10(value)
+        return (2 if abs(exponent - round(exponent)) < 1e-9 else 3, -value)
+
     kept: list[int] = []
-    for i in order:
-        if all(abs(positions[i] - positions[j]) >= 0.06 * span for j in kept):
+    for i in sorted(range(len(ticks)), key=priority):
+        if all(abs(positions[i] - positions[j]) >= TICK_SPACING * span for j in kept):
             kept.append(i)
     kept.sort()
     return [ticks[i] for i in kept], [positions[i] for i in kept]
