@@ -533,7 +533,7 @@ def test_titles_captions_and_legend_come_from_the_scores_metadata(signed, positi
     from icl_heads.viz.scores import score_info
 
     fig = viz.head_heatmap(signed, highlight_top=2)
-    assert fig.layout.title.text.startswith("TL score (model=tiny")
+    assert fig.layout.title.text.startswith("TL score (tl_score, model=tiny")
     assert fig.data[0].colorbar.title.text == "TL score"
     caption = next(a.text for a in fig.layout.annotations if a.name == "caption")
     assert score_info("tl_score").caption.split(",")[0] in caption.replace("<br>", " ")

@@ -47,7 +47,8 @@ def head_heatmap(
 
     Args:
         scores: the map.
-        title: default: the score's title and how it was made (model, task, k, n).
+        title: default: the score's title, its name and how it was made (model, task,
+            k, n), e.g. ``"TR score (tr_score, model=..., task=sentiment, k=4, n=64)"``.
         diverging: symmetric ``RdBu`` scale centred at 0 (default when the map has
             negative values), else sequential ``Blues``.
         highlight_top: outline the top-k heads (0: none; ``None``: the map's default
@@ -60,8 +61,11 @@ def head_heatmap(
         A figure with one ``heatmap`` trace; hover shows layer, head, the raw score and its
         rank, and ``customdata[i][j] = [layer, head, rank]``.
     """
-    meta = describe_settings(scores.settings)
-    default_title = score_info(scores.name).title + (f" ({meta})" if meta else "")
+    human = score_info(scores.name).title
+    details = [scores.name] if scores.name != human else []  # the name code uses
+    details += [describe_settings(scores.settings)]
+    details = [d for d in details if d]
+    default_title = human + (f" ({', '.join(details)})" if details else "")
     return head_heatmaps(
         [scores],
         diverging=diverging,
