@@ -52,6 +52,9 @@ from .viz import (
     score_scatter,
     top_heads,
 )
+from .viz.agreement import disagreements
+from .viz.scores import score_info
+from .viz.style import format_number
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -149,20 +152,23 @@ def build_report(
     blocks: list[str] = []
     plots: dict[str, dict] = {}
 
+    titles = {key: _display_name(key, m) for key, m in per_head.items()}
     if facets:
-        fig = head_heatmaps(facets, highlight_top=None, title=" | ".join(facets))
+        fig = head_heatmaps(facets, highlight_top=None, title=" | ".join(titles[k] for k in facets))
         plots["maps"] = _figure_json(fig)
     if len(facets) >= 2:
         names = list(facets)
+        x_title, y_title = titles[names[0]], titles[names[1]]
         plots["scatter"] = _figure_json(
             score_scatter(
                 facets[names[0]],
                 facets[names[1]],
-                x_title=names[0],
-                y_title=names[1],
-                title=f"{names[1]} vs {names[0]} (every head; click a point)",
+                x_title=x_title,
+                y_title=y_title,
+                title=f"{y_title} vs {x_title} (every head; click a point)",
             )
         )
+    flags = disagreements({titles[k]: m for k, m in per_head.items()})
     extra = []
     if experiment is not None and not (experiment.table.empty and experiment.maps):
         own = experiment_figure(experiment)
@@ -177,15 +183,18 @@ def build_report(
         "n_layers": next(iter(per_head.values())).n_layers if per_head else 0,
         "n_heads": next(iter(per_head.values())).n_heads if per_head else 0,
         "facets": list(facets),
-        "quantities": _quantities(per_head),
+        "quantities": _quantities(per_head, titles),
         "top": {name: [[h.layer, h.head] for h in top_heads(m)] for name, m in facets.items()},
         "example": _example_json(example),
+        "flags": [{"head": [d.head.layer, d.head.head], "text": d.describe()} for d in flags],
         "plots": plots,
     }
 
     if facets:
         blocks.append("\n" + _template("report_linked.html"))
-        blocks.append(_top_heads_html(facets))
+        blocks.append(_top_heads_html(facets, titles))
+    if flags:
+        blocks.append(_flags_html(flags))
     if "scatter" in plots:
         blocks.append('<section><div id="plot-scatter" class="plot"></div></section>')
     for i in range(len(extra)):
@@ -273,15 +282,30 @@ def _check_shapes(per_head: Mapping[str, HeadScores], example: AttentionExample 
         )
 
 
-def _quantities(per_head: Mapping[str, HeadScores]) -> list[dict]:
-    """Every per-head quantity: its name, values and ranks (row-major, null for NaN)."""
+def _display_name(key: str, scores: HeadScores) -> str:
+    """A map's name on the page: its key, or the score's human title where the key is the
+    score's own (snake_case) name.
+
+    Example::
+
+        _display_name("delta_logit_diff", effects)  # "Change in logit difference"
+    """
+    return score_info(scores.name).title if key == scores.name else str(key)
+
+
+def _quantities(per_head: Mapping[str, HeadScores], titles: Mapping[str, str]) -> list[dict]:
+    """Every per-head quantity: its name, title, definition, values and ranks (row-major,
+    null for NaN)."""
     out = []
     for key, scores in per_head.items():
+        info = score_info(scores.name)
         values = scores.scores.flatten().tolist()
         ranks = scores.rank().flatten().tolist()
         out.append(
             {
                 "name": key,
+                "title": titles[key],
+                "caption": info.describe(),
                 "score": scores.name,
                 "values": [None if not math.isfinite(v) else v for v in values],
                 "ranks": [None if not math.isfinite(r) else int(r) for r in ranks],
@@ -343,7 +367,7 @@ def _table_html(name: str, frame: pd.DataFrame) -> str:
     """The table (its first 400 rows); a long one folded under its heading."""
     shown = frame.head(400)
     body = shown.to_html(
-        index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", classes="data", border=0
+        index=False, float_format=format_number, na_rep="—", classes="data", border=0
     )
     more = (
         f"<p class='muted'>{len(frame) - len(shown)} more rows in the CSV.</p>"
@@ -358,7 +382,24 @@ def _table_html(name: str, frame: pd.DataFrame) -> str:
     )
 
 
-def _top_heads_html(facets: Mapping[str, HeadScores]) -> str:
+def _flags_html(flags: Sequence) -> str:
+    """The disagreements between maps, one row each (the first 20)."""
+    rows = "".join(
+        f'<tr><td><button class="head" data-layer="{d.head.layer}" data-head="{d.head.head}">'
+        f"{d.head}</button></td><td>{html.escape(d.top_map)}</td><td>{d.top_rank}</td>"
+        f"<td>{html.escape(d.other_map)}</td><td>{d.other_rank} / {d.n_other}</td></tr>"
+        for d in flags[:20]
+    )
+    more = f"<p class='muted'>{len(flags) - 20} more.</p>" if len(flags) > 20 else ""
+    return (
+        "<section class='flags'><h2>Where the maps disagree</h2><p class='muted'>Top heads "
+        "of one map that rank in the lowest 10% of another.</p><table class='data'><tr>"
+        "<th>head</th><th>top by</th><th>rank</th><th>but by</th><th>rank</th></tr>"
+        f"{rows}</table>{more}</section>"
+    )
+
+
+def _top_heads_html(facets: Mapping[str, HeadScores], titles: Mapping[str, str]) -> str:
     parts = []
     for name, scores in facets.items():
         buttons = (
@@ -368,7 +409,7 @@ def _top_heads_html(facets: Mapping[str, HeadScores]) -> str:
             )
             or "none stand out"
         )
-        parts.append(f"<div><b>{html.escape(name)}</b> top heads: {buttons}</div>")
+        parts.append(f"<div><b>{html.escape(titles[name])}</b> top heads: {buttons}</div>")
     return f"<section class='tops'>{''.join(parts)}</section>"
 
 
@@ -377,7 +418,8 @@ def _first_settings(maps: Mapping[str, HeadScores]):
 
 
 def _default_title(experiment, maps, settings) -> str:
-    name = experiment.name if experiment is not None else " | ".join(maps) or "icl-heads"
+    shown = " | ".join(_display_name(k, m) for k, m in maps.items())
+    name = experiment.name if experiment is not None else shown or "icl-heads"
     meta = describe_settings(settings)
     return f"icl-heads: {name}" + (f" ({meta})" if meta else "")
 

@@ -1475,3 +1475,24 @@ def test_h2_case_variants_with_different_labels_are_refused_naming_both(tmp_path
     path.write_text("input,label\nGreat film,positive\nbad,negative\ngreat film,negative\n")
     with pytest.raises(ValueError, match=r"variants.csv.*'Great film' \(line 2.*\(line 4"):
         ih.load_task(path)
+
+
+# ---- H6: head maps (issue 21): scale= and disagreements()
+
+
+def test_head_maps_name_a_bad_scale():
+    from icl_heads import viz
+
+    scores = HeadScores(torch.arange(6.0).reshape(2, 3), name="tr_score")
+    with pytest.raises(ValueError, match="scale: use one of .*got 'log'"):
+        viz.head_heatmap(scores, scale="log")
+    with pytest.raises(ValueError, match="got 'Rank'"):
+        viz.head_heatmaps({"TR": scores}, scale="Rank")
+
+
+def test_disagreements_name_a_bad_bottom_share():
+    from icl_heads.viz.agreement import disagreements
+
+    scores = HeadScores(torch.arange(6.0).reshape(2, 3), name="tr_score")
+    with pytest.raises(ValueError, match=r"bottom is a share in \(0, 1\), got 1.5"):
+        disagreements({"TR": scores, "TL": scores}, bottom=1.5)

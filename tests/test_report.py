@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser import CHROMIUM_FLAGS, browser_or_skip
 
 import icl_heads as ih
 from icl_heads import attention_patterns, report
@@ -179,52 +180,35 @@ def test_report_escapes_text_that_could_close_the_script(tmp_path):
     assert _data(page)["example"]["tokens"][0] == "</script><b>"
 
 
+def test_report_names_maps_by_title_flags_disagreements_and_keeps_one_number_format():
+    """Issue 21: snake_case names, an unflagged top TR head with the lowest TL score, and a
+    table mixing 6.585e-8 with 0.8826."""
+    tr = HeadScores(torch.arange(8.0).reshape(2, 4), name="tr_score")
+    tl = HeadScores(-torch.arange(8.0).reshape(2, 4), name="tl_score")  # top TR = lowest TL
+    effect = HeadScores(torch.full((2, 4), 0.8826), name="delta_logit_diff")
+    table = make_table(
+        [
+            table_row("TR", "accuracy", 6.585e-8, 0.0, 0.8826, 4),
+            table_row("TL", "accuracy", 0.8826, 0.5, 1.0, 4),
+        ]
+    )
+    info = ih.PromptInfo(task="sentiment", k=3, n=10, seed=0, perturbation="gold")
+    result = ExperimentResult("demo", table, info, maps={"TR": tr, "TL": tl})
+    page = build_report(result, maps={"delta_logit_diff": effect}, plotly_js_src="p.js")
+    data = _data(page)
+    titles = {q["name"]: q["title"] for q in data["quantities"]}
+    assert titles == {"TR": "TR", "TL": "TL", "delta_logit_diff": "Change in logit difference"}
+    assert "(unit: logits)" in data["quantities"][2]["caption"]
+    assert {"head": [1, 3], "text": "L1H3 is #1 by TR but ranks 8/8 by TL (the lowest)."} in (
+        data["flags"]
+    )
+    assert "<h2>Where the maps disagree</h2>" in page
+    results = page.split("<h2>Results</h2>", 1)[1].split("</table>", 1)[0]
+    assert "<td>0.0000</td>" in results and "<td>0.8826</td>" in results
+    assert not re.search(r"\de[-+]?\d", results)  # no exponents
+
+
 # --------------------------------------------------------------------------- in a browser
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _chromium() -> str | None:
-    for candidate in (
-        os.environ.get("ICL_HEADS_CHROMIUM"),
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-        "/usr/bin/chromium",
-    ):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _browser_or_skip():
-    """(sync_playwright, chromium path); skipped with the reason where there is none, a
-    failure under CI."""
-    reasons = []
-    executable = _chromium()
-    if executable is None:
-        reasons.append(
-            "no Chromium found (install it: apt-get install -y chromium; or set ICL_HEADS_CHROMIUM)"
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-        reasons.append("Playwright is not installed (pip install -e '.[dev]')")
-    if reasons:
-        message = "; ".join(reasons)
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser check must run in CI: {message}")
-        pytest.skip(message)
-    return sync_playwright, executable
 
 
 def _cell_centre(page, layer: int, head: int, facet: int = 0) -> tuple[float, float]:
@@ -245,7 +229,7 @@ def _cell_centre(page, layer: int, head: int, facet: int = 0) -> tuple[float, fl
 
 
 def test_report_draws_the_maps_and_a_click_shows_the_head_in_chromium(tiny_run, tmp_path):
-    sync_playwright, executable = _browser_or_skip()
+    sync_playwright, executable = browser_or_skip()
     from PIL import Image
 
     maps, example = tiny_run

@@ -213,7 +213,8 @@ def test_attention_pattern_has_tokens_on_both_axes_and_keeps_repeats_apart():
 
 def test_attention_pattern_shows_newlines_and_checks_its_shape():
     fig = viz.attention_pattern(torch.eye(2), ["x", "\n"])
-    assert list(fig.layout.xaxis.ticktext) == ["x", "\\n"]
+    # issue 21: a newline is the visible symbol ⏎, never the two characters "\n"
+    assert list(fig.layout.xaxis.ticktext) == ["x", "⏎"]
     with pytest.raises(ValueError, match="3 tokens"):
         viz.attention_pattern(torch.eye(2), ["a", "b", "c"])
 
@@ -472,3 +473,120 @@ def test_conditions_get_distinct_colours_beyond_the_base_palette():
     )
     colours = [t.marker.color for t in fig.data]
     assert len(colours) == len(conditions) and len(set(colours)) == len(conditions)
+
+
+# --------------------------------------------------------------------------- issue 21: maps
+
+
+def _heavy_tailed(name: str = "tr_score") -> HeadScores:
+    """30 x 9 log-normal values with one head at 395.8 (the shape of a real TR map)."""
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(mean=math.log(0.5), sigma=1.8, size=(30, 9)).clip(max=90.0)
+    values[23, 3] = 395.8
+    return HeadScores(torch.tensor(values, dtype=torch.float32), name=name)
+
+
+def _position(trace) -> np.ndarray:
+    """Each cell's place on the colour scale, 0 (lowest colour) to 1."""
+    z = np.array([[np.nan if v is None else v for v in row] for row in trace.z], dtype=float)
+    return (z - trace.zmin) / (trace.zmax - trace.zmin)
+
+
+def test_default_scale_shows_the_heads_a_linear_scale_leaves_white():
+    heavy = _heavy_tailed()
+    linear = viz.head_heatmap(heavy, scale="linear").data[0]
+    default = viz.head_heatmap(heavy).data[0]
+    assert np.nanmean(_position(linear) < 0.1) > 0.9  # ~all heads in the lowest tenth
+    assert np.nanmean(_position(default) < 0.1) < 0.35  # symlog: c is the 25th percentile
+    rank = viz.head_heatmap(heavy, scale="rank").data[0]
+    assert np.nanmean(_position(rank) < 0.1) == pytest.approx(0.1, abs=0.02)  # even spread
+
+
+def test_colour_bar_of_a_transformed_scale_ticks_real_values():
+    trace = viz.head_heatmap(_heavy_tailed()).data[0]
+    labels = list(trace.colorbar.ticktext)
+    assert labels[-1] == "396" and {"1", "10", "100"} <= set(labels)
+    # the tick "10" sits where the cells of value 10 are coloured
+    from icl_heads.viz.scales import colour_scale
+
+    ten = colour_scale(np.array([10.0]), scale="symlog", reference=_heavy_tailed().scores.numpy())
+    assert trace.colorbar.tickvals[labels.index("10")] == pytest.approx(float(ten.z[0]))
+
+
+def test_hover_shows_the_raw_value_and_rank_whatever_the_scale(signed):
+    for scale in ("linear", "symlog", "rank"):
+        trace = viz.head_heatmap(signed, scale=scale).data[0]
+        assert "%{text}" in trace.hovertemplate and "rank %{customdata[2]}" in trace.hovertemplate
+        assert trace.text[1][1] == "9.000" and trace.text[0][1] == "-5.000"
+        assert trace.text[2][2] == "not scored (NaN)"
+        assert trace.zmid == 0.0  # signed maps stay diverging around 0
+
+
+def test_sequential_map_spans_its_own_values_not_zero():
+    """The detector gold_label_share map (0.2-0.47) was one dark blue on a 0-0.47 scale."""
+    values = torch.linspace(0.2, 0.47, 12).reshape(4, 3)
+    trace = viz.head_heatmap(HeadScores(values, name="gold_label_share")).data[0]
+    assert trace.zmin == pytest.approx(0.2) and trace.zmax == pytest.approx(0.47)
+
+
+def test_titles_captions_and_legend_come_from_the_scores_metadata(signed, positive):
+    from icl_heads.viz.scores import score_info
+
+    fig = viz.head_heatmap(signed, highlight_top=2)
+    assert fig.layout.title.text.startswith("TL score (tl_score, model=tiny")
+    assert fig.data[0].colorbar.title.text == "TL score"
+    caption = next(a.text for a in fig.layout.annotations if a.name == "caption")
+    assert score_info("tl_score").caption.split(",")[0] in caption.replace("<br>", " ")
+    assert "(unit: logits)" in caption and "Grey cells: heads not scored (NaN)." in caption
+    legend = [s for s in fig.layout.shapes if s.showlegend]
+    assert [s.name for s in legend] == ["outlined: top 2 heads"] and fig.layout.showlegend
+    assert score_info("my_new_score").title == "My new score"
+    assert score_info("delta_logit_diff").title == "Change in logit difference"
+    # a list of maps is titled by the scores' titles, a dict key that is the score's name too
+    titled = viz.head_heatmaps([signed, positive])
+    assert [a.text for a in titled.layout.annotations][:2] == ["TL score", "Induction score"]
+    keyed = viz.head_heatmaps({"tl_score": signed, "mine": positive})
+    assert [a.text for a in keyed.layout.annotations][:2] == ["TL score", "mine"]
+
+
+def test_maps_shown_together_flag_a_top_head_at_the_bottom_of_the_other():
+    from icl_heads.viz.agreement import disagreements
+
+    tr = _heavy_tailed()
+    tl_values = torch.randn(30, 9, generator=torch.Generator().manual_seed(0))
+    tl_values[23, 3] = -50.0  # the top TR head has the lowest TL score
+    tl = HeadScores(tl_values, name="tl_score")
+    found = disagreements({"TR": tr, "TL": tl})
+    assert found[0].describe() == "L23H3 is #1 by TR but ranks 270/270 by TL (the lowest)."
+    caption = viz.head_heatmaps({"TR": tr, "TL": tl}).layout.annotations[-1].text
+    assert "Disagreement: L23H3 is #1 by TR but ranks 270/270 by TL" in caption
+    # ties are no verdict: a constant map (ranked by position) flags nothing
+    assert not disagreements({"TR": tr, "flat": HeadScores(torch.ones(30, 9), name="flat")})
+
+
+def test_one_number_format_never_mixes_exponents_with_decimals():
+    from icl_heads.viz.style import format_number
+
+    shown = [format_number(v) for v in (0.882641, 6.585e-8, 113.24, 55939.2, -0.0031, None)]
+    assert shown == ["0.8826", "0.0000", "113.2", "55939", "-0.003100", "—"]
+    assert not any("e" in s for s in shown)
+
+
+def test_scatter_labels_of_a_cluster_never_overlap():
+    from icl_heads.viz.scatter import place_labels
+
+    xs = np.array([0.0, 35.0, 35.4, 35.8, 36.0, 90.0])
+    ys = np.array([0.0, 0.6, 0.8, 1.0, 0.7, -8.0])
+    text = ["", "L27H1", "L18H6", "L29H8", "L3H3", "L23H3"]
+    shown, sides = place_labels(xs, ys, text, [5, 1, 2, 3, 4])
+    assert shown[5] == "L23H3" and shown[1] == "L27H1"
+    placed = [i for i in range(6) if shown[i]]
+    assert len(set(sides[i] for i in placed)) > 1  # the cluster's labels took other sides
+    assert all(shown[i] in ("", text[i]) for i in range(6))
+
+
+def test_attention_pattern_labels_are_readable_and_thinned_on_long_prompts():
+    fig = viz.attention_pattern(torch.eye(200), [f"t{i}" for i in range(200)])
+    assert fig.layout.xaxis.tickfont.size >= 10
+    assert len(fig.layout.xaxis.tickvals) <= 64 and "1 in 4 tokens" in fig.layout.xaxis.title.text
+    assert fig.layout.title.x == 0 and fig.layout.title.pad.t >= 30  # under the mode bar

@@ -43,9 +43,10 @@ clicked.
 
 from __future__ import annotations
 
+from .agreement import top_heads
 from .curves import CURVE_AXES, condition_bars, layer_curves
 from .experiment import experiment_figure
-from .maps import head_heatmap, head_heatmaps, top_heads
+from .maps import head_heatmap, head_heatmaps
 from .patterns import attention_pattern
 from .protocols import HeadMap, ResultLike
 from .save import save_figure

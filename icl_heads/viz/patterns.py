@@ -3,12 +3,19 @@ both axes."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .style import display_token
+
+#: Pixel size of the token labels, and the room each label needs across its line.
+TICK_FONT = 11
+TICK_ROOM = TICK_FONT + 3
+#: Most characters of a token label (longer ones end in "…"; the hover has them whole).
+LABEL_CHARS = 14
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -23,7 +30,12 @@ def attention_pattern(
 ) -> go.Figure:
     """The attention pattern of one head on one prompt: query position down, key position
     across, the prompt's tokens on both axes (positions are numeric, so repeated tokens stay
-    apart).
+    apart). Labels are 11 px, newlines shown as ``⏎``; every token gets a row of 14 px up to
+    64 tokens, beyond which every n-th token is labelled (the hover names all).
+
+    Example::
+
+        attention_pattern(example.patterns[3, 5], example.tokens, head=ih.Head(3, 5))
 
     Args:
         pattern: ``[query, key]`` attention weights (tensor or array), rows summing to 1.
@@ -60,21 +72,39 @@ def attention_pattern(
             ),
         )
     )
+    T = len(tokens)
+    step = max(1, math.ceil(T / 64))  # at most 64 labels of TICK_ROOM px per axis
+    shown = positions[::step]
+    short = [t if len(t) <= LABEL_CHARS else t[: LABEL_CHARS - 1] + "…" for t in labels]
     axis = dict(
         tickmode="array",
-        tickvals=positions,
-        ticktext=labels,
-        tickfont=dict(size=9),
+        tickvals=shown,
+        ticktext=[short[i] for i in shown],
+        tickfont=dict(size=TICK_FONT),
         showgrid=False,
         zeroline=False,
+        automargin=True,
     )
+    note = f" (1 in {step} tokens labelled)" if step > 1 else ""
+    side = 16 + math.ceil(max((len(t) for t in short), default=1) * TICK_FONT * 0.62)
     name = f" of {head}" if head is not None else ""
+    plot = TICK_ROOM * len(shown)  # pixels of the square plot area
     fig.update_layout(
-        title=title or f"Attention pattern{name}",
-        xaxis=dict(axis, title="key (attended-to) token", tickangle=-90),
-        yaxis=dict(axis, title="query token", autorange="reversed"),
-        height=max(420, 11 * len(tokens) + 200),
-        width=max(480, 11 * len(tokens) + 260),
+        title=dict(
+            text=title or f"Attention pattern{name}",
+            x=0,
+            xref="container",
+            xanchor="left",
+            y=1,
+            yref="container",
+            yanchor="top",
+            pad=dict(t=34, l=8),  # below Plotly's mode bar, which sits at the top right
+        ),
+        xaxis=dict(axis, title="key (attended-to) token" + note, tickangle=-90),
+        yaxis=dict(axis, title="query token" + note, autorange="reversed"),
+        height=int(max(420, plot + side + 120)),
+        width=int(max(480, plot + side + 160)),
+        margin=dict(t=70),
         plot_bgcolor="white",
     )
     return fig

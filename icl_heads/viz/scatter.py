@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import zip_longest
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..stats import correlation
+from .scores import score_info
 from .style import escape
 
 if TYPE_CHECKING:
@@ -25,7 +27,7 @@ def score_scatter(
     x: HeadMap,
     y: HeadMap,
     *,
-    label_top: int = 5,
+    label_top: int = 3,
     fit: bool = False,
     x_title: str | None = None,
     y_title: str | None = None,
@@ -36,7 +38,8 @@ def score_scatter(
     Args:
         x, y: maps of the same shape (NaN heads are left out).
         label_top: write the names of the ``label_top`` best heads of each map beside
-            their points (0: none).
+            their points (0: none), each on the side of its point where it overlaps no
+            other label or labelled point; a label that fits nowhere is left to the hover.
         fit: draw the least-squares line and give Spearman's rho and Pearson's r (over
             the plotted heads) in the title.
         x_title, y_title: axis titles (default: the maps' names).
@@ -57,17 +60,28 @@ def score_scatter(
     layers = np.repeat(np.arange(x.n_layers), x.n_heads)
     heads = np.tile(np.arange(x.n_heads), x.n_layers)
     ok = np.isfinite(xs) & np.isfinite(ys)
-    labelled = {(h.layer, h.head) for m in (x, y) for h in m.top(label_top)} if label_top else set()
+    tops = [m.top(label_top) for m in (x, y)] if label_top else [[], []]
+    pairs = zip_longest(*tops)  # alternating, best first
+    order = [(h.layer, h.head) for pair in pairs for h in pair if h is not None]
+    labelled = list(dict.fromkeys(order))  # best first, each head once
     text = [f"L{l}H{h}" if (l, h) in labelled else "" for l, h in zip(layers, heads)]
-    x_name, y_name = x_title or x.name, y_title or y.name
+    index = {(int(l), int(h)): i for i, (l, h) in enumerate(zip(layers[ok], heads[ok]))}
+    text, positions = place_labels(
+        xs[ok],
+        ys[ok],
+        [t for t, keep in zip(text, ok) if keep],
+        [index[h] for h in labelled if h in index],
+    )
+    x_name = x_title or score_info(x.name).title
+    y_name = y_title or score_info(y.name).title
     fig = go.Figure(
         go.Scatter(
             x=xs[ok],
             y=ys[ok],
             mode="markers+text",
             name="heads",
-            text=[t for t, keep in zip(text, ok) if keep],
-            textposition="top center",
+            text=text,
+            textposition=positions,
             textfont=dict(size=10),
             customdata=np.stack([layers[ok], heads[ok]], axis=-1),
             marker=dict(
@@ -222,3 +236,69 @@ def correlation_scatter(
 
 def _effect_name(column: str) -> str:
     return column[len("delta_") :] if column.startswith("delta_") else column
+
+
+#: Where a label may sit beside its point (Plotly's ``textposition``) and its box's offset
+#: from the point, in label widths ``w`` and heights ``h`` (pixels: 6 of marker room).
+LABEL_SIDES = {
+    "top center": (-0.5, -1.0, 0, -5),
+    "bottom center": (-0.5, 0.0, 0, 5),
+    "middle right": (0.0, -0.5, 6, 0),
+    "middle left": (-1.0, -0.5, -6, 0),
+    "top right": (0.0, -1.0, 4, -4),
+    "top left": (-1.0, -1.0, -4, -4),
+    "bottom right": (0.0, 0.0, 4, 4),
+    "bottom left": (-1.0, 0.0, -4, 4),
+}
+
+
+def place_labels(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    text: Sequence[str],
+    order: Sequence[int],
+    *,
+    size: tuple[float, float] = (560.0, 300.0),
+    font: float = 10.0,
+) -> tuple[list[str], list[str]]:
+    """Labels that do not overlap: each point of ``order`` (best first) takes the first
+    side of :data:`LABEL_SIDES` where its label's box overlaps no placed label and no
+    labelled point, in a plot area of ``size`` pixels (a small one, so a wider figure only
+    spreads them more); a label that fits nowhere is dropped (the hover still names it).
+
+    Returns:
+        (text, textposition) per point.
+
+    Example::
+
+        place_labels(np.array([0.0, 0.01]), np.array([0.0, 0.0]), ["L0H1", "L0H2"], [0, 1])
+    """
+    width, height = size
+    px = _pixels(xs, width)
+    py = height - _pixels(ys, height)
+    shown, sides = [""] * len(text), ["top center"] * len(text)
+    taken = [(px[i] - 4, py[i] - 4, px[i] + 4, py[i] + 4) for i in order]  # labelled points
+    for i in order:
+        w, h = 0.62 * font * len(text[i]) + 2, font + 3
+        for side, (fx, fy, dx, dy) in LABEL_SIDES.items():
+            x0, y0 = px[i] + dx + fx * w, py[i] + dy + fy * h
+            box = (x0, y0, x0 + w, y0 + h)
+            mine = (px[i] - 4, py[i] - 4, px[i] + 4, py[i] + 4)
+            if not any(_overlap(box, other) for other in taken if other != mine):
+                shown[i], sides[i] = text[i], side
+                taken.append(box)
+                break
+    return shown, sides
+
+
+def _pixels(values: np.ndarray, length: float) -> np.ndarray:
+    """Values as pixels along an axis of ``length`` (Plotly's autorange pads ~5%)."""
+    if values.size == 0:
+        return values
+    low, high = float(values.min()), float(values.max())
+    span = high - low if high > low else 1.0
+    return (values - low + 0.05 * span) / (1.1 * span) * length
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

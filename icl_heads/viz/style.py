@@ -4,6 +4,7 @@ uses (hovertemplate escaping, token labels, the settings suffix of a title)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 #: Colours of conditions, in order (Plotly's D3 palette, blue and red first).
@@ -89,8 +90,14 @@ def escape(text: object) -> str:
 
 
 def display_token(token: str) -> str:
-    """A token as an axis label: newlines and tabs written as ``\\n`` / ``\\t``."""
-    return token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    """A token as an axis label: a newline as ``⏎``, a tab as ``⇥``, a carriage return as
+    ``␍`` (visible symbols, never the two characters ``\\n``).
+
+    Example::
+
+        display_token("\\n\\n")  # "⏎⏎"
+    """
+    return token.replace("\r\n", "⏎").replace("\n", "⏎").replace("\t", "⇥").replace("\r", "␍")
 
 
 def describe_settings(settings) -> str:
@@ -116,3 +123,26 @@ def describe_settings(settings) -> str:
     elif isinstance(getattr(settings, "task", None), str):
         parts.append(f"task={settings.task}")
     return ", ".join(parts)
+
+
+def format_number(value: float | None) -> str:
+    """One number format for every value a table or hover shows: 4 significant digits in
+    plain decimals (no exponents), whole numbers from 1000 up; magnitudes below 0.00005
+    read ``0.0000``; NaN and None read ``—``.
+
+    Example::
+
+        [format_number(v) for v in (0.882641, 6.585e-8, 113.24, 55939.2)]
+        # ["0.8826", "0.0000", "113.2", "55939"]
+    """
+    if value is None:
+        return "—"
+    value = float(value)
+    if not math.isfinite(value):
+        return "—"
+    if value == 0:
+        return "0"
+    if abs(value) < 5e-5:
+        return "0.0000"
+    decimals = max(0, 3 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
