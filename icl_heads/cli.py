@@ -11,11 +11,14 @@ tasks x experiment families, and the results pages). ``docs/cli.md`` is the refe
 
 Every expected error (a bad argument, an unknown task or model, an unavailable device,
 an output path that cannot be written, a task that does not fit the model) ends the
-command with one line on stderr, ``icl-heads: error: ...``, and exit code 2. Arguments
-that need no model (output path, device, task, counts) are checked before the model is
-loaded. The helpers below (parser class, argument types, ``_add_*_args``,
-``_check_out_path``, ``_check_out_dir``, ``_load_model_arg``) are shared by every
-subcommand.
+command with one line on stderr, ``icl-heads: error: ...``, and exit code 2; progress bars
+still open are closed first (:func:`_close_progress_bars`), so the line never sticks to a
+bar, and messages name the subcommand's own options. Everything that needs no model
+(output paths, device, tasks, every model name of a list, counts against the tasks and
+each other) is checked before the first model loads; what needs the model (single-token
+labels and context length of every prompt set the command builds, --top-k, --layers)
+right after it loads, before any computation. The helpers below (parser class, argument
+types, ``_add_*_args``, ``_check_*``, ``_load_model_arg``) are shared by every subcommand.
 """
 
 from __future__ import annotations
@@ -903,10 +906,11 @@ def _check_grid_sizes(args: argparse.Namespace, tasks) -> None:
                 )
 
 
-def _check_grid_prompts(args: argparse.Namespace, tasks, model) -> None:
+def _check_grid_prompts(args: argparse.Namespace, tasks, model, name: str) -> None:
     """Right after a model loads, before its first cell: every prompt set the grid will
     build, for every task (single-token labels, abstract label words, the context length:
     what only the model's tokenizer and context can tell)."""
+    from .detectors import random_repeated_tokens
     from .prompts import build_prompts
 
     for task in tasks:
@@ -917,6 +921,12 @@ def _check_grid_prompts(args: argparse.Namespace, tasks, model) -> None:
                 raise ValueError(
                     f"--tasks {task.name!r} on model {model.cfg.model_name!r}: {err}"
                 ) from None
+    try:  # both families find heads on the detectors' repeated sequences (default length)
+        random_repeated_tokens(model, n_sequences=1, seed=args.seed)
+    except ValueError as err:
+        raise ValueError(
+            f"--models {name!r}: its context is too short for the grid's head detectors ({err})"
+        ) from None
 
 
 #: The experiment families of ``reproduce`` (``icl_heads.experiments.<family>``).
@@ -950,7 +960,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     shared_js = out / "plotly.min.js"
     for name in args.models:
         model = _load_model_arg(name, device, "--models")
-        _check_grid_prompts(args, tasks, model)  # before this model's first cell
+        _check_grid_prompts(args, tasks, model, name)  # before this model's first cell
         for family in args.experiments:
             started = time.perf_counter()
             print(

@@ -709,6 +709,32 @@ def test_reproduce_builds_every_prompt_set_of_every_task_before_the_first_cell(
     assert len(tiny_model) == 1
 
 
+def test_reproduce_checks_the_detectors_sequences_fit_the_context_before_the_first_cell(
+    capsys, monkeypatch, smol_tokenizer, tmp_path
+):
+    from conftest import make_tiny_model
+
+    short = make_tiny_model(smol_tokenizer, n_ctx=100)  # k=4 prompts fit; 1 + 2 x 50 do not
+    monkeypatch.setattr(models, "load_model", lambda name, **kwargs: short)
+    monkeypatch.setattr(cli, "_check_model_name", lambda name, option="--model": name)
+    out = tmp_path / "grid"
+    code, _, err = run(
+        capsys,
+        "reproduce",
+        "--models",
+        "short",
+        "--tasks",
+        "sentiment",
+        "--quick",
+        "--n",
+        "8",
+        "--out",
+        str(out),
+    )
+    assert_one_line_error(code, err, "--models 'short'", "n_ctx=100")
+    assert not list(out.rglob("result.json"))
+
+
 def test_perturb_builds_every_condition_before_the_first_run(
     capsys, tiny_model, tmp_path, monkeypatch
 ):
