@@ -599,7 +599,7 @@ def _detect(args: argparse.Namespace) -> int:
     from .heads import HeadScores
     from .report import write_report
 
-    out, device, task, model = _prepare(args)
+    out, device, task, model = _prepare(args, min_k=1)  # label attention needs demos
     prompts = _base_prompts(model, task, args)
     frame = detect_heads(
         model,

@@ -625,6 +625,10 @@ NO_MODEL_CASES = {  # bad inputs found before any model loads: (argv, fragments 
         ["--n 6", "--folds 4"],
     ),
     "geometry --folds 1": (["geometry", "--folds", "1"], ["--folds", "'1'"]),
+    "detect --k 0 (label attention needs demonstrations)": (
+        ["detect", "--k", "0"],
+        ["--k 0", "at least 1"],
+    ),
     "find-heads --seed -1": (["find-heads", "--seed", "-1"], ["--seed", "'-1'"]),
     "reproduce --seed -1": (["reproduce", "--seed", "-1"], ["--seed", "'-1'"]),
 }
