@@ -918,9 +918,7 @@ def _check_grid_prompts(args: argparse.Namespace, tasks, model, name: str) -> No
             try:
                 build_prompts(model, task, k, n, seed, perturbation=perturbation)
             except ValueError as err:
-                raise ValueError(
-                    f"--tasks {task.name!r} on model {model.cfg.model_name!r}: {err}"
-                ) from None
+                raise ValueError(f"--tasks {task.name!r} on model {name!r}: {err}") from None
     try:  # both families find heads on the detectors' repeated sequences (default length)
         random_repeated_tokens(model, n_sequences=1, seed=args.seed)
     except ValueError as err:
