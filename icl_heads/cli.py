@@ -11,11 +11,14 @@ tasks x experiment families, and the results pages). ``docs/cli.md`` is the refe
 
 Every expected error (a bad argument, an unknown task or model, an unavailable device,
 an output path that cannot be written, a task that does not fit the model) ends the
-command with one line on stderr, ``icl-heads: error: ...``, and exit code 2. Arguments
-that need no model (output path, device, task, counts) are checked before the model is
-loaded. The helpers below (parser class, argument types, ``_add_*_args``,
-``_check_out_path``, ``_check_out_dir``, ``_load_model_arg``) are shared by every
-subcommand.
+command with one line on stderr, ``icl-heads: error: ...``, and exit code 2; progress bars
+still open are closed first (:func:`_close_progress_bars`), so the line never sticks to a
+bar, and messages name the subcommand's own options. Everything that needs no model
+(output paths, device, tasks, every model name of a list, counts against the tasks and
+each other) is checked before the first model loads; what needs the model (single-token
+labels and context length of every prompt set the command builds, --top-k, --layers)
+right after it loads, before any computation. The helpers below (parser class, argument
+types, ``_add_*_args``, ``_check_*``, ``_load_model_arg``) are shared by every subcommand.
 """
 
 from __future__ import annotations
@@ -75,6 +78,13 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be a non-negative integer (0 or more), got {text!r}"
         )
+    return value
+
+
+def _folds(text: str) -> int:
+    value = _int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 2, got {text!r}")
     return value
 
 
@@ -161,14 +171,16 @@ def _check_out_path(out: str | os.PathLike) -> Path:
     return path
 
 
-def _make_writable_dir(directory: Path, text: str, what: str, *, probe: bool = True) -> None:
+def _make_writable_dir(
+    directory: Path, text: str, what: str, *, probe: bool = True, option: str = "--out"
+) -> None:
     """Create ``directory`` (and missing parents) and write a probe file in it (``probe``),
-    so that an unwritable ``--out`` (``text``) fails before any computation, also as root."""
+    so that an unwritable ``option`` (``text``) fails before any computation, also as root."""
     for ancestor in (directory, *directory.parents):
         if ancestor.exists():
             if not ancestor.is_dir():
                 raise ValueError(
-                    f"--out {text!r}: {str(ancestor)!r} is a file, so nothing can "
+                    f"{option} {text!r}: {str(ancestor)!r} is a file, so nothing can "
                     f"be written under it; choose another {what}."
                 )
             break
@@ -176,7 +188,7 @@ def _make_writable_dir(directory: Path, text: str, what: str, *, probe: bool = T
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(
-            f"--out {text!r}: cannot create the directory {str(directory)!r} "
+            f"{option} {text!r}: cannot create the directory {str(directory)!r} "
             f"({err.strerror or err}); choose a writable location."
         ) from None
     if not probe:
@@ -186,23 +198,115 @@ def _make_writable_dir(directory: Path, text: str, what: str, *, probe: bool = T
             pass
     except OSError as err:
         raise ValueError(
-            f"--out {text!r} cannot be written ({err.strerror or err}); choose a writable location."
+            f"{option} {text!r} cannot be written ({err.strerror or err}); choose a writable location."
         ) from None
 
 
 def _resolve_device_arg(device: str | None):
+    """``--device`` resolved (:func:`icl_heads.models.resolve_device`); its messages name the
+    option, not the Python argument (``device='cpu'`` becomes ``--device 'cpu'``)."""
     from .models import resolve_device
 
-    return resolve_device(device)
+    try:
+        return resolve_device(device)
+    except (ValueError, TypeError) as err:
+        raise type(err)(str(err).replace("device=", "--device ")) from None
 
 
-def _load_model_arg(name: str, device):
-    """Load the model of ``--model``/``--device`` (through ``icl_heads.models.load_model``)."""
+# --------------------------------------------------------------------------- model names
+
+
+def _check_model_name(name: str, option: str = "--model") -> str:
+    """Check a model name (of ``option``, ``--model`` or ``--models``) the way
+    :func:`icl_heads.models.load_model` will resolve it, loading nothing: an embedded model
+    whose package is installed, a local directory with ``config.json``, or a
+    TransformerLens official name that is in the local Hugging Face cache or can be
+    downloaded now (the hub answers). Returns ``name``.
+
+    Raises:
+        ValueError: an empty or unknown name, a file or a directory without config.json.
+        FileNotFoundError: a path that does not exist.
+        ImportError: an embedded model whose package is not installed.
+        ConnectionError: a hub model that is not cached while the hub cannot be reached.
+    """
+    from .models import EMBEDDED_MODELS, embedded_model_parts
+
+    choices = ", ".join(EMBEDDED_MODELS)
+    fix = (
+        f"pass an embedded model ({choices}), a local directory with a Hugging Face model, "
+        "or a TransformerLens official name such as gpt2"
+    )
+    if not name.strip():
+        raise ValueError(f"{option} {name!r} is empty; {fix}.")
+    if name in EMBEDDED_MODELS:
+        embedded_model_parts(EMBEDDED_MODELS[name])  # ImportError if its package is missing
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"{option} {name!r} is a directory without config.json; pass a directory "
+                "saved with model.save_pretrained(...) and tokenizer.save_pretrained(...)."
+            )
+        return name
+    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(name):
+        if path.exists():
+            raise ValueError(
+                f"{option} {name!r} is a file; pass the directory that holds a Hugging Face "
+                "model (config.json and weights)."
+            )
+        raise FileNotFoundError(
+            f"{option} {name!r}: no such directory; pass an existing directory with a Hugging "
+            "Face model, or a model name."
+        )
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        official = get_official_model_name(name)
+    except ValueError:
+        raise ValueError(f"Unknown model {name!r} ({option}); {fix}.") from None
+    problem = _hub_problem(official)
+    if problem is not None:
+        raise ConnectionError(
+            f"{option} {name!r} must be downloaded from the Hugging Face hub, which cannot be "
+            f"reached from this machine ({problem}). Use {option} default for the embedded "
+            "model, or a local directory that holds the model's files."
+        )
+    return name
+
+
+def _hub_problem(repo_id: str) -> str | None:
+    """Why the hub model ``repo_id`` cannot be loaded now (``None``: it is in the local
+    Hugging Face cache, or the hub answers within a few seconds)."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
+        return None
+    try:
+        huggingface_hub.HfApi().model_info(repo_id, timeout=10)
+    except HfHubHTTPError:
+        return None  # the hub answered (e.g. a gated model): loading gives the details
+    except Exception as err:  # offline mode, no DNS, refused, timed out
+        text = str(err).splitlines()[0] if str(err) else ""
+        return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return None
+
+
+def _load_model_arg(name: str, device, option: str = "--model"):
+    """Load the model of ``--model``/``--device`` (through ``icl_heads.models.load_model``).
+    A failed download names the option to use instead (``--model default``), not the Python
+    call."""
     from . import models
 
     t0 = time.perf_counter()
     print(f"Loading model {name!r} (the first run converts and caches it) ...", flush=True)
-    model = models.load_model(name, device=device)
+    try:
+        model = models.load_model(name, device=device)
+    except ConnectionError as err:
+        raise ConnectionError(
+            str(err).replace("load_model('default')", f"{option} default")
+        ) from None
     print(
         f"Loaded in {time.perf_counter() - t0:.1f} s: {model.cfg.n_layers} layers x "
         f"{model.cfg.n_heads} heads.",
@@ -222,10 +326,11 @@ def _check_shots(shots: list[int], task) -> None:
         )
 
 
-def _check_out_dir(out: str | os.PathLike) -> Path:
+def _check_out_dir(out: str | os.PathLike, option: str = "--out") -> Path:
     """Check, before any model loading or computation, that result files can be written
-    into the directory ``out``: it (and missing parents) is created, and a probe file is
-    written in it (so read-only locations fail here, also as root). Returns the path.
+    into the directory ``out`` (of ``option``, named in the messages): it (and missing
+    parents) is created, and a probe file is written in it (so read-only locations fail
+    here, also as root). Returns the path.
 
     Raises:
         ValueError: ``out`` is empty, is a file, lies under a file, or cannot be created or
@@ -233,14 +338,13 @@ def _check_out_dir(out: str | os.PathLike) -> Path:
     """
     text = os.fspath(out)
     if not str(text).strip():
-        raise ValueError("--out is empty; pass a directory such as results/find-heads.")
+        raise ValueError(f"{option} is empty; pass a directory such as results/find-heads.")
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(
-            f"--out {text!r} is a file; pass a directory (the command writes "
-            "result.json, table.csv and report.html into it)."
+            f"{option} {text!r} is a file; pass a directory (the command writes its files into it)."
         )
-    _make_writable_dir(path, text, "directory")
+    _make_writable_dir(path, text, "directory", option=option)
     return path
 
 
@@ -259,17 +363,105 @@ def _check_k(k: int, task, *, minimum: int = 0, command: str = "") -> None:
         )
 
 
-def _prepare(args: argparse.Namespace, *, min_k: int = 0):
-    """Every check that needs no model (--out, --device, --task, --k), then the model.
-    Returns ``(out_dir, device, task, model)``."""
+def _prepare(args: argparse.Namespace, *, min_k: int = 0, checks=()):
+    """Every check that needs no model (--out, --device, --task, --k, then each of
+    ``checks(args, task)``, then the --model name), then the model, then the checks that
+    need it (--top-k). Returns ``(out_dir, device, task, model)``."""
     from .tasks import load_task
 
     out = _check_out_dir(args.out)  # first: before anything is loaded
     device = _resolve_device_arg(args.device)
     task = load_task(args.task)
     _check_k(args.k, task, minimum=min_k, command=args.command)
+    for check in checks:
+        check(args, task)
+    _check_model_name(args.model)
     model = _load_model_arg(args.model, device)
+    if hasattr(args, "top_k"):
+        _check_top_k(args, model)
     return out, device, task, model
+
+
+#: The head sets that get random controls (--n-random), per subcommand.
+_RANDOM_CONTROLS = {"ablate": "TR and TL", "steer": "TR and TL", "geometry": "PTH and IH"}
+
+
+def _check_top_k(args: argparse.Namespace, model) -> None:
+    """Right after the model loads, before any computation: --top-k fits the model's heads
+    and, where random control sets are drawn (disjoint from the named sets, the same size),
+    leaves room for them. Whether the named sets overlap (TR and TL, PTH and IH), and so
+    whether ``2 x top-k`` or fewer heads are taken, is only known once they are found."""
+    from .heads import default_top_k
+
+    if args.command == "geometry" and not args.ablate:
+        return  # no head sets without --ablate
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    top_k = args.top_k if args.top_k is not None else default_top_k(L, H)
+    if top_k > L * H:
+        raise ValueError(
+            f"--top-k {top_k} exceeds the model's {L * H} heads ({L} layers x {H} heads); "
+            f"pass --top-k {L * H} or less."
+        )
+    sets = _RANDOM_CONTROLS.get(args.command)
+    if sets and 2 * top_k > L * H:
+        default = " (the default: 3% of the heads)" if args.top_k is None else ""
+        raise ValueError(
+            f"--top-k {top_k}{default} leaves no room for the random control sets "
+            f"(--n-random): the {sets} sets take at least {top_k} of the model's {L * H} "
+            f"heads and each random set needs {top_k} others; pass --top-k {L * H // 2} "
+            "or less."
+        )
+
+
+def _check_per_label(
+    n: int, task, folds: int, *, folds_text: str, fix: str = "", preset: bool = False
+) -> None:
+    """The probes' cross-validation needs ``folds`` (and at least 2) prompts of every label;
+    ``build_prompts`` balances the labels, so each gets ``n // labels`` or one more."""
+    labels = len(task.labels)
+    need = max(folds, 2)
+    if n // labels < need:
+        given = f"--n {n} (the preset's)" if preset else f"--n {n}"
+        raise ValueError(
+            f"{given} gives task {task.name!r} ({labels} labels) {n // labels} prompt(s) of "
+            f"some label, fewer than {folds_text}: every label needs {need}; pass "
+            f"--n {need * labels} or more{fix}."
+        )
+
+
+def _check_folds(args: argparse.Namespace, task) -> None:
+    """--n against --folds (geometry, task-vectors), before the model loads."""
+    _check_per_label(
+        args.n, task, args.folds, folds_text=f"--folds {args.folds}", fix=", or fewer --folds"
+    )
+
+
+def _check_perturbations(args: argparse.Namespace, task) -> None:
+    """--perturbations has gold, names each condition once; --n splits in halves."""
+    chosen = args.perturbations
+    if "gold" not in chosen:
+        raise ValueError(
+            f"--perturbations {' '.join(chosen)} lacks gold: every map is compared with the "
+            "gold-label map; add gold."
+        )
+    repeated = sorted({p for p in chosen if chosen.count(p) > 1})
+    if repeated:
+        raise ValueError(f"--perturbations names {repeated[0]!r} twice; name each condition once.")
+    _check_split_halves(args.n, task, "perturb")
+
+
+def _check_split_halves(n: int, task, command: str, *, preset: bool = False) -> None:
+    """The perturbation experiment splits the gold prompts in two halves with the same
+    labels (its split-half stability): some label needs 2 prompts, so ``n`` must exceed the
+    number of labels (``build_prompts`` balances them)."""
+    labels = len(task.labels)
+    if n <= labels:
+        given = f"--n {n} (the preset's)" if preset else f"--n {n}"
+        raise ValueError(
+            f"{given} is too small for {command} on task {task.name!r} ({labels} labels): "
+            "the gold prompts are split in two halves with the same labels (the split-half "
+            f"stability), so some label needs 2 prompts; pass --n {labels + 1} or more."
+        )
 
 
 def _finish(args: argparse.Namespace, out: Path, result, model, prompts, *, maps=None) -> int:
@@ -344,6 +536,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     device = _resolve_device_arg(args.device)
     task = load_task(args.task)
     _check_shots(args.shots, task)
+    _check_model_name(args.model)
     model = _load_model_arg(args.model, device)
     # every prompt set is built (and checked: single-token labels, context length) before
     # any evaluation runs
@@ -406,7 +599,7 @@ def _detect(args: argparse.Namespace) -> int:
     from .heads import HeadScores
     from .report import write_report
 
-    out, device, task, model = _prepare(args)
+    out, device, task, model = _prepare(args, min_k=1)  # label attention needs demos
     prompts = _base_prompts(model, task, args)
     frame = detect_heads(
         model,
@@ -510,8 +703,11 @@ def _ablate(args: argparse.Namespace) -> int:
 def _perturb(args: argparse.Namespace) -> int:
     from .experiments import trtl
 
-    out, device, task, model = _prepare(args, min_k=1)
-    prompts = _base_prompts(model, task, args)  # the gold prompts (checked before the runs)
+    out, device, task, model = _prepare(args, min_k=1, checks=[_check_perturbations])
+    prompts = _base_prompts(model, task, args)  # the gold prompts
+    for perturbation in args.perturbations:  # each condition's prompts, checked before any run
+        if perturbation != "gold":
+            _base_prompts(model, task, args, perturbation=perturbation)
     result = trtl.perturbation_experiment(
         model,
         prompts,
@@ -581,7 +777,7 @@ def _geometry(args: argparse.Namespace) -> int:
     from .detectors import token_detector_scores
     from .experiments import geometry
 
-    out, device, task, model = _prepare(args)
+    out, device, task, model = _prepare(args, checks=[_check_folds])
     prompts = _base_prompts(model, task, args)
     if args.ablate:
         detected = token_detector_scores(
@@ -623,7 +819,8 @@ def _geometry(args: argparse.Namespace) -> int:
 def _task_vectors(args: argparse.Namespace) -> int:
     from .experiments import geometry
 
-    out, device, task, model = _prepare(args, min_k=1)
+    out, device, task, model = _prepare(args, min_k=1, checks=[_check_folds])
+    _check_layers(args.layers, model)
     icl = _base_prompts(model, task, args)
     zero_shot = _base_prompts(model, task, args, k=0)
     result = geometry.task_vector_experiment(
@@ -641,6 +838,93 @@ def _task_vectors(args: argparse.Namespace) -> int:
         progress=True,
     )
     return _finish(args, out, result, model, icl)
+
+
+def _check_layers(layers: list[int] | None, model) -> None:
+    """--layers of task-vectors: states 0 (embeddings) to n_layers (after the last block)."""
+    L = model.cfg.n_layers
+    bad = [layer for layer in layers or () if layer > L]
+    if bad:
+        raise ValueError(
+            f"--layers {bad[0]} is out of range for this model: states run from 0 (the "
+            f"embeddings) to {L} (after the last block)."
+        )
+
+
+def _grid_prompt_sets(args: argparse.Namespace) -> list[tuple[str, int, int, int, str]]:
+    """What ``reproduce`` builds for each task: ``(family, k, n, seed, perturbation)`` of
+    every prompt set of the chosen families and preset (--quick, --n, --seed)."""
+    from .experiments import geometry, trtl
+    from .prompts import PERTURBATIONS
+
+    sets = []
+    if "trtl" in args.experiments:
+        preset = trtl.QUICK if args.quick else trtl.FULL
+        n = args.n or preset.n
+        sets += [("trtl", preset.k, n, args.seed, p) for p in PERTURBATIONS]
+        sets += [("trtl", preset.k, n, args.seed + 1, p) for p in preset.steering_targets]
+    if "geometry" in args.experiments:
+        n = args.n or (geometry.QUICK if args.quick else geometry.FULL).n
+        sets += [("geometry", k, n, args.seed, "gold") for k in (0, _GEOMETRY_K)]
+    return sets
+
+
+#: The demonstrations of the geometry grid's ICL prompts (``reproduce_geometry``'s k).
+_GEOMETRY_K = 4
+
+
+def _check_grid_sizes(args: argparse.Namespace, tasks) -> None:
+    """Before any model loads: every task has the examples the grid's k-shot prompts need,
+    --n is at least 2 (split halves, probes) and, for geometry, gives every label as many
+    prompts as the preset's probe folds."""
+    from .experiments import geometry
+
+    if args.n is not None and args.n < 2:
+        raise ValueError(
+            f"--n {args.n} is too small for reproduce: every experiment needs at least 2 "
+            "prompts per set."
+        )
+    preset = "--quick" if args.quick else "full"
+    for task in tasks:
+        for family, k, n, _, perturbation in _grid_prompt_sets(args):
+            if k > len(task.examples) - 1:
+                raise ValueError(
+                    f"--tasks {task.name!r} has {len(task.examples)} examples, but the "
+                    f"{family} grid builds {k}-shot prompts, which need at least {k + 1}; "
+                    "give a task with more examples."
+                )
+            if family == "trtl" and perturbation == "gold":
+                _check_split_halves(n, task, "reproduce", preset=args.n is None)
+            if family == "geometry":
+                folds = (geometry.QUICK if args.quick else geometry.FULL).folds
+                _check_per_label(
+                    n,
+                    task,
+                    folds,
+                    folds_text=f"the {folds} probe folds of the {preset} geometry preset",
+                    preset=args.n is None,
+                )
+
+
+def _check_grid_prompts(args: argparse.Namespace, tasks, model, name: str) -> None:
+    """Right after a model loads, before its first cell: every prompt set the grid will
+    build, for every task (single-token labels, abstract label words, the context length:
+    what only the model's tokenizer and context can tell)."""
+    from .detectors import random_repeated_tokens
+    from .prompts import build_prompts
+
+    for task in tasks:
+        for _, k, n, seed, perturbation in _grid_prompt_sets(args):
+            try:
+                build_prompts(model, task, k, n, seed, perturbation=perturbation)
+            except ValueError as err:
+                raise ValueError(f"--tasks {task.name!r} on model {name!r}: {err}") from None
+    try:  # both families find heads on the detectors' repeated sequences (default length)
+        random_repeated_tokens(model, n_sequences=1, seed=args.seed)
+    except ValueError as err:
+        raise ValueError(
+            f"--models {name!r}: its context is too short for the grid's head detectors ({err})"
+        ) from None
 
 
 #: The experiment families of ``reproduce`` (``icl_heads.experiments.<family>``).
@@ -663,15 +947,18 @@ def _reproduce(args: argparse.Namespace) -> int:
     page_dir = None
     if args.pages:
         page_dir = _check_out_dir(
-            args.page_dir or (quick_root / "pages" if args.quick else "docs/results")
+            args.page_dir or (quick_root / "pages" if args.quick else "docs/results"),
+            "--page-dir",
         )
     device = _resolve_device_arg(args.device)
     tasks = [load_task(name) for name in args.tasks]  # every task checked before any run
-    for task in tasks:
-        _check_k(4, task, command="reproduce")
+    _check_grid_sizes(args, tasks)
+    for name in args.models:  # every model name checked before the first one loads
+        _check_model_name(name, "--models")
     shared_js = out / "plotly.min.js"
     for name in args.models:
-        model = _load_model_arg(name, device)
+        model = _load_model_arg(name, device, "--models")
+        _check_grid_prompts(args, tasks, model, name)  # before this model's first cell
         for family in args.experiments:
             started = time.perf_counter()
             print(
@@ -696,6 +983,7 @@ def _reproduce(args: argparse.Namespace) -> int:
                     args.tasks,
                     out / "geometry",
                     quick=args.quick,
+                    k=_GEOMETRY_K,
                     seed=args.seed,
                     progress=True,
                     n=args.n,
@@ -772,7 +1060,7 @@ def _add_run_args(parser: argparse.ArgumentParser, *, command: str, n: int, k: i
     parser.add_argument("--n", type=_positive_int, default=n, help="prompts")
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_non_negative_int,
         default=0,
         help="seed of every random choice (prompts, random head sets, bootstrap)",
     )
@@ -863,7 +1151,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="numbers of demonstrations per prompt",
     )
     q.add_argument("--n", type=_positive_int, default=40, help="queries (prompts) per k")
-    q.add_argument("--seed", type=int, default=0, help="seed of the query and demo choice")
+    q.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of the query and demo choice"
+    )
     q.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per forward pass")
     q.add_argument(
         "--out",
@@ -1011,7 +1301,9 @@ def build_parser() -> argparse.ArgumentParser:
         "random sets (geometry.head_ablation_geometry).",
     )
     _add_run_args(g, command="geometry", n=64)
-    g.add_argument("--folds", type=_positive_int, default=5, help="probe cross-validation folds")
+    g.add_argument(
+        "--folds", type=_folds, default=5, help="probe cross-validation folds (at least 2)"
+    )
     g.add_argument(
         "--ablate",
         action="store_true",
@@ -1058,7 +1350,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="replace",
         help="replace the state or add the vector",
     )
-    t.add_argument("--folds", type=_positive_int, default=5, help="probe cross-validation folds")
+    t.add_argument(
+        "--folds", type=_folds, default=5, help="probe cross-validation folds (at least 2)"
+    )
     _add_n_boot(t)
     t.set_defaults(func=_task_vectors)
 
@@ -1111,7 +1405,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--n", type=_positive_int, default=None, help="prompts per set (default: the preset's)"
     )
-    r.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    r.add_argument("--seed", type=_non_negative_int, default=0, help="seed of every random choice")
     r.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per forward pass")
     r.add_argument(
         "--out",
@@ -1174,6 +1468,18 @@ def reference_markdown(width: int = 96) -> str:
     return "\n".join(parts)
 
 
+def _close_progress_bars() -> None:
+    """Close every progress bar still open (innermost first), so that the error line that
+    follows starts on a line of its own: each bar is drawn where it stopped and ends its
+    line, and none is redrawn after the error when it is garbage-collected."""
+    from tqdm import tqdm
+
+    bars = sorted(getattr(tqdm, "_instances", ()), key=lambda bar: -abs(getattr(bar, "pos", 0)))
+    for bar in bars:
+        bar.leave = True  # keep where it stopped, and end its line (a cleared one ends in \r)
+        bar.close()
+
+
 def _fail(message: object) -> int:
     text = " ".join(str(message).splitlines()) or type(message).__name__
     print(f"{PROG}: error: {text}", file=sys.stderr)
@@ -1198,7 +1504,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EXPECTED_ERRORS as err:
+        _close_progress_bars()
         return _fail(err)
+    except BaseException:  # a bug or Ctrl-C: the traceback, also on a line of its own
+        _close_progress_bars()
+        raise
 
 
 if __name__ == "__main__":

@@ -1496,3 +1496,77 @@ def test_disagreements_name_a_bad_bottom_share():
     scores = HeadScores(torch.arange(6.0).reshape(2, 3), name="tr_score")
     with pytest.raises(ValueError, match=r"bottom is a share in \(0, 1\), got 1.5"):
         disagreements({"TR": scores, "TL": scores}, bottom=1.5)
+
+
+# ---- H4: order and presentation of CLI errors
+# The model names of the command line are checked before any model loads, each error naming
+# the bad name and the option; the CLI's other new checks, one line and exit code 2 each.
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(
+    "name, error, named",
+    [
+        ("", ValueError, "--models ''"),
+        ("nope", ValueError, "Unknown model 'nope'"),
+        ("./no/such/model-dir", FileNotFoundError, "'./no/such/model-dir'"),
+    ],
+)
+def test_cli_model_name_check_names_the_name_and_the_option(name, error, named):
+    with pytest.raises(error, match=re.escape(named)):
+        cli._check_model_name(name, "--models")
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_cli_model_name_check_refuses_a_file_and_a_directory_without_config(tmp_path):
+    weights = tmp_path / "weights.gguf"
+    weights.write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match=r"'.*weights\.gguf' is a file"):
+        cli._check_model_name(str(weights))
+    with pytest.raises(ValueError, match=r"--model '.*' is a directory without config\.json"):
+        cli._check_model_name(str(tmp_path))
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_cli_model_name_check_refuses_an_unreachable_hub_model(monkeypatch):
+    monkeypatch.setattr(cli, "_hub_problem", lambda repo: "ConnectError: no DNS")
+    with pytest.raises(ConnectionError, match=r"--model 'gpt2'.*no DNS.*--model default"):
+        cli._check_model_name("gpt2")
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["reproduce", "--models", "default", "not-a-model"], "'not-a-model'"),
+        (["reproduce", "--models", "default", "./no/such/dir"], "./no/such/dir"),
+        (["reproduce", "--n", "1"], "--n 1"),
+        (["reproduce", "--seed", "-1"], "'-1'"),
+        (["reproduce", "--tasks", "capital", "--experiments", "geometry"], "'capital'"),
+        (["perturb", "--perturbations", "zero_shot"], "zero_shot"),
+        (["perturb", "--perturbations", "gold", "zero_shot", "zero_shot"], "'zero_shot'"),
+        (["perturb", "--n", "2"], "--n 2"),
+        (["geometry", "--n", "5"], "--n 5"),
+        (["geometry", "--folds", "0"], "'0'"),
+        (["task-vectors", "--n", "4", "--folds", "3"], "--n 4"),
+        (["find-heads", "--seed", "-3"], "'-3'"),
+        (["find-heads", "--model", "not-a-model"], "'not-a-model'"),
+        (["quickstart", "--device", "tpu"], "--device 'tpu'"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else v,
+)
+def test_cli_checks_before_loading_give_one_line(capsys, tmp_path, argv, named):
+    assert cli.main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("icl-heads: error: ") and err.count("\n") == 1, err
+    assert named in err
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_cli_page_dir_under_a_file_names_page_dir(capsys, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    argv = ["reproduce", "--pages", "--page-dir", str(blocker / "pages"), "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--page-dir" in err and str(blocker) in err

