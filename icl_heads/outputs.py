@@ -93,10 +93,7 @@ def check_output_dir(path: str | os.PathLike, *, what: str = "--out", create: bo
     text = _text(path, what, "a directory such as results/ablation")
     target = Path(text).expanduser()
     if target.exists() and not target.is_dir():
-        raise ValueError(
-            f"{what} {text!r} is a file; give a directory path (it will hold result.json, "
-            "table.csv, ...), or remove the file."
-        )
+        raise ValueError(f"{what} {text!r} is a file; give a directory path, or remove the file.")
     if create:
         _make_writable_dir(target, text, what, "directory")
     else:

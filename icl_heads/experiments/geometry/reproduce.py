@@ -198,8 +198,7 @@ def reproduce_geometry(
 def cell_requests(
     model: HookedTransformer | str, task: Task, preset: Preset, *, n: int, k: int, seed: int
 ) -> dict[str, dict]:
-    """The request of each cell of one task (:func:`~icl_heads.experiments.cells.
-    cell_request`): the model, the task and its content hash, ``n``, ``seed``, ``n_boot``
+    """The request of each cell of one task (:func:`~icl_heads.experiments.cells.cell_request`): the model, the task and its content hash, ``n``, ``seed``, ``n_boot``
     and ``folds`` for every cell, and per cell the rest of what it computes:
     ``layer_geometry_k0``: ``k=0``, the measured states ``layers``; ``layer_geometry_k4``:
     ``k`` and ``layers``; ``task_vector``: ``k`` and the injection states ``tv_layers``;

@@ -239,8 +239,7 @@ def cell_requests(
     n_random: int,
     n_boot: int,
 ) -> dict[str, dict]:
-    """The request of each cell of one task (:func:`~icl_heads.experiments.cells.
-    cell_request`): the model, the task and its content hash, ``k``, ``n``, ``seed`` and
+    """The request of each cell of one task (:func:`~icl_heads.experiments.cells.cell_request`): the model, the task and its content hash, ``k``, ``n``, ``seed`` and
     ``n_boot`` for every cell; ``n_random`` for ablation and steering; the steering
     strengths ``alphas`` for steering; ``n_sequences`` for reconciliation. Only the cells
     the preset runs (its ``steering_targets``).
