@@ -182,7 +182,10 @@ def atomic_directory(
             old = target.parent / f".{target.name}.{TEMP_TAG}-{os.getpid()}-old"
             os.replace(target, old)
             os.replace(temporary, target)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink():
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(temporary, target)
     finally:

@@ -159,7 +159,7 @@ class ExperimentResult:
                 f"{type(directory).__name__}."
             )
         what = "ExperimentResult.save: directory"
-        target = check_output_dir(directory, what=what, create=False)
+        target = check_result_dir(directory, what=what)
         files: dict[str, dict] = {}
         with atomic_directory(target, what=what, replaceable=_holds_a_result) as folder:
             _write_table(folder, "table.csv", self.table, files)
@@ -247,6 +247,35 @@ class ExperimentResult:
             f"{self.conditions[:6]}, metrics={self.metrics[:6]}, maps={list(self.maps)}, "
             f"tables={list(self.tables)})"
         )
+
+
+def check_result_dir(
+    directory: str | os.PathLike, *, what: str = "ExperimentResult.save: directory"
+) -> Path:
+    """Check, before anything is computed, that :meth:`ExperimentResult.save` can write a
+    result at ``directory``: the checks of :func:`~icl_heads.outputs.check_output_dir`
+    (not a file, not under a file, writable; missing parents are created), and the
+    directory, where it exists, holds nothing but a previous result (the entries of
+    :data:`RESULT_ENTRIES`), which a save replaces whole. ``what`` names the argument in
+    the message (the CLI: ``"--out"``).
+
+    Example::
+
+        out = check_result_dir("results/ablation", what="--out")   # before loading a model
+
+    Raises:
+        ValueError: naming the directory and the fix.
+    """
+    target = check_output_dir(directory, what=what, create=False)
+    if target.is_dir():
+        foreign = sorted(e.name for e in target.iterdir() if e.name not in RESULT_ENTRIES)
+        if foreign:
+            raise ValueError(
+                f"{what} {str(directory)!r} already holds other files ({foreign[:3]}); "
+                "give a new or empty directory, or one holding a previous result (a save "
+                "replaces that whole)."
+            )
+    return target
 
 
 def per_head_maps(result: ExperimentResult) -> dict[str, HeadScores]:

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.results import ExperimentResult, make_table, per_head_maps, table_row
+from icl_heads.results import (
+    ExperimentResult,
+    check_result_dir,
+    make_table,
+    per_head_maps,
+    table_row,
+)
 from icl_heads.settings import PromptInfo
 
 
@@ -220,8 +226,11 @@ def test_save_refuses_a_directory_holding_other_files(result, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="already holds other files") as err:
         result.save(tmp_path)
-    assert str(tmp_path) in str(err.value)
+    assert str(tmp_path) in str(err.value) and "notes.txt" in str(err.value)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match=r"^--out .*notes\.txt"):  # the CLI's check, up front
+        check_result_dir(tmp_path, what="--out")
+    assert check_result_dir(tmp_path / "new") == tmp_path / "new"
 
 
 def test_head_scores_save_is_atomic(tmp_path):
