@@ -410,8 +410,8 @@ def _read_header(meta_path: Path) -> dict:
             "they have the wrong type); the result is damaged: save or compute it again."
         )
     listed = ["table.csv", *header["maps"].values(), *header["tables"].values()]
-    unrecorded = [p for p in listed if "files" in header and p not in header["files"]]
     bad = [p for p in listed if not isinstance(p, str) or ".." in Path(p).parts]
+    unrecorded = [p for p in listed if not bad and "files" in header and p not in header["files"]]
     if unrecorded or bad:
         raise ValueError(
             f"ExperimentResult.load: {str(meta_path)!r} lists files without an integrity "
