@@ -21,6 +21,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .checks import check_int
+from .outputs import atomic_file, check_output_file, write_file
 from .settings import Settings
 
 #: Written into every saved ``HeadScores`` file; ``load`` refuses files without it.
@@ -207,17 +208,26 @@ class HeadScores:
 
     def save(self, path: str | Path) -> Path:
         """Save as ``.json`` (scores, ``per_prompt``, settings) or ``.parquet`` (the tidy
-        frame plus a ``per_prompt`` list column; settings in the file's metadata)."""
+        frame plus a ``per_prompt`` list column; settings in the file's metadata).
+
+        The path is checked first (a ValueError names it where it is a directory, lies
+        under a file or cannot be written; missing parent directories are created) and the
+        file is written atomically: a temporary sibling renamed over ``path``, so a killed
+        process never leaves a partial file."""
+        if not isinstance(path, (str, Path)):
+            raise TypeError(
+                f"HeadScores.save: path must be a str or Path, got {type(path).__name__}."
+            )
         path = Path(path)
         if path.suffix not in (".json", ".parquet"):
             raise ValueError(f"HeadScores.save: use a .json or .parquet path, got {path.name!r}.")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = check_output_file(path, what="HeadScores.save: path")
         header = self._header()
         if path.suffix == ".json":
             obj = {**header, "scores": _nan_to_none(self.scores.tolist())}
             if self.per_prompt is not None:
                 obj["per_prompt"] = [_nan_to_none(p) for p in self.per_prompt.tolist()]
-            path.write_text(json.dumps(obj, indent=1))
+            write_file(path, json.dumps(obj, indent=1))
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -229,7 +239,8 @@ class HeadScores:
             table = table.replace_schema_metadata(
                 {**(table.schema.metadata or {}), b"icl_heads": json.dumps(header).encode()}
             )
-            pq.write_table(table, path)
+            with atomic_file(path) as temporary:
+                pq.write_table(table, temporary)
         return path
 
     @classmethod

@@ -43,6 +43,7 @@ import torch
 from .attention_patterns import AttentionExample
 from .heads import HeadScores
 from .moved import moved_names
+from .outputs import check_output_file, write_file
 from .results import ExperimentResult, per_head_maps
 from .viz import (
     describe_settings,
@@ -85,7 +86,10 @@ def write_report(
     """Write the linked HTML report of a run.
 
     Args:
-        path: the ``.html`` file to write (parent directories are created).
+        path: the ``.html`` file to write (parent directories are created). It is checked
+            before the page is built (a ValueError names it where it is a directory, lies
+            under a file or cannot be written) and written atomically (a temporary sibling
+            renamed over it).
         result: an :class:`~icl_heads.results.ExperimentResult` (its maps and per-head
             tables become the linked maps; its figure, table and settings are shown), a
             :class:`~icl_heads.heads.HeadScores`, a ``{name: HeadScores}`` dict, or None.
@@ -104,10 +108,12 @@ def write_report(
     Returns:
         The path written.
     """
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"write_report: path must be a str or Path, got {type(path).__name__}.")
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"write_report: give a .html path, got {path.name!r}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_file(path, what="write_report: path")  # before the page is built
     page = build_report(
         result,
         maps=maps,
@@ -118,7 +124,7 @@ def write_report(
         command=command,
         plotly_js_src=None if plotly_js == "inline" else _write_plotly_js(path.parent, plotly_js),
     )
-    path.write_text(page, encoding="utf-8")
+    write_file(path, page)
     return path
 
 
@@ -436,8 +442,8 @@ def _write_plotly_js(directory: Path, where: str | Path) -> str:
     target = directory / relative
     code = _plotly_js()
     if not target.is_file() or target.stat().st_size != len(code.encode("utf-8")):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(code, encoding="utf-8")
+        check_output_file(target, what="write_report: plotly_js")
+        write_file(target, code)
     return relative.as_posix()
 
 

@@ -15,8 +15,12 @@ saving / loading::
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
+import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +30,18 @@ import pandas as pd
 import torch
 
 from .heads import HeadScores
+from .outputs import atomic_directory, check_output_dir
 from .settings import Settings
 
 #: Columns every experiment table has (more may follow, e.g. ``layer`` or ``alpha``).
 TABLE_COLUMNS = ("condition", "metric", "value", "ci_low", "ci_high", "n")
 #: Written into every saved result; ``load`` refuses directories without it.
-RESULT_FORMAT = "icl-heads.ExperimentResult/1"
+RESULT_FORMAT = "icl-heads.ExperimentResult/2"
+#: The format before the integrity record (loads with a warning: cannot be verified).
+LEGACY_FORMATS = ("icl-heads.ExperimentResult/1",)
+#: The entries of a saved result's directory (with the report the CLI writes beside it):
+#: ``save`` replaces a directory that holds only these, and refuses one with other files.
+RESULT_ENTRIES = ("result.json", "table.csv", "maps", "tables", "report.html", "plotly.min.js")
 
 
 @dataclass
@@ -45,6 +55,9 @@ class ExperimentResult:
         settings: a frozen :class:`~icl_heads.settings.Settings` dataclass.
         maps: named :class:`~icl_heads.heads.HeadScores` the experiment made.
         tables: further named tidy DataFrames (e.g. ``"heads"``: one row per head).
+        request: what a reproduction grid asked for when it made this result (model, task
+            and its content hash, sizes, seeds, the experiment and its parameters: see
+            :func:`icl_heads.experiments.cells.run_cell`), saved with it; None elsewhere.
     """
 
     name: str
@@ -52,6 +65,7 @@ class ExperimentResult:
     settings: Settings
     maps: dict[str, HeadScores] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    request: dict | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.table, pd.DataFrame):
@@ -68,6 +82,11 @@ class ExperimentResult:
             raise TypeError(
                 f"ExperimentResult.settings must be a Settings dataclass, got "
                 f"{type(self.settings).__name__}."
+            )
+        if self.request is not None and not isinstance(self.request, Mapping):
+            raise TypeError(
+                f"ExperimentResult.request must be a dict (or None), got "
+                f"{type(self.request).__name__}."
             )
         for key, value in self.maps.items():
             if not isinstance(value, HeadScores):
@@ -116,33 +135,66 @@ class ExperimentResult:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
-        """Write ``result.json`` (name, settings, file list), ``table.csv``, one
-        ``maps/<name>.json`` per map and ``tables/<name>.csv`` per extra table."""
-        directory = Path(directory)
-        if directory.exists() and not directory.is_dir():
-            raise ValueError(
-                f"ExperimentResult.save: {str(directory)!r} is a file; give a directory."
+        """Write the result into the directory ``directory``: ``result.json`` (name,
+        settings, ``request``, the file list and the integrity record), ``table.csv``, one
+        ``maps/<name>.json`` per map and ``tables/<name>.csv`` per extra table.
+
+        The directory is checked first (a ValueError names it where it is a file, lies under
+        a file, cannot be written, or already holds files that are not a saved result) and
+        written atomically: the files go into a hidden temporary sibling folder that is
+        renamed into place once complete, replacing a previous result there only then. A
+        killed process never leaves a folder that looks complete.
+
+        The integrity record (``result.json["files"]``) holds, for every file of the result,
+        its size in bytes, its SHA-256 and (tables) its number of rows; :meth:`load` checks
+        them.
+
+        Example::
+
+            result.save("results/ablation")      # -> Path("results/ablation")
+        """
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(
+                f"ExperimentResult.save: directory must be a str or Path, got "
+                f"{type(directory).__name__}."
             )
-        directory.mkdir(parents=True, exist_ok=True)
-        self.table.to_csv(directory / "table.csv", index=False)
-        for key, scores in self.maps.items():
-            scores.save(directory / "maps" / f"{safe_name(key)}.json")
-        for key, frame in self.tables.items():
-            (directory / "tables").mkdir(exist_ok=True)
-            frame.to_csv(directory / "tables" / f"{safe_name(key)}.csv", index=False)
-        header = {
-            "format": RESULT_FORMAT,
-            "name": self.name,
-            "settings": self.settings.to_dict(),
-            "maps": {k: f"maps/{safe_name(k)}.json" for k in self.maps},
-            "tables": {k: f"tables/{safe_name(k)}.csv" for k in self.tables},
-        }
-        (directory / "result.json").write_text(json.dumps(header, indent=1, default=_json))
-        return directory
+        what = "ExperimentResult.save: directory"
+        target = check_result_dir(directory, what=what)
+        files: dict[str, dict] = {}
+        with atomic_directory(target, what=what, replaceable=_holds_a_result) as folder:
+            _write_table(folder, "table.csv", self.table, files)
+            for key, scores in self.maps.items():
+                name = f"maps/{safe_name(key)}.json"
+                scores.save(folder / name)
+                files[name] = _file_record(folder / name)
+            for key, frame in self.tables.items():
+                _write_table(folder, f"tables/{safe_name(key)}.csv", frame, files)
+            header = {
+                "format": RESULT_FORMAT,
+                "name": self.name,
+                "settings": self.settings.to_dict(),
+                "request": self.request,
+                "maps": {k: f"maps/{safe_name(k)}.json" for k in self.maps},
+                "tables": {k: f"tables/{safe_name(k)}.csv" for k in self.tables},
+                "files": files,
+            }
+            text = json.dumps(header, indent=1, default=_json)
+            (folder / "result.json").write_text(text, encoding="utf-8")
+        return target
 
     @classmethod
     def load(cls, directory: str | Path) -> ExperimentResult:
-        """Read a result written by :meth:`save`."""
+        """Read a result written by :meth:`save`, verified: every file its ``result.json``
+        lists must be there with the size, SHA-256 and row count recorded at saving, else a
+        ValueError names the file (truncated, emptied, missing, replaced) or the missing
+        field of ``result.json``. Results saved before the integrity record existed
+        (format ``icl-heads.ExperimentResult/1``) load with a warning that they cannot be
+        verified.
+
+        Example::
+
+            result = ExperimentResult.load("results/ablation")
+        """
         directory = Path(directory)
         meta_path = directory / "result.json"
         if not meta_path.is_file():
@@ -150,23 +202,43 @@ class ExperimentResult:
                 f"ExperimentResult.load: no result.json in "
                 f"{str(directory)!r} (save(dir) writes one)."
             )
-        try:
-            header = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(
-                f"ExperimentResult.load: {str(meta_path)!r} is not valid JSON ({err})."
-            ) from None
-        if not isinstance(header, dict) or header.get("format") != RESULT_FORMAT:
-            raise ValueError(
-                f"ExperimentResult.load: {str(directory)!r} was not written by "
-                f"ExperimentResult.save (no {RESULT_FORMAT!r} header)."
+        header = _read_header(meta_path)
+        files = header.get("files")
+        if files is None:
+            warnings.warn(
+                f"ExperimentResult.load: {str(directory)!r} was saved without an integrity "
+                "record (an older icl-heads); its files cannot be verified. Save it again "
+                "(or recompute it) to add one.",
+                UserWarning,
+                stacklevel=2,
             )
+            files = {}
+        else:
+            for name, record in files.items():
+                _verify_file(directory, name, record)
+        table = _read_table(directory, "table.csv", files.get("table.csv"))
+        missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(
+                f"ExperimentResult.load: {str(directory / 'table.csv')!r} lacks the columns "
+                f"{missing} of an experiment table {list(TABLE_COLUMNS)}; it was not written "
+                "by ExperimentResult.save."
+            )
+        try:
+            settings = Settings.from_dict(header["settings"])
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"ExperimentResult.load: the settings in {str(meta_path)!r} cannot be read ({err})."
+            ) from None
         return cls(
             name=header["name"],
-            table=pd.read_csv(directory / "table.csv"),
-            settings=Settings.from_dict(header["settings"]),
-            maps={k: HeadScores.load(directory / p) for k, p in header.get("maps", {}).items()},
-            tables={k: pd.read_csv(directory / p) for k, p in header.get("tables", {}).items()},
+            table=table,
+            settings=settings,
+            maps={k: HeadScores.load(directory / p) for k, p in header["maps"].items()},
+            tables={
+                k: _read_table(directory, p, files.get(p)) for k, p in header["tables"].items()
+            },
+            request=header.get("request"),
         )
 
     def __repr__(self) -> str:
@@ -175,6 +247,35 @@ class ExperimentResult:
             f"{self.conditions[:6]}, metrics={self.metrics[:6]}, maps={list(self.maps)}, "
             f"tables={list(self.tables)})"
         )
+
+
+def check_result_dir(
+    directory: str | os.PathLike, *, what: str = "ExperimentResult.save: directory"
+) -> Path:
+    """Check, before anything is computed, that :meth:`ExperimentResult.save` can write a
+    result at ``directory``: the checks of :func:`~icl_heads.outputs.check_output_dir`
+    (not a file, not under a file, writable; missing parents are created), and the
+    directory, where it exists, holds nothing but a previous result (the entries of
+    :data:`RESULT_ENTRIES`), which a save replaces whole. ``what`` names the argument in
+    the message (the CLI: ``"--out"``).
+
+    Example::
+
+        out = check_result_dir("results/ablation", what="--out")   # before loading a model
+
+    Raises:
+        ValueError: naming the directory and the fix.
+    """
+    target = check_output_dir(directory, what=what, create=False)
+    if target.is_dir():
+        foreign = sorted(e.name for e in target.iterdir() if e.name not in RESULT_ENTRIES)
+        if foreign:
+            raise ValueError(
+                f"{what} {str(directory)!r} already holds other files ({foreign[:3]}); "
+                "give a new or empty directory, or one holding a previous result (a save "
+                "replaces that whole)."
+            )
+    return target
 
 
 def per_head_maps(result: ExperimentResult) -> dict[str, HeadScores]:
@@ -255,3 +356,128 @@ def safe_name(name: str) -> str:
 
 def _json(value):
     return str(value)
+
+
+# --------------------------------------------------------------------------- saved files
+
+
+def _holds_a_result(directory: Path) -> bool:
+    """Whether ``directory`` holds nothing but a saved result's entries (save replaces it)."""
+    return all(entry.name in RESULT_ENTRIES for entry in directory.iterdir())
+
+
+def _write_table(folder: Path, name: str, frame: pd.DataFrame, files: dict) -> None:
+    data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    files[name] = {"rows": len(frame), **_digest(data)}
+
+
+def _file_record(path: Path) -> dict:
+    return _digest(path.read_bytes())
+
+
+def _digest(data: bytes) -> dict:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _read_header(meta_path: Path) -> dict:
+    """``result.json``, checked: its format and every field ``load`` needs."""
+    try:
+        header = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"ExperimentResult.load: {str(meta_path)!r} is not valid JSON ({err}); the "
+            "result is damaged: save or compute it again."
+        ) from None
+    formats = (RESULT_FORMAT, *LEGACY_FORMATS)
+    if not isinstance(header, dict) or header.get("format") not in formats:
+        raise ValueError(
+            f"ExperimentResult.load: {str(meta_path.parent)!r} was not written by "
+            f"ExperimentResult.save (no {RESULT_FORMAT!r} header)."
+        )
+    needed = {"name": str, "settings": dict, "maps": dict, "tables": dict}
+    if header["format"] == RESULT_FORMAT:
+        needed["files"] = dict
+    for key in ("maps", "tables"):
+        if header["format"] in LEGACY_FORMATS:
+            header.setdefault(key, {})
+    missing = [k for k, kind in needed.items() if not isinstance(header.get(k), kind)]
+    if missing:
+        raise ValueError(
+            f"ExperimentResult.load: {str(meta_path)!r} lacks the field(s) {missing} (or "
+            "they have the wrong type); the result is damaged: save or compute it again."
+        )
+    listed = ["table.csv", *header["maps"].values(), *header["tables"].values()]
+    bad = [p for p in listed if not isinstance(p, str) or ".." in Path(p).parts]
+    unrecorded = [p for p in listed if not bad and "files" in header and p not in header["files"]]
+    if unrecorded or bad:
+        raise ValueError(
+            f"ExperimentResult.load: {str(meta_path)!r} lists files without an integrity "
+            f"record or outside the result: {(unrecorded or bad)[:3]}; the result is "
+            "damaged: save or compute it again."
+        )
+    return header
+
+
+def _verify_file(directory: Path, name: str, record: object) -> None:
+    """The file ``name`` of a saved result is there, with the recorded size and SHA-256."""
+    path = directory / name
+    if not isinstance(record, dict) or not {"bytes", "sha256"} <= set(record):
+        raise ValueError(
+            f"ExperimentResult.load: the integrity record of {str(path)!r} in result.json "
+            "is damaged; save or compute the result again."
+        )
+    if not path.is_file():
+        raise ValueError(
+            f"ExperimentResult.load: {str(path)!r} is missing (result.json lists it); the "
+            "result is incomplete: save or compute it again."
+        )
+    data = path.read_bytes()
+    if len(data) != record["bytes"]:
+        state = "emptied" if not data else ("truncated" if len(data) < record["bytes"] else "grown")
+        raise ValueError(
+            f"ExperimentResult.load: {str(path)!r} has {len(data)} bytes, {record['bytes']} "
+            f"were saved ({state}); the result is damaged: save or compute it again."
+        )
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise ValueError(
+            f"ExperimentResult.load: {str(path)!r} differs from the file that was saved "
+            "(its SHA-256 does not match result.json); it was changed or replaced: save or "
+            "compute the result again."
+        )
+
+
+def _read_table(directory: Path, name: str, record: dict | None) -> pd.DataFrame:
+    """A saved table, with errors that name the file (verified before, where recorded)."""
+    path = directory / name
+    if not path.is_file():
+        raise ValueError(
+            f"ExperimentResult.load: {str(path)!r} is missing (result.json lists it); the "
+            "result is incomplete: save or compute it again."
+        )
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError(
+            f"ExperimentResult.load: {str(path)!r} is empty; the result is damaged: save "
+            "or compute it again."
+        )
+    if not data.endswith(b"\n"):
+        raise ValueError(
+            f"ExperimentResult.load: {str(path)!r} does not end with a line break, so it "
+            "was cut short; the result is damaged: save or compute it again."
+        )
+    try:
+        frame = pd.read_csv(io.BytesIO(data))
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"ExperimentResult.load: {str(path)!r} is not a readable CSV table "
+            f"({type(err).__name__}: {err})."
+        ) from None
+    if record is not None and record.get("rows") is not None and len(frame) != record["rows"]:
+        raise ValueError(
+            f"ExperimentResult.load: {str(path)!r} has {len(frame)} rows, "
+            f"{record['rows']} were saved; the result is damaged: save or compute it again."
+        )
+    return frame

@@ -1570,3 +1570,70 @@ def test_cli_page_dir_under_a_file_names_page_dir(capsys, tmp_path):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--page-dir" in err and str(blocker) in err
+
+
+# ---- H1: where outputs go, in the Python API (issue 22, class 4)
+
+
+def _h1_result():
+    from icl_heads.results import ExperimentResult, make_table, table_row
+
+    info = ih.PromptInfo(task="sentiment", k=4, n=8, seed=0, perturbation="gold", model="m")
+    return ExperimentResult(
+        "x", make_table([table_row("baseline", "accuracy", 0.5, 0.4, 0.6, 8)]), info
+    )
+
+
+def _h1_writers():
+    from icl_heads.report import write_report
+
+    scores = HeadScores(torch.zeros(2, 3), name="s")
+    return {
+        "ExperimentResult.save": lambda p: _h1_result().save(p),
+        "HeadScores.save": lambda p: scores.save(p.with_suffix(".json")),
+        "write_report": lambda p: write_report(p.with_suffix(".html"), scores),
+    }
+
+
+@pytest.mark.parametrize("writer", ["ExperimentResult.save", "HeadScores.save", "write_report"])
+def test_api_writers_refuse_a_path_under_a_file_naming_it(tmp_path, writer):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=re.escape(repr(str(blocker))) + ".* is a file") as err:
+        _h1_writers()[writer](blocker / "sub" / "out")
+    assert writer in str(err.value)
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("writer", ["HeadScores.save", "write_report"])
+def test_api_file_writers_refuse_a_directory_naming_it(tmp_path, writer):
+    target = tmp_path / ("out.json" if writer == "HeadScores.save" else "out.html")
+    target.mkdir()
+    with pytest.raises(ValueError, match=re.escape(repr(str(target))) + " is a directory"):
+        _h1_writers()[writer](tmp_path / "out")
+
+
+def test_experiment_result_save_refuses_a_file_an_empty_path_and_a_nameless_one(tmp_path):
+    target = tmp_path / "r"
+    target.write_text("not a directory")
+    with pytest.raises(ValueError, match=re.escape(repr(str(target))) + " is a file"):
+        _h1_result().save(target)
+    with pytest.raises(ValueError, match="ExperimentResult.save: directory is empty"):
+        _h1_result().save("")
+    with pytest.raises(ValueError, match="names no directory of its own"):
+        _h1_result().save(tmp_path / "sub" / "..")
+    with pytest.raises(TypeError, match="str or Path, got int"):
+        _h1_result().save(3)
+
+
+def test_reproduce_out_dir_under_a_file_is_refused_before_any_work(tiny_llama, tmp_path):
+    from icl_heads.experiments import geometry, trtl
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=r"reproduce_trtl: out_dir .*file\.txt' is a file"):
+        trtl.reproduce_trtl(tiny_llama, ["sentiment"], blocker / "out", progress=False)
+    with pytest.raises(ValueError, match=r"reproduce_geometry: out_dir .*file\.txt' is a file"):
+        geometry.reproduce_geometry(tiny_llama, ["sentiment"], blocker, progress=False)
+    with pytest.raises(TypeError, match="rerun_stale must be True or False, got 'yes'"):
+        trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, rerun_stale="yes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pandas as pd
@@ -9,7 +10,13 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.results import ExperimentResult, make_table, per_head_maps, table_row
+from icl_heads.results import (
+    ExperimentResult,
+    check_result_dir,
+    make_table,
+    per_head_maps,
+    table_row,
+)
 from icl_heads.settings import PromptInfo
 
 
@@ -98,3 +105,136 @@ def test_per_head_maps_read_full_per_head_tables_only():
     assert maps["IH"] is positive
     assert torch.equal(maps["effect"].scores, positive.scores)
     assert maps["effect"].name == "effect" and maps["effect"].settings is None
+
+
+# --------------------------------------------------------------------------- integrity (issue 22)
+
+
+def _damaged(result, tmp_path, damage):
+    cell = result.save(tmp_path / "r")
+    table = cell / "table.csv"
+    if damage == "cut mid-row":
+        table.write_bytes(table.read_bytes()[:-9])
+    elif damage == "emptied":
+        table.write_bytes(b"")
+    elif damage == "missing":
+        table.unlink()
+    elif damage == "replaced":
+        table.write_text("a,b\n1,2\n")
+    elif damage == "extra table cut":
+        extra = cell / "tables" / "heads.csv"
+        extra.write_bytes(extra.read_bytes()[:-3])
+        return extra
+    elif damage == "map changed":
+        m = cell / "maps" / "TR.json"
+        m.write_text(m.read_text().replace("2.0", "2.5", 1))
+        return m
+    return table
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("cut mid-row", "truncated"),
+        ("emptied", "emptied"),
+        ("missing", "is missing"),
+        ("replaced", "bytes|SHA-256"),
+        ("extra table cut", "truncated"),
+        ("map changed", "SHA-256"),
+    ],
+)
+def test_load_names_the_damaged_file(result, tmp_path, damage, says):
+    path = _damaged(result, tmp_path, damage)
+    with pytest.raises(ValueError, match=says) as err:
+        ExperimentResult.load(tmp_path / "r")
+    assert str(path) in str(err.value)
+
+
+def test_result_json_records_rows_sizes_and_hashes(result, tmp_path):
+    header = json.loads((result.save(tmp_path / "r") / "result.json").read_text())
+    assert header["format"] == "icl-heads.ExperimentResult/2"
+    files = header["files"]
+    assert set(files) == {"table.csv", "maps/TR.json", "tables/heads.csv"}
+    assert files["table.csv"]["rows"] == 3 and files["tables/heads.csv"]["rows"] == 2
+    data = (tmp_path / "r" / "table.csv").read_bytes()
+    assert files["table.csv"]["bytes"] == len(data)
+    assert files["table.csv"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("field", ["name", "settings", "maps", "tables", "files"])
+def test_load_names_a_missing_field_of_result_json(result, tmp_path, field):
+    meta = result.save(tmp_path / "r") / "result.json"
+    header = json.loads(meta.read_text())
+    del header[field]
+    meta.write_text(json.dumps(header))
+    with pytest.raises(ValueError, match=f"lacks the field.*'{field}'") as err:
+        ExperimentResult.load(tmp_path / "r")
+    assert str(meta) in str(err.value)
+
+
+def _legacy(result, tmp_path):
+    """The result as icl-heads wrote it before the integrity record (format /1)."""
+    cell = result.save(tmp_path / "old")
+    meta = cell / "result.json"
+    header = json.loads(meta.read_text())
+    header["format"] = "icl-heads.ExperimentResult/1"
+    del header["files"], header["request"]
+    meta.write_text(json.dumps(header))
+    return cell
+
+
+def test_a_result_saved_before_the_integrity_record_loads_with_a_warning(result, tmp_path):
+    cell = _legacy(result, tmp_path)
+    with pytest.warns(UserWarning, match="cannot be verified"):
+        loaded = ExperimentResult.load(cell)
+    pd.testing.assert_frame_equal(loaded.table, result.table)
+    (cell / "table.csv").write_bytes((cell / "table.csv").read_bytes()[:-9])  # cut mid-row
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="cut short") as err:
+        ExperimentResult.load(cell)
+    assert str(cell / "table.csv") in str(err.value)
+    (cell / "table.csv").write_text("a,b\n1,2\n")  # another tool's table
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="lacks the columns") as err:
+        ExperimentResult.load(cell)
+    assert str(cell / "table.csv") in str(err.value)
+
+
+def test_save_replaces_a_previous_result_whole_and_only_once_complete(result, tmp_path):
+    cell = result.save(tmp_path / "r")
+    (cell / "report.html").write_text("<html></html>")  # the CLI's report beside it
+    smaller = ExperimentResult("ablation", result.table, result.settings)
+    smaller.save(cell)
+    assert sorted(p.name for p in cell.iterdir()) == ["result.json", "table.csv"]
+
+    class Broken(ih.HeadScores):
+        def save(self, path):
+            raise RuntimeError("disk full")
+
+    broken = ExperimentResult(
+        "ablation", result.table, result.settings, maps={"TR": Broken(torch.zeros(2, 3))}
+    )
+    with pytest.raises(RuntimeError, match="disk full"):
+        broken.save(cell)
+    assert sorted(p.name for p in cell.iterdir()) == ["result.json", "table.csv"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+    assert ExperimentResult.load(cell).maps == {}
+    with pytest.raises(RuntimeError):
+        broken.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_save_refuses_a_directory_holding_other_files(result, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds other files") as err:
+        result.save(tmp_path)
+    assert str(tmp_path) in str(err.value) and "notes.txt" in str(err.value)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match=r"^--out .*notes\.txt"):  # the CLI's check, up front
+        check_result_dir(tmp_path, what="--out")
+    assert check_result_dir(tmp_path / "new") == tmp_path / "new"
+
+
+def test_head_scores_save_is_atomic(tmp_path):
+    scores = ih.HeadScores(torch.arange(6.0).reshape(2, 3), name="s")
+    path = scores.save(tmp_path / "s.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+    assert torch.equal(ih.HeadScores.load(path).scores, scores.scores)

@@ -14,7 +14,8 @@
 * **Verdicts**: one vocabulary (:data:`VERDICTS`) and one rule (:func:`judge`,
   :func:`pool_verdicts`).
 * **Grid cells**: a saved result per ``<root>/<model>/<task>/<experiment>/``
-  (:func:`run_cell`, :func:`load_cells`), resumable.
+  (:func:`run_cell`, :func:`load_cells`), resumable, verified and never stale: they live
+  in :mod:`icl_heads.experiments.cells` and are re-exported here.
 
 Example::
 
@@ -30,14 +31,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -47,9 +45,13 @@ from ..heads import Head, HeadScores, HeadsLike, heads_to_mask, mask_to_heads, r
 from ..metrics import BEHAVIOUR
 from ..prompt_set import check_model as check_prompt_model
 from ..prompts import PromptSet, check_prompt_set
-from ..results import ExperimentResult, table_row
+from ..results import table_row
 from ..stats import mean_ci, paired_difference_ci
 from ..tasks import Task, load_task
+from .cells import cell_record as cell_record  # the grid cells (re-exported)
+from .cells import cell_table as cell_table
+from .cells import load_cells as load_cells
+from .cells import run_cell as run_cell
 
 log = logging.getLogger(__name__)
 
@@ -495,71 +497,3 @@ def fmt(x: float | None) -> str:
     if abs(x) < 1e-9:
         return "0"
     return f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.1e}"
-
-
-# =========================================================================== grid cells
-
-
-def run_cell(
-    path: str | Path,
-    make: Callable[[], ExperimentResult],
-    *,
-    save: Callable[[ExperimentResult, Path], object] | None = None,
-) -> tuple[ExperimentResult, str, float]:
-    """One cell of a reproduction grid: load the result saved at ``path`` or, when there is
-    none, ``make()`` it and save it there (``save(result, path)``, default
-    ``result.save(path)``).
-
-    Returns:
-        ``(result, status, seconds)``; ``status`` is ``"loaded"`` or ``"computed"``.
-    """
-    path = Path(path)
-    started = time.perf_counter()
-    if (path / "result.json").is_file():
-        return ExperimentResult.load(path), "loaded", time.perf_counter() - started
-    result = make()
-    if save is None:
-        result.save(path)
-    else:
-        save(result, path)
-    seconds = time.perf_counter() - started
-    log.info("%s: %.1f s", path, seconds)
-    return result, "computed", seconds
-
-
-def cell_record(
-    model: str | None, task: str, experiment: str, path: Path, status: str, seconds: float
-) -> dict:
-    """One row of a grid's cell table (what :func:`run_cell` did)."""
-    return {
-        "model": model,
-        "task": task,
-        "experiment": experiment,
-        "path": str(path),
-        "status": status,
-        "seconds": seconds,
-    }
-
-
-def load_cells(results_root: str | Path) -> dict[str, dict[str, dict[str, ExperimentResult]]]:
-    """Every saved result under ``results_root``: ``{model: {task: {experiment: result}}}``
-    (the layout the reproduction grids write)."""
-    root = Path(results_root)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"No results directory {str(root)!r}; run the reproduction first (icl-heads reproduce)."
-        )
-    out: dict = {}
-    for meta in sorted(root.glob("*/*/*/result.json")):
-        cell = meta.parent
-        model, task, experiment = cell.parent.parent.name, cell.parent.name, cell.name
-        out.setdefault(model, {}).setdefault(task, {})[experiment] = ExperimentResult.load(cell)
-    return out
-
-
-def cell_table(records: Sequence[Mapping]) -> pd.DataFrame:
-    """The cell records of a grid as a DataFrame (``model, task, experiment, path, status,
-    seconds``)."""
-    return pd.DataFrame(
-        list(records), columns=["model", "task", "experiment", "path", "status", "seconds"]
-    )

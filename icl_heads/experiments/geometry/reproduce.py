@@ -16,11 +16,14 @@ from transformer_lens import HookedTransformer
 from ...checks import check_int
 from ...detectors import token_detector_scores
 from ...models import load_model
+from ...outputs import check_output_dir, write_file
 from ...prompts import build_prompts
 from ...results import safe_name
 from ...settings import model_name
 from ...stats import N_BOOT
-from ..kit import as_task, cell_record, cell_table, check_model, run_cell
+from ...tasks import Task
+from ..cells import cell_record, cell_request, cell_table, check_cells, run_cell
+from ..kit import as_task, check_bool, check_model
 from .head_ablation import head_ablation_geometry
 from .layer_geometry import layer_geometry
 from .task_vectors import task_vector_experiment
@@ -76,6 +79,7 @@ def reproduce_geometry(
     k: int = 4,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    rerun_stale: bool = False,
 ) -> pd.DataFrame:
     """Run the geometry experiments for several tasks and save every result.
 
@@ -83,9 +87,12 @@ def reproduce_geometry(
     task-vector layer sweep (:func:`task_vector_experiment`, ICL prompts into zero-shot
     prompts, replace, scale 1, every injection state), and :func:`head_ablation_geometry`
     (PTH / IH / random sets on the ``k``-shot prompts; the detector maps are computed once
-    per model). Each result is saved to ``out_dir/<model name>/<task>/<experiment>/``; a
-    cell whose ``result.json`` exists is loaded, not recomputed, so an interrupted run
-    resumes (:func:`~icl_heads.experiments.kit.run_cell`).
+    per model). Each result is saved to ``out_dir/<model name>/<task>/<experiment>/`` with
+    the request that defines it (:func:`cell_requests`). An interrupted run resumes
+    (:func:`~icl_heads.experiments.cells.run_cell`): a saved cell that verifies and was
+    made with the same request is loaded, not recomputed; a damaged or incomplete one is
+    recomputed (logged); a stale one (another request: other ``n``, ``k``, ``seed``,
+    preset sizes) stops the run before anything is computed, unless ``rerun_stale=True``.
 
     Args:
         model: a model, or a name for :func:`icl_heads.load_model`.
@@ -96,6 +103,8 @@ def reproduce_geometry(
             sets, every injection layer, 1000 resamples and 32 detector sequences.
         n: prompts per set (overrides the size of ``quick``).
         batch_size, device: passed to every experiment (and ``device`` to the detectors).
+        rerun_stale: recompute saved cells that were made with another request (default:
+            refuse them with a ValueError naming the fields that differ).
 
     Example::
 
@@ -110,16 +119,31 @@ def reproduce_geometry(
     check_model(model, "reproduce_geometry")
     if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence) or not tasks:
         raise TypeError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
+    check_bool(quick, "quick")
+    check_bool(rerun_stale, "rerun_stale")
     preset = QUICK if quick else FULL
     size = preset.n if n is None else check_int(n, "n", 2)
+    k = check_int(k, "k", 1)
+    seed = check_int(seed, "seed")
     name = model_name(model)
-    root = Path(out_dir) / safe_name(name or "model")
+    root = check_output_dir(out_dir, what="reproduce_geometry: out_dir") / safe_name(
+        name or "model"
+    )
     L = model.cfg.n_layers
     tv_layers, states = _spaced(preset.tv_layers, L - 1), _spaced(preset.layers, L)
+    task_objs = [as_task(t) for t in tasks]
+    requests = {t.name: cell_requests(model, t, preset, n=size, k=k, seed=seed) for t in task_objs}
+    check_cells(
+        [
+            (root / safe_name(t.name) / experiment, request)
+            for t in task_objs
+            for experiment, request in requests[t.name].items()
+        ],
+        rerun_stale=rerun_stale,
+    )
     detectors: dict = {}
     records = []
-    for task_name in tasks:
-        task = as_task(task_name)
+    for task in task_objs:
         zero = build_prompts(model, task, k=0, n=size, seed=seed)
         icl = build_prompts(model, task, k=k, n=size, seed=seed)
         geo = dict(
@@ -159,15 +183,48 @@ def reproduce_geometry(
         }
         for experiment in EXPERIMENTS:
             path = root / safe_name(task.name) / experiment
-            _, status, seconds = run_cell(path, makers[experiment])
+            _, status, seconds = run_cell(
+                path,
+                makers[experiment],
+                request=requests[task.name][experiment],
+                rerun_stale=rerun_stale,
+            )
             records.append(cell_record(name, task.name, experiment, path, status, seconds))
             if status == "computed":
                 _log_timing(root / "timings.csv", records[-1], quick)
     return cell_table(records)
 
 
+def cell_requests(
+    model: HookedTransformer | str, task: Task, preset: Preset, *, n: int, k: int, seed: int
+) -> dict[str, dict]:
+    """The request of each cell of one task (:func:`~icl_heads.experiments.cells.cell_request`): the model, the task and its content hash, ``n``, ``seed``, ``n_boot``
+    and ``folds`` for every cell, and per cell the rest of what it computes:
+    ``layer_geometry_k0``: ``k=0``, the measured states ``layers``; ``layer_geometry_k4``:
+    ``k`` and ``layers``; ``task_vector``: ``k`` and the injection states ``tv_layers``;
+    ``head_ablation``: ``k``, ``layers``, ``n_random`` and the detectors' ``n_sequences``.
+    ``layers``/``tv_layers`` are the preset's (``None``: every one; an int: that many,
+    evenly spaced).
+
+    Example::
+
+        cell_requests(model, task, QUICK, n=8, k=4, seed=0)["task_vector"]
+    """
+    common = dict(n=n, seed=seed, n_boot=preset.n_boot, folds=preset.folds)
+    extra = {
+        "layer_geometry_k0": dict(k=0, layers=preset.layers),
+        "layer_geometry_k4": dict(k=k, layers=preset.layers),
+        "task_vector": dict(k=k, tv_layers=preset.tv_layers),
+        "head_ablation": dict(
+            k=k, layers=preset.layers, n_random=preset.n_random, n_sequences=preset.n_sequences
+        ),
+    }
+    return {e: cell_request(model, task, e, **common, **extra[e]) for e in EXPERIMENTS}
+
+
 def _log_timing(path: Path, record: dict, quick: bool) -> None:
-    """Append a computed cell's wall time to ``<out_dir>/<model>/timings.csv``."""
+    """Add a computed cell's wall time to ``<out_dir>/<model>/timings.csv`` (rewritten
+    atomically; a line cut short by a killed run is dropped)."""
     row = pd.DataFrame(
         [
             {
@@ -181,4 +238,8 @@ def _log_timing(path: Path, record: dict, quick: bool) -> None:
         ]
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    row.to_csv(path, mode="a", header=not path.is_file(), index=False)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old = old[: old.rfind("\n") + 1]
+    new = row.to_csv(index=False, header=not old, lineterminator="\n")
+    write_file(path, old + new)

@@ -17,21 +17,14 @@ from ...activations import ActivationMeans, activation_means
 from ...checks import check_int
 from ...heads import HeadScores
 from ...models import load_model
+from ...outputs import check_output_dir
 from ...prompts import PromptSet, build_prompts
 from ...results import ExperimentResult, safe_name
 from ...settings import model_name
 from ...stats import N_BOOT
 from ...tasks import Task
-from ..kit import (
-    as_task,
-    cell_record,
-    cell_table,
-    check_bool,
-    check_boot,
-    check_model,
-    post_attention_norm,
-    run_cell,
-)
+from ..cells import cell_record, cell_request, cell_table, check_cells, run_cell
+from ..kit import as_task, check_bool, check_boot, check_model, post_attention_norm
 from .ablation import ablation_experiment
 from .correlation import correlation_experiment
 from .find_heads import find_task_heads, head_sets
@@ -138,6 +131,7 @@ def reproduce_trtl(
     n_boot: int | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    rerun_stale: bool = False,
 ) -> pd.DataFrame:
     """Run every TR/TL experiment on several tasks and save each result.
 
@@ -149,8 +143,11 @@ def reproduce_trtl(
     (``n`` prompts, seed ``seed + 1``, groups of ``preset.steering_batch_size`` prompts) and
     ``reconciliation_experiment``. Each result is saved (:func:`compact`: maps without
     per-prompt values) to ``out_dir/<model name>/<task>/<experiment>/``
-    (:func:`~icl_heads.experiments.kit.run_cell`). Resumable: a cell whose ``result.json``
-    exists is loaded, not recomputed.
+    (:func:`~icl_heads.experiments.cells.run_cell`), with the request that defines it
+    (:func:`cell_requests`). Resumable: a saved cell that verifies and was made with the
+    same request is loaded, not recomputed; a damaged or incomplete one is recomputed
+    (logged); a stale one (made with another request: other ``k``, ``n``, ``seed``, ...)
+    stops the run before anything is computed, unless ``rerun_stale=True``.
 
     Work shared between cells (the numbers of separate calls, the steering vectors up to
     float rounding; fewer forward passes): one :func:`~icl_heads.activation_means` pass
@@ -165,6 +162,8 @@ def reproduce_trtl(
         quick: the :data:`QUICK` preset (for CI) instead of :data:`FULL`.
         k, n, n_random, n_boot: override the preset.
         batch_size: prompts per batch (steering: ``preset.steering_batch_size``).
+        rerun_stale: recompute saved cells that were made with another request (default:
+            refuse them with a ValueError naming the fields that differ).
 
     Example::
 
@@ -179,6 +178,7 @@ def reproduce_trtl(
         model = load_model(model)
     check_model(model, "reproduce_trtl")
     check_bool(quick, "quick")
+    check_bool(rerun_stale, "rerun_stale")
     seed = check_int(seed, "seed")
     if isinstance(tasks, (str, Task)):
         tasks = [tasks]
@@ -189,10 +189,19 @@ def reproduce_trtl(
     n = check_int(n if n is not None else preset.n, "n", 2)
     n_random = check_int(n_random if n_random is not None else preset.n_random, "n_random", 1)
     n_boot = check_boot(n_boot if n_boot is not None else preset.n_boot)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out_dir {str(out_dir)!r} is a file; give a directory.")
+    out_dir = check_output_dir(out_dir, what="reproduce_trtl: out_dir")
     task_objs = [as_task(t) for t in tasks]
+    model_dir = out_dir / safe_name(model_name(model) or "model")
+    sizes = dict(k=k, n=n, seed=seed, n_random=n_random, n_boot=n_boot)
+    requests = {t.name: cell_requests(model, t, preset, **sizes) for t in task_objs}
+    check_cells(
+        [
+            (model_dir / safe_name(t.name) / name, request)
+            for t in task_objs
+            for name, request in requests[t.name].items()
+        ],
+        rerun_stale=rerun_stale,
+    )
     records: list[dict] = []
     bar = tqdm(
         total=len(task_objs) * len(EXPERIMENTS),
@@ -200,13 +209,14 @@ def reproduce_trtl(
         disable=not progress,
         unit="experiment",
     )
-    model_dir = out_dir / safe_name(model_name(model) or "model")
     for task in task_objs:
         grid = _TaskGrid(
             model,
             task,
             build_prompts(model, task, k, n, seed),
             model_dir / safe_name(task.name),
+            requests=requests[task.name],
+            rerun_stale=rerun_stale,
             records=records,
             bar=bar,
             batch_size=batch_size,
@@ -216,6 +226,41 @@ def reproduce_trtl(
         grid.run(preset, n_random=n_random, n_boot=n_boot, seed=seed)
     bar.close()
     return cell_table(records)
+
+
+def cell_requests(
+    model: HookedTransformer | str,
+    task: Task,
+    preset: Preset,
+    *,
+    k: int,
+    n: int,
+    seed: int,
+    n_random: int,
+    n_boot: int,
+) -> dict[str, dict]:
+    """The request of each cell of one task (:func:`~icl_heads.experiments.cells.cell_request`): the model, the task and its content hash, ``k``, ``n``, ``seed`` and
+    ``n_boot`` for every cell; ``n_random`` for ablation and steering; the steering
+    strengths ``alphas`` for steering; ``n_sequences`` for reconciliation. Only the cells
+    the preset runs (its ``steering_targets``).
+
+    Example::
+
+        cell_requests(model, task, QUICK, k=4, n=12, seed=0, n_random=2, n_boot=200)["ablation"]
+    """
+    common = dict(k=k, n=n, seed=seed, n_boot=n_boot)
+    extra: dict[str, dict] = {
+        "ablation": dict(n_random=n_random),
+        "reconciliation": dict(n_sequences=preset.n_sequences),
+    }
+    for target in ("zero_shot", "abstract_labels"):
+        extra[f"steering_{target}"] = dict(n_random=n_random, alphas=list(preset.alphas))
+    return {
+        name: cell_request(model, task, name, **common, **extra.get(name, {}))
+        for name in EXPERIMENTS
+        if not name.startswith("steering_")
+        or name.removeprefix("steering_") in preset.steering_targets
+    }
 
 
 class _TaskGrid:
@@ -228,6 +273,8 @@ class _TaskGrid:
         prompts: PromptSet,
         root: Path,
         *,
+        requests: dict[str, dict],
+        rerun_stale: bool,
         records: list[dict],
         bar: tqdm,
         batch_size: int,
@@ -236,6 +283,7 @@ class _TaskGrid:
     ):
         self.model, self.task, self.prompts, self.root = model, task, prompts, root
         self.records, self.bar = records, bar
+        self.requests, self.rerun_stale = requests, rerun_stale
         self.batch_size, self.device, self.progress = batch_size, device, progress
         self.means: dict[str, ActivationMeans] = {}
         self.vectors: Tensor | None = None
@@ -243,7 +291,13 @@ class _TaskGrid:
     def cell(self, name: str, make: Callable[[], ExperimentResult]) -> ExperimentResult:
         """Load or make (and save, compact) one cell."""
         path = self.root / name
-        result, status, seconds = run_cell(path, make, save=lambda r, p: compact(r).save(p))
+        result, status, seconds = run_cell(
+            path,
+            make,
+            request=self.requests[name],
+            rerun_stale=self.rerun_stale,
+            prepare=compact,
+        )
         self.records.append(
             cell_record(model_name(self.model), self.task.name, name, path, status, seconds)
         )
