@@ -231,7 +231,7 @@ def test_cell_request_records_the_task_content(sentiment_task):
     changed = type(sentiment_task)(
         sentiment_task.name, sentiment_task.examples[:-1], sentiment_task.labels
     )
-    assert cells.task_sha256(changed) != request["task_sha256"]
+    assert changed.digest != request["task_digest"]
 
 
 def test_load_cells_skips_temporary_folders(tmp_path):

@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -44,36 +43,23 @@ log = logging.getLogger(__name__)
 CELL_COLUMNS = ("model", "task", "experiment", "path", "status", "seconds")
 
 
-def task_sha256(task: Task) -> str:
-    """A hash of what a task asks the model: its name, examples, labels and template (not
-    its description), so a changed task file makes its saved cells stale.
-
-    Example::
-
-        task_sha256(ih.load_task("sentiment"))[:12]
-    """
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a Task, got {type(task).__name__}.")
-    content = [task.name, [list(e) for e in task.examples], list(task.labels), task.template]
-    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
 def cell_request(model: object, task: Task, experiment: str, **parameters: object) -> dict:
     """The request that defines one grid cell: ``model`` (its name), ``task``,
-    ``task_sha256`` (:func:`task_sha256`), ``experiment`` and the given ``parameters``
+    ``task_digest`` (:attr:`~icl_heads.tasks.Task.digest`: its examples, labels and
+    template, so a changed task file makes its saved cells stale), ``experiment`` and the given ``parameters``
     (JSON-able values: what the cell computes, not how fast: no batch size or device), in
     the plain JSON form it has in ``result.json``.
 
     Example::
 
         cell_request(model, task, "ablation", k=4, n=64, seed=0, n_boot=1000, n_random=5)
-        # {'model': 'smollm2-135m-instruct', 'task': 'sentiment', 'task_sha256': '…',
+        # {'model': 'smollm2-135m-instruct', 'task': 'sentiment', 'task_digest': '…',
         #  'experiment': 'ablation', 'k': 4, 'n': 64, 'seed': 0, ...}
     """
     request = {
         "model": model if isinstance(model, str) or model is None else model_name(model),
         "task": task.name,
-        "task_sha256": task_sha256(task),
+        "task_digest": task.digest,
         "experiment": experiment,
         **parameters,
     }
