@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,25 @@ class Head(NamedTuple):
 
 
 HeadsLike = Union[Iterable[Head], Iterable[tuple[int, int]], Tensor, "HeadScores"]
+
+
+def ranked_order(values: Tensor | np.ndarray, *, largest: bool = True) -> np.ndarray:
+    """The ranking rule of every head map: flat indices of the rankable values, best first.
+
+    NaN (not scored / undefined) is never ranked; ``+inf`` and ``-inf`` are ranked as the
+    orderings they are (above / below every number); ties keep their flat (row-major)
+    order. ``largest=False`` ranks the lowest values first (then ``-inf`` comes first).
+
+    Example::
+
+        ranked_order(torch.tensor([1.0, float("nan"), -float("inf"), 3.0]))   # [3, 0, 2]
+    """
+    if isinstance(values, Tensor):
+        values = values.detach().double().cpu().numpy()
+    x = np.asarray(values, dtype=float).reshape(-1)
+    index = np.flatnonzero(~np.isnan(x))
+    key = -x[index] if largest else x[index]
+    return index[np.argsort(key, kind="stable")]
 
 
 def default_top_k(n_layers: int, n_heads: int, fraction: float = 0.03) -> int:
@@ -138,12 +158,21 @@ class HeadScores:
     def top(
         self, k: int | None = None, *, largest: bool = True, by_abs: bool = False
     ) -> list[Head]:
-        """The ``k`` best heads, best first (NaN scores never ranked).
+        """The ``k`` best heads, best first (:func:`ranked_order`: NaN never ranked, ``+inf``
+        above every number, ``-inf`` below, ties in row-major order).
 
         Args:
             k: how many; default ``self.top_k``, else 3% of all heads (at least 1).
             largest: rank high scores first (``False``: lowest first).
             by_abs: rank by absolute value.
+
+        Returns:
+            ``min(k, rankable heads)`` heads; with fewer rankable (non-NaN) heads than ``k``
+            the rankable ones, with a ``UserWarning`` that names the map.
+
+        Raises:
+            ValueError: ``k >= 1`` and no head is rankable (every score NaN): an empty head
+                set would make an "intervention" that changes nothing.
         """
         k = check_top_k(
             self.top_k if k is None else k,
@@ -152,32 +181,42 @@ class HeadScores:
             allow_zero=True,
             what="top(k): k",
         )
-        flat = self.scores.flatten()
-        values = flat.abs() if by_abs else flat
-        values = values if largest else -values
-        valid = ~torch.isnan(values)
-        k = min(k, int(valid.sum()))
-        values = torch.where(valid, values, torch.tensor(-math.inf))
-        order = torch.argsort(values, descending=True, stable=True)[:k]
-        return [Head(int(i) // self.n_heads, int(i) % self.n_heads) for i in order]
+        values = self.scores.abs() if by_abs else self.scores
+        order = ranked_order(values, largest=largest)
+        if k and not len(order):
+            raise ValueError(
+                f"HeadScores {self.name!r} has no rankable head: all {self.scores.numel()} "
+                f"scores are NaN (not scored), so top({k}) would be an empty head set. "
+                "Check how the map was made (e.g. TL scores whose heads all fall below "
+                "the TR floor)."
+            )
+        if k > len(order):
+            warnings.warn(
+                f"HeadScores {self.name!r}: top({k}) asked for {k} heads but only "
+                f"{len(order)} are rankable ({self.scores.numel() - len(order)} NaN); "
+                f"returning {len(order)}.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return [Head(int(i) // self.n_heads, int(i) % self.n_heads) for i in order[:k]]
 
     def mask(self, k: int | None = None, **kwargs) -> Bool[Tensor, "layer head"]:
-        """Boolean ``[n_layers, n_heads]`` mask of ``top(k)``."""
+        """Boolean ``[n_layers, n_heads]`` mask of ``top(k)`` (same rules and errors)."""
         return heads_to_mask(self.top(k, **kwargs), self.n_layers, self.n_heads)
 
     def rank(self) -> Float[Tensor, "layer head"]:
-        """Rank of every head (1 = highest score; NaN stays NaN)."""
+        """Rank of every head in :meth:`top`'s order: ``1`` for the highest score up to the
+        number of rankable heads (``+inf`` first, ``-inf`` last, ties in row-major order);
+        NaN scores get rank NaN."""
         flat = self.scores.flatten()
-        order = torch.argsort(
-            torch.where(torch.isnan(flat), -math.inf, flat), descending=True, stable=True
-        )
-        ranks = torch.empty_like(flat)
-        ranks[order] = torch.arange(1, flat.numel() + 1, dtype=flat.dtype)
-        ranks[torch.isnan(flat)] = math.nan
+        ranks = torch.full_like(flat, math.nan)
+        order = torch.as_tensor(ranked_order(flat), dtype=torch.long)
+        ranks[order] = torch.arange(1, len(order) + 1, dtype=flat.dtype)
         return ranks.reshape(self.scores.shape)
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy DataFrame: one row per head with ``layer, head, label, <name>, rank``."""
+        """Tidy DataFrame: one row per head with ``layer, head, label, <name>, rank``
+        (:meth:`rank`: NaN for unscored heads)."""
         L, H = self.scores.shape
         layers = torch.arange(L).repeat_interleave(H)
         heads = torch.arange(H).repeat(L)
@@ -313,7 +352,9 @@ class HeadScores:
         return head_heatmap(self, **kwargs)
 
     def __repr__(self) -> str:
-        top = ", ".join(f"{h}={self[h]:.3g}" for h in self.top(min(3, self.scores.numel())))
+        best = ranked_order(self.scores)[:3]  # never raises nor warns (an all-NaN map)
+        heads = [Head(*divmod(int(i), self.n_heads)) for i in best]
+        top = ", ".join(f"{h}={self[h]:.3g}" for h in heads)
         return (
             f"HeadScores(name={self.name!r}, shape={tuple(self.scores.shape)}, top=[{top}], "
             f"settings={self.settings})"

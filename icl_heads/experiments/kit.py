@@ -187,9 +187,24 @@ class Condition:
         return heads_label(self.heads)
 
 
-def head_set(model: HookedTransformer, heads: HeadsLike, name: str) -> list[Head]:
-    """One head set as a sorted list, with clear errors (too many, repeated, out of range)."""
+def head_set(
+    model: HookedTransformer, heads: HeadsLike, name: str, *, top_k: int | None = None
+) -> list[Head]:
+    """One head set as a sorted list, with clear errors (too many, repeated, out of range).
+
+    A ``HeadScores`` gives its ``top(top_k)`` (NaN never ranked); a map that gives no head
+    (every score NaN, or ``top_k=0``) is an error naming the set and the map, never an
+    empty set whose "ablated" rows would silently equal the baseline. An explicit empty list
+    stays an empty set (a check that the intervention changes nothing).
+
+    Example::
+
+        head_set(model, tr, "TR")                 # tr.top(): its default k heads
+        head_set(model, [(1, 0), (0, 2)], "mine")  # [Head(0, 2), Head(1, 0)]
+    """
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    if isinstance(heads, HeadScores):
+        heads = _map_to_set(model, heads, name, top_k)
     if isinstance(heads, (list, tuple)):
         if len(heads) > L * H:
             raise ValueError(
@@ -215,7 +230,8 @@ def named_sets(
     """The named head sets of an experiment, checked: ``{name: sorted heads}``.
 
     Values may be any head selection (``Head`` lists, ``(layer, head)`` pairs, a boolean
-    mask) or a ``HeadScores`` (its ``top(top_k)``). Names must be non-empty, must not be
+    mask) or a ``HeadScores`` (its ``top(top_k)``; a map with no rankable head is an error,
+    see :func:`head_set`). Names must be non-empty, must not be
     ``"baseline"``, start with ``"random"`` or contain ``" - "`` (those name controls and
     contrasts).
     """
@@ -244,17 +260,37 @@ def named_sets(
                 f"{BASELINE!r}, not starting with 'random' nor containing ' - ' "
                 f"(used for controls and contrasts); got {name!r}."
             )
-        if isinstance(value, HeadScores):
-            value = value.top(top_k)
-        out[name] = head_set(model, value, name)
+        out[name] = head_set(model, value, name, top_k=top_k)
     return out
+
+
+def _map_to_set(model: HookedTransformer, scores: HeadScores, name: str, top_k: int | None):
+    """``scores.top(top_k)`` as head set ``name``: errors name the set and the map."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if (scores.n_layers, scores.n_heads) != (L, H):
+        raise ValueError(
+            f"Head set {name!r}: the HeadScores map {scores.name!r} has shape "
+            f"[{scores.n_layers}, {scores.n_heads}]; this model has [n_layers, n_heads] = "
+            f"[{L}, {H}]. Use a map made on this model."
+        )
+    try:
+        heads = scores.top(top_k)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"Head set {name!r}: {err}") from None
+    if not heads:
+        raise ValueError(
+            f"Head set {name!r}: the HeadScores map {scores.name!r} gives no head "
+            f"(top_k={top_k!r}); ablating an empty set would silently equal the baseline. "
+            "Give top_k >= 1."
+        )
+    return heads
 
 
 def check_random(
     n_random: object, random_like: object, named: Mapping[str, list]
 ) -> tuple[int, tuple[str, ...]]:
     """``(n_random, random_like)`` checked: the sets that get random controls (default every
-    non-empty named set) and how many controls each."""
+    non-empty named set; naming an empty set is an error) and how many controls each."""
     n_random = check_int(n_random, "n_random", 0)
     if random_like is None:
         random_like = tuple(name for name, hs in named.items() if hs)
@@ -267,6 +303,11 @@ def check_random(
         if name not in named:
             raise ValueError(
                 f"random_like names {name!r}, which is not one of the head sets {list(named)}."
+            )
+        if not named[name]:
+            raise ValueError(
+                f"random_like names {name!r}, an empty head set: its random controls would "
+                "be empty too (rows equal to the baseline). Leave it out of random_like."
             )
     if random_like and n_random == 0:
         raise ValueError(
