@@ -88,6 +88,13 @@ def label_attention_scores(
         positions = b.prompts.demo_label_positions  # [b, k]
         index = positions[:, None, None, :].expand(*query_rows.shape[:3], positions.shape[1])
         to_labels = query_rows.gather(-1, index)  # [b, L, H, k]
+        if not bool(torch.isfinite(to_labels).all()):
+            bad = (~torch.isfinite(to_labels)).flatten(1).any(-1).nonzero().flatten()
+            raise ValueError(
+                f"label_attention_scores: the attention of {len(bad)} prompts to their "
+                f"label tokens holds NaN or inf (first: prompt {int(b.index[bad[0]])}); the "
+                "run or an intervention made it non-finite, and it cannot be scored."
+            )
         is_gold = (b.prompts.demo_labels == b.prompts.gold[:, None]).to(to_labels.dtype)
         masses.append(to_labels.sum(-1).cpu())
         golds.append((to_labels * is_gold[:, None, None]).sum(-1).cpu())

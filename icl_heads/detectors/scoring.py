@@ -96,6 +96,9 @@ def score_patterns(
     - ``"rows"``: ``mean_{i in R} (sum_j A'[i,j] D[i,j]) / (sum_j A'[i,j])`` with
       ``R = {i : any_j D[i,j] & keep[i,j]}``; NaN when ``R`` is empty.
     - ``"detect_head"``: ``sum_ij A' * D / sum_ij A'`` (TransformerLens "mul").
+
+    A pattern that is not finite at a kept entry (a broken run) is a ValueError, never a
+    NaN score averaged away.
     """
     return _score(pattern, _Targets.of(detection, keep), normalize)
 
@@ -125,6 +128,13 @@ def _score(pattern: Tensor, targets: _Targets, normalize: Normalize) -> Tensor:
     them per row instead of multiplying dense ``[query, key]`` matrices."""
     batch, heads, queries, _ = pattern.shape
     masked = torch.where(targets.keep[:, None], pattern, 0.0)  # also drops NaN padding rows
+    if not bool(torch.isfinite(masked).all()):
+        bad = (~torch.isfinite(masked)).flatten(1).any(-1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"The attention patterns of {len(bad)} of {batch} sequences hold NaN or inf at "
+            f"real positions (first: batch row {bad[0]}); the run or an intervention made "
+            "them non-finite, and they cannot be scored."
+        )
     b, d, q, k = targets.index
     hits = pattern.new_zeros(batch, targets.n_detectors, queries, heads)
     hits.index_put_((b, d, q), masked[b, :, q, k], accumulate=True)

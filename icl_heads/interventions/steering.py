@@ -58,7 +58,6 @@ def check_finite_vector(vector: Tensor, fn: str, where: str) -> None:
         )
 
 
-
 @dataclass(frozen=True, eq=False)
 class Steer(Intervention):
     """Add ``alpha * vector`` to an activation at chosen positions (see :func:`steer`)."""
