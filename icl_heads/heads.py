@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .checks import check_int
 from .settings import Settings
+from .stats import ranked_order
 
 #: Written into every saved ``HeadScores`` file; ``load`` refuses files without it.
 FILE_FORMAT = "icl-heads.HeadScores/1"
@@ -39,25 +40,6 @@ class Head(NamedTuple):
 
 
 HeadsLike = Union[Iterable[Head], Iterable[tuple[int, int]], Tensor, "HeadScores"]
-
-
-def ranked_order(values: Tensor | np.ndarray, *, largest: bool = True) -> np.ndarray:
-    """The ranking rule of every head map: flat indices of the rankable values, best first.
-
-    NaN (not scored / undefined) is never ranked; ``+inf`` and ``-inf`` are ranked as the
-    orderings they are (above / below every number); ties keep their flat (row-major)
-    order. ``largest=False`` ranks the lowest values first (then ``-inf`` comes first).
-
-    Example::
-
-        ranked_order(torch.tensor([1.0, float("nan"), -float("inf"), 3.0]))   # [3, 0, 2]
-    """
-    if isinstance(values, Tensor):
-        values = values.detach().double().cpu().numpy()
-    x = np.asarray(values, dtype=float).reshape(-1)
-    index = np.flatnonzero(~np.isnan(x))
-    key = -x[index] if largest else x[index]
-    return index[np.argsort(key, kind="stable")]
 
 
 def default_top_k(n_layers: int, n_heads: int, fraction: float = 0.03) -> int:
@@ -418,6 +400,34 @@ def heads_to_mask(heads: HeadsLike, n_layers: int, n_heads: int) -> Bool[Tensor,
             )
         mask[layer, head] = True
     return mask
+
+
+def map_head_set(
+    scores: HeadScores, n_layers: int, n_heads: int, k: int | None = None, *, what: str
+) -> list[Head]:
+    """``scores.top(k)`` as a head set of a ``[n_layers, n_heads]`` model, never empty:
+    errors (a map of another shape, no rankable head, ``k=0``) start with ``what``.
+
+    Example::
+
+        map_head_set(tr, model.cfg.n_layers, model.cfg.n_heads, 8, what="Head set 'TR'")
+    """
+    if (scores.n_layers, scores.n_heads) != (n_layers, n_heads):
+        raise ValueError(
+            f"{what}: the HeadScores map {scores.name!r} has shape [{scores.n_layers}, "
+            f"{scores.n_heads}]; this model has [n_layers, n_heads] = [{n_layers}, "
+            f"{n_heads}]. Use a map made on this model."
+        )
+    try:
+        heads = scores.top(k)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{what}: {err}") from None
+    if not heads:
+        raise ValueError(
+            f"{what}: the HeadScores map {scores.name!r} gives no head (k={k!r}); an "
+            "intervention on an empty set would silently equal the baseline. Give k >= 1."
+        )
+    return heads
 
 
 def _head_pair(item) -> tuple[int, int]:

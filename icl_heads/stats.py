@@ -29,8 +29,6 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
-from .heads import ranked_order
-
 #: Bootstrap resamples used unless a function is told otherwise.
 N_BOOT = 1000
 LEVEL = 0.95
@@ -57,6 +55,25 @@ def _as_array(values, name: str, *, allow_inf: bool = False) -> np.ndarray:
                 "inf is undefined. Drop them, or mark them missing with NaN."
             )
     return arr
+
+
+def ranked_order(values: Tensor | np.ndarray, *, largest: bool = True) -> np.ndarray:
+    """The ranking rule of every head map: flat indices of the rankable values, best first.
+
+    NaN (not scored / undefined) is never ranked; ``+inf`` and ``-inf`` are ranked as the
+    orderings they are (above / below every number); ties keep their flat (row-major)
+    order. ``largest=False`` ranks the lowest values first (then ``-inf`` comes first).
+
+    Example::
+
+        ranked_order(torch.tensor([1.0, float("nan"), -float("inf"), 3.0]))   # [3, 0, 2]
+    """
+    if isinstance(values, Tensor):
+        values = values.detach().double().cpu().numpy()
+    x = np.asarray(values, dtype=float).reshape(-1)
+    index = np.flatnonzero(~np.isnan(x))
+    key = -x[index] if largest else x[index]
+    return index[np.argsort(key, kind="stable")]
 
 
 def _check(n_boot: int, level: float, seed: int) -> None:
@@ -368,7 +385,7 @@ def _top_set(x: np.ndarray, k: int) -> set[int]:
 def top_k_overlap(a: Tensor | np.ndarray, b: Tensor | np.ndarray, k: int) -> float:
     """Fraction of the top-``k`` heads of map ``a`` that are also in the top-``k`` of ``b``:
     ``|top_k(a) & top_k(b)| / k``, ranked as :meth:`HeadScores.top` ranks
-    (:func:`~icl_heads.heads.ranked_order`: NaN never ranked, ``+-inf`` ranked, ties to the
+    (:func:`ranked_order`: NaN never ranked, ``+-inf`` ranked, ties to the
     lower flat index).
 
     Raises:

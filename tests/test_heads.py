@@ -45,15 +45,25 @@ def test_top_ranks_best_first_and_skips_nan(scores):
     assert scores.top(3) == [Head(1, 2), Head(0, 1), Head(2, 0)]  # tie: row-major order
     assert scores.top(3, largest=False) == [Head(0, 2), Head(2, 2), Head(1, 3)]
     assert scores.top(2, by_abs=True) == [Head(1, 2), Head(0, 2)]
-    assert Head(1, 1) not in scores.top(12)
-    assert len(scores.top(100)) == 11  # NaN never ranked, k clipped
+    with pytest.warns(UserWarning, match="only 11 are rankable"):
+        assert Head(1, 1) not in scores.top(12)
+    with pytest.warns(UserWarning, match="'tl_score'"):
+        assert len(scores.top(100)) == 11  # NaN never ranked, k clipped
     assert scores.top(0) == []
     assert scores.top() == [Head(1, 2)]  # default: 3% of 12 heads -> 1
     assert scores[Head(1, 2)] == 9.0 and scores[(0, 2)] == -7.0
 
 
-def test_top_of_an_all_nan_map_is_empty():
-    assert HeadScores(torch.full((2, 2), NAN)).top(3) == []
+def test_top_of_an_all_nan_map_is_an_error_not_an_empty_set():
+    # was: top(3) == [] (issue 22: an all-NaN map became an empty head set whose
+    # "ablated" rows silently equal the baseline); top(0) is still the empty set
+    blank = HeadScores(torch.full((2, 2), NAN), name="tl_score")
+    with pytest.raises(ValueError, match="'tl_score' has no rankable head"):
+        blank.top(3)
+    with pytest.raises(ValueError, match="no rankable head"):
+        blank.mask(1)
+    assert blank.top(0) == []
+    assert "top=[]" in repr(blank)  # repr never raises
 
 
 def test_mask_and_mask_to_heads_round_trip(scores):

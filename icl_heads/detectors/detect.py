@@ -19,7 +19,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from ..heads import check_top_k, default_top_k, ranked_order
+from ..heads import check_top_k, default_top_k
+from ..stats import ranked_order
 from ..prompts import PromptSet, check_prompt_set
 from .label_attention import label_attention_scores
 from .scoring import DETECTORS, Normalize

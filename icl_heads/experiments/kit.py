@@ -43,7 +43,15 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ..checks import check_int
-from ..heads import Head, HeadScores, HeadsLike, heads_to_mask, mask_to_heads, random_head_sets
+from ..heads import (
+    Head,
+    HeadScores,
+    HeadsLike,
+    heads_to_mask,
+    map_head_set,
+    mask_to_heads,
+    random_head_sets,
+)
 from ..metrics import BEHAVIOUR
 from ..prompt_set import check_model as check_prompt_model
 from ..prompts import PromptSet, check_prompt_set
@@ -191,20 +199,11 @@ def head_set(
     model: HookedTransformer, heads: HeadsLike, name: str, *, top_k: int | None = None
 ) -> list[Head]:
     """One head set as a sorted list, with clear errors (too many, repeated, out of range).
-
-    A ``HeadScores`` gives its ``top(top_k)`` (NaN never ranked); a map that gives no head
-    (every score NaN, or ``top_k=0``) is an error naming the set and the map, never an
-    empty set whose "ablated" rows would silently equal the baseline. An explicit empty list
-    stays an empty set (a check that the intervention changes nothing).
-
-    Example::
-
-        head_set(model, tr, "TR")                 # tr.top(): its default k heads
-        head_set(model, [(1, 0), (0, 2)], "mine")  # [Head(0, 2), Head(1, 0)]
-    """
+    A ``HeadScores`` gives its ``top(top_k)``, never an empty set (:func:`map_head_set`);
+    an explicit empty list stays empty (a check that the intervention changes nothing)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if isinstance(heads, HeadScores):
-        heads = _map_to_set(model, heads, name, top_k)
+        heads = map_head_set(heads, L, H, top_k, what=f"Head set {name!r}")
     if isinstance(heads, (list, tuple)):
         if len(heads) > L * H:
             raise ValueError(
@@ -262,28 +261,6 @@ def named_sets(
             )
         out[name] = head_set(model, value, name, top_k=top_k)
     return out
-
-
-def _map_to_set(model: HookedTransformer, scores: HeadScores, name: str, top_k: int | None):
-    """``scores.top(top_k)`` as head set ``name``: errors name the set and the map."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    if (scores.n_layers, scores.n_heads) != (L, H):
-        raise ValueError(
-            f"Head set {name!r}: the HeadScores map {scores.name!r} has shape "
-            f"[{scores.n_layers}, {scores.n_heads}]; this model has [n_layers, n_heads] = "
-            f"[{L}, {H}]. Use a map made on this model."
-        )
-    try:
-        heads = scores.top(top_k)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"Head set {name!r}: {err}") from None
-    if not heads:
-        raise ValueError(
-            f"Head set {name!r}: the HeadScores map {scores.name!r} gives no head "
-            f"(top_k={top_k!r}); ablating an empty set would silently equal the baseline. "
-            "Give top_k >= 1."
-        )
-    return heads
 
 
 def check_random(
