@@ -20,8 +20,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ..heads import check_top_k, default_top_k
-from ..stats import ranked_order
 from ..prompts import PromptSet, check_prompt_set
+from ..stats import ranked_order
 from .label_attention import label_attention_scores
 from .scoring import DETECTORS, Normalize
 from .sequences import Sequences, resolve_n_sequences
