@@ -211,9 +211,9 @@ def nanmean(values, axis: int | None = None) -> np.ndarray:
     in IEEE arithmetic (a mean with ``+inf`` is ``+inf``, with both signs NaN)."""
     x = np.asarray(values, dtype=float)
     ok = ~np.isnan(x)
-    total = np.where(ok, x, 0.0).sum(axis=axis)
     count = ok.sum(axis=axis)
     with np.errstate(all="ignore"):
+        total = np.where(ok, x, 0.0).sum(axis=axis)
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 

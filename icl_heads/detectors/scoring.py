@@ -208,9 +208,33 @@ def pattern_reducer(
             normalize=normalize,
         )
         targets = _Targets.of(detection, keep)
-        return lambda pattern, name: _score(pattern, targets, normalize)
+        real = _real_mask(batch.tokens, batch.attention_mask)
 
+        def score(pattern: Tensor, name: str) -> Tensor:
+            if not sinks:
+                check_pattern_rows(pattern.sum(-1), real[:, None], name)
+            return _score(pattern, targets, normalize)
+
+        return score
+
+    sinks = bool(getattr(model.cfg, "use_attention_sinks", False))
     return for_batch
+
+
+def check_pattern_rows(row_sums: Tensor, real: Tensor, where: str) -> None:
+    """A ValueError when a real query row of an attention pattern sums to exactly 0:
+    TransformerLens replaces a NaN pattern by zeros, so such a row is a broken run (a NaN
+    intervention, float16 overflow), never a score of 0. (Models with attention sinks may
+    give a row little mass; the caller skips them.)"""
+    dead = (row_sums == 0) & real
+    if bool(dead.any()):
+        rows = dead.flatten(1).any(-1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"{where}: the attention of {len(rows)} of {row_sums.shape[0]} sequences is zero "
+            f"in a whole real row (first: batch row {rows[0]}); TransformerLens zeroes NaN "
+            "patterns, so the run or an intervention made them non-finite, and they cannot "
+            "be scored."
+        )
 
 
 def tokenizer_bos_id(model: HookedTransformer) -> int | None:
