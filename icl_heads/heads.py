@@ -149,12 +149,10 @@ class HeadScores:
             by_abs: rank by absolute value.
 
         Returns:
-            ``min(k, rankable heads)`` heads; with fewer rankable (non-NaN) heads than ``k``
-            the rankable ones, with a ``UserWarning`` that names the map.
-
-        Raises:
-            ValueError: ``k >= 1`` and no head is rankable (every score NaN): an empty head
-                set would make an "intervention" that changes nothing.
+            ``min(k, rankable heads)`` heads. With fewer rankable (non-NaN) heads than ``k``
+            the rankable ones, with a ``UserWarning`` that names the map; an all-NaN map
+            gives ``[]`` (with the warning). Where a map becomes a head set to intervene
+            on, an empty result is an error instead (:func:`map_head_set`, :meth:`mask`).
         """
         k = check_top_k(
             self.top_k if k is None else k,
@@ -165,13 +163,6 @@ class HeadScores:
         )
         values = self.scores.abs() if by_abs else self.scores
         order = ranked_order(values, largest=largest)
-        if k and not len(order):
-            raise ValueError(
-                f"HeadScores {self.name!r} has no rankable head: all {self.scores.numel()} "
-                f"scores are NaN (not scored), so top({k}) would be an empty head set. "
-                "Check how the map was made (e.g. TL scores whose heads all fall below "
-                "the TR floor)."
-            )
         if k > len(order):
             warnings.warn(
                 f"HeadScores {self.name!r}: top({k}) asked for {k} heads but only "
@@ -183,8 +174,12 @@ class HeadScores:
         return [Head(int(i) // self.n_heads, int(i) % self.n_heads) for i in order[:k]]
 
     def mask(self, k: int | None = None, **kwargs) -> Bool[Tensor, "layer head"]:
-        """Boolean ``[n_layers, n_heads]`` mask of ``top(k)`` (same rules and errors)."""
-        return heads_to_mask(self.top(k, **kwargs), self.n_layers, self.n_heads)
+        """Boolean ``[n_layers, n_heads]`` mask of ``top(k)``: a head set, so never empty
+        (a map with no rankable head, or ``k=0``: ValueError, :func:`map_head_set`)."""
+        heads = map_head_set(
+            self, self.n_layers, self.n_heads, k, what=f"{self.name}.mask", **kwargs
+        )
+        return heads_to_mask(heads, self.n_layers, self.n_heads)
 
     def rank(self) -> Float[Tensor, "layer head"]:
         """Rank of every head in :meth:`top`'s order: ``1`` for the highest score up to the
@@ -403,10 +398,17 @@ def heads_to_mask(heads: HeadsLike, n_layers: int, n_heads: int) -> Bool[Tensor,
 
 
 def map_head_set(
-    scores: HeadScores, n_layers: int, n_heads: int, k: int | None = None, *, what: str
+    scores: HeadScores,
+    n_layers: int,
+    n_heads: int,
+    k: int | None = None,
+    *,
+    what: str,
+    **top_kwargs,
 ) -> list[Head]:
-    """``scores.top(k)`` as a head set of a ``[n_layers, n_heads]`` model, never empty:
-    errors (a map of another shape, no rankable head, ``k=0``) start with ``what``.
+    """``scores.top(k, **top_kwargs)`` as a head set of a ``[n_layers, n_heads]`` model,
+    never empty: errors (a map of another shape, no rankable head, ``k=0``) start with
+    ``what``. An empty set would make an intervention that silently changes nothing.
 
     Example::
 
@@ -418,16 +420,21 @@ def map_head_set(
             f"{scores.n_heads}]; this model has [n_layers, n_heads] = [{n_layers}, "
             f"{n_heads}]. Use a map made on this model."
         )
-    try:
-        heads = scores.top(k)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{what}: {err}") from None
-    if not heads:
+    if k is not None or scores.top_k is not None:
+        try:
+            check_top_k(scores.top_k if k is None else k, n_layers, n_heads, what="k")
+        except (TypeError, ValueError) as err:
+            raise type(err)(
+                f"{what}: the HeadScores map {scores.name!r} gives no head set: {err}"
+            ) from None
+    if not bool((~torch.isnan(scores.scores)).any()):
         raise ValueError(
-            f"{what}: the HeadScores map {scores.name!r} gives no head (k={k!r}); an "
-            "intervention on an empty set would silently equal the baseline. Give k >= 1."
+            f"{what}: the HeadScores map {scores.name!r} has no rankable head (all "
+            f"{scores.scores.numel()} scores are NaN), so its head set would be empty and "
+            "an intervention on it would silently equal the baseline. Check how the map "
+            "was made (e.g. TL scores whose heads all fall below the TR floor)."
         )
-    return heads
+    return scores.top(k, **top_kwargs)
 
 
 def _head_pair(item) -> tuple[int, int]:

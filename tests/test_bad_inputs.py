@@ -1283,34 +1283,28 @@ def _blank(name="tl_score"):
 
 H3_CASES = [
     (
-        "top of an all-NaN map",
-        lambda e: _blank().top(2),
-        ValueError,
-        r"'tl_score' has no rankable head",
-    ),
-    (
         "mask of an all-NaN map",
         lambda e: _blank().mask(1),
         ValueError,
         r"'tl_score' has no rankable head",
     ),
     (
-        "ablate an all-NaN map",
-        lambda e: ih.ablate(e["m"], _blank()),
+        "ablate the mask of an all-NaN map",
+        lambda e: ih.ablate(e["m"], _blank().mask()),
         ValueError,
-        r"'tl_score' has no rankable head",
+        r"tl_score.mask: the HeadScores map 'tl_score' has no rankable head",
     ),
     (
         "named set from an all-NaN map",
         lambda e: kit.named_sets(e["m"], {"TL": _blank()}),
         ValueError,
-        r"Head set 'TL': .*'tl_score' has no rankable head",
+        r"Head set 'TL': the HeadScores map 'tl_score' has no rankable head",
     ),
     (
         "named set from a map with top_k=0",
         lambda e: kit.named_sets(e["m"], {"TR": e["s"]}, top_k=0),
         ValueError,
-        r"Head set 'TR': the HeadScores map 's' gives no head \(k=0\)",
+        r"Head set 'TR': the HeadScores map 's' gives no head set: k must be >= 1, got 0",
     ),
     (
         "head_set from a map of another shape",

@@ -56,16 +56,19 @@ def test_top_ranks_best_first_and_skips_nan(scores):
     assert scores[Head(1, 2)] == 9.0 and scores[(0, 2)] == -7.0
 
 
-def test_top_of_an_all_nan_map_is_an_error_not_an_empty_set():
-    # was: top(3) == [] (issue 22: an all-NaN map became an empty head set whose
-    # "ablated" rows silently equal the baseline); top(0) is still the empty set
+def test_top_of_an_all_nan_map_is_empty():
+    with pytest.warns(UserWarning, match="only 0 are rankable"):
+        assert HeadScores(torch.full((2, 2), NAN)).top(3) == []
+
+
+def test_an_all_nan_map_never_becomes_an_empty_head_set():
+    # issue 22: an all-NaN map became an empty head set whose "ablated" rows silently
+    # equal the baseline; as a set (mask, map_head_set, the kit) it is an error
     blank = HeadScores(torch.full((2, 2), NAN), name="tl_score")
-    with pytest.raises(ValueError, match="'tl_score' has no rankable head"):
-        blank.top(3)
-    with pytest.raises(ValueError, match="no rankable head"):
+    with pytest.raises(ValueError, match="tl_score.mask: the HeadScores map 'tl_score' has no"):
         blank.mask(1)
     assert blank.top(0) == []
-    assert "top=[]" in repr(blank)  # repr never raises
+    assert "top=[]" in repr(blank)  # repr never raises nor warns
 
 
 def test_mask_and_mask_to_heads_round_trip(scores):
@@ -271,7 +274,7 @@ def test_map_head_set_is_never_empty():
     assert map_head_set(s, 2, 2, 1, what="Head set 'A'") == [Head(0, 0)]
     with pytest.raises(ValueError, match="Head set 'A': the HeadScores map 'm' gives no head"):
         map_head_set(s, 2, 2, 0, what="Head set 'A'")
-    with pytest.raises(ValueError, match="Head set 'A': HeadScores 'm' has no rankable head"):
+    with pytest.raises(ValueError, match="Head set 'A': the HeadScores map 'm' has no rankable"):
         map_head_set(HeadScores(torch.full((2, 2), NAN), name="m"), 2, 2, 1, what="Head set 'A'")
     with pytest.raises(ValueError, match=r"has shape \[2, 2\]; this model has"):
         map_head_set(s, 3, 2, 1, what="Head set 'A'")
