@@ -1262,6 +1262,7 @@ def test_cli_out_under_a_file(capsys, tmp_path):
 
 from icl_heads import metrics, stats  # noqa: E402
 from icl_heads.attribution import subspace_basis  # noqa: E402
+from icl_heads.detectors.scoring import detection_patterns, score_patterns  # noqa: E402
 from icl_heads.experiments import kit, trtl  # noqa: E402
 
 
@@ -1471,6 +1472,19 @@ H3_CASES = [
         ),
         ValueError,
         r"label_attention_scores: the attention of 10 of 10 sequences is zero",
+    ),
+    (
+        "score_patterns with a NaN at a kept entry",
+        lambda e: score_patterns(
+            torch.full((1, 2, 4, 4), 0.25).index_put_(
+                (torch.tensor([0]), torch.tensor([1]), torch.tensor([3]), torch.tensor([0])),
+                torch.tensor(math.nan),
+            ),
+            detection_patterns(torch.tensor([[1, 2, 1, 2]])),
+            torch.ones(1, 4, 4, dtype=torch.bool),
+        ),
+        ValueError,
+        r"attention patterns of 1 of 1 sequences hold NaN or inf at real positions",
     ),
     (
         "detect_heads threshold NaN",

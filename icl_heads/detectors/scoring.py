@@ -128,8 +128,9 @@ def _score(pattern: Tensor, targets: _Targets, normalize: Normalize) -> Tensor:
     them per row instead of multiplying dense ``[query, key]`` matrices."""
     batch, heads, queries, _ = pattern.shape
     masked = torch.where(targets.keep[:, None], pattern, 0.0)  # also drops NaN padding rows
-    if not bool(torch.isfinite(masked).all()):
-        bad = (~torch.isfinite(masked)).flatten(1).any(-1).nonzero().flatten().tolist()
+    mass = masked.sum(-1)  # [batch, head, query]; NaN / inf iff a kept entry is
+    if not bool(torch.isfinite(mass).all()):
+        bad = (~torch.isfinite(mass)).flatten(1).any(-1).nonzero().flatten().tolist()
         raise ValueError(
             f"The attention patterns of {len(bad)} of {batch} sequences hold NaN or inf at "
             f"real positions (first: batch row {bad[0]}); the run or an intervention made "
@@ -141,7 +142,7 @@ def _score(pattern: Tensor, targets: _Targets, normalize: Normalize) -> Tensor:
     hits = hits.transpose(-1, -2)  # [batch, detector, head, query]
     if normalize == "detect_head":
         return hits.sum(-1) / masked.sum((-1, -2))[:, None]
-    row_scores = hits / masked.sum(-1)[:, None].clamp_min(_TINY)
+    row_scores = hits / mass[:, None].clamp_min(_TINY)
     applies = targets.applies.to(pattern.dtype)
     return (row_scores * applies).sum(-1) / applies.sum(-1)  # 0/0 = NaN: nothing applies
 
