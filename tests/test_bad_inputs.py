@@ -1392,6 +1392,21 @@ H3_CASES = [
         r"vector for head L0H3 holds 8 NaN or inf",
     ),
     (
+        "steering experiment with a NaN head vector",
+        lambda e: trtl.steering_experiment(
+            e["m"],
+            e["p"],
+            e["p"],
+            {"TR": [(1, 0)]},
+            (0, 1),
+            n_random=1,
+            vectors=torch.zeros(2, 4, 32).index_fill_(2, torch.tensor([3]), math.nan),
+            progress=False,
+        ),
+        ValueError,
+        r"steer: vector for head L1H0 holds 1 NaN or inf value\(s\) .*entry 3",
+    ),
+    (
         "inject NaN task vector",
         lambda e: ih.inject_task_vector(e["m"], torch.full((32,), math.nan), 1),
         ValueError,
