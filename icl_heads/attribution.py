@@ -125,8 +125,13 @@ def subspace_basis(
             f"directions must be a [d_model, n] matrix with n >= 1, got shape "
             f"{tuple(directions.shape)}."
         )
-    if not torch.isfinite(directions).all():
-        raise ValueError("directions contain NaN or inf values.")
+    bad = ~torch.isfinite(directions)
+    if bool(bad.any()):
+        columns = bad.any(0).nonzero().flatten().tolist()
+        raise ValueError(
+            f"directions hold {int(bad.sum())} NaN or inf value(s) in column(s) {columns} "
+            "(one column per label direction); give finite directions."
+        )
     W = directions.detach().double()
     U, S, _ = torch.linalg.svd(W, full_matrices=False)
     if rtol is None:

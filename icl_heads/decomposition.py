@@ -94,7 +94,8 @@ def iter_query_terms(
     Terms: ``head`` ``[b, L, H, d]`` always; with ``full`` also ``embed`` ``[b, d]``,
     ``pos_embed`` ``[b, d]`` (learned positions only), ``attn_bias`` ``[b, L, d]`` and
     ``mlp`` ``[b, L, d]``. With ``apply_ln`` every term is centred (LayerNorm) and divided
-    by the final norm's cached scale.
+    by the final norm's cached scale. A term that is NaN or inf (a broken run) is a
+    ValueError naming the prompt (and head).
     """
     check_additive(model)
     cfg = model.cfg
@@ -161,7 +162,24 @@ def iter_query_terms(
         if norm is not None:
             scale = acts["ln_final.hook_scale"].reshape(-1)  # [b]
             terms = {k: _apply_scale(v, scale, centre) for k, v in terms.items()}
+        _check_finite_terms(batch, terms)
         yield batch, terms
+
+
+def _check_finite_terms(batch: Batch, terms: dict[str, Tensor]) -> None:
+    """A ValueError naming the term, the prompt (and head) when a term is NaN or inf: a
+    broken run never becomes a NaN score that ranking then skips."""
+    for name, value in terms.items():
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            where = bad.reshape(*bad.shape[: 3 if name == "head" else 1], -1).any(-1)
+            first = where.nonzero()[0].tolist()
+            head = f", head L{first[1]}H{first[2]}" if name == "head" else ""
+            raise ValueError(
+                f"The query-position {name!r} term holds NaN or inf (first: prompt "
+                f"{int(batch.index[first[0]])}{head}); the run or an intervention made the "
+                "activations non-finite, and they cannot be attributed."
+            )
 
 
 def reduce_query_terms(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import Tensor
 from .checks import check_int
 from .outputs import atomic_file, check_output_file, write_file
 from .settings import Settings
+from .stats import ranked_order
 
 #: Written into every saved ``HeadScores`` file; ``load`` refuses files without it.
 FILE_FORMAT = "icl-heads.HeadScores/1"
@@ -139,12 +141,19 @@ class HeadScores:
     def top(
         self, k: int | None = None, *, largest: bool = True, by_abs: bool = False
     ) -> list[Head]:
-        """The ``k`` best heads, best first (NaN scores never ranked).
+        """The ``k`` best heads, best first (:func:`ranked_order`: NaN never ranked, ``+inf``
+        above every number, ``-inf`` below, ties in row-major order).
 
         Args:
             k: how many; default ``self.top_k``, else 3% of all heads (at least 1).
             largest: rank high scores first (``False``: lowest first).
             by_abs: rank by absolute value.
+
+        Returns:
+            ``min(k, rankable heads)`` heads. With fewer rankable (non-NaN) heads than ``k``
+            the rankable ones, with a ``UserWarning`` that names the map; an all-NaN map
+            gives ``[]`` (with the warning). Where a map becomes a head set to intervene
+            on, an empty result is an error instead (:func:`map_head_set`, :meth:`mask`).
         """
         k = check_top_k(
             self.top_k if k is None else k,
@@ -153,32 +162,39 @@ class HeadScores:
             allow_zero=True,
             what="top(k): k",
         )
-        flat = self.scores.flatten()
-        values = flat.abs() if by_abs else flat
-        values = values if largest else -values
-        valid = ~torch.isnan(values)
-        k = min(k, int(valid.sum()))
-        values = torch.where(valid, values, torch.tensor(-math.inf))
-        order = torch.argsort(values, descending=True, stable=True)[:k]
-        return [Head(int(i) // self.n_heads, int(i) % self.n_heads) for i in order]
+        values = self.scores.abs() if by_abs else self.scores
+        order = ranked_order(values, largest=largest)
+        if k > len(order):
+            warnings.warn(
+                f"HeadScores {self.name!r}: top({k}) asked for {k} heads but only "
+                f"{len(order)} are rankable ({self.scores.numel() - len(order)} NaN); "
+                f"returning {len(order)}.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return [Head(int(i) // self.n_heads, int(i) % self.n_heads) for i in order[:k]]
 
     def mask(self, k: int | None = None, **kwargs) -> Bool[Tensor, "layer head"]:
-        """Boolean ``[n_layers, n_heads]`` mask of ``top(k)``."""
-        return heads_to_mask(self.top(k, **kwargs), self.n_layers, self.n_heads)
+        """Boolean ``[n_layers, n_heads]`` mask of ``top(k)``: a head set, so never empty
+        (a map with no rankable head, or ``k=0``: ValueError, :func:`map_head_set`)."""
+        heads = map_head_set(
+            self, self.n_layers, self.n_heads, k, what=f"{self.name}.mask", **kwargs
+        )
+        return heads_to_mask(heads, self.n_layers, self.n_heads)
 
     def rank(self) -> Float[Tensor, "layer head"]:
-        """Rank of every head (1 = highest score; NaN stays NaN)."""
+        """Rank of every head in :meth:`top`'s order: ``1`` for the highest score up to the
+        number of rankable heads (``+inf`` first, ``-inf`` last, ties in row-major order);
+        NaN scores get rank NaN."""
         flat = self.scores.flatten()
-        order = torch.argsort(
-            torch.where(torch.isnan(flat), -math.inf, flat), descending=True, stable=True
-        )
-        ranks = torch.empty_like(flat)
-        ranks[order] = torch.arange(1, flat.numel() + 1, dtype=flat.dtype)
-        ranks[torch.isnan(flat)] = math.nan
+        ranks = torch.full_like(flat, math.nan)
+        order = torch.as_tensor(ranked_order(flat), dtype=torch.long)
+        ranks[order] = torch.arange(1, len(order) + 1, dtype=flat.dtype)
         return ranks.reshape(self.scores.shape)
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy DataFrame: one row per head with ``layer, head, label, <name>, rank``."""
+        """Tidy DataFrame: one row per head with ``layer, head, label, <name>, rank``
+        (:meth:`rank`: NaN for unscored heads)."""
         L, H = self.scores.shape
         layers = torch.arange(L).repeat_interleave(H)
         heads = torch.arange(H).repeat(L)
@@ -324,7 +340,9 @@ class HeadScores:
         return head_heatmap(self, **kwargs)
 
     def __repr__(self) -> str:
-        top = ", ".join(f"{h}={self[h]:.3g}" for h in self.top(min(3, self.scores.numel())))
+        best = ranked_order(self.scores)[:3]  # never raises nor warns (an all-NaN map)
+        heads = [Head(*divmod(int(i), self.n_heads)) for i in best]
+        top = ", ".join(f"{h}={self[h]:.3g}" for h in heads)
         return (
             f"HeadScores(name={self.name!r}, shape={tuple(self.scores.shape)}, top=[{top}], "
             f"settings={self.settings})"
@@ -388,6 +406,46 @@ def heads_to_mask(heads: HeadsLike, n_layers: int, n_heads: int) -> Bool[Tensor,
             )
         mask[layer, head] = True
     return mask
+
+
+def map_head_set(
+    scores: HeadScores,
+    n_layers: int,
+    n_heads: int,
+    k: int | None = None,
+    *,
+    what: str,
+    **top_kwargs,
+) -> list[Head]:
+    """``scores.top(k, **top_kwargs)`` as a head set of a ``[n_layers, n_heads]`` model,
+    never empty: errors (a map of another shape, no rankable head, ``k=0``) start with
+    ``what``. An empty set would make an intervention that silently changes nothing.
+
+    Example::
+
+        map_head_set(tr, model.cfg.n_layers, model.cfg.n_heads, 8, what="Head set 'TR'")
+    """
+    if (scores.n_layers, scores.n_heads) != (n_layers, n_heads):
+        raise ValueError(
+            f"{what}: the HeadScores map {scores.name!r} has shape [{scores.n_layers}, "
+            f"{scores.n_heads}]; this model has [n_layers, n_heads] = [{n_layers}, "
+            f"{n_heads}]. Use a map made on this model."
+        )
+    if k is not None or scores.top_k is not None:
+        try:
+            check_top_k(scores.top_k if k is None else k, n_layers, n_heads, what="k")
+        except (TypeError, ValueError) as err:
+            raise type(err)(
+                f"{what}: the HeadScores map {scores.name!r} gives no head set: {err}"
+            ) from None
+    if not bool((~torch.isnan(scores.scores)).any()):
+        raise ValueError(
+            f"{what}: the HeadScores map {scores.name!r} has no rankable head (all "
+            f"{scores.scores.numel()} scores are NaN), so its head set would be empty and "
+            "an intervention on it would silently equal the baseline. Check how the map "
+            "was made (e.g. TL scores whose heads all fall below the TR floor)."
+        )
+    return scores.top(k, **top_kwargs)
 
 
 def _head_pair(item) -> tuple[int, int]:

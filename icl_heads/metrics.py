@@ -3,6 +3,10 @@
 Every metric has the signature ``metric(logits, gold, label_token_ids) -> [batch]`` (one
 value per prompt; NaN where undefined), so sweeps and experiments can take a metric by
 name or any callable of that shape.
+
+Logits that are not finite (NaN or +-inf, from a broken run: e.g. a steering vector scaled
+past float range) are never scored: every metric raises a ValueError naming the metric and
+the rows (:func:`check_logits`), instead of an argmax of NaN read as a prediction.
 """
 
 from __future__ import annotations
@@ -24,6 +28,28 @@ from .settings import PromptInfo, Settings, describe_interventions, model_name
 Metric = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+def check_logits(logits: Float[Tensor, "batch ..."], metric: str) -> Tensor:
+    """``logits`` if every value is finite, else a ValueError naming ``metric``, how many
+    rows are bad and the first one (NaN or inf logits cannot be scored: an argmax of NaN is
+    not a prediction).
+
+    Example::
+
+        check_logits(torch.tensor([[0.0, float("nan")]]), "accuracy")   # ValueError
+    """
+    bad = ~torch.isfinite(logits).reshape(logits.shape[0], -1).all(-1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        kinds = "NaN" if bool(torch.isnan(logits).any()) else "inf"
+        raise ValueError(
+            f"{metric}: the logits of {len(rows)} of {logits.shape[0]} prompts hold "
+            f"{kinds} (first: batch row {rows[0]}), so they cannot be scored; the run or an "
+            "intervention made them non-finite (e.g. a huge steering alpha or vector, or "
+            "float16 overflow)."
+        )
+    return logits
+
+
 def label_logits(
     logits: Float[Tensor, "batch d_vocab"], label_token_ids: Int[Tensor, " label"]
 ) -> Float[Tensor, "batch label"]:
@@ -31,15 +57,18 @@ def label_logits(
 
 
 def accuracy(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
-    """1 where the argmax over the label tokens is the gold label."""
-    return (label_logits(logits, label_token_ids).argmax(-1) == gold.to(logits.device)).float()
+    """1 where the argmax over the label tokens is the gold label (non-finite label logits:
+    ValueError)."""
+    lab = check_logits(label_logits(logits, label_token_ids), "accuracy")
+    return (lab.argmax(-1) == gold.to(logits.device)).float()
 
 
 def in_label_space(
     logits: Tensor, gold: Tensor, label_token_ids: Tensor
 ) -> Float[Tensor, " batch"]:
-    """1 where the argmax over the whole vocabulary is a label token (task recognition)."""
-    top = logits.argmax(-1)
+    """1 where the argmax over the whole vocabulary is a label token (task recognition;
+    non-finite logits: ValueError)."""
+    top = check_logits(logits, "label_space_rate").argmax(-1)
     return (top[:, None] == label_token_ids.to(logits.device)[None]).any(-1).float()
 
 
@@ -49,7 +78,9 @@ label_space_rate = in_label_space
 def in_space_accuracy(
     logits: Tensor, gold: Tensor, label_token_ids: Tensor
 ) -> Float[Tensor, " batch"]:
-    """Accuracy among prompts whose vocabulary argmax is a label token (NaN elsewhere)."""
+    """Accuracy among prompts whose vocabulary argmax is a label token (NaN elsewhere;
+    non-finite logits: ValueError)."""
+    check_logits(logits, "in_space_accuracy")
     acc = accuracy(logits, gold, label_token_ids)
     return torch.where(
         in_label_space(logits, gold, label_token_ids).bool(),
@@ -59,8 +90,9 @@ def in_space_accuracy(
 
 
 def logit_diff(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
-    """Gold-label logit difference ``logit[y*] - mean_{y' != y*} logit[y']``."""
-    lab = label_logits(logits, label_token_ids)
+    """Gold-label logit difference ``logit[y*] - mean_{y' != y*} logit[y']`` (non-finite
+    label logits: ValueError)."""
+    lab = check_logits(label_logits(logits, label_token_ids), "logit_diff")
     gold = gold.to(logits.device)
     g = lab.gather(-1, gold[:, None]).squeeze(-1)
     others = (lab.sum(-1) - g) / (lab.shape[-1] - 1)
@@ -99,8 +131,9 @@ def get_metric(metric: str | Metric) -> Metric:
     """A metric by name (``logit_diff``, ``accuracy``, ``label_space_rate``,
     ``in_space_accuracy``) or a callable ``metric(logits, gold, label_token_ids) -> [batch]``.
 
-    A callable is wrapped so that its output is checked on every call (so on the first
-    batch, not after a long sweep): it must return one number per prompt.
+    A callable is wrapped so that its input and output are checked on every call (so on the
+    first batch, not after a long sweep): the logits must be finite (:func:`check_logits`)
+    and it must return one number per prompt.
     """
     if isinstance(metric, str):
         if metric not in METRICS:
@@ -117,7 +150,7 @@ def get_metric(metric: str | Metric) -> Metric:
     name = metric_name(metric)
 
     def checked(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Tensor:
-        value = metric(logits, gold, label_token_ids)
+        value = metric(check_logits(logits, name), gold, label_token_ids)
         if not isinstance(value, Tensor):
             raise TypeError(
                 f"The metric {name!r} returned {type(value).__name__}; it must "

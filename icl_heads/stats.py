@@ -6,6 +6,17 @@ can tell an effect from noise::
 
     mean, low, high, n = mean_ci(per_prompt_accuracy, seed=0)
     r, low, high, n = correlation_ci(effects, scores, method="spearman", seed=0)
+
+NaN and infinities (``docs/api.md``, "NaN and infinities"):
+
+* **NaN is a missing value**: every function drops it (``n`` counts what is kept) and
+  gives NaN, never a number, where nothing is left.
+* **+-inf** is ordered but has no mean: order-based statistics take it (Spearman
+  correlations, :func:`top_k_overlap`, :func:`percentile_interval`, where an endpoint among
+  infinite replicates is infinite); mean-based ones refuse it with a ValueError naming the
+  argument (:func:`mean_ci`, the difference intervals, Pearson correlations,
+  :func:`top_k_overlap_ci`'s per-prompt maps). :func:`nanmean` is plain arithmetic
+  (a mean with ``+inf`` is ``+inf``; with both signs, NaN).
 """
 
 from __future__ import annotations
@@ -23,7 +34,9 @@ N_BOOT = 1000
 LEVEL = 0.95
 
 
-def _as_array(values, name: str) -> np.ndarray:
+def _as_array(values, name: str, *, allow_inf: bool = False) -> np.ndarray:
+    """``values`` as a float array; ``+-inf`` refused (a ValueError naming ``name``) unless
+    ``allow_inf`` (order-based statistics)."""
     if isinstance(values, Tensor):
         values = values.detach().double().cpu().numpy()
     try:
@@ -32,7 +45,35 @@ def _as_array(values, name: str) -> np.ndarray:
         raise TypeError(
             f"{name} must be numbers (a tensor, array or list), got {type(values).__name__}."
         ) from None
+    if not allow_inf:
+        inf = np.isinf(arr).reshape(-1)
+        if inf.any():
+            first = int(np.flatnonzero(inf)[0])
+            raise ValueError(
+                f"{name} holds {int(inf.sum())} infinite value(s) (first: flat index "
+                f"{first} = {arr.reshape(-1)[first]}); a mean or a Pearson correlation of "
+                "inf is undefined. Drop them, or mark them missing with NaN."
+            )
     return arr
+
+
+def ranked_order(values: Tensor | np.ndarray, *, largest: bool = True) -> np.ndarray:
+    """The ranking rule of every head map: flat indices of the rankable values, best first.
+
+    NaN (not scored / undefined) is never ranked; ``+inf`` and ``-inf`` are ranked as the
+    orderings they are (above / below every number); ties keep their flat (row-major)
+    order. ``largest=False`` ranks the lowest values first (then ``-inf`` comes first).
+
+    Example::
+
+        ranked_order(torch.tensor([1.0, float("nan"), -float("inf"), 3.0]))   # [3, 0, 2]
+    """
+    if isinstance(values, Tensor):
+        values = values.detach().double().cpu().numpy()
+    x = np.asarray(values, dtype=float).reshape(-1)
+    index = np.flatnonzero(~np.isnan(x))
+    key = -x[index] if largest else x[index]
+    return index[np.argsort(key, kind="stable")]
 
 
 def _check(n_boot: int, level: float, seed: int) -> None:
@@ -57,6 +98,9 @@ def mean_ci(
     Returns:
         ``(mean, ci_low, ci_high, n)``, with ``n`` the number of non-NaN values. With
         ``n == 0`` everything is NaN; with ``n == 1`` the interval is the value itself.
+
+    Raises:
+        ValueError: ``values`` holds ``+-inf`` (a mean of inf has no interval).
     """
     _check(n_boot, level, seed)
     arr = _as_array(values, "values").reshape(-1)
@@ -163,12 +207,13 @@ def independent_difference_ci(
 
 
 def nanmean(values, axis: int | None = None) -> np.ndarray:
-    """Mean ignoring NaN, NaN (without a warning) where every value is NaN."""
+    """Mean ignoring NaN, NaN (without a warning) where every value is NaN; ``+-inf`` as
+    in IEEE arithmetic (a mean with ``+inf`` is ``+inf``, with both signs NaN)."""
     x = np.asarray(values, dtype=float)
     ok = ~np.isnan(x)
-    total = np.where(ok, x, 0.0).sum(axis=axis)
     count = ok.sum(axis=axis)
     with np.errstate(all="ignore"):
+        total = np.where(ok, x, 0.0).sum(axis=axis)
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
@@ -176,7 +221,9 @@ def percentile_interval(
     replicates: np.ndarray, level: float = LEVEL
 ) -> tuple[np.ndarray, np.ndarray]:
     """NaN-aware percentile interval of bootstrap replicates over their first axis (NaN
-    where no replicate is defined).
+    where no replicate is defined). Infinite replicates (e.g. a Fisher ratio without
+    within-class spread) are ordered like numbers: an endpoint next to one is infinite,
+    never NaN.
 
     Example::
 
@@ -187,10 +234,26 @@ def percentile_interval(
     out = np.full((2, *reps.shape[1:]), np.nan)
     ok = (~np.isnan(reps)).any(0)
     if ok.any():
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
-            out[:, ok] = np.nanquantile(reps[:, ok], [alpha, 1 - alpha], axis=0)
+            q = [alpha, 1 - alpha]
+            out[:, ok] = np.nanquantile(reps[:, ok], q, axis=0)
+            if np.isinf(reps[:, ok]).any():
+                out[:, ok] = _infinite_endpoints(reps[:, ok], q, out[:, ok])
     return out[0], out[1]
+
+
+def _infinite_endpoints(reps: np.ndarray, q: list[float], linear: np.ndarray) -> np.ndarray:
+    """Linear-interpolation quantiles where a neighbour is infinite (numpy's ``inf - inf``
+    or ``inf * 0`` gave NaN): the lower order statistic when the quantile falls exactly
+    on it, else the infinite neighbour."""
+    below = np.nanquantile(reps, q, axis=0, method="lower")
+    above = np.nanquantile(reps, q, axis=0, method="higher")
+    n = (~np.isnan(reps)).sum(0)
+    h = (n - 1)[None] * np.asarray(q)[:, None]
+    exact = h == np.floor(h)
+    edge = np.where(np.isposinf(above), np.inf, np.where(np.isneginf(below), -np.inf, linear))
+    return np.where(np.isnan(linear), np.where(exact | (below == above), below, edge), linear)
 
 
 def bonferroni_z(m: int, level: float = LEVEL) -> float:
@@ -242,12 +305,14 @@ def correlation_ci(
 
     Returns:
         ``(r, ci_low, ci_high, n)``; NaN where fewer than 3 pairs or a constant variable.
+        ``+-inf`` are ranked by Spearman and refused (ValueError) by Pearson.
     """
     _check(n_boot, level, seed)
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}.")
-    a = _as_array(x, "x").reshape(-1)
-    b = _as_array(y, "y").reshape(-1)
+    ordered = method == "spearman"  # ranks order +-inf; Pearson's moments cannot
+    a = _as_array(x, "x", allow_inf=ordered).reshape(-1)
+    b = _as_array(y, "y", allow_inf=ordered).reshape(-1)
     if a.shape != b.shape:
         raise ValueError(f"x and y must pair up: {a.shape[0]} vs {b.shape[0]} values.")
     keep = ~(np.isnan(a) | np.isnan(b))
@@ -292,7 +357,7 @@ def correlation_difference_ci(
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}.")
     arrays = [
-        _as_array(v, name).reshape(-1)
+        _as_array(v, name, allow_inf=method == "spearman").reshape(-1)
         for v, name in ((x1, "x1"), (y1, "y1"), (x2, "x2"), (y2, "y2"))
     ]
     if len({a.shape for a in arrays}) != 1:
@@ -314,16 +379,37 @@ def correlation_difference_ci(
 
 
 def _top_set(x: np.ndarray, k: int) -> set[int]:
-    x = np.where(np.isnan(x), -np.inf, x)
-    return set(np.argsort(-x, kind="stable")[:k].tolist())
+    return set(ranked_order(x)[:k].tolist())
 
 
 def top_k_overlap(a: Tensor | np.ndarray, b: Tensor | np.ndarray, k: int) -> float:
-    """Fraction of the top-``k`` heads of map ``a`` that are also in the top-``k`` of ``b``
-    (NaN never ranked; ties go to the lower flat index)."""
+    """Fraction of the top-``k`` heads of map ``a`` that are also in the top-``k`` of ``b``:
+    ``|top_k(a) & top_k(b)| / k``, ranked as :meth:`HeadScores.top` ranks
+    (:func:`ranked_order`: NaN never ranked, ``+-inf`` ranked, ties to the
+    lower flat index).
+
+    Raises:
+        ValueError: a map has no rankable (non-NaN) value. A map with fewer than ``k``
+            brings the ones it has (with a ``UserWarning``), as ``top(k)`` does.
+    """
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be >= 1, got {k!r}.")
-    x, y = _as_array(a, "a").reshape(-1), _as_array(b, "b").reshape(-1)
+    x = _as_array(a, "a", allow_inf=True).reshape(-1)
+    y = _as_array(b, "b", allow_inf=True).reshape(-1)
+    for name, values in (("a", x), ("b", y)):
+        rankable = int((~np.isnan(values)).sum())
+        if rankable == 0:
+            raise ValueError(
+                f"top_k_overlap: map {name} has no rankable value (all {values.size} are "
+                "NaN); its top-k set would be empty."
+            )
+        if rankable < k:
+            warnings.warn(
+                f"top_k_overlap: map {name} has {rankable} rankable values, fewer than "
+                f"k={k}; its top set has {rankable}.",
+                UserWarning,
+                stacklevel=2,
+            )
     return len(_top_set(x, k) & _top_set(y, k)) / k
 
 
@@ -341,6 +427,10 @@ def top_k_overlap_ci(
     a bootstrap over prompts: the same resampled prompts for both maps when ``paired`` (maps
     from the same prompts), independent resamples otherwise.
 
+    NaN per-prompt scores are missing (each head's mean is over its defined prompts); a
+    head with no defined prompt in a resample is not ranked in it. ``+-inf`` per-prompt
+    scores are refused (ValueError): their means are undefined.
+
     Returns:
         ``(overlap, ci_low, ci_high, k)``.
     """
@@ -350,7 +440,10 @@ def top_k_overlap_ci(
     a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN columns stay NaN
-        value = top_k_overlap(np.nanmean(a, 0), np.nanmean(b, 0), k)
+        mean_a, mean_b = np.nanmean(a, 0), np.nanmean(b, 0)
+    value = top_k_overlap(mean_a, mean_b, k)  # errors / warns for the maps themselves
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
         rng = np.random.default_rng(seed)
         boots = []
         for start in range(0, n_boot, 100):

@@ -1637,3 +1637,358 @@ def test_reproduce_out_dir_under_a_file_is_refused_before_any_work(tiny_llama, t
         geometry.reproduce_geometry(tiny_llama, ["sentiment"], blocker, progress=False)
     with pytest.raises(TypeError, match="rerun_stale must be True or False, got 'yes'"):
         trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, rerun_stale="yes")
+
+
+# ---- H3: NaN and infinities (issue 22, class 3; the policy: docs/api.md, "NaN and
+# infinities"). NaN is never ranked and never a class; a map never becomes an empty head
+# set; non-finite logits, states, terms or patterns are never scored; +-inf is refused
+# where a mean is taken and ranked where only order matters.
+
+
+from icl_heads import metrics, stats  # noqa: E402
+from icl_heads.attribution import subspace_basis  # noqa: E402
+from icl_heads.detectors.scoring import detection_patterns, score_patterns  # noqa: E402
+from icl_heads.experiments import kit, trtl  # noqa: E402
+
+
+class _NaNStream:
+    """An intervention that writes NaN into the residual stream (a broken run)."""
+
+    model = None
+
+    def fwd_hooks(self, batch=None, index=None):
+        return [("blocks.0.hook_resid_pre", lambda act, hook: act * math.nan)]
+
+    def describe(self) -> str:
+        return "nan_stream()"
+
+
+def _blank(name="tl_score"):
+    return HeadScores(torch.full((2, 4), math.nan), name=name)
+
+
+H3_CASES = [
+    (
+        "mask of an all-NaN map",
+        lambda e: _blank().mask(1),
+        ValueError,
+        r"'tl_score' has no rankable head",
+    ),
+    (
+        "ablate the mask of an all-NaN map",
+        lambda e: ih.ablate(e["m"], _blank().mask()),
+        ValueError,
+        r"tl_score.mask: the HeadScores map 'tl_score' has no rankable head",
+    ),
+    (
+        "named set from an all-NaN map",
+        lambda e: kit.named_sets(e["m"], {"TL": _blank()}),
+        ValueError,
+        r"Head set 'TL': the HeadScores map 'tl_score' has no rankable head",
+    ),
+    (
+        "named set from a map with top_k=0",
+        lambda e: kit.named_sets(e["m"], {"TR": e["s"]}, top_k=0),
+        ValueError,
+        r"Head set 'TR': the HeadScores map 's' gives no head set: k must be >= 1, got 0",
+    ),
+    (
+        "head_set from a map of another shape",
+        lambda e: kit.head_set(e["m"], HeadScores(torch.ones(3, 4), name="big"), "TR"),
+        ValueError,
+        r"Head set 'TR': the HeadScores map 'big' has shape \[3, 4\]",
+    ),
+    (
+        "ablation experiment with an all-NaN map",
+        lambda e: trtl.ablation_experiment(e["m"], e["p"], {"TR": e["s"], "TL": _blank()}),
+        ValueError,
+        r"Head set 'TL'.*'tl_score'",
+    ),
+    (
+        "random controls of an empty set",
+        lambda e: kit.check_random(2, ["none"], {"TR": [Head(0, 0)], "none": []}),
+        ValueError,
+        r"random_like names 'none', an empty head set",
+    ),
+    (
+        "separability with NaN labels",
+        lambda e: ih.separability(
+            torch.randn(20, 4), [0.0, 1.0] * 9 + [math.nan, 1.0], folds=2, n_boot=5
+        ),
+        ValueError,
+        r"labels hold 1 missing value\(s\) .*prompt 18 = nan",
+    ),
+    (
+        "separability with None labels",
+        lambda e: ih.separability(torch.randn(20, 4), ["a", "b"] * 9 + [None, "a"], folds=2),
+        ValueError,
+        r"prompt 18 = None",
+    ),
+    (
+        "alignment with NaN labels",
+        lambda e: ih.alignment(
+            torch.randn(10, 32), [0.0, 1.0] * 4 + [math.nan, 1.0], e["m"], e["p"].label_token_ids
+        ),
+        ValueError,
+        r"labels hold 1 missing value",
+    ),
+    (
+        "separability with an inf state",
+        lambda e: ih.separability(
+            torch.randn(20, 4).index_put_(
+                (torch.tensor([7]), torch.tensor([2])), torch.tensor(math.inf)
+            ),
+            [0, 1] * 10,
+            folds=2,
+        ),
+        ValueError,
+        r"states contain NaN or inf values in 1 of 20 prompts \(first: prompt 7\)",
+    ),
+    (
+        "steer alpha NaN",
+        lambda e: ih.steer(e["m"], torch.ones(32), 0, alpha=math.nan),
+        ValueError,
+        r"steer: alpha must be a finite number, got nan",
+    ),
+    (
+        "steer alpha inf",
+        lambda e: ih.steer(e["m"], torch.ones(32), head=(1, 2), alpha=-math.inf),
+        ValueError,
+        r"alpha must be a finite number, got -inf",
+    ),
+    (
+        "steer alpha overflowing float32",
+        lambda e: ih.steer(e["m"], torch.full((32,), 10.0), 0, alpha=1e38),
+        ValueError,
+        r"alpha=1e\+38 times the vector for resid_pre of layer 0 overflows",
+    ),
+    (
+        "steer NaN vector of a head",
+        lambda e: ih.steer(
+            e["m"], torch.ones(32).index_fill_(0, torch.tensor([5]), math.nan), head=(1, 2)
+        ),
+        ValueError,
+        r"steer: vector for head L1H2 holds 1 NaN or inf value\(s\) .*entry 5",
+    ),
+    (
+        "steer inf z vector of a head",
+        lambda e: ih.steer(e["m"], torch.full((8,), math.inf), head=(0, 3)),
+        ValueError,
+        r"vector for head L0H3 holds 8 NaN or inf",
+    ),
+    (
+        "steering experiment with a NaN head vector",
+        lambda e: trtl.steering_experiment(
+            e["m"],
+            e["p"],
+            e["p"],
+            {"TR": [(1, 0)]},
+            (0, 1),
+            n_random=1,
+            vectors=torch.zeros(2, 4, 32).index_fill_(2, torch.tensor([3]), math.nan),
+            progress=False,
+        ),
+        ValueError,
+        r"steer: vector for head L1H0 holds 1 NaN or inf value\(s\) .*entry 3",
+    ),
+    (
+        "inject NaN task vector",
+        lambda e: ih.inject_task_vector(e["m"], torch.full((32,), math.nan), 1),
+        ValueError,
+        r"inject_task_vector: vector for state 1 holds 32 NaN",
+    ),
+    (
+        "inject task vector with scale NaN",
+        lambda e: ih.inject_task_vector(e["m"], torch.ones(32), 1, scale=math.nan),
+        ValueError,
+        r"scale must be a finite number, got nan",
+    ),
+    (
+        "accuracy of NaN logits",
+        lambda e: metrics.accuracy(
+            torch.full((4, 6), math.nan), torch.tensor([0, 1, 0, 1]), torch.tensor([2, 4])
+        ),
+        ValueError,
+        r"accuracy: the logits of 4 of 4 prompts hold NaN",
+    ),
+    (
+        "logit_diff of inf label logits",
+        lambda e: metrics.logit_diff(
+            torch.zeros(3, 6).index_fill_(1, torch.tensor([4]), math.inf),
+            torch.tensor([0, 1, 0]),
+            torch.tensor([2, 4]),
+        ),
+        ValueError,
+        r"logit_diff: the logits of 3 of 3 prompts hold inf",
+    ),
+    (
+        "label-space rate of a NaN logit outside the labels",
+        lambda e: metrics.label_space_rate(
+            torch.zeros(2, 6).index_fill_(1, torch.tensor([5]), math.nan),
+            torch.tensor([0, 1]),
+            torch.tensor([2, 4]),
+        ),
+        ValueError,
+        r"label_space_rate: .*NaN",
+    ),
+    (
+        "custom metric on NaN logits",
+        lambda e: metrics.get_metric(_gold_logit)(
+            torch.full((2, 6), math.nan), torch.tensor([0, 1]), torch.tensor([2, 4])
+        ),
+        ValueError,
+        r"_gold_logit: the logits of 2 of 2 prompts hold NaN",
+    ),
+    (
+        "evaluate a run that makes NaN logits",
+        lambda e: ih.evaluate(e["m"], e["p"], interventions=[_NaNStream()], progress=False),
+        ValueError,
+        r"the logits of 10 of 10 prompts hold NaN",
+    ),
+    (
+        "tsla_scores of a run with NaN activations",
+        lambda e: ih.tsla_scores(e["m"], e["p"], interventions=[_NaNStream()], progress=False),
+        ValueError,
+        r"'head' term holds NaN or inf \(first: prompt 0, head L0H0\)",
+    ),
+    (
+        "task_vector of a run with NaN states",
+        lambda e: ih.task_vector(e["m"], e["p"], 1, interventions=[_NaNStream()], progress=False),
+        ValueError,
+        r"task_vector: the query states contain NaN or inf values in 10 of 10 prompts",
+    ),
+    (
+        "detectors on a run with NaN patterns",
+        lambda e: ih.induction_scores(
+            e["m"], T=4, n_sequences=2, interventions=[_NaNStream()], progress=False
+        ),
+        ValueError,
+        r"blocks.0.attn.hook_pattern: the attention of 2 of 2 sequences is zero in a whole",
+    ),
+    (
+        "label attention on a run with NaN patterns",
+        lambda e: ih.label_attention_scores(
+            e["m"], e["p"], interventions=[_NaNStream()], progress=False
+        ),
+        ValueError,
+        r"label_attention_scores: the attention of 10 of 10 sequences is zero",
+    ),
+    (
+        "score_patterns with a NaN at a kept entry",
+        lambda e: score_patterns(
+            torch.full((1, 2, 4, 4), 0.25).index_put_(
+                (torch.tensor([0]), torch.tensor([1]), torch.tensor([3]), torch.tensor([0])),
+                torch.tensor(math.nan),
+            ),
+            detection_patterns(torch.tensor([[1, 2, 1, 2]])),
+            torch.ones(1, 4, 4, dtype=torch.bool),
+        ),
+        ValueError,
+        r"attention patterns of 1 of 1 sequences hold NaN or inf at real positions",
+    ),
+    (
+        "detect_heads threshold NaN",
+        lambda e: ih.detect_heads(e["m"], T=4, n_sequences=1, thresholds=math.nan),
+        ValueError,
+        r"thresholds must be a finite number, got nan",
+    ),
+    (
+        "detect_heads threshold of a kind inf",
+        lambda e: ih.detect_heads(e["m"], T=4, n_sequences=1, thresholds={"induction": math.inf}),
+        ValueError,
+        r"thresholds\['induction'\] must be a finite number, got inf",
+    ),
+    (
+        "subspace of NaN directions",
+        lambda e: subspace_basis(torch.ones(32, 3).index_fill_(1, torch.tensor([1]), math.nan)),
+        ValueError,
+        r"directions hold 32 NaN or inf value\(s\) in column\(s\) \[1\]",
+    ),
+    (
+        "mean_ci of inf",
+        lambda e: stats.mean_ci([1.0, 2.0, math.inf]),
+        ValueError,
+        r"values holds 1 infinite value\(s\) \(first: flat index 2 = inf\)",
+    ),
+    (
+        "paired difference with an inf baseline",
+        lambda e: stats.paired_difference_ci([1.0, 2.0], [0.0, -math.inf]),
+        ValueError,
+        r"baseline holds 1 infinite value",
+    ),
+    (
+        "independent difference with an inf sample",
+        lambda e: stats.independent_difference_ci([math.inf, 2.0], [0.0, 1.0]),
+        ValueError,
+        r"treated holds 1 infinite value",
+    ),
+    (
+        "Pearson correlation of inf",
+        lambda e: stats.correlation_ci([1.0, 2.0, 3.0, math.inf], [1, 2, 3, 4], method="pearson"),
+        ValueError,
+        r"x holds 1 infinite value",
+    ),
+    (
+        "Pearson correlation difference of inf",
+        lambda e: stats.correlation_difference_ci(
+            [1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, -math.inf], method="pearson"
+        ),
+        ValueError,
+        r"y2 holds 1 infinite value",
+    ),
+    (
+        "top-k overlap of an all-NaN map",
+        lambda e: stats.top_k_overlap([math.nan] * 4, [1.0, 2.0, 3.0, 4.0], 2),
+        ValueError,
+        r"map a has no rankable value",
+    ),
+    (
+        "top-k overlap interval of inf per-prompt scores",
+        lambda e: stats.top_k_overlap_ci(
+            torch.ones(3, 2, 2),
+            torch.ones(3, 2, 2).index_fill_(1, torch.tensor([1]), math.inf),
+            1,
+            paired=True,
+        ),
+        ValueError,
+        r"per_prompt_b holds 6 infinite value",
+    ),
+]
+
+
+def _gold_logit(logits, gold, labels):
+    return logits[:, 0]
+
+
+@pytest.mark.parametrize(
+    "call, error, match", [c[1:] for c in H3_CASES], ids=[c[0] for c in H3_CASES]
+)
+def test_h3_nan_and_inf_give_a_clear_error(call, error, match, env):
+    with pytest.raises(error, match=match) as info:
+        call(env)
+    assert "\n" not in str(info.value).strip(), "the message should be one line"
+    frames = [tb.tb_frame.f_code.co_filename for tb in _walk(info.tb)]
+    assert "icl_heads" in frames[-1].replace("\\", "/"), frames[-1]
+
+
+def test_h3_nan_and_minus_inf_ties_rank_only_the_rankable_heads():
+    # the issue's case: NaN before -inf in row-major order; NaN was ranked 3 of 2
+    scores = HeadScores(torch.tensor([[math.nan, -math.inf], [1.0, math.nan]]), name="x")
+    assert scores.top(2) == [Head(1, 0), Head(0, 1)]
+    with pytest.warns(UserWarning, match="only 2 are rankable"):
+        assert scores.top(3) == [Head(1, 0), Head(0, 1)]  # never a NaN head
+    rank = scores.rank()
+    assert rank[1, 0] == 1 and rank[0, 1] == 2
+    assert torch.isnan(rank[0, 0]) and torch.isnan(rank[1, 1])
+    assert scores.to_frame()["rank"].max() == 2
+
+
+def test_h3_an_empty_list_stays_an_explicit_empty_set(env):
+    assert kit.named_sets(env["m"], {"none": [], "TR": env["s"]})["none"] == []
+
+
+def test_h3_steering_a_zero_shot_set_never_scores_nan_logits(env):
+    # alpha = NaN used to give NaN logits scored as accuracy 0.5; now it stops at steer()
+    with pytest.raises(ValueError, match="alpha"):
+        trtl_steer = ih.steer(env["m"], torch.ones(32), head=(1, 0), alpha=float("nan"))
+        ih.evaluate(env["m"], env["p"], interventions=[trtl_steer], progress=False)

@@ -319,3 +319,27 @@ def test_on_the_default_model_injection_at_scale_zero_matches_zero_shot(smol):
         smol, zero, progress=False, interventions=[inject_task_vector(smol, v, 12, scale=0.0)]
     )
     pd.testing.assert_frame_equal(base, same, check_like=True)
+
+
+# ---- NaN and infinities (docs/api.md): a missing label is never a class
+
+
+def test_nan_labels_are_an_error_not_an_extra_class():
+    X, y = _two_gaussians(n=40, d=4)
+    labels = y.double()
+    labels[[3, 7]] = math.nan  # used to become a third class in np.unique
+    with pytest.raises(ValueError, match=r"labels hold 2 missing value\(s\) .*first: prompt 3"):
+        separability(X, labels, folds=2, n_boot=5)
+    as_str = np.array(["a", "b"] * 20, dtype=object)
+    as_str[5] = None
+    with pytest.raises(ValueError, match="prompt 5 = None"):
+        separability(X, as_str, folds=2, n_boot=5)
+    frame = separability(X, y, folds=2, n_boot=5)  # finite labels: as before
+    assert frame.attrs["chance"] == 0.5
+
+
+def test_onset_of_an_infinite_curve_is_its_first_infinite_layer():
+    # a Fisher ratio is +inf where the classes have no within-class spread
+    curves = np.array([[0.0, 1.0, math.inf, math.inf], [math.nan] * 4, [0.0, 0.5, 0.95, 1.0]])
+    out = onset_layers(curves, [0, 1, 2, 3])
+    assert out[0] == 2 and math.isnan(out[1]) and out[2] == 2

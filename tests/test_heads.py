@@ -14,10 +14,12 @@ from icl_heads.heads import (
     HeadScores,
     default_top_k,
     heads_to_mask,
+    map_head_set,
     mask_to_heads,
     random_head_sets,
 )
 from icl_heads.settings import PromptInfo
+from icl_heads.stats import ranked_order
 
 NAN = math.nan
 
@@ -45,15 +47,28 @@ def test_top_ranks_best_first_and_skips_nan(scores):
     assert scores.top(3) == [Head(1, 2), Head(0, 1), Head(2, 0)]  # tie: row-major order
     assert scores.top(3, largest=False) == [Head(0, 2), Head(2, 2), Head(1, 3)]
     assert scores.top(2, by_abs=True) == [Head(1, 2), Head(0, 2)]
-    assert Head(1, 1) not in scores.top(12)
-    assert len(scores.top(100)) == 11  # NaN never ranked, k clipped
+    with pytest.warns(UserWarning, match="only 11 are rankable"):
+        assert Head(1, 1) not in scores.top(12)
+    with pytest.warns(UserWarning, match="'tl_score'"):
+        assert len(scores.top(100)) == 11  # NaN never ranked, k clipped
     assert scores.top(0) == []
     assert scores.top() == [Head(1, 2)]  # default: 3% of 12 heads -> 1
     assert scores[Head(1, 2)] == 9.0 and scores[(0, 2)] == -7.0
 
 
 def test_top_of_an_all_nan_map_is_empty():
-    assert HeadScores(torch.full((2, 2), NAN)).top(3) == []
+    with pytest.warns(UserWarning, match="only 0 are rankable"):
+        assert HeadScores(torch.full((2, 2), NAN)).top(3) == []
+
+
+def test_an_all_nan_map_never_becomes_an_empty_head_set():
+    # issue 22: an all-NaN map became an empty head set whose "ablated" rows silently
+    # equal the baseline; as a set (mask, map_head_set, the kit) it is an error
+    blank = HeadScores(torch.full((2, 2), NAN), name="tl_score")
+    with pytest.raises(ValueError, match="tl_score.mask: the HeadScores map 'tl_score' has no"):
+        blank.mask(1)
+    assert blank.top(0) == []
+    assert "top=[]" in repr(blank)  # repr never raises nor warns
 
 
 def test_mask_and_mask_to_heads_round_trip(scores):
@@ -221,3 +236,45 @@ def test_random_sets_from_one_generator_continue_its_stream_and_errors_are_clear
         random_head_sets(model, [(0, 0)], -1)
     with pytest.raises(ValueError, match="out of range"):
         random_head_sets(model, [(7, 0)], 2)
+
+
+# ---- NaN and infinities (docs/api.md): NaN never ranked, +-inf ranked as orderings
+
+
+def test_ranked_order_skips_nan_and_ranks_infinities_at_the_ends():
+    values = torch.tensor([1.0, NAN, -math.inf, 3.0, math.inf, NAN, 1.0])
+    assert ranked_order(values).tolist() == [4, 3, 0, 6, 2]  # ties keep row-major order
+    assert ranked_order(values, largest=False).tolist() == [2, 0, 6, 3, 4]
+    assert ranked_order(np.full(3, NAN)).tolist() == []
+
+
+def test_top_and_rank_never_rank_nan_tied_with_minus_inf():
+    grid = torch.tensor([[NAN, -math.inf, 2.0], [math.inf, NAN, -math.inf]])
+    s = HeadScores(grid, name="effect")
+    assert s.top(4) == [Head(1, 0), Head(0, 2), Head(0, 1), Head(1, 2)]
+    assert s.top(2, largest=False) == [Head(0, 1), Head(1, 2)]
+    assert s.top(3, by_abs=True) == [Head(0, 1), Head(1, 0), Head(1, 2)]
+    with pytest.warns(UserWarning, match="top\\(6\\) asked for 6 heads but only 4"):
+        assert len(s.top(6)) == 4
+    rank = s.rank()
+    assert rank[1, 0] == 1 and rank[0, 2] == 2 and rank[0, 1] == 3 and rank[1, 2] == 4
+    assert torch.isnan(rank[0, 0]) and torch.isnan(rank[1, 1])
+    assert sorted(s.to_frame()["rank"].dropna().tolist()) == [1, 2, 3, 4]
+    assert set(s.top(4)) == {h for h in mask_to_heads(s.mask(4))}
+
+
+def test_rank_and_top_agree_on_finite_maps(scores):
+    order = scores.top(5)
+    rank = scores.rank()
+    assert [int(rank[h.layer, h.head]) for h in order] == [1, 2, 3, 4, 5]
+
+
+def test_map_head_set_is_never_empty():
+    s = HeadScores(torch.tensor([[1.0, NAN], [NAN, NAN]]), name="m")
+    assert map_head_set(s, 2, 2, 1, what="Head set 'A'") == [Head(0, 0)]
+    with pytest.raises(ValueError, match="Head set 'A': the HeadScores map 'm' gives no head"):
+        map_head_set(s, 2, 2, 0, what="Head set 'A'")
+    with pytest.raises(ValueError, match="Head set 'A': the HeadScores map 'm' has no rankable"):
+        map_head_set(HeadScores(torch.full((2, 2), NAN), name="m"), 2, 2, 1, what="Head set 'A'")
+    with pytest.raises(ValueError, match=r"has shape \[2, 2\]; this model has"):
+        map_head_set(s, 3, 2, 1, what="Head set 'A'")

@@ -62,3 +62,21 @@ def test_default_model_recognises_the_task_with_demos(smol):
     four = ih.evaluate(smol, ih.build_prompts(smol, task, k=4, n=16, seed=0), progress=False)
     assert four.label_space_rate[0] > zero.label_space_rate[0]
     assert four.label_space_rate[0] > 0.9 and four.accuracy[0] > 0.5
+
+
+# ---- NaN and infinities (docs/api.md): non-finite logits are never scored
+
+
+@pytest.mark.parametrize("name", sorted(metrics.METRICS))
+def test_no_metric_scores_nan_logits(name):
+    # an argmax over NaN used to count as a prediction (accuracy 0.5 on NaN logits)
+    logits, gold, labels = _logits()
+    logits[1] = math.nan
+    with pytest.raises(ValueError, match=f"^{name}: the logits of 1 of 3 prompts hold NaN"):
+        metrics.METRICS[name](logits, gold, labels)
+
+
+def test_check_logits_passes_finite_logits_unchanged():
+    logits, gold, labels = _logits()
+    assert metrics.check_logits(logits, "x") is logits
+    assert metrics.accuracy(logits, gold, labels).tolist() == [1.0, 0.0, 1.0]

@@ -12,8 +12,12 @@ import torch
 from icl_heads.stats import (
     correlation_ci,
     correlation_difference_ci,
+    independent_difference_ci,
     mean_ci,
+    nanmean,
     paired_difference_ci,
+    percentile_interval,
+    ranked_order,
     top_k_overlap,
     top_k_overlap_ci,
 )
@@ -111,3 +115,79 @@ def test_top_k_overlap_ci_of_a_map_with_itself_is_one_and_is_seeded():
 def test_bad_settings_give_clear_errors(kwargs, error):
     with pytest.raises(error):
         mean_ci([1.0, 2.0], **kwargs)
+
+
+# ---- NaN and infinities (docs/api.md): NaN is missing; +-inf ranked by order-based
+# statistics, refused by mean-based ones
+
+
+def test_every_interval_drops_nan_and_gives_nan_when_nothing_is_left():
+    nan = [math.nan] * 4
+    assert mean_ci(nan)[3] == 0 and math.isnan(mean_ci(nan)[0])
+    assert math.isnan(paired_difference_ci(nan, [1.0] * 4)[0])
+    assert independent_difference_ci(nan, [1.0, 2.0])[3] == 0
+    assert math.isnan(independent_difference_ci(nan, [1.0, 2.0])[0])
+    assert correlation_ci(nan, [1.0, 2.0, 3.0, 4.0])[3] == 0
+    assert math.isnan(correlation_difference_ci(nan, nan, nan, nan)[0])
+    low, high = percentile_interval(np.full((5, 2), math.nan))
+    assert np.isnan(low).all() and np.isnan(high).all()
+    assert math.isnan(float(nanmean(nan)))
+
+
+@pytest.mark.parametrize(
+    "call, named",
+    [
+        (lambda: mean_ci([0.0, math.inf]), "values"),
+        (lambda: paired_difference_ci([math.inf, 1.0], [0.0, 1.0]), "treated"),
+        (lambda: independent_difference_ci([0.0, 1.0], [-math.inf]), "baseline"),
+        (lambda: correlation_ci([1, 2, 3], [1, math.inf, 3], method="pearson"), "y"),
+        (
+            lambda: top_k_overlap_ci(
+                torch.full((2, 2, 2), math.inf), torch.ones(2, 2, 2), 1, paired=True
+            ),
+            "per_prompt_a",
+        ),
+    ],
+)
+def test_mean_based_statistics_refuse_infinities_naming_the_argument(call, named):
+    with pytest.raises(ValueError, match=f"^{named} holds 1|^{named} holds 8"):
+        call()
+
+
+def test_order_based_statistics_rank_infinities():
+    # Spearman ranks +-inf like any value: perfectly monotone
+    assert correlation_ci([1.0, 2.0, 3.0, math.inf], [1, 2, 3, 4], n_boot=20)[0] == 1.0
+    assert correlation_ci([-math.inf, 2.0, 3.0, 4.0], [1, 2, 3, 4], n_boot=20)[0] == 1.0
+    # top-k overlap: +inf best, -inf ranked last, NaN never (it used to tie with -inf)
+    a = np.array([math.nan, -math.inf, 2.0, math.inf])
+    b = np.array([0.0, 1.0, 2.0, 3.0])
+    assert top_k_overlap(a, b, 2) == 1.0
+    assert top_k_overlap(a, np.array([5.0, 1.0, 2.0, 3.0]), 3) == 2 / 3
+    with pytest.warns(UserWarning, match="map a has 3 rankable values, fewer than k=4"):
+        assert top_k_overlap(a, b, 4) == 3 / 4  # the NaN head is not in a's top set
+    with pytest.raises(ValueError, match="map b has no rankable value"):
+        top_k_overlap(b, np.full(4, math.nan), 1)
+
+
+def test_percentile_interval_endpoints_next_to_infinite_replicates_are_infinite():
+    inf = math.inf
+    reps = np.array([[1, 2, inf, inf], [1, 2, 3, inf], [-inf, 1, 2, 3], [1, 2, 3, 4]]).T
+    low, high = percentile_interval(reps)
+    assert low[0] == low[1] == low[3] == pytest.approx(1.075) and low[2] == -inf
+    assert high[0] == high[1] == inf and high[2] == pytest.approx(2.925)
+    assert high[3] == pytest.approx(3.925)  # finite replicates: numbers unchanged
+    low, high = percentile_interval(np.array([[0.0], [1.0], [inf]]), level=1e-9)
+    assert low[0] == pytest.approx(1.0) and high[0] == inf
+    low, high = percentile_interval(np.array([[inf], [inf], [math.nan]]))
+    assert low[0] == high[0] == inf
+
+
+def test_nanmean_is_plain_arithmetic_on_infinities():
+    assert float(nanmean([1.0, math.inf, math.nan])) == math.inf
+    assert math.isnan(float(nanmean([math.inf, -math.inf])))
+
+
+def test_ranked_order_is_the_one_ranking_rule():
+    x = np.array([2.0, math.nan, -math.inf, 2.0, math.inf])
+    assert ranked_order(x).tolist() == [4, 0, 3, 2]
+    assert ranked_order(torch.tensor(x)).tolist() == [4, 0, 3, 2]

@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ from transformer_lens import HookedTransformer
 
 from ..heads import check_top_k, default_top_k
 from ..prompts import PromptSet, check_prompt_set
+from ..stats import ranked_order
 from .label_attention import label_attention_scores
 from .scoring import DETECTORS, Normalize
 from .sequences import Sequences, resolve_n_sequences
@@ -64,7 +66,8 @@ def detect_heads(
     when ``top_k`` is given (an int for every kind or a dict per kind), when it is among
     the ``top_k`` heads by that score. Kinds: ``"previous_token"``, ``"duplicate_token"``,
     ``"induction"``, ``"label_attention"`` (by ``label_attention_score``); several are
-    joined with ``"+"``; none is ``""``.
+    joined with ``"+"``; none is ``""``. A NaN score never qualifies (not by threshold, not
+    by rank); thresholds must be finite.
 
     Example::
 
@@ -133,16 +136,29 @@ def detect_heads(
 def _thresholds(thresholds: dict[str, float] | float | None) -> dict[str, float]:
     if thresholds is None:
         return dict(DEFAULT_THRESHOLDS)
-    if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
-        return dict.fromkeys(KINDS, float(thresholds))
+    if isinstance(thresholds, numbers.Real) and not isinstance(thresholds, bool):
+        return dict.fromkeys(KINDS, _threshold(thresholds, "thresholds"))
     if isinstance(thresholds, dict):
         unknown = set(thresholds) - set(KINDS)
         if unknown:
             raise ValueError(f"Unknown kind(s) {sorted(unknown)} in thresholds; kinds are {KINDS}.")
-        return {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in thresholds.items()}}
+        chosen = {k: _threshold(v, f"thresholds[{k!r}]") for k, v in thresholds.items()}
+        return {**DEFAULT_THRESHOLDS, **chosen}
     raise TypeError(
         f"thresholds must be a float or a dict kind -> float, got {type(thresholds).__name__}."
     )
+
+
+def _threshold(value: object, what: str) -> float:
+    """A finite threshold (a NaN one would silently give no head its kind)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number, got {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(
+            f"{what} must be a finite number, got {value!r} (a NaN threshold gives no "
+            "head its kind; for 'none' pass a threshold above 1)."
+        )
+    return float(value)
 
 
 def _top_k(
@@ -164,9 +180,9 @@ def _top_k(
 
 
 def _top_k_mask(scores: Float[Tensor, " n"], k: int) -> Bool[Tensor, " n"]:
-    valid = ~torch.isnan(scores)
-    k = min(k, int(valid.sum()))
-    order = torch.argsort(torch.where(valid, scores, -torch.inf), descending=True, stable=True)
-    mask = torch.zeros_like(valid)
-    mask[order[:k]] = True
+    """The ``k`` best heads by :func:`~icl_heads.heads.ranked_order` (NaN never ranked, so
+    a detector without scores gives no head its kind)."""
+    order = torch.as_tensor(ranked_order(scores)[:k], dtype=torch.long)
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    mask[order] = True
     return mask

@@ -20,7 +20,7 @@ from ..heads import HeadScores
 from ..hooks import check_interventions
 from ..prompts import PromptSet, check_prompt_set
 from ..settings import describe_interventions, model_name
-from .scoring import PATTERN_SUFFIX, DetectorSettings
+from .scoring import PATTERN_SUFFIX, DetectorSettings, check_pattern_rows
 
 
 class LabelAttention(NamedTuple):
@@ -72,6 +72,7 @@ def label_attention_scores(
     interventions = check_interventions(interventions, model)
     names = [f"blocks.{layer}.{PATTERN_SUFFIX}" for layer in range(model.cfg.n_layers)]
     masses, golds = [], []
+    sinks = bool(getattr(model.cfg, "use_attention_sinks", False))
     for b in iter_batches(
         model,
         prompts,
@@ -85,9 +86,22 @@ def label_attention_scores(
         desc="label attention",
     ):
         query_rows = torch.stack([b.activations[n] for n in names], dim=1)  # [b, L, H, pos]
+        if not sinks:
+            check_pattern_rows(
+                query_rows.sum(-1),
+                torch.ones_like(query_rows[..., 0], dtype=torch.bool),
+                "label_attention_scores",
+            )
         positions = b.prompts.demo_label_positions  # [b, k]
         index = positions[:, None, None, :].expand(*query_rows.shape[:3], positions.shape[1])
         to_labels = query_rows.gather(-1, index)  # [b, L, H, k]
+        if not bool(torch.isfinite(to_labels).all()):
+            bad = (~torch.isfinite(to_labels)).flatten(1).any(-1).nonzero().flatten()
+            raise ValueError(
+                f"label_attention_scores: the attention of {len(bad)} prompts to their "
+                f"label tokens holds NaN or inf (first: prompt {int(b.index[bad[0]])}); the "
+                "run or an intervention made it non-finite, and it cannot be scored."
+            )
         is_gold = (b.prompts.demo_labels == b.prompts.gold[:, None]).to(to_labels.dtype)
         masses.append(to_labels.sum(-1).cpu())
         golds.append((to_labels * is_gold[:, None, None]).sum(-1).cpu())

@@ -96,6 +96,9 @@ def score_patterns(
     - ``"rows"``: ``mean_{i in R} (sum_j A'[i,j] D[i,j]) / (sum_j A'[i,j])`` with
       ``R = {i : any_j D[i,j] & keep[i,j]}``; NaN when ``R`` is empty.
     - ``"detect_head"``: ``sum_ij A' * D / sum_ij A'`` (TransformerLens "mul").
+
+    A pattern that is not finite at a kept entry (a broken run) is a ValueError, never a
+    NaN score averaged away.
     """
     return _score(pattern, _Targets.of(detection, keep), normalize)
 
@@ -125,13 +128,21 @@ def _score(pattern: Tensor, targets: _Targets, normalize: Normalize) -> Tensor:
     them per row instead of multiplying dense ``[query, key]`` matrices."""
     batch, heads, queries, _ = pattern.shape
     masked = torch.where(targets.keep[:, None], pattern, 0.0)  # also drops NaN padding rows
+    mass = masked.sum(-1)  # [batch, head, query]; NaN / inf iff a kept entry is
+    if not bool(torch.isfinite(mass).all()):
+        bad = (~torch.isfinite(mass)).flatten(1).any(-1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"The attention patterns of {len(bad)} of {batch} sequences hold NaN or inf at "
+            f"real positions (first: batch row {bad[0]}); the run or an intervention made "
+            "them non-finite, and they cannot be scored."
+        )
     b, d, q, k = targets.index
     hits = pattern.new_zeros(batch, targets.n_detectors, queries, heads)
     hits.index_put_((b, d, q), masked[b, :, q, k], accumulate=True)
     hits = hits.transpose(-1, -2)  # [batch, detector, head, query]
     if normalize == "detect_head":
         return hits.sum(-1) / masked.sum((-1, -2))[:, None]
-    row_scores = hits / masked.sum(-1)[:, None].clamp_min(_TINY)
+    row_scores = hits / mass[:, None].clamp_min(_TINY)
     applies = targets.applies.to(pattern.dtype)
     return (row_scores * applies).sum(-1) / applies.sum(-1)  # 0/0 = NaN: nothing applies
 
@@ -198,9 +209,33 @@ def pattern_reducer(
             normalize=normalize,
         )
         targets = _Targets.of(detection, keep)
-        return lambda pattern, name: _score(pattern, targets, normalize)
+        real = _real_mask(batch.tokens, batch.attention_mask)
 
+        def score(pattern: Tensor, name: str) -> Tensor:
+            if not sinks:
+                check_pattern_rows(pattern.sum(-1), real[:, None], name)
+            return _score(pattern, targets, normalize)
+
+        return score
+
+    sinks = bool(getattr(model.cfg, "use_attention_sinks", False))
     return for_batch
+
+
+def check_pattern_rows(row_sums: Tensor, real: Tensor, where: str) -> None:
+    """A ValueError when a real query row of an attention pattern sums to exactly 0:
+    TransformerLens replaces a NaN pattern by zeros, so such a row is a broken run (a NaN
+    intervention, float16 overflow), never a score of 0. (Models with attention sinks may
+    give a row little mass; the caller skips them.)"""
+    dead = (row_sums == 0) & real
+    if bool(dead.any()):
+        rows = dead.flatten(1).any(-1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"{where}: the attention of {len(rows)} of {row_sums.shape[0]} sequences is zero "
+            f"in a whole real row (first: batch row {rows[0]}); TransformerLens zeroes NaN "
+            "patterns, so the run or an intervention made them non-finite, and they cannot "
+            "be scored."
+        )
 
 
 def tokenizer_bos_id(model: HookedTransformer) -> int | None:

@@ -41,7 +41,15 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ..checks import check_int
-from ..heads import Head, HeadScores, HeadsLike, heads_to_mask, mask_to_heads, random_head_sets
+from ..heads import (
+    Head,
+    HeadScores,
+    HeadsLike,
+    heads_to_mask,
+    map_head_set,
+    mask_to_heads,
+    random_head_sets,
+)
 from ..metrics import BEHAVIOUR
 from ..prompt_set import check_model as check_prompt_model
 from ..prompts import PromptSet, check_prompt_set
@@ -189,9 +197,15 @@ class Condition:
         return heads_label(self.heads)
 
 
-def head_set(model: HookedTransformer, heads: HeadsLike, name: str) -> list[Head]:
-    """One head set as a sorted list, with clear errors (too many, repeated, out of range)."""
+def head_set(
+    model: HookedTransformer, heads: HeadsLike, name: str, *, top_k: int | None = None
+) -> list[Head]:
+    """One head set as a sorted list, with clear errors (too many, repeated, out of range).
+    A ``HeadScores`` gives its ``top(top_k)``, never an empty set (:func:`map_head_set`);
+    an explicit empty list stays empty (a check that the intervention changes nothing)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    if isinstance(heads, HeadScores):
+        heads = map_head_set(heads, L, H, top_k, what=f"Head set {name!r}")
     if isinstance(heads, (list, tuple)):
         if len(heads) > L * H:
             raise ValueError(
@@ -217,7 +231,8 @@ def named_sets(
     """The named head sets of an experiment, checked: ``{name: sorted heads}``.
 
     Values may be any head selection (``Head`` lists, ``(layer, head)`` pairs, a boolean
-    mask) or a ``HeadScores`` (its ``top(top_k)``). Names must be non-empty, must not be
+    mask) or a ``HeadScores`` (its ``top(top_k)``; a map with no rankable head is an error,
+    see :func:`head_set`). Names must be non-empty, must not be
     ``"baseline"``, start with ``"random"`` or contain ``" - "`` (those name controls and
     contrasts).
     """
@@ -246,9 +261,7 @@ def named_sets(
                 f"{BASELINE!r}, not starting with 'random' nor containing ' - ' "
                 f"(used for controls and contrasts); got {name!r}."
             )
-        if isinstance(value, HeadScores):
-            value = value.top(top_k)
-        out[name] = head_set(model, value, name)
+        out[name] = head_set(model, value, name, top_k=top_k)
     return out
 
 
@@ -256,7 +269,7 @@ def check_random(
     n_random: object, random_like: object, named: Mapping[str, list]
 ) -> tuple[int, tuple[str, ...]]:
     """``(n_random, random_like)`` checked: the sets that get random controls (default every
-    non-empty named set) and how many controls each."""
+    non-empty named set; naming an empty set is an error) and how many controls each."""
     n_random = check_int(n_random, "n_random", 0)
     if random_like is None:
         random_like = tuple(name for name, hs in named.items() if hs)
@@ -269,6 +282,11 @@ def check_random(
         if name not in named:
             raise ValueError(
                 f"random_like names {name!r}, which is not one of the head sets {list(named)}."
+            )
+        if not named[name]:
+            raise ValueError(
+                f"random_like names {name!r}, an empty head set: its random controls would "
+                "be empty too (rows equal to the baseline). Leave it out of random_like."
             )
     if random_like and n_random == 0:
         raise ValueError(

@@ -91,7 +91,9 @@ def onset_layers(
     """The first layer where each curve reaches ``fraction`` of its maximum.
 
     Args:
-        curves: ``[..., layer]`` values (NaN ignored).
+        curves: ``[..., layer]`` values (NaN ignored; ``+inf``, e.g. the Fisher ratio of
+            classes without within-class spread, is a maximum like any other: its onset
+            is the first infinite layer).
         layers: the layer label of each column.
 
     Returns:
@@ -104,4 +106,4 @@ def onset_layers(
     reached = filled >= fraction * peak
     first = reached.argmax(-1)
     out = labels[first]
-    return np.where((peak[..., 0] > 0) & np.isfinite(peak[..., 0]), out, np.nan)
+    return np.where(peak[..., 0] > 0, out, np.nan)

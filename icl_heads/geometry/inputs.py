@@ -44,13 +44,20 @@ def as_states(states, what: str = "states") -> Tensor:
             "prompt, layer and dimension."
         )
     states = states.detach().to("cpu", torch.float64)
-    if not torch.isfinite(states).all():
-        raise ValueError(f"{what} contain NaN or inf values.")
+    bad = ~torch.isfinite(states).flatten(1).all(-1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"{what} contain NaN or inf values in {len(rows)} of {len(states)} prompts "
+            f"(first: prompt {rows[0]}); the run that made them broke (e.g. a NaN "
+            "intervention). Give finite states."
+        )
     return states
 
 
 def as_labels(labels, n: int) -> np.ndarray:
-    """Labels as a 1-D array with one entry per prompt."""
+    """Labels as a 1-D array with one entry per prompt; a missing label (NaN, inf, None)
+    is an error, never an extra class."""
     if isinstance(labels, Tensor):
         labels = labels.detach().cpu().numpy()
     try:
@@ -70,7 +77,23 @@ def as_labels(labels, n: int) -> np.ndarray:
             "labels); pass one label per prompt, in the order of the states (e.g. "
             "query_states(model, prompts) with prompts.gold)."
         )
+    values = arr.tolist()
+    missing = np.array([_missing(v) for v in values], dtype=bool)
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        raise ValueError(
+            f"labels hold {int(missing.sum())} missing value(s) (NaN, inf or None; first: "
+            f"prompt {first} = {values[first]!r}); a missing label is not a class. Drop "
+            "those prompts or give every prompt its class."
+        )
     return arr
+
+
+def _missing(value: object) -> bool:
+    """A label that is no class: None, or a float NaN / inf."""
+    if value is None:
+        return True
+    return isinstance(value, float) and not np.isfinite(value)
 
 
 def class_codes(labels: np.ndarray, folds: int | None, what: str) -> tuple[np.ndarray, int]:

@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformer
 from ..activations import iter_batches
 from ..metrics import BEHAVIOUR, METRICS
 from ..prompts import PromptSet, check_prompt_set
+from .inputs import as_states
 
 #: Behaviour metrics (``icl_heads.metrics``) kept per prompt by :func:`run_query`.
 
@@ -188,6 +189,9 @@ def task_vector(
 
     Returns:
         ``[d_model]`` for one layer, ``[len(layer), d_model]`` for a list (float32, CPU).
+
+    Raises:
+        ValueError: a query state holds NaN or inf (a broken run): never a NaN vector.
     """
     single = isinstance(layer, numbers.Integral) and not isinstance(layer, bool)
     states = query_states(
@@ -199,5 +203,6 @@ def task_vector(
         device=device,
         progress=progress,
     )
-    vectors = states.double().mean(0).float()
+    states = as_states(states, "task_vector: the query states")  # NaN / inf: an error
+    vectors = states.mean(0).float()
     return vectors[0] if single else vectors

@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Literal
@@ -37,6 +38,24 @@ TASK_VECTOR_MODES = ("replace", "add")
 
 
 # --------------------------------------------------------------------------- steering
+
+
+def check_finite_vector(vector: Tensor, fn: str, where: str) -> None:
+    """A ValueError naming ``fn``, the argument ``vector``, ``where`` it goes (a head, a
+    layer) and its first bad entry, when ``vector`` holds NaN or inf.
+
+    Example::
+
+        check_finite_vector(v, "steer", "head L1H2")
+    """
+    bad = ~torch.isfinite(vector)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{fn}: vector for {where} holds {int(bad.sum())} NaN or inf value(s) of "
+            f"{vector.numel()} (first: entry {first} = {float(vector[first])}); give a "
+            "finite vector (e.g. a mean over prompts whose run had no NaN)."
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,16 +161,20 @@ def steer(
             f"vector must be 1-D ([d_model] or, with a head, [d_head]); got shape "
             f"{tuple(vector.shape)}."
         )
-    if not torch.isfinite(vector).all():
-        raise ValueError("vector contains NaN or inf values.")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a number, got {alpha!r}.")
+    if not math.isfinite(alpha):
+        raise ValueError(
+            f"steer: alpha must be a finite number, got {alpha!r}; NaN or inf steering "
+            "makes NaN logits, which cannot be scored."
+        )
     positions = check_positions(positions)
     L = model.cfg.n_layers
     head_index = None
     if head is not None:
         mask = heads_to_mask([head], L, model.cfg.n_heads)
         hl, head_index = (int(v) for v in mask.nonzero()[0])
+        target = f"head {Head(hl, head_index)}"
         if layer is not None and layer != hl:
             raise ValueError(
                 f"layer={layer} disagrees with head {Head(hl, head_index)}; omit "
@@ -173,6 +196,7 @@ def steer(
             raise ValueError("Give the layer to steer (or a head).")
         if site == "z":
             raise ValueError("To steer a head's z, give head=Head(layer, head).")
+        target = f"{site} of layer {layer}"
         hook_name(site, 0)
         if vector.shape[0] != model.cfg.d_model:
             raise ValueError(
@@ -180,6 +204,12 @@ def steer(
                 f"d_model={model.cfg.d_model}."
             )
     layers_to_mask([layer], L)  # type and range check
+    check_finite_vector(vector, "steer", target)
+    if not bool(torch.isfinite(float(alpha) * vector).all()):
+        raise ValueError(
+            f"steer: alpha={alpha!r} times the vector for {target} overflows float32 "
+            f"(|v| = {float(vector.norm()):.3g}); use a smaller alpha."
+        )
     return Steer(
         model=model,
         vector=vector,
@@ -296,15 +326,14 @@ def inject_task_vector(
             f"vector must have shape [d_model] = [{model.cfg.d_model}], got "
             f"{tuple(vector.shape)}; task_vector(model, prompts, layer) makes one."
         )
-    if not torch.isfinite(vector).all():
-        raise ValueError("vector contains NaN or inf values.")
     if mode not in TASK_VECTOR_MODES:
         raise ValueError(f"Unknown task-vector mode {mode!r}; choose one of {TASK_VECTOR_MODES}.")
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a number, got {scale!r}.")
-    if not bool(torch.isfinite(torch.tensor(float(scale)))):
-        raise ValueError(f"scale must be finite, got {scale!r}.")
+    if not math.isfinite(scale):
+        raise ValueError(f"inject_task_vector: scale must be a finite number, got {scale!r}.")
     state_injection_hook(layer, model.cfg.n_layers)
+    check_finite_vector(vector, "inject_task_vector", f"state {layer}")
     return TaskVector(
         model=model,
         vector=vector,
