@@ -25,3 +25,14 @@ def check_int(value: object, name: str, minimum: int | None = None, what: str | 
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be {what or f'>= {minimum}'}, got {value!r}.")
     return int(value)
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` as a non-negative ``int`` (numpy's and torch's generators need one):
+    ``TypeError`` for other types, ``ValueError`` below 0, both naming the value.
+
+    Example::
+
+        seed = check_seed(seed)
+    """
+    return check_int(seed, name, 0, "a non-negative integer (a random seed)")

@@ -372,15 +372,8 @@ def heads_to_mask(heads: HeadsLike, n_layers: int, n_heads: int) -> Bool[Tensor,
     default ``top()``), or a boolean mask. Raises ``ValueError`` for out-of-range heads or a
     wrong-shaped mask/map and ``TypeError`` for anything else (e.g. float indices).
     """
-    if isinstance(heads, HeadScores):
-        if (heads.n_layers, heads.n_heads) != (n_layers, n_heads):
-            raise ValueError(
-                f"The HeadScores map {heads.name!r} has shape "
-                f"[{heads.n_layers}, {heads.n_heads}]; this model has "
-                f"[n_layers, n_heads] = [{n_layers}, {n_heads}]. Use a map made on "
-                "this model."
-            )
-        heads = heads.top()
+    if isinstance(heads, HeadScores):  # its default top(): never an empty set
+        heads = map_head_set(heads, n_layers, n_heads, what="Heads")
     if isinstance(heads, Tensor):
         if heads.dtype != torch.bool:
             raise TypeError(f"A head mask must be a boolean tensor, got dtype {heads.dtype}.")

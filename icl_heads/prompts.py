@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer
 
-from .checks import check_int
+from .checks import check_int, check_seed
 from .prompt_set import (
     FINGERPRINT_PROBE,
     PromptSet,
@@ -190,7 +190,7 @@ def build_prompts(
         )
     k = check_int(k, "k", 0, "a non-negative integer")
     n = check_int(n, "n", 1, "a positive integer")
-    seed = check_int(seed, "seed", None, "an integer")
+    seed = check_seed(seed)
     if perturbation is not None and not isinstance(perturbation, str):
         raise TypeError(
             f"perturbation must be None or one of {PERTURBATIONS}, got "

@@ -29,6 +29,8 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
+from .checks import check_seed
+
 #: Bootstrap resamples used unless a function is told otherwise.
 N_BOOT = 1000
 LEVEL = 0.95
@@ -81,8 +83,7 @@ def _check(n_boot: int, level: float, seed: int) -> None:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}.")
     if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an integer, got {seed!r}.")
+    check_seed(seed)
 
 
 def mean_ci(

@@ -851,9 +851,18 @@ def test_template_not_a_string():
         (dict(k="2", n=2), r"k must be a non-negative integer, got str '2'"),
         (dict(k=1, n=True), r"n must be a positive integer, got bool True"),
         (dict(k=1, n=3.0), r"n must be a positive integer, got float 3\.0"),
-        (dict(k=1, n=2, seed="a"), r"seed must be an integer, got str 'a'"),
-        (dict(k=1, n=2, seed=1.5), r"seed must be an integer, got float 1\.5"),
-        (dict(k=1, n=2, seed=None), r"seed must be an integer, got NoneType None"),
+        (
+            dict(k=1, n=2, seed="a"),
+            r"seed must be a non-negative integer \(a random seed\), got str 'a'",
+        ),
+        (
+            dict(k=1, n=2, seed=1.5),
+            r"seed must be a non-negative integer \(a random seed\), got float 1\.5",
+        ),
+        (
+            dict(k=1, n=2, seed=None),
+            r"seed must be a non-negative integer \(a random seed\), got NoneType None",
+        ),
         (dict(k=1, n=2, perturbation=3), r"perturbation must be None or one of .* got int 3"),
         (
             dict(k=1, n=2, prepend_bos="yes"),
@@ -1681,6 +1690,12 @@ H3_CASES = [
         r"tl_score.mask: the HeadScores map 'tl_score' has no rankable head",
     ),
     (
+        "ablate an all-NaN map itself (not its mask)",
+        lambda e: ih.ablate(e["m"], _blank()),
+        ValueError,
+        r"Heads: the HeadScores map 'tl_score' has no rankable head",
+    ),
+    (
         "named set from an all-NaN map",
         lambda e: kit.named_sets(e["m"], {"TL": _blank()}),
         ValueError,
@@ -1992,3 +2007,16 @@ def test_h3_steering_a_zero_shot_set_never_scores_nan_logits(env):
     with pytest.raises(ValueError, match="alpha"):
         trtl_steer = ih.steer(env["m"], torch.ones(32), head=(1, 0), alpha=float("nan"))
         ih.evaluate(env["m"], env["p"], interventions=[trtl_steer], progress=False)
+
+
+def test_a_negative_seed_is_named_at_the_call(tiny_llama, tiny_prompts, sentiment_task):
+    """numpy's generators need a seed >= 0: the error names it at the public call, not
+    from inside numpy ("expected non-negative integer")."""
+    from icl_heads import stats  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer.*got -1"):
+        ih.build_prompts(tiny_llama, sentiment_task, k=1, n=2, seed=-1)
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer.*got -3"):
+        stats.mean_ci(torch.arange(5.0), seed=-3)
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer.*got -1"):
+        trtl.find_task_heads(tiny_llama, tiny_prompts, seed=-1)

@@ -17,6 +17,7 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ..checks import check_seed
 from ..models import resolve_device
 from ..prompts import PromptSet, check_prompt_set
 from .scoring import tokenizer_bos_id
@@ -87,8 +88,7 @@ def random_repeated_tokens(
             raise TypeError(f"{name} must be a positive integer, got {value!r}.")
         if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an integer, got {seed!r}.")
+    check_seed(seed)
     bos_id = tokenizer_bos_id(model)
     if prepend_bos is None:
         prepend_bos = bool(model.cfg.default_prepend_bos) and bos_id is not None

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from ...checks import check_int
+from ...checks import check_int, check_seed
 from ...detectors import token_detector_scores
 from ...models import load_model
 from ...outputs import check_output_dir, write_file
@@ -124,7 +124,7 @@ def reproduce_geometry(
     preset = QUICK if quick else FULL
     size = preset.n if n is None else check_int(n, "n", 2)
     k = check_int(k, "k", 1)
-    seed = check_int(seed, "seed")
+    seed = check_seed(seed)
     name = model_name(model)
     root = check_output_dir(out_dir, what="reproduce_geometry: out_dir") / safe_name(
         name or "model"

@@ -11,7 +11,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ...activations import ActivationMeans, activation_means
-from ...checks import check_int
+from ...checks import check_seed
 from ...heads import Head, HeadsLike, heads_to_mask
 from ...hooks import Positions, check_interventions, check_positions
 from ...interventions import ABLATION_MODES, ablate
@@ -150,7 +150,7 @@ def ablation_experiment(
     """
     check_model(model, "ablation_experiment")
     check_prompts(model, prompts)
-    seed, n_boot = check_int(seed, "seed"), check_boot(n_boot)
+    seed, n_boot = check_seed(seed), check_boot(n_boot)
     check_bool(layer_matched, "layer_matched")
     if mode not in ABLATION_MODES:
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")

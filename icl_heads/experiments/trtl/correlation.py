@@ -15,7 +15,7 @@ from transformer_lens import HookedTransformer
 
 from ...activations import ActivationMeans
 from ...attribution import tsla_scores
-from ...checks import check_int
+from ...checks import check_seed
 from ...heads import HeadScores
 from ...hooks import Positions, check_interventions, check_positions
 from ...interventions import ABLATION_MODES
@@ -103,7 +103,7 @@ def correlation_experiment(
     """
     check_model(model, "correlation_experiment")
     check_prompts(model, prompts)
-    seed, n_boot = check_int(seed, "seed"), check_boot(n_boot)
+    seed, n_boot = check_seed(seed), check_boot(n_boot)
     if mode not in ABLATION_MODES:
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
     positions = check_positions(positions)

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from ...checks import check_int
+from ...checks import check_seed
 from ...heads import Head, check_top_k
 from ...hooks import check_interventions
 from ...metrics import behaviour
@@ -91,7 +91,7 @@ def find_task_heads(
     """
     check_model(model, "find_task_heads")
     check_prompts(model, prompts)
-    seed, n_boot = check_int(seed, "seed"), check_boot(n_boot)
+    seed, n_boot = check_seed(seed), check_boot(n_boot)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     top_k = check_top_k(top_k, L, H)
     if top_k > L * H:

@@ -15,7 +15,7 @@ from transformer_lens import HookedTransformer
 from ...activations import final_logits
 from ...attribution import tsla_scores
 from ...decomposition import iter_query_terms
-from ...heads import Head, HeadScores
+from ...heads import Head, HeadScores, map_head_set
 from ...hooks import Capture, check_interventions
 from ...prompts import PromptSet, check_prompt_set
 from ...settings import describe_interventions
@@ -169,4 +169,8 @@ def tr_tl_sets(
         interventions=interventions,
         progress=progress,
     )
-    return {"TR": tr.top(), "TL": tl.top()}
+    n_layers, n_heads = tr.n_layers, tr.n_heads
+    return {
+        name: map_head_set(scores, n_layers, n_heads, what=f"Head set {name!r}")
+        for name, scores in (("TR", tr), ("TL", tl))
+    }

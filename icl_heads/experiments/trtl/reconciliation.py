@@ -13,7 +13,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ...attribution import label_unembeddings, subspace_basis, tsla_scores
-from ...checks import check_int
+from ...checks import check_int, check_seed
 from ...detectors import label_attention_scores, token_detector_scores
 from ...geometry import normalized_states
 from ...heads import HeadScores, check_top_k
@@ -103,7 +103,7 @@ def reconciliation_experiment(
     """
     check_model(model, "reconciliation_experiment")
     check_prompts(model, prompts, need_demos=True)
-    seed, n_boot = check_int(seed, "seed"), check_boot(n_boot)
+    seed, n_boot = check_seed(seed), check_boot(n_boot)
     T, n_sequences = check_int(T, "T", 1), check_int(n_sequences, "n_sequences", 1)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     top_k = check_top_k(

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ...activations import ActivationMeans, activation_means
-from ...checks import check_int
+from ...checks import check_int, check_seed
 from ...heads import HeadScores
 from ...models import load_model
 from ...outputs import check_output_dir
@@ -179,7 +179,7 @@ def reproduce_trtl(
     check_model(model, "reproduce_trtl")
     check_bool(quick, "quick")
     check_bool(rerun_stale, "rerun_stale")
-    seed = check_int(seed, "seed")
+    seed = check_seed(seed)
     if isinstance(tasks, (str, Task)):
         tasks = [tasks]
     if not isinstance(tasks, Sequence) or not tasks:

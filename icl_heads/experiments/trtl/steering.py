@@ -14,7 +14,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ...attribution import label_unembeddings
-from ...checks import check_int
+from ...checks import check_seed
 from ...geometry import label_rotation, normalized_states, subspace_alignment
 from ...heads import Head, HeadsLike
 from ...hooks import Positions, check_interventions, check_positions
@@ -157,7 +157,7 @@ def steering_experiment(
     )
     check_head_sets(heads, model, source_prompts, fn="steering_experiment")
     alphas = _check_alphas(alphas)
-    seed, n_boot = check_int(seed, "seed"), check_boot(n_boot)
+    seed, n_boot = check_seed(seed), check_boot(n_boot)
     check_bool(layer_matched, "layer_matched")
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
@@ -261,8 +261,10 @@ def _check_alphas(alphas: object) -> tuple[float, ...]:
         raise TypeError(f"alphas must be a non-empty list of numbers, got {alphas!r}.")
     out = []
     for a in alphas:
-        if isinstance(a, bool) or not isinstance(a, numbers.Real) or not math.isfinite(a):
-            raise TypeError(f"alphas must be finite numbers, got {a!r} in {list(alphas)}.")
+        if isinstance(a, bool) or not isinstance(a, numbers.Real):
+            raise TypeError(f"alphas must be numbers, got {a!r} in {list(alphas)}.")
+        if not math.isfinite(a):
+            raise ValueError(f"alphas must be finite numbers, got {a!r} in {list(alphas)}.")
         out.append(float(a))
     if len(set(out)) != len(out):
         raise ValueError(f"alphas repeats a value: {list(alphas)}.")
