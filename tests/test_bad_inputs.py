@@ -2020,3 +2020,26 @@ def test_a_negative_seed_is_named_at_the_call(tiny_llama, tiny_prompts, sentimen
         stats.mean_ci(torch.arange(5.0), seed=-3)
     with pytest.raises(ValueError, match=r"seed must be a non-negative integer.*got -1"):
         trtl.find_task_heads(tiny_llama, tiny_prompts, seed=-1)
+
+
+def test_perturbation_needs_a_label_with_two_prompts(tiny_llama, sentiment_task):
+    """Before: an IndexError from the split-half code when every label had one prompt."""
+    prompts = ih.build_prompts(tiny_llama, sentiment_task, k=2, n=8, seed=0)
+    one_each = prompts.select([prompts.gold.tolist().index(c) for c in (0, 1)])
+    with pytest.raises(ValueError, match=r"some label needs >= 2 prompts; got 2 prompt\(s\)"):
+        trtl.perturbation_experiment(tiny_llama, one_each, n_boot=10, progress=False)
+
+
+def test_a_class_with_too_few_prompts_is_named_as_a_plain_number():
+    """Before: ``class np.int64(1) has 1 prompts`` (numpy's repr in a user message)."""
+    states = torch.randn(7, 4)
+    with pytest.raises(ValueError, match=r"class 1 has 1 prompts, fewer than folds=2"):
+        ih.separability(states, [0, 0, 0, 0, 0, 0, 1], folds=2, n_boot=5)
+
+
+def test_detect_heads_refuses_a_top_k_beyond_the_heads(tiny_llama):
+    """Before: top_k=1000 was accepted and every head got every kind."""
+    with pytest.raises(ValueError, match=r"top_k = 1000 is more than the model's 8 heads"):
+        ih.detect_heads(tiny_llama, top_k=1000)
+    with pytest.raises(ValueError, match=r"top_k\['induction'\] = 9 is more than"):
+        ih.detect_heads(tiny_llama, top_k={"induction": 9})

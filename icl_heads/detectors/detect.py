@@ -170,13 +170,20 @@ def _top_k(
         unknown = set(top_k) - set(KINDS)
         if unknown:
             raise ValueError(f"Unknown kind(s) {sorted(unknown)} in top_k; kinds are {KINDS}.")
-        return {
-            k: check_top_k(v, n_layers, n_heads, allow_zero=True, what=f"top_k[{k!r}]")
-            for k, v in top_k.items()
-        }
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        chosen = {k: (v, f"top_k[{k!r}]") for k, v in top_k.items()}
+    elif isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
         raise TypeError(f"top_k must be an int or a dict kind -> int, got {top_k!r}.")
-    return dict.fromkeys(KINDS, check_top_k(top_k, n_layers, n_heads, allow_zero=True))
+    else:
+        chosen = {k: (top_k, "top_k") for k in KINDS}
+    out = {}
+    for kind, (value, what) in chosen.items():
+        out[kind] = check_top_k(value, n_layers, n_heads, allow_zero=True, what=what)
+        if out[kind] > n_layers * n_heads:  # every head would get every kind
+            raise ValueError(
+                f"{what} = {out[kind]} is more than the model's {n_layers * n_heads} heads "
+                f"({n_layers} layers x {n_heads}); use a top_k <= {n_layers * n_heads}."
+            )
+    return out
 
 
 def _top_k_mask(scores: Float[Tensor, " n"], k: int) -> Bool[Tensor, " n"]:

@@ -108,14 +108,14 @@ def class_codes(labels: np.ndarray, folds: int | None, what: str) -> tuple[np.nd
         )
     counts = np.bincount(codes)
     if folds is not None and counts.min() < folds:
-        worst = classes[int(counts.argmin())]
+        worst = classes[int(counts.argmin())].item()  # a plain number: not np.int64(0)
         raise ValueError(
             f"{what}: class {worst!r} has {int(counts.min())} prompts, fewer than "
             f"folds={folds}; use folds <= {int(counts.min())} or more prompts "
             f"(n >= folds x classes = {folds * len(classes)})."
         )
     if counts.min() < 2:
-        worst = classes[int(counts.argmin())]
+        worst = classes[int(counts.argmin())].item()  # a plain number: not np.int64(0)
         raise ValueError(
             f"{what}: class {worst!r} has a single prompt; every class needs at "
             "least two (use more prompts)."

@@ -117,10 +117,11 @@ def perturbation_experiment(
             f"perturbation_experiment needs the gold prompts, got prompts with perturbation="
             f"{prompts.perturbation!r}; build them with build_prompts(model, task, k, n, seed)."
         )
-    if len(prompts) < 2:
+    if len(prompts) < 2 or len(_split_by_label(prompts.gold.cpu())[1]) == 0:
         raise ValueError(
-            f"perturbation_experiment splits the gold prompts in halves and needs n >= 2, got "
-            f"{len(prompts)} prompt(s)."
+            f"perturbation_experiment splits the gold prompts in two halves of the same "
+            f"label balance, so some label needs >= 2 prompts; got {len(prompts)} prompt(s) "
+            f"with labels {sorted(set(prompts.gold.tolist()))}. Build more prompts (larger n)."
         )
     task = _task_of(prompts, task)
     check_task_of(task, prompts, fn="perturbation_experiment")
