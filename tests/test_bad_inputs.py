@@ -2043,3 +2043,22 @@ def test_detect_heads_refuses_a_top_k_beyond_the_heads(tiny_llama):
         ih.detect_heads(tiny_llama, top_k=1000)
     with pytest.raises(ValueError, match=r"top_k\['induction'\] = 9 is more than"):
         ih.detect_heads(tiny_llama, top_k={"induction": 9})
+
+
+def test_kit_head_set_refuses_a_map_of_another_model(tiny_llama, tiny_prompts):
+    """Every experiment that takes named sets (kit.named_sets) checks a map's model, not
+    only the TR/TL experiments that call the provenance checks themselves."""
+    tr, _ = ih.tsla_scores(tiny_llama, tiny_prompts, progress=False)
+    other = replace(tr, settings=tr.settings.replace(model="gpt-x"))
+    with pytest.raises(ValueError, match=r"Head set 'TR'.*gpt-x"):
+        kit.named_sets(tiny_llama, {"TR": other})
+    assert kit.named_sets(tiny_llama, {"TR": tr}) == {"TR": sorted(tr.top())}
+
+
+def test_ablate_refuses_means_of_another_model(tiny_llama, tiny_prompts):
+    """The primitive too (before: only the TR/TL experiments checked the means' model)."""
+    means = ih.activation_means(tiny_llama, tiny_prompts, "z", progress=False)
+    other = replace(means, model="gpt-x")
+    with pytest.raises(ValueError, match=r"Mean ablation: means= was made with model 'gpt-x'"):
+        ih.ablate(tiny_llama, [(0, 1)], mode="mean", means=other)
+    ih.ablate(tiny_llama, [(0, 1)], mode="mean", means=means)  # its own model: fine

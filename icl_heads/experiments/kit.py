@@ -53,6 +53,7 @@ from ..heads import (
 from ..metrics import BEHAVIOUR
 from ..prompt_set import check_model as check_prompt_model
 from ..prompts import PromptSet, check_prompt_set
+from ..provenance import check_map
 from ..results import table_row
 from ..stats import mean_ci, paired_difference_ci
 from ..tasks import Task, load_task
@@ -204,7 +205,8 @@ def head_set(
     A ``HeadScores`` gives its ``top(top_k)``, never an empty set (:func:`map_head_set`);
     an explicit empty list stays empty (a check that the intervention changes nothing)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    if isinstance(heads, HeadScores):
+    if isinstance(heads, HeadScores):  # a map made with another model is refused
+        check_map(heads, model, fn="head set", what=f"Head set {name!r}", need="model")
         heads = map_head_set(heads, L, H, top_k, what=f"Head set {name!r}")
     if isinstance(heads, (list, tuple)):
         if len(heads) > L * H:

@@ -35,6 +35,7 @@ from ..hooks import (
     position_mask,
 )
 from ..prompts import PromptSet, check_prompt_set
+from ..provenance import check_model_match
 from ..settings import PromptInfo, model_name
 from .records import means_record, positions_spec, prompts_record
 
@@ -372,6 +373,14 @@ def _check_means(model: HookedTransformer, means, site: str) -> Tensor:
                 f"These means are of site {means.site!r}; this ablation is on "
                 f"{site!r}. Compute activation_means(model, prompts, {site!r})."
             )
+        check_model_match(
+            model,
+            means.model,
+            None,
+            fn="Mean ablation",
+            what="means=",
+            fix="Compute activation_means(model, prompts) with this model.",
+        )
         means = means.values
     if not isinstance(means, Tensor):
         raise TypeError(

@@ -25,6 +25,7 @@ from ..activations import ActivationMeans, activation_means
 from ..heads import heads_to_mask
 from ..hooks import SITES, Intervention, Positions, check_positions, layers_to_mask
 from ..prompts import PromptSet
+from ..provenance import same_prompts
 from ..settings import Settings, model_name
 from .composition import compose
 from .records import fingerprint
@@ -144,7 +145,7 @@ def _find_prompts(kind: str, name: str, info: Any, prompts: Any) -> PromptSet:
         raise _bad(kind, name, f"not a PromptInfo ({err}).") from None
     given = _candidates(prompts, PromptSet)
     for p in given:
-        if isinstance(p, PromptSet) and p.info() == want:
+        if isinstance(p, PromptSet) and same_prompts(want, p.info()):  # digests too
             return p
     raise _bad(
         kind,
