@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +25,9 @@ import icl_heads as ih
 from icl_heads import cli, models
 from icl_heads.activations import collect
 from icl_heads.heads import Head, HeadScores, heads_to_mask
+from icl_heads.pages.common import check_family
+from icl_heads.pages.geometry import write_geometry_page
+from icl_heads.pages.trtl import write_trtl_page
 from icl_heads.prompts import (
     check_prompt_set,
     label_token_ids,
@@ -2062,3 +2067,57 @@ def test_ablate_refuses_means_of_another_model(tiny_llama, tiny_prompts):
     with pytest.raises(ValueError, match=r"Mean ablation: means= was made with model 'gpt-x'"):
         ih.ablate(tiny_llama, [(0, 1)], mode="mean", means=other)
     ih.ablate(tiny_llama, [(0, 1)], mode="mean", means=means)  # its own model: fine
+
+
+# ---- H5: a results page writer pointed at the other family's results folder
+# (issue 22 class 2): it raised nothing and wrote a page of "–" and "unclear" verdicts.
+
+_DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "results" / "data"
+
+
+def _cells_folder(tmp_path, *cells):
+    """A results folder ``tmp_path/results/m/t/<name>`` with copies of saved cells
+    ``(family, experiment, name)`` from docs/results/data (smollm2-135m-instruct, topic)."""
+    root = tmp_path / "results"
+    for family, experiment, name in cells:
+        source = _DOCS_DATA / family / "smollm2-135m-instruct" / "topic" / experiment
+        shutil.copytree(source, root / "m" / "t" / name)
+    return root
+
+
+@pytest.mark.parametrize(
+    "writer, folder, other",
+    [
+        (write_trtl_page, "geometry", "write_geometry_page"),
+        (write_geometry_page, "trtl", "write_trtl_page"),
+    ],
+    ids=["trtl page from geometry results", "geometry page from trtl results"],
+)
+def test_page_writer_rejects_the_other_familys_results(tmp_path, writer, folder, other):
+    root = _DOCS_DATA / folder
+    page = tmp_path / "page.md"
+    with pytest.raises(ValueError, match=re.escape(root.as_posix()) + ".*" + other) as info:
+        writer(root, page, tmp_path / "figures")
+    assert "holds no" in str(info.value)
+    assert not page.exists() and not (tmp_path / "figures").exists()
+
+
+@pytest.mark.parametrize("writer", [write_trtl_page, write_geometry_page])
+def test_page_writer_rejects_a_folder_without_its_familys_cells(tmp_path, writer):
+    root = _cells_folder(tmp_path, ("trtl", "ablation", "my_experiment"))
+    with pytest.raises(ValueError, match=re.escape(root.as_posix()) + ".*m/t/my_experiment"):
+        writer(root, tmp_path / "page.md", tmp_path / "figures")
+    assert not (tmp_path / "page.md").exists()
+
+
+def test_trtl_page_writer_rejects_a_folder_mixing_both_families(tmp_path):
+    root = _cells_folder(
+        tmp_path, ("trtl", "ablation", "ablation"), ("geometry", "task_vector", "task_vector")
+    )
+    with pytest.raises(ValueError, match="also holds geometry results.*m/t/task_vector"):
+        write_trtl_page(root, tmp_path / "page.md", tmp_path / "figures")
+
+
+def test_check_family_rejects_an_unknown_family():
+    with pytest.raises(ValueError, match="'trtl'.*'TR/TL'"):
+        check_family({}, "results", "trtl")

@@ -21,7 +21,7 @@ from ..experiments.geometry.verdicts import CLAIMS, geometry_verdicts, n_layers
 from ..experiments.kit import load_cells, pool_verdicts
 from ..geometry import ONSET_FRACTION
 from ..results import ExperimentResult, safe_name
-from .common import fmt, fmt_ci, relpath, write_figure
+from .common import check_family, fmt, fmt_ci, relpath, write_figure
 
 _CURVE_METRICS = (
     "probe_accuracy",
@@ -74,6 +74,11 @@ def write_geometry_page(
 
     Returns:
         The page's path.
+
+    Raises:
+        FileNotFoundError: no saved results under ``results_root``.
+        ValueError: ``results_root`` holds no geometry cells, or holds TR/TL cells (a TR/TL
+            results folder: :func:`~icl_heads.pages.trtl.write_trtl_page`).
     """
     results_root, page_path, figure_dir = Path(results_root), Path(page_path), Path(figure_dir)
     command = command or (
@@ -89,6 +94,7 @@ def write_geometry_page(
             f"write_geometry_page: no saved results under "
             f"{str(results_root)!r} (run reproduce_geometry first)."
         )
+    check_family(nested, results_root, "geometry")
     verdicts = geometry_verdicts(results_root)
     models = sorted({m for m, _ in cells})
     rel = Path(relpath(figure_dir, page_path.parent))

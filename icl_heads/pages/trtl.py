@@ -14,7 +14,7 @@ from ..experiments.trtl.reproduce import EXPERIMENTS
 from ..experiments.trtl.verdicts import CLAIMS, VERDICT_ALPHA, trtl_verdicts
 from ..results import ExperimentResult
 from ..settings import Settings
-from .common import fmt, fmt_ci, relpath, write_figure
+from .common import check_family, fmt, fmt_ci, relpath, write_figure
 
 
 def _cell(row: pd.Series) -> str:
@@ -107,6 +107,11 @@ def write_trtl_page(
 
     Returns:
         The page's path.
+
+    Raises:
+        FileNotFoundError: no saved results under ``results_root``.
+        ValueError: ``results_root`` holds no TR/TL cells, or holds geometry cells (a
+            geometry results folder: :func:`~icl_heads.pages.geometry.write_geometry_page`).
     """
     all_results = load_cells(results_root)
     if not all_results:
@@ -114,6 +119,7 @@ def write_trtl_page(
             f"No saved results under {str(results_root)!r} (expected "
             "<model>/<task>/<experiment>/result.json)."
         )
+    check_family(all_results, results_root, "TR/TL")
     page_path, figure_dir = Path(page_path), Path(figure_dir)
     page_path.parent.mkdir(parents=True, exist_ok=True)
     figure_dir.mkdir(parents=True, exist_ok=True)
