@@ -2121,3 +2121,26 @@ def test_trtl_page_writer_rejects_a_folder_mixing_both_families(tmp_path):
 def test_check_family_rejects_an_unknown_family():
     with pytest.raises(ValueError, match="'trtl'.*'TR/TL'"):
         check_family({}, "results", "trtl")
+
+
+# ---- H10: verdict rules (icl_heads.experiments.verdict_rules)
+
+
+def test_verdict_rules_name_the_bad_value():
+    from icl_heads.experiments import verdict_rules as vr
+    from icl_heads.experiments.geometry.verdicts import geometry_claim_verdict
+
+    with pytest.raises(TypeError, match="3"):
+        vr.margin_for(3)
+    with pytest.raises(ValueError, match="sign must be \\+1 or -1, got 0"):
+        vr.judge(0.1, 0.0, 0.2, sign=0, null=0.0)
+    with pytest.raises(ValueError, match="'mostly holds'"):
+        vr.pool_verdicts(["holds", "mostly holds"])
+    with pytest.raises(ValueError, match="2 values, 1 lows, 2 highs"):
+        vr.grid_mean([0.1, 0.2], [0.0], [0.3, 0.4])
+    with pytest.raises(ValueError, match="to_level must lie strictly between 0 and 1, got 95"):
+        vr.rescale_interval(0.0, -1.0, 1.0, 0.99, 95)
+    with pytest.raises(ValueError, match="2 values, 1 lows"):
+        vr.pool_estimates([0.1, 0.2], [0.0], [0.3])
+    with pytest.raises(ValueError, match="Unknown claim 'speed'"):
+        geometry_claim_verdict("speed", {})

@@ -11,8 +11,9 @@
 * **Rows**: level rows (a metric's mean with its interval), effect rows (paired difference
   from the baseline) and contrast rows (paired difference between two conditions), all
   through :mod:`icl_heads.stats`.
-* **Verdicts**: one vocabulary (:data:`VERDICTS`) and one rule (:func:`judge`,
-  :func:`pool_verdicts`).
+* **Verdicts**: one vocabulary (:data:`VERDICTS`) and one set of rules (:func:`judge`,
+  :func:`combine`, :func:`pool_claim`, :func:`pool_verdicts`), defined in
+  :mod:`icl_heads.experiments.verdict_rules` and re-exported here.
 * **Grid cells**: a saved result per ``<root>/<model>/<task>/<experiment>/``
   (:func:`run_cell`, :func:`load_cells`), resumable, verified and never stale: they live
   in :mod:`icl_heads.experiments.cells` and are re-exported here.
@@ -61,13 +62,17 @@ from .cells import cell_record as cell_record  # the grid cells (re-exported)
 from .cells import cell_table as cell_table
 from .cells import load_cells as load_cells
 from .cells import run_cell as run_cell
+from .verdict_rules import VERDICTS as VERDICTS  # re-exported: the families and pages use them
+from .verdict_rules import combine as combine
+from .verdict_rules import judge as judge
+from .verdict_rules import pool_claim as pool_claim
+from .verdict_rules import pool_verdicts as pool_verdicts
+from .verdict_rules import verdict_text as verdict_text
 
 log = logging.getLogger(__name__)
 
 #: The condition without intervention, in every table.
 BASELINE = "baseline"
-#: The verdict vocabulary of every claim.
-VERDICTS = ("holds", "does not hold", "unclear")
 
 
 # =========================================================================== checks
@@ -472,31 +477,8 @@ def spread(per_set: Sequence[Mapping[str, Tensor]], metric: str) -> dict[str, fl
 
 
 # =========================================================================== verdicts
-
-
-def judge(value: float, low: float, high: float, *, sign: int, null: float) -> str:
-    """The verdict of one statistic that a claim predicts to lie above (``sign=+1``) or
-    below (``-1``) ``null``: ``holds`` when its interval lies on the predicted side,
-    ``does not hold`` when it lies on the other side or is exactly the null (no effect at
-    all), else ``unclear``; ``unclear`` with a NaN."""
-    if any(isinstance(x, float) and math.isnan(x) for x in (value, low, high, null)):
-        return "unclear"
-    if sign > 0 and low > null or sign < 0 and high < null:
-        return "holds"
-    if sign > 0 and high < null or sign < 0 and low > null or (low == high == null):
-        return "does not hold"
-    return "unclear"
-
-
-def pool_verdicts(verdicts: Sequence[str]) -> str:
-    """One verdict over tasks: ``holds`` (or ``does not hold``) when every task's does,
-    else ``unclear``."""
-    verdicts = list(verdicts)
-    if verdicts and all(v == "holds" for v in verdicts):
-        return "holds"
-    if verdicts and all(v == "does not hold" for v in verdicts):
-        return "does not hold"
-    return "unclear"
+# The rules live in verdict_rules (judge, combine, pool_claim, margins, ...); the names the
+# families and pages use are re-exported here.
 
 
 # =========================================================================== numbers
