@@ -2144,3 +2144,19 @@ def test_verdict_rules_name_the_bad_value():
         vr.pool_estimates([0.1, 0.2], [0.0], [0.3])
     with pytest.raises(ValueError, match="Unknown claim 'speed'"):
         geometry_claim_verdict("speed", {})
+
+
+@pytest.mark.parametrize(
+    "family, folder, expected",
+    [("trtl", "geometry", "TR/TL"), ("geometry", "trtl", "geometry")],
+)
+def test_verdicts_refuse_the_other_familys_folder(family, folder, expected):
+    """Before: every claim came out "unclear" (the page writers check too; these are the
+    functions under them)."""
+    from icl_heads.experiments.geometry.verdicts import geometry_verdicts  # noqa: PLC0415
+    from icl_heads.experiments.trtl.verdicts import trtl_verdicts  # noqa: PLC0415
+
+    verdicts = trtl_verdicts if family == "trtl" else geometry_verdicts
+    root = f"docs/results/data/{folder}"
+    with pytest.raises(ValueError, match=rf"{root!s}' holds no {expected} results"):
+        verdicts(root)

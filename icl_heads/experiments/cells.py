@@ -152,10 +152,35 @@ def cell_record(
     }
 
 
-def load_cells(results_root: str | Path) -> dict[str, dict[str, dict[str, ExperimentResult]]]:
+def load_cells(
+    results_root: str | Path, *, family: tuple[str, Sequence[str]] | None = None
+) -> dict[str, dict[str, dict[str, ExperimentResult]]]:
     """Every saved result under ``results_root``: ``{model: {task: {experiment: result}}}``
     (the layout the reproduction grids write), each verified on loading (a damaged cell
-    raises a ValueError naming its file). Temporary folders of a killed run are skipped."""
+    raises a ValueError naming its file). Temporary folders of a killed run are skipped.
+
+    ``family``: ``(name, experiments)`` of the experiment family the caller reads (e.g.
+    ``("TR/TL", trtl.EXPERIMENTS)``): a folder whose cells hold none of them (the other
+    family's results) is refused instead of read as "no result" everywhere.
+
+    Example::
+
+        load_cells("docs/results/data/trtl")["smollm2-135m-instruct"]["topic"]["ablation"]
+    """
+    out = _load_cells(results_root)
+    if family is not None:
+        name, experiments = family
+        found = sorted({e for tasks in out.values() for cells in tasks.values() for e in cells})
+        if found and not set(found) & set(experiments):
+            raise ValueError(
+                f"The results folder {str(results_root)!r} holds no {name} results: its cells "
+                f"are {found[:6]}, not any of {list(experiments)}. Give the folder the {name} "
+                f"grid wrote (icl-heads reproduce writes <out>/trtl and <out>/geometry)."
+            )
+    return out
+
+
+def _load_cells(results_root: str | Path) -> dict[str, dict[str, dict[str, ExperimentResult]]]:
     root = Path(results_root)
     if not root.is_dir():
         raise FileNotFoundError(

@@ -210,9 +210,9 @@ def head_set(
     A ``HeadScores`` gives its ``top(top_k)``, never an empty set (:func:`map_head_set`);
     an explicit empty list stays empty (a check that the intervention changes nothing)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    if isinstance(heads, HeadScores):  # a map made with another model is refused
-        check_map(heads, model, fn="head set", what=f"Head set {name!r}", need="model")
-        heads = map_head_set(heads, L, H, top_k, what=f"Head set {name!r}")
+    if isinstance(heads, HeadScores):  # never empty; a map made with another model is refused
+        scores, heads = heads, map_head_set(heads, L, H, top_k, what=f"Head set {name!r}")
+        check_map(scores, model, fn=f"Head set {name!r}", what=f"map {scores.name!r}", need="model")
     if isinstance(heads, (list, tuple)):
         if len(heads) > L * H:
             raise ValueError(

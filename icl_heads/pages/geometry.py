@@ -17,8 +17,13 @@ import pandas as pd
 
 from ..experiments.geometry.curves import ALIGNMENT, SEPARABILITY
 from ..experiments.geometry.reproduce import EXPERIMENTS
-from ..experiments.geometry.verdicts import CLAIMS, geometry_verdicts, n_layers
-from ..experiments.kit import load_cells, pool_verdicts
+from ..experiments.geometry.verdicts import (
+    CLAIMS,
+    geometry_pooled_verdicts,
+    geometry_verdicts,
+    n_layers,
+)
+from ..experiments.kit import load_cells
 from ..geometry import ONSET_FRACTION
 from ..results import ExperimentResult, safe_name
 from .common import check_family, fmt, fmt_ci, relpath, write_figure
@@ -42,6 +47,27 @@ _TV_METRICS = (
     "task_subspace_alignment",
 )
 _ABLATION_METRICS = ("probe_accuracy", "fisher_ratio", "mean_diff_cosine", "logit_lens_accuracy")
+
+
+#: How the verdicts are made (the page says it above the verdict table).
+DESIGN_NOTE = (
+    "Each claim is tested by one statistic with a 95% interval, judged by the rules in "
+    '[methods.md, "Verdict rules"](../methods.md#verdict-rules): **holds** (the interval '
+    "excludes the reference on the predicted side), **does not hold** (it excludes it on the "
+    "other side), **no effect larger than the margin** (the whole interval lies within the "
+    "claim's equivalence margin, fixed in code before the runs), **untestable** (the design "
+    "cannot answer: e.g. an injection that is a no-op, an undefined onset) or **unclear**. "
+    "A model's verdict pools its tasks by a random-effects estimate of the statistic "
+    "(DerSimonian-Laird, Hartung-Knapp interval; untestable tasks left out), shown with its "
+    "interval; the per-task verdicts follow in brackets. **What changed** from the first "
+    "version of this page (kept in the page history): PTH/IH ablation is judged as the "
+    "paired difference from the random sets with both sides' uncertainty (was: against the "
+    "random sets' single mean); task vectors are judged at the pre-registered state L//2 "
+    "with no-op states excluded (was: the best state, whose maximum could never be "
+    "negative), the other states are described in the notes; equivalence and untestable "
+    'verdicts exist (were "does not hold" or "unclear"); tasks are pooled by an estimate '
+    "(was: every task must hold). Nothing was tuned to make a claim hold."
+)
 
 
 def _figure(result: ExperimentResult, metrics: Sequence[str], title: str, path: Path) -> Path:
@@ -117,17 +143,10 @@ def write_geometry_page(
     out += [
         "## Verdicts",
         "",
-        "Each claim is tested by one statistic with a 95% bootstrap interval (task "
-        "vectors: Bonferroni-adjusted over the injection layers). **holds**: the interval "
-        "excludes the reference value on the predicted side; **does not hold**: it "
-        "excludes it on the other side, or the statistic is exactly the reference (no "
-        "effect at all); **unclear**: it does not exclude it. A model's verdict is *holds* "
-        "(*does not hold*) when the claim holds (does not hold) on every task, else "
-        "*unclear*. A verdict says whether "
-        "an effect can be told from the reference, not whether it is large: read the "
-        "value beside it. Nothing was tuned to make a claim hold.",
+        DESIGN_NOTE,
         "",
     ]
+    pooled = geometry_pooled_verdicts(results_root)
     header = "| claim | statistic | reference | " + " | ".join(models) + " |"
     out += [header, "|" + "---|" * (3 + len(models))]
     for key, statement, statistic, reference, _ in CLAIMS:
@@ -135,7 +154,13 @@ def write_geometry_page(
         for model in models:
             sub = verdicts[(verdicts["model"] == model) & (verdicts["claim"] == key)]
             detail = ", ".join(f"{t}: {v}" for t, v in zip(sub["task"], sub["verdict"]))
-            cells_md.append(f"**{pool_verdicts(sub['verdict'])}** ({detail})")
+            row = pooled[(pooled["model"] == model) & (pooled["claim"] == key)]
+            if len(row):
+                r = row.iloc[0]
+                estimate = fmt_ci(r["value"], r["ci_low"], r["ci_high"])
+                cells_md.append(f"**{r['verdict']}** {estimate} ({detail})")
+            else:
+                cells_md.append(f"– ({detail})")
         out.append(f"| {statement} | {statistic} | {reference} | " + " | ".join(cells_md) + " |")
     out += [
         "",

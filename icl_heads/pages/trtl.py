@@ -74,16 +74,32 @@ interval: over prompts for behaviour, effects and contrasts, over heads for corr
 between maps.
 
 **How a verdict is made.** Each claim predicts the sign of one or more statistics, listed in
-the verdict table. It **holds** when every interval lies on the predicted side of its null
-(0 for effects, contrasts and correlations; the chance overlap for overlaps), **does not
-hold** when some interval lies on the opposite side or is exactly the null (no effect at
-all: e.g. a label-space rate at its ceiling of 1 in every condition, or identical TR and TL
-sets), and is **unclear** otherwise (an undefined statistic, NaN, is unclear too). The
-steering claims are judged at alpha = {alpha:g}
-against both the unsteered baseline and the random sets at the same alpha (adding any
-vector may move the state). "all tasks": holds / does not hold on every task, else unclear.
-The verdicts are computed from the saved tables by `trtl_verdicts`; nothing was tuned to
-make a claim hold: one setting per experiment, listed under each model.
+the verdict table, judged by the rules in [methods.md, "Verdict rules"](../methods.md#verdict-rules):
+a statistic **holds** when its interval lies on the predicted side of its null (0 for effects,
+contrasts and correlations; the chance overlap for overlaps), **does not hold** when it lies
+on the other side, shows **no effect larger than the margin** when the whole interval lies
+within the claim's equivalence margin (fixed in code before the runs), is **untestable** when
+the design cannot answer (identical TR and TL sets; a rate at its floor or ceiling in every
+compared condition; a statistic the design leaves undefined: the reason is named) and is
+**unclear** otherwise; a claim takes the first of does not hold, no effect, untestable,
+unclear, holds among its statistics. The steering claims are judged by a pre-registered rule
+over the alpha grid (the mean effect over every saved alpha > 0, against the baseline and the
+random sets at the same alpha; an alpha at floor or ceiling in every condition is left out);
+the reading at alpha = {alpha:g} is in the notes. Stability under random labels is
+noise-corrected: each map's random-label agreement is read against its own gold split-half
+agreement (Spearman-Brown corrected to the full n), and the claim holds when TR's drop is
+smaller than TL's. "all tasks" pools the tasks by a random-effects estimate
+(DerSimonian-Laird, Hartung-Knapp interval; untestable tasks left out).
+
+**What changed** from the first version of this page (kept in the page history): the
+untestable and equivalence verdicts (degenerate designs were scored "does not hold"),
+steering over the alpha grid (was alpha = 1 only, where the label-space rate is 0 in every
+condition on some tasks), noise-corrected stability (the old verdict ignored the split-half
+reference), and pooling by an estimate (was: every task must hold). The experiments' designs
+(held-out head selection, query-matched TL steering, the normalised TL score) are the next
+step of the redesign and are not yet in these saved results. The verdicts are computed from
+the saved tables by `trtl_verdicts`; nothing was tuned to make a claim hold: one setting per
+experiment, listed under each model.
 """
 
 

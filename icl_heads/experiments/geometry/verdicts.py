@@ -80,6 +80,13 @@ CLAIMS = (
 )
 
 
+#: The experiments the claims read (a folder with none of them is not a geometry folder).
+GEOMETRY_FAMILY = (
+    "geometry",
+    ("layer_geometry_k0", "layer_geometry_k4", "task_vector", "head_ablation"),
+)
+
+
 def n_layers(result: ExperimentResult) -> int:
     """The model's block count, from a layer-geometry result (its largest possible state).
 
@@ -305,7 +312,7 @@ def geometry_verdicts(results_root: str | Path) -> pd.DataFrame:
     """
     root = Path(results_root)
     rows = []
-    for model, tasks in (load_cells(root) if root.is_dir() else {}).items():
+    for model, tasks in (load_cells(root, family=GEOMETRY_FAMILY) if root.is_dir() else {}).items():
         for task, cells in tasks.items():
             for key, statement, _, _, _ in CLAIMS:
                 got = geometry_claim_verdict(key, cells)
@@ -348,7 +355,7 @@ def geometry_pooled_verdicts(results_root: str | Path) -> pd.DataFrame:
     """
     root = Path(results_root)
     rows = []
-    for model, tasks in (load_cells(root) if root.is_dir() else {}).items():
+    for model, tasks in (load_cells(root, family=GEOMETRY_FAMILY) if root.is_dir() else {}).items():
         for key, statement, _, _, _ in CLAIMS:
             pooled = pool_claim([geometry_claim_verdict(key, cells) for cells in tasks.values()])
             test = pooled["tests"][0]

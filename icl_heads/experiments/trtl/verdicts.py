@@ -64,6 +64,16 @@ STABILITY_METRIC = "noise_corrected_stability_difference"
 _SPLIT_HALF = "gold (split half)"
 
 
+#: The experiments the claims read (a folder with none of them is not a TR/TL folder).
+CLAIM_EXPERIMENTS = (
+    "ablation",
+    "perturbation",
+    "correlation",
+    "steering_zero_shot",
+    "reconciliation",
+)
+
+
 @dataclass(frozen=True)
 class _Test:
     """One statistic a claim predicts: the row(s) of an experiment's table, the predicted
@@ -346,7 +356,7 @@ def trtl_verdicts(results_root: str | Path) -> pd.DataFrame:
         of :data:`VERDICTS` (``detail`` gives the margin and the untestable reason).
     """
     rows = []
-    for model, tasks in load_cells(results_root).items():
+    for model, tasks in load_cells(results_root, family=("TR/TL", CLAIM_EXPERIMENTS)).items():
         for claim, statement in CLAIMS.items():
             per_task = []
             for task, results in tasks.items():
