@@ -3,7 +3,8 @@
 
 Everything above this module (the batching routine in :mod:`icl_heads.activations`, the
 interventions in :mod:`icl_heads.interventions`, the last-token engine) speaks in these
-terms; this module imports nothing of the package (``PromptSet`` appears in annotations only).
+terms; of the package it imports only :mod:`icl_heads.backends` (``PromptSet`` appears in
+annotations only).
 
 Hook names (``site`` + ``layer``)::
 
@@ -36,6 +37,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 from transformer_lens import HookedTransformer
+
+from .backends import registered_name
 
 if TYPE_CHECKING:  # annotations only: this module imports nothing of the package at run time
     from .prompts import PromptSet
@@ -337,6 +340,10 @@ class Capture(Intervention):
         keep_grad: keep the tensors in the autograd graph (attribution patching); otherwise
             they are detached copies.
 
+    ``store`` is keyed on the names ``names`` accepts, on both backends (a
+    ``TransformerBridge`` reports ``blocks.0.hook_in`` to a hook registered as
+    ``blocks.0.hook_resid_pre``: :func:`icl_heads.backends.registered_name`).
+
     Example::
 
         rec = Capture(names={"blocks.0.attn.hook_z"}.__contains__, positions="query")
@@ -354,12 +361,14 @@ class Capture(Intervention):
 
     def fwd_hooks(self, batch=None, index=None) -> HookList:
         def hook(act: Tensor, hook) -> None:
-            act = self._at_positions(hook.name, act)
+            # keyed on the name registered: a TransformerBridge reports its canonical name
+            name = registered_name(hook, self.names)
+            act = self._at_positions(name, act)
             if self.reduce is not None:
-                act = self.reduce(act, hook.name)
+                act = self.reduce(act, name)
             elif not self.keep_grad:
                 act = act.detach().clone()
-            self.store[hook.name] = act
+            self.store[name] = act
 
         return [(self.names, hook)]
 
