@@ -487,6 +487,7 @@ def run_conditions(
             device=device,
             progress=progress,
             desc=desc,
+            baseline_states=baseline_start is not None,
         )
     starts = sorted(
         {c.start for c in conditions.values()}
@@ -537,9 +538,22 @@ def run_conditions(
 
 
 def _full_runs(
-    model, prompts, conditions, *, measure, names, background, batch_size, device, progress, desc
+    model,
+    prompts,
+    conditions,
+    *,
+    measure,
+    names,
+    background,
+    batch_size,
+    device,
+    progress,
+    desc,
+    baseline_states,
 ) -> tuple[dict, dict]:
-    """One full pass per condition (architectures the cached-prefix engine cannot run)."""
+    """One full pass per condition (architectures the cached-prefix engine cannot run, and
+    bridges). The baseline's states are kept only when ``baseline_states`` (a re-run
+    baseline), as the engine does."""
     measured, states = {}, {}
     for key, ivs in [("baseline", ()), *((k, c.interventions) for k, c in conditions.items())]:
         got = collect(
@@ -554,6 +568,6 @@ def _full_runs(
             desc=desc,
         )
         measured[key] = measure(got.logits, prompts)
-        if names:
+        if names and (key != "baseline" or baseline_states):
             states[key] = torch.stack([got.activations[nm] for nm in names], 1).float().cpu()
     return measured, states
