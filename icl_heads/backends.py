@@ -16,8 +16,8 @@ Differences handled here (each function's docstring says how):
 * ``stop_at_layer=n_layers`` returns the final residual stream on the hooked backend and
   the logits on the bridge: :func:`final_residual`;
 * hook names: the bridge reports a canonical name (``blocks.0.hook_in``) to hooks added
-  under a legacy one (``blocks.0.hook_resid_pre``): :func:`registered_name` keys on the
-  name registered;
+  under a legacy one (``blocks.0.hook_resid_pre``): :func:`icl_heads.hooks.registered_name`
+  keys captures on the name registered (a name table, no backend check);
 * ``start_at_layer`` and the key/value cache the cached-prefix engine needs exist on the
   hooked backend only: :func:`supports_engine`.
 
@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -47,17 +46,6 @@ except ImportError:  # pragma: no cover - depends on the installed TransformerLe
 #: The ``backend=`` choices of :func:`icl_heads.models.load_model`.
 Backend = Literal["auto", "hooked", "bridge"]
 BACKENDS: tuple[str, ...] = ("auto", "hooked", "bridge")
-
-#: Legacy (HookedTransformer) hook names the bridge reports under another, canonical name:
-#: canonical suffix -> the legacy suffixes it also answers to (block-level hooks only).
-CANONICAL_ALIASES: dict[str, tuple[str, ...]] = {
-    "hook_in": ("hook_resid_pre",),
-    "hook_out": ("hook_resid_post",),
-    "ln2.hook_in": ("hook_resid_mid",),
-    "attn.hook_out": ("hook_attn_out",),
-    "mlp.hook_out": ("hook_mlp_out",),
-    "attn.o.hook_in": ("attn.hook_z",),
-}
 
 
 def transformer_lens_major() -> int:
@@ -281,42 +269,9 @@ def supports_engine(model: Any) -> bool:
     return not is_bridge(model)
 
 
-def registered_name(hook: Any, accepts: Callable[[str], bool]) -> str:
-    """The name under which a hook was registered: ``hook.name`` when ``accepts`` it (the
-    filter the hook was added with), else the legacy alias of the bridge's canonical name
-    that ``accepts`` (``blocks.0.hook_in`` -> ``blocks.0.hook_resid_pre``); ``hook.name``
-    when none does.
-
-    Example::
-
-        registered_name(hook, {"blocks.0.hook_resid_pre"}.__contains__)
-    """
-    name = hook.name
-    if name is None or accepts(name):
-        return name
-    for alias in legacy_aliases(name):
-        if accepts(alias):
-            return alias
-    return name
-
-
-def legacy_aliases(name: str) -> list[str]:
-    """The legacy (HookedTransformer) names of a bridge's canonical hook name.
-
-    Example::
-
-        legacy_aliases("blocks.3.hook_in")   # ['blocks.3.hook_resid_pre']
-    """
-    if not name.startswith("blocks."):
-        return []
-    _, layer, rest = name.split(".", 2)
-    return [f"blocks.{layer}.{alias}" for alias in CANONICAL_ALIASES.get(rest, ())]
-
-
 __all__ = [
     "Backend",
     "BACKENDS",
-    "CANONICAL_ALIASES",
     "transformer_lens_major",
     "bridge_available",
     "resolve_backend",
@@ -330,7 +285,5 @@ __all__ = [
     "add_zero_output_biases",
     "final_residual",
     "supports_engine",
-    "registered_name",
-    "legacy_aliases",
     "TransformerBridge",
 ]

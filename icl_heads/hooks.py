@@ -3,8 +3,7 @@
 
 Everything above this module (the batching routine in :mod:`icl_heads.activations`, the
 interventions in :mod:`icl_heads.interventions`, the last-token engine) speaks in these
-terms; of the package it imports only :mod:`icl_heads.backends` (``PromptSet`` appears in
-annotations only).
+terms; this module imports nothing of the package (``PromptSet`` appears in annotations only).
 
 Hook names (``site`` + ``layer``)::
 
@@ -38,8 +37,6 @@ from jaxtyping import Bool
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .backends import registered_name
-
 if TYPE_CHECKING:  # annotations only: this module imports nothing of the package at run time
     from .prompts import PromptSet
 
@@ -64,6 +61,16 @@ SITES: dict[str, str] = {
 LAYER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 #: Hook points whose activation is ``[batch, head, query, key]`` (attention patterns).
 PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
+#: Hook names a ``TransformerBridge`` reports under another, canonical name than the legacy
+#: (HookedTransformer) one it also answers to: canonical block-level suffix -> legacy ones.
+CANONICAL_ALIASES: dict[str, tuple[str, ...]] = {
+    "hook_in": ("hook_resid_pre",),
+    "hook_out": ("hook_resid_post",),
+    "ln2.hook_in": ("hook_resid_mid",),
+    "attn.hook_out": ("hook_attn_out",),
+    "mlp.hook_out": ("hook_mlp_out",),
+    "attn.o.hook_in": ("attn.hook_z",),
+}
 #: Tensors with at most this many elements are written into intervention specs as plain
 #: numbers (:meth:`Intervention.to_spec`); larger ones by shape and fingerprint only.
 MAX_INLINE = 1024
@@ -99,6 +106,39 @@ def state_injection_hook(layer: int, n_layers: int) -> str:
             f"embeddings) to {n_layers} (after the last block)."
         )
     return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{int(layer) - 1}.hook_resid_post"
+
+
+def legacy_aliases(name: str) -> list[str]:
+    """The legacy (HookedTransformer) names of a ``TransformerBridge``'s canonical hook name
+    (:data:`CANONICAL_ALIASES`).
+
+    Example::
+
+        legacy_aliases("blocks.3.hook_in")   # ['blocks.3.hook_resid_pre']
+    """
+    if not name.startswith("blocks."):
+        return []
+    _, layer, rest = name.split(".", 2)
+    return [f"blocks.{layer}.{alias}" for alias in CANONICAL_ALIASES.get(rest, ())]
+
+
+def registered_name(hook: Any, accepts: Callable[[str], bool]) -> str:
+    """The name under which a hook was registered: ``hook.name`` when ``accepts`` it (the
+    names filter the hook was added with), else the legacy alias of it that ``accepts``
+    (a ``TransformerBridge`` reports ``blocks.0.hook_in`` to a hook added as
+    ``blocks.0.hook_resid_pre``); ``hook.name`` when none does.
+
+    Example::
+
+        registered_name(hook, {"blocks.0.hook_resid_pre"}.__contains__)
+    """
+    name = hook.name
+    if name is None or accepts(name):
+        return name
+    for alias in legacy_aliases(name):
+        if accepts(alias):
+            return alias
+    return name
 
 
 # --------------------------------------------------------------------------- positions
@@ -342,7 +382,7 @@ class Capture(Intervention):
 
     ``store`` is keyed on the names ``names`` accepts, on both backends (a
     ``TransformerBridge`` reports ``blocks.0.hook_in`` to a hook registered as
-    ``blocks.0.hook_resid_pre``: :func:`icl_heads.backends.registered_name`).
+    ``blocks.0.hook_resid_pre``: :func:`registered_name`).
 
     Example::
 
@@ -397,6 +437,9 @@ __all__ = [
     "LAYER_SITES",
     "PATTERN_HOOKS",
     "MAX_INLINE",
+    "CANONICAL_ALIASES",
+    "legacy_aliases",
+    "registered_name",
     "hook_name",
     "state_injection_hook",
     "check_positions",

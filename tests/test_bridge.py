@@ -20,7 +20,7 @@ from transformer_lens import HookedTransformer
 import icl_heads as ih
 from icl_heads import backends, prompt_set
 from icl_heads.activations import collect, final_logits
-from icl_heads.hooks import hook_name
+from icl_heads.hooks import hook_name, legacy_aliases
 from icl_heads.last_token import Run, run_conditions
 
 pytestmark = pytest.mark.skipif(
@@ -155,9 +155,9 @@ def test_the_adapter_answers_weights_and_config_the_same_on_both(pair):
 
 
 def test_legacy_aliases_map_the_bridges_canonical_names_back():
-    assert backends.legacy_aliases("blocks.3.hook_in") == ["blocks.3.hook_resid_pre"]
-    assert backends.legacy_aliases("blocks.0.hook_out") == ["blocks.0.hook_resid_post"]
-    assert backends.legacy_aliases("hook_embed") == []
+    assert legacy_aliases("blocks.3.hook_in") == ["blocks.3.hook_resid_pre"]
+    assert legacy_aliases("blocks.0.hook_out") == ["blocks.0.hook_resid_post"]
+    assert legacy_aliases("hook_embed") == []
 
 
 # --------------------------------------------------------------------------- forward passes
