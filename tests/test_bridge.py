@@ -3,8 +3,9 @@
 Hugging Face model (a tiny random Llama with grouped-query attention, built in-process:
 offline, seconds). Tests on the embedded SmolLM2 are marked ``slow``.
 
-Tolerances (float32, CPU): logits and activations 1e-5 absolute; scores and metrics 1e-5
-(measured: <= 2e-7 on the tiny model); the embedded model 1e-4 (the issue's bound).
+Tolerances (float32, CPU; :func:`assert_same`: absolute up to magnitude 1, relative
+beyond): 1e-5 on the tiny model (measured <= 2e-7); 1e-4 on the embedded model (the
+issue's bound; TSLA scores there reach ~2e3, where one float32 step is 2.4e-4 absolute).
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def numbers(x) -> list[torch.Tensor]:
 
 
 def assert_same(a, b, tol: float = TOL) -> float:
-    """Every number of ``a`` and ``b`` within ``tol`` (NaN where the other is NaN)."""
+    """Every number of ``a`` and ``b`` within ``tol`` times ``max(1, |a|)`` of that array
+    (absolute for numbers up to 1, relative beyond: float32 scores of size ~1e3 carry
+    rounding of 1e-4), NaN where the other is NaN. Returns the worst scaled difference."""
     worst = 0.0
     xs, ys = numbers(a), numbers(b)
     assert len(xs) == len(ys)
@@ -110,9 +113,11 @@ def assert_same(a, b, tol: float = TOL) -> float:
         x, y = x.double().cpu(), y.double().cpu()
         assert x.shape == y.shape
         assert torch.equal(x.isnan(), y.isnan())
-        diff = (x - y).nan_to_num().abs().max().item() if x.numel() else 0.0
-        worst = max(worst, diff)
-    assert worst <= tol, f"backends differ by {worst:.3g} (> {tol:g})"
+        if not x.numel():
+            continue
+        scale = max(1.0, x.nan_to_num().abs().max().item())
+        worst = max(worst, (x - y).nan_to_num().abs().max().item() / scale)
+    assert worst <= tol, f"backends differ by {worst:.3g} (scaled; > {tol:g})"
     return worst
 
 
@@ -365,6 +370,9 @@ def test_embedded_model_on_the_bridge_matches_the_hooked_one(smol, smol_bridge, 
     got = [ih.tsla_scores(m, prompts, progress=False) for m in (smol, smol_bridge)]
     assert_same(*got, tol=TOL_EMBEDDED)
     assert got[0][0].top(8) == got[1][0].top(8)
-    got = [ih.head_sweep(m, prompts, progress=False) for m in (smol, smol_bridge)]
+    heads = [(layer, head) for layer in (0, 14, 29) for head in range(9)]  # the bridge's
+    got = [  # sweep is a full pass per head: a few layers keep the test short
+        ih.head_sweep(m, prompts, heads=heads, progress=False) for m in (smol, smol_bridge)
+    ]
     assert_same(*got, tol=TOL_EMBEDDED)
     assert not math.isnan(float(got[1].scores.nanmean()))
