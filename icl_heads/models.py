@@ -421,6 +421,7 @@ def bridge_from_hf_model(hf_model, tokenizer, *, name: str = "hf-model") -> Tran
     """Boot a compatibility-mode ``TransformerBridge`` around an in-memory Hugging Face causal
     LM (offline: ``boot_transformers(..., hf_model=...)``), with the same weight processing
     as :func:`convert_hf_model` and a zero ``b_O`` where the attention output has no bias.
+    The bridge wraps and processes ``hf_model`` in place: pass a copy to keep the original.
 
     Example::
 
