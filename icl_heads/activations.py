@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from .backends import final_residual
 from .hooks import (
     PATTERN_HOOKS,
     Capture,
@@ -155,9 +156,7 @@ def iter_batches(
 
 def _forward(model: HookedTransformer, batch: PromptSet, *, return_logits: bool) -> Tensor | None:
     """Forward pass that unembeds only the last position."""
-    resid = model(
-        batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=model.cfg.n_layers
-    )
+    resid = final_residual(model, batch.tokens, batch.attention_mask)  # either backend
     return final_logits(model, resid[:, -1]) if return_logits else None
 
 

@@ -61,6 +61,16 @@ SITES: dict[str, str] = {
 LAYER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 #: Hook points whose activation is ``[batch, head, query, key]`` (attention patterns).
 PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
+#: Hook names a ``TransformerBridge`` reports under another, canonical name than the legacy
+#: (HookedTransformer) one it also answers to: canonical block-level suffix -> legacy ones.
+CANONICAL_ALIASES: dict[str, tuple[str, ...]] = {
+    "hook_in": ("hook_resid_pre",),
+    "hook_out": ("hook_resid_post",),
+    "ln2.hook_in": ("hook_resid_mid",),
+    "attn.hook_out": ("hook_attn_out",),
+    "mlp.hook_out": ("hook_mlp_out",),
+    "attn.o.hook_in": ("attn.hook_z",),
+}
 #: Tensors with at most this many elements are written into intervention specs as plain
 #: numbers (:meth:`Intervention.to_spec`); larger ones by shape and fingerprint only.
 MAX_INLINE = 1024
@@ -96,6 +106,39 @@ def state_injection_hook(layer: int, n_layers: int) -> str:
             f"embeddings) to {n_layers} (after the last block)."
         )
     return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{int(layer) - 1}.hook_resid_post"
+
+
+def legacy_aliases(name: str) -> list[str]:
+    """The legacy (HookedTransformer) names of a ``TransformerBridge``'s canonical hook name
+    (:data:`CANONICAL_ALIASES`).
+
+    Example::
+
+        legacy_aliases("blocks.3.hook_in")   # ['blocks.3.hook_resid_pre']
+    """
+    if not name.startswith("blocks."):
+        return []
+    _, layer, rest = name.split(".", 2)
+    return [f"blocks.{layer}.{alias}" for alias in CANONICAL_ALIASES.get(rest, ())]
+
+
+def registered_name(hook: Any, accepts: Callable[[str], bool]) -> str:
+    """The name under which a hook was registered: ``hook.name`` when ``accepts`` it (the
+    names filter the hook was added with), else the legacy alias of it that ``accepts``
+    (a ``TransformerBridge`` reports ``blocks.0.hook_in`` to a hook added as
+    ``blocks.0.hook_resid_pre``); ``hook.name`` when none does.
+
+    Example::
+
+        registered_name(hook, {"blocks.0.hook_resid_pre"}.__contains__)
+    """
+    name = hook.name
+    if name is None or accepts(name):
+        return name
+    for alias in legacy_aliases(name):
+        if accepts(alias):
+            return alias
+    return name
 
 
 # --------------------------------------------------------------------------- positions
@@ -337,6 +380,10 @@ class Capture(Intervention):
         keep_grad: keep the tensors in the autograd graph (attribution patching); otherwise
             they are detached copies.
 
+    ``store`` is keyed on the names ``names`` accepts, on both backends (a
+    ``TransformerBridge`` reports ``blocks.0.hook_in`` to a hook registered as
+    ``blocks.0.hook_resid_pre``: :func:`registered_name`).
+
     Example::
 
         rec = Capture(names={"blocks.0.attn.hook_z"}.__contains__, positions="query")
@@ -354,12 +401,14 @@ class Capture(Intervention):
 
     def fwd_hooks(self, batch=None, index=None) -> HookList:
         def hook(act: Tensor, hook) -> None:
-            act = self._at_positions(hook.name, act)
+            # keyed on the name registered: a TransformerBridge reports its canonical name
+            name = registered_name(hook, self.names)
+            act = self._at_positions(name, act)
             if self.reduce is not None:
-                act = self.reduce(act, hook.name)
+                act = self.reduce(act, name)
             elif not self.keep_grad:
                 act = act.detach().clone()
-            self.store[hook.name] = act
+            self.store[name] = act
 
         return [(self.names, hook)]
 
@@ -388,6 +437,9 @@ __all__ = [
     "LAYER_SITES",
     "PATTERN_HOOKS",
     "MAX_INLINE",
+    "CANONICAL_ALIASES",
+    "legacy_aliases",
+    "registered_name",
     "hook_name",
     "state_injection_hook",
     "check_positions",

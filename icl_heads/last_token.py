@@ -16,7 +16,10 @@ prompt's cached prefix across that prompt's rows (a batched matmul over prompts 
 key/value heads) instead of copying it per row.
 
 This module and ``models.py`` are the only places that touch ``HookedTransformer``
-internals (``calculate_qkv_matrices``, ``apply_rotary``, the key/value cache).
+internals (``calculate_qkv_matrices``, ``apply_rotary``, the key/value cache). A
+``TransformerBridge`` has none of them (nor ``start_at_layer`` on TransformerLens 3.9):
+on a bridge :func:`run_conditions` takes its exact fallback, one full pass per condition
+(:func:`icl_heads.backends.supports_engine`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from .activations import collect, final_logits
+from .backends import cfg_value, is_bridge, supports_engine
 from .hooks import Capture, Intervention, applied, hook_name
 from .metrics import behaviour
 from .models import resolve_device
@@ -55,6 +59,8 @@ def supports_last_token(model: HookedTransformer, seq_len: int) -> bool:
     """Whether :func:`last_token_block` reproduces this architecture's blocks exactly
     (otherwise query work uses TransformerLens's blocks with an expanded key/value cache:
     exact, slower)."""
+    if is_bridge(model):  # its blocks are Hugging Face's: no TransformerLens internals
+        return False
     cfg = model.cfg
     if cfg.positional_embedding_type not in ("rotary", "standard"):
         return False
@@ -63,9 +69,9 @@ def supports_last_token(model: HookedTransformer, seq_len: int) -> bool:
         cfg.use_split_qkv_input,
         cfg.use_attn_in,
         cfg.load_in_4bit,
-        cfg.use_logn_attn,
-        cfg.use_attention_sinks,
-        cfg.use_dynamic_ntk_rope,
+        cfg_value(model, "use_logn_attn", False),
+        cfg_value(model, "use_attention_sinks", False),
+        cfg_value(model, "use_dynamic_ntk_rope", False),
         cfg.clip_qkv is not None,
         cfg.original_architecture in POST_NORM_ARCHITECTURES,
         cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"),
@@ -447,8 +453,8 @@ def run_conditions(
     re-run from that layer through the same engine as the conditions, so a condition whose
     interventions change nothing reproduces it bit for bit. ``background`` interventions
     act in every run, the baseline included. Architectures the engine cannot run
-    (:func:`check_supported`) fall back to one full pass per condition (the same numbers,
-    slower).
+    (:func:`check_supported`) and a ``TransformerBridge`` fall back to one full pass per
+    condition (the same numbers, slower).
 
     Returns:
         ``(measured, states)``: key (``"baseline"`` first, then the keys of
@@ -466,7 +472,10 @@ def run_conditions(
     names = [hook_name("resid_post", layer) for layer in state_layers]
     try:
         check_supported(model)
+        fallback = not supports_engine(model)
     except ValueError:
+        fallback = True
+    if fallback:
         return _full_runs(
             model,
             prompts,
@@ -478,6 +487,7 @@ def run_conditions(
             device=device,
             progress=progress,
             desc=desc,
+            baseline_states=baseline_start is not None,
         )
     starts = sorted(
         {c.start for c in conditions.values()}
@@ -528,9 +538,22 @@ def run_conditions(
 
 
 def _full_runs(
-    model, prompts, conditions, *, measure, names, background, batch_size, device, progress, desc
+    model,
+    prompts,
+    conditions,
+    *,
+    measure,
+    names,
+    background,
+    batch_size,
+    device,
+    progress,
+    desc,
+    baseline_states,
 ) -> tuple[dict, dict]:
-    """One full pass per condition (architectures the cached-prefix engine cannot run)."""
+    """One full pass per condition (architectures the cached-prefix engine cannot run, and
+    bridges). The baseline's states are kept only when ``baseline_states`` (a re-run
+    baseline), as the engine does."""
     measured, states = {}, {}
     for key, ivs in [("baseline", ()), *((k, c.interventions) for k, c in conditions.items())]:
         got = collect(
@@ -545,6 +568,6 @@ def _full_runs(
             desc=desc,
         )
         measured[key] = measure(got.logits, prompts)
-        if names:
+        if names and (key != "baseline" or baseline_states):
             states[key] = torch.stack([got.activations[nm] for nm in names], 1).float().cpu()
     return measured, states

