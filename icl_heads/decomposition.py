@@ -28,6 +28,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from .activations import Batch, iter_batches
+from .backends import architecture
 from .prompts import PromptSet, check_prompt_set
 
 #: ``reduce(batch, terms) -> {name: [batch, ...]}``: per-prompt values from one batch's terms.
@@ -37,9 +38,9 @@ TermReducer = Callable[[Batch, dict[str, Tensor]], dict[str, Tensor]]
 def check_additive(model: HookedTransformer) -> None:
     """Raise unless per-head outputs add up in this architecture's residual stream."""
     cfg = model.cfg
-    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+    if architecture(model) in POST_NORM_ARCHITECTURES:
         raise ValueError(
-            f"{cfg.original_architecture} is a post-norm architecture (each sublayer's output "
+            f"{architecture(model)} is a post-norm architecture (each sublayer's output "
             "passes through ln1/ln2 before the residual add), so per-head attribution is not "
             "additive there; icl-heads' attribution does not support it."
         )

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from .activations import ActivationMeans, final_logits
+from .backends import final_residual
 from .heads import HeadScores
 from .hooks import Capture, Positions, applied, hook_name, position_mask
 from .last_token import clean_run, run_items, supports_last_token
@@ -151,11 +152,7 @@ def _z_grads(model, batch: PromptSet, index: Tensor, run: SweepRun, names: list[
             )[0]
         else:
             with applied(model, run.interventions, batch, index):
-                resid = model(
-                    batch.tokens,
-                    attention_mask=batch.attention_mask,
-                    stop_at_layer=model.cfg.n_layers,
-                )
+                resid = final_residual(model, batch.tokens, batch.attention_mask)
             logits = final_logits(model, resid[:, -1])
         zs = [capture.store[name] for name in names]
         value = run.metric(logits, batch.gold, batch.label_token_ids)

@@ -21,6 +21,7 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from .backends import check_backend
 from .settings import PromptInfo
 from .tasks import Task
 
@@ -335,19 +336,20 @@ def check_prompt_set(
 
 
 def check_model(model: object, fn: str) -> None:
-    """Raise a ``TypeError`` naming ``fn`` unless ``model`` is a ``HookedTransformer`` (with
+    """Raise a ``TypeError`` naming ``fn`` unless ``model`` is a ``HookedTransformer`` or a
+    compatibility-mode ``TransformerBridge`` (:func:`~icl_heads.backends.check_backend`; with
     a hint when a :class:`~icl_heads.tasks.Task` came first by mistake).
 
     Example::
 
         check_model(model, "build_prompts")
     """
-    if not isinstance(model, HookedTransformer):
-        hint = " (the arguments are (model, task, ...))" if isinstance(model, Task) else ""
+    if isinstance(model, Task):
         raise TypeError(
             f"{fn} needs a HookedTransformer as model (e.g. icl_heads.load_model()), "
-            f"got {type(model).__name__}{hint}."
+            f"got {type(model).__name__} (the arguments are (model, task, ...))."
         )
+    check_backend(model, fn)
 
 
 __all__ = [

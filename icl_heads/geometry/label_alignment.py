@@ -23,6 +23,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ..attribution import label_unembeddings, subspace_basis
+from ..backends import is_model
 from ..checks import check_int
 from ..settings import Settings
 from ..stats import LEVEL, N_BOOT
@@ -126,10 +127,10 @@ def alignment_curves(
     layers: Sequence[int] | None = None,
 ) -> GeometryCurves:
     """:func:`alignment` as :class:`GeometryCurves` (values, replicates, per-prompt)."""
-    if not isinstance(model, HookedTransformer):
+    if not is_model(model):
         raise TypeError(
-            f"alignment needs the model (a HookedTransformer) for its unembedding "
-            f"and final norm, got {type(model).__name__}."
+            f"alignment needs the model (a HookedTransformer or TransformerBridge) for its "
+            f"unembedding and final norm, got {type(model).__name__}."
         )
     X = as_states(states)
     n, L, d = X.shape

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ..backends import check_backend
 from ..heads import Head, heads_to_mask
 from ..hooks import (
     MAX_INLINE,
@@ -309,10 +310,7 @@ def inject_task_vector(
     Returns:
         A :class:`TaskVector`.
     """
-    if not isinstance(model, HookedTransformer):
-        raise TypeError(
-            f"inject_task_vector needs a HookedTransformer as model, got {type(model).__name__}."
-        )
+    check_backend(model, "inject_task_vector")
     if not isinstance(vector, Tensor):
         try:
             vector = torch.as_tensor(vector, dtype=torch.float32)
