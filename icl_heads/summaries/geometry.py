@@ -28,6 +28,12 @@ def _onset_lines(result: ExperimentResult) -> list[str]:
 
 
 def layer_geometry_lines(result: ExperimentResult) -> list[str]:
+    """The summary of a layer geometry result (see :func:`icl_heads.summaries.summary_lines`).
+
+    Example::
+
+        layer_geometry_lines(result)      # list of lines to print
+    """
     out = _onset_lines(result)
     onset = result.tables.get("onset")
     key = f"{ALIGNMENT} - {SEPARABILITY}"
@@ -49,6 +55,12 @@ def layer_geometry_lines(result: ExperimentResult) -> list[str]:
 
 
 def head_ablation_lines(result: ExperimentResult) -> list[str]:
+    """The summary of a head ablation result (see :func:`icl_heads.summaries.summary_lines`).
+
+    Example::
+
+        head_ablation_lines(result)      # list of lines to print
+    """
     summary = result.tables.get("summary")
     if summary is None or summary.empty:
         return []
@@ -113,6 +125,12 @@ def head_ablation_lines(result: ExperimentResult) -> list[str]:
 
 
 def task_vector_lines(result: ExperimentResult) -> list[str]:
+    """The summary of a task vector result (see :func:`icl_heads.summaries.summary_lines`).
+
+    Example::
+
+        task_vector_lines(result)      # list of lines to print
+    """
     effect = result.tables.get("effect")
     if effect is None or effect.empty:
         return []

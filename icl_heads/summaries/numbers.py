@@ -89,14 +89,33 @@ def side(low: float, high: float, null: float = 0.0) -> int:
 
 
 def is_nan(x) -> bool:
+    """Whether ``x`` is missing (None or NaN).
+
+    Example::
+
+        is_nan(float("nan")), is_nan(0.0)      # True, False
+    """
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def metric_label(metric: str) -> str:
+    """A metric's human name, without ``delta_`` (:data:`LABELS`; else the name).
+
+    Example::
+
+        metric_label("delta_label_space_rate")      # "label-space rate"
+    """
     return LABELS.get(metric.removeprefix("delta_"), metric.removeprefix("delta_"))
 
 
 def select_rows(result: ExperimentResult, **where) -> pd.DataFrame:
+    """The rows of ``result.table`` whose columns equal ``where`` (none when a column is
+    missing).
+
+    Example::
+
+        select_rows(result, kind="contrast", alpha=1.0)
+    """
     frame = result.table
     for column, value in where.items():
         if column not in frame.columns:
@@ -106,6 +125,13 @@ def select_rows(result: ExperimentResult, **where) -> pd.DataFrame:
 
 
 def value_ci(result: ExperimentResult, **where) -> tuple[float, float, float]:
+    """``(value, ci_low, ci_high)`` of the one row matching ``where`` (NaNs when not exactly
+    one does).
+
+    Example::
+
+        value_ci(result, condition="TR - TL", metric="delta_label_space_rate")
+    """
     rows = select_rows(result, **where)
     if len(rows) != 1:
         return math.nan, math.nan, math.nan
@@ -114,7 +140,12 @@ def value_ci(result: ExperimentResult, **where) -> tuple[float, float, float]:
 
 
 def text_table(title: str, rows: Sequence[str], columns: Sequence[str], cell) -> list[str]:
-    """An aligned text table: ``cell(row, column)`` gives each entry."""
+    """An aligned text table, indented two spaces: ``cell(row, column)`` gives each entry.
+
+    Example::
+
+        text_table("set", ["TR", "TL"], ["Δ accuracy"], lambda r, c: "0.1")
+    """
     cells = [[cell(r, c) for c in columns] for r in rows]
     first = max([len(title), *map(len, rows)])
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]

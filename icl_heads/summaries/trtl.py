@@ -118,6 +118,12 @@ def _contrast_lines(result: ExperimentResult, metrics: Sequence[str], **where) -
 
 
 def ablation_lines(result: ExperimentResult) -> list[str]:
+    """The summary of a ablation result (see :func:`icl_heads.summaries.summary_lines`).
+
+    Example::
+
+        ablation_lines(result)      # list of lines to print
+    """
     metrics = ("delta_label_space_rate", "delta_in_space_accuracy", "delta_accuracy")
     base = [
         f"{metric_label(m)} {with_ci(*value_ci(result, condition='baseline', metric=m))}"
@@ -133,6 +139,12 @@ def ablation_lines(result: ExperimentResult) -> list[str]:
 
 
 def steering_lines(result: ExperimentResult) -> list[str]:
+    """The summary of a steering result (see :func:`icl_heads.summaries.summary_lines`).
+
+    Example::
+
+        steering_lines(result)      # list of lines to print
+    """
     target = getattr(getattr(result.settings, "target", None), "perturbation", "zero_shot")
     alphas = sorted(set(result.table["alpha"].dropna())) if "alpha" in result.table else []
     alpha = VERDICT_ALPHA if VERDICT_ALPHA in alphas else (alphas[-1] if alphas else None)
@@ -160,6 +172,12 @@ def steering_lines(result: ExperimentResult) -> list[str]:
 
 
 def find_heads_lines(result: ExperimentResult) -> list[str]:
+    """The summary of a find heads result (see :func:`icl_heads.summaries.summary_lines`).
+
+    Example::
+
+        find_heads_lines(result)      # list of lines to print
+    """
     out = []
     for name in ("TR", "TL"):
         heads = select_rows(result, condition=name, metric=f"{name.lower()}_score")
@@ -191,6 +209,12 @@ def find_heads_lines(result: ExperimentResult) -> list[str]:
 
 
 def perturbation_lines(result: ExperimentResult) -> list[str]:
+    """The summary of a perturbation result (see :func:`icl_heads.summaries.summary_lines`).
+
+    Example::
+
+        perturbation_lines(result)      # list of lines to print
+    """
     rows = select_rows(result, kind="stability")
     conditions = list(dict.fromkeys(rows["condition"]))
     columns = ["TR Spearman", "TL Spearman", "TR - TL"]
@@ -209,6 +233,12 @@ def perturbation_lines(result: ExperimentResult) -> list[str]:
 
 
 def correlation_lines(result: ExperimentResult) -> list[str]:
+    """The summary of a correlation result (see :func:`icl_heads.summaries.summary_lines`).
+
+    Example::
+
+        correlation_lines(result)      # list of lines to print
+    """
     effects = ("label_space_rate", "in_space_accuracy", "logit_diff")
     columns = [f"drop in {metric_label(e)}" for e in effects]
 
@@ -224,6 +254,12 @@ def correlation_lines(result: ExperimentResult) -> list[str]:
 
 
 def reconciliation_lines(result: ExperimentResult) -> list[str]:
+    """The summary of a reconciliation result (see :func:`icl_heads.summaries.summary_lines`).
+
+    Example::
+
+        reconciliation_lines(result)      # list of lines to print
+    """
     rows = select_rows(result, metric="top_k_overlap")
     out = ["Top-k overlaps against chance (95% CIs):"]
     for condition in dict.fromkeys(rows["condition"]):
