@@ -970,7 +970,7 @@ def test_ablate_prints_the_contrasts_and_one_sentence_per_claim(capsys, tiny_mod
     for claim in ("tr_ablation_label_space", "tl_ablation_in_space"):
         got = trtl.claim_verdict(claim, {"ablation": result})
         assert f"{trtl.CLAIMS[claim]} — verdict: {got['verdict']}" in text
-    assert "(showing 21)" not in text and "Full table: 53 rows" in text
+    assert "(showing 21)" not in text and re.search(r"Full table: \d+ rows", text)
     assert text.index("TR - TL") < text.index("Full table")  # the summary comes first
     assert "Estimated time: about" in text and "estimate" in text
 
