@@ -465,8 +465,9 @@ def _check_split_halves(n: int, task, command: str, *, preset: bool = False) -> 
 
 
 def _finish(args: argparse.Namespace, out: Path, result, model, prompts, *, maps=None) -> int:
-    """Save the result, write its linked report (example: the first prompt), print a
-    summary."""
+    """Save the result, write its linked report (example: the first prompt), print what
+    decides its claim (:func:`icl_heads.summaries.summary_lines`) and where the full table
+    is."""
     from .attention_patterns import attention_example
     from .report import write_report
 
@@ -475,7 +476,7 @@ def _finish(args: argparse.Namespace, out: Path, result, model, prompts, *, maps
     report = write_report(
         out / "report.html", result, maps=maps, example=example, command=args.command_line
     )
-    _print_result(result)
+    _print_result(result, out)
     written = (
         ["result.json", "table.csv"]
         + (["maps/"] if result.maps else [])
@@ -485,30 +486,135 @@ def _finish(args: argparse.Namespace, out: Path, result, model, prompts, *, maps
     return 0
 
 
-def _print_result(result) -> None:
+def _print_result(result, out: Path) -> None:
+    """The summary of ``result`` (the numbers that decide its claim, with 95% CIs), then
+    where its full table is; a result without a summary prints its first rows instead."""
     import pandas as pd
 
+    from .summaries import summary_lines
+
     table = result.table
-    columns = [
-        c
-        for c in ("condition", "metric", "layer", "alpha", "value", "ci_low", "ci_high", "n")
-        if c in table.columns
-    ]
-    shown = table[columns]
-    if "kind" in table.columns and (table["kind"] == "level").any() and len(table) > 40:
-        shown = table[table["kind"] == "level"][columns]
-    with pd.option_context("display.width", 140, "display.max_columns", 20, "display.max_rows", 60):
+    lines = summary_lines(result)
+    if lines:
+        print(f"\n{result.name}:")
+        print("\n".join(lines))
         print(
-            f"\n{result.name}: {len(table)} rows"
-            + (
-                f" (showing {min(len(shown), 40)})"
-                if len(shown) < len(table) or len(shown) > 40
-                else ""
-            )
+            f"\nFull table: {len(table)} rows ({len(result.conditions)} conditions x "
+            f"{len(result.metrics)} metrics{_axes(table)}) in {out / 'table.csv'}; the "
+            "report shows them all."
         )
-        print(shown.head(40).to_string(index=False, float_format="%.4g"))
+    else:
+        columns = [
+            c
+            for c in ("condition", "metric", "layer", "alpha", "value", "ci_low", "ci_high", "n")
+            if c in table.columns
+        ]
+        with pd.option_context(
+            "display.width", 140, "display.max_columns", 20, "display.max_rows", 60
+        ):
+            shown = f" (showing 40; all in {out / 'table.csv'})" if len(table) > 40 else ""
+            print(f"\n{result.name}: {len(table)} rows{shown}")
+            print(table[columns].head(40).to_string(index=False, float_format="%.4g"))
     for name, scores in list(result.maps.items())[:6]:
         print(f"top {name}: {' '.join(str(h) for h in scores.top())}")
+
+
+def _axes(table) -> str:
+    """`` x N layers`` (and alphas, scales) where the table has such an axis."""
+    parts = [
+        f" x {table[c].nunique()} {c}s" for c in ("layer", "alpha", "scale") if c in table.columns
+    ]
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- time estimate
+
+
+def _forward_passes(args: argparse.Namespace, model, prompt_tokens: int) -> int:
+    """How many prompt forward passes the command runs, in a simple model: one per prompt
+    per condition (baseline, each head set, each random set, each alpha or injection
+    layer), plus the head-finding and mean-reference passes; the detectors' repeated
+    sequences count as many prompts as their tokens fill (``prompt_tokens`` per prompt)."""
+    n, command = args.n, args.command
+    n_random = getattr(args, "n_random", 0)
+    sets = 2 * (1 + n_random)  # two named head sets and their random controls
+    reference = n if getattr(args, "mode", "mean") == "mean" else 0
+    sequences = math.ceil(
+        getattr(args, "sequences", 0) * (2 * getattr(args, "T", 50) + 1) / max(prompt_tokens, 1)
+    )
+    if command == "quickstart":
+        return n * len(args.shots)
+    if command == "detect":
+        return n + sequences
+    if command == "find-heads":
+        return n
+    if command == "ablate":
+        return n + reference + n * (1 + sets)
+    if command == "perturb":
+        return n * len(args.perturbations)
+    if command == "correlate":
+        heads = model.cfg.n_layers * model.cfg.n_heads
+        return n * (2 if args.positions == "query" else 1 + heads) + reference
+    if command == "steer":
+        return 2 * n + n * (1 + len(args.alphas) * sets)
+    if command == "geometry":
+        return n + (sequences + n + n * (1 + sets) if args.ablate else 0)
+    if command == "task-vectors":
+        layers = len(args.layers) if args.layers else model.cfg.n_layers + 1
+        return 2 * n + n * layers * len(args.scales)
+    return n
+
+
+def _geometry_measurements(args: argparse.Namespace, model) -> int:
+    """How many sets of query states the geometry commands measure (probes and alignment,
+    each over ``n_layers + 1`` states): one per condition."""
+    if args.command == "geometry":
+        return 1 + (2 * (1 + args.n_random) if args.ablate else 0)
+    if args.command == "task-vectors":
+        layers = len(args.layers) if args.layers else model.cfg.n_layers + 1
+        return 2 + layers * len(args.scales)
+    return 0
+
+
+def _print_estimate(args: argparse.Namespace, model, prompts, device) -> None:
+    """Time a first batch of ``prompts`` (after a one-prompt warm-up) and, for the geometry
+    commands, the probes and alignment of two states, and print the command's estimated
+    time: :func:`_forward_passes` x seconds per prompt, plus
+    :func:`_geometry_measurements` x ``n_layers + 1`` states x seconds per state ("about
+    N s", and that it is an estimate)."""
+    import torch
+
+    from .activations import collect
+
+    size = min(len(prompts), args.batch_size)
+    collect(model, prompts.select([0]), batch_size=1, device=device, progress=False)
+    started = time.perf_counter()
+    collect(model, prompts.select(slice(0, size)), batch_size=size, device=device, progress=False)
+    per_prompt = (time.perf_counter() - started) / size
+    passes = _forward_passes(args, model, prompts.seq_len)
+    seconds = passes * per_prompt
+    parts = [f"{passes} prompt forward passes x {per_prompt * 1000:.0f} ms"]
+    measurements = _geometry_measurements(args, model)
+    if measurements:
+        import sklearn.linear_model  # noqa: F401  (imported before the clock starts)
+
+        from .experiments.geometry.curves import measure_geometry
+
+        states = torch.randn(len(prompts), 2, model.cfg.d_model, generator=torch.manual_seed(0))
+        started = time.perf_counter()
+        measure_geometry(
+            model, prompts, states, [0, 1], folds=args.folds, seed=0, n_boot=args.n_boot, C=1.0
+        )
+        per_state = (time.perf_counter() - started) / 2
+        count = measurements * (model.cfg.n_layers + 1)
+        seconds += count * per_state
+        parts.append(f"{count} states' probes and alignment x {per_state * 1000:.0f} ms")
+    about = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    print(
+        f"Estimated time: about {about} ({' + '.join(parts)}, timed on a first batch; an "
+        "estimate, not a promise).",
+        flush=True,
+    )
 
 
 def _base_prompts(model, task, args, **kwargs):
@@ -531,6 +637,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from . import build_prompts, evaluate, load_task
+    from .summaries import behaviour_lines
 
     out = _check_out_path(args.out) if args.out is not None else None  # first: before loading
     device = _resolve_device_arg(args.device)
@@ -541,16 +648,16 @@ def _quickstart(args: argparse.Namespace) -> int:
     # every prompt set is built (and checked: single-token labels, context length) before
     # any evaluation runs
     prompt_sets = [build_prompts(model, task, k=k, n=args.n, seed=args.seed) for k in args.shots]
+    _print_estimate(args, model, max(prompt_sets, key=lambda p: p.seq_len), device)
     rows = [
         evaluate(model, prompts, batch_size=args.batch_size, progress=True)
         for prompts in prompt_sets
     ]
     table = pd.concat(rows, ignore_index=True)
+    print(f"\nICL behaviour on task {task.name!r} ({len(task.labels)} labels, n={args.n}):")
+    print("\n".join(behaviour_lines(table)))
     with pd.option_context("display.width", 140, "display.max_columns", 20):
-        print(
-            f"\nICL behaviour on task {task.name!r} ({len(task.labels)} labels, "
-            f"n={args.n} queries per row):"
-        )
+        print("\nAll metrics, one row per k:")
         print(table.drop(columns=["task", "seed"]).to_string(index=False, float_format="%.3f"))
     if out is not None:
         table.to_csv(out, index=False)
@@ -595,43 +702,61 @@ def _detect(args: argparse.Namespace) -> int:
     import torch
 
     from .attention_patterns import attention_example
-    from .detectors import detect_heads
-    from .heads import HeadScores
+    from .detectors import KINDS, detect_heads
+    from .heads import HeadScores, default_top_k
     from .report import write_report
+    from .results import ExperimentResult, make_table, table_row
+    from .summaries import detector_lines
 
     out, device, task, model = _prepare(args, min_k=1)  # label attention needs demos
     prompts = _base_prompts(model, task, args)
+    _print_estimate(args, model, prompts, device)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    # one rule for the kind column, the report's outlines and the list printed below
+    top_k = args.top_k if args.top_k is not None else default_top_k(L, H)
     frame = detect_heads(
         model,
         prompts,
         T=args.T,
         n_sequences=args.sequences,
         seed=args.seed,
-        top_k=args.top_k,
+        top_k=top_k,
         batch_size=args.batch_size,
         device=device,
         progress=True,
     )
     settings = frame.attrs.get("settings")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
     maps = {}
-    for column in (
-        "previous_token_score",
-        "induction_score",
-        "duplicate_token_score",
-        "label_attention_score",
-        "gold_label_share",
-    ):
+    for column in _DETECT_MAPS:
         grid = torch.tensor(frame[column].to_numpy(float), dtype=torch.float32).reshape(L, H)
         maps[column.removesuffix("_score")] = HeadScores(
-            grid, name=column, settings=settings, top_k=args.top_k
+            grid, name=column, settings=settings, top_k=top_k
         )
-    frame.to_csv(out / "heads.csv", index=False)
-    (out / "settings.json").write_text(
-        json.dumps(settings.to_dict() if settings is not None else None, indent=1, default=str)
+    rows = []  # the tidy table: one row per head and score (no CIs: scores are means)
+    for record in frame.to_dict("records"):
+        for column in _DETECT_MAPS:
+            on_prompts = column in ("label_attention_score", "gold_label_share")
+            rows.append(
+                table_row(
+                    record["label"],
+                    column,
+                    record[column],
+                    math.nan,
+                    math.nan,
+                    args.n if on_prompts else args.sequences,
+                    layer=int(record["layer"]),
+                    head=int(record["head"]),
+                    kind=record["kind"],
+                )
+            )
+    result = ExperimentResult(
+        name="detect_heads",
+        table=make_table(rows),
+        settings=settings,
+        maps=maps,
+        tables={"heads": frame},
     )
-    for name, scores in maps.items():
-        scores.save(out / "maps" / f"{name}.json")
+    result.save(out)
     report = write_report(
         out / "report.html",
         maps,
@@ -640,15 +765,23 @@ def _detect(args: argparse.Namespace) -> int:
         command=args.command_line,
         title=f"icl-heads detect ({model.cfg.model_name}, task={task.name})",
     )
-    kinds = frame["kind"][frame["kind"] != ""]
+    print()
+    print("\n".join(detector_lines(maps, KINDS, top_k)))
     print(
-        f"\n{len(kinds)} of {len(frame)} heads have a kind "
-        f"({'top ' + str(args.top_k) if args.top_k else 'score >= 0.5'}):"
+        f"\nWrote {out}{os.sep}: result.json, table.csv (one row per head and score), "
+        f"tables/heads.csv (one row per head, with its kinds), maps/; report: {report}"
     )
-    for name, scores in maps.items():
-        print(f"top {name}: {' '.join(f'{h}={scores[h]:.2f}' for h in scores.top(5))}")
-    print(f"\nWrote {out}{os.sep}: heads.csv, settings.json, maps/; report: {report}")
     return 0
+
+
+#: The detect command's maps (columns of :func:`icl_heads.detectors.detect_heads`).
+_DETECT_MAPS = (
+    "previous_token_score",
+    "induction_score",
+    "duplicate_token_score",
+    "label_attention_score",
+    "gold_label_share",
+)
 
 
 def _find_heads(args: argparse.Namespace) -> int:
@@ -656,6 +789,7 @@ def _find_heads(args: argparse.Namespace) -> int:
 
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
+    _print_estimate(args, model, prompts, device)
     result = trtl.find_task_heads(
         model,
         prompts,
@@ -674,6 +808,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
+    _print_estimate(args, model, prompts, device)
     found = trtl.find_task_heads(
         model,
         prompts,
@@ -708,6 +843,7 @@ def _perturb(args: argparse.Namespace) -> int:
     for perturbation in args.perturbations:  # each condition's prompts, checked before any run
         if perturbation != "gold":
             _base_prompts(model, task, args, perturbation=perturbation)
+    _print_estimate(args, model, prompts, device)
     result = trtl.perturbation_experiment(
         model,
         prompts,
@@ -727,6 +863,7 @@ def _correlate(args: argparse.Namespace) -> int:
 
     out, device, task, model = _prepare(args)
     prompts = _base_prompts(model, task, args)
+    _print_estimate(args, model, prompts, device)
     result = trtl.correlation_experiment(
         model,
         prompts,
@@ -747,6 +884,7 @@ def _steer(args: argparse.Namespace) -> int:
     out, device, task, model = _prepare(args, min_k=1)
     source = _base_prompts(model, task, args)
     target = _base_prompts(model, task, args, seed=args.seed + 1, perturbation=args.target)
+    _print_estimate(args, model, source, device)
     found = trtl.find_task_heads(
         model,
         source,
@@ -779,6 +917,7 @@ def _geometry(args: argparse.Namespace) -> int:
 
     out, device, task, model = _prepare(args, checks=[_check_folds])
     prompts = _base_prompts(model, task, args)
+    _print_estimate(args, model, prompts, device)
     if args.ablate:
         detected = token_detector_scores(
             model,
@@ -823,6 +962,7 @@ def _task_vectors(args: argparse.Namespace) -> int:
     _check_layers(args.layers, model)
     icl = _base_prompts(model, task, args)
     zero_shot = _base_prompts(model, task, args, k=0)
+    _print_estimate(args, model, icl, device)
     result = geometry.task_vector_experiment(
         model,
         icl,
@@ -1171,8 +1311,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score every head as a previous-token, duplicate-token and induction head "
         "(on --n-sequences seeded random token sequences [BOS] + r + r, r of --T "
         "tokens) and as a label-attention head (attention from the query to the "
-        "demonstrations' labels, on --n k-shot prompts of --task); write "
-        "heads.csv (one row per head, with its kinds), the maps and the report.",
+        "demonstrations' labels, on --n k-shot prompts of --task); a head has a kind "
+        "when it is among the --top-k best by that score (the report outlines the same "
+        "heads); write result.json, table.csv, tables/heads.csv (one row per head, with "
+        "its kinds), the maps and the report.",
     )
     _add_run_args(d, command="detect", n=16)
     d.add_argument(
@@ -1188,8 +1330,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--T", type=_positive_int, default=50, help="tokens per repeated half")
     _add_top_k(
         d,
-        "head kinds: with K, a head has a kind when it is among the K best by that "
-        "score; without, when its score is at least 0.5",
+        "head kinds (a head has a kind when it is among the K best by that score; the "
+        "report outlines, and the command lists, the same K heads of every map)",
     )
     d.set_defaults(func=_detect)
 

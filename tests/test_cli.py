@@ -11,12 +11,14 @@ import os
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 import icl_heads as ih
 from icl_heads import cli, models
+from icl_heads.experiments import trtl
+from icl_heads.heads import default_top_k
+from icl_heads.summaries import with_ci
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -320,8 +322,9 @@ FAST = {  # small sizes, so each subcommand runs in seconds on the tiny model
 #: What each subcommand promises to write into --out.
 WRITES = {
     "detect": [
-        "heads.csv",
-        "settings.json",
+        "result.json",
+        "table.csv",
+        "tables/heads.csv",
         "maps/induction.json",
         "maps/previous_token.json",
         "report.html",
@@ -342,6 +345,7 @@ WRITES = {
     "task-vectors": ["result.json", "table.csv", "report.html"],
 }
 NAMES = {
+    "detect": "detect_heads",
     "find-heads": "find_task_heads",
     "ablate": "ablation",
     "perturb": "perturbation",
@@ -362,10 +366,16 @@ def check_run(command: str, out: Path, text: str) -> None:
     assert f"Wrote {out}" in text
     page = (out / "report.html").read_text()
     assert 'id="icl-heads-data"' in page and "<script src=" not in page
-    if command == "detect":
-        frame = pd.read_csv(out / "heads.csv")
+    if command == "detect":  # an ExperimentResult like every other subcommand's
+        result = ih.ExperimentResult.load(out)
+        assert result.name == "detect_heads"
+        frame = result.tables["heads"]
         assert {"induction_score", "previous_token_score", "kind"} <= set(frame.columns)
-        assert json.loads((out / "settings.json").read_text())["kind"] == "DetectorSettings"
+        assert type(result.settings).__name__ == "DetectorSettings"
+        assert json.loads((out / "result.json").read_text())["settings"]["kind"] == (
+            "DetectorSettings"
+        )
+        assert {"previous_token_score", "induction_score"} <= set(result.metrics)
         return
     result = ih.ExperimentResult.load(out)
     assert result.name == NAMES[command]
@@ -941,6 +951,110 @@ def test_every_option_an_error_cites_exists_on_its_subcommand(
         assert cited <= _options(command), (argv, line)
         checked += 1
     assert checked > 100
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def test_ablate_prints_the_contrasts_and_one_sentence_per_claim(capsys, tiny_model, tmp_path):
+    out = tmp_path / "ablate"
+    code, text, err = run(
+        capsys, "ablate", "--model", "tiny", "--k", "2", "--out", str(out), *FAST["ablate"]
+    )
+    assert code == 0, err
+    result = ih.ExperimentResult.load(out)
+    for contrast in ("TR - random_TR", "TL - random_TL", "TR - TL", "TL - TR"):
+        assert contrast in text
+        row = result.select(condition=contrast, metric="delta_label_space_rate").iloc[0]
+        assert with_ci(row["value"], row["ci_low"], row["ci_high"], signed=True) in text
+    for claim in ("tr_ablation_label_space", "tl_ablation_in_space"):
+        got = trtl.claim_verdict(claim, {"ablation": result})
+        assert f"{trtl.CLAIMS[claim]} — verdict: {got['verdict']}" in text
+    assert "(showing 21)" not in text and re.search(r"Full table: \d+ rows", text)
+    assert text.index("TR - TL") < text.index("Full table")  # the summary comes first
+    assert "Estimated time: about" in text and "estimate" in text
+
+
+def test_geometry_ablate_prints_changes_from_clean_per_set(capsys, tiny_model, tmp_path):
+    out = tmp_path / "geometry"
+    argv = [
+        "--n",
+        "8",
+        "--folds",
+        "2",
+        "--n-boot",
+        "20",
+        "--ablate",
+        "--n-random",
+        "1",
+        "--n-sequences",
+        "4",
+    ]
+    code, text, err = run(
+        capsys, "geometry", "--model", "tiny", "--k", "2", "--out", str(out), *argv
+    )
+    assert code == 0, err
+    assert "Change from clean per ablated set" in text
+    for name in ("PTH", "random_PTH", "IH", "random_IH"):
+        assert re.search(rf"^  {name} +[-+0-9–]", text, re.M), name
+    assert "Claim: PTH ablation lowers early separability — verdict:" in text
+    assert "Claim: IH ablation lowers late alignment — verdict:" in text
+    assert "(showing 40)" not in text and " baseline " not in text  # no rows of clean
+    assert "states' probes and alignment" in text  # the estimate counts the probes
+
+
+def test_quickstart_prints_intervals_and_a_sentence(capsys, tiny_model, tmp_path):
+    code, text, err = run(capsys, "quickstart", "--model", "tiny", "--shots", "0", "2", "--n", "6")
+    assert code == 0, err
+    assert "95% Wilson intervals" in text
+    assert re.search(r"k=0: accuracy [0-9.]+ \[[0-9.]+, [0-9.]+\]", text)
+    assert "From k=0 to k=2, accuracy " in text
+    assert text.index("From k=0") < text.index("All metrics")
+    assert "Estimated time: about" in text
+
+
+def test_detect_lists_the_heads_its_report_outlines(capsys, tiny_model, tmp_path):
+    out = tmp_path / "detect"
+    code, text, err = run(
+        capsys,
+        "detect",
+        "--model",
+        "tiny",
+        "--k",
+        "2",
+        "--out",
+        str(out),
+        *FAST["detect"],
+        "--top-k",
+        "2",
+    )
+    assert code == 0, err
+    result = ih.ExperimentResult.load(out)
+    heads = result.tables["heads"]
+    assert "the top 2 of every map" in text
+    for kind in ("previous_token", "induction", "duplicate_token", "label_attention"):
+        scores = result.maps[kind]
+        assert scores.top() == scores.top(2)  # the report outlines these two
+        listed = " ".join(f"{h}={scores[h]:.2f}" for h in scores.top(2))
+        assert f"  {kind}: {listed}" in text
+        marked = set(heads.loc[heads["kind"].fillna("").str.contains(kind), "label"])
+        assert marked == {str(h) for h in scores.top(2)}  # table's kinds: the same heads
+
+
+def test_detect_without_top_k_uses_the_default_for_kinds_outlines_and_list(
+    capsys, tiny_model, tmp_path
+):
+    out = tmp_path / "detect"
+    code, text, err = run(
+        capsys, "detect", "--model", "tiny", "--k", "2", "--out", str(out), *FAST["detect"]
+    )
+    assert code == 0, err
+    result = ih.ExperimentResult.load(out)
+    k = default_top_k(2, 4)
+    assert f"the top {k} of every map" in text
+    heads = result.tables["heads"]
+    marked = set(heads.loc[heads["kind"].fillna("").str.contains("induction"), "label"])
+    assert marked == {str(h) for h in result.maps["induction"].top()}
 
 
 # --------------------------------------------------------------------------- docs
