@@ -1,13 +1,15 @@
 """Summaries of the geometry experiments: the onset per metric, the change from clean
 per ablated head set, the task vector's largest effect, and the claims' verdicts (the
-kit's rule, :func:`~icl_heads.experiments.kit.judge`)."""
+results pages' rules: :func:`~icl_heads.experiments.geometry.verdicts.geometry_claim_verdict`)."""
 
 from __future__ import annotations
 
 import math
 
 from ..experiments.geometry.curves import ALIGNMENT, SEPARABILITY
+from ..experiments.geometry.verdicts import geometry_claim_verdict
 from ..experiments.kit import judge, random_name
+from ..experiments.verdict_rules import LAYER_MARGIN
 from ..results import ExperimentResult
 from .numbers import difference_interval, is_nan, metric_label, side, text_table, with_ci
 
@@ -39,7 +41,9 @@ def layer_geometry_lines(result: ExperimentResult) -> list[str]:
     key = f"{ALIGNMENT} - {SEPARABILITY}"
     if onset is not None and key in set(onset["metric"]):
         row = onset[onset["metric"] == key].iloc[0]
-        verdict = judge(row["value"], row["ci_low"], row["ci_high"], sign=1, null=0.0)
+        verdict = judge(
+            row["value"], row["ci_low"], row["ci_high"], sign=1, null=0.0, margin=LAYER_MARGIN
+        )
         reading = {
             1: "alignment rises after separability",
             -1: "alignment rises before separability",
@@ -101,25 +105,27 @@ def head_ablation_lines(result: ExperimentResult) -> list[str]:
         "conservative for these paired prompts):",
         *text_table("set", ["clean", *sets], columns, cell),
     ]
-    for name, metric, span, statement in (
-        ("PTH", SEPARABILITY, "early", "PTH ablation lowers early separability"),
-        ("IH", ALIGNMENT, "late", "IH ablation lowers late alignment"),
+    for key, name, metric, span, statement in (
+        ("pth", "PTH", SEPARABILITY, "early", "PTH ablation lowers early separability"),
+        ("ih", "IH", ALIGNMENT, "late", "IH ablation lowers late alignment"),
     ):
         mine, rand = level(name, metric, span), level(random_name(name), metric, span)
         if is_nan(mine[0]):
             continue
-        verdict = judge(*mine, sign=-1, null=rand[0])
-        s = side(mine[1], mine[2], rand[0])
+        # the verdict and its statistic as the results page judges them (one rule)
+        claim = geometry_claim_verdict(key, {"head_ablation": result})
+        test = claim["tests"][0]
         reading = {
             -1: "lower than with random sets, as the claim predicts",
             1: "higher than with random sets: the opposite of the claim",
             0: "not clearly different from random sets",
-        }[s]
+        }[side(test["ci_low"], test["ci_high"], test["null"])]
+        contrast = with_ci(test["value"], test["ci_low"], test["ci_high"], signed=True)
         out.append(
-            f"Claim: {statement} — verdict: {verdict}. With {name} ablated the {span} "
+            f"Claim: {statement} — verdict: {claim['verdict']}. With {name} ablated the {span} "
             f"{metric_label(metric)} is {with_ci(*mine)} against {with_ci(*rand)} with "
-            f"{random_name(name)} and {with_ci(*level('baseline', metric, span))} clean: "
-            f"{reading}."
+            f"{random_name(name)} and {with_ci(*level('baseline', metric, span))} clean "
+            f"({name} - {random_name(name)} = {contrast}): {reading}."
         )
     return out
 
@@ -148,7 +154,13 @@ def task_vector_lines(result: ExperimentResult) -> list[str]:
             f"  {metric_label(metric)}: {with_ci(best['value'], best['ci_low'], best['ci_high'], signed=True)} "
             f"(injected at state {int(best['layer'])})"
         )
-        if metric == ALIGNMENT:
-            verdict = judge(best["value"], best["ci_low"], best["ci_high"], sign=1, null=0.0)
-            verdict_line.append(f"Claim: Task vectors raise alignment — verdict: {verdict}.")
+        if metric == ALIGNMENT:  # judged at the pre-registered state, not the best one
+            claim = geometry_claim_verdict("tv", {"task_vector": result})
+            test = claim["tests"][0]
+            verdict_line.append(
+                f"Claim: Task vectors raise alignment — verdict: {claim['verdict']} (judged at "
+                f"the pre-registered state L//2, no-op states excluded: "
+                f"{with_ci(test['value'], test['ci_low'], test['ci_high'], signed=True)}; the "
+                f"best state above is descriptive)."
+            )
     return out + verdict_line
