@@ -24,15 +24,17 @@ types, ``_add_*_args``, ``_check_*``, ``_load_model_arg``) are shared by every s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from .outputs import check_output_dir, check_output_file
 
 PROG = "icl-heads"
 EXIT_ERROR = 2
@@ -142,64 +144,9 @@ def _add_subcommand(sub, name: str, *, help: str, description: str) -> argparse.
 
 def _check_out_path(out: str | os.PathLike) -> Path:
     """Check, before any model loading or computation, that a result file can be written
-    at ``out``: missing parent directories are created, and a probe file is written next to
-    it (so read-only locations fail here, also as root). Returns the path.
-
-    Raises:
-        ValueError: ``out`` is empty, is a directory, lies under a file, or its directory
-            cannot be created or written.
-    """
-    text = os.fspath(out)
-    if not str(text).strip():
-        raise ValueError("--out is empty; pass a file path such as results/quickstart.csv.")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        raise ValueError(
-            f"--out {text!r} is a directory; pass a file path inside it, such as "
-            f"{str(path / 'quickstart.csv')!r}."
-        )
-    _make_writable_dir(path.parent, text, "path", probe=not path.exists())
-    if path.exists():
-        try:
-            with path.open("ab"):  # opens for writing without changing the file
-                pass
-        except OSError as err:
-            raise ValueError(
-                f"--out {text!r} cannot be written ({err.strerror or err}); "
-                "choose a writable location."
-            ) from None
-    return path
-
-
-def _make_writable_dir(
-    directory: Path, text: str, what: str, *, probe: bool = True, option: str = "--out"
-) -> None:
-    """Create ``directory`` (and missing parents) and write a probe file in it (``probe``),
-    so that an unwritable ``option`` (``text``) fails before any computation, also as root."""
-    for ancestor in (directory, *directory.parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise ValueError(
-                    f"{option} {text!r}: {str(ancestor)!r} is a file, so nothing can "
-                    f"be written under it; choose another {what}."
-                )
-            break
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(
-            f"{option} {text!r}: cannot create the directory {str(directory)!r} "
-            f"({err.strerror or err}); choose a writable location."
-        ) from None
-    if not probe:
-        return
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".icl-heads-probe-"):
-            pass
-    except OSError as err:
-        raise ValueError(
-            f"{option} {text!r} cannot be written ({err.strerror or err}); choose a writable location."
-        ) from None
+    at ``out`` (:func:`icl_heads.outputs.check_output_file`: missing parents created, a
+    probe file written, so read-only locations fail here, also as root)."""
+    return check_output_file(out, what="--out")
 
 
 def _resolve_device_arg(device: str | None):
@@ -327,25 +274,10 @@ def _check_shots(shots: list[int], task) -> None:
 
 
 def _check_out_dir(out: str | os.PathLike, option: str = "--out") -> Path:
-    """Check, before any model loading or computation, that result files can be written
-    into the directory ``out`` (of ``option``, named in the messages): it (and missing
-    parents) is created, and a probe file is written in it (so read-only locations fail
-    here, also as root). Returns the path.
-
-    Raises:
-        ValueError: ``out`` is empty, is a file, lies under a file, or cannot be created or
-            written.
-    """
-    text = os.fspath(out)
-    if not str(text).strip():
-        raise ValueError(f"{option} is empty; pass a directory such as results/find-heads.")
-    path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ValueError(
-            f"{option} {text!r} is a file; pass a directory (the command writes its files into it)."
-        )
-    _make_writable_dir(path, text, "directory", option=option)
-    return path
+    """Check, before any model loading or computation, that files can be written into the
+    directory ``out`` of ``option`` (:func:`icl_heads.outputs.check_output_dir`: created,
+    probed, so read-only locations fail here, also as root)."""
+    return check_output_dir(out, what=option)
 
 
 def _check_k(k: int, task, *, minimum: int = 0, command: str = "") -> None:
@@ -367,9 +299,10 @@ def _prepare(args: argparse.Namespace, *, min_k: int = 0, checks=()):
     """Every check that needs no model (--out, --device, --task, --k, then each of
     ``checks(args, task)``, then the --model name), then the model, then the checks that
     need it (--top-k). Returns ``(out_dir, device, task, model)``."""
+    from .results import check_result_dir
     from .tasks import load_task
 
-    out = _check_out_dir(args.out)  # first: before anything is loaded
+    out = check_result_dir(args.out, what="--out")  # first: before anything is loaded
     device = _resolve_device_arg(args.device)
     task = load_task(args.task)
     _check_k(args.k, task, minimum=min_k, command=args.command)
@@ -1071,9 +1004,56 @@ def _check_grid_prompts(args: argparse.Namespace, tasks, model, name: str) -> No
 FAMILIES = ("trtl", "geometry")
 
 
+@contextlib.contextmanager
+def _stale_cells_in_cli_terms():
+    """The grids' stale-cell errors name the API's fix (``rerun_stale=True``, a new
+    ``out_dir``): say it with the options of ``reproduce``."""
+    try:
+        yield
+    except ValueError as err:
+        text = str(err)
+        if "rerun_stale=True" not in text:
+            raise
+        text = text.replace("pass rerun_stale=True", "pass --rerun-stale")
+        raise ValueError(text.replace("a new out_dir", "a new --out")) from None
+
+
+def _run_family(family: str, model, args: argparse.Namespace, out: Path, device) -> None:
+    """One family's grid of ``reproduce`` on one model (resumable; see the library's
+    ``reproduce_trtl`` / ``reproduce_geometry``)."""
+    from .experiments import geometry, trtl
+
+    if family == "trtl":
+        trtl.reproduce_trtl(
+            model,
+            args.tasks,
+            out / "trtl",
+            quick=args.quick,
+            seed=args.seed,
+            progress=True,
+            n=args.n,
+            batch_size=args.batch_size,
+            device=device,
+            rerun_stale=args.rerun_stale,
+        )
+    else:
+        geometry.reproduce_geometry(
+            model,
+            args.tasks,
+            out / "geometry",
+            quick=args.quick,
+            k=_GEOMETRY_K,
+            seed=args.seed,
+            progress=True,
+            n=args.n,
+            batch_size=args.batch_size,
+            device=device,
+            rerun_stale=args.rerun_stale,
+        )
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from .attention_patterns import attention_example
-    from .experiments import geometry, trtl
     from .pages.geometry import write_geometry_page
     from .pages.trtl import write_trtl_page
     from .prompts import build_prompts
@@ -1105,37 +1085,18 @@ def _reproduce(args: argparse.Namespace) -> int:
                 f"\n== {family} on {model.cfg.model_name}: {', '.join(t.name for t in tasks)}",
                 flush=True,
             )
-            if family == "trtl":
-                trtl.reproduce_trtl(
-                    model,
-                    args.tasks,
-                    out / "trtl",
-                    quick=args.quick,
-                    seed=args.seed,
-                    progress=True,
-                    n=args.n,
-                    batch_size=args.batch_size,
-                    device=device,
-                )
-            else:
-                geometry.reproduce_geometry(
-                    model,
-                    args.tasks,
-                    out / "geometry",
-                    quick=args.quick,
-                    k=_GEOMETRY_K,
-                    seed=args.seed,
-                    progress=True,
-                    n=args.n,
-                    batch_size=args.batch_size,
-                    device=device,
-                )
+            with _stale_cells_in_cli_terms():
+                _run_family(family, model, args, out, device)
             print(f"   {family}: {time.perf_counter() - started:.0f} s", flush=True)
             if not args.reports:
                 continue
             model_dir = out / family / safe_name(model_name(model) or "model")
             for task in tasks:
-                cells = sorted((model_dir / safe_name(task.name)).glob("*/result.json"))
+                cells = [  # not the hidden temporary folders of a killed run
+                    c
+                    for c in sorted((model_dir / safe_name(task.name)).glob("*/result.json"))
+                    if not c.parent.name.startswith(".")
+                ]
                 todo = [c.parent for c in cells if not (c.parent / "report.html").is_file()]
                 if not todo:
                     continue
@@ -1546,6 +1507,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--n", type=_positive_int, default=None, help="prompts per set (default: the preset's)"
+    )
+    r.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="recompute saved cells made with other settings than asked for (default: off: "
+        "such cells stop the run before anything is computed, naming what differs; a "
+        "damaged cell is always recomputed)",
     )
     r.add_argument("--seed", type=_non_negative_int, default=0, help="seed of every random choice")
     r.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per forward pass")

@@ -488,6 +488,19 @@ def test_reproduce_runs_a_resumable_grid_and_writes_reports(
     code, _, err = run(capsys, *argv)
     assert code == 0, err
     assert stamps == {c: (c / "result.json").stat().st_mtime_ns for c in cells}
+    # other settings over saved cells: refused before anything runs, in the CLI's terms
+    stale = [a if a != "8" else "10" for a in argv]
+    code, _, err = run(capsys, *stale)
+    assert code == 2 and "n: saved 8, asked 10" in err, err
+    assert "--rerun-stale" in err and "rerun_stale=True" not in err and "a new --out" in err
+    assert stamps == {c: (c / "result.json").stat().st_mtime_ns for c in cells}
+    # a killed run's hidden temporary folder is never given a report
+    leftover = out / "trtl" / cells[0].parent.parent.name / "sentiment" / ".x.icl-heads-tmp-1-a"
+    leftover.mkdir(parents=True)
+    (leftover / "result.json").write_text("{}")
+    code, _, err = run(capsys, *argv, "--experiments", "trtl")
+    assert code == 0, err
+    assert not (leftover / "report.html").exists()
 
 
 def test_reproduce_writes_the_results_pages(capsys, tiny_model, tmp_path):
@@ -1131,3 +1144,14 @@ def test_reproduce_on_the_default_model(smol, capsys, tmp_path):
     assert code == 0, err
     cells = sorted(p.parent for p in out.rglob("result.json"))
     assert len(cells) == 4 and all((c / "report.html").is_file() for c in cells)
+
+
+def test_an_out_dir_holding_other_files_is_refused_before_loading(capsys, no_model, tmp_path):
+    """A result replaces its folder whole (ExperimentResult.save): a --out folder that holds
+    other files is refused up front, not after the computation."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    code, _, err = run(capsys, "find-heads", "--model", "tiny", "--out", str(out))
+    assert_one_line_error(code, err, "notes.txt")
+    assert (out / "notes.txt").read_text() == "my notes"
