@@ -99,8 +99,12 @@ def heldout_split(task: Task, fraction: float = 0.5, seed: int = 0) -> TaskSplit
             (it cannot be in both parts).
     """
     if not isinstance(task, Task):
+        hint = (
+            f"; load it first: heldout_split(load_task({task!r}))" if isinstance(task, str) else ""
+        )
         raise TypeError(
-            f"heldout_split needs a Task (from load_task or make_task), got {type(task).__name__}."
+            f"heldout_split needs a Task (from load_task or make_task), got "
+            f"{type(task).__name__} {task!r}{hint}."
         )
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
         raise TypeError(f"fraction must be a number in (0, 1), got {fraction!r}.")
