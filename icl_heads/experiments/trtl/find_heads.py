@@ -77,8 +77,9 @@ def find_task_heads(
 
     ``normalize`` picks the TL score (``docs/methods.md``, "Held-out selection, TL
     normalisation and ablation modes"): ``"none"`` (default, the raw gold-label margin),
-    ``"norm"`` (the margin divided by ``||P a||``, the paper's normalised form as we
-    reconstruct it) or ``"tr"`` (divided by ``||P a||^2``). With a normalisation, heads whose
+    ``"norm"`` (the margin divided by ``||P a||``) or ``"tr"`` (divided by ``||P a||^2``, the
+    TR score: the paper's normalised form in the only formula text we could read, a
+    third-party summary; our reconstruction). With a normalisation, heads whose
     mean TR is below ``floor`` times the largest mean TR get TL = NaN and are never ranked
     (the settings record ``normalize`` and ``floor``).
 

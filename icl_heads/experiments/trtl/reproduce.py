@@ -174,8 +174,9 @@ def reproduce_trtl(
             refuse them with a ValueError naming the fields that differ).
         tl_normalize, tl_floor: the TL score of ``find_task_heads`` and
             ``perturbation_experiment`` (``"none"``, default: the raw gold-label margin;
-            ``"norm"``: divided by ``||P a||``, the paper's normalised form as we reconstruct
-            it; ``"tr"``) and its TR floor (see :func:`find_task_heads`).
+            ``"norm"``: divided by ``||P a||``; ``"tr"``: divided by ``||P a||^2``, the
+            paper's normalised form as we reconstruct it) and its TR floor (see
+            :func:`find_task_heads` and ``docs/methods.md``).
         heldout: held-out selection (default ``False``: every cell on the same prompts).
             ``True``: the task's examples are split (:func:`~icl_heads.experiments.splits.
             heldout_split`, ``split_fraction`` of each label's inputs, seed ``seed``) into a
