@@ -176,7 +176,8 @@ def reproduce_trtl(
             ``perturbation_experiment`` (``"none"``, default: the raw gold-label margin;
             ``"norm"``: divided by ``||P a||``; ``"tr"``: divided by ``||P a||^2``, the
             paper's normalised form as we reconstruct it) and its TR floor (see
-            :func:`find_task_heads` and ``docs/methods.md``).
+            :func:`find_task_heads` and ``docs/methods.md``; ``perturbation_experiment``
+            takes no floor and uses the default 0.01).
         heldout: held-out selection (default ``False``: every cell on the same prompts).
             ``True``: the task's examples are split (:func:`~icl_heads.experiments.splits.
             heldout_split`, ``split_fraction`` of each label's inputs, seed ``seed``) into a
