@@ -488,3 +488,33 @@ def test_dla_identity_and_tl_consistency_on_the_default_model(smol):
     grid = torch.tensor(heads["logit_diff"].to_numpy()).float().reshape(len(prompts), 30, 9)
     assert torch.allclose(grid, tl.per_prompt, atol=1e-4)
     assert not math.isnan(float(tl.scores.sum()))
+
+
+# ---- H12: the normalised TL score through find_task_heads (issue 18 item 1)
+
+
+def test_find_task_heads_normalised_tl_never_ranks_a_head_below_the_tr_floor(
+    tiny_llama, topic_prompts
+):
+    from icl_heads.experiments import trtl  # noqa: PLC0415
+
+    kw = dict(n_boot=20, progress=False)
+    default = trtl.find_task_heads(tiny_llama, topic_prompts, **kw)
+    assert default.settings.normalize == "none" and default.settings.floor is None
+    tr = default.maps["TR"].scores
+    unfloored = trtl.find_task_heads(tiny_llama, topic_prompts, normalize="norm", floor=0.0, **kw)
+    best = unfloored.maps["TL"].top(1)[0]
+    share = float(tr[best.layer, best.head] / tr.max())
+    assert share < 1  # the best normalised head is not the strongest TR head here
+    floor = share + (1 - share) / 2  # just above the best normalised head's TR
+    found = trtl.find_task_heads(tiny_llama, topic_prompts, normalize="norm", floor=floor, **kw)
+    weak = tr < floor * tr.max()
+    assert torch.isnan(found.maps["TL"].scores[weak]).all()
+    tl_set = trtl.head_sets(found)["TL"]
+    assert best not in tl_set and tl_set
+    assert all(not weak[h.layer, h.head] for h in tl_set)
+    assert found.settings.normalize == "norm" and found.settings.floor == floor
+    assert found.maps["TL"].settings.floor == floor
+    # the TR map and its set do not depend on the TL normaliser
+    assert torch.equal(found.maps["TR"].scores, tr)
+    assert trtl.head_sets(found)["TR"] == trtl.head_sets(default)["TR"]

@@ -2198,3 +2198,44 @@ def test_check_backend_refuses_a_bridge_without_compatibility_mode(smol_tokenize
     )
     with pytest.raises(ValueError, match=r"head_sweep needs a TransformerBridge in compat.*"):
         backends.check_backend(raw, "head_sweep")
+
+
+# ---- H12: held-out split, TL normaliser and ablation sensitivity mode (issue 18)
+
+
+def test_h12_bad_split_and_option_inputs_name_the_value(tiny_llama, tiny_prompts, tmp_path):
+    from icl_heads.experiments import trtl  # noqa: PLC0415
+    from icl_heads.experiments.splits import heldout_split, split_prompts  # noqa: PLC0415
+
+    task = ih.load_task("sentiment")
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\).*1\.5"):
+        heldout_split(task, 1.5)
+    with pytest.raises(TypeError, match="fraction must be a number.*'half'"):
+        heldout_split(task, "half")
+    with pytest.raises(TypeError, match=r"needs a Task .*got str 'sentiment'; load it first"):
+        heldout_split("sentiment")
+    one = ih.make_task("tiny", [("a", "yes"), ("b", "yes"), ("c", "no")], labels=["yes", "no"])
+    with pytest.raises(ValueError, match="label 'no' of task 'tiny' has 1 distinct input"):
+        heldout_split(one)
+    split = heldout_split(task)
+    with pytest.raises(ValueError, match="Unknown split part 'test'"):
+        split_prompts(tiny_llama, task, 2, 4, split=split, part="test")
+    with pytest.raises(ValueError, match="made for task 'sentiment'.*not for task 'topic'"):
+        split_prompts(tiny_llama, ih.load_task("topic"), 2, 4, split=split, part="selection")
+    with pytest.raises(TypeError, match="split must be a TaskSplit.*dict"):
+        split_prompts(tiny_llama, task, 2, 4, split={}, part="selection")
+    with pytest.raises(ValueError, match="sensitivity_mode='mean' must be None or another"):
+        trtl.ablation_experiment(
+            tiny_llama, tiny_prompts, {"TR": [(1, 0)]}, sensitivity_mode="mean", progress=False
+        )
+    with pytest.raises(ValueError, match="sensitivity_mode='half'"):
+        trtl.ablation_experiment(
+            tiny_llama, tiny_prompts, {"TR": [(1, 0)]}, sensitivity_mode="half", progress=False
+        )
+    with pytest.raises(ValueError, match="Unknown tl_normalize 'cosine'"):
+        trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, tl_normalize="cosine")
+    with pytest.raises(ValueError, match="sensitivity_mode='mean': the grid's ablation mode"):
+        trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, sensitivity_mode="mean")
+    with pytest.raises(TypeError, match="heldout"):
+        trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, heldout="yes")
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -78,6 +78,9 @@ class AblationSettings(Settings):
     #: The prompts the head sets were found on (these prompts for ``heads=None``, those of
     #: ``trtl.head_sets(found)`` or of the maps given); ``None`` for head lists given by hand.
     heads_from: PromptInfo | None = None
+    #: The other ablation mode run as a sensitivity analysis (conditions ``"<set> (<mode>)"``),
+    #: or ``None``.
+    sensitivity_mode: str | None = None
 
 
 def ablation_experiment(
@@ -89,6 +92,7 @@ def ablation_experiment(
     layer_matched: bool = True,
     mode: Literal["zero", "mean", "resample"] = "mean",
     positions: Positions = "all",
+    sensitivity_mode: Literal["zero", "mean", "resample"] | None = None,
     seed: int = 0,
     random_like: Sequence[str] | None = None,
     means: ActivationMeans | Tensor | None = None,
@@ -121,6 +125,11 @@ def ablation_experiment(
         layer_matched: random heads in the same layers as the set's heads.
         mode, positions: as in :func:`~icl_heads.ablate` (default mean ablation at every
             position).
+        sensitivity_mode: another ablation mode to run as a sensitivity analysis (default
+            ``None``: none): every named set and random control is ablated that way too, on
+            the same prompts and clean runs, giving conditions ``"<set> (<mode>)"`` and
+            ``"random_<set> (<mode>)"`` with their effects and contrasts
+            (``"TR (zero) - random_TR (zero)"``); the main rows are unchanged.
         seed: seeds the random sets, resampling donors and the bootstrap.
         random_like: the sets that get random controls (default: every non-empty set;
             ``()`` for none).
@@ -154,10 +163,18 @@ def ablation_experiment(
     check_bool(layer_matched, "layer_matched")
     if mode not in ABLATION_MODES:
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
+    if sensitivity_mode is not None and (
+        sensitivity_mode not in ABLATION_MODES or sensitivity_mode == mode
+    ):
+        raise ValueError(
+            f"sensitivity_mode={sensitivity_mode!r} must be None or another ablation mode than "
+            f"mode={mode!r}, one of {ABLATION_MODES}."
+        )
+    modes = (mode,) if sensitivity_mode is None else (mode, sensitivity_mode)
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
     check_head_sets(heads, model, prompts, fn="ablation_experiment")
-    if mode == "mean":
+    if "mean" in modes:
         check_means(
             means,
             model,
@@ -192,7 +209,7 @@ def ablation_experiment(
     for c in conditions:
         union |= heads_to_mask(list(c.heads), L, H)
     mean_info = None
-    if mode == "mean":
+    if "mean" in modes:
         if means is None:
             means = activation_means(
                 model,
@@ -206,25 +223,27 @@ def ablation_experiment(
         mean_info = means.prompts if isinstance(means, ActivationMeans) else None
     elif means is not None:
         raise ValueError(f"means= is only used with mode='mean' (mode is {mode!r}).")
-    template = ablate(
-        model,
-        union,
-        mode,
-        positions,
-        means=means,
-        reference=(reference if reference is not None else prompts) if mode == "resample" else None,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-    )
-    runs = {
-        c.key: Run(
-            (template.with_mask(heads_to_mask(list(c.heads), L, H)),), min(h.layer for h in c.heads)
+    runs = {}
+    for m in modes:
+        template = ablate(
+            model,
+            union,
+            m,
+            positions,
+            means=means if m == "mean" else None,
+            reference=(reference if reference is not None else prompts)
+            if m == "resample"
+            else None,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
         )
-        for c in conditions
-        if c.heads
-    }
+        for c in conditions:
+            if c.heads:
+                mask = heads_to_mask(list(c.heads), L, H)
+                key = c.key if m == mode else _mode_name(c.key, m)
+                runs[key] = Run((template.with_mask(mask),), min(h.layer for h in c.heads))
     measured, _ = run_conditions(
         model,
         prompts,
@@ -239,9 +258,30 @@ def ablation_experiment(
     base = measured[BASELINE]
     for c in conditions:
         if not c.heads:
-            measured[c.key] = {m: v.clone() for m, v in base.items()}
+            for m in modes:
+                key = c.key if m == mode else _mode_name(c.key, m)
+                measured[key] = {name: v.clone() for name, v in base.items()}
 
     rows, random_rows = _rows(named, controls, measured, prompts, n_boot=n_boot, seed=seed)
+    if sensitivity_mode is not None:
+        extra, extra_random = _rows(
+            {_mode_name(k, sensitivity_mode): v for k, v in named.items()},
+            [
+                Condition(
+                    _mode_name(c.name, sensitivity_mode),
+                    c.heads,
+                    _mode_name(c.control_of, sensitivity_mode),
+                    c.index,
+                )
+                for c in controls
+            ],
+            measured,
+            prompts,
+            n_boot=n_boot,
+            seed=seed,
+        )
+        rows += [r for r in extra if r["condition"] != BASELINE]
+        random_rows += extra_random
     settings = AblationSettings(
         model=model_name(model),
         prompts=prompts.info(),
@@ -270,10 +310,20 @@ def ablation_experiment(
         ),
         intervention_specs=settings_value(list(intervention_specs(interventions))),
         heads_from=heads_from,
+        sensitivity_mode=sensitivity_mode,
     )
     return ExperimentResult(
         "ablation", make_table(rows), settings, tables={"random_sets": make_table(random_rows)}
     )
+
+
+def _mode_name(name: str, mode: str) -> str:
+    """The condition name of set (or control key) ``name`` ablated in sensitivity mode
+    ``mode``: ``"TR (zero)"``, ``"random_TR (zero)"``, ``"random_TR#2 (zero)"``."""
+    if "#" in name:
+        base, index = name.split("#", 1)
+        return f"{base} ({mode})#{index}"
+    return f"{name} ({mode})"
 
 
 def _rows(

@@ -49,6 +49,9 @@ class FindTaskHeadsSettings(Settings):
     seed: int
     post_attention_norm: bool = False
     interventions: tuple[str, ...] = ()
+    #: The TR floor of a normalised TL map (fraction of the largest mean TR below which a
+    #: head's TL is NaN, never ranked); ``None`` with ``normalize="none"``.
+    floor: float | None = None
 
 
 def find_task_heads(
@@ -57,6 +60,7 @@ def find_task_heads(
     top_k: int | None = None,
     *,
     normalize: Literal["none", "norm", "tr"] = "none",
+    floor: float = 0.01,
     apply_ln: bool = False,
     n_boot: int = N_BOOT,
     seed: int = 0,
@@ -70,6 +74,14 @@ def find_task_heads(
 
     One forward pass over the prompts gives the maps and the prompts' behaviour (the
     baseline rows).
+
+    ``normalize`` picks the TL score (``docs/methods.md``, "Held-out selection, TL
+    normalisation and ablation modes"): ``"none"`` (default, the raw gold-label margin),
+    ``"norm"`` (the margin divided by ``||P a||``) or ``"tr"`` (divided by ``||P a||^2``, the
+    TR score: the paper's normalised form in the only formula text we could read, a
+    third-party summary; our reconstruction). With a normalisation, heads whose
+    mean TR is below ``floor`` times the largest mean TR get TL = NaN and are never ranked
+    (the settings record ``normalize`` and ``floor``).
 
     Table rows (``kind``): ``baseline`` x behaviour metrics and ``chance`` (``level``);
     ``TR`` / ``TL`` / ``all heads`` x ``tr_score`` / ``tl_score`` (mean over the set's heads
@@ -102,6 +114,7 @@ def find_task_heads(
         prompts,
         top_k=top_k,
         normalize=normalize,
+        floor=floor,
         apply_ln=apply_ln,
         batch_size=batch_size,
         device=device,
@@ -154,6 +167,7 @@ def find_task_heads(
         seed=seed,
         post_attention_norm=post_attention_norm(model),
         interventions=describe_interventions(interventions),
+        floor=tl.settings.floor,
     )
     per_prompt = pd.DataFrame(
         {"prompt": np.arange(len(prompts)), **{m: v.double().numpy() for m, v in measured.items()}}

@@ -62,6 +62,7 @@ def tsla_pass(
     interventions: Sequence,
     progress: bool,
     state_layers: Sequence[int] = (),
+    floor: float = 0.01,
 ) -> tuple[HeadScores, HeadScores, Float[Tensor, "prompt d_vocab"], dict[int, Tensor]]:
     """:func:`~icl_heads.tsla_scores` plus the query logits (and the query states after the
     blocks ``state_layers``) from the same forward pass.
@@ -87,6 +88,7 @@ def tsla_pass(
         prompts,
         top_k=top_k,
         normalize=normalize,
+        floor=floor,
         apply_ln=apply_ln,
         batch_size=batch_size,
         device=device,

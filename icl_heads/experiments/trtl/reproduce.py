@@ -14,8 +14,10 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ...activations import ActivationMeans, activation_means
+from ...attribution import NORMALIZATIONS
 from ...checks import check_int, check_seed
 from ...heads import HeadScores
+from ...interventions import ABLATION_MODES
 from ...models import load_model
 from ...outputs import check_output_dir
 from ...prompts import PromptSet, build_prompts
@@ -25,6 +27,7 @@ from ...stats import N_BOOT
 from ...tasks import Task
 from ..cells import cell_record, cell_request, cell_table, check_cells, run_cell
 from ..kit import as_task, check_bool, check_boot, check_model, post_attention_norm
+from ..splits import TaskSplit, heldout_split, split_prompts
 from .ablation import ablation_experiment
 from .correlation import correlation_experiment
 from .find_heads import find_task_heads, head_sets
@@ -132,6 +135,11 @@ def reproduce_trtl(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     rerun_stale: bool = False,
+    tl_normalize: str = "none",
+    tl_floor: float = 0.01,
+    heldout: bool = False,
+    split_fraction: float = 0.5,
+    sensitivity_mode: str | None = None,
 ) -> pd.DataFrame:
     """Run every TR/TL experiment on several tasks and save each result.
 
@@ -164,6 +172,31 @@ def reproduce_trtl(
         batch_size: prompts per batch (steering: ``preset.steering_batch_size``).
         rerun_stale: recompute saved cells that were made with another request (default:
             refuse them with a ValueError naming the fields that differ).
+        tl_normalize, tl_floor: the TL score of ``find_task_heads`` and
+            ``perturbation_experiment`` (``"none"``, default: the raw gold-label margin;
+            ``"norm"``: divided by ``||P a||``; ``"tr"``: divided by ``||P a||^2``, the
+            paper's normalised form as we reconstruct it) and its TR floor (see
+            :func:`find_task_heads` and ``docs/methods.md``; ``perturbation_experiment``
+            takes no floor and uses the default 0.01).
+        heldout: held-out selection (default ``False``: every cell on the same prompts).
+            ``True``: the task's examples are split (:func:`~icl_heads.experiments.splits.
+            heldout_split`, ``split_fraction`` of each label's inputs, seed ``seed``) into a
+            selection and an evaluation part; the heads (``find_task_heads``), the ablation
+            means, the steering vectors and the maps of ``correlation`` and
+            ``reconciliation`` come from ``n`` prompts whose queries are selection examples;
+            the ablation, correlation sweep and steering effects are measured on ``n``
+            prompts (and the steering targets) whose queries are evaluation examples
+            (:func:`~icl_heads.experiments.splits.split_prompts`; demonstrations from the
+            whole task). ``perturbation`` (no head selection) runs on the usual prompts.
+            The settings record both prompt sets (``prompts``/``heads_from``/``means``,
+            ``source``/``target``), and ``find_task_heads`` keeps the split in
+            ``tables["split"]``.
+        sensitivity_mode: also ablate every set in this other mode (e.g. ``"zero"``) in the
+            ablation cell, as sensitivity rows ``"TR (zero)"``, ... (default ``None``).
+
+    Non-default ``tl_normalize``, ``heldout`` and ``sensitivity_mode`` enter the cells'
+    requests (so such a grid never loads a default cell); default calls make the same
+    requests (and numbers) as before these options existed.
 
     Example::
 
@@ -179,6 +212,16 @@ def reproduce_trtl(
     check_model(model, "reproduce_trtl")
     check_bool(quick, "quick")
     check_bool(rerun_stale, "rerun_stale")
+    check_bool(heldout, "heldout")
+    if tl_normalize not in NORMALIZATIONS:
+        raise ValueError(f"Unknown tl_normalize {tl_normalize!r}; choose one of {NORMALIZATIONS}.")
+    if sensitivity_mode is not None and (
+        sensitivity_mode not in ABLATION_MODES or sensitivity_mode == "mean"
+    ):
+        raise ValueError(
+            f"sensitivity_mode={sensitivity_mode!r}: the grid's ablation mode is 'mean'; choose "
+            f"None or another mode of {ABLATION_MODES}."
+        )
     seed = check_seed(seed)
     if isinstance(tasks, (str, Task)):
         tasks = [tasks]
@@ -193,7 +236,14 @@ def reproduce_trtl(
     task_objs = [as_task(t) for t in tasks]
     model_dir = out_dir / safe_name(model_name(model) or "model")
     sizes = dict(k=k, n=n, seed=seed, n_random=n_random, n_boot=n_boot)
-    requests = {t.name: cell_requests(model, t, preset, **sizes) for t in task_objs}
+    splits = {
+        t.name: heldout_split(t, split_fraction, seed) if heldout else None for t in task_objs
+    }
+    options = dict(tl_normalize=tl_normalize, tl_floor=tl_floor, sensitivity_mode=sensitivity_mode)
+    requests = {
+        t.name: cell_requests(model, t, preset, **sizes, split=splits[t.name], **options)
+        for t in task_objs
+    }
     check_cells(
         [
             (model_dir / safe_name(t.name) / name, request)
@@ -210,10 +260,12 @@ def reproduce_trtl(
         unit="experiment",
     )
     for task in task_objs:
+        split = splits[task.name]
+        prompts = build_prompts(model, task, k, n, seed)
         grid = _TaskGrid(
             model,
             task,
-            build_prompts(model, task, k, n, seed),
+            prompts if split is None else _split(model, task, k, n, seed, split, "selection"),
             model_dir / safe_name(task.name),
             requests=requests[task.name],
             rerun_stale=rerun_stale,
@@ -222,6 +274,11 @@ def reproduce_trtl(
             batch_size=batch_size,
             device=device,
             progress=progress,
+            split=split,
+            gold=prompts,
+            tl_normalize=tl_normalize,
+            tl_floor=tl_floor,
+            sensitivity_mode=sensitivity_mode,
         )
         grid.run(preset, n_random=n_random, n_boot=n_boot, seed=seed)
     bar.close()
@@ -238,11 +295,18 @@ def cell_requests(
     seed: int,
     n_random: int,
     n_boot: int,
+    split: TaskSplit | None = None,
+    tl_normalize: str = "none",
+    tl_floor: float = 0.01,
+    sensitivity_mode: str | None = None,
 ) -> dict[str, dict]:
     """The request of each cell of one task (:func:`~icl_heads.experiments.cells.cell_request`): the model, the task and its content hash, ``k``, ``n``, ``seed`` and
     ``n_boot`` for every cell; ``n_random`` for ablation and steering; the steering
     strengths ``alphas`` for steering; ``n_sequences`` for reconciliation. Only the cells
-    the preset runs (its ``steering_targets``).
+    the preset runs (its ``steering_targets``). Only when not default: ``tl_normalize`` and
+    ``tl_floor`` (find_task_heads, perturbation, and the cells that use the maps),
+    ``heldout`` (``{"fraction", "seed"}`` of ``split``; every cell but perturbation) and
+    ``sensitivity_mode`` (ablation).
 
     Example::
 
@@ -255,6 +319,16 @@ def cell_requests(
     }
     for target in ("zero_shot", "abstract_labels"):
         extra[f"steering_{target}"] = dict(n_random=n_random, alphas=list(preset.alphas))
+    if tl_normalize != "none":  # every cell that uses the maps or the heads they give
+        for name in EXPERIMENTS:
+            extra.setdefault(name, {}).update(tl_normalize=tl_normalize, tl_floor=tl_floor)
+    if split is not None:
+        held = {"fraction": split.fraction, "seed": split.seed}
+        for name in EXPERIMENTS:
+            if name != "perturbation":
+                extra.setdefault(name, {})["heldout"] = held
+    if sensitivity_mode is not None:
+        extra["ablation"]["sensitivity_mode"] = sensitivity_mode
     return {
         name: cell_request(model, task, name, **common, **extra.get(name, {}))
         for name in EXPERIMENTS
@@ -280,8 +354,24 @@ class _TaskGrid:
         batch_size: int,
         device: str | torch.device | None,
         progress: bool,
+        split: TaskSplit | None = None,
+        gold: PromptSet | None = None,
+        tl_normalize: str = "none",
+        tl_floor: float = 0.01,
+        sensitivity_mode: str | None = None,
     ):
+        # prompts: where heads, means, vectors and maps come from (the selection part when
+        # held out); evaluation: where effects are measured; gold: the perturbation cell's
         self.model, self.task, self.prompts, self.root = model, task, prompts, root
+        self.split = split
+        self.gold = gold if gold is not None else prompts
+        self.evaluation = (
+            prompts
+            if split is None
+            else _split(model, task, prompts.k, len(prompts), prompts.seed, split, "evaluation")
+        )
+        self.tl_normalize, self.tl_floor = tl_normalize, tl_floor
+        self.sensitivity_mode = sensitivity_mode
         self.records, self.bar = records, bar
         self.requests, self.rerun_stale = requests, rerun_stale
         self.batch_size, self.device, self.progress = batch_size, device, progress
@@ -335,29 +425,45 @@ class _TaskGrid:
                 self.vectors = self.mean_z("query").outputs(self.model)
         return self.vectors
 
+    def find(self, *, n_boot: int, seed: int) -> ExperimentResult:
+        """The ``find_task_heads`` result (with the split as ``tables["split"]`` when held
+        out)."""
+        options = {}
+        if self.tl_normalize != "none":
+            options = dict(normalize=self.tl_normalize, floor=self.tl_floor)
+        found = find_task_heads(
+            self.model,
+            self.prompts,
+            n_boot=n_boot,
+            seed=seed,
+            batch_size=self.batch_size,
+            device=self.device,
+            progress=self.progress,
+            **options,
+        )
+        if self.split is not None:
+            found.tables["split"] = self.split.table()
+        return found
+
     def run(self, preset: Preset, *, n_random: int, n_boot: int, seed: int) -> None:
         """Every experiment of the task (see :func:`reproduce_trtl`)."""
         model, prompts, task = self.model, self.prompts, self.task
+        evaluation, heldout = self.evaluation, self.split is not None
         batch_size, device, progress = self.batch_size, self.device, self.progress
-        found = self.cell(
-            "find_task_heads",
-            lambda: find_task_heads(
-                model,
-                prompts,
-                n_boot=n_boot,
-                seed=seed,
-                batch_size=batch_size,
-                device=device,
-                progress=progress,
-            ),
-        )
+        found = self.cell("find_task_heads", lambda: self.find(n_boot=n_boot, seed=seed))
+        ablation_options = {}
+        if self.sensitivity_mode is not None:
+            ablation_options["sensitivity_mode"] = self.sensitivity_mode
+        perturbation_options = {}
+        if self.tl_normalize != "none":
+            perturbation_options["normalize"] = self.tl_normalize
         sets = head_sets(found)
         tr, tl = found.maps["TR"], found.maps["TL"]
         self.cell(
             "ablation",
             lambda: ablation_experiment(
                 model,
-                prompts,
+                evaluation,
                 sets,
                 n_random=n_random,
                 seed=seed,
@@ -366,17 +472,19 @@ class _TaskGrid:
                 batch_size=batch_size,
                 device=device,
                 progress=progress,
+                **ablation_options,
             ),
         )
-        computed = tr.per_prompt is not None  # not loaded from disk
+        computed = tr.per_prompt is not None and not heldout  # found on these prompts
         self.cell(
             "perturbation",
             lambda: perturbation_experiment(
                 model,
-                prompts,
+                self.gold,
                 task=task,
                 n_boot=n_boot,
                 gold=found if computed else None,
+                **perturbation_options,
                 batch_size=batch_size,
                 device=device,
                 progress=progress,
@@ -386,7 +494,7 @@ class _TaskGrid:
             "correlation",
             lambda: correlation_experiment(
                 model,
-                prompts,
+                evaluation,
                 tr=tr,
                 tl=tl,
                 seed=seed,
@@ -408,6 +516,17 @@ class _TaskGrid:
                     prompts,
                     build_prompts(
                         model, task, prompts.k, len(prompts), seed + 1, perturbation=target
+                    )
+                    if not heldout
+                    else _split(
+                        model,
+                        task,
+                        prompts.k,
+                        len(prompts),
+                        seed + 1,
+                        self.split,
+                        "evaluation",
+                        perturbation=target,
                     ),
                     sets,
                     preset.alphas,
@@ -435,3 +554,17 @@ class _TaskGrid:
                 progress=progress,
             ),
         )
+
+
+def _split(
+    model: HookedTransformer,
+    task: Task,
+    k: int,
+    n: int,
+    seed: int,
+    split: TaskSplit,
+    part: str,
+    perturbation: str | None = None,
+) -> PromptSet:
+    """The prompts of one part of a held-out split (see :func:`reproduce_trtl`)."""
+    return split_prompts(model, task, k, n, seed, perturbation, split=split, part=part)
