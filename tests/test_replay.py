@@ -88,3 +88,14 @@ def test_prompts_rebuild_from_their_recorded_identity(tiny_llama, tiny_prompts):
     assert again.texts == tiny_prompts.texts and again.info() == tiny_prompts.info()
     with pytest.raises(ValueError, match="differ"):
         prompts_from_info(tiny_llama, tiny_prompts.info().replace(tokenizer="0123456789abcdef"))
+
+
+def test_prompts_of_a_heldout_split_are_not_rebuilt_as_ordinary_ones(tiny_llama, sentiment_task):
+    """Same recipe (task, k, n, seed), other queries: the recorded digest tells them apart,
+    so a replay never runs quietly on the wrong prompts."""
+    from icl_heads.experiments.splits import heldout_split, split_prompts
+
+    split = heldout_split(sentiment_task, 0.5, 0)
+    held = split_prompts(tiny_llama, sentiment_task, 2, 6, 0, split=split, part="evaluation")
+    with pytest.raises(ValueError, match="prompts_digest"):
+        prompts_from_info(tiny_llama, held.info(), task=sentiment_task)

@@ -39,7 +39,8 @@ def prompts_from_info(
 
     Raises:
         ValueError: the rebuilt set is not the recorded one (another task file, another
-            tokenizer): the message names the fields that differ.
+            tokenizer, prompts of a held-out split): the message names the fields that
+            differ.
     """
     if isinstance(info, Mapping):
         info = PromptInfo.from_dict({"kind": "PromptInfo", **dict(info)})
@@ -51,6 +52,13 @@ def prompts_from_info(
         f
         for f in ("task", "k", "n", "seed", "perturbation", "tokenizer")
         if getattr(got, f) != getattr(info, f) and not (f == "tokenizer" and info.tokenizer is None)
+    ]
+    # the content too, where recorded: an edited task file, or a held-out split (same
+    # recipe, other queries), rebuilds other prompts under the same recipe
+    differ += [
+        f
+        for f in ("task_digest", "prompts_digest")
+        if getattr(info, f) is not None and getattr(got, f) != getattr(info, f)
     ]
     if differ:
         raise ValueError(
