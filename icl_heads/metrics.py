@@ -99,6 +99,37 @@ def logit_diff(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[T
     return g - others
 
 
+def label_mass(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
+    """Probability mass on the label tokens, ``sum_y softmax(logits)[y]`` over the whole
+    vocabulary (the continuous counterpart of the label-space rate; non-finite logits:
+    ValueError).
+
+    Example::
+
+        label_mass(logits, prompts.gold, prompts.label_token_ids)   # [batch], in [0, 1]
+    """
+    full = check_logits(logits, "label_mass").float()
+    lab = label_logits(full, label_token_ids)
+    return torch.exp(torch.logsumexp(lab, -1) - torch.logsumexp(full, -1))
+
+
+def gold_margin(logits: Tensor, gold: Tensor, label_token_ids: Tensor) -> Float[Tensor, " batch"]:
+    """Gold-label margin over the best other label, ``logit[y*] - max_{y' != y*}
+    logit[y']`` (the continuous counterpart of accuracy: positive only where the gold label
+    wins among the label tokens; with two labels it equals :func:`logit_diff`; non-finite
+    label logits: ValueError).
+
+    Example::
+
+        gold_margin(logits, prompts.gold, prompts.label_token_ids)  # [batch]
+    """
+    lab = check_logits(label_logits(logits, label_token_ids), "gold_margin").float()
+    gold = gold.to(logits.device)
+    g = lab.gather(-1, gold[:, None]).squeeze(-1)
+    others = lab.scatter(-1, gold[:, None], float("-inf"))
+    return g - others.max(-1).values
+
+
 METRICS: dict[str, Metric] = {
     "logit_diff": logit_diff,
     "accuracy": accuracy,
@@ -108,6 +139,15 @@ METRICS: dict[str, Metric] = {
 #: The behaviour metrics every experiment reports, in this order (one definition for
 #: ``evaluate``, the TR/TL and the geometry experiments).
 BEHAVIOUR = ("accuracy", "label_space_rate", "in_space_accuracy", "logit_diff")
+
+
+#: Continuous metrics beside the step metrics (issue 18 item 6): the label tokens'
+#: probability mass (TR's continuous counterpart of the label-space rate) and the gold
+#: label's margin over the best other label (TL's, of accuracy). ``logit_diff`` (gold vs the
+#: mean other label) is already a :data:`BEHAVIOUR` metric. Not in :data:`METRICS` (so
+#: :func:`evaluate`'s columns are unchanged); :func:`get_metric` knows them by name.
+CONTINUOUS_METRICS: dict[str, Metric] = {"label_mass": label_mass, "gold_margin": gold_margin}
+CONTINUOUS = tuple(CONTINUOUS_METRICS)
 
 
 def behaviour(logits: Float[Tensor, "prompt d_vocab"], prompts: PromptSet) -> dict[str, Tensor]:
@@ -122,6 +162,34 @@ def behaviour(logits: Float[Tensor, "prompt d_vocab"], prompts: PromptSet) -> di
     return {m: METRICS[m](logits, gold, prompts.label_token_ids).float().cpu() for m in BEHAVIOUR}
 
 
+def continuous(logits: Float[Tensor, "prompt d_vocab"], prompts: PromptSet) -> dict[str, Tensor]:
+    """Every :data:`CONTINUOUS` metric per prompt (float32 on the CPU), from the same logits
+    as :func:`behaviour` (no extra forward pass).
+
+    Example::
+
+        per_prompt = continuous(logits, prompts)     # {"label_mass": [n], "gold_margin": [n]}
+    """
+    gold = prompts.gold.to(logits.device)
+    return {
+        m: CONTINUOUS_METRICS[m](logits, gold, prompts.label_token_ids).float().cpu()
+        for m in CONTINUOUS
+    }
+
+
+def behaviour_and_continuous(
+    logits: Float[Tensor, "prompt d_vocab"], prompts: PromptSet
+) -> dict[str, Tensor]:
+    """:func:`behaviour` then :func:`continuous`, in that order (a ``measure`` for
+    :func:`~icl_heads.last_token.run_conditions`).
+
+    Example::
+
+        run_conditions(model, prompts, runs, measure=behaviour_and_continuous, query_only=True)
+    """
+    return {**behaviour(logits, prompts), **continuous(logits, prompts)}
+
+
 def metric_name(metric: str | Metric) -> str:
     """The name a metric goes by in results (a callable's ``__name__``)."""
     return metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
@@ -129,19 +197,20 @@ def metric_name(metric: str | Metric) -> str:
 
 def get_metric(metric: str | Metric) -> Metric:
     """A metric by name (``logit_diff``, ``accuracy``, ``label_space_rate``,
-    ``in_space_accuracy``) or a callable ``metric(logits, gold, label_token_ids) -> [batch]``.
+    ``in_space_accuracy``, ``label_mass``, ``gold_margin``) or a callable ``metric(logits, gold, label_token_ids) -> [batch]``.
 
     A callable is wrapped so that its input and output are checked on every call (so on the
     first batch, not after a long sweep): the logits must be finite (:func:`check_logits`)
     and it must return one number per prompt.
     """
     if isinstance(metric, str):
-        if metric not in METRICS:
+        named = {**METRICS, **CONTINUOUS_METRICS}
+        if metric not in named:
             raise ValueError(
-                f"Unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass "
+                f"Unknown metric {metric!r}; choose one of {sorted(named)} or pass "
                 "a callable metric(logits, gold, label_token_ids) -> [batch]."
             )
-        return METRICS[metric]
+        return named[metric]
     if not callable(metric):
         raise TypeError(
             f"metric must be a metric name ({sorted(METRICS)}) or a callable "

@@ -2239,3 +2239,39 @@ def test_h12_bad_split_and_option_inputs_name_the_value(tiny_llama, tiny_prompts
     with pytest.raises(TypeError, match="heldout"):
         trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, heldout="yes")
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+# ---- H11: steering protocols (issue 18 item 1)
+
+
+@pytest.fixture(scope="module")
+def _h11_prompts(tiny_llama, sentiment_task):
+    icl = ih.build_prompts(tiny_llama, sentiment_task, k=3, n=6, seed=0)
+    return icl, ih.build_prompts(tiny_llama, sentiment_task, k=0, n=6, seed=0)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(protocol="matched"), ValueError, r"Unknown steering protocol 'matched'"),
+        (dict(seed=1), ValueError, r"target prompt \d+ asks task example \d+ but source prompt"),
+        (dict(n=5), ValueError, r"source_prompts has 6 prompts and target_prompts 5"),
+        (dict(positions="all"), ValueError, r"positions='all' is not supported"),
+        (dict(vectors=True), ValueError, r"drop vectors="),
+    ],
+)
+def test_query_matched_steering_refuses_unpaired_or_unsupported_input(
+    tiny_llama, sentiment_task, _h11_prompts, change, error, match
+):
+    icl, twins = _h11_prompts
+    change = dict(change)
+    if "seed" in change or "n" in change:
+        twins = ih.build_prompts(
+            tiny_llama, sentiment_task, k=0, n=change.pop("n", 6), seed=change.pop("seed", 0)
+        )
+    if change.pop("vectors", False):
+        change["vectors"] = trtl.mean_head_outputs(tiny_llama, icl, progress=False)
+    kwargs = dict(protocol="query_matched", n_random=0, n_boot=10, progress=False)
+    kwargs.update(change)
+    with pytest.raises(error, match=match):
+        trtl.steering_experiment(tiny_llama, icl, twins, {"TR": [(1, 0)]}, (0, 1), **kwargs)

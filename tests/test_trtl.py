@@ -221,6 +221,34 @@ def test_steering_baseline_and_steered_runs_equal_plain_runs(
     assert set(steering.tables["random_sets"]["set"]) == {"TR", "TL"}
 
 
+def test_steering_table_has_overall_accuracy_and_continuous_metric_rows(steering):
+    """Overall accuracy sits beside in-space accuracy; label_mass and gold_margin (issue 18
+    item 6) are new rows of every condition and alpha, after the older metrics."""
+    t = steering.table
+    for condition in ("baseline", "TR", "TL", "random_TR", "random_TL"):
+        metrics = list(t[(t["condition"] == condition) & (t["kind"] == "level")]["metric"])
+        for m in ("accuracy", "in_space_accuracy", "label_mass", "gold_margin"):
+            assert m in metrics, (condition, m)
+        assert metrics.index("label_mass") > metrics.index("rotation")
+    effects = set(t[t["kind"] == "effect"]["metric"])
+    assert {"delta_accuracy", "delta_label_mass", "delta_gold_margin"} <= effects
+    contrasts = set(t[t["kind"] == "contrast"]["metric"])
+    assert {"delta_label_mass", "delta_gold_margin"} <= contrasts
+    mass = t[t["metric"] == "label_mass"]["value"]
+    assert ((mass >= 0) & (mass <= 1)).all()
+
+
+def test_steering_runs_the_alpha_grid_up_to_eight(tiny_llama, tiny_prompts, zero_shot):
+    grid = (0, 0.5, 1, 2, 4, 8)
+    res = trtl.steering_experiment(
+        tiny_llama, tiny_prompts, zero_shot, {"TL": [(1, 2)]}, grid, n_random=1,
+        n_boot=N_BOOT, progress=False,
+    )  # fmt: skip
+    t = res.table
+    assert sorted(set(t[t["condition"] == "TL"]["alpha"])) == list(grid)
+    assert np.isfinite(t[t["condition"] == "TL"]["value"].dropna()).all()
+
+
 # ----------------------------------------------------------------------------- correlation
 
 

@@ -1,5 +1,7 @@
-"""Experiment 5 of the TR/TL paper: steer zero-shot or abstract-label prompts with the mean
-output of a head set over ICL prompts; behaviour and the geometry of the query state."""
+"""Experiment 5 of the TR/TL paper: steer zero-shot or abstract-label prompts with the output
+of a head set over ICL prompts (its task mean, or each prompt's own k-shot twin's: the
+protocols of ``docs/methods.md``, "Steering protocols"); behaviour, continuous metrics and
+the geometry of the query state."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from ...heads import Head, HeadsLike
 from ...hooks import Positions, check_interventions, check_positions
 from ...interventions import compose, steer
 from ...last_token import Run, run_conditions
-from ...metrics import BEHAVIOUR
+from ...metrics import BEHAVIOUR, CONTINUOUS, behaviour_and_continuous
 from ...prompts import PromptSet
 from ...provenance import check_head_sets, check_same_task, heads_origin
 from ...results import ExperimentResult, make_table, table_row
@@ -46,6 +48,13 @@ from ..kit import (
 )
 from .find_heads import settings_heads
 from .passes import mean_head_outputs, tr_tl_sets
+from .query_matched import (
+    VECTOR_TEXT,
+    check_protocol,
+    check_query_pairs,
+    matched_steer,
+    query_head_outputs,
+)
 
 #: The steering geometry of the final state (``docs/methods.md``, "Geometry of steering").
 GEOMETRY = ("alignment", "rotation")
@@ -69,16 +78,20 @@ class SteeringSettings(Settings):
     start_layer: int
     seed: int
     n_boot: int
-    vector: str = (
-        "each head's mean output at the query over the source prompts, in the "
-        "residual stream, added at its layer's attention output"
-    )
+    vector: str = VECTOR_TEXT["task_mean"]
     post_attention_norm: bool = False
     interventions: tuple[str, ...] = ()
     #: The prompts the head sets were found on (the source prompts for ``heads=None``,
     #: those of ``trtl.head_sets(found)`` or of the maps given); ``None`` for head lists
     #: given by hand.
     heads_from: PromptInfo | None = None
+    #: ``"task_mean"`` (one vector per head for every target prompt) or ``"query_matched"``
+    #: (target prompt ``i`` gets source prompt ``i``'s own head outputs; same query).
+    protocol: str = "task_mean"
+    #: How a steered condition's intervention is recorded: its ``describe()`` line per
+    #: set and alpha for ``"query_matched"`` (``to_spec()`` is ``{"kind": "opaque"}``: a
+    #: per-prompt steer cannot be rebuilt by ``from_spec``); empty for ``"task_mean"``.
+    steer_descriptions: tuple[str, ...] = ()
 
 
 def steering_experiment(
@@ -100,14 +113,20 @@ def steering_experiment(
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
+    protocol: str = "task_mean",
 ) -> ExperimentResult:
-    """Steer target prompts (zero-shot or abstract-label) with the mean output of a head set
-    over ICL source prompts, and measure behaviour and the geometry of the query state.
+    """Steer target prompts (zero-shot or abstract-label) with the output of a head set over
+    ICL source prompts, and measure behaviour and the geometry of the query state.
 
     For a set ``S`` and strength ``alpha``, every head ``(l, h)`` of ``S`` adds
     ``alpha * mean_i a_i[l, h]`` (its mean output at the query over ``source_prompts``, in
     the residual stream) at its layer's attention output, at the query position of every
-    target prompt (``ih.steer(model, v, head=(l, h), alpha=alpha)``, composed over the set).
+    target prompt (``ih.steer(model, v, head=(l, h), alpha=alpha)``, composed over the set):
+    ``protocol="task_mean"`` (the default). ``protocol="query_matched"``: target prompt ``i``
+    gets instead ``alpha * a_i[l, h]``, the head's output at the query of *its own* source
+    prompt (source row ``i``, which must ask the same query: build both sets with the same
+    ``n`` and ``seed``), so the vector can point each prompt toward its own gold label;
+    random control sets get the same treatment (``docs/methods.md``, "Steering protocols").
     Geometry (``docs/methods.md``, "Geometry of steering"), on the state after the final
     norm's scale: ``alignment = ||P h|| / ||h||`` and ``rotation = cos(P h, u_{y*}) -
     mean_{y' != y*} cos(P h, u_{y'})`` (``geometry.subspace_alignment``,
@@ -131,11 +150,17 @@ def steering_experiment(
             :func:`~icl_heads.experiments.trtl.ablation_experiment`.
         positions: where the vectors are added (default ``"query"``).
         vectors: the heads' mean outputs over the source prompts, if already computed
-            (:func:`~icl_heads.experiments.trtl.mean_head_outputs`; saves its forward pass).
+            (:func:`~icl_heads.experiments.trtl.mean_head_outputs`; saves its forward pass;
+            ``"task_mean"`` only).
+        protocol: ``"task_mean"`` (default) or ``"query_matched"`` (``positions="query"``
+            only; source and target pair row by row by query, else a ValueError).
 
     Table: ``baseline`` (``alpha = 0``) and, per alpha, each set and ``random_<set>`` x
-    behaviour metrics, ``alignment``, ``rotation`` (``kind="level"``), their ``delta_*`` vs
-    the baseline (``"effect"``) and ``"<set> - random_<set>"`` (``"contrast"``); ``chance``.
+    behaviour metrics (``accuracy`` overall, ``label_space_rate``, ``in_space_accuracy``,
+    ``logit_diff``), ``alignment``, ``rotation``, then the continuous metrics
+    ``label_mass`` and ``gold_margin`` (:data:`~icl_heads.metrics.CONTINUOUS`, from the same
+    logits) (``kind="level"``), their ``delta_*`` vs the baseline (``"effect"``) and
+    ``"<set> - random_<set>"`` (``"contrast"``); ``chance``.
 
     Example::
 
@@ -156,10 +181,24 @@ def steering_experiment(
         "build_prompts(model, task, k=0, n=64).",
     )
     check_head_sets(heads, model, source_prompts, fn="steering_experiment")
+    protocol = check_protocol(protocol)
     alphas = _check_alphas(alphas)
     seed, n_boot = check_seed(seed), check_boot(n_boot)
     check_bool(layer_matched, "layer_matched")
     positions = check_positions(positions)
+    pairs = None
+    if protocol == "query_matched":
+        if positions != "query":
+            raise ValueError(
+                f"protocol='query_matched' adds each prompt's own head outputs at the query; "
+                f"positions={positions!r} is not supported (use positions='query')."
+            )
+        if vectors is not None:
+            raise ValueError(
+                "vectors= holds task-mean vectors, which protocol='query_matched' does not "
+                "use (it takes each source prompt's own head outputs); drop vectors=."
+            )
+        pairs = check_query_pairs(source_prompts, target_prompts)
     interventions = check_interventions(interventions, model)
     heads_from = source_prompts.info() if heads is None else heads_origin(heads)
     if heads is None:
@@ -183,31 +222,47 @@ def steering_experiment(
     named, controls, conditions = sets.named, sets.controls, sets.conditions
     n_random, random_like = sets.n_random, sets.random_like
     L = model.cfg.n_layers
-    vectors = _check_vectors(model, vectors)
-    if vectors is None:
-        vectors = mean_head_outputs(
+    used = [h.layer for c in conditions for h in c.heads]
+    start = min(used) if used else L - 1
+    if protocol == "query_matched":
+        runs, descriptions = _matched_runs(
             model,
             source_prompts,
+            conditions,
+            alphas,
+            pairs,
+            start,
             batch_size=batch_size,
             device=device,
             interventions=interventions,
             progress=progress,
         )
-    used = [h.layer for c in conditions for h in c.heads]
-    start = min(used) if used else L - 1
-    runs = {}
-    for c in conditions:
-        for alpha in alphas:
-            steers = [
-                steer(model, vectors[h.layer, h.head], head=h, alpha=alpha, positions=positions)
-                for h in c.heads
-            ]
-            runs[(c.key, alpha)] = Run((compose(*steers),) if steers else (), start)
+    else:
+        descriptions = ()
+        vectors = _check_vectors(model, vectors)
+        if vectors is None:
+            vectors = mean_head_outputs(
+                model,
+                source_prompts,
+                batch_size=batch_size,
+                device=device,
+                interventions=interventions,
+                progress=progress,
+            )
+        runs = {}
+        for c in conditions:
+            for alpha in alphas:
+                steers = [
+                    steer(model, vectors[h.layer, h.head], head=h, alpha=alpha, positions=positions)
+                    for h in c.heads
+                ]
+                runs[(c.key, alpha)] = Run((compose(*steers),) if steers else (), start)
     state_layers = list(range(start, L))
     measured, states = run_conditions(
         model,
         target_prompts,
         runs,
+        measure=behaviour_and_continuous,
         query_only=positions == "query",
         state_layers=state_layers,
         baseline_start=start,
@@ -251,9 +306,52 @@ def steering_experiment(
         post_attention_norm=post_attention_norm(model),
         interventions=describe_interventions(interventions),
         heads_from=heads_from,
+        vector=VECTOR_TEXT[protocol],
+        protocol=protocol,
+        steer_descriptions=descriptions,
     )
     tables = {"geometry": make_table(geo_rows), "random_sets": make_table(random_rows)}
     return ExperimentResult("steering", make_table(rows), settings, tables=tables)
+
+
+def _matched_runs(
+    model: HookedTransformer,
+    source_prompts: PromptSet,
+    conditions: Sequence[Condition],
+    alphas: tuple[float, ...],
+    pairs: Tensor,
+    start: int,
+    **collect,
+) -> tuple[dict, tuple[str, ...]]:
+    """The query-matched runs: one forward pass over the source prompts for the outputs of
+    every head any set uses, then one :class:`~.query_matched.MatchedSteer` per set and
+    alpha; with each run's ``describe()`` line (set, alpha: description)."""
+    heads = sorted({h for c in conditions for h in c.heads})
+    column = {h: j for j, h in enumerate(heads)}
+    outputs = (
+        query_head_outputs(model, source_prompts, heads, **collect)
+        if heads
+        else torch.zeros(len(source_prompts), 0, model.cfg.d_model)
+    )
+    info = source_prompts.info()
+    runs, descriptions = {}, []
+    for c in conditions:
+        for alpha in alphas:
+            if not c.heads:
+                runs[(c.key, alpha)] = Run((), start)
+                continue
+            iv = matched_steer(
+                model,
+                outputs,
+                c.heads,
+                pairs,
+                alpha=alpha,
+                source=info,
+                columns=[column[h] for h in c.heads],
+            )
+            runs[(c.key, alpha)] = Run((iv,), start)
+            descriptions.append(f"{c.key}, alpha={alpha:g}: {iv.describe()}")
+    return runs, tuple(descriptions)
 
 
 def _check_alphas(alphas: object) -> tuple[float, ...]:
@@ -316,7 +414,8 @@ def _rows(
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """The main table's rows, the geometry rows (per layer) and the random sets' rows."""
     conditions = [Condition(name, tuple(hs)) for name, hs in named.items()]
-    metrics = (*BEHAVIOUR, *GEOMETRY)
+    # the continuous metrics come last, so the rows of the other metrics keep their order
+    metrics = (*BEHAVIOUR, *GEOMETRY, *CONTINUOUS)
     base = per[BASELINE]
     rows = level_rows(BASELINE, base, n_boot=n_boot, seed=seed, metrics=metrics, alpha=0.0)
     rows.append(chance_row(target_prompts, alpha=0.0))
