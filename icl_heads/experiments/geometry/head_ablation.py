@@ -9,12 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ...activations import activation_means
 from ...detectors import token_detector_scores
-from ...geometry import GeometryCurves, check_state_layers, run_query
+from ...geometry import GeometryCurves, check_state_layers
 from ...heads import HeadScores, check_top_k
 from ...hooks import check_interventions, check_positions
 from ...interventions import ablate
@@ -29,7 +28,8 @@ from ..kit import (
     check_model,
     head_sets_with_controls,
 )
-from .curves import check_classes, curve_rows, measure_geometry, pool_sets, span_rows, spans
+from .curves import check_classes, curve_rows, pool_sets, span_rows, spans
+from .shared_runs import changed_layers, condition_states, measure_conditions
 
 
 @dataclass(frozen=True)
@@ -157,43 +157,49 @@ def head_ablation_geometry(
             device=device,
             progress=False,
         )
-    geo = dict(folds=folds, seed=seed, n_boot=n_boot, C=C)
-
-    def measure(condition: Condition) -> GeometryCurves:
-        ivs = (
-            []
-            if condition.name == BASELINE
-            else [
-                ablate(
-                    model,
-                    list(condition.heads),
-                    mode,
-                    positions,
-                    means=means,
-                    reference=prompts,
-                    seed=seed,
-                    batch_size=batch_size,
-                    device=device,
-                    progress=False,
-                )
-            ]
-        )
-        states, _ = run_query(
+    runs = []
+    for condition in plan[1:]:
+        iv = ablate(
             model,
-            prompts,
-            chosen,
-            interventions=[*background, *ivs],
+            list(condition.heads),
+            mode,
+            positions,
+            means=means,
+            reference=prompts,
+            seed=seed,
             batch_size=batch_size,
             device=device,
             progress=False,
         )
-        return measure_geometry(model, prompts, states, chosen, **geo)
-
-    measured: dict[str, list[GeometryCurves]] = {}
-    for condition in tqdm(
-        plan, desc="head ablations", disable=not progress, leave=False, unit="set"
-    ):
-        measured.setdefault(condition.name, []).append(measure(condition))
+        first = min((h.layer for h in condition.heads), default=None)
+        runs.append(((iv,), first))
+    clean, changed = condition_states(
+        model,
+        prompts,
+        runs,
+        chosen,
+        query_only=positions == "query",
+        background=background,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    base, ablated = measure_conditions(
+        model,
+        prompts,
+        clean,
+        changed,
+        chosen,
+        [changed_layers(chosen, first) for _, first in runs],
+        folds=folds,
+        seed=seed,
+        n_boot=n_boot,
+        C=C,
+        progress=progress,
+    )
+    measured: dict[str, list[GeometryCurves]] = {BASELINE: [base]}
+    for condition, curves in zip(plan[1:], ablated, strict=True):
+        measured.setdefault(condition.name, []).append(curves)
 
     layer_spans = spans(chosen, L)
     pooled = {c.name for c in controls}
