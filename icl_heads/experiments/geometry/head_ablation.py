@@ -29,7 +29,12 @@ from ..kit import (
     head_sets_with_controls,
 )
 from .curves import check_classes, curve_rows, pool_sets, span_rows, spans
-from .shared_runs import changed_layers, condition_states, measure_conditions
+from .shared_runs import (
+    changed_layers,
+    condition_states,
+    difference_curves,
+    measure_conditions,
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,13 @@ def head_ablation_geometry(
     bootstrap (sets, then prompts), so it covers both. Every condition shares the probe
     folds and the prompt resamples.
 
+    Cost: one clean pass per group of prompts, shared by every ablated run; each run
+    restarts from the clean residual before its first ablated block and only its later
+    states are measured again (the earlier ones are the clean states): the numbers of one
+    full pass per condition, at a fraction of the cost
+    (:mod:`~icl_heads.experiments.geometry.shared_runs`). Progress ticks per group of
+    prompts and run, then per state measured.
+
     Args:
         heads: ``{name: heads}`` with heads as ``Head`` lists, ``(layer, head)`` pairs, a
             boolean mask or a ``HeadScores`` (its ``top(top_k)``; the map is kept in
@@ -109,7 +121,9 @@ def head_ablation_geometry(
     Returns:
         :class:`~icl_heads.results.ExperimentResult` named ``"head_ablation_geometry"``:
         ``table`` (condition x layer x metric), ``tables["summary"]`` (each curve's mean
-        over the early and late states, with intervals), ``tables["heads"]`` (every set's
+        over the early and late states, with intervals), ``tables["effect"]`` (each
+        ablated curve minus the baseline, layer by layer, with paired intervals: the
+        difference of the replicates on the same prompt resamples), ``tables["heads"]`` (every set's
         heads; ``set`` = the random set's index, 0 for a named set), ``maps`` (the detector
         maps the sets came from).
     """
@@ -203,11 +217,13 @@ def head_ablation_geometry(
 
     layer_spans = spans(chosen, L)
     pooled = {c.name for c in controls}
-    rows, summary = [], []
+    rows, summary, effect = [], [], []
     for name, sets in measured.items():
         curves = pool_sets(sets, seed) if name in pooled else sets[0]
         rows += curve_rows(curves, name)
         summary += span_rows(curves, name, layer_spans)
+        if name != BASELINE:
+            effect += curve_rows(difference_curves(curves, base), name)
     head_rows = [
         {"condition": c.name, "set": c.index or 0, "layer": h.layer, "head": h.head}
         for c in plan[1:]
@@ -238,6 +254,7 @@ def head_ablation_geometry(
         maps=maps,
         tables={
             "summary": make_table(summary),
+            "effect": make_table(effect),
             "heads": pd.DataFrame(head_rows, columns=["condition", "set", "layer", "head"]),
         },
     )

@@ -238,3 +238,19 @@ def measure_conditions(
             )
             out.append(splice_curves(base, part))
     return base, out
+
+
+def difference_curves(curves: GeometryCurves, base: GeometryCurves) -> GeometryCurves:
+    """``curves - base`` layer by layer, replicate by replicate (both from the same prompt
+    resamples, so the interval of the difference is paired).
+
+    Example::
+
+        curve_rows(difference_curves(ablated, clean), "PTH")
+    """
+    out = GeometryCurves(curves.layers, curves.n, chance=curves.chance)
+    for metric in curves.metrics:
+        with np.errstate(invalid="ignore"):
+            out.values[metric] = curves.values[metric] - base.values[metric]
+            out.replicates[metric] = curves.replicates[metric] - base.replicates[metric]
+    return out
