@@ -120,20 +120,26 @@ def ablation_differences(
         shown.add(legend)
         fig.add_trace(trace, row=row, col=col)
 
-    band_note = "paired 95% CI" if paired else "CI shifted by the baseline"
+    band_note = "paired CI" if paired else "CI shifted by the baseline"
     for i, metric in enumerate(metrics):
         for j, name in enumerate(sets):
             row, col = i + 1, j + 1
-            for condition, color, dash, legend in (
-                (f"random_{name}", "#888888", "dot", f"random sets like {name} (mean)"),
-                (name, colours[name], "solid", f"{name} ablated"),
+            for condition, color, dash, legend, note in (
+                (name, colours[name], "solid", f"{name} ablated", band_note),
+                (
+                    f"random_{name}",
+                    "#888888",
+                    "dot",
+                    f"random sets like {name} (mean)",
+                    f"{band_note} over sets and prompts",
+                ),
             ):
                 xs, value, low, high = rows_of(condition, metric)
                 if not xs:
                     continue
                 if np.isfinite(low).any():
                     add(
-                        f"{legend}: {band_note}",
+                        f"{legend}: {note}",
                         go.Scatter(
                             x=xs + xs[::-1],
                             y=list(high) + list(low[::-1]),
@@ -142,7 +148,7 @@ def ablation_differences(
                             fillcolor=rgba(color, 0.18),
                             line=dict(width=0),
                             hoverinfo="skip",
-                            name=f"{legend}: {band_note}",
+                            name=f"{legend}: {note}",
                         ),
                         row,
                         col,
