@@ -310,3 +310,20 @@ def test_ablated_runs_restart_at_their_first_ablated_block(tiny_llama, tiny_sets
     n = len(icl)
     assert rows[0] == n  # block 0: the clean pass only, shared by the 3 ablated runs
     assert rows[1] == 4 * n  # block 1: the clean pass and each ablated run
+
+
+def test_models_the_restart_engine_cannot_run_fall_back_to_full_passes(
+    tiny_llama, tiny_sets, monkeypatch
+):
+    from icl_heads.experiments.geometry import shared_runs
+
+    icl, _ = tiny_sets
+    opts = dict(n_random=1, layers=[0, 1, 2], folds=3, n_boot=20, progress=False)
+    fast = head_ablation_geometry(tiny_llama, icl, {"IH": [(1, 2)]}, **opts)
+
+    def refuse(model):
+        raise ValueError("shortformer")
+
+    monkeypatch.setattr(shared_runs, "check_supported", refuse)
+    slow = head_ablation_geometry(tiny_llama, icl, {"IH": [(1, 2)]}, **opts)
+    _assert_same_tables(fast.table, slow.table)

@@ -27,9 +27,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ...geometry import GeometryCurves, state_hook_names
+from ...geometry import GeometryCurves, run_query, state_hook_names
 from ...hooks import Capture, Intervention
-from ...last_token import clean_groups, run_items
+from ...last_token import check_supported, clean_groups, run_items
 from ...prompts import PromptSet
 from .curves import measure_geometry
 
@@ -81,6 +81,10 @@ def condition_states(
     names = state_hook_names(model)
     wanted = [names[i] for i in layers]
     changed = [changed_layers(layers, first) for _, first in runs]
+    try:
+        check_supported(model)
+    except ValueError:  # e.g. shortformer: one full pass per run (the same numbers)
+        return _full_passes(model, prompts, runs, layers, changed, background, batch_size, device)
     starts = sorted({first for _, first in runs if first is not None})
     n_runs = 1 + sum(1 for c in changed if c)
     clean_rows: list[Tensor] = []
@@ -117,6 +121,20 @@ def condition_states(
             group.tick(G)
     clean = torch.cat(clean_rows)
     return clean, [torch.cat(rows) if rows else clean[:, :0] for rows in run_rows]
+
+
+def _full_passes(model, prompts, runs, layers, changed, background, batch_size, device):
+    """One full pass per run (architectures the cached-prefix engine cannot restart)."""
+    opts = dict(batch_size=batch_size, device=device, progress=False)
+    clean, _ = run_query(model, prompts, list(layers), interventions=background, **opts)
+    out = []
+    for (ivs, _), keep in zip(runs, changed, strict=True):
+        if not keep:
+            out.append(clean[:, :0])
+            continue
+        states, _ = run_query(model, prompts, keep, interventions=[*background, *ivs], **opts)
+        out.append(states)
+    return clean, out
 
 
 def _stack(store: dict, names: Sequence[str]) -> Tensor:
