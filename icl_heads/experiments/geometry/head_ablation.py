@@ -123,9 +123,9 @@ def head_ablation_geometry(
         ``table`` (condition x layer x metric), ``tables["summary"]`` (each curve's mean
         over the early and late states, with intervals), ``tables["effect"]`` (each
         ablated curve minus the baseline, layer by layer, with paired intervals: the
-        difference of the replicates on the same prompt resamples), ``tables["heads"]`` (every set's
-        heads; ``set`` = the random set's index, 0 for a named set), ``maps`` (the detector
-        maps the sets came from).
+        difference of the replicates on the same prompt resamples), ``tables["heads"]``
+        (every set's heads; ``set`` = the random set's index, 0 for a named set), ``maps``
+        (the detector maps the sets came from).
     """
     check_model(model, "head_ablation_geometry")
     check_prompt_set(prompts, model=model)
