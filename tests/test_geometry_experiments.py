@@ -168,3 +168,162 @@ def test_on_the_default_model_sentiment_becomes_separable_before_the_last_layer(
     acc = result.select(metric="probe_accuracy").set_index("layer")["value"]
     assert acc.loc[0] <= 0.6  # the query token is the same for every prompt
     assert acc.max() >= 0.75
+
+
+# ---- H9: head_ablation_geometry shares the clean pass (issue 21 item 5)
+
+
+def _per_condition_reference(model, prompts, result, *, mode, positions, background=()):
+    """The straightforward path: one full pass and one measurement per condition (every
+    head set of ``result.tables["heads"]``), random sets pooled as the experiment does."""
+    from icl_heads.experiments.geometry.curves import curve_rows, measure_geometry, pool_sets
+    from icl_heads.geometry import run_query
+
+    s = result.settings
+    layers = list(s.layers)
+    geo = dict(folds=s.folds, seed=s.seed, n_boot=s.n_boot, C=s.C)
+    means = ih.activation_means(model, prompts, progress=False) if mode == "mean" else None
+
+    def measure(heads):
+        ivs = (
+            [
+                ih.ablate(
+                    model,
+                    heads,
+                    mode,
+                    positions,
+                    means=means,
+                    reference=prompts,
+                    seed=s.seed,
+                    progress=False,
+                )
+            ]
+            if heads
+            else []
+        )
+        states, _ = run_query(
+            model, prompts, layers, interventions=[*background, *ivs], progress=False
+        )
+        return measure_geometry(model, prompts, states, layers, **geo)
+
+    rows = curve_rows(measure([]), "baseline")
+    sets = result.tables["heads"]
+    for name in dict.fromkeys(sets["condition"]):
+        mine = sets[sets["condition"] == name]
+        curves = [
+            measure(list(zip(g["layer"], g["head"], strict=True)))
+            for _, g in mine.groupby("set", sort=True)
+        ]
+        rows += curve_rows(
+            pool_sets(curves, s.seed) if name.startswith("random") else curves[0], name
+        )
+    return pd.DataFrame(rows)
+
+
+def _assert_same_tables(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    keys = ["condition", "metric", "layer"]
+    merged = got.merge(want, on=keys, suffixes=("", "_ref"), validate="one_to_one")
+    assert len(merged) == len(got) == len(want)
+    for col in ("value", "ci_low", "ci_high"):
+        a, b = merged[col].to_numpy(float), merged[f"{col}_ref"].to_numpy(float)
+        assert np.array_equal(np.isnan(a), np.isnan(b)), col
+        ok = ~np.isnan(a)
+        assert np.abs(a[ok] - b[ok]).max() <= 1e-6, (col, merged[~np.isclose(a, b)])
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "positions"),
+    [("llama", "zero", "all"), ("gpt", "mean", "query"), ("llama", "resample", "all")],
+)
+def test_shared_clean_pass_gives_the_numbers_of_one_pass_per_condition(
+    smol_tokenizer, sentiment_task, kind, mode, positions
+):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(smol_tokenizer, kind=kind, n_layers=3)
+    prompts = ih.build_prompts(model, sentiment_task, k=2, n=12, seed=0)
+    heads = {"PTH": [(1, 0), (2, 2)], "IH": [(2, 1)]}
+    result = head_ablation_geometry(
+        model,
+        prompts,
+        heads,
+        n_random=1,
+        mode=mode,
+        positions=positions,
+        folds=3,
+        n_boot=40,
+        batch_size=5,
+        progress=False,
+    )
+    want = _per_condition_reference(model, prompts, result, mode=mode, positions=positions)
+    _assert_same_tables(result.table, want)
+
+
+def test_shared_clean_pass_keeps_background_interventions_in_every_run(
+    smol_tokenizer, sentiment_task
+):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(smol_tokenizer, kind="llama", n_layers=3)
+    prompts = ih.build_prompts(model, sentiment_task, k=2, n=12, seed=0)
+    background = [ih.ablate(model, [(0, 3)], "zero")]
+    heads = {"IH": [(1, 1)]}
+    result = head_ablation_geometry(
+        model,
+        prompts,
+        heads,
+        n_random=1,
+        folds=3,
+        n_boot=30,
+        batch_size=4,
+        interventions=background,
+        progress=False,
+    )
+    want = _per_condition_reference(
+        model, prompts, result, mode="zero", positions="all", background=background
+    )
+    _assert_same_tables(result.table, want)
+    # states before the first ablated block are the clean ones
+    t = result.table
+    early = t[t["layer"] <= 1]
+    base = early[early["condition"] == "baseline"].set_index(["metric", "layer"])["value"]
+    ih_rows = early[early["condition"] == "IH"].set_index(["metric", "layer"])["value"]
+    pd.testing.assert_series_equal(base, ih_rows, check_names=False)
+
+
+def test_ablated_runs_restart_at_their_first_ablated_block(tiny_llama, tiny_sets):
+    icl, _ = tiny_sets
+    rows = {0: 0, 1: 0}
+    handles = [
+        tiny_llama.blocks[i].register_forward_hook(
+            lambda module, args, out, i=i: rows.__setitem__(i, rows[i] + out.shape[0])
+        )
+        for i in (0, 1)
+    ]
+    try:
+        head_ablation_geometry(
+            tiny_llama, icl, {"IH": [(1, 2)]}, n_random=2, folds=3, n_boot=10, progress=False
+        )
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(icl)
+    assert rows[0] == n  # block 0: the clean pass only, shared by the 3 ablated runs
+    assert rows[1] == 4 * n  # block 1: the clean pass and each ablated run
+
+
+def test_models_the_restart_engine_cannot_run_fall_back_to_full_passes(
+    tiny_llama, tiny_sets, monkeypatch
+):
+    from icl_heads.experiments.geometry import shared_runs
+
+    icl, _ = tiny_sets
+    opts = dict(n_random=1, layers=[0, 1, 2], folds=3, n_boot=20, progress=False)
+    fast = head_ablation_geometry(tiny_llama, icl, {"IH": [(1, 2)]}, **opts)
+
+    def refuse(model):
+        raise ValueError("shortformer")
+
+    monkeypatch.setattr(shared_runs, "check_supported", refuse)
+    slow = head_ablation_geometry(tiny_llama, icl, {"IH": [(1, 2)]}, **opts)
+    _assert_same_tables(fast.table, slow.table)

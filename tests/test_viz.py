@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from scipy.stats import spearmanr
 from icl_heads import viz
 from icl_heads.heads import Head, HeadScores
 from icl_heads.results import ExperimentResult, make_table, table_row
-from icl_heads.settings import PromptInfo
+from icl_heads.settings import PromptInfo, Settings
 from icl_heads.stats import correlation
 
 INFO = PromptInfo(task="sentiment", k=4, n=8, seed=0, perturbation="gold", model="tiny")
@@ -590,3 +591,70 @@ def test_attention_pattern_labels_are_readable_and_thinned_on_long_prompts():
     assert fig.layout.xaxis.tickfont.size >= 10
     assert len(fig.layout.xaxis.tickvals) <= 64 and "1 in 4 tokens" in fig.layout.xaxis.title.text
     assert fig.layout.title.x == 0 and fig.layout.title.pad.t >= 30  # under the mode bar
+
+
+# ---- H9: geometry-ablation figures (issue 21 item 6)
+
+
+def _ablation_table():
+    """head_ablation_geometry's shape: a baseline, two sets and their random controls."""
+    rows = []
+    level = {"baseline": 0.85, "PTH": 0.92, "random_PTH": 0.65, "IH": 0.80, "random_IH": 0.84}
+    for condition, v in level.items():
+        for layer in range(4):
+            for metric in ("probe_accuracy", "mean_diff_cosine"):
+                value = 0.5 if layer == 0 else v  # state 0: the embeddings, never ablated
+                rows.append(
+                    table_row(condition, metric, value, value - 0.04, value + 0.04, 16, layer=layer)
+                )
+    return make_table(rows)
+
+
+@dataclass(frozen=True)
+class _Labels(Settings):
+    labels: tuple[str, ...] = ("negative", "positive")
+
+
+def test_geometry_ablation_figure_draws_differences_one_panel_per_set():
+    fig = ExperimentResult("head_ablation_geometry", _ablation_table(), _Labels()).plot()
+    titles = [a.text for a in fig.layout.annotations]
+    assert "probe_accuracy: PTH ablated" in titles and "mean_diff_cosine: IH ablated" in titles
+    pth = next(t for t in fig.data if t.name == "PTH ablated" and t.xaxis == "x")
+    # differences from the baseline, not levels: +0.07 where PTH raises accuracy
+    assert list(pth.y) == pytest.approx([0.0, 0.07, 0.07, 0.07])
+    random = next(t for t in fig.data if t.name == "random sets like PTH (mean)")
+    assert list(random.y) == pytest.approx([0.0, -0.2, -0.2, -0.2]) and random.line.dash == "dot"
+    # one band per curve, and every line (baseline, chance) has a legend entry
+    bands = [t for t in fig.data if t.fill == "toself"]
+    assert len(bands) == 2 * 2 * 2  # (set, its random sets) x 2 sets x 2 metrics
+    legend = {t.name for t in fig.data if t.showlegend}
+    assert {"baseline (no ablation: 0)", "chance - baseline", "PTH ablated", "IH ablated"} <= legend
+    chance = next(t for t in fig.data if t.name == "chance - baseline" and t.xaxis == "x")
+    assert list(chance.y) == pytest.approx([0.0, -0.35, -0.35, -0.35])  # 1/2 - clean
+    assert not any(t.name == "chance - baseline" for t in fig.data if t.yaxis == "y3")  # cosine
+    # y titles on every row, and the x axis says what state 0 is
+    assert "probe_accuracy" in fig.layout.yaxis.title.text
+    assert "mean_diff_cosine" in fig.layout.yaxis3.title.text
+    assert "0 = embeddings" in fig.layout.xaxis3.title.text
+
+
+def test_geometry_ablation_figure_uses_the_paired_effect_table_when_there_is_one():
+    table = _ablation_table()
+    effect = table[table["condition"] != "baseline"].copy()
+    effect["value"], effect["ci_low"], effect["ci_high"] = 0.01, -0.01, 0.03
+    fig = ExperimentResult(
+        "head_ablation_geometry", table, _Labels(), tables={"effect": effect}
+    ).plot()
+    pth = next(t for t in fig.data if t.name == "PTH ablated")
+    assert list(pth.y) == pytest.approx([0.01] * 4)
+    assert any("paired" in str(t.name) for t in fig.data if t.fill == "toself")
+
+
+def test_layer_curves_title_every_y_axis_and_give_the_chance_line_a_legend_entry():
+    fig = viz.layer_curves(_curve_table(), chance={"probe_accuracy": 0.5})
+    assert fig.layout.yaxis.title.text == "probe_accuracy"
+    assert fig.layout.yaxis2.title.text == "mean_diff_cosine"
+    assert [t.name for t in fig.data if t.legendgroup == "chance"] == ["chance"]
+    # a plain layer-geometry result says that state 0 is the embeddings
+    fig = ExperimentResult("layer_geometry", _curve_table(), INFO).plot()
+    assert "0 = embeddings" in fig.layout.xaxis2.title.text

@@ -30,6 +30,7 @@ def layer_curves(
     chance: float | Mapping[str, float] | None = None,
     cols: int | None = None,
     title: str | None = None,
+    x_title: str | None = None,
 ) -> go.Figure:
     """Curves over layers (or ``alpha``, ``k``): one panel per metric, one curve per
     condition, each with its confidence band (``ci_low`` .. ``ci_high``).
@@ -42,10 +43,18 @@ def layer_curves(
         chance: a dotted horizontal line per panel (a number, or ``{metric: value}``).
         cols: panels per row (default: 1 for up to 3 metrics, else 2).
         title: the figure's title.
+        x_title: the x axis title (default: the x column's name; for state indices
+            ``viz.ablation.STATE_AXIS_TITLE`` says that state 0 is the embeddings).
 
     Returns:
         A figure with, per condition and metric, a band trace (``fill="toself"``) and a
-        ``lines+markers`` trace; curves of one condition share a legend entry.
+        ``lines+markers`` trace; curves of one condition share a legend entry. Each panel's
+        y axis is titled with its metric; the chance line (a layout line) has a legend
+        entry of its own.
+
+    Example::
+
+        layer_curves(result.table, chance={"probe_accuracy": 0.5}, x_title="state")
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -115,10 +124,24 @@ def layer_curves(
                 row=row + 1,
                 col=col + 1,
             )
+    chance_shown = False
     for j, metric in enumerate(metrics):
+        row, col = divmod(j, cols)
+        fig.update_yaxes(title_text=metric, row=row + 1, col=col + 1)
         level = _chance_for(chance, metric)
         if level is not None:
-            row, col = divmod(j, cols)
+            if not chance_shown:  # a legend entry for the layout lines
+                fig.add_trace(
+                    go.Scatter(
+                        x=[None],
+                        y=[None],
+                        mode="lines",
+                        name="chance",
+                        line=dict(color="#888", dash="dot"),
+                        legendgroup="chance",
+                    )
+                )
+                chance_shown = True
             fig.add_hline(
                 y=level,
                 line=dict(color="#888", dash="dot"),
@@ -130,7 +153,7 @@ def layer_curves(
     for j in range(len(metrics)):
         row, col = divmod(j, cols)
         if j + cols >= len(metrics):  # the lowest panel of its column
-            fig.update_xaxes(title_text=x, row=row + 1, col=col + 1)
+            fig.update_xaxes(title_text=x_title or x, row=row + 1, col=col + 1)
     fig.update_layout(
         title=title, height=max(340, 250 * n_rows + 90), legend=dict(title=dict(text="condition"))
     )

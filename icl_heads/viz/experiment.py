@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from .ablation import STATE_AXIS_TITLE, STATE_METRICS, ablated_sets, ablation_differences
 from .curves import condition_bars, curve_axis, layer_curves
 from .maps import head_heatmaps
 from .scatter import correlation_scatter
@@ -31,8 +32,13 @@ def experiment_figure(result: ResultLike, *, title: str | None = None) -> go.Fig
     - maps and a table whose levels are the unchanged model's only (every ``level`` row,
       or every row where the table has no ``kind``, is a :data:`BASELINE_CONDITIONS`
       condition; e.g. ``find_task_heads``): the maps are the finding, :func:`head_heatmaps`;
+    - a ``layer`` table of head ablations (conditions ``X`` with their random controls
+      ``random_X`` and a baseline, no ``kind``; e.g. ``head_ablation_geometry``):
+      :func:`ablation_differences`, each set's difference from the baseline in its own
+      panel per metric, paired bands from ``tables["effect"]`` where the result has it;
     - a table with a ``layer`` / ``alpha`` / ``k`` axis: :func:`layer_curves`, one panel
-      per metric, one curve per condition, confidence bands;
+      per metric, one curve per condition, confidence bands (state-geometry tables say
+      that state 0 is the embeddings);
     - otherwise :func:`condition_bars` with confidence error bars, baseline and chance lines.
 
     Tables with a ``kind`` column (the TR/TL experiments: ``level``, ``effect``,
@@ -58,11 +64,37 @@ def experiment_figure(result: ResultLike, *, title: str | None = None) -> go.Fig
         return head_heatmaps(result.maps, title=name, highlight_top=None)
     drawn, chance = _levels(table)
     axis = curve_axis(drawn)
+    if axis == "layer" and "kind" not in table.columns and ablated_sets(table):
+        effect = result.tables.get("effect")
+        if effect is not None and not {"condition", "metric", "layer"} <= set(effect.columns):
+            effect = None
+        return ablation_differences(
+            drawn, effect=effect, chance=chance or _label_chance(result, drawn), title=name
+        )
     if axis is not None:
-        return layer_curves(drawn, x=axis, chance=chance, title=name)
+        states = axis == "layer" and bool(set(drawn["metric"]) & set(STATE_METRICS))
+        return layer_curves(
+            drawn,
+            x=axis,
+            chance=chance or _label_chance(result, drawn),
+            title=name,
+            x_title=STATE_AXIS_TITLE if states else None,
+        )
     if "kind" in table.columns:
         return condition_bars(drawn, chance=chance, facet=True, title=name)
     return condition_bars(drawn, chance=chance or None, title=name)
+
+
+def _label_chance(result, table: pd.DataFrame) -> dict[str, float]:
+    """Chance (``1 / labels``, from the settings' ``labels``) of the table's accuracies."""
+    labels = getattr(result.settings, "labels", None)
+    if not labels or len(labels) < 2:
+        return {}
+    return {
+        str(m): 1.0 / len(labels)
+        for m in dict.fromkeys(table["metric"])
+        if str(m).endswith("accuracy")
+    }
 
 
 def _result_title(result) -> str:

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ...activations import activation_means
 from ...detectors import token_detector_scores
-from ...geometry import GeometryCurves, check_state_layers, run_query
+from ...geometry import GeometryCurves, check_state_layers
 from ...heads import HeadScores, check_top_k
 from ...hooks import check_interventions, check_positions
 from ...interventions import ablate
@@ -29,7 +28,13 @@ from ..kit import (
     check_model,
     head_sets_with_controls,
 )
-from .curves import check_classes, curve_rows, measure_geometry, pool_sets, span_rows, spans
+from .curves import check_classes, curve_rows, pool_sets, span_rows, spans
+from .shared_runs import (
+    changed_layers,
+    condition_states,
+    difference_curves,
+    measure_conditions,
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,13 @@ def head_ablation_geometry(
     bootstrap (sets, then prompts), so it covers both. Every condition shares the probe
     folds and the prompt resamples.
 
+    Cost: one clean pass per group of prompts, shared by every ablated run; each run
+    restarts from the clean residual before its first ablated block and only its later
+    states are measured again (the earlier ones are the clean states): the numbers of one
+    full pass per condition, at a fraction of the cost
+    (:mod:`~icl_heads.experiments.geometry.shared_runs`). Progress ticks per group of
+    prompts and run, then per state measured.
+
     Args:
         heads: ``{name: heads}`` with heads as ``Head`` lists, ``(layer, head)`` pairs, a
             boolean mask or a ``HeadScores`` (its ``top(top_k)``; the map is kept in
@@ -109,9 +121,11 @@ def head_ablation_geometry(
     Returns:
         :class:`~icl_heads.results.ExperimentResult` named ``"head_ablation_geometry"``:
         ``table`` (condition x layer x metric), ``tables["summary"]`` (each curve's mean
-        over the early and late states, with intervals), ``tables["heads"]`` (every set's
-        heads; ``set`` = the random set's index, 0 for a named set), ``maps`` (the detector
-        maps the sets came from).
+        over the early and late states, with intervals), ``tables["effect"]`` (each
+        ablated curve minus the baseline, layer by layer, with paired intervals: the
+        difference of the replicates on the same prompt resamples), ``tables["heads"]``
+        (every set's heads; ``set`` = the random set's index, 0 for a named set), ``maps``
+        (the detector maps the sets came from).
     """
     check_model(model, "head_ablation_geometry")
     check_prompt_set(prompts, model=model)
@@ -157,51 +171,59 @@ def head_ablation_geometry(
             device=device,
             progress=False,
         )
-    geo = dict(folds=folds, seed=seed, n_boot=n_boot, C=C)
-
-    def measure(condition: Condition) -> GeometryCurves:
-        ivs = (
-            []
-            if condition.name == BASELINE
-            else [
-                ablate(
-                    model,
-                    list(condition.heads),
-                    mode,
-                    positions,
-                    means=means,
-                    reference=prompts,
-                    seed=seed,
-                    batch_size=batch_size,
-                    device=device,
-                    progress=False,
-                )
-            ]
-        )
-        states, _ = run_query(
+    runs = []
+    for condition in plan[1:]:
+        iv = ablate(
             model,
-            prompts,
-            chosen,
-            interventions=[*background, *ivs],
+            list(condition.heads),
+            mode,
+            positions,
+            means=means,
+            reference=prompts,
+            seed=seed,
             batch_size=batch_size,
             device=device,
             progress=False,
         )
-        return measure_geometry(model, prompts, states, chosen, **geo)
-
-    measured: dict[str, list[GeometryCurves]] = {}
-    for condition in tqdm(
-        plan, desc="head ablations", disable=not progress, leave=False, unit="set"
-    ):
-        measured.setdefault(condition.name, []).append(measure(condition))
+        first = min((h.layer for h in condition.heads), default=None)
+        runs.append(((iv,), first))
+    clean, changed = condition_states(
+        model,
+        prompts,
+        runs,
+        chosen,
+        query_only=positions == "query",
+        background=background,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    base, ablated = measure_conditions(
+        model,
+        prompts,
+        clean,
+        changed,
+        chosen,
+        [changed_layers(chosen, first) for _, first in runs],
+        folds=folds,
+        seed=seed,
+        n_boot=n_boot,
+        C=C,
+        progress=progress,
+    )
+    measured: dict[str, list[GeometryCurves]] = {BASELINE: [base]}
+    for condition, curves in zip(plan[1:], ablated, strict=True):
+        measured.setdefault(condition.name, []).append(curves)
 
     layer_spans = spans(chosen, L)
     pooled = {c.name for c in controls}
-    rows, summary = [], []
+    rows, summary, effect = [], [], []
     for name, sets in measured.items():
         curves = pool_sets(sets, seed) if name in pooled else sets[0]
         rows += curve_rows(curves, name)
         summary += span_rows(curves, name, layer_spans)
+        if name != BASELINE:
+            effect += curve_rows(difference_curves(curves, base), name)
     head_rows = [
         {"condition": c.name, "set": c.index or 0, "layer": h.layer, "head": h.head}
         for c in plan[1:]
@@ -232,6 +254,7 @@ def head_ablation_geometry(
         maps=maps,
         tables={
             "summary": make_table(summary),
+            "effect": make_table(effect),
             "heads": pd.DataFrame(head_rows, columns=["condition", "set", "layer", "head"]),
         },
     )
