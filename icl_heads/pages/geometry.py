@@ -72,7 +72,11 @@ DESIGN_NOTE = (
 
 def _figure(result: ExperimentResult, metrics: Sequence[str], title: str, path: Path) -> Path:
     table = result.table[result.table["metric"].isin(metrics)]
-    sub = ExperimentResult(result.name, table, result.settings)
+    tables = {  # e.g. the paired effects of a head ablation (bands of the differences)
+        name: frame[frame["metric"].isin(metrics)] if "metric" in frame.columns else frame
+        for name, frame in result.tables.items()
+    }
+    sub = ExperimentResult(result.name, table, result.settings, tables=tables)
     return write_figure(sub.plot(title=title), path)
 
 
