@@ -912,7 +912,8 @@ def test_build_prompts_other_object_as_task(tiny_llama):
 def test_build_prompts_model_not_hooked_transformer(smol_tokenizer, two_labels):
     with pytest.raises(
         TypeError,
-        match=r"needs a HookedTransformer as model .* got " + type(smol_tokenizer).__name__,
+        match=r"needs a HookedTransformer or a TransformerBridge as model .* got "
+        + type(smol_tokenizer).__name__,
     ):
         ih.build_prompts(smol_tokenizer, two_labels, 1, 2)
     with pytest.raises(TypeError, match=r"got Task \(the arguments are \(model, task"):

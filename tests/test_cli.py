@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads import cli, models
+from icl_heads import cli, models, outputs
 from icl_heads.experiments import trtl
 from icl_heads.heads import default_top_k
 from icl_heads.summaries import with_ci
@@ -258,7 +258,7 @@ def test_out_probe_failure_is_reported_before_loading(capsys, no_model, monkeypa
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cli.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(outputs.tempfile, "NamedTemporaryFile", refuse)  # the probe
     out = tmp_path / "q.csv"
     code, _, err = run(capsys, "quickstart", "--out", str(out))
     assert_one_line_error(code, err, str(out), "Permission denied")
