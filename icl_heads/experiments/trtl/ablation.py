@@ -18,7 +18,7 @@ from ...interventions import ABLATION_MODES, ablate
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR
 from ...prompts import PromptSet
-from ...provenance import check_head_sets, check_means, heads_origin
+from ...provenance import check_head_sets, check_means
 from ...results import ExperimentResult, make_table
 from ...settings import (
     PromptInfo,
@@ -39,7 +39,6 @@ from ..kit import (
     check_prompts,
     contrast_name,
     effect_rows,
-    head_sets_with_controls,
     level_rows,
     matched_fraction,
     pool,
@@ -48,7 +47,7 @@ from ..kit import (
     spread,
 )
 from .find_heads import settings_heads
-from .passes import tr_tl_sets
+from .passes import sets_for_experiment
 
 
 @dataclass(frozen=True)
@@ -183,24 +182,19 @@ def ablation_experiment(
             reference=reference,
             fn="ablation_experiment",
         )
-    heads_from = prompts.info() if heads is None else heads_origin(heads)
-    if heads is None:
-        heads = tr_tl_sets(
-            model,
-            prompts,
-            top_k=top_k,
-            batch_size=batch_size,
-            device=device,
-            interventions=interventions,
-            progress=progress,
-        )
-    sets = head_sets_with_controls(
+    heads_from, sets = sets_for_experiment(
         model,
+        prompts,
         heads,
+        top_k=top_k,
         n_random=n_random,
         random_like=random_like,
         layer_matched=layer_matched,
         seed=seed,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
     )
     named, controls, conditions = sets.named, sets.controls, sets.conditions
     n_random, random_like = sets.n_random, sets.random_like

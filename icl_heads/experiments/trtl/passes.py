@@ -18,8 +18,9 @@ from ...decomposition import iter_query_terms
 from ...heads import Head, HeadScores, map_head_set
 from ...hooks import Capture, check_interventions
 from ...prompts import PromptSet, check_prompt_set
-from ...settings import describe_interventions
-from ..kit import check_model
+from ...provenance import heads_origin
+from ...settings import PromptInfo, describe_interventions
+from ..kit import HeadSets, check_model, head_sets_with_controls
 
 
 class QueryTap:
@@ -176,3 +177,52 @@ def tr_tl_sets(
         name: map_head_set(scores, n_layers, n_heads, what=f"Head set {name!r}")
         for name, scores in (("TR", tr), ("TL", tl))
     }
+
+
+def sets_for_experiment(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    heads: object,
+    *,
+    top_k: int | None,
+    n_random: object,
+    random_like: object,
+    layer_matched: bool,
+    seed: int,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    interventions: Sequence = (),
+    progress: bool = True,
+) -> tuple[PromptInfo | None, HeadSets]:
+    """The head sets of an experiment that takes ``heads=None`` (:func:`tr_tl_sets` of
+    ``prompts``) or given ``heads``, with their random controls
+    (:func:`~icl_heads.experiments.kit.head_sets_with_controls`), and where the sets came
+    from (``prompts.info()`` for the default sets, else
+    :func:`~icl_heads.provenance.heads_origin`).
+
+    Example::
+
+        heads_from, sets = passes.sets_for_experiment(
+            model, prompts, None, top_k=None, n_random=5, random_like=None,
+            layer_matched=True, seed=0)
+    """
+    heads_from = prompts.info() if heads is None else heads_origin(heads)
+    if heads is None:
+        heads = tr_tl_sets(
+            model,
+            prompts,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=device,
+            interventions=interventions,
+            progress=progress,
+        )
+    sets = head_sets_with_controls(
+        model,
+        heads,
+        n_random=n_random,
+        random_like=random_like,
+        layer_matched=layer_matched,
+        seed=seed,
+    )
+    return heads_from, sets

@@ -24,7 +24,7 @@ from ...interventions import compose, steer
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR, CONTINUOUS, behaviour_and_continuous
 from ...prompts import PromptSet
-from ...provenance import check_head_sets, check_same_task, heads_origin
+from ...provenance import check_head_sets, check_same_task
 from ...results import ExperimentResult, make_table, table_row
 from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import N_BOOT, mean_ci
@@ -38,7 +38,6 @@ from ..kit import (
     check_prompts,
     contrast_name,
     effect_rows,
-    head_sets_with_controls,
     level_rows,
     matched_fraction,
     pool,
@@ -47,7 +46,7 @@ from ..kit import (
     spread,
 )
 from .find_heads import settings_heads
-from .passes import mean_head_outputs, tr_tl_sets
+from .passes import mean_head_outputs, sets_for_experiment
 from .query_matched import (
     VECTOR_TEXT,
     check_protocol,
@@ -200,24 +199,19 @@ def steering_experiment(
             )
         pairs = check_query_pairs(source_prompts, target_prompts)
     interventions = check_interventions(interventions, model)
-    heads_from = source_prompts.info() if heads is None else heads_origin(heads)
-    if heads is None:
-        heads = tr_tl_sets(
-            model,
-            source_prompts,
-            top_k=top_k,
-            batch_size=batch_size,
-            device=device,
-            interventions=interventions,
-            progress=progress,
-        )
-    sets = head_sets_with_controls(
+    heads_from, sets = sets_for_experiment(
         model,
+        source_prompts,
         heads,
+        top_k=top_k,
         n_random=n_random,
         random_like=random_like,
         layer_matched=layer_matched,
         seed=seed,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
     )
     named, controls, conditions = sets.named, sets.controls, sets.conditions
     n_random, random_like = sets.n_random, sets.random_like
