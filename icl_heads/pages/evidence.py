@@ -35,8 +35,8 @@ OVER_HEADS = ("correlation", "perturbation", "reconciliation")
 #: Where the results pages take the papers' claims from (the project's notes on the
 #: papers; the papers' own numbers are not in them).
 SOURCE = (
-    "the shared METHODS.md, whose statements docs/methods.md repeats under \"Experiments of "
-    "the TR/TL paper\" and \"Geometry paper\""
+    'the shared METHODS.md, whose statements docs/methods.md repeats under "Experiments of '
+    'the TR/TL paper" and "Geometry paper"'
 )
 #: The models the papers used, as the project's notes list them (METHODS.md, "Models").
 PAPER_MODELS = "Llama-3-8B, Llama-3.2, Qwen2-7B, Qwen2.5-32B, Yi-34B"
