@@ -13,6 +13,7 @@ import pytest
 
 from icl_heads.experiments import cells as grid
 from icl_heads.experiments import power as pw
+from icl_heads.experiments import trtl
 from icl_heads.experiments.kit import load_cells
 from icl_heads.pages.evidence import (
     ALL_TASKS,
@@ -141,3 +142,17 @@ def test_the_replication_tables_read_our_numbers_from_the_saved_tables(saved):
     assert "mean ablation" in text and "top 8 of each map" in text
     text = "\n".join(geometry_replication_md(saved["geometry"]))
     assert "zero ablation" in text and "PTH" in text
+
+
+def test_the_trtl_grid_records_each_computed_cell_s_wall_time(tiny_llama, tmp_path):
+    out = tmp_path / "grid"
+    cells_run = trtl.reproduce_trtl(
+        tiny_llama, ["sentiment"], out, quick=True, n=8, n_boot=50, progress=False
+    )
+    saved = load_cells(out)
+    for row in cells_run.itertuples():
+        result = saved[row.model][row.task][row.experiment]
+        assert result.wall_seconds is not None and 0 <= result.wall_seconds <= row.seconds
+        assert "wall_seconds" not in (result.request or {})
+    shown = "\n".join(wall_time_md(saved))
+    assert "| not recorded |" not in shown
