@@ -58,6 +58,10 @@ class ExperimentResult:
         request: what a reproduction grid asked for when it made this result (model, task
             and its content hash, sizes, seeds, the experiment and its parameters: see
             :func:`icl_heads.experiments.cells.run_cell`), saved with it; None elsewhere.
+        wall_seconds: how long computing it took, in seconds, where a reproduction grid
+            recorded it (:func:`icl_heads.experiments.cells.run_cell`); saved in
+            ``result.json`` beside the request (not part of it), None for results saved
+            before it was recorded.
     """
 
     name: str
@@ -66,6 +70,7 @@ class ExperimentResult:
     maps: dict[str, HeadScores] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     request: dict | None = None
+    wall_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.table, pd.DataFrame):
@@ -88,6 +93,17 @@ class ExperimentResult:
                 f"ExperimentResult.request must be a dict (or None), got "
                 f"{type(self.request).__name__}."
             )
+        if self.wall_seconds is not None:
+            seconds = self.wall_seconds
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                raise TypeError(
+                    f"ExperimentResult.wall_seconds must be a number of seconds (or None), "
+                    f"got {type(seconds).__name__}."
+                )
+            if not math.isfinite(seconds) or seconds < 0:
+                raise ValueError(
+                    f"ExperimentResult.wall_seconds must be a finite number >= 0, got {seconds!r}."
+                )
         for key, value in self.maps.items():
             if not isinstance(value, HeadScores):
                 raise TypeError(
@@ -136,7 +152,8 @@ class ExperimentResult:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
         """Write the result into the directory ``directory``: ``result.json`` (name,
-        settings, ``request``, the file list and the integrity record), ``table.csv``, one
+        settings, ``request``, ``wall_seconds`` where recorded, the file list and the
+        integrity record), ``table.csv``, one
         ``maps/<name>.json`` per map and ``tables/<name>.csv`` per extra table.
 
         The directory is checked first (a ValueError names it where it is a file, lies under
@@ -174,6 +191,7 @@ class ExperimentResult:
                 "name": self.name,
                 "settings": self.settings.to_dict(),
                 "request": self.request,
+                **({} if self.wall_seconds is None else {"wall_seconds": self.wall_seconds}),
                 "maps": {k: f"maps/{safe_name(k)}.json" for k in self.maps},
                 "tables": {k: f"tables/{safe_name(k)}.csv" for k in self.tables},
                 "files": files,
@@ -239,6 +257,7 @@ class ExperimentResult:
                 k: _read_table(directory, p, files.get(p)) for k, p in header["tables"].items()
             },
             request=header.get("request"),
+            wall_seconds=_wall_seconds(header.get("wall_seconds"), meta_path),
         )
 
     def __repr__(self) -> str:
@@ -352,6 +371,18 @@ def safe_name(name: str) -> str:
     digits, ``-``, ``_`` and ``.`` becomes ``_`` (map and table files, and the
     ``<model>/<task>/`` directories of the reproductions)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def _wall_seconds(value: object, meta_path: Path) -> float | None:
+    """The recorded wall time of a saved result (None where none was recorded)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(
+            f"ExperimentResult.load: the wall_seconds in {str(meta_path)!r} is {value!r}, not "
+            "a number of seconds >= 0; the result is damaged: save or compute it again."
+        )
+    return float(value)
 
 
 def _json(value):

@@ -2276,3 +2276,48 @@ def test_query_matched_steering_refuses_unpaired_or_unsupported_input(
     kwargs.update(change)
     with pytest.raises(error, match=match):
         trtl.steering_experiment(tiny_llama, icl, twins, {"TR": [(1, 0)]}, (0, 1), **kwargs)
+
+
+# ---- H4: power table and wall time
+from icl_heads.experiments import power as power_rules  # noqa: E402
+from icl_heads.results import make_table, table_row  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n": 0, "se": 0.1, "distance": 0.1}, r"n must be a positive integer.*0"),
+        ({"n": 64, "se": -1.0, "distance": 0.1}, r"se must be.*-1"),
+        ({"n": 64, "se": 0.1, "distance": 0.0}, r"distance must be.*0"),
+        ({"n": 64, "se": 0.1, "distance": 0.1, "power": 1.5}, r"power.*1\.5"),
+    ],
+)
+def test_required_n_names_the_bad_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        power_rules.required_n(**kwargs)
+
+
+def test_resolving_n_names_a_bad_verdict_or_n():
+    with pytest.raises(ValueError, match=r"unknown verdict 'maybe'"):
+        power_rules.resolving_n(0.1, 0.0, 0.2, 64, verdict="maybe")
+    with pytest.raises(ValueError, match=r"n must be a positive integer.*None"):
+        power_rules.resolving_n(0.1, -0.1, 0.3, None, verdict="unclear")
+    with pytest.raises(ValueError, match=r"entry 0 lacks \['n'\]"):
+        power_rules.power_table([{"model": "m", "claim": "c", "task": "t", "statistic": "s",
+                                  "test": {}}])  # fmt: skip
+
+
+def test_a_bad_wall_time_is_refused_on_saving_and_loading(tmp_path):
+    info = ih.PromptInfo(task="t", k=4, n=8, seed=0, perturbation="gold")
+    table = make_table([table_row("baseline", "accuracy", 0.5, 0.4, 0.6, 8)])
+    with pytest.raises(ValueError, match=r"wall_seconds must be a finite number >= 0, got -1"):
+        ih.ExperimentResult("x", table, info, wall_seconds=-1.0)
+    with pytest.raises(TypeError, match=r"wall_seconds must be a number of seconds.*str"):
+        ih.ExperimentResult("x", table, info, wall_seconds="3 s")
+    ih.ExperimentResult("x", table, info, wall_seconds=2.5).save(tmp_path / "cell")
+    meta = tmp_path / "cell" / "result.json"
+    header = json.loads(meta.read_text())
+    header["wall_seconds"] = "slow"
+    meta.write_text(json.dumps(header))
+    with pytest.raises(ValueError, match=r"wall_seconds in .*result\.json.* is 'slow'"):
+        ih.ExperimentResult.load(tmp_path / "cell")

@@ -109,6 +109,10 @@ def run_cell(
     differ, or, with ``rerun_stale=True``, is recomputed (logged). The save is atomic, so
     a killed run never leaves a cell that looks complete.
 
+    A computed cell records how long ``make()`` took (``ExperimentResult.wall_seconds``,
+    saved in ``result.json`` beside the request, not in it: cells saved before it was
+    recorded stay valid and load with ``wall_seconds=None``).
+
     Example::
 
         request = cell_request(model, task, "perturbation", k=4, n=64, seed=0, n_boot=1000)
@@ -127,12 +131,16 @@ def run_cell(
             if loaded is not None:
                 return loaded, "loaded", time.perf_counter() - started
         log.warning("%s: recomputing the cell: %s", path, reason)
+    computing = time.perf_counter()
     result = make()
+    wall = round(time.perf_counter() - computing, 3)
     saved = result if prepare is None else prepare(result)
     saved.request = asked
+    saved.wall_seconds = wall
     saved.save(path)
     if result is not saved:
         result.request = asked
+        result.wall_seconds = wall
     seconds = time.perf_counter() - started
     log.info("%s: %.1f s", path, seconds)
     return result, "computed", seconds

@@ -27,6 +27,7 @@ from ..experiments.kit import load_cells
 from ..geometry import ONSET_FRACTION
 from ..results import ExperimentResult, safe_name
 from .common import check_family, fmt, fmt_ci, relpath, write_figure
+from .evidence import geometry_power, geometry_replication_md, power_md, wall_time_md
 
 _CURVE_METRICS = (
     "probe_accuracy",
@@ -93,9 +94,10 @@ def write_geometry_page(
     The page holds the curves (standalone HTML figures in ``figure_dir``, written with
     ``include_plotlyjs="directory"`` and embedded by relative links), the settings, the key
     numbers (the first state where separability and alignment reach
-    :data:`~icl_heads.geometry.ONSET_FRACTION` of their maximum, per task and model), and the
+    :data:`~icl_heads.geometry.ONSET_FRACTION` of their maximum, per task and model), the
     verdict on each claim per model
-    (:func:`~icl_heads.experiments.geometry.geometry_verdicts`).
+    (:func:`~icl_heads.experiments.geometry.geometry_verdicts`), the power and replication
+    tables and each cell's wall time (:mod:`icl_heads.pages.evidence`).
 
     Example::
 
@@ -180,6 +182,8 @@ def write_geometry_page(
             f"{row.verdict} |"
         )
 
+    out += ["", *power_md(geometry_power(nested), CLAIMS)]
+    out += geometry_replication_md(nested)
     out += [
         "",
         "## Key numbers: where the curves rise",
@@ -325,6 +329,7 @@ def write_geometry_page(
             "|---|---|---|---|---|",
             *timing_rows,
         ]
+    out += ["", *wall_time_md(nested)]
     out += [
         "",
         "## How to reproduce",

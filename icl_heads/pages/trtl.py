@@ -15,6 +15,7 @@ from ..experiments.trtl.verdicts import CLAIMS, VERDICT_ALPHA, trtl_verdicts
 from ..results import ExperimentResult
 from ..settings import Settings
 from .common import check_family, fmt, fmt_ci, relpath, write_figure
+from .evidence import power_md, trtl_power, trtl_replication_md, wall_time_md
 
 
 def _cell(row: pd.Series) -> str:
@@ -112,7 +113,8 @@ def write_trtl_page(
 ) -> Path:
     """Write the TR/TL results page from the saved results only (every model under
     ``results_root``; see :func:`~icl_heads.experiments.trtl.reproduce_trtl`): the verdict
-    table per claim and model, then per model and task each experiment's table, settings
+    table per claim and model, the power table and the replication table
+    (:mod:`icl_heads.pages.evidence`), then per model and task each experiment's table, settings
     and figure (through :func:`~icl_heads.pages.common.write_figure`). Figures are standalone
     HTML files in ``figure_dir`` (one shared ``plotly.min.js``), linked and embedded.
 
@@ -167,6 +169,8 @@ def write_trtl_page(
         for _, row in v[v["task"] != "all tasks"].iterrows():
             parts.append(f"| {row['claim']} | {row['task']} | {row['verdict']} | {row['detail']} |")
         parts.append("\n</details>\n")
+    parts.append("\n".join(power_md(trtl_power(all_results), CLAIMS)))
+    parts.append("\n".join(trtl_replication_md(all_results)))
     for model, tasks in all_results.items():
         parts.append(f"## {model}\n")
         parts.append(_model_notes(tasks))
@@ -191,6 +195,7 @@ def write_trtl_page(
                 parts.append("<details><summary>Settings</summary>\n")
                 parts.append(_settings_block(res.settings))
                 parts.append("</details>\n")
+    parts.append("\n".join(wall_time_md(all_results)))
     page_path.write_text("\n".join(parts), encoding="utf-8")
     return page_path
 
