@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tasks_v1 import load_v1_task
 
 import icl_heads as ih
 from icl_heads.experiments.geometry import layer_geometry
@@ -46,7 +47,10 @@ def test_a_saved_layer_geometry_cell_recomputes_from_its_settings(smol):
     s = saved.settings
     assert s.model == model_name(smol)
     info = s.prompts
-    prompts = ih.build_prompts(smol, ih.load_task(info.task), k=info.k, n=info.n, seed=info.seed)
+    # the task file the cell was made from (the built-in data has grown since; issue 18)
+    task = load_v1_task(info.task, digest=saved.request["task_digest"])
+    prompts = ih.build_prompts(smol, task, k=info.k, n=info.n, seed=info.seed)
+    assert prompts.task_digest == saved.request["task_digest"]
     assert prompts.info() == info and tuple(prompts.label_words) == s.labels
     assert not s.interventions
     new = layer_geometry(

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tasks_v1 import load_v1_task
 
 import icl_heads as ih
 from icl_heads.experiments import trtl
@@ -19,8 +20,9 @@ CELL = (Path(__file__).resolve().parent.parent / "docs" / "results" / "data" / "
         / "smollm2-135m-instruct" / "sentiment" / "ablation")  # fmt: skip
 
 
-def _prompts(model, info: ih.PromptInfo) -> ih.PromptSet:
-    task = ih.load_task(info.task)
+def _prompts(model, info: ih.PromptInfo, digest: str) -> ih.PromptSet:
+    # the task file the cell was made from (the built-in data has grown since; issue 18)
+    task = load_v1_task(info.task, digest=digest)
     return ih.build_prompts(model, task, info.k, info.n, info.seed, perturbation=info.perturbation)
 
 
@@ -38,7 +40,9 @@ def test_saved_ablation_cell_recomputes_from_its_settings(smol):
     saved = ExperimentResult.load(CELL)
     s = saved.settings
     assert s.model == smol.cfg.model_name and not s.interventions
-    prompts = _prompts(smol, s.prompts)
+    digest = saved.request["task_digest"]
+    prompts = _prompts(smol, s.prompts, digest)
+    assert prompts.task_digest == digest
     assert prompts.info() == s.prompts
     got = trtl.ablation_experiment(
         smol,
@@ -49,7 +53,7 @@ def test_saved_ablation_cell_recomputes_from_its_settings(smol):
         random_like=s.random_like,
         mode=s.mode,
         positions=s.positions,
-        reference=_prompts(smol, s.means) if s.means is not None else None,
+        reference=_prompts(smol, s.means, digest) if s.means is not None else None,
         seed=s.seed,
         n_boot=s.n_boot,
         progress=False,
