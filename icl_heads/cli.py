@@ -1630,7 +1630,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=("local", "ray"),
         default="local",
-        help="where the cells (model x task x family) run: local (this process, default) or "
+        help="where the cells (model x task x family) run: local (this process) or "
         'ray (one Ray task per cell; pip install "icl-heads[ray]"); same folders either way',
     )
     r.add_argument(
