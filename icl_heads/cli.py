@@ -1159,6 +1159,21 @@ def _grid_runner(args: argparse.Namespace):
     return RayRunner(address=args.address, gpus_per_cell=args.gpus_per_cell)
 
 
+def _paths_for_other_nodes(args: argparse.Namespace, out: Path) -> Path:
+    """``--backend ray``: ``--out`` and the model directories and task files of the grid as
+    absolute paths (a worker on another node runs in another working directory)."""
+    from .models import EMBEDDED_MODELS
+    from .tasks import builtin_tasks
+
+    def absolute(name: str, names) -> str:
+        path = Path(name).expanduser()
+        return name if name in names or not path.exists() else str(path.resolve())
+
+    args.models = [absolute(name, EMBEDDED_MODELS) for name in args.models]
+    args.tasks = [absolute(name, builtin_tasks()) for name in args.tasks]
+    return out.resolve()
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from .experiments.grid import failure_summary, plan_grid, progress_line, run_grid
     from .pages.geometry import write_geometry_page
@@ -1174,6 +1189,8 @@ def _reproduce(args: argparse.Namespace) -> int:
             "--page-dir",
         )
     runner = _grid_runner(args)
+    if args.backend == "ray":
+        out = _paths_for_other_nodes(args, out)
     tasks = [load_task(name) for name in args.tasks]  # every task checked before any run
     _check_grid_sizes(args, tasks)
     for name in args.models:  # every model name checked before the first one loads

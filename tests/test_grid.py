@@ -149,3 +149,24 @@ def test_ray_runner_without_ray_names_the_extra(monkeypatch):
 def _result() -> ExperimentResult:
     info = PromptInfo(task="x", k=4, n=8, seed=0, perturbation="gold", model="m")
     return ExperimentResult("exp", make_table([table_row("c", "accuracy", 0.5, 0.4, 0.6, 8)]), info)
+
+
+def test_reproduce_on_ray_sends_absolute_paths_to_the_workers(capsys, monkeypatch, tmp_path):
+    if not ray_runner.ray_available():
+        pytest.skip('Ray is not installed (pip install "icl-heads[ray]")')
+    from icl_heads import cli
+
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text("{}")
+    rows = [f"good film {i},yes" for i in range(6)] + [f"bad film {i},no" for i in range(6)]
+    (tmp_path / "mine.csv").write_text("input,label\n" + "\n".join(rows) + "\n")
+    seen = []
+    monkeypatch.setattr(grid, "run_grid", lambda job, cells, runner, **kw: seen.append(job) or [])
+    monkeypatch.chdir(tmp_path)
+    argv = ["reproduce", "--backend", "ray", "--models", "my-model", "default"]
+    argv += ["--tasks", "mine.csv", "sentiment", "--experiments", "trtl", "--quick"]
+    assert cli.main([*argv, "--out", "grid"]) == 0, capsys.readouterr().err
+    (job,) = seen
+    assert job.out == tmp_path / "grid"
+    assert job.args.models == [str(tmp_path / "my-model"), "default"]
+    assert job.args.tasks == [str(tmp_path / "mine.csv"), "sentiment"]

@@ -1,0 +1,94 @@
+"""A 2 x 2 quick grid (2 tasks x the trtl and geometry families) with ``icl-heads
+reproduce`` on the local backend and on a new local Ray instance, timed end to end (each a
+fresh process, model loads and Ray's start included), and the two trees compared table by
+table.
+
+    python benchmarks/bench_ray_grid.py                 # the tiny random Llama (seconds)
+    python benchmarks/bench_ray_grid.py --model default # the embedded SmolLM2-135M
+
+The tiny model is saved as a Hugging Face directory so that Ray workers load it by name.
+The load average is printed before and after: on a shared machine it dominates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from icl_heads.experiments.cells import load_cells
+from icl_heads.models import load_tokenizer
+
+
+def tiny_model_dir(path: Path) -> Path:
+    """A 2-layer random Llama (d_model 32) with the SmolLM2 tokenizer, as a HF directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_tokenizer("default")
+    cfg = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def run(model: str, out: Path, backend: str, n: int) -> float:
+    argv = [sys.executable, "-m", "icl_heads.cli", "reproduce", "--models", model]
+    argv += ["--tasks", "sentiment", "topic", "--quick", "--n", str(n), "--no-reports"]
+    argv += ["--out", str(out), "--backend", backend]
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def same_tables(a: Path, b: Path) -> bool:
+    for family in ("trtl", "geometry"):
+        x, y = load_cells(a / family), load_cells(b / family)
+        for model in x:
+            for task in x[model]:
+                for name, result in x[model][task].items():
+                    other = y[model][task][name]
+                    for key in ("table", *result.tables):
+                        left = result.table if key == "table" else result.tables[key]
+                        right = other.table if key == "table" else other.tables[key]
+                        if not left.equals(right):
+                            return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="a model name (default: the tiny Llama)")
+    parser.add_argument("--n", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = args.model or str(tiny_model_dir(root / "tiny-llama"))
+        print(f"cores: {os.cpu_count()}; load average before: {os.getloadavg()}")
+        rows = []
+        for backend in ("local", "ray"):
+            seconds = run(model, root / backend, backend, args.n)
+            rows.append({"backend": backend, "seconds": round(seconds, 1)})
+        print(pd.DataFrame(rows).to_string(index=False))
+        print(f"identical tables: {same_tables(root / 'local', root / 'ray')}")
+        print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
