@@ -1,7 +1,7 @@
 """A 2 x 2 quick grid (2 tasks x the trtl and geometry families) with ``icl-heads
-reproduce`` on the local backend and on a new local Ray instance, timed end to end (each a
-fresh process, model loads and Ray's start included), and the two trees compared table by
-table.
+reproduce`` on the local backend (PyTorch's default threads, and 1 thread as each Ray task
+has) and on a new local Ray instance, timed end to end (each a fresh process, model loads
+and Ray's start included), and the trees compared table by table.
 
     python benchmarks/bench_ray_grid.py                 # the tiny random Llama (seconds)
     python benchmarks/bench_ray_grid.py --model default # the embedded SmolLM2-135M
@@ -48,12 +48,15 @@ def tiny_model_dir(path: Path) -> Path:
     return path
 
 
-def run(model: str, out: Path, backend: str, n: int) -> float:
+def run(model: str, out: Path, backend: str, n: int, threads: int | None = None) -> float:
+    """Wall seconds of one ``reproduce`` in a fresh process (``threads``: OMP_NUM_THREADS,
+    the PyTorch threads; Ray gives each task 1)."""
     argv = [sys.executable, "-m", "icl_heads.cli", "reproduce", "--models", model]
     argv += ["--tasks", "sentiment", "topic", "--quick", "--n", str(n), "--no-reports"]
     argv += ["--out", str(out), "--backend", backend]
+    env = dict(os.environ, **({} if threads is None else {"OMP_NUM_THREADS": str(threads)}))
     started = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
 
 
@@ -82,11 +85,16 @@ def main() -> None:
         model = args.model or str(tiny_model_dir(root / "tiny-llama"))
         print(f"cores: {os.cpu_count()}; load average before: {os.getloadavg()}")
         rows = []
-        for backend in ("local", "ray"):
-            seconds = run(model, root / backend, backend, args.n)
-            rows.append({"backend": backend, "seconds": round(seconds, 1)})
+        for backend, threads in (("local", None), ("local", 1), ("ray", None)):
+            name = f"{backend}-{threads or 'default'}"
+            seconds = run(model, root / name, backend, args.n, threads)
+            shown = "default" if threads is None else threads
+            rows.append({"backend": backend, "torch threads": shown, "seconds": round(seconds, 1)})
         print(pd.DataFrame(rows).to_string(index=False))
-        print(f"identical tables: {same_tables(root / 'local', root / 'ray')}")
+        same = all(
+            same_tables(root / "local-default", root / o) for o in ("local-1", "ray-default")
+        )
+        print(f"identical tables: {same}")
         print(f"load average after: {os.getloadavg()}")
 
 

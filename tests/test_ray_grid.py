@@ -20,8 +20,12 @@ ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "icl-
 
 from icl_heads import cli  # noqa: E402
 from icl_heads.experiments import kit  # noqa: E402
+from icl_heads.experiments.grid import plan_grid, progress_line, run_grid  # noqa: E402
+from icl_heads.experiments.ray_runner import RayRunner  # noqa: E402
 
-pytestmark = pytest.mark.slow  # each test runs a grid of tiny-model cells (30 s to minutes)
+#: Starting Ray and its workers (each imports icl-heads) alone takes 20 s or more here; the
+#: grids take minutes.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["sentiment", "topic"]
@@ -223,3 +227,51 @@ def test_a_cell_that_raises_is_named_and_the_other_cells_finish(
     assert code == 0, err
     assert sum("computed" in line for line in _progress(text)) == 1, text
     _assert_same_cells(_cells(out), _cells(local_grid))
+
+
+class _Job:
+    """A CellJob without a model (pickled by value to the workers): model ``bad`` fails
+    its check, task ``x`` fails its run."""
+
+    def load(self, model):
+        return model
+
+    def check(self, model, loaded):
+        if model == "bad":
+            raise ValueError("--models 'bad': its context is too short")
+        return model
+
+    def requests(self, cell, name):
+        return []
+
+    def run(self, cell, loaded):
+        if cell.task == "x":
+            raise OSError(f"disk full under {cell.label}")
+        return [{"experiment": "e", "status": "computed"}]
+
+
+def test_ray_runner_raises_a_model_check_as_is_and_reports_cell_errors_per_cell(ray_instance):
+    with pytest.raises(ValueError, match=r"^--models 'bad': its context is too short$"):
+        run_grid(_Job(), plan_grid(["good", "bad"], ["x"], ["trtl"]), RayRunner())
+    lines = []
+    outcomes = run_grid(
+        _Job(),
+        plan_grid(["good"], ["x", "y"], ["trtl", "geometry"]),
+        RayRunner(),
+        on_done=lambda o, d, t: lines.append(progress_line(o, d, t)),
+    )
+    assert [o.cell.label for o in outcomes] == [
+        "trtl good/x",
+        "trtl good/y",
+        "geometry good/x",
+        "geometry good/y",
+    ]
+    assert [o.error for o in outcomes] == [
+        "OSError: disk full under trtl good/x",
+        None,
+        "OSError: disk full under geometry good/x",
+        None,
+    ]
+    assert sorted(int(line[1]) for line in lines) == [1, 2, 3, 4]  # one line per cell
+    assert sum("FAILED (OSError: disk full under" in line for line in lines) == 2
+    assert ray.is_initialized()  # an instance the runner joined is left running

@@ -95,7 +95,8 @@ class RayRunner:
 
     def prepare(self, job: CellJob, models: Sequence[str]) -> dict[str, str | None]:
         """Load and check each model in a Ray task (in parallel); ``{model: saved name}``.
-        The first error is raised as the worker raised it (the type its check gave)."""
+        The first error is raised as the worker raised it (the type its check gave); a
+        worker that died loading a model gives an OSError naming the model."""
         self._connect()
         probe = ray.remote(_probe_task).options(**self._resources(), max_retries=0)
         refs = {model: probe.remote(job, model) for model in models}
@@ -108,7 +109,7 @@ class RayRunner:
                 cause = _cause(err)
                 if isinstance(cause, Exception) and cause is not err:
                     raise cause from None
-                raise RuntimeError(
+                raise OSError(  # a dead worker (out of memory, a lost node): not a bad input
                     f"Ray could not load model {model!r}: {describe_error(cause)}"
                 ) from None
         return names
