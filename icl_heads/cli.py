@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -1018,33 +1019,33 @@ def _stale_cells_in_cli_terms():
         raise ValueError(text.replace("a new out_dir", "a new --out")) from None
 
 
-def _run_family(family: str, model, args: argparse.Namespace, out: Path, device) -> None:
+def _run_family(family: str, model, args: argparse.Namespace, out: Path, device):
     """One family's grid of ``reproduce`` on one model (resumable; see the library's
-    ``reproduce_trtl`` / ``reproduce_geometry``)."""
+    ``reproduce_trtl`` / ``reproduce_geometry``); its cell table."""
     from .experiments import geometry, trtl
 
     if family == "trtl":
-        trtl.reproduce_trtl(
+        return trtl.reproduce_trtl(
             model,
             args.tasks,
             out / "trtl",
             quick=args.quick,
             seed=args.seed,
-            progress=True,
+            progress=getattr(args, "progress", True),
             n=args.n,
             batch_size=args.batch_size,
             device=device,
             rerun_stale=args.rerun_stale,
         )
     else:
-        geometry.reproduce_geometry(
+        return geometry.reproduce_geometry(
             model,
             args.tasks,
             out / "geometry",
             quick=args.quick,
             k=_GEOMETRY_K,
             seed=args.seed,
-            progress=True,
+            progress=getattr(args, "progress", True),
             n=args.n,
             batch_size=args.batch_size,
             device=device,
@@ -1052,14 +1053,131 @@ def _run_family(family: str, model, args: argparse.Namespace, out: Path, device)
         )
 
 
-def _reproduce(args: argparse.Namespace) -> int:
+def _family_requests(family: str, name: str | None, task, args: argparse.Namespace, out: Path):
+    """``(path, request)`` of every experiment folder of one cell of ``reproduce`` (the
+    requests :func:`_run_family` makes: keep the two in step), for the grid's one
+    stale-cell check before anything runs."""
+    from .experiments import geometry, trtl
+    from .experiments.geometry.reproduce import cell_requests as geometry_requests
+    from .experiments.trtl.reproduce import cell_requests as trtl_requests
+    from .results import safe_name
+
+    root = out / family / safe_name(name or "model") / safe_name(task.name)
+    if family == "trtl":
+        preset = trtl.QUICK if args.quick else trtl.FULL
+        sizes = dict(n=args.n or preset.n, n_random=preset.n_random, n_boot=preset.n_boot)
+        requests = trtl_requests(name, task, preset, k=preset.k, seed=args.seed, **sizes)
+    else:
+        preset = geometry.QUICK if args.quick else geometry.FULL
+        n = args.n or preset.n
+        requests = geometry_requests(name, task, preset, n=n, k=_GEOMETRY_K, seed=args.seed)
+    return [(root / experiment, request) for experiment, request in requests.items()]
+
+
+def _write_cell_reports(model, family: str, task, args: argparse.Namespace, out: Path) -> None:
+    """A report.html for every saved experiment of one cell that lacks one (not the hidden
+    temporary folders of a killed run), sharing ``out/plotly.min.js``."""
     from .attention_patterns import attention_example
-    from .pages.geometry import write_geometry_page
-    from .pages.trtl import write_trtl_page
     from .prompts import build_prompts
     from .report import write_report
     from .results import ExperimentResult, safe_name
     from .settings import model_name
+
+    task_dir = out / family / safe_name(model_name(model) or "model") / safe_name(task.name)
+    cells = [c for c in sorted(task_dir.glob("*/result.json")) if not c.parent.name.startswith(".")]
+    todo = [c.parent for c in cells if not (c.parent / "report.html").is_file()]
+    if not todo:
+        return
+    example = attention_example(model, build_prompts(model, task, k=4, n=1, seed=args.seed))
+    for cell in todo:
+        write_report(
+            cell / "report.html",
+            ExperimentResult.load(cell),
+            example=example,
+            command=args.command_line,
+            plotly_js=os.path.relpath(out / "plotly.min.js", cell),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReproduceJob:
+    """What one cell (model x task x family) of ``reproduce`` does, in this process or in a
+    Ray task (an :class:`icl_heads.experiments.grid.CellJob`): it holds the options, never a
+    model, so it pickles; each worker loads its model by name."""
+
+    args: argparse.Namespace
+    out: Path
+    progress: bool = True  # the cells' progress bars (off in Ray tasks: one line per cell)
+
+    def load(self, model: str):
+        return _load_model_arg(model, _resolve_device_arg(self.args.device), "--models")
+
+    def check(self, model: str, loaded) -> str | None:
+        from .settings import model_name
+        from .tasks import load_task
+
+        _check_grid_prompts(self.args, [load_task(t) for t in self.args.tasks], loaded, model)
+        return model_name(loaded)
+
+    def requests(self, cell, name: str | None):
+        from .tasks import load_task
+
+        return _family_requests(cell.family, name, load_task(cell.task), self.args, self.out)
+
+    def run(self, cell, loaded) -> list[dict]:
+        from .tasks import load_task
+
+        args = argparse.Namespace(
+            **{**vars(self.args), "tasks": [cell.task], "progress": self.progress}
+        )
+        device = _resolve_device_arg(self.args.device)
+        table = _run_family(cell.family, loaded, args, self.out, device)
+        if self.args.reports:
+            _write_cell_reports(loaded, cell.family, load_task(cell.task), args, self.out)
+        return table.to_dict("records")
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
+    return value
+
+
+def _grid_runner(args: argparse.Namespace):
+    """The runner of ``reproduce --backend`` (checked before any model loads)."""
+    from .experiments.grid import LocalRunner
+
+    if args.backend == "local":
+        for option, value in (("--address", args.address), ("--gpus-per-cell", args.gpus_per_cell)):
+            if value is not None:
+                raise ValueError(f"{option} {value} is for --backend ray; add --backend ray.")
+        _resolve_device_arg(args.device)  # the device of this machine, before any load
+        return LocalRunner()
+    from .experiments.ray_runner import RayRunner
+
+    return RayRunner(address=args.address, gpus_per_cell=args.gpus_per_cell)
+
+
+def _paths_for_other_nodes(args: argparse.Namespace, out: Path) -> Path:
+    """``--backend ray``: ``--out`` and the model directories and task files of the grid as
+    absolute paths (a worker on another node runs in another working directory)."""
+    from .models import EMBEDDED_MODELS
+    from .tasks import builtin_tasks
+
+    def absolute(name: str, names) -> str:
+        path = Path(name).expanduser()
+        return name if name in names or not path.exists() else str(path.resolve())
+
+    args.models = [absolute(name, EMBEDDED_MODELS) for name in args.models]
+    args.tasks = [absolute(name, builtin_tasks()) for name in args.tasks]
+    return out.resolve()
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .experiments.grid import failure_summary, plan_grid, progress_line, run_grid
+    from .pages.geometry import write_geometry_page
+    from .pages.trtl import write_trtl_page
     from .tasks import load_task
 
     quick_root = Path("results/reproduce-quick")
@@ -1070,53 +1188,34 @@ def _reproduce(args: argparse.Namespace) -> int:
             args.page_dir or (quick_root / "pages" if args.quick else "docs/results"),
             "--page-dir",
         )
-    device = _resolve_device_arg(args.device)
+    runner = _grid_runner(args)
+    if args.backend == "ray":
+        out = _paths_for_other_nodes(args, out)
     tasks = [load_task(name) for name in args.tasks]  # every task checked before any run
     _check_grid_sizes(args, tasks)
     for name in args.models:  # every model name checked before the first one loads
         _check_model_name(name, "--models")
-    shared_js = out / "plotly.min.js"
-    for name in args.models:
-        model = _load_model_arg(name, device, "--models")
-        _check_grid_prompts(args, tasks, model, name)  # before this model's first cell
-        for family in args.experiments:
-            started = time.perf_counter()
-            print(
-                f"\n== {family} on {model.cfg.model_name}: {', '.join(t.name for t in tasks)}",
-                flush=True,
-            )
-            with _stale_cells_in_cli_terms():
-                _run_family(family, model, args, out, device)
-            print(f"   {family}: {time.perf_counter() - started:.0f} s", flush=True)
-            if not args.reports:
-                continue
-            model_dir = out / family / safe_name(model_name(model) or "model")
-            for task in tasks:
-                cells = [  # not the hidden temporary folders of a killed run
-                    c
-                    for c in sorted((model_dir / safe_name(task.name)).glob("*/result.json"))
-                    if not c.parent.name.startswith(".")
-                ]
-                todo = [c.parent for c in cells if not (c.parent / "report.html").is_file()]
-                if not todo:
-                    continue
-                example = attention_example(
-                    model, build_prompts(model, task, k=4, n=1, seed=args.seed)
-                )
-                for cell in todo:
-                    js = os.path.relpath(shared_js, cell)
-                    write_report(
-                        cell / "report.html",
-                        ExperimentResult.load(cell),
-                        example=example,
-                        command=args.command_line,
-                        plotly_js=js,
-                    )
-        del model
+    options = argparse.Namespace(**{**vars(args), "func": None})
+    job = _ReproduceJob(options, out, progress=args.backend == "local")
+    cells = plan_grid(args.models, args.tasks, args.experiments)
+    print(f"{len(cells)} cells (model x task x family) on the {args.backend} backend", flush=True)
+    with _stale_cells_in_cli_terms():
+        outcomes = run_grid(
+            job,
+            cells,
+            runner,
+            rerun_stale=args.rerun_stale,
+            on_done=lambda outcome, done, total: print(
+                progress_line(outcome, done, total), flush=True
+            ),
+        )
     print(
         f"\nResults in {out}{os.sep}<family>/<model>/<task>/<experiment>/ (finished cells "
         "are skipped on a re-run)"
     )
+    failed = failure_summary(outcomes)
+    if failed is not None:
+        return _fail(failed)
     if page_dir is not None:
         command = args.command_line
         if "trtl" in args.experiments:
@@ -1543,6 +1642,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not write a report.html per cell (default: write them, sharing "
         "one plotly.min.js in --out)",
+    )
+    r.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where the cells (model x task x family) run: local (this process) or "
+        'ray (one Ray task per cell; pip install "icl-heads[ray]"); same folders either way',
+    )
+    r.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="with --backend ray: the cluster to join (ray.init(address=...), e.g. auto or "
+        "ray://head:10001; default: $RAY_ADDRESS, else a new local Ray instance)",
+    )
+    r.add_argument(
+        "--gpus-per-cell",
+        type=_non_negative_float,
+        default=None,
+        metavar="N",
+        help="with --backend ray: GPUs per cell (Ray's num_gpus; a fraction such as 0.5 "
+        "packs cells on a GPU; default: 1 when the cluster has GPUs, else 0)",
     )
     r.set_defaults(func=_reproduce)
     return parser

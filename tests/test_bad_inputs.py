@@ -2321,3 +2321,55 @@ def test_a_bad_wall_time_is_refused_on_saving_and_loading(tmp_path):
     meta.write_text(json.dumps(header))
     with pytest.raises(ValueError, match=r"wall_seconds in .*result\.json.* is 'slow'"):
         ih.ExperimentResult.load(tmp_path / "cell")
+
+
+# ---- H8: the grid runners (issue 20 item 5: reproduce --backend ray)
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--address", "auto"], "--address auto is for --backend ray"),
+        (["--gpus-per-cell", "1"], "--gpus-per-cell 1.0 is for --backend ray"),
+        (["--backend", "ray", "--gpus-per-cell", "-1"], "'-1'"),
+        (["--backend", "dask"], "'dask'"),
+    ],
+)
+def test_reproduce_backend_options_are_checked_before_any_model_loads(
+    capsys, tmp_path, extra, named
+):
+    assert cli.main(["reproduce", "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("icl-heads: error: ") and err.count("\n") == 1, err
+    assert named in err
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_reproduce_on_ray_without_ray_names_the_extra(capsys, monkeypatch, tmp_path):
+    from icl_heads.experiments import ray_runner
+
+    monkeypatch.setattr(ray_runner, "ray", None)
+    assert cli.main(["reproduce", "--backend", "ray", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "icl-heads[ray]"' in err, err
+
+
+def test_grid_runners_refuse_bad_arguments_naming_them(tmp_path):
+    from icl_heads.experiments import grid, ray_runner
+
+    with pytest.raises(ValueError, match=r"plan_grid: models must be a non-empty list, got \[\]"):
+        grid.plan_grid([], ["sentiment"], ["trtl"])
+    with pytest.raises(ValueError, match=r"plan_grid: tasks .* got 'sentiment'"):
+        grid.plan_grid(["default"], "sentiment", ["trtl"])
+    with pytest.raises(TypeError, match=r"keep_going must be True or False, got 'yes'"):
+        grid.LocalRunner(keep_going="yes")
+    with pytest.raises(ValueError, match="run_grid: no cells"):
+        grid.run_grid(object(), [], grid.LocalRunner())
+    if ray_runner.ray_available():
+        with pytest.raises(ValueError, match=r"address=''"):
+            ray_runner.RayRunner(address="")
+        with pytest.raises(ValueError, match=r"gpus_per_cell=-1"):
+            ray_runner.RayRunner(gpus_per_cell=-1)
+        with pytest.raises(ValueError, match=r"cpus_per_cell='2'"):
+            ray_runner.RayRunner(cpus_per_cell="2")
