@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from transformer_lens import HookedTransformer
+
+from .backends import HookedTransformer
 
 if TYPE_CHECKING:  # annotations only: this module imports nothing of the package at run time
     from .prompts import PromptSet

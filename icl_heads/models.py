@@ -43,11 +43,12 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from .backends import (
     BACKENDS,
     Backend,
+    HookedTransformer,
+    HookedTransformerConfig,
     TransformerBridge,
     add_zero_output_biases,
     resolve_backend,
