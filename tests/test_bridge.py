@@ -56,9 +56,17 @@ def tiny_hf_llama(vocab_size: int, seed: int = 0):
     return model
 
 
+needs_hooked = pytest.mark.skipif(
+    not backends.hooked_available(),
+    reason="TransformerLens 4.x has no HookedTransformer: the hooked-vs-bridge parity runs on 3.x",
+)
+
+
 @pytest.fixture(scope="module")
 def pair(smol_tokenizer):
     """``(hooked, bridge)`` from one tiny Hugging Face model."""
+    if not backends.hooked_available():
+        pytest.skip("TransformerLens 4.x has no HookedTransformer: parity runs on 3.x")
     hf = tiny_hf_llama(smol_tokenizer.vocab_size)
     hooked = ih.models.convert_hf_model(copy.deepcopy(hf), smol_tokenizer)
     hooked.tokenizer.padding_side = "left"
@@ -320,6 +328,104 @@ def test_attribution_patching_matches(pair, prompts):
 
 def test_the_model_check_accepts_a_compatibility_mode_bridge(pair):
     prompt_set.check_model(pair[1], "build_prompts")
+
+
+# --------------------------------------------------------------------------- the bridge engine
+# Bridge-only: these run on TransformerLens 4.x too (no HookedTransformer there).
+
+
+@pytest.fixture(scope="module")
+def lone_bridge(smol_tokenizer):
+    hf = tiny_hf_llama(smol_tokenizer.vocab_size, seed=1)
+    return ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def lone_prompts(lone_bridge, sentiment_task):
+    return ih.build_prompts(lone_bridge, sentiment_task, k=3, n=6, seed=1)
+
+
+def engine_matches_full_pass(model, prompts, query_only: bool, tol: float = TOL) -> None:
+    """Every block of the bridge engine, restarted from the clean residual stream, gives the
+    full pass's ``hook_resid_post`` (at the query, or at every real position)."""
+    from icl_heads import bridge_engine
+
+    G = len(prompts)
+    L = model.cfg.n_layers
+    with torch.inference_mode():
+        state, resid, _ = bridge_engine.clean_pass(
+            model, prompts, torch.arange(G), query_only=query_only, layers=range(L)
+        )
+        _, cache = model.run_with_cache(prompts.tokens, attention_mask=prompts.attention_mask)
+        rows = torch.arange(G).repeat(2)  # two rows per prompt, in item-major order
+        real = prompts.attention_mask.bool().repeat(2, 1)
+        for layer in range(L):
+            out = bridge_engine.run_block(model, state, layer, resid[layer][rows], rows)
+            ref = cache[hook_name("resid_post", layer)][rows]
+            if query_only:
+                assert_same(out[:, 0], ref[:, -1], tol=tol)
+            else:
+                assert_same(out[real], ref[real], tol=tol)
+
+
+@pytest.mark.parametrize("query_only", [True, False])
+def test_bridge_engine_blocks_reproduce_the_full_pass(lone_bridge, lone_prompts, query_only):
+    assert backends.supports_engine(lone_bridge)
+    engine_matches_full_pass(lone_bridge, lone_prompts, query_only)
+
+
+def test_bridge_engine_refuses_a_block_that_ignores_the_prefix(
+    lone_bridge, lone_prompts, monkeypatch
+):
+    from icl_heads import bridge_engine
+
+    with torch.inference_mode():
+        state, resid, _ = bridge_engine.clean_pass(
+            lone_bridge, lone_prompts, torch.arange(len(lone_prompts)), query_only=True, layers=[1]
+        )
+        attn = lone_bridge.blocks[1].attn
+        monkeypatch.setattr(attn, "_update_kv_cache", lambda k, v, **kwargs: (k, v))
+        rows = torch.arange(len(lone_prompts))
+        with pytest.raises(RuntimeError, match="Block 1 of the bridge ignored the cached prefix"):
+            bridge_engine.run_block(lone_bridge, state, 1, resid[1], rows)
+
+
+@pytest.mark.parametrize("positions", ["query", "all"])
+def test_fast_sweeps_on_the_bridge_match_its_full_passes(lone_bridge, lone_prompts, positions):
+    got = [
+        ih.head_sweep(lone_bridge, lone_prompts, positions=positions, method=m, progress=False)
+        for m in ("fast", "naive")
+    ]
+    assert_same(*got)
+    assert not math.isnan(float(got[0].scores.nanmean()))
+
+
+def test_run_conditions_on_the_bridge_matches_its_full_passes(
+    lone_bridge, lone_prompts, monkeypatch
+):
+    from icl_heads import last_token
+
+    def conditions():  # at the query: what the engine's query rows re-run
+        ablate = [ih.ablate(lone_bridge, [h], "zero", "query") for h in ((1, 2), (0, 1))]
+        return {"L1H2": Run((ablate[0],), start=1), "L0H1": Run((ablate[1],), start=0)}
+
+    got = []
+    for engine in (True, False):
+        monkeypatch.setattr(last_token, "supports_engine", lambda model, engine=engine: engine)
+        for query_only in (True, False):
+            got.append(
+                run_conditions(
+                    lone_bridge,
+                    lone_prompts,
+                    conditions(),
+                    query_only=query_only,
+                    state_layers=[1],
+                    baseline_start=0,
+                    progress=False,
+                )
+            )
+    for other in got[:3]:  # engine (query rows, all positions), full passes (twice)
+        assert_same(other, got[3])
 
 
 # --------------------------------------------------------------------------- embedded model
