@@ -504,6 +504,8 @@ def run_conditions(
     )
     if not starts:
         starts = [model.cfg.n_layers - 1]
+    # A state before a run's start is the clean run's: the stream entering the next block.
+    early = {s + 1 for s in state_layers if s < starts[-1]}
     keys = ["baseline", *conditions]
     measured: dict = {k: [] for k in keys}
     states: dict = {k: [] for k in keys}
@@ -513,13 +515,16 @@ def run_conditions(
         logits = run_items(
             model, clean, torch.tensor([start]), None, [*background, *interventions, capture]
         )[0]
-        got = torch.stack([capture.store[nm] for nm in names], 1).float().cpu() if names else None
-        return logits, got
+        got = [
+            capture.store[nm] if s >= start else clean.resid[s + 1][:, -1]
+            for s, nm in zip(state_layers, names, strict=True)
+        ]
+        return logits, torch.stack(got, 1).float().cpu() if names else None
 
     for group in clean_groups(
         model,
         prompts,
-        layers=starts,
+        layers=sorted(set(starts) | early),
         query_only=query_only,
         interventions=background,
         batch_size=batch_size,

@@ -454,3 +454,44 @@ def test_embedded_model_on_the_bridge_matches_the_hooked_one(smol, smol_bridge, 
     ]
     assert_same(*got, tol=TOL_EMBEDDED)
     assert not math.isnan(float(got[1].scores.nanmean()))
+
+
+# --------------------------------------------------------------------------- run_conditions
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+@pytest.mark.parametrize("query_only", [True, False])
+def test_run_conditions_states_before_a_start_are_the_clean_runs(
+    backend, query_only, lone_bridge, smol_tokenizer, sentiment_task, monkeypatch
+):
+    """``state_layers`` reaching below a condition's start layer (a KeyError before): those
+    states are the clean run's, as a full pass per condition gives them."""
+    from icl_heads import last_token
+
+    if backend == "hooked":
+        if not backends.hooked_available():
+            pytest.skip("TransformerLens 4.x has no HookedTransformer")
+        model = ih.models.convert_hf_model(
+            tiny_hf_llama(smol_tokenizer.vocab_size, seed=1), smol_tokenizer
+        )
+        model.tokenizer.padding_side = "left"
+    else:
+        model = lone_bridge
+    prompts = ih.build_prompts(model, sentiment_task, k=3, n=6, seed=2)
+    iv = ih.ablate(model, [(1, 0)], "zero", "query")
+    got = []
+    for engine in (True, False):
+        monkeypatch.setattr(last_token, "supports_engine", lambda model, engine=engine: engine)
+        got.append(
+            run_conditions(
+                model,
+                prompts,
+                {"L1H0": Run((iv,), start=1)},
+                query_only=query_only,
+                state_layers=[0, 1],
+                baseline_start=1,
+                progress=False,
+            )
+        )
+    assert_same(*got)
+    assert got[0][1]["L1H0"].shape == (6, 2, model.cfg.d_model)
