@@ -369,6 +369,26 @@ def engine_matches_full_pass(model, prompts, query_only: bool, tol: float = TOL)
                 assert_same(out[real], ref[real], tol=tol)
 
 
+def test_the_adapter_on_a_bridge_alone(lone_bridge, lone_prompts):
+    """What the adapter answers on a bridge, on either TransformerLens (on 4.x there is no
+    hooked model to compare with): architecture, per-query-head W_K/W_V, b_O, the final
+    residual stream, the registered hook names."""
+    m = lone_bridge
+    L, H, d, dh = m.cfg.n_layers, m.cfg.n_heads, m.cfg.d_model, m.cfg.d_head
+    assert backends.architecture(m) == "LlamaForCausalLM"
+    W_K, W_V = backends.key_value_weights(m)
+    assert W_K.shape == W_V.shape == (L, H, d, dh)
+    assert_same(W_K[:, 0], W_K[:, 1])  # 4 query heads share 2 key/value heads
+    assert backends.attn_output_bias(m).shape == (L, d) and m.b_O.shape == (L, d)
+    with torch.no_grad():
+        tokens, mask = lone_prompts.tokens, lone_prompts.attention_mask
+        logits = m(tokens, attention_mask=mask)[:, -1]
+        resid = backends.final_residual(m, tokens, mask)
+        assert_same(final_logits(m, resid[:, -1]), logits)
+    got = collect(m, lone_prompts, [hook_name("resid_pre", 1)], positions="query", progress=False)
+    assert set(got.activations) == {"blocks.1.hook_resid_pre"}
+
+
 @pytest.mark.parametrize("query_only", [True, False])
 def test_bridge_engine_blocks_reproduce_the_full_pass(lone_bridge, lone_prompts, query_only):
     assert backends.supports_engine(lone_bridge)
