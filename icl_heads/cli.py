@@ -167,6 +167,10 @@ def _resolve_device_arg(device: str | None):
 def _check_model_name(name: str, option: str = "--model") -> str:
     """:func:`icl_heads.model_names.check_model_name` with the CLI's option in its errors
     (``--model`` or ``--models``) and this module's hub probe. Returns ``name``."""
+    from . import models
+
+    if isinstance(name, str) and name in models.EMBEDDED_MODELS:  # ImportError if missing
+        models.embedded_model_parts(models.EMBEDDED_MODELS[name])
     return check_model_name(name, option, probe=_hub_problem)
 
 

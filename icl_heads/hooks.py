@@ -36,9 +36,9 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from .backends import HookedTransformer
-
 if TYPE_CHECKING:  # annotations only: this module imports nothing of the package at run time
+    from transformer_lens import HookedTransformer  # (3.x; only read by type checkers)
+
     from .prompts import PromptSet
 
 #: ``[(hook name or names filter, hook function)]``, as TransformerLens's ``fwd_hooks``.
