@@ -22,9 +22,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
-from .backends import final_residual
+from .backends import HookedTransformer, final_residual
 from .hooks import (
     PATTERN_HOOKS,
     Capture,

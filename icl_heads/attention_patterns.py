@@ -22,8 +22,7 @@ from torch import Tensor
 from .activations import collect
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
-
+    from .backends import HookedTransformer
     from .prompts import PromptSet
 
 

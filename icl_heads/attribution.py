@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from .backends import HookedTransformer
 from .decomposition import (
     component_labels,
     final_norm_weight,

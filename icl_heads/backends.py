@@ -18,8 +18,9 @@ Differences handled here (each function's docstring says how):
 * hook names: the bridge reports a canonical name (``blocks.0.hook_in``) to hooks added
   under a legacy one (``blocks.0.hook_resid_pre``): :func:`icl_heads.hooks.registered_name`
   keys captures on the name registered (a name table, no backend check);
-* ``start_at_layer`` and the key/value cache the cached-prefix engine needs exist on the
-  hooked backend only: :func:`supports_engine`.
+* the cached-prefix engine: TransformerLens internals on the hooked backend
+  (:mod:`icl_heads.last_token`), the bridge's own blocks on a bridge
+  (:mod:`icl_heads.bridge_engine`, no ``start_at_layer`` needed): :func:`supports_engine`.
 
 Example::
 
@@ -36,12 +37,28 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+
+try:  # TransformerLens 3.x; 4.x removed it (TransformerBridge only)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+except ImportError:  # pragma: no cover - depends on the installed TransformerLens
+
+    class HookedTransformer:  # type: ignore[no-redef]
+        """Stand-in on TransformerLens 4.x, which has no ``HookedTransformer``: no model is
+        one, so every analysis takes the bridge path; the toolkit's modules import the
+        name from here (for type hints and ``isinstance``)."""
+
+    HookedTransformerConfig = None  # type: ignore[assignment,misc]
 
 try:  # TransformerLens >= 3.9 ships the bridge; older releases do not
     from transformer_lens.model_bridge import TransformerBridge
 except ImportError:  # pragma: no cover - depends on the installed TransformerLens
     TransformerBridge = None  # type: ignore[assignment,misc]
+try:  # the attention the bridge engine (icl_heads.bridge_engine) can run block by block
+    from transformer_lens.model_bridge.generalized_components import (
+        PositionEmbeddingsAttentionBridge,
+    )
+except ImportError:  # pragma: no cover - depends on the installed TransformerLens
+    PositionEmbeddingsAttentionBridge = None  # type: ignore[assignment,misc]
 
 #: The ``backend=`` choices of :func:`icl_heads.models.load_model`.
 Backend = Literal["auto", "hooked", "bridge"]
@@ -61,6 +78,11 @@ def transformer_lens_major() -> int:
         return 0
     head = version.split(".", 1)[0]
     return int(head) if head.isdigit() else 0
+
+
+def hooked_available() -> bool:
+    """Whether the installed TransformerLens ships ``HookedTransformer`` (3.x; 4.x does not)."""
+    return HookedTransformerConfig is not None
 
 
 def bridge_available() -> bool:
@@ -84,6 +106,11 @@ def resolve_backend(backend: object) -> Literal["hooked", "bridge"]:
         )
     if backend == "auto":
         return "bridge" if transformer_lens_major() >= 4 else "hooked"
+    if backend == "hooked" and not hooked_available():
+        raise ValueError(
+            "backend='hooked' needs TransformerLens 3.x (HookedTransformer was removed in 4.0); "
+            "pass backend='bridge' or 'auto', or install 'transformer-lens>=3.9,<4'."
+        )
     if backend == "bridge" and not bridge_available():
         raise ValueError(
             "backend='bridge' needs TransformerLens >= 3.9 (transformer_lens.model_bridge); "
@@ -263,17 +290,36 @@ def final_residual(
 
 
 def supports_engine(model: Any) -> bool:
-    """Whether the cached-prefix engine (key/value cache, ``start_at_layer``, TransformerLens
-    block internals) can run on ``model``: the hooked backend only. On a bridge the
-    sweeps and experiments take their exact fallback (one full pass per condition/item)."""
-    return not is_bridge(model)
+    """Whether the cached-prefix engine can run on ``model``: every ``HookedTransformer``
+    (:mod:`icl_heads.last_token`), and a bridge whose every attention is a
+    ``PositionEmbeddingsAttentionBridge`` with rotated-key and value hooks (Llama, Mistral,
+    Qwen, Gemma and similar: :mod:`icl_heads.bridge_engine` runs its own blocks). Other
+    bridges take the exact fallback (one full pass per condition or swept item).
+
+    Example::
+
+        supports_engine(ih.load_model(backend="bridge"))   # True (SmolLM2 is a Llama)
+    """
+    if not is_bridge(model):
+        return True
+    if PositionEmbeddingsAttentionBridge is None:  # pragma: no cover - older bridges
+        return False
+    return all(
+        isinstance(block.attn, PositionEmbeddingsAttentionBridge)
+        and hasattr(block.attn, "hook_rot_k")
+        and callable(getattr(block, "register_forward_pre_hook", None))
+        for block in model.blocks
+    )
 
 
 __all__ = [
     "Backend",
     "BACKENDS",
     "transformer_lens_major",
+    "hooked_available",
     "bridge_available",
+    "HookedTransformer",
+    "HookedTransformerConfig",
     "resolve_backend",
     "is_bridge",
     "is_model",

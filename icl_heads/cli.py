@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from .model_names import check_model_name, hub_problem
 from .outputs import check_output_dir, check_output_file
 
 PROG = "icl-heads"
@@ -165,80 +166,18 @@ def _resolve_device_arg(device: str | None):
 
 
 def _check_model_name(name: str, option: str = "--model") -> str:
-    """Check a model name (of ``option``, ``--model`` or ``--models``) the way
-    :func:`icl_heads.models.load_model` will resolve it, loading nothing: an embedded model
-    whose package is installed, a local directory with ``config.json``, or a
-    TransformerLens official name that is in the local Hugging Face cache or can be
-    downloaded now (the hub answers). Returns ``name``.
+    """:func:`icl_heads.model_names.check_model_name` with the CLI's option in its errors
+    (``--model`` or ``--models``) and this module's hub probe. Returns ``name``."""
+    from . import models
 
-    Raises:
-        ValueError: an empty or unknown name, a file or a directory without config.json.
-        FileNotFoundError: a path that does not exist.
-        ImportError: an embedded model whose package is not installed.
-        ConnectionError: a hub model that is not cached while the hub cannot be reached.
-    """
-    from .models import EMBEDDED_MODELS, embedded_model_parts
-
-    choices = ", ".join(EMBEDDED_MODELS)
-    fix = (
-        f"pass an embedded model ({choices}), a local directory with a Hugging Face model, "
-        "or a TransformerLens official name such as gpt2"
-    )
-    if not name.strip():
-        raise ValueError(f"{option} {name!r} is empty; {fix}.")
-    if name in EMBEDDED_MODELS:
-        embedded_model_parts(EMBEDDED_MODELS[name])  # ImportError if its package is missing
-        return name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(
-                f"{option} {name!r} is a directory without config.json; pass a directory "
-                "saved with model.save_pretrained(...) and tokenizer.save_pretrained(...)."
-            )
-        return name
-    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(name):
-        if path.exists():
-            raise ValueError(
-                f"{option} {name!r} is a file; pass the directory that holds a Hugging Face "
-                "model (config.json and weights)."
-            )
-        raise FileNotFoundError(
-            f"{option} {name!r}: no such directory; pass an existing directory with a Hugging "
-            "Face model, or a model name."
-        )
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
-    try:
-        official = get_official_model_name(name)
-    except ValueError:
-        raise ValueError(f"Unknown model {name!r} ({option}); {fix}.") from None
-    problem = _hub_problem(official)
-    if problem is not None:
-        raise ConnectionError(
-            f"{option} {name!r} must be downloaded from the Hugging Face hub, which cannot be "
-            f"reached from this machine ({problem}). Use {option} default for the embedded "
-            "model, or a local directory that holds the model's files."
-        )
-    return name
+    if isinstance(name, str) and name in models.EMBEDDED_MODELS:  # ImportError if missing
+        models.embedded_model_parts(models.EMBEDDED_MODELS[name])
+    return check_model_name(name, option, probe=_hub_problem)
 
 
 def _hub_problem(repo_id: str) -> str | None:
-    """Why the hub model ``repo_id`` cannot be loaded now (``None``: it is in the local
-    Hugging Face cache, or the hub answers within a few seconds)."""
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
-        return None
-    try:
-        huggingface_hub.HfApi().model_info(repo_id, timeout=10)
-    except HfHubHTTPError:
-        return None  # the hub answered (e.g. a gated model): loading gives the details
-    except Exception as err:  # offline mode, no DNS, refused, timed out
-        text = str(err).splitlines()[0] if str(err) else ""
-        return f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return None
+    """:func:`icl_heads.model_names.hub_problem` (a name the CLI's tests can replace)."""
+    return hub_problem(repo_id)
 
 
 def _load_model_arg(name: str, device, option: str = "--model"):

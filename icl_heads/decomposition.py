@@ -24,11 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from .activations import Batch, iter_batches
-from .backends import architecture
+from .backends import HookedTransformer, architecture
 from .prompts import PromptSet, check_prompt_set
 
 #: ``reduce(batch, terms) -> {name: [batch, ...]}``: per-prompt values from one batch's terms.

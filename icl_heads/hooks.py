@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 if TYPE_CHECKING:  # annotations only: this module imports nothing of the package at run time
+    from transformer_lens import HookedTransformer  # (3.x; only read by type checkers)
+
     from .prompts import PromptSet
 
 #: ``[(hook name or names filter, hook function)]``, as TransformerLens's ``fwd_hooks``.

@@ -17,8 +17,9 @@ key/value heads) instead of copying it per row.
 
 This module and ``models.py`` are the only places that touch ``HookedTransformer``
 internals (``calculate_qkv_matrices``, ``apply_rotary``, the key/value cache). A
-``TransformerBridge`` has none of them (nor ``start_at_layer`` on TransformerLens 3.9):
-on a bridge :func:`run_conditions` takes its exact fallback, one full pass per condition
+``TransformerBridge`` has none of them: there the clean run and the blocks are
+:mod:`icl_heads.bridge_engine`'s (the bridge's own blocks, engine ``"bridge"``), and a
+bridge that engine cannot run takes the exact fallback, one full pass per condition
 (:func:`icl_heads.backends.supports_engine`).
 """
 
@@ -33,14 +34,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+from . import bridge_engine
 from .activations import collect, final_logits
-from .backends import cfg_value, is_bridge, supports_engine
+from .backends import HookedTransformer, cfg_value, is_bridge, supports_engine
 from .hooks import Capture, Intervention, applied, hook_name
 from .metrics import behaviour
 from .models import resolve_device
@@ -49,7 +50,7 @@ from .prompts import PromptSet
 #: How :func:`run_items` runs a block: the specialised last-token block over a shared
 #: prefix; TransformerLens's block with a per-row key/value cache (query only, any
 #: architecture); or TransformerLens's block over every position.
-Engine = Literal["last_token", "kv_blocks", "all_positions"]
+Engine = Literal["last_token", "kv_blocks", "all_positions", "bridge"]
 #: ``edit(layer, lo, hi, rows)`` -> the edit of items ``lo..hi`` (which join at ``layer``);
 #: ``rows[j, g]`` is the batch row of item ``lo + j`` for prompt ``g`` in this block.
 EditFn = Callable[[int, int, int, Tensor], Intervention]
@@ -127,6 +128,7 @@ class CleanRun:
     kv: list[tuple[Tensor, Tensor]] | None
     prefixes: list[Prefix] | None
     engine: Engine
+    bridge: bridge_engine.BridgeState | None = None
 
 
 def clean_run(
@@ -140,6 +142,11 @@ def clean_run(
 ) -> CleanRun:
     """Run ``group`` (rows ``index`` of the full set) once, keeping what :func:`run_items`
     needs to restart rows at ``layers``: see :class:`CleanRun`."""
+    if is_bridge(model):  # the bridge's own blocks: icl_heads.bridge_engine
+        state, stored, logits = bridge_engine.clean_pass(
+            model, group, index, query_only=query_only, layers=layers, interventions=interventions
+        )
+        return CleanRun(group, index, logits, stored, None, None, "bridge", state)
     G, L = len(group), model.cfg.n_layers
     names = [hook_name("resid_pre", layer) for layer in layers]
     capture = Capture(
@@ -343,6 +350,8 @@ def _block(
     G: int,
     r: int,
 ) -> Tensor:
+    if clean.engine == "bridge":
+        return bridge_engine.run_block(model, clean.bridge, layer, x, prompt_of_row)
     mask = clean.group.attention_mask
     if clean.engine == "last_token":
         return last_token_block(
@@ -495,6 +504,8 @@ def run_conditions(
     )
     if not starts:
         starts = [model.cfg.n_layers - 1]
+    # A state before a run's start is the clean run's: the stream entering the next block.
+    early = {s + 1 for s in state_layers if s < starts[-1]}
     keys = ["baseline", *conditions]
     measured: dict = {k: [] for k in keys}
     states: dict = {k: [] for k in keys}
@@ -504,13 +515,16 @@ def run_conditions(
         logits = run_items(
             model, clean, torch.tensor([start]), None, [*background, *interventions, capture]
         )[0]
-        got = torch.stack([capture.store[nm] for nm in names], 1).float().cpu() if names else None
-        return logits, got
+        got = [
+            capture.store[nm] if s >= start else clean.resid[s + 1][:, -1]
+            for s, nm in zip(state_layers, names, strict=True)
+        ]
+        return logits, torch.stack(got, 1).float().cpu() if names else None
 
     for group in clean_groups(
         model,
         prompts,
-        layers=starts,
+        layers=sorted(set(starts) | early),
         query_only=query_only,
         interventions=background,
         batch_size=batch_size,

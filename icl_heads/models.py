@@ -19,10 +19,8 @@ version and the TransformerLens version; so every virtual environment with the s
 package and TransformerLens version shares one entry. Writing a new entry removes the
 model's older ones.
 
-The bridge runs Hugging Face's own modules, so its cache entry is the converted Hugging Face
-directory ``<cache_dir>/models/<name>-hf-<key>`` (the GGUF dequantised once, saved as
-safetensors): a warm load reads it and boots the bridge (weight processing reruns at every
-boot; TransformerLens 3.9's bridge cannot load processed weights).
+A bridge's entry ``<cache_dir>/models/<name>-hf-<key>`` is a Hugging Face directory of the
+processed weights, booted with ``no_processing=True``. Names: :mod:`icl_heads.model_names`.
 """
 
 from __future__ import annotations
@@ -43,11 +41,12 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from .backends import (
     BACKENDS,
     Backend,
+    HookedTransformer,
+    HookedTransformerConfig,
     TransformerBridge,
     add_zero_output_biases,
     resolve_backend,
@@ -62,6 +61,7 @@ from .embedded import (
     embedded_model_parts,
     load_tokenizer,
 )
+from .model_names import check_model_name, official_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -551,10 +551,8 @@ def _load_local_dir(path: Path) -> HookedTransformer:
 def _load_from_hub(
     name: str, *, device: torch.device, dtype: torch.dtype, backend: str = "hooked"
 ) -> HookedTransformer | TransformerBridge:
-    from transformer_lens import loading_from_pretrained as loading
-
     try:
-        loading.get_official_model_name(name)
+        official_model_name(name)
     except ValueError:
         choices = ", ".join(sorted(k for k in EMBEDDED_MODELS))
         raise ValueError(
@@ -582,6 +580,7 @@ __all__ = [
     "load_model",
     "convert_hf_model",
     "bridge_from_hf_model",
+    "check_model_name",
     "BACKENDS",
     "CONVERTER_VERSION",
     "HEAD_BYTES",

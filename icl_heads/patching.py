@@ -28,9 +28,9 @@ from typing import Literal
 import pandas as pd
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from .activations import ActivationMeans
+from .backends import HookedTransformer
 from .heads import HeadScores, HeadsLike, heads_to_mask
 from .hooks import LAYER_SITES, Positions, layers_to_mask
 from .metrics import Metric, metric_name

@@ -14,10 +14,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from .activations import ActivationMeans, final_logits
-from .backends import final_residual
+from .backends import HookedTransformer, final_residual
 from .heads import HeadScores
 from .hooks import Capture, Positions, applied, hook_name, position_mask
 from .last_token import clean_run, run_items, supports_last_token

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from .backends import check_backend
+from .backends import HookedTransformer, check_backend
 from .settings import PromptInfo
 from .tasks import Task
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer
 
+from .backends import HookedTransformer
 from .checks import check_int, check_seed
 from .prompt_set import (
     FINGERPRINT_PROBE,

@@ -58,9 +58,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from transformer_lens import HookedTransformer
-
 from .activations import ActivationMeans
+from .backends import HookedTransformer
 from .heads import HeadScores
 from .prompt_set import PromptSet
 from .settings import PromptInfo, Settings, model_name

@@ -22,10 +22,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from .activations import collect
-from .backends import supports_engine
+from .backends import HookedTransformer, supports_engine
 from .hooks import hook_name, position_mask
 from .interventions import Replacement, RowEdit
 from .last_token import CleanRun, clean_groups, run_items

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformer_lens import HookedTransformer
 
 from .activations import ActivationMeans, check_batch_size
+from .backends import HookedTransformer
 from .devices import resolve_device
 from .hooks import Positions, check_interventions, check_positions
 from .interventions import Replacement, ablate, ablate_layers, patch

@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import icl_heads as ih
+from icl_heads.backends import HookedTransformer, HookedTransformerConfig
 from icl_heads.models import load_tokenizer
 
 

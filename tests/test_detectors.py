@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 from tl_reference import detect_head_on_tokens
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.head_detector import (
     get_duplicate_token_head_detection_pattern,
     get_induction_head_detection_pattern,
@@ -18,6 +17,7 @@ from transformer_lens.head_detector import (
 )
 
 import icl_heads as ih
+from icl_heads.backends import HookedTransformer, HookedTransformerConfig
 from icl_heads.detectors import (
     DETECTORS,
     detect_heads,

@@ -459,3 +459,28 @@ def test_models_serves_the_devices_and_embedded_names():
     ):
         assert getattr(models, name) is getattr(embedded, name)
     assert ih.load_model is models.load_model
+
+
+# ---- H6: one model-name check (issue 19 stage 2)
+
+
+def test_the_cli_checks_model_names_with_the_librarys_check(tmp_path):
+    from icl_heads import cli
+    from icl_heads.model_names import check_model_name
+
+    assert models.check_model_name is check_model_name
+    assert check_model_name("default") == cli._check_model_name("default") == "default"
+    for bad in ("", "nope-not-a-model", str(tmp_path)):
+        with pytest.raises(ValueError) as lib:
+            check_model_name(bad, "--models")
+        with pytest.raises(ValueError) as via_cli:
+            cli._check_model_name(bad, "--models")
+        assert str(lib.value) == str(via_cli.value)
+
+
+def test_official_model_names_resolve_on_either_transformer_lens():
+    from icl_heads.model_names import official_model_name
+
+    assert official_model_name("gpt2") == "gpt2"
+    with pytest.raises(ValueError):
+        official_model_name("nope-not-a-model")

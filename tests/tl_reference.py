@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+
+from icl_heads.backends import HookedTransformer
 
 #: TransformerLens ``detect_head`` names of icl_heads.detectors.DETECTORS.
 TL_HEAD_NAMES = {

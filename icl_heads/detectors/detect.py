@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ..backends import HookedTransformer
 from ..heads import check_top_k, default_top_k
 from ..prompts import PromptSet, check_prompt_set
 from ..stats import ranked_order

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..activations import iter_batches
+from ..backends import HookedTransformer
 from ..heads import HeadScores
 from ..hooks import check_interventions
 from ..prompts import PromptSet, check_prompt_set

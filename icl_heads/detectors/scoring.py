@@ -18,8 +18,8 @@ from typing import Literal, NamedTuple
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ..backends import HookedTransformer
 from ..prompts import PromptSet
 from ..settings import PromptInfo, Settings
 

@@ -15,8 +15,8 @@ import warnings
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ..backends import HookedTransformer
 from ..checks import check_seed
 from ..models import resolve_device
 from ..prompts import PromptSet, check_prompt_set

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ..activations import iter_batches
+from ..backends import HookedTransformer
 from ..heads import HeadScores
 from ..hooks import check_interventions
 from ..settings import describe_interventions, model_name

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ..backends import HookedTransformer
 from ..checks import check_int
 from ..heads import (
     Head,

@@ -19,8 +19,8 @@ from collections.abc import Iterator, Mapping
 
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
+from ..backends import HookedTransformer
 from ..interventions import from_spec
 from ..last_token import Run, run_conditions
 from ..prompts import PromptSet, build_prompts

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pandas as pd
-from transformer_lens import HookedTransformer
 
+from ..backends import HookedTransformer
 from ..checks import check_int, check_seed
 from ..prompts import PromptSet, build_prompts
 from ..settings import Settings

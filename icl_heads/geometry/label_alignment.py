@@ -20,10 +20,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ..attribution import label_unembeddings, subspace_basis
-from ..backends import is_model
+from ..backends import HookedTransformer, is_model
 from ..checks import check_int
 from ..settings import Settings
 from ..stats import LEVEL, N_BOOT

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ..activations import iter_batches
+from ..backends import HookedTransformer
 from ..metrics import BEHAVIOUR, METRICS
 from ..prompts import PromptSet, check_prompt_set
 from .inputs import as_states

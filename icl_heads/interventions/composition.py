@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformer_lens import HookedTransformer
-
+from ..backends import HookedTransformer
 from ..hooks import MAX_INLINE, HookList, Intervention, check_interventions, describe
 from .records import spec_of
 

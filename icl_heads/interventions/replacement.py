@@ -19,9 +19,9 @@ from typing import Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ..activations import ActivationMeans, activation_means, collect_sites
+from ..backends import HookedTransformer
 from ..heads import HeadsLike, heads_to_mask, mask_to_heads
 from ..hooks import (
     LAYER_SITES,

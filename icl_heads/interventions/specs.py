@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ..activations import ActivationMeans, activation_means
+from ..backends import HookedTransformer
 from ..heads import heads_to_mask
 from ..hooks import SITES, Intervention, Positions, check_positions, layers_to_mask
 from ..prompts import PromptSet

@@ -17,9 +17,8 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from ..backends import check_backend
+from ..backends import HookedTransformer, check_backend
 from ..heads import Head, heads_to_mask
 from ..hooks import (
     MAX_INLINE,

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ...backends import HookedTransformer
 from ...geometry import (
     ALIGNMENT_METRICS,
     ONSET_FRACTION,

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
 from ...activations import activation_means
+from ...backends import HookedTransformer
 from ...detectors import token_detector_scores
 from ...geometry import GeometryCurves, check_state_layers
 from ...heads import HeadScores, check_top_k

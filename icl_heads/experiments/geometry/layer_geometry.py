@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformer_lens import HookedTransformer
 
+from ...backends import HookedTransformer
 from ...geometry import ONSET_FRACTION, check_state_layers, run_query
 from ...hooks import check_interventions
 from ...prompts import PromptSet, check_prompt_set

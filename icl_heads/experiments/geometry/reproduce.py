@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
+from ...backends import HookedTransformer
 from ...checks import check_int, check_seed
 from ...detectors import token_detector_scores
 from ...models import load_model

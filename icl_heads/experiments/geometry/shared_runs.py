@@ -25,8 +25,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ...backends import HookedTransformer
 from ...geometry import GeometryCurves, run_query, state_hook_names
 from ...hooks import Capture, Intervention
 from ...last_token import check_supported, clean_groups, run_items

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ...backends import HookedTransformer
 from ...geometry import check_state_layers, run_query
 from ...hooks import check_interventions, check_positions
 from ...interventions import TASK_VECTOR_MODES, inject_task_vector

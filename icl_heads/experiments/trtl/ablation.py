@@ -8,9 +8,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ...activations import ActivationMeans, activation_means
+from ...backends import HookedTransformer
 from ...checks import check_seed
 from ...heads import Head, HeadsLike, heads_to_mask
 from ...hooks import Positions, check_interventions, check_positions

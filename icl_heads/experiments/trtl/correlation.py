@@ -11,10 +11,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ...activations import ActivationMeans
 from ...attribution import tsla_scores
+from ...backends import HookedTransformer
 from ...checks import check_seed
 from ...heads import HeadScores
 from ...hooks import Positions, check_interventions, check_positions

@@ -10,8 +10,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
+from ...backends import HookedTransformer
 from ...checks import check_seed
 from ...heads import Head, check_top_k
 from ...hooks import check_interventions

@@ -10,10 +10,10 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ...activations import final_logits
 from ...attribution import tsla_scores
+from ...backends import HookedTransformer
 from ...decomposition import iter_query_terms
 from ...heads import Head, HeadScores, map_head_set
 from ...hooks import Capture, check_interventions

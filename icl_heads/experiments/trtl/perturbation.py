@@ -10,8 +10,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ...backends import HookedTransformer
 from ...heads import HeadScores, check_top_k
 from ...hooks import check_interventions
 from ...metrics import BEHAVIOUR, behaviour

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ...backends import HookedTransformer
 from ...decomposition import iter_query_terms
 from ...heads import Head
 from ...hooks import MAX_INLINE, HookList, Intervention, check_interventions, hook_name

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ...attribution import label_unembeddings, subspace_basis, tsla_scores
+from ...backends import HookedTransformer
 from ...checks import check_int, check_seed
 from ...detectors import label_attention_scores, token_detector_scores
 from ...geometry import normalized_states

@@ -11,10 +11,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from ...activations import ActivationMeans, activation_means
 from ...attribution import NORMALIZATIONS
+from ...backends import HookedTransformer
 from ...checks import check_int, check_seed
 from ...heads import HeadScores
 from ...interventions import ABLATION_MODES

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ...attribution import label_unembeddings
+from ...backends import HookedTransformer
 from ...checks import check_seed
 from ...geometry import label_rotation, normalized_states, subspace_alignment
 from ...heads import Head, HeadsLike

@@ -1,0 +1,121 @@
+"""Benchmark the two backends on the default model (SmolLM2-135M): the query-position head
+sweep (zero ablation of each of the 270 heads at the query, metric logit_diff, the fast
+engine) and TSLA, each as a ratio to one plain forward pass over the same prompts, on
+``HookedTransformer`` (TransformerLens 3.x only) and on the ``TransformerBridge``.
+
+Run from the project root:  python benchmarks/bench_bridge.py [--n 32 --k 4 --threads 1]
+
+Prints, all measured in this one run: the TransformerLens version; per backend the plain
+forward (``collect`` of the query logits, batches of 16: the pass the naive sweep makes once
+per head), the fast query sweep and TSLA, their ratios to the plain forward, and which
+engine the sweep took (``icl_heads.backends.supports_engine``); where both backends run, the
+largest difference of their sweep scores. ``--naive-heads N`` also times the naive loop on
+``N`` heads of the bridge and checks the fast sweep against it there.
+
+Threads: one by default (``--threads``); on a shared machine more threads give unstable
+ratios (see benchmarks/bench_patching.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import statistics
+import time
+
+
+def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    """Median wall time of ``repeat`` calls of ``fn`` and its last result."""
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--naive-heads", type=int, default=0, help="heads of a naive check")
+    parser.add_argument("--backends", default="hooked,bridge")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import numpy as np
+
+    import icl_heads as ih
+    from icl_heads import backends
+    from icl_heads.activations import collect
+    from icl_heads.heads import Head
+    from icl_heads.patching import head_sweep
+
+    wanted = [b for b in args.backends.split(",") if b]
+    if not backends.hooked_available():
+        wanted = [b for b in wanted if b != "hooked"]
+    print(
+        f"transformer-lens {importlib.metadata.version('transformer-lens')} "
+        f"transformers {importlib.metadata.version('transformers')} "
+        f"torch {torch.__version__} threads={torch.get_num_threads()} "
+        f"cpu_count={os.cpu_count()} load={os.getloadavg()[0]:.1f}"
+    )
+    task = ih.load_task(args.task)
+    prompts, sweeps = None, {}
+    for backend in wanted:
+        t_load, model = timed(lambda backend=backend: ih.load_model(backend=backend))
+        if prompts is None:
+            prompts = ih.build_prompts(model, task, k=args.k, n=args.n, seed=args.seed)
+            print(f"prompts: {prompts}")
+        engine = "cached-prefix engine" if backends.supports_engine(model) else "full passes"
+        print(f"\n[{backend}] {type(model).__name__}, load {t_load:.1f} s, sweep path: {engine}")
+        with torch.inference_mode():
+            collect(model, prompts, progress=False)  # warm-up
+            t_fwd, _ = timed(
+                lambda model=model, prompts=prompts: collect(model, prompts, progress=False), 3
+            )
+        t_sweep, sweep = timed(
+            lambda model=model, prompts=prompts: head_sweep(
+                model, prompts, "logit_diff", mode="zero", positions="query", progress=False
+            )
+        )
+        t_tsla, _ = timed(
+            lambda model=model, prompts=prompts: ih.tsla_scores(model, prompts, progress=False)
+        )
+        sweeps[backend] = sweep
+        print(f"  plain forward ({len(prompts)} prompts): {t_fwd:.2f} s (median of 3)")
+        print(f"  query head sweep (270 heads): {t_sweep:.1f} s")
+        print(f"  tsla_scores: {t_tsla:.2f} s")
+        print(f"  RATIO query sweep / plain forward = {t_sweep / t_fwd:.1f}x")
+        print(f"  RATIO tsla / plain forward = {t_tsla / t_fwd:.1f}x")
+        if args.naive_heads and backend == "bridge":
+            L, H = model.cfg.n_layers, model.cfg.n_heads
+            flat = np.linspace(0, L * H - 1, args.naive_heads).round().astype(int)
+            heads = [Head(int(i) // H, int(i) % H) for i in flat]
+            t_naive, naive = timed(
+                lambda model=model, prompts=prompts, heads=heads: head_sweep(
+                    model, prompts, heads=heads, method="naive", progress=False
+                )
+            )
+            sel = ~torch.isnan(naive.scores)
+            diff = (naive.per_prompt - sweep.per_prompt)[:, sel].abs().max().item()
+            per_head = t_naive / len(heads)
+            print(
+                f"  naive loop: {per_head:.2f} s per head ({len(heads)} timed) = "
+                f"{per_head * L * H / t_fwd:.0f}x plain forward for 270 heads; "
+                f"max |fast - naive| {diff:.2e}"
+            )
+        del model
+    if len(sweeps) == 2:
+        a, b = sweeps["hooked"].per_prompt, sweeps["bridge"].per_prompt
+        print(f"\nmax |hooked - bridge| sweep effect per prompt: {(a - b).abs().max().item():.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""The cached-prefix engine on a ``TransformerBridge``: rows restart at a layer and run the
+bridge's *own* blocks from there, for the query token only or for every position.
+
+The hooked backend's engine (:mod:`icl_heads.last_token`) re-implements a block for the
+last token from TransformerLens internals a bridge does not have. Here the bridge's blocks
+run as they are (Hugging Face's decoder layer with the bridge's re-implemented attention:
+rotary, grouped-query heads, query/key norms, soft-capping, every hook point), given what
+the full forward pass would have given them. The clean run records, for every block:
+
+* the keyword inputs the bridge passed it (the 4-d attention mask with its padding,
+  causal and sliding-window structure; the rotary ``position_embeddings`` of the block's
+  own kind; ``position_ids``), so a block called on its own sees exactly those;
+* on the query path, the prefix's rotated keys and values (``hook_rot_k``, ``hook_v``,
+  recorded after every background intervention has acted).
+
+A query row then runs each block on its last token alone, the prefix entering through the
+attention's key/value cache seam (:class:`PrefixCache`, passed as ``layer_past``: the cached
+keys/values of the row's prompt joined with the token's own; a block that never reads it is
+an error, never a silently different number).
+An all-position row runs each block on the whole sequence with the recorded mask and
+rotary inputs (``start_at_layer`` without needing it: TransformerLens 3.9's bridge has no
+``start_at_layer``). Both are exact against the bridge's full forward pass
+(``tests/test_bridge.py``: 1e-5 on float32).
+
+Which bridges: those whose every attention is a ``PositionEmbeddingsAttentionBridge``
+(Llama, Mistral, Qwen, Gemma 2/3 and similar; :func:`icl_heads.backends.supports_engine`).
+Others take the exact fallback: one full pass per condition or swept item.
+
+Example::
+
+    state, resid, logits = clean_pass(model, group, index, query_only=True, layers=[3])
+    x = run_block(model, state, 3, resid[3][prompt_of_row], prompt_of_row)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .activations import final_logits
+from .backends import final_residual, supports_engine
+from .hooks import Capture, Intervention, applied, hook_name
+from .prompts import PromptSet
+
+
+@dataclass
+class BlockInputs:
+    """What the bridge's forward pass gave one block besides the residual stream, cut to
+    the rows' positions (the last one on the query path).
+
+    Attributes:
+        mask: the attention mask as the bridge built it, ``[G, 1, P, T]`` (``P``: 1 on the
+            query path, else ``T``).
+        position_embeddings: rotary ``(cos, sin)``, ``[G, P, d_rot]`` each, or ``None``.
+        position_ids: ``[G, P]`` or ``None``.
+    """
+
+    mask: Tensor
+    position_embeddings: tuple[Tensor, Tensor] | None
+    position_ids: Tensor | None
+
+    def rows(self, prompt_of_row: Tensor) -> dict[str, Any]:
+        """The block's keyword inputs for rows of prompts ``prompt_of_row``."""
+        kwargs: dict[str, Any] = {"attention_mask": self.mask[prompt_of_row]}
+        if self.position_embeddings is not None:
+            kwargs["position_embeddings"] = tuple(
+                t[prompt_of_row] for t in self.position_embeddings
+            )
+        if self.position_ids is not None:
+            kwargs["position_ids"] = self.position_ids[prompt_of_row]
+        return kwargs
+
+
+@dataclass
+class BridgeState:
+    """What :func:`run_block` needs from one group's clean run on a bridge.
+
+    Attributes:
+        query_only: rows hold the last token only (else every position).
+        inputs: per layer, the block's recorded keyword inputs.
+        kv: per layer, the prefix's ``(keys, values)``, ``[G, kv_head, T - 1, d_head]``
+            (keys rotated), on the query path; else ``None``.
+    """
+
+    query_only: bool
+    inputs: list[BlockInputs]
+    kv: list[tuple[Tensor, Tensor]] | None
+
+
+class PrefixCache:
+    """The key/value cache seam of the bridge's attention for one block call: ``update``
+    returns the rows' cached prefix keys/values joined with the new token's own (the
+    bridge's attention calls it after rotary, before the scores).
+
+    Example::
+
+        cache = PrefixCache(keys[prompt_of_row], values[prompt_of_row])
+        k, v = cache.update(k_new, v_new, layer)   # [N, kv_head, T, d_head] each
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor):
+        self.keys, self.values = keys, values
+        self.used = False
+
+    def update(self, keys: Tensor, values: Tensor, layer_idx: int, *args, **kwargs):
+        self.used = True
+        return torch.cat([self.keys, keys], dim=-2), torch.cat([self.values, values], dim=-2)
+
+
+_KWARGS = ("attention_mask", "position_embeddings", "position_ids")
+
+
+def _record_inputs(model: Any, store: list) -> list:
+    """Forward pre-hooks on every block keeping its keyword inputs in ``store[layer]``;
+    returns the handles."""
+    handles = []
+    for layer, block in enumerate(model.blocks):
+
+        def keep(module, args, kwargs, layer=layer):
+            store[layer] = {k: kwargs.get(k) for k in _KWARGS}
+
+        handles.append(block.register_forward_pre_hook(keep, with_kwargs=True))
+    return handles
+
+
+def _cut(recorded: dict, query_only: bool, layer: int) -> BlockInputs:
+    mask = recorded["attention_mask"]
+    if mask is None or mask.ndim != 4:
+        raise RuntimeError(  # pragma: no cover - every supported bridge builds a 4-d mask
+            f"The bridge gave block {layer} no 4-d attention mask (got "
+            f"{None if mask is None else tuple(mask.shape)}); the bridge engine needs one."
+        )
+    pe, ids = recorded["position_embeddings"], recorded["position_ids"]
+    if query_only:
+        mask = mask[:, :, -1:]
+        pe = tuple(t[:, -1:] for t in pe) if pe is not None else None
+        ids = ids[:, -1:] if ids is not None else None
+    return BlockInputs(mask=mask, position_embeddings=pe, position_ids=ids)
+
+
+def clean_pass(
+    model: Any,
+    group: PromptSet,
+    index: Int[Tensor, " G"],
+    *,
+    query_only: bool,
+    layers: Sequence[int],
+    interventions: Sequence[Intervention] = (),
+) -> tuple[BridgeState, dict[int, Tensor], Float[Tensor, "G d_vocab"]]:
+    """One clean pass of ``group`` on a bridge (with ``interventions``), keeping what rows
+    restarting at ``layers`` need: ``(state, resid, logits)``, ``resid[layer]`` the residual
+    stream entering the layer (``[G, 1, d_model]`` at the query, else ``[G, T, d_model]``
+    with padding zeroed), recorded before any background intervention there acts.
+
+    Example::
+
+        state, resid, logits = clean_pass(model, group, index, query_only=True, layers=[3])
+    """
+    if not supports_engine(model):
+        raise ValueError(
+            f"The bridge engine cannot run {type(model).__name__} (an attention other than "
+            "PositionEmbeddingsAttentionBridge); the analyses take their full-pass fallback."
+        )
+    names = [hook_name("resid_pre", layer) for layer in layers]
+    capture = Capture(
+        names=set(names).__contains__,
+        positions="query" if query_only else "all",
+        attention_mask=group.attention_mask,
+    )
+    L = model.cfg.n_layers
+    recorded: list = [None] * L
+    keys: list = [None] * L
+    values: list = [None] * L
+    kv_hooks = []
+    if query_only:
+        # After the background interventions (added later, fired later): the prefix the
+        # rows attend to is the one the clean run attended to.
+        for layer in range(L):
+
+            def keep_k(act, hook, layer=layer):
+                keys[layer] = act[:, :-1].transpose(1, 2).contiguous()
+
+            def keep_v(act, hook, layer=layer):
+                values[layer] = act[:, :-1].transpose(1, 2).contiguous()
+
+            kv_hooks += [
+                (f"blocks.{layer}.attn.hook_rot_k", keep_k),
+                (f"blocks.{layer}.attn.hook_v", keep_v),
+            ]
+    handles = _record_inputs(model, recorded)
+    try:
+        with applied(model, [capture, *interventions], group, index):
+            with model.hooks(fwd_hooks=kv_hooks):
+                resid = final_residual(model, group.tokens, group.attention_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    logits = final_logits(model, resid[:, -1])
+    stored = {layer: capture.store[name] for layer, name in zip(layers, names, strict=True)}
+    if query_only:
+        stored = {layer: act[:, None] for layer, act in stored.items()}
+    state = BridgeState(
+        query_only=query_only,
+        inputs=[_cut(recorded[layer], query_only, layer) for layer in range(L)],
+        kv=list(zip(keys, values, strict=True)) if query_only else None,
+    )
+    return state, stored, logits
+
+
+def run_block(
+    model: Any,
+    state: BridgeState,
+    layer: int,
+    x: Float[Tensor, "row pos d_model"],
+    prompt_of_row: Int[Tensor, " row"],
+) -> Float[Tensor, "row pos d_model"]:
+    """Block ``layer`` of the bridge on rows ``x`` (row ``i`` belongs to prompt
+    ``prompt_of_row[i]``), with that prompt's recorded inputs (and cached prefix on the
+    query path). Every hook point of the block fires.
+
+    Example::
+
+        x = run_block(model, state, 3, x, prompt_of_row)
+    """
+    kwargs = state.inputs[layer].rows(prompt_of_row)
+    cache = None
+    if state.query_only:
+        keys, values = state.kv[layer]
+        cache = PrefixCache(keys[prompt_of_row], values[prompt_of_row])
+        # ``layer_past``: the name the bridge's attention reads its cache from that reaches
+        # it through the Hugging Face layer (transformers 5 renames ``past_key_values``).
+        kwargs["layer_past"] = cache
+    out = model.blocks[layer](x, **kwargs)
+    if cache is not None and not cache.used:
+        raise RuntimeError(
+            f"Block {layer} of the bridge ignored the cached prefix (its attention never read "
+            "layer_past): this TransformerLens/transformers pair routes the key/value cache "
+            "elsewhere; the query rows would attend to themselves only. Report it; meanwhile "
+            "use method='naive' or positions='all'."
+        )
+    return out[0] if isinstance(out, tuple) else out
+
+
+__all__ = ["BlockInputs", "BridgeState", "PrefixCache", "clean_pass", "run_block"]
