@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from .activations import ActivationMeans, check_batch_size
+from .activations import ActivationMeans
+from .batching import check_batch_size
 from .devices import resolve_device
 from .hooks import Positions, check_interventions, check_positions
 from .interventions import Replacement, ablate, ablate_layers, patch
