@@ -212,3 +212,67 @@ def test_the_engine_moves_rows_at_every_block_boundary(
     for asked in fake.runs:  # each run asks for every block from its first layer on
         assert asked == list(range(asked[0], L))
     assert {asked[0] for asked in fake.runs} == set(range(L))  # items join at every layer
+
+
+# --------------------------------------------------------------------------- benchmark shapes
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REAL_SHAPES = {  # (layers, heads, kv heads, d_head, d_model, d_mlp, vocab, rope base)
+    "SmolLM2-135M": (30, 9, 3, 64, 576, 1536, 49152, 100000.0),
+    "Llama-3.2-1B": (16, 32, 8, 64, 2048, 8192, 128256, 500000.0),
+    "Llama-3-8B": (32, 32, 8, 128, 4096, 14336, 128256, 500000.0),
+}
+#: Parameters (millions) as TransformerLens holds the real models: the published counts
+#: (134.5 M, 1235.8 M, 8030.3 M) plus an untied unembedding where the model ties it
+#: (28.3 M, 262.7 M) and the zero biases TransformerLens keeps.
+PARAMS_M = {"SmolLM2-135M": 163.0, "Llama-3.2-1B": 1498.8, "Llama-3-8B": 8031.0}
+
+
+@pytest.mark.parametrize("name", list(REAL_SHAPES))
+def test_the_benchmark_shapes_are_the_real_models(name):
+    bench = _bench_module()
+    cfg = bench.shape_config(name)
+    L, H, kv, dh, d, m, V, base = REAL_SHAPES[name]
+    got = (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model)
+    assert got == (L, H, kv, dh, d)
+    assert (cfg.d_mlp, cfg.d_vocab, cfg.rotary_base) == (m, V, base)
+    assert cfg.positional_embedding_type == "rotary" and cfg.gated_mlp
+    assert bench.weight_count(cfg) / 1e6 == pytest.approx(PARAMS_M[name], abs=0.1)
+
+
+@pytest.mark.parametrize("name", list(REAL_SHAPES))
+def test_the_benchmark_shapes_build_at_tiny_width(name, smol_tokenizer):
+    bench = _bench_module()
+    cfg = bench.shape_config(name, d_head=4)
+    L, H, kv, dh, d, m, V, _ = REAL_SHAPES[name]
+    assert (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads) == (L, H, kv)  # GQA kept
+    assert cfg.d_model == H * 4 and cfg.d_mlp == round(m / d * H * 4)  # ratios kept
+    model = bench.build_model(cfg, smol_tokenizer)
+    assert sum(p.numel() for p in model.parameters()) == bench.weight_count(cfg)
+    state = model.state_dict()  # GQA: keys and values stored for the kv heads only
+    assert state["blocks.0.attn._W_K"].shape == (kv, cfg.d_model, 4)
+    assert model.W_Q.shape == (L, H, cfg.d_model, 4) and model.W_U.shape == (cfg.d_model, V)
+
+
+def test_the_engine_is_exact_on_the_tiny_llama_3_2_shape(smol_tokenizer):
+    """GQA 32/8 and Llama 3's NTK-by-parts rotary: the fast sweep equals the naive loop."""
+    bench = _bench_module()
+    cfg = bench.shape_config("Llama-3.2-1B", d_head=4)
+    cfg.d_vocab = cfg.d_vocab_out = smol_tokenizer.vocab_size  # (the width does not matter)
+    model = bench.build_model(cfg, smol_tokenizer)
+    prompts = ih.build_prompts(model, ih.load_task("sentiment"), k=2, n=3, seed=0)
+    heads = [(0, 0), (cfg.n_layers - 1, cfg.n_heads - 1)]
+    fast = ih.head_sweep(model, prompts, heads=heads, progress=False)
+    naive = ih.head_sweep(model, prompts, heads=heads, method="naive", progress=False)
+    assert torch.allclose(fast.per_prompt, naive.per_prompt, atol=1e-5, equal_nan=True)
