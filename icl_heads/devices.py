@@ -31,8 +31,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """The ``torch.device`` for a ``device=`` argument, checked to exist on this machine.
 
     Args:
-        device: ``None`` (CUDA if available, else CPU), a device string such as ``"cpu"``,
-            ``"cuda"``, ``"cuda:1"`` or ``"mps"``, or a ``torch.device``.
+        device: ``None`` or ``"auto"`` (CUDA if available, else CPU), a device string such
+            as ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"mps"``, or a ``torch.device``.
 
     Returns:
         The device.
@@ -41,7 +41,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         TypeError: ``device`` is not a string, a ``torch.device`` or ``None``.
         ValueError: the string is not a device, or the device is not available here.
     """
-    if device is None:
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(device, torch.device):
         resolved = device

@@ -276,3 +276,10 @@ def test_the_engine_is_exact_on_the_tiny_llama_3_2_shape(smol_tokenizer):
     fast = ih.head_sweep(model, prompts, heads=heads, progress=False)
     naive = ih.head_sweep(model, prompts, heads=heads, method="naive", progress=False)
     assert torch.allclose(fast.per_prompt, naive.per_prompt, atol=1e-5, equal_nan=True)
+
+
+def test_device_auto_is_cuda_when_there_is_one_else_the_cpu():
+    from icl_heads.devices import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected == resolve_device(None).type
