@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .backends import HookedTransformer, final_residual
+from .batching import BatchSize, check_batch_size, halving, resolve_batch_size
+from .devices import output_device
 from .hooks import (
     PATTERN_HOOKS,
     Capture,
@@ -81,15 +82,6 @@ def names_filter(names: Sequence[str] | Callable[[str], bool] | None) -> Callabl
     return set(names).__contains__
 
 
-def check_batch_size(batch_size, what: str = "batch_size") -> int:
-    """A positive whole number (bools and floats are refused)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"{what} must be a positive integer, got {batch_size!r}.")
-    if batch_size < 1:
-        raise ValueError(f"{what} must be >= 1, got {batch_size}.")
-    return int(batch_size)
-
-
 def iter_batches(
     model: HookedTransformer,
     prompts: PromptSet,
@@ -97,7 +89,7 @@ def iter_batches(
     *,
     positions: PositionMode = "query",
     reduce: Reducer | None = None,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence[Intervention] = (),
     return_logits: bool = True,
@@ -113,7 +105,9 @@ def iter_batches(
         positions: ``"query"`` keeps only the last (query) position, ``"all"`` every one.
         reduce: optional per-batch reducer applied to each captured activation inside its
             hook (so only the reduced value is kept; see :data:`Reducer`).
-        batch_size: prompts per forward pass.
+        batch_size: prompts per forward pass, or ``"auto"``: the largest batch that fits
+            the device's memory (:mod:`icl_heads.batching`; 16 on a CPU). A batch that
+            runs out of device memory is retried halved, and later batches keep that size.
         device: defaults to the model's device.
         interventions: :class:`~icl_heads.hooks.Intervention` objects (or anything with
             ``fwd_hooks(batch, index)``) applied during each pass.
@@ -125,19 +119,17 @@ def iter_batches(
         :class:`Batch` objects, in prompt order.
     """
     check_prompt_set(prompts, model=model)
-    batch_size = check_batch_size(batch_size)
+    check_batch_size(batch_size)
     if positions not in ("query", "all"):
         raise ValueError(f"positions must be 'query' or 'all', got {positions!r}.")
     device = resolve_device(device) if device is not None else torch.device(model.cfg.device)
     interventions = check_interventions(interventions, model)
+    batch_size = resolve_batch_size(batch_size, model, prompts, device=device)
     keep = names_filter(names)
     n = len(prompts)
-    starts = range(0, n, batch_size)
-    bar = tqdm(
-        starts, desc=desc, disable=not progress, leave=False, total=len(starts), unit="batch"
-    )
-    for start in bar:
-        index = torch.arange(start, min(start + batch_size, n))
+
+    def run(start: int, stop: int) -> Batch:
+        index = torch.arange(start, stop)
         batch = prompts.select(index).to(device)
         capture = Capture(
             names=keep,
@@ -150,7 +142,16 @@ def iter_batches(
             hooks.extend(iv.fwd_hooks(batch, index))
         with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
             logits = _forward(model, batch, return_logits=return_logits)
-        yield Batch(index=index, prompts=batch, logits=logits, activations=capture.store)
+        return Batch(index=index, prompts=batch, logits=logits, activations=capture.store)
+
+    total = len(range(0, n, batch_size))
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="batch")
+    try:  # a batch that runs out of memory is retried halved (icl_heads.batching)
+        for _, _, batch in halving(n, batch_size, run, device=device, what=desc):
+            bar.update(1)
+            yield batch
+    finally:
+        bar.close()
 
 
 def _forward(model: HookedTransformer, batch: PromptSet, *, return_logits: bool) -> Tensor | None:
@@ -167,7 +168,7 @@ def final_logits(
     The unembedding is ``x @ W_U + b_U`` through the unembed's hook points: the same
     product as TransformerLens's ``Unembed``, which would first copy ``W_U`` transposed
     (0.1-0.7 GB) on every call."""
-    x = resid.unsqueeze(-2)  # norms expect a position axis
+    x = resid.unsqueeze(-2).to(output_device(model))  # norms expect a position axis
     if model.cfg.normalization_type is not None:
         x = model.ln_final(x)
     unembed = model.unembed
@@ -192,7 +193,7 @@ def collect(
     names: Sequence[str] | Callable[[str], bool] | None = None,
     *,
     positions: PositionMode = "query",
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence[Intervention] = (),
     return_logits: bool = True,
@@ -245,7 +246,7 @@ def collect_sites(
     layers: Sequence[int],
     *,
     positions: Positions = "all",
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[int, Tensor]:
@@ -328,7 +329,7 @@ def activation_means(
     site: str = "z",
     *,
     positions: Positions | tuple[Positions, ...] = "query",
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence[Intervention] = (),
     progress: bool = True,
@@ -382,6 +383,8 @@ def activation_means(
     L = model.cfg.n_layers
     names = [hook_name(site, layer) for layer in range(L)]
     capture = "query" if all(p == "query" for p in wanted) else "all"
+    # "auto" resolved here, so the means record the batch size they were computed with
+    batch_size = resolve_batch_size(batch_size, model, prompts, device=device)
     totals: dict = {}
     counts = dict.fromkeys(wanted, 0.0)
     for batch in iter_batches(
@@ -396,7 +399,8 @@ def activation_means(
         progress=progress,
         desc=f"mean {site}",
     ):
-        acts = torch.stack([batch.activations[n] for n in names], dim=1).double()
+        here = batch.prompts.tokens.device  # blocks may live on several devices
+        acts = torch.stack([batch.activations[n].to(here) for n in names], dim=1).double()
         for mode in dict.fromkeys(wanted):
             if mode == "query":  # [b, L, ...] (the query is the last position)
                 at = acts if capture == "query" else acts[:, :, -1]
@@ -407,11 +411,11 @@ def activation_means(
                     w = w.bool() & selected[mode][seq_len - w.shape[1] :].to(w.device)
                 w = w.double()
                 w = w.reshape(w.shape[0], 1, w.shape[1], *([1] * (acts.ndim - 3)))
-                s, c = (acts * w).sum((0, 2)), float(w.sum())
+                s, c = (acts * w).sum((0, 2)), w.sum()  # no device sync per batch
             totals[mode] = s if mode not in totals else totals[mode] + s
             counts[mode] += c
     for mode, count in counts.items():
-        if count == 0:
+        if float(count) == 0:
             raise ValueError(
                 f"No prompt has a real (non-pad) token at positions {mode!r}, so there is "
                 "nothing to average; choose positions that the prompts cover (negative "
@@ -419,7 +423,7 @@ def activation_means(
             )
     out = tuple(
         ActivationMeans(
-            values=(totals[m] / counts[m]).float().cpu(),
+            values=(totals[m] / float(counts[m])).float().cpu(),
             site=site,
             positions=m,
             prompts=prompts.info(),

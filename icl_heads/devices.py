@@ -5,7 +5,10 @@ usable on this machine, with an error that names the bad value and the choices.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
 
 #: The dtypes a model can be loaded in (all that TransformerLens supports), by name.
 DTYPES: dict[str, torch.dtype] = {
@@ -28,8 +31,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """The ``torch.device`` for a ``device=`` argument, checked to exist on this machine.
 
     Args:
-        device: ``None`` (CUDA if available, else CPU), a device string such as ``"cpu"``,
-            ``"cuda"``, ``"cuda:1"`` or ``"mps"``, or a ``torch.device``.
+        device: ``None`` or ``"auto"`` (CUDA if available, else CPU), a device string such
+            as ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"mps"``, or a ``torch.device``.
 
     Returns:
         The device.
@@ -38,7 +41,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         TypeError: ``device`` is not a string, a ``torch.device`` or ``None``.
         ValueError: the string is not a device, or the device is not available here.
     """
-    if device is None:
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(device, torch.device):
         resolved = device
@@ -126,4 +129,58 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     )
 
 
-__all__ = ["DTYPES", "resolve_device", "resolve_dtype"]
+#: ``placement(layer) -> device``: where block ``layer``'s weights live (see
+#: :func:`block_placement`).
+Placement = Callable[[int], torch.device]
+
+
+def module_device(module: nn.Module, default: str | torch.device = "cpu") -> torch.device:
+    """The device of ``module``'s first parameter (``default`` when it has none).
+
+    Example::
+
+        module_device(model.unembed)   # where the logits are computed
+    """
+    for param in module.parameters():
+        return param.device
+    return torch.device(default)
+
+
+def block_placement(model: nn.Module) -> Placement:
+    """``placement(layer) -> device``: where each block of ``model`` lives, read from its
+    weights, so a model split over several devices (TransformerLens's ``n_devices``) has
+    each block's inputs moved there, as ``HookedTransformer.forward`` does at every block
+    boundary. One device for every block on a model that is not split.
+
+    Example::
+
+        place = block_placement(model)
+        x = x.to(place(3))   # before running model.blocks[3]
+    """
+    default = getattr(model.cfg, "device", None) or "cpu"
+    devices = [module_device(block, default) for block in model.blocks]
+    if len(set(devices)) == 1:
+        one = devices[0]
+        return lambda layer: one
+    return devices.__getitem__
+
+
+def output_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s final norm and unembedding live (the last device of a split model).
+
+    Example::
+
+        logits = model.unembed(resid.to(output_device(model)))
+    """
+    return module_device(model.unembed, getattr(model.cfg, "device", None) or "cpu")
+
+
+__all__ = [
+    "DTYPES",
+    "Placement",
+    "block_placement",
+    "module_device",
+    "output_device",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -42,6 +42,8 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from . import bridge_engine
 from .activations import collect, final_logits
 from .backends import HookedTransformer, cfg_value, is_bridge, supports_engine
+from .batching import BatchSize, halving, resolve_batch_size
+from .devices import block_placement
 from .hooks import Capture, Intervention, applied, hook_name
 from .metrics import behaviour
 from .models import resolve_device
@@ -183,14 +185,14 @@ def _prefixes(model: HookedTransformer, kv: list, mask: Tensor) -> list[Prefix]:
     bias = torch.zeros(mask.shape, dtype=model.cfg.dtype, device=mask.device)
     bias[:, :-1] = bias[:, :-1].masked_fill(pad, -math.inf)
     bias = bias[:, None, None]
-    for layer, (keys, values) in enumerate(kv):
+    for layer, (keys, values) in enumerate(kv):  # each on its block's device
         if model.cfg.positional_embedding_type == "rotary":
-            keys = model.blocks[layer].attn.apply_rotary(keys, 0, mask[:, :-1])
+            keys = model.blocks[layer].attn.apply_rotary(keys, 0, mask[:, :-1].to(keys.device))
         out.append(
             Prefix(
                 keys_t=keys.permute(0, 2, 3, 1).contiguous(),
                 values=values.permute(0, 2, 1, 3).contiguous(),
-                bias=bias,
+                bias=bias.to(keys.device),
             )
         )
     return out
@@ -311,11 +313,14 @@ def run_items(
             hooks += edit(i, lo, hi, rows).fwd_hooks()
         plan.append((i, lo, hi, prompt_of_row))
         lo = hi
+    place = block_placement(model)  # blocks may live on several devices (n_devices)
     x = None  # [G, r, P, d] while rows join; blocks see it flattened in their layout
     with model.hooks(fwd_hooks=hooks):
         for i, lo, hi, prompt_of_row in plan:
+            here = place(i)  # move at the block boundary, as HookedTransformer.forward does
+            x = x.to(here) if x is not None else None
             if hi > lo:
-                new = clean.resid[i][:, None].expand(-1, hi - lo, -1, -1)
+                new = clean.resid[i][:, None].to(here).expand(-1, hi - lo, -1, -1)
                 x = new if x is None else torch.cat([x, new], dim=1)
             r = x.shape[1]
             flat = (
@@ -352,7 +357,7 @@ def _block(
 ) -> Tensor:
     if clean.engine == "bridge":
         return bridge_engine.run_block(model, clean.bridge, layer, x, prompt_of_row)
-    mask = clean.group.attention_mask
+    mask = clean.group.attention_mask.to(x.device)  # x is on the block's device
     if clean.engine == "last_token":
         return last_token_block(
             model, layer, x, G, r, clean.prefixes[layer], mask.repeat_interleave(r, dim=0)
@@ -360,10 +365,13 @@ def _block(
     entry = None
     if clean.engine == "kv_blocks":
         keys, values = clean.kv[layer]
+        rows = prompt_of_row.to(keys.device)
         entry = TransformerLensKeyValueCacheEntry(
-            past_keys=keys[prompt_of_row], past_values=values[prompt_of_row], frozen=True
+            past_keys=keys[rows], past_values=values[rows], frozen=True
         )
-    return model.blocks[layer](x, past_kv_cache_entry=entry, attention_mask=mask[prompt_of_row])
+    return model.blocks[layer](
+        x, past_kv_cache_entry=entry, attention_mask=mask[prompt_of_row.to(mask.device)]
+    )
 
 
 # --------------------------------------------------------------------------- the driver
@@ -387,7 +395,7 @@ def clean_groups(
     layers: Sequence[int],
     query_only: bool,
     interventions: Sequence[Intervention] = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str = "runs",
@@ -397,6 +405,8 @@ def clean_groups(
     once (:func:`clean_run`, keeping what rows restarting at ``layers`` need), under
     ``torch.inference_mode`` and one progress bar of ``len(prompts) * runs_per_prompt``
     ticks. Every sweep and experiment that re-runs prompts from a layer on iterates this.
+    ``batch_size="auto"``: the largest group that fits the device (:mod:`icl_heads.batching`);
+    a group whose clean run runs out of memory is retried halved.
 
     Example::
 
@@ -406,21 +416,23 @@ def clean_groups(
     """
     device = resolve_device(device) if device is not None else torch.device(model.cfg.device)
     n = len(prompts)
+    batch_size = resolve_batch_size(
+        batch_size, model, prompts, kind="clean_run", device=device, kept_layers=len(layers)
+    )
     bar = tqdm(total=n * runs_per_prompt, desc=desc, disable=not progress, leave=False, unit="run")
-    try:
+
+    def run(start: int, stop: int) -> Group:
+        index = torch.arange(start, stop)
+        group = prompts.select(index).to(device)
+        clean = clean_run(
+            model, group, index, query_only=query_only, layers=layers, interventions=interventions
+        )
+        return Group(index, group, clean, bar.update)
+
+    try:  # a group that runs out of memory is retried halved (icl_heads.batching)
         with torch.inference_mode():
-            for g0 in range(0, n, batch_size):
-                index = torch.arange(g0, min(g0 + batch_size, n))
-                group = prompts.select(index).to(device)
-                clean = clean_run(
-                    model,
-                    group,
-                    index,
-                    query_only=query_only,
-                    layers=layers,
-                    interventions=interventions,
-                )
-                yield Group(index, group, clean, bar.update)
+            for _, _, part in halving(n, batch_size, run, device=device, what=desc):
+                yield part
     finally:
         bar.close()
 
@@ -449,7 +461,7 @@ def run_conditions(
     state_layers: Sequence[int] = (),
     baseline_start: int | None = None,
     background: Sequence[Intervention] = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str = "conditions",
@@ -516,10 +528,10 @@ def run_conditions(
             model, clean, torch.tensor([start]), None, [*background, *interventions, capture]
         )[0]
         got = [
-            capture.store[nm] if s >= start else clean.resid[s + 1][:, -1]
+            (capture.store[nm] if s >= start else clean.resid[s + 1][:, -1]).float().cpu()
             for s, nm in zip(state_layers, names, strict=True)
         ]
-        return logits, torch.stack(got, 1).float().cpu() if names else None
+        return logits, torch.stack(got, 1) if names else None
 
     for group in clean_groups(
         model,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from jaxtyping import Float, Int
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .activations import collect
 from .backends import HookedTransformer, supports_engine
+from .batching import AUTO, BatchSize, halving, resolve_batch_size
 from .hooks import hook_name, position_mask
 from .interventions import Replacement, RowEdit
 from .last_token import CleanRun, clean_groups, run_items
@@ -59,14 +61,16 @@ def sweep_effects(
     items: SweepItems,
     method: str,
     batch_size: int,
-    rows_per_pass: int | None,
+    rows_per_pass: BatchSize | None,
     progress: bool,
 ) -> tuple[Float[Tensor, "prompt item"], Float[Tensor, " prompt"]]:
     """Per-prompt effects ``metric(intervened) - metric(clean)`` of every item ``[prompt,
     item]`` (NaN where not computed) and the clean metric ``[prompt]``.
 
     ``rows_per_pass`` (fast engine): (item, prompt) rows per pass, default 1024 at the query
-    and 32 at all positions.
+    and 32 at all positions; ``"auto"``: as many as fit the device
+    (:mod:`icl_heads.batching`). A pass that runs out of memory is retried with half the
+    rows, and later passes keep that number.
 
     Example::
 
@@ -80,6 +84,11 @@ def sweep_effects(
         )
     if rows_per_pass is None:
         rows_per_pass = 1024 if query_only else 32
+    elif rows_per_pass == AUTO:
+        kind = "query_rows" if query_only else "all_rows"
+        rows_per_pass = resolve_batch_size(
+            AUTO, model, prompts, kind=kind, device=run.device, what="rows_per_pass"
+        )
     return _fast_effects(
         model,
         prompts,
@@ -178,6 +187,13 @@ def _edit_for(
     return edit
 
 
+def _items_pass(model, clean, items, order, values, sel_pos, run: SweepRun, c0: int, c1: int):
+    """Logits ``[item, G, d_vocab]`` of the items ``order[c0:c1]`` over the clean group."""
+    chunk = order[c0:c1]
+    edit = _edit_for(items, chunk, values, sel_pos, clean.group.seq_len, len(clean.group))
+    return run_items(model, clean, items.layer[chunk], edit, run.interventions)
+
+
 def _fast_effects(
     model,
     prompts,
@@ -201,7 +217,7 @@ def _fast_effects(
             "method='naive' or positions 'all'/'query' for them."
         )
     n, device = len(prompts), run.device
-    out = torch.full((n, len(items)), math.nan)
+    out = torch.full((n, len(items)), math.nan, device=device)  # copied to the CPU once
     clean_all = torch.full((n,), math.nan)
     layers_needed = sorted(set(items.layer.tolist()))
     for part in clean_groups(
@@ -236,19 +252,19 @@ def _fast_effects(
             todo = todo[items.pos_from_end >= -T]
         order = todo[torch.argsort(items.layer[todo], stable=True)]
         per_chunk = max(1, rows_per_pass // G)
-        for c0 in range(0, len(order), per_chunk):
-            chunk = order[c0 : c0 + per_chunk]
-            edit = _edit_for(items, chunk, values, sel_pos, T, G)
-            logits = run_items(model, clean, items.layer[chunk], edit, run.interventions)
-            r = logits.shape[0]
+        items_run = partial(_items_pass, model, clean, items, order, values, sel_pos, run)
+        # a pass that runs out of memory is retried with half the items (icl_heads.batching)
+        for c0, c1, logits in halving(len(order), per_chunk, items_run, device=device):
+            chunk, r = order[c0:c1], logits.shape[0]
             m = (
                 run.metric(logits.reshape(r * G, -1), group.gold.repeat(r), group.label_token_ids)
                 .float()
                 .reshape(r, G)
             )
-            out[gidx[None, :], chunk[:, None]] = (m - clean_m[None]).cpu()
+            rows, cols = gidx[None, :].to(device), chunk[:, None].to(device)
+            out[rows, cols] = (m - clean_m[None]).to(device)
             part.tick(r * G)
-    return out, clean_all
+    return out.cpu(), clean_all
 
 
 __all__ = ["SweepItems", "sweep_effects"]

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .activations import ActivationMeans, check_batch_size
+from .activations import ActivationMeans
 from .backends import HookedTransformer
+from .batching import check_batch_size
 from .devices import resolve_device
 from .hooks import Positions, check_interventions, check_positions
 from .interventions import Replacement, ablate, ablate_layers, patch

@@ -2395,3 +2395,42 @@ def test_backend_hooked_on_transformer_lens_4_names_the_fix(monkeypatch):
     monkeypatch.setattr(backends, "HookedTransformerConfig", None)  # as on TL 4.x
     with pytest.raises(ValueError, match=r"backend='hooked' needs TransformerLens 3\.x"):
         backends.resolve_backend("hooked")
+
+
+# ---- H7 (s25): batch_size="auto" and the benchmark shapes (issue 20)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(batch_size="big"), ValueError, r"batch_size='big' is not a batch size.*'auto'"),
+        (
+            dict(batch_size=2.5),
+            TypeError,
+            r"batch_size must be a positive integer or 'auto', got 2.5",
+        ),
+        (dict(batch_size=0), ValueError, r"batch_size must be >= 1 \(or 'auto'\), got 0"),
+        (dict(rows_per_pass="most"), ValueError, r"rows_per_pass='most' is not a batch size"),
+    ],
+)
+def test_bad_batch_sizes_name_the_value_and_the_choices(
+    tiny_llama, tiny_prompts, kwargs, error, match
+):
+    with pytest.raises(error, match=match):
+        ih.head_sweep(tiny_llama, tiny_prompts, progress=False, **kwargs)
+
+
+def test_an_unknown_batching_kind_or_benchmark_shape_is_named():
+    import importlib.util
+    from pathlib import Path
+
+    from icl_heads import batching
+
+    with pytest.raises(ValueError, match=r"kind='rows' is not a batching kind"):
+        batching.row_bytes(make_tiny_model(d_vocab=64).cfg, 10, "rows")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(ValueError, match=r"Unknown shape 'Llama-2-7B'"):
+        bench.shape_config("Llama-2-7B")

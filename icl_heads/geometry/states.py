@@ -140,7 +140,10 @@ def run_query(
         progress=progress,
         desc=desc,
     ):
-        rows.append(torch.stack([batch.activations[n] for n in names], dim=1).float().cpu())
+        here = batch.prompts.tokens.device  # blocks may live on several devices
+        rows.append(
+            torch.stack([batch.activations[n].to(here) for n in names], dim=1).float().cpu()
+        )
         if behaviour:
             for name in BEHAVIOUR:
                 kept[name].append(
