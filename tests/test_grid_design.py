@@ -284,3 +284,20 @@ def test_legacy_grid_requests_are_those_of_the_first_grid(tiny_llama, sentiment_
     assert list(main) == ["find_task_heads", "ablation", "perturbation", "correlation",
                           "steering_zero_shot", "steering_zero_shot_task_mean",
                           "reconciliation"]  # fmt: skip
+
+
+def test_reconciliation_recomputes_loaded_maps_with_their_own_tl_score(tiny_llama, tmp_path):
+    """A resumed grid loads compact maps (no per-prompt values): reconciliation recomputes
+    them with the TL score they were made with, so its numbers equal a fresh run's (they
+    used to be recomputed with the raw margin)."""
+    prompts = ih.build_prompts(tiny_llama, ih.load_task("sentiment"), 4, 8, 0)
+    found = trtl.find_task_heads(tiny_llama, prompts, normalize="tr", n_boot=N_BOOT,
+                                 progress=False)  # fmt: skip
+    loaded = ExperimentResult.load(reproduce.compact(found).save(tmp_path / "found"))
+    assert loaded.maps["TL"].per_prompt is None
+    kwargs = dict(n_sequences=8, n_boot=N_BOOT, progress=False)
+    fresh = trtl.reconciliation_experiment(tiny_llama, prompts, tr=found.maps["TR"],
+                                           tl=found.maps["TL"], **kwargs)  # fmt: skip
+    resumed = trtl.reconciliation_experiment(tiny_llama, prompts, tr=loaded.maps["TR"],
+                                             tl=loaded.maps["TL"], **kwargs)  # fmt: skip
+    pd.testing.assert_frame_equal(resumed.table, fresh.table)
