@@ -999,6 +999,16 @@ def _check_grid_sizes(args: argparse.Namespace, tasks) -> None:
                     folds_text=f"the {folds} probe folds of the {preset} geometry preset",
                     preset=args.n is None,
                 )
+        if args.design == "main":  # held-out selection needs every label in both halves
+            from .experiments.splits import heldout_split
+
+            try:
+                heldout_split(task, 0.5, args.seed)
+            except ValueError as err:
+                raise ValueError(
+                    f"--tasks {task.name!r} cannot be split for the held-out design ({err}); "
+                    "or run it with --design legacy."
+                ) from None
 
 
 def _check_grid_prompts(args: argparse.Namespace, tasks, model, name: str) -> None:
