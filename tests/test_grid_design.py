@@ -301,3 +301,29 @@ def test_reconciliation_recomputes_loaded_maps_with_their_own_tl_score(tiny_llam
     resumed = trtl.reconciliation_experiment(tiny_llama, prompts, tr=loaded.maps["TR"],
                                              tl=loaded.maps["TL"], **kwargs)  # fmt: skip
     pd.testing.assert_frame_equal(resumed.table, fresh.table)
+
+
+def test_cli_reproduce_runs_the_main_design_and_refuses_a_task_it_cannot_split(capsys, tmp_path):
+    import csv
+
+    from icl_heads import cli
+
+    args = cli.build_parser().parse_args(["reproduce"])
+    assert args.design == "main" and args.seeds is None
+    assert cli._grid_seeds(args) == [0, 1, 2]  # the full preset: 3 prompt seeds
+    quick = cli.build_parser().parse_args(["reproduce", "--quick", "--seed", "4"])
+    assert cli._grid_seeds(quick) == [4]
+    two = cli.build_parser().parse_args(["reproduce", "--quick", "--seeds", "2"])
+    assert [p.name for p in cli._seed_roots(two, tmp_path)] == ["seed0", "seed1"]
+    task = tmp_path / "lonely.csv"  # label "no": one input, in three letter cases
+    with task.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["input", "label"])
+        writer.writerows(
+            [(f"good {i}", "yes") for i in range(8)] + [("bad", "no"), ("Bad", "no"), ("BAD", "no")]
+        )
+    code = cli.main(["reproduce", "--quick", "--n", "8", "--experiments", "trtl", "--tasks",
+                     str(task), "--out", str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be split for the held-out design" in err, err
+    assert "--design legacy" in err and "'no'" in err
