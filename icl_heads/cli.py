@@ -866,20 +866,42 @@ def _check_layers(layers: list[int] | None, model) -> None:
 
 def _grid_prompt_sets(args: argparse.Namespace) -> list[tuple[str, int, int, int, str]]:
     """What ``reproduce`` builds for each task: ``(family, k, n, seed, perturbation)`` of
-    every prompt set of the chosen families and preset (--quick, --n, --seed)."""
+    every prompt set of the chosen families and preset (--quick, --n, --seed, --seeds; a
+    held-out part is drawn from a larger set of the same recipe, so the recipe is what is
+    checked)."""
     from .experiments import geometry, trtl
     from .prompts import PERTURBATIONS
 
     sets = []
-    if "trtl" in args.experiments:
-        preset = trtl.QUICK if args.quick else trtl.FULL
-        n = args.n or preset.n
-        sets += [("trtl", preset.k, n, args.seed, p) for p in PERTURBATIONS]
-        sets += [("trtl", preset.k, n, args.seed + 1, p) for p in preset.steering_targets]
-    if "geometry" in args.experiments:
-        n = args.n or (geometry.QUICK if args.quick else geometry.FULL).n
-        sets += [("geometry", k, n, args.seed, "gold") for k in (0, _GEOMETRY_K)]
-    return sets
+    for seed in _grid_seeds(args):
+        if "trtl" in args.experiments:
+            preset = trtl.QUICK if args.quick else trtl.FULL
+            n = args.n or preset.n
+            sets += [("trtl", preset.k, n, seed, p) for p in PERTURBATIONS]
+            for offset in (0, 1):  # query-matched targets: seed; task-mean targets: seed + 1
+                sets += [("trtl", preset.k, n, seed + offset, p) for p in preset.steering_targets]
+        if "geometry" in args.experiments:
+            n = args.n or (geometry.QUICK if args.quick else geometry.FULL).n
+            sets += [("geometry", k, n, seed, "gold") for k in (0, _GEOMETRY_K)]
+    return list(dict.fromkeys(sets))
+
+
+def _grid_seeds(args: argparse.Namespace) -> list[int]:
+    """The prompt seeds of ``reproduce``: --seed and the next ones, --seeds of them (default:
+    the preset's, 3 for the full grid, 1 with --quick)."""
+    from .experiments import trtl
+
+    count = args.seeds or (trtl.QUICK if args.quick else trtl.FULL).n_seeds
+    return list(range(args.seed, args.seed + count))
+
+
+def _seed_roots(args: argparse.Namespace, family_dir: Path) -> list[Path]:
+    """Where each seed's grid of one family lies (``family_dir`` for one seed, else
+    ``family_dir/seed<s>``)."""
+    from .experiments.trtl.presets import seed_root
+
+    seeds = _grid_seeds(args)
+    return [seed_root(family_dir, s, len(seeds)) for s in seeds]
 
 
 #: The demonstrations of the geometry grid's ICL prompts (``reproduce_geometry``'s k).
@@ -917,6 +939,16 @@ def _check_grid_sizes(args: argparse.Namespace, tasks) -> None:
                     folds_text=f"the {folds} probe folds of the {preset} geometry preset",
                     preset=args.n is None,
                 )
+        if args.design == "main":  # held-out selection needs every label in both halves
+            from .experiments.splits import heldout_split
+
+            try:
+                heldout_split(task, 0.5, args.seed)
+            except ValueError as err:
+                raise ValueError(
+                    f"--tasks {task.name!r} cannot be split for the held-out design ({err}); "
+                    "or run it with --design legacy."
+                ) from None
 
 
 def _check_grid_prompts(args: argparse.Namespace, tasks, model, name: str) -> None:
@@ -960,9 +992,10 @@ def _stale_cells_in_cli_terms():
 
 def _run_family(family: str, model, args: argparse.Namespace, out: Path, device):
     """One family's grid of ``reproduce`` on one model (resumable; see the library's
-    ``reproduce_trtl`` / ``reproduce_geometry``); its cell table."""
+    ``reproduce_trtl`` / ``reproduce_geometry``): the design of --design, --seeds seeds."""
     from .experiments import geometry, trtl
 
+    n_seeds = len(_grid_seeds(args))
     if family == "trtl":
         return trtl.reproduce_trtl(
             model,
@@ -972,9 +1005,11 @@ def _run_family(family: str, model, args: argparse.Namespace, out: Path, device)
             seed=args.seed,
             progress=getattr(args, "progress", True),
             n=args.n,
+            n_seeds=n_seeds,
             batch_size=args.batch_size,
             device=device,
             rerun_stale=args.rerun_stale,
+            design=trtl.MAIN if args.design == "main" else trtl.LEGACY,
         )
     else:
         return geometry.reproduce_geometry(
@@ -986,31 +1021,47 @@ def _run_family(family: str, model, args: argparse.Namespace, out: Path, device)
             seed=args.seed,
             progress=getattr(args, "progress", True),
             n=args.n,
+            n_seeds=n_seeds,
             batch_size=args.batch_size,
             device=device,
             rerun_stale=args.rerun_stale,
+            design=geometry.MAIN if args.design == "main" else geometry.LEGACY,
         )
 
 
 def _family_requests(family: str, name: str | None, task, args: argparse.Namespace, out: Path):
-    """``(path, request)`` of every experiment folder of one cell of ``reproduce`` (the
-    requests :func:`_run_family` makes: keep the two in step), for the grid's one
-    stale-cell check before anything runs."""
+    """``(path, request)`` of every experiment folder of one cell of ``reproduce``, over
+    its seeds and in its design (the requests :func:`_run_family` makes: keep the two in
+    step), for the grid's one stale-cell check before anything runs."""
     from .experiments import geometry, trtl
     from .experiments.geometry.reproduce import cell_requests as geometry_requests
+    from .experiments.splits import heldout_split
+    from .experiments.trtl.presets import request_options
     from .experiments.trtl.reproduce import cell_requests as trtl_requests
     from .results import safe_name
 
-    root = out / family / safe_name(name or "model") / safe_name(task.name)
-    if family == "trtl":
-        preset = trtl.QUICK if args.quick else trtl.FULL
-        sizes = dict(n=args.n or preset.n, n_random=preset.n_random, n_boot=preset.n_boot)
-        requests = trtl_requests(name, task, preset, k=preset.k, seed=args.seed, **sizes)
-    else:
-        preset = geometry.QUICK if args.quick else geometry.FULL
-        n = args.n or preset.n
-        requests = geometry_requests(name, task, preset, n=n, k=_GEOMETRY_K, seed=args.seed)
-    return [(root / experiment, request) for experiment, request in requests.items()]
+    out_paths = []
+    for seed, root in zip(_grid_seeds(args), _seed_roots(args, out / family), strict=True):
+        cell_dir = root / safe_name(name or "model") / safe_name(task.name)
+        if family == "trtl":
+            design = trtl.MAIN if args.design == "main" else trtl.LEGACY
+            preset = trtl.QUICK if args.quick else trtl.FULL
+            split = heldout_split(task, design.split_fraction, seed) if design.heldout else None
+            sizes = dict(n=args.n or preset.n, n_random=preset.n_random, n_boot=preset.n_boot)
+            requests = trtl_requests(
+                name, task, preset, k=preset.k, seed=seed, split=split, **sizes,
+                **request_options(design),
+            )  # fmt: skip
+        else:
+            design = geometry.MAIN if args.design == "main" else geometry.LEGACY
+            preset = geometry.QUICK if args.quick else geometry.FULL
+            split = heldout_split(task, design.split_fraction, seed) if design.heldout else None
+            requests = geometry_requests(
+                name, task, preset, n=args.n or preset.n, k=_GEOMETRY_K, seed=seed,
+                split=split, sensitivity_mode=design.sensitivity_mode,
+            )  # fmt: skip
+        out_paths += [(cell_dir / experiment, request) for experiment, request in requests.items()]
+    return out_paths
 
 
 def _write_cell_reports(model, family: str, task, args: argparse.Namespace, out: Path) -> None:
@@ -1148,8 +1199,10 @@ def _reproduce(args: argparse.Namespace) -> int:
                 progress_line(outcome, done, total), flush=True
             ),
         )
+    several = len(_grid_seeds(args)) > 1
+    layout = "<family>/seed<s>/<model>" if several else "<family>/<model>"
     print(
-        f"\nResults in {out}{os.sep}<family>/<model>/<task>/<experiment>/ (finished cells "
+        f"\nResults in {out}{os.sep}{layout}/<task>/<experiment>/ (finished cells "
         "are skipped on a re-run)"
     )
     failed = failure_summary(outcomes)
@@ -1157,14 +1210,19 @@ def _reproduce(args: argparse.Namespace) -> int:
         return _fail(failed)
     if page_dir is not None:
         command = args.command_line
+        if several:  # the pages read one grid: the first seed's (pooling is the pages' job)
+            print(f"The pages are written from the first seed's grid (seed {args.seed}).")
         if "trtl" in args.experiments:
             page = write_trtl_page(
-                out / "trtl", page_dir / "trtl.md", page_dir / "figures" / "trtl", command=command
+                _seed_roots(args, out / "trtl")[0],
+                page_dir / "trtl.md",
+                page_dir / "figures" / "trtl",
+                command=command,
             )
             print(f"Wrote {page}")
         if "geometry" in args.experiments:
             page = write_geometry_page(
-                out / "geometry",
+                _seed_roots(args, out / "geometry")[0],
                 page_dir / "geometry.md",
                 page_dir / "figures" / "geometry",
                 command=command,
@@ -1505,7 +1563,9 @@ def build_parser() -> argparse.ArgumentParser:
         "perturbation, correlation, steering, reconciliation; geometry: layer "
         "geometry at k=0 and 4, task vectors, PTH/IH ablation) for every model and "
         "task, one folder per cell (--out/<family>/<model>/<task>/<experiment>/, "
-        "with its report.html). Resumable: a finished cell is skipped, so an "
+        "with its report.html; with several --seeds, one such grid per seed in "
+        "--out/<family>/seed<s>/), in the design of --design. Resumable: a finished "
+        "cell is skipped, so an "
         "interrupted grid continues and cells can be farmed out. With --pages, "
         "write the results pages (--page-dir/trtl.md, geometry.md) from the saved "
         "results.",
@@ -1553,7 +1613,28 @@ def build_parser() -> argparse.ArgumentParser:
         "such cells stop the run before anything is computed, naming what differs; a "
         "damaged cell is always recomputed)",
     )
-    r.add_argument("--seed", type=_non_negative_int, default=0, help="seed of every random choice")
+    r.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="the first prompt seed (of every random choice of its grid)",
+    )
+    r.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=None,
+        help="prompt seeds, --seed and the next ones, one grid each in <family>/seed<s>/ when "
+        "more than one (default: the preset's, 3 for the full grid, 1 with --quick)",
+    )
+    r.add_argument(
+        "--design",
+        choices=("main", "legacy"),
+        default="main",
+        help="the experiments' design: main (issue 18: normalised TL score with the raw "
+        "margin beside it, held-out selection, query-matched and task-mean steering, the "
+        "other ablation mode and continuous metrics as sensitivity rows) or legacy (the "
+        "first saved results' design); docs/methods.md",
+    )
     r.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per forward pass")
     r.add_argument(
         "--out",

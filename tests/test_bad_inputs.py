@@ -2398,6 +2398,7 @@ def test_backend_hooked_on_transformer_lens_4_names_the_fix(monkeypatch):
 
 
 # ---- H7 (s25): batch_size="auto" and the benchmark shapes (issue 20)
+# ---- H5: the grid's design (issue 18 items 1, 2, 4, 5)
 
 
 @pytest.mark.parametrize(
@@ -2434,3 +2435,73 @@ def test_an_unknown_batching_kind_or_benchmark_shape_is_named():
     spec.loader.exec_module(bench)
     with pytest.raises(ValueError, match=r"Unknown shape 'Llama-2-7B'"):
         bench.shape_config("Llama-2-7B")
+        (dict(design="main"), TypeError, r"design must be a trtl Design .*got str"),
+        (dict(tl_normalize="tr", design=trtl.LEGACY.__class__(**{**vars(trtl.LEGACY),
+              "tl_sensitivity": "tr"})), ValueError, r"tl_sensitivity='tr' must be None or "
+              r"another TL score"),  # fmt: skip
+        (dict(design=trtl.LEGACY.__class__(**{**vars(trtl.LEGACY), "steering_protocols": ()})),
+         ValueError, r"steering_protocols must be a non-empty tuple"),  # fmt: skip
+        (dict(design=trtl.LEGACY.__class__(**{**vars(trtl.LEGACY),
+              "steering_protocols": ("mean_of_all",)})), ValueError,
+         r"Unknown steering protocol 'mean_of_all'"),  # fmt: skip
+        (dict(n_seeds=0), ValueError, r"n_seeds"),
+    ],
+)
+def test_grid_design_errors_name_the_bad_setting(tiny_llama, tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, quick=True, progress=False,
+                            **kwargs)  # fmt: skip
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_tl_sensitivity_errors_name_the_value_and_the_fix(tiny_llama, tiny_prompts):
+    with pytest.raises(ValueError, match=r"Unknown sensitivity_normalize 'raw'"):
+        trtl.find_task_heads(tiny_llama, tiny_prompts, sensitivity_normalize="raw",
+                             progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"sensitivity_normalize='none' equals normalize"):
+        trtl.find_task_heads(tiny_llama, tiny_prompts, sensitivity_normalize="none",
+                             progress=False)  # fmt: skip
+    found = trtl.find_task_heads(tiny_llama, tiny_prompts, n_boot=10, progress=False)
+    with pytest.raises(ValueError, match=r"sensitivity_normalize='none'"):
+        trtl.head_sets(found, sensitivity=True)
+    with pytest.raises(TypeError, match=r"continuous must be True or False, got 'yes'"):
+        trtl.ablation_experiment(tiny_llama, tiny_prompts, {"TR": [(1, 0)]}, n_random=0,
+                                 random_like=(), continuous="yes", progress=False)  # fmt: skip
+
+
+def test_replaying_a_steering_cell_needs_its_alpha(tiny_llama, sentiment_task):
+    from icl_heads.experiments.replay import replay
+
+    icl = ih.build_prompts(tiny_llama, sentiment_task, k=3, n=6, seed=0)
+    twins = ih.build_prompts(tiny_llama, sentiment_task, k=0, n=6, seed=0)
+    res = trtl.steering_experiment(tiny_llama, icl, twins, {"TR": [(1, 0)]}, (0, 1),
+                                   protocol="query_matched", n_random=0, random_like=(), n_boot=10,
+                                   progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"pass alpha="):
+        replay(res, tiny_llama, "TR")
+    with pytest.raises(ValueError, match=r"No condition 'TR' at alpha=2.0"):
+        replay(res, tiny_llama, "TR", alpha=2.0)
+    plain = trtl.steering_experiment(tiny_llama, icl, twins, {"TR": [(1, 0)]}, (0, 1),
+                                     n_random=0, random_like=(), n_boot=10, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"protocol='query_matched' only"):
+        replay(plain, tiny_llama, "TR", alpha=1.0)
+
+
+def test_head_ablation_geometry_refuses_a_bad_mode_or_reference(tiny_llama, tiny_prompts):
+    from icl_heads.experiments.geometry import head_ablation_geometry, reproduce_geometry
+
+    with pytest.raises(ValueError, match=r"Unknown ablation mode 'average'"):
+        head_ablation_geometry(tiny_llama, tiny_prompts, {"PTH": [(0, 1)]}, mode="average",
+                               n_random=0, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"sensitivity_mode='median'"):
+        head_ablation_geometry(tiny_llama, tiny_prompts, {"PTH": [(0, 1)]},
+                               sensitivity_mode="median", n_random=0, progress=False)  # fmt: skip
+    other = ih.build_prompts(tiny_llama, ih.load_task("topic"), k=2, n=6, seed=0)
+    with pytest.raises(ValueError, match=r"reference prompts of task 'topic'"):
+        head_ablation_geometry(tiny_llama, tiny_prompts, {"PTH": [(0, 1)]}, reference=other,
+                               n_random=0, progress=False)  # fmt: skip
+    from icl_heads.experiments import geometry
+
+    bad = geometry.Design(heldout=False, split_fraction=0.5, sensitivity_mode="zero")
+    with pytest.raises(ValueError, match=r"sensitivity_mode='zero': the geometry grid's"):
+        reproduce_geometry(tiny_llama, ["sentiment"], "unused-out", design=bad)

@@ -327,3 +327,63 @@ def test_models_the_restart_engine_cannot_run_fall_back_to_full_passes(
     monkeypatch.setattr(shared_runs, "check_supported", refuse)
     slow = head_ablation_geometry(tiny_llama, icl, {"IH": [(1, 2)]}, **opts)
     _assert_same_tables(fast.table, slow.table)
+
+
+# ---- H5: the geometry grid's design of issue 18 (sensitivity mode, held-out, seeds)
+
+
+def test_head_ablation_sensitivity_rows_leave_the_main_rows_unchanged(tiny_llama, tiny_sets):
+    icl, _ = tiny_sets
+    heads = {"PTH": [(0, 1)], "IH": [(1, 2)]}
+    kwargs = dict(n_random=2, folds=3, n_boot=30, layers=[0, 1, 2], progress=False)
+    plain = head_ablation_geometry(tiny_llama, icl, heads, **kwargs)
+    both = head_ablation_geometry(tiny_llama, icl, heads, sensitivity_mode="mean", **kwargs)
+    assert both.conditions == [*plain.conditions, "PTH (mean)", "random_PTH (mean)",
+                               "IH (mean)", "random_IH (mean)"]  # fmt: skip
+    for key in ("table", "summary", "effect"):
+        new = both.table if key == "table" else both.tables[key]
+        old = plain.table if key == "table" else plain.tables[key]
+        kept = new[~new["condition"].str.endswith("(mean)")].reset_index(drop=True)
+        pd.testing.assert_frame_equal(kept, old, obj=key)
+    assert both.settings.sensitivity_mode == "mean" and plain.settings.sensitivity_mode is None
+    # the mean rows are mean ablation: the same as a main-mode mean call
+    mean = head_ablation_geometry(tiny_llama, icl, heads, mode="mean", **kwargs)
+    t = both.table[both.table["condition"] == "IH (mean)"]["value"].to_numpy()
+    want = mean.table[mean.table["condition"] == "IH"]["value"].to_numpy()
+    np.testing.assert_allclose(t, want, atol=1e-6, equal_nan=True)
+    with pytest.raises(ValueError, match="sensitivity_mode='zero'"):
+        head_ablation_geometry(tiny_llama, icl, heads, sensitivity_mode="zero", **kwargs)
+
+
+def test_geometry_grid_defaults_to_the_heldout_design(tiny_llama, sentiment_task, tmp_path):
+    from icl_heads.experiments import geometry, kit
+    from icl_heads.experiments.splits import heldout_split, split_prompts
+
+    assert geometry.FULL.n == 256 and geometry.FULL.n_seeds == 3 and geometry.QUICK.n_seeds == 1
+    assert geometry.MAIN.heldout and geometry.MAIN.sensitivity_mode == "mean"
+    out = tmp_path / "data"
+    cells = reproduce_geometry(tiny_llama, ["sentiment"], out, quick=True, progress=False, n=12,
+                               n_seeds=2)  # fmt: skip
+    assert sorted(set(cells["seed"])) == [0, 1] and len(cells) == 8
+    for seed in (0, 1):
+        done = kit.load_cells(out / f"seed{seed}")[tiny_llama.cfg.model_name]["sentiment"]
+        split = heldout_split(sentiment_task, 0.5, seed)
+        sel = split_prompts(tiny_llama, sentiment_task, 4, 12, seed, split=split, part="selection")
+        ev0 = split_prompts(tiny_llama, sentiment_task, 0, 12, seed, split=split,
+                            part="evaluation")  # fmt: skip
+        tv = done["task_vector"].settings
+        assert tv.icl_prompts.prompts_digest == sel.info().prompts_digest
+        assert tv.zero_shot_prompts.prompts_digest == ev0.info().prompts_digest
+        abl = done["head_ablation"]
+        assert abl.settings.reference.prompts_digest == sel.info().prompts_digest
+        assert abl.settings.sensitivity_mode == "mean" and "IH (mean)" in abl.conditions
+        assert abl.request["heldout"] == {"fraction": 0.5, "seed": seed}
+        assert "heldout" not in done["layer_geometry_k4"].request
+    # the first design's requests are the grid's requests before the design existed
+    legacy = reproduce_geometry(tiny_llama, ["sentiment"], tmp_path / "legacy", quick=True,
+                                progress=False, n=12, design=geometry.LEGACY)  # fmt: skip
+    request = ExperimentResult.load(legacy["path"].iloc[3]).request
+    assert "heldout" not in request and "sensitivity_mode" not in request
+    assert list(legacy["seed"]) == [0] * 4
+    with pytest.raises(TypeError, match="geometry Design"):
+        reproduce_geometry(tiny_llama, ["sentiment"], tmp_path, design="main")

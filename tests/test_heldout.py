@@ -152,7 +152,7 @@ def test_heldout_grid_selects_on_one_part_and_measures_on_the_other(
 ):
     cells = trtl.reproduce_trtl(
         tiny_llama, ["sentiment"], tmp_path, quick=True, progress=False, n=8, n_boot=N_BOOT,
-        heldout=True, tl_normalize="norm", sensitivity_mode="zero",
+        design=trtl.LEGACY, heldout=True, tl_normalize="norm", sensitivity_mode="zero",
     )  # fmt: skip
     done = {e: ExperimentResult.load(p) for e, p in zip(cells["experiment"], cells["path"])}
     split = heldout_split(sentiment_task, 0.5, 0)
@@ -181,7 +181,7 @@ def test_heldout_grid_selects_on_one_part_and_measures_on_the_other(
     assert done["perturbation"].settings.prompts.prompts_digest == gold.info().prompts_digest
     assert done["perturbation"].settings.normalize == "norm"
     assert all(r.request["tl_normalize"] == "norm" for r in done.values())
-    # a default grid in the same folder is refused (stale), never mixed in
+    # a grid without held-out selection in the same folder is refused (stale), never mixed in
     with pytest.raises(ValueError, match="heldout"):
         trtl.reproduce_trtl(tiny_llama, ["sentiment"], tmp_path, quick=True, progress=False,
-                            n=8, n_boot=N_BOOT)  # fmt: skip
+                            n=8, n_boot=N_BOOT, design=trtl.LEGACY)  # fmt: skip

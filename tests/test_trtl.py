@@ -329,8 +329,9 @@ def test_perturbation_reuses_the_gold_maps_of_find_task_heads_exactly(tiny_llama
 
 def test_reproduce_shares_passes_without_changing_any_number(tiny_llama, sentiment_task, tmp_path):
     cells = trtl.reproduce_trtl(
-        tiny_llama, ["sentiment"], tmp_path, quick=True, progress=False, n=8, n_boot=N_BOOT
-    )
+        tiny_llama, ["sentiment"], tmp_path, quick=True, progress=False, n=8, n_boot=N_BOOT,
+        design=trtl.LEGACY,  # the design of the saved results; MAIN: test_main_grid_...
+    )  # fmt: skip
     assert set(cells["status"]) == {"computed"}
     done = {e: ExperimentResult.load(p) for e, p in zip(cells["experiment"], cells["path"])}
     prompts = ih.build_prompts(tiny_llama, sentiment_task, 4, 8, 0)
@@ -579,8 +580,9 @@ def test_overlap_verdict_compares_with_the_chance_row():
 def test_quick_reproduce_is_resumable_and_writes_the_page(tiny_llama, tmp_path, monkeypatch):
     out = tmp_path / "data"
     first = trtl.reproduce_trtl(
-        tiny_llama, ["sentiment"], out, quick=True, progress=False, n=8, n_boot=N_BOOT
-    )
+        tiny_llama, ["sentiment"], out, quick=True, progress=False, n=8, n_boot=N_BOOT,
+        design=trtl.LEGACY,  # MAIN's cells: test_main_grid_is_resumable_and_writes_the_page
+    )  # fmt: skip
     cells = sorted(p.parent.name for p in out.glob("*/sentiment/*/result.json"))
     assert cells == sorted(e for e in trtl.EXPERIMENTS if e != "steering_abstract_labels")
     assert sorted(first["experiment"]) == cells and set(first["status"]) == {"computed"}
@@ -598,8 +600,9 @@ def test_quick_reproduce_is_resumable_and_writes_the_page(tiny_llama, tmp_path, 
     ):
         monkeypatch.setattr(reproduce, fn, refuse)  # the names reproduce_trtl calls
     second = trtl.reproduce_trtl(
-        tiny_llama, ["sentiment"], out, quick=True, progress=False, n=8, n_boot=N_BOOT
-    )
+        tiny_llama, ["sentiment"], out, quick=True, progress=False, n=8, n_boot=N_BOOT,
+        design=trtl.LEGACY,
+    )  # fmt: skip
     assert set(second["status"]) == {"loaded"}
     pd.testing.assert_frame_equal(
         second[["model", "task", "experiment", "path"]],

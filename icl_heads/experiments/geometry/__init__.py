@@ -21,7 +21,17 @@ presets), ``verdicts`` (the claims).
 from .curves import ALIGNMENT, GEOMETRY_METRICS, SEPARABILITY, spans
 from .head_ablation import HeadAblationGeometrySettings, head_ablation_geometry
 from .layer_geometry import LayerGeometrySettings, layer_geometry
-from .reproduce import EXPERIMENTS, FULL, QUICK, Preset, reproduce_geometry
+from .reproduce import (
+    EXPERIMENTS,
+    FIRST,
+    FULL,
+    LEGACY,
+    MAIN,
+    QUICK,
+    Design,
+    Preset,
+    reproduce_geometry,
+)
 from .task_vectors import TaskVectorSettings, task_vector_experiment
 from .verdicts import CLAIMS, geometry_verdicts
 
@@ -29,10 +39,14 @@ __all__ = [
     "ALIGNMENT",
     "CLAIMS",
     "EXPERIMENTS",
+    "FIRST",
     "FULL",
+    "LEGACY",
+    "MAIN",
     "GEOMETRY_METRICS",
     "QUICK",
     "SEPARABILITY",
+    "Design",
     "HeadAblationGeometrySettings",
     "LayerGeometrySettings",
     "Preset",

@@ -16,9 +16,9 @@ from ...detectors import token_detector_scores
 from ...geometry import GeometryCurves, check_state_layers
 from ...heads import HeadScores, check_top_k
 from ...hooks import check_interventions, check_positions
-from ...interventions import ablate
+from ...interventions import ABLATION_MODES, ablate
 from ...prompts import PromptSet, check_prompt_set
-from ...provenance import check_head_sets
+from ...provenance import check_head_sets, same_task
 from ...results import ExperimentResult, make_table
 from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import LEVEL, N_BOOT
@@ -59,6 +59,12 @@ class HeadAblationGeometrySettings(Settings):
     level: float = LEVEL
     random_sets: str = "layer-matched, never containing a head of any named set; seeded"
     interventions: tuple[str, ...] = ()
+    #: The other ablation mode run as a sensitivity analysis (conditions ``"<set> (<mode>)"``,
+    #: ``"random_<set> (<mode>)"``), or ``None``.
+    sensitivity_mode: str | None = None
+    #: The prompts mean-ablation means and resampling donors come from (``None``: these
+    #: prompts).
+    reference: PromptInfo | None = None
 
 
 def head_ablation_geometry(
@@ -70,6 +76,8 @@ def head_ablation_geometry(
     n_random: int = 5,
     mode: str = "zero",
     positions="all",
+    sensitivity_mode: str | None = None,
+    reference: PromptSet | None = None,
     layers: int | Sequence[int] | None = None,
     folds: int = 5,
     seed: int = 0,
@@ -110,6 +118,13 @@ def head_ablation_geometry(
         n_random: random sets per named set (0: none).
         mode, positions: the ablation (:func:`~icl_heads.interventions.ablate`; default zero
             ablation at every position).
+        sensitivity_mode: another ablation mode run as a sensitivity analysis (default
+            ``None``: none; the reproduction grid runs ``"mean"``): every named and random
+            set is ablated that way too, on the same prompts, clean pass, folds and
+            resamples, as conditions ``"<set> (<mode>)"`` and ``"random_<set> (<mode>)"``
+            (in every table); the main conditions' rows are unchanged.
+        reference: the prompts mean-ablation means (and resampling donors) come from
+            (default: these prompts), e.g. the selection part of a held-out split.
         layers, folds, seed, n_boot, C: as in :func:`layer_geometry`.
         interventions: background interventions, active in every run (the baseline too).
 
@@ -134,6 +149,24 @@ def head_ablation_geometry(
     check_classes(prompts, folds, "head_ablation_geometry")
     k = check_top_k(top_k, L, H)
     positions = check_positions(positions)
+    if mode not in ABLATION_MODES:
+        raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
+    if sensitivity_mode is not None and (
+        sensitivity_mode not in ABLATION_MODES or sensitivity_mode == mode
+    ):
+        raise ValueError(
+            f"sensitivity_mode={sensitivity_mode!r} must be None or another ablation mode than "
+            f"mode={mode!r}, one of {ABLATION_MODES}."
+        )
+    if reference is not None:
+        check_prompt_set(reference, "reference", model=model)
+        if not same_task(reference.info(), prompts.info()):
+            raise ValueError(
+                f"head_ablation_geometry: reference prompts of task {reference.task_name!r} "
+                f"for prompts of task {prompts.task_name!r}; give prompts of the same task."
+            )
+    modes = (mode,) if sensitivity_mode is None else (mode, sensitivity_mode)
+    donors = reference if reference is not None else prompts
     background = check_interventions(interventions, model)
     if heads is None:
         detected = token_detector_scores(
@@ -157,29 +190,36 @@ def head_ablation_geometry(
         top_k=k,
     )
     named, controls = chosen_sets.named, chosen_sets.controls
-    plan = [Condition(BASELINE, ())]
-    for name, hs in named.items():
-        plan += [Condition(name, tuple(hs))] + [c for c in controls if c.control_of == name]
+    plan, plan_modes = [Condition(BASELINE, ())], [mode]
+    for m in modes:
+        for name, hs in named.items():
+            group = [Condition(name, tuple(hs))] + [c for c in controls if c.control_of == name]
+            if m != mode:
+                group = [
+                    Condition(f"{c.name} ({m})", c.heads, c.control_of, c.index) for c in group
+                ]
+            plan += group
+            plan_modes += [m] * len(group)
 
     means = None
-    if mode == "mean":
+    if "mean" in modes:
         means = activation_means(
             model,
-            prompts,
+            donors,
             positions="query" if positions == "query" else "all",
             batch_size=batch_size,
             device=device,
             progress=False,
         )
     runs = []
-    for condition in plan[1:]:
+    for condition, m in zip(plan[1:], plan_modes[1:], strict=True):
         iv = ablate(
             model,
             list(condition.heads),
-            mode,
+            m,
             positions,
-            means=means,
-            reference=prompts,
+            means=means if m == "mean" else None,
+            reference=donors,
             seed=seed,
             batch_size=batch_size,
             device=device,
@@ -216,7 +256,7 @@ def head_ablation_geometry(
         measured.setdefault(condition.name, []).append(curves)
 
     layer_spans = spans(chosen, L)
-    pooled = {c.name for c in controls}
+    pooled = {c.name for c in plan if c.control_of is not None}
     rows, summary, effect = [], [], []
     for name, sets in measured.items():
         curves = pool_sets(sets, seed) if name in pooled else sets[0]
@@ -246,6 +286,8 @@ def head_ablation_geometry(
         early=tuple(layer_spans["early"]),
         late=tuple(layer_spans["late"]),
         interventions=describe_interventions(background),
+        sensitivity_mode=sensitivity_mode,
+        reference=reference.info() if reference is not None else None,
     )
     return ExperimentResult(
         "head_ablation_geometry",

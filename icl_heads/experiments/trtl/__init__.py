@@ -23,8 +23,9 @@ intervals, a frozen settings dataclass, the head maps it made, extra tables)::
 The results page is written by :func:`icl_heads.pages.trtl.write_trtl_page`.
 
 One module per job: ``passes`` (the shared TSLA pass, query tap, mean head outputs),
-``find_heads``, ``ablation``, ``perturbation``, ``correlation``, ``steering``,
-``reconciliation``, ``reproduce`` (the grid and its presets), ``verdicts``; each
+``find_heads``, ``ablation``, ``perturbation``, ``correlation``, ``steering`` (with
+``query_matched``, its second protocol), ``reconciliation``, ``presets`` (the grid's sizes
+and designs), ``reproduce`` (the grid), ``verdicts``; each
 experiment's settings dataclass beside it. Shared with the geometry family:
 :mod:`icl_heads.experiments.kit` (checks, conditions, rows, verdict rules, grid cells),
 :func:`icl_heads.last_token.run_conditions` (the engine driver), :mod:`icl_heads.stats`.
@@ -61,6 +62,7 @@ from .find_heads import FindTaskHeadsSettings, find_task_heads, head_sets
 from .passes import mean_head_outputs
 from .perturbation import PerturbationSettings, perturbation_experiment
 from .reconciliation import ReconciliationSettings, reconciliation_experiment
+from .presets import FIRST, LEGACY, MAIN, Design
 from .reproduce import EXPERIMENTS, FULL, QUICK, Preset, reproduce_trtl
 from .steering import GEOMETRY, SteeringSettings, steering_experiment
 from .verdicts import CLAIMS, VERDICT_ALPHA, claim_verdict, trtl_verdicts
@@ -70,7 +72,7 @@ __all__ = [
     "perturbation_experiment", "correlation_experiment", "steering_experiment",
     "reconciliation_experiment", "reproduce_trtl", "trtl_verdicts", "claim_verdict",
     "CLAIMS", "EXPERIMENTS", "VERDICTS", "VERDICT_ALPHA", "BEHAVIOUR",
-    "GEOMETRY", "FULL", "QUICK", "Preset", "random_head_sets", "FindTaskHeadsSettings",
+    "GEOMETRY", "FULL", "QUICK", "FIRST", "Preset", "Design", "MAIN", "LEGACY", "random_head_sets", "FindTaskHeadsSettings",
     "AblationSettings", "PerturbationSettings", "CorrelationSettings", "SteeringSettings",
     "ReconciliationSettings",
 ]  # fmt: skip

@@ -16,7 +16,7 @@ from ...heads import Head, HeadsLike, heads_to_mask
 from ...hooks import Positions, check_interventions, check_positions
 from ...interventions import ABLATION_MODES, ablate
 from ...last_token import Run, run_conditions
-from ...metrics import BEHAVIOUR
+from ...metrics import BEHAVIOUR, CONTINUOUS, behaviour, behaviour_and_continuous
 from ...prompts import PromptSet
 from ...provenance import check_head_sets, check_means
 from ...results import ExperimentResult, make_table
@@ -80,6 +80,9 @@ class AblationSettings(Settings):
     #: The other ablation mode run as a sensitivity analysis (conditions ``"<set> (<mode>)"``),
     #: or ``None``.
     sensitivity_mode: str | None = None
+    #: Whether the table has the continuous metrics (``label_mass``, ``gold_margin``)
+    #: beside the behaviour metrics.
+    continuous: bool = False
 
 
 def ablation_experiment(
@@ -92,6 +95,7 @@ def ablation_experiment(
     mode: Literal["zero", "mean", "resample"] = "mean",
     positions: Positions = "all",
     sensitivity_mode: Literal["zero", "mean", "resample"] | None = None,
+    continuous: bool = False,
     seed: int = 0,
     random_like: Sequence[str] | None = None,
     means: ActivationMeans | Tensor | None = None,
@@ -129,6 +133,11 @@ def ablation_experiment(
             the same prompts and clean runs, giving conditions ``"<set> (<mode>)"`` and
             ``"random_<set> (<mode>)"`` with their effects and contrasts
             (``"TR (zero) - random_TR (zero)"``); the main rows are unchanged.
+        continuous: also the continuous metrics (:data:`~icl_heads.metrics.CONTINUOUS`:
+            ``label_mass``, the label tokens' probability mass, TR's continuous reading;
+            ``gold_margin``, the gold logit over the best other label, TL's) from the same
+            logits, after the behaviour metrics of every condition (levels, effects,
+            contrasts, random sets); default ``False`` (the table of earlier versions).
         seed: seeds the random sets, resampling donors and the bootstrap.
         random_like: the sets that get random controls (default: every non-empty set;
             ``()`` for none).
@@ -160,6 +169,8 @@ def ablation_experiment(
     check_prompts(model, prompts)
     seed, n_boot = check_seed(seed), check_boot(n_boot)
     check_bool(layer_matched, "layer_matched")
+    check_bool(continuous, "continuous")
+    metrics = (*BEHAVIOUR, *CONTINUOUS) if continuous else BEHAVIOUR
     if mode not in ABLATION_MODES:
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
     if sensitivity_mode is not None and (
@@ -242,6 +253,7 @@ def ablation_experiment(
         model,
         prompts,
         runs,
+        measure=behaviour_and_continuous if continuous else behaviour,
         query_only=positions == "query",
         background=interventions,
         batch_size=batch_size,
@@ -256,7 +268,9 @@ def ablation_experiment(
                 key = c.key if m == mode else _mode_name(c.key, m)
                 measured[key] = {name: v.clone() for name, v in base.items()}
 
-    rows, random_rows = _rows(named, controls, measured, prompts, n_boot=n_boot, seed=seed)
+    rows, random_rows = _rows(
+        named, controls, measured, prompts, n_boot=n_boot, seed=seed, metrics=metrics
+    )
     if sensitivity_mode is not None:
         extra, extra_random = _rows(
             {_mode_name(k, sensitivity_mode): v for k, v in named.items()},
@@ -273,6 +287,7 @@ def ablation_experiment(
             prompts,
             n_boot=n_boot,
             seed=seed,
+            metrics=metrics,
         )
         rows += [r for r in extra if r["condition"] != BASELINE]
         random_rows += extra_random
@@ -305,6 +320,7 @@ def ablation_experiment(
         intervention_specs=settings_value(list(intervention_specs(interventions))),
         heads_from=heads_from,
         sensitivity_mode=sensitivity_mode,
+        continuous=continuous,
     )
     return ExperimentResult(
         "ablation", make_table(rows), settings, tables={"random_sets": make_table(random_rows)}
@@ -328,34 +344,35 @@ def _rows(
     *,
     n_boot: int,
     seed: int,
+    metrics: Sequence[str] = BEHAVIOUR,
 ) -> tuple[list[dict], list[dict]]:
     """The main table's rows (levels, effects, contrasts) and the random sets' rows."""
     base = measured[BASELINE]
     conditions = [Condition(name, tuple(hs)) for name, hs in named.items()]
-    rows = level_rows(BASELINE, base, n_boot=n_boot, seed=seed, heads="")
+    common = dict(n_boot=n_boot, seed=seed, metrics=metrics)
+    rows = level_rows(BASELINE, base, heads="", **common)
     rows.append(chance_row(prompts, heads=""))
     pooled = {}
     for c in conditions:
-        rows += level_rows(c.name, measured[c.key], n_boot=n_boot, seed=seed, heads=c.label)
-        rows += effect_rows(c.name, measured[c.key], base, n_boot=n_boot, seed=seed, heads=c.label)
+        rows += level_rows(c.name, measured[c.key], heads=c.label, **common)
+        rows += effect_rows(c.name, measured[c.key], base, heads=c.label, **common)
         per_set = [measured[r.key] for r in controls if r.control_of == c.name]
         if per_set:
-            pooled[c.name] = pool(per_set, BEHAVIOUR)
+            pooled[c.name] = pool(per_set, metrics)
             name = random_name(c.name)
-            for row in level_rows(name, pooled[c.name], n_boot=n_boot, seed=seed, heads=""):
+            for row in level_rows(name, pooled[c.name], heads="", **common):
                 row.update(spread(per_set, row["metric"]))
                 rows.append(row)
-            rows += effect_rows(name, pooled[c.name], base, n_boot=n_boot, seed=seed, heads="")
+            rows += effect_rows(name, pooled[c.name], base, heads="", **common)
     for name in named:
         if name in pooled:
             rows += effect_rows(
                 contrast_name(name, random_name(name)),
                 measured[name],
                 pooled[name],
-                n_boot=n_boot,
-                seed=seed,
                 kind="contrast",
                 heads="",
+                **common,
             )
         for other in named:
             if other != name:
@@ -363,14 +380,13 @@ def _rows(
                     contrast_name(name, other),
                     measured[name],
                     measured[other],
-                    n_boot=n_boot,
-                    seed=seed,
                     kind="contrast",
                     heads="",
+                    **common,
                 )
     random_rows = []
     for c in controls:
-        for row in level_rows(c.key, measured[c.key], n_boot=n_boot, seed=seed):
+        for row in level_rows(c.key, measured[c.key], **common):
             row.update(
                 set=c.control_of,
                 index=c.index,

@@ -33,6 +33,9 @@ from ...settings import PromptInfo
 #: protocols").
 PROTOCOLS = ("task_mean", "query_matched")
 
+#: The ``kind`` of a query-matched steer's record (:func:`matched_spec`).
+MATCHED_KIND = "query_matched_steer"
+
 #: What each protocol adds (recorded as ``SteeringSettings.vector``).
 VECTOR_TEXT = {
     "task_mean": (
@@ -238,4 +241,64 @@ def matched_steer(
         source_rows=source_rows.cpu(),
         alpha=float(alpha),
         source=source,
+    )
+
+
+def matched_spec(steer: MatchedSteer) -> dict:
+    """A query-matched steer as data, for the settings of a result:
+    ``{"kind": "query_matched_steer", "heads": [[l, h], ...], "alpha", "source"}`` (the
+    source prompts' identity, ``PromptInfo.to_dict()``). Not a ``from_spec`` spec (the
+    outputs are per prompt): :func:`~icl_heads.experiments.replay.replay` rebuilds the
+    source prompts, their head outputs and the pairing from it.
+
+    Example::
+
+        matched_spec(iv)["heads"]          # [[3, 1], [5, 0]]
+    """
+    if not isinstance(steer, MatchedSteer):
+        raise TypeError(f"matched_spec needs a MatchedSteer, got {type(steer).__name__}.")
+    return {
+        "kind": MATCHED_KIND,
+        "heads": [[h.layer, h.head] for h in steer.heads],
+        "alpha": steer.alpha,
+        "source": steer.source.to_dict() if steer.source is not None else None,
+    }
+
+
+def rebuild_matched_steer(
+    model: HookedTransformer,
+    spec: dict,
+    source: PromptSet,
+    target: PromptSet,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    interventions: Sequence = (),
+    progress: bool = False,
+) -> MatchedSteer:
+    """The :class:`MatchedSteer` of a :func:`matched_spec` record, on the rebuilt source and
+    target prompts (one pass over the source prompts for the heads' outputs; the pairing
+    checked by :func:`check_query_pairs`).
+
+    Example::
+
+        iv = rebuild_matched_steer(model, record["spec"], icl, zero_shot)
+    """
+    if not isinstance(spec, dict) or spec.get("kind") != MATCHED_KIND:
+        raise ValueError(
+            f"Not a query-matched steer record (kind {MATCHED_KIND!r}): {str(spec)[:80]!r}."
+        )
+    heads = [Head(int(a), int(b)) for a, b in spec["heads"]]
+    outputs = query_head_outputs(
+        model,
+        source,
+        heads,
+        batch_size=batch_size,
+        device=device,
+        interventions=interventions,
+        progress=progress,
+    )
+    pairs = check_query_pairs(source, target)
+    return matched_steer(
+        model, outputs, heads, pairs, alpha=float(spec["alpha"]), source=source.info()
     )

@@ -94,7 +94,9 @@ def reconciliation_experiment(
     with the label-attention map's over the prompts), e.g. ``find_task_heads(model,
     prompts).maps``; maps of other prompts or another model are refused
     (:func:`~icl_heads.provenance.check_map`); default (or without per-prompt values, e.g.
-    loaded from disk): computed here (the given maps must still be of this task and model).
+    loaded from disk): computed here (the given maps must still be of this task and model),
+    with the given TL map's own score (its settings' ``normalize``, ``floor``, ``apply_ln``),
+    so a resumed grid gives the numbers of an uninterrupted one.
 
     Example::
 
@@ -143,6 +145,7 @@ def reconciliation_experiment(
             device=device,
             interventions=interventions,
             progress=progress,
+            **_score_options(tl),
         )
     detectors = token_detector_scores(
         model,
@@ -314,3 +317,17 @@ def _task_vector_rows(
             )
         )
     return rows
+
+
+def _score_options(tl: HeadScores | None) -> dict:
+    """The TL score a map given without per-prompt values was made with (``normalize``,
+    ``floor``, ``apply_ln`` of its TSLA settings), so that the maps recomputed here are
+    that map again (e.g. the loaded, compact maps of a resumed grid); none for no map."""
+    recorded = getattr(tl, "settings", None)
+    normalize = getattr(recorded, "normalize", None)
+    if normalize is None:
+        return {}
+    options = {"normalize": normalize, "apply_ln": bool(getattr(recorded, "apply_ln", False))}
+    if getattr(recorded, "floor", None) is not None:
+        options["floor"] = float(recorded.floor)
+    return options

@@ -4,7 +4,6 @@ resumable."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -13,19 +12,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ...activations import ActivationMeans, activation_means
-from ...attribution import NORMALIZATIONS
 from ...backends import HookedTransformer
 from ...checks import check_int, check_seed
 from ...heads import HeadScores
-from ...interventions import ABLATION_MODES
 from ...models import load_model
 from ...outputs import check_output_dir
 from ...prompts import PromptSet, build_prompts
 from ...results import ExperimentResult, safe_name
 from ...settings import model_name
-from ...stats import N_BOOT
 from ...tasks import Task
-from ..cells import cell_record, cell_request, cell_table, check_cells, run_cell
+from ..cells import cell_record, cell_table, check_cells, run_cell
 from ..kit import as_task, check_bool, check_boot, check_model, post_attention_norm
 from ..splits import TaskSplit, heldout_split, split_prompts
 from .ablation import ablation_experiment
@@ -33,68 +29,22 @@ from .correlation import correlation_experiment
 from .find_heads import find_task_heads, head_sets
 from .passes import mean_head_outputs
 from .perturbation import perturbation_experiment
+from .presets import EXPERIMENTS as EXPERIMENTS  # re-exported: the grid's names
+from .presets import FIRST as FIRST
+from .presets import (
+    FULL,
+    LEGACY,
+    QUICK,
+    Design,
+    Preset,
+    check_design,
+    request_options,
+    seed_root,
+    steering_cells,
+)
+from .presets import cell_requests as cell_requests
 from .reconciliation import reconciliation_experiment
 from .steering import steering_experiment
-
-#: The experiments of :func:`reproduce_trtl`, in the order they run (directory names).
-EXPERIMENTS = (
-    "find_task_heads",
-    "ablation",
-    "perturbation",
-    "correlation",
-    "steering_zero_shot",
-    "steering_abstract_labels",
-    "reconciliation",
-)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """The settings of a TR/TL reproduction.
-
-    Attributes:
-        k: demonstrations per prompt.
-        n: prompts per task (the steering targets too).
-        n_random: random control sets per head set (ablation, steering).
-        n_boot: bootstrap resamples of every interval.
-        alphas: steering strengths.
-        steering_targets: the perturbations steered onto (``"zero_shot"``,
-            ``"abstract_labels"``).
-        n_sequences: random sequences of the induction / previous-token detectors.
-        steering_batch_size: prompts per group in the steering runs (many short last-token
-            runs: bigger groups mean fewer of them; the same results up to float rounding).
-    """
-
-    k: int
-    n: int
-    n_random: int
-    n_boot: int
-    alphas: tuple[float, ...]
-    steering_targets: tuple[str, ...]
-    n_sequences: int
-    steering_batch_size: int = 64
-
-
-#: The published reproduction: k=4, n=64, 5 random sets, 1000 resamples, alphas 0..4.
-FULL = Preset(
-    k=4,
-    n=64,
-    n_random=5,
-    n_boot=N_BOOT,
-    alphas=(0, 0.5, 1, 2, 4),
-    steering_targets=("zero_shot", "abstract_labels"),
-    n_sequences=32,
-)
-#: The small preset for CI: n=12, 2 random sets, 200 resamples, zero-shot steering only.
-QUICK = Preset(
-    k=4,
-    n=12,
-    n_random=2,
-    n_boot=200,
-    alphas=(0, 1, 4),
-    steering_targets=("zero_shot",),
-    n_sequences=8,
-)
 
 
 def compact(result: ExperimentResult) -> ExperimentResult:
@@ -132,71 +82,81 @@ def reproduce_trtl(
     n: int | None = None,
     n_random: int | None = None,
     n_boot: int | None = None,
+    n_seeds: int | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     rerun_stale: bool = False,
-    tl_normalize: str = "none",
-    tl_floor: float = 0.01,
-    heldout: bool = False,
-    split_fraction: float = 0.5,
+    design: Design | None = None,
+    tl_normalize: str | None = None,
+    tl_floor: float | None = None,
+    heldout: bool | None = None,
+    split_fraction: float | None = None,
     sensitivity_mode: str | None = None,
 ) -> pd.DataFrame:
     """Run every TR/TL experiment on several tasks and save each result.
 
-    Per task, on ``build_prompts(model, task, k, n, seed)``: ``find_task_heads``; then, with
-    its TR and TL head sets (3% of heads each) and maps, ``ablation_experiment`` (mean
-    ablation, all positions, ``n_random`` layer-matched random sets per set),
-    ``perturbation_experiment``, ``correlation_experiment`` (mean ablation at the query),
-    ``steering_experiment`` onto zero-shot and abstract-label prompts of the same task
-    (``n`` prompts, seed ``seed + 1``, groups of ``preset.steering_batch_size`` prompts) and
-    ``reconciliation_experiment``. Each result is saved (:func:`compact`: maps without
-    per-prompt values) to ``out_dir/<model name>/<task>/<experiment>/``
-    (:func:`~icl_heads.experiments.cells.run_cell`), with the request that defines it
-    (:func:`cell_requests`). Resumable: a saved cell that verifies and was made with the
-    same request is loaded, not recomputed; a damaged or incomplete one is recomputed
-    (logged); a stale one (made with another request: other ``k``, ``n``, ``seed``, ...)
-    stops the run before anything is computed, unless ``rerun_stale=True``.
+    The grid follows ``design`` (default :data:`MAIN`, the design of issue 18; every
+    setting in ``docs/methods.md``). Per task and seed ``s``:
+
+    - ``find_task_heads`` on ``n`` k-shot prompts (held out: whose queries are *selection*
+      examples of :func:`~icl_heads.experiments.splits.heldout_split` ``(task,
+      split_fraction, s)``), TL score ``design.tl_normalize`` with its floor; with
+      ``design.tl_sensitivity`` also that TL map, its set and its overlap with the main set
+      (``maps["TL_raw"]``, ``tables["tl_sensitivity"]``, rows ``"TL vs TL_raw"``);
+    - ``ablation`` of the TR and TL sets (3% of heads each; ``n_random`` layer-matched
+      random sets per set) by mean ablation at every position (means from the selection
+      prompts) on ``n`` *evaluation* prompts (queries from the other part; the same prompts
+      when not held out); with ``design.sensitivity_mode`` every set again in that mode
+      (rows ``"TR (zero)"``, ...); the sensitivity TL set as ``"TL_raw"`` (no random sets of
+      its own); ``label_mass`` / ``gold_margin`` rows with ``design.continuous``;
+    - ``perturbation`` (no selection: the usual ``build_prompts`` prompts) with the TL
+      score of the design; ``correlation`` (mean ablation at the query) on the evaluation
+      prompts with the selection maps;
+    - steering onto zero-shot and abstract-label prompts, one cell per protocol of
+      ``design.steering_protocols`` (the first is ``steering_<target>``, the others
+      ``steering_<target>_<protocol>``), the selection heads: ``"query_matched"`` steers
+      the evaluation prompts' own zero-shot / abstract-label twins (seed ``s``) with their
+      k-shot outputs; ``"task_mean"`` steers evaluation prompts of seed ``s + 1`` with the
+      selection prompts' mean outputs (both: groups of ``preset.steering_batch_size``);
+    - ``reconciliation`` on the selection prompts.
+
+    Each result is saved (:func:`compact`: maps without per-prompt values) to
+    ``out_dir/<model name>/<task>/<experiment>/`` when the grid runs one seed, and to
+    ``out_dir/seed<s>/<model name>/<task>/<experiment>/`` for each seed when it runs
+    several (``n_seeds``; the full preset runs 3): every seed's folder is a grid of the
+    one-seed layout (:func:`~icl_heads.experiments.kit.load_cells` reads it as before), and
+    a seed's cells are the cells of ``reproduce_trtl(seed=s, n_seeds=1)``. Each cell is
+    saved with the request that defines it (:func:`cell_requests`). Resumable: a saved
+    cell that verifies and was made with the same request is loaded, not recomputed; a
+    damaged or incomplete one is recomputed (logged); a stale one (made with another
+    request: other ``k``, ``n``, ``seed``, design, ...) stops the run before anything is
+    computed, unless ``rerun_stale=True``.
 
     Work shared between cells (the numbers of separate calls, the steering vectors up to
     float rounding; fewer forward passes): one :func:`~icl_heads.activation_means` pass
     gives the mean-ablation means of the ablation (every token) and correlation (query)
-    cells and, on models without a post-attention norm, the steering vectors
-    (``means.outputs(model)``); the perturbation cell takes its gold condition from the
-    ``find_task_heads`` result (``gold=``).
+    cells and, on models without a post-attention norm, the task-mean steering vectors;
+    the perturbation cell takes its gold condition from the ``find_task_heads`` result
+    when both ran on the same prompts.
 
     Args:
         model: a loaded model or a name for :func:`~icl_heads.load_model`.
         tasks: built-in task names (or :class:`Task` objects).
         quick: the :data:`QUICK` preset (for CI) instead of :data:`FULL`.
-        k, n, n_random, n_boot: override the preset.
+        seed: the first prompt seed (seeds ``seed .. seed + n_seeds - 1``).
+        k, n, n_random, n_boot, n_seeds: override the preset.
         batch_size: prompts per batch (steering: ``preset.steering_batch_size``).
         rerun_stale: recompute saved cells that were made with another request (default:
             refuse them with a ValueError naming the fields that differ).
-        tl_normalize, tl_floor: the TL score of ``find_task_heads`` and
-            ``perturbation_experiment`` (``"none"``, default: the raw gold-label margin;
-            ``"norm"``: divided by ``||P a||``; ``"tr"``: divided by ``||P a||^2``, the
-            paper's normalised form as we reconstruct it) and its TR floor (see
-            :func:`find_task_heads` and ``docs/methods.md``; ``perturbation_experiment``
-            takes no floor and uses the default 0.01).
-        heldout: held-out selection (default ``False``: every cell on the same prompts).
-            ``True``: the task's examples are split (:func:`~icl_heads.experiments.splits.
-            heldout_split`, ``split_fraction`` of each label's inputs, seed ``seed``) into a
-            selection and an evaluation part; the heads (``find_task_heads``), the ablation
-            means, the steering vectors and the maps of ``correlation`` and
-            ``reconciliation`` come from ``n`` prompts whose queries are selection examples;
-            the ablation, correlation sweep and steering effects are measured on ``n``
-            prompts (and the steering targets) whose queries are evaluation examples
-            (:func:`~icl_heads.experiments.splits.split_prompts`; demonstrations from the
-            whole task). ``perturbation`` (no head selection) runs on the usual prompts.
-            The settings record both prompt sets (``prompts``/``heads_from``/``means``,
-            ``source``/``target``), and ``find_task_heads`` keeps the split in
-            ``tables["split"]``.
-        sensitivity_mode: also ablate every set in this other mode (e.g. ``"zero"``) in the
-            ablation cell, as sensitivity rows ``"TR (zero)"``, ... (default ``None``).
+        design: :data:`MAIN` (default) or :data:`LEGACY` (the design of the first saved
+            results), or your own :class:`Design`.
+        tl_normalize, tl_floor, heldout, split_fraction, sensitivity_mode: override one
+            field of ``design`` (``None``: the design's; to drop the sensitivity mode pass
+            ``design=dataclasses.replace(MAIN, sensitivity_mode=None)``).
 
-    Non-default ``tl_normalize``, ``heldout`` and ``sensitivity_mode`` enter the cells'
-    requests (so such a grid never loads a default cell); default calls make the same
-    requests (and numbers) as before these options existed.
+    Settings that differ from :data:`LEGACY` enter the cells' requests (so such a grid
+    never loads a cell of another design); a :data:`LEGACY` grid makes the requests (and
+    numbers) of the grids made before these options existed.
 
     Example::
 
@@ -205,23 +165,22 @@ def reproduce_trtl(
 
     Returns:
         The cells (:func:`~icl_heads.experiments.kit.cell_table`: ``model, task,
-        experiment, path, status, seconds``; status ``"computed"`` or ``"loaded"``).
+        experiment, path, status, seconds``, then ``seed``; status ``"computed"`` or
+        ``"loaded"``).
     """
     if isinstance(model, str):
         model = load_model(model)
     check_model(model, "reproduce_trtl")
     check_bool(quick, "quick")
     check_bool(rerun_stale, "rerun_stale")
-    check_bool(heldout, "heldout")
-    if tl_normalize not in NORMALIZATIONS:
-        raise ValueError(f"Unknown tl_normalize {tl_normalize!r}; choose one of {NORMALIZATIONS}.")
-    if sensitivity_mode is not None and (
-        sensitivity_mode not in ABLATION_MODES or sensitivity_mode == "mean"
-    ):
-        raise ValueError(
-            f"sensitivity_mode={sensitivity_mode!r}: the grid's ablation mode is 'mean'; choose "
-            f"None or another mode of {ABLATION_MODES}."
-        )
+    design = check_design(
+        design,
+        tl_normalize=tl_normalize,
+        tl_floor=tl_floor,
+        heldout=heldout,
+        split_fraction=split_fraction,
+        sensitivity_mode=sensitivity_mode,
+    )
     seed = check_seed(seed)
     if isinstance(tasks, (str, Task)):
         tasks = [tasks]
@@ -232,109 +191,63 @@ def reproduce_trtl(
     n = check_int(n if n is not None else preset.n, "n", 2)
     n_random = check_int(n_random if n_random is not None else preset.n_random, "n_random", 1)
     n_boot = check_boot(n_boot if n_boot is not None else preset.n_boot)
+    n_seeds = check_int(n_seeds if n_seeds is not None else preset.n_seeds, "n_seeds", 1)
     out_dir = check_output_dir(out_dir, what="reproduce_trtl: out_dir")
     task_objs = [as_task(t) for t in tasks]
-    model_dir = out_dir / safe_name(model_name(model) or "model")
-    sizes = dict(k=k, n=n, seed=seed, n_random=n_random, n_boot=n_boot)
-    splits = {
-        t.name: heldout_split(t, split_fraction, seed) if heldout else None for t in task_objs
+    seeds = list(range(seed, seed + n_seeds))
+    roots = {
+        s: seed_root(out_dir, s, n_seeds) / safe_name(model_name(model) or "model") for s in seeds
     }
-    options = dict(tl_normalize=tl_normalize, tl_floor=tl_floor, sensitivity_mode=sensitivity_mode)
-    requests = {
-        t.name: cell_requests(model, t, preset, **sizes, split=splits[t.name], **options)
-        for t in task_objs
-    }
+    plans = {}
+    for s in seeds:
+        for t in task_objs:
+            split = heldout_split(t, design.split_fraction, s) if design.heldout else None
+            sizes = dict(k=k, n=n, seed=s, n_random=n_random, n_boot=n_boot)
+            plans[s, t.name] = (split, cell_requests(model, t, preset, **sizes, split=split,
+                                                     **request_options(design)))  # fmt: skip
     check_cells(
         [
-            (model_dir / safe_name(t.name) / name, request)
+            (roots[s] / safe_name(t.name) / name, request)
+            for s in seeds
             for t in task_objs
-            for name, request in requests[t.name].items()
+            for name, request in plans[s, t.name][1].items()
         ],
         rerun_stale=rerun_stale,
     )
     records: list[dict] = []
+    seed_of: list[int] = []
     bar = tqdm(
-        total=len(task_objs) * len(EXPERIMENTS),
+        total=sum(len(plans[key][1]) for key in plans),
         desc="reproduce TR/TL",
         disable=not progress,
         unit="experiment",
     )
-    for task in task_objs:
-        split = splits[task.name]
-        prompts = build_prompts(model, task, k, n, seed)
-        grid = _TaskGrid(
-            model,
-            task,
-            prompts if split is None else _split(model, task, k, n, seed, split, "selection"),
-            model_dir / safe_name(task.name),
-            requests=requests[task.name],
-            rerun_stale=rerun_stale,
-            records=records,
-            bar=bar,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-            split=split,
-            gold=prompts,
-            tl_normalize=tl_normalize,
-            tl_floor=tl_floor,
-            sensitivity_mode=sensitivity_mode,
-        )
-        grid.run(preset, n_random=n_random, n_boot=n_boot, seed=seed)
+    for s in seeds:
+        for task in task_objs:
+            split, requests = plans[s, task.name]
+            prompts = build_prompts(model, task, k, n, s)
+            grid = _TaskGrid(
+                model,
+                task,
+                prompts if split is None else _split(model, task, k, n, s, split, "selection"),
+                roots[s] / safe_name(task.name),
+                requests=requests,
+                rerun_stale=rerun_stale,
+                records=records,
+                bar=bar,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                split=split,
+                gold=prompts,
+                design=design,
+            )
+            grid.run(preset, n_random=n_random, n_boot=n_boot, seed=s)
+            seed_of += [s] * (len(records) - len(seed_of))
     bar.close()
-    return cell_table(records)
-
-
-def cell_requests(
-    model: HookedTransformer | str,
-    task: Task,
-    preset: Preset,
-    *,
-    k: int,
-    n: int,
-    seed: int,
-    n_random: int,
-    n_boot: int,
-    split: TaskSplit | None = None,
-    tl_normalize: str = "none",
-    tl_floor: float = 0.01,
-    sensitivity_mode: str | None = None,
-) -> dict[str, dict]:
-    """The request of each cell of one task (:func:`~icl_heads.experiments.cells.cell_request`): the model, the task and its content hash, ``k``, ``n``, ``seed`` and
-    ``n_boot`` for every cell; ``n_random`` for ablation and steering; the steering
-    strengths ``alphas`` for steering; ``n_sequences`` for reconciliation. Only the cells
-    the preset runs (its ``steering_targets``). Only when not default: ``tl_normalize`` and
-    ``tl_floor`` (find_task_heads, perturbation, and the cells that use the maps),
-    ``heldout`` (``{"fraction", "seed"}`` of ``split``; every cell but perturbation) and
-    ``sensitivity_mode`` (ablation).
-
-    Example::
-
-        cell_requests(model, task, QUICK, k=4, n=12, seed=0, n_random=2, n_boot=200)["ablation"]
-    """
-    common = dict(k=k, n=n, seed=seed, n_boot=n_boot)
-    extra: dict[str, dict] = {
-        "ablation": dict(n_random=n_random),
-        "reconciliation": dict(n_sequences=preset.n_sequences),
-    }
-    for target in ("zero_shot", "abstract_labels"):
-        extra[f"steering_{target}"] = dict(n_random=n_random, alphas=list(preset.alphas))
-    if tl_normalize != "none":  # every cell that uses the maps or the heads they give
-        for name in EXPERIMENTS:
-            extra.setdefault(name, {}).update(tl_normalize=tl_normalize, tl_floor=tl_floor)
-    if split is not None:
-        held = {"fraction": split.fraction, "seed": split.seed}
-        for name in EXPERIMENTS:
-            if name != "perturbation":
-                extra.setdefault(name, {})["heldout"] = held
-    if sensitivity_mode is not None:
-        extra["ablation"]["sensitivity_mode"] = sensitivity_mode
-    return {
-        name: cell_request(model, task, name, **common, **extra.get(name, {}))
-        for name in EXPERIMENTS
-        if not name.startswith("steering_")
-        or name.removeprefix("steering_") in preset.steering_targets
-    }
+    table = cell_table(records)
+    table["seed"] = seed_of
+    return table
 
 
 class _TaskGrid:
@@ -356,9 +269,7 @@ class _TaskGrid:
         progress: bool,
         split: TaskSplit | None = None,
         gold: PromptSet | None = None,
-        tl_normalize: str = "none",
-        tl_floor: float = 0.01,
-        sensitivity_mode: str | None = None,
+        design: Design = LEGACY,
     ):
         # prompts: where heads, means, vectors and maps come from (the selection part when
         # held out); evaluation: where effects are measured; gold: the perturbation cell's
@@ -370,8 +281,7 @@ class _TaskGrid:
             if split is None
             else _split(model, task, prompts.k, len(prompts), prompts.seed, split, "evaluation")
         )
-        self.tl_normalize, self.tl_floor = tl_normalize, tl_floor
-        self.sensitivity_mode = sensitivity_mode
+        self.design = design
         self.records, self.bar = records, bar
         self.requests, self.rerun_stale = requests, rerun_stale
         self.batch_size, self.device, self.progress = batch_size, device, progress
@@ -428,9 +338,12 @@ class _TaskGrid:
     def find(self, *, n_boot: int, seed: int) -> ExperimentResult:
         """The ``find_task_heads`` result (with the split as ``tables["split"]`` when held
         out)."""
+        d = self.design
         options = {}
-        if self.tl_normalize != "none":
-            options = dict(normalize=self.tl_normalize, floor=self.tl_floor)
+        if d.tl_normalize != "none":
+            options = dict(normalize=d.tl_normalize, floor=d.tl_floor)
+        if d.tl_sensitivity is not None:
+            options["sensitivity_normalize"] = d.tl_sensitivity
         found = find_task_heads(
             self.model,
             self.prompts,
@@ -445,26 +358,49 @@ class _TaskGrid:
             found.tables["split"] = self.split.table()
         return found
 
+    def targets(self, target: str, protocol: str) -> tuple[PromptSet, PromptSet]:
+        """The source and target prompts of a steering cell: query-matched, the evaluation
+        prompts and their twins (same seed); task-mean, the selection prompts and
+        evaluation prompts of seed + 1."""
+        k, n, seed = self.prompts.k, len(self.prompts), self.prompts.seed
+        if protocol == "query_matched":
+            source, seed_t = self.evaluation, seed
+        else:
+            source, seed_t = self.prompts, seed + 1
+        if self.split is None:
+            target_prompts = build_prompts(self.model, self.task, k, n, seed_t, perturbation=target)
+        else:
+            target_prompts = _split(
+                self.model, self.task, k, n, seed_t, self.split, "evaluation", perturbation=target
+            )
+        return source, target_prompts
+
     def run(self, preset: Preset, *, n_random: int, n_boot: int, seed: int) -> None:
         """Every experiment of the task (see :func:`reproduce_trtl`)."""
-        model, prompts, task = self.model, self.prompts, self.task
+        model, prompts, task, d = self.model, self.prompts, self.task, self.design
         evaluation, heldout = self.evaluation, self.split is not None
         batch_size, device, progress = self.batch_size, self.device, self.progress
         found = self.cell("find_task_heads", lambda: self.find(n_boot=n_boot, seed=seed))
-        ablation_options = {}
-        if self.sensitivity_mode is not None:
-            ablation_options["sensitivity_mode"] = self.sensitivity_mode
-        perturbation_options = {}
-        if self.tl_normalize != "none":
-            perturbation_options["normalize"] = self.tl_normalize
+        ablation_options: dict = {}
+        if d.sensitivity_mode is not None:
+            ablation_options["sensitivity_mode"] = d.sensitivity_mode
+        if d.continuous:
+            ablation_options["continuous"] = True
         sets = head_sets(found)
+        ablated = sets
+        if d.tl_sensitivity is not None:  # the sensitivity TL set, without random sets
+            ablated = head_sets(found, sensitivity=True)
+            ablation_options["random_like"] = tuple(sets)
+        perturbation_options = {}
+        if d.tl_normalize != "none":
+            perturbation_options["normalize"] = d.tl_normalize
         tr, tl = found.maps["TR"], found.maps["TL"]
         self.cell(
             "ablation",
             lambda: ablation_experiment(
                 model,
                 evaluation,
-                sets,
+                ablated,
                 n_random=n_random,
                 seed=seed,
                 n_boot=n_boot,
@@ -505,40 +441,10 @@ class _TaskGrid:
                 progress=progress,
             ),
         )
-        for target in ("zero_shot", "abstract_labels"):
-            if target not in preset.steering_targets:
-                self.bar.update(1)
-                continue
-            self.cell(
-                f"steering_{target}",
-                lambda target=target: steering_experiment(
-                    model,
-                    prompts,
-                    build_prompts(
-                        model, task, prompts.k, len(prompts), seed + 1, perturbation=target
-                    )
-                    if not heldout
-                    else _split(
-                        model,
-                        task,
-                        prompts.k,
-                        len(prompts),
-                        seed + 1,
-                        self.split,
-                        "evaluation",
-                        perturbation=target,
-                    ),
-                    sets,
-                    preset.alphas,
-                    n_random=n_random,
-                    seed=seed,
-                    n_boot=n_boot,
-                    vectors=self.steering_vectors(),
-                    batch_size=preset.steering_batch_size,
-                    device=device,
-                    progress=progress,
-                ),
-            )
+        for name, target, protocol in steering_cells(preset, d):
+            self.cell(name, lambda target=target, protocol=protocol: self.steer(
+                target, protocol, sets, preset, n_random=n_random, n_boot=n_boot, seed=seed
+            ))  # fmt: skip
         self.cell(
             "reconciliation",
             lambda: reconciliation_experiment(
@@ -553,6 +459,37 @@ class _TaskGrid:
                 device=device,
                 progress=progress,
             ),
+        )
+
+    def steer(
+        self,
+        target: str,
+        protocol: str,
+        sets: dict,
+        preset: Preset,
+        *,
+        n_random: int,
+        n_boot: int,
+        seed: int,
+    ) -> ExperimentResult:
+        """One steering cell (see :func:`reproduce_trtl`)."""
+        source, target_prompts = self.targets(target, protocol)
+        options = {"protocol": protocol} if protocol != "task_mean" else {}
+        if protocol == "task_mean":
+            options["vectors"] = self.steering_vectors()
+        return steering_experiment(
+            self.model,
+            source,
+            target_prompts,
+            sets,
+            preset.alphas,
+            n_random=n_random,
+            seed=seed,
+            n_boot=n_boot,
+            batch_size=preset.steering_batch_size,
+            device=self.device,
+            progress=self.progress,
+            **options,
         )
 
 

@@ -26,7 +26,7 @@ from ...metrics import BEHAVIOUR, CONTINUOUS, behaviour_and_continuous
 from ...prompts import PromptSet
 from ...provenance import check_head_sets, check_same_task
 from ...results import ExperimentResult, make_table, table_row
-from ...settings import PromptInfo, Settings, describe_interventions, model_name
+from ...settings import PromptInfo, Settings, describe_interventions, model_name, settings_value
 from ...stats import N_BOOT, mean_ci
 from ..kit import (
     BASELINE,
@@ -51,6 +51,7 @@ from .query_matched import (
     VECTOR_TEXT,
     check_protocol,
     check_query_pairs,
+    matched_spec,
     matched_steer,
     query_head_outputs,
 )
@@ -91,6 +92,11 @@ class SteeringSettings(Settings):
     #: set and alpha for ``"query_matched"`` (``to_spec()`` is ``{"kind": "opaque"}``: a
     #: per-prompt steer cannot be rebuilt by ``from_spec``); empty for ``"task_mean"``.
     steer_descriptions: tuple[str, ...] = ()
+    #: ``"query_matched"``: every steered condition as data, ``{"condition", "alpha",
+    #: "start", "query_only", "spec"}`` with spec ``{"kind": "query_matched_steer", "heads",
+    #: "alpha", "source"}`` (the source prompts' identity), so
+    #: :func:`~icl_heads.experiments.replay.replay` reruns it; empty for ``"task_mean"``.
+    conditions: tuple = ()
 
 
 def steering_experiment(
@@ -218,6 +224,7 @@ def steering_experiment(
     L = model.cfg.n_layers
     used = [h.layer for c in conditions for h in c.heads]
     start = min(used) if used else L - 1
+    records: list[dict] = []
     if protocol == "query_matched":
         runs, descriptions = _matched_runs(
             model,
@@ -231,6 +238,17 @@ def steering_experiment(
             interventions=interventions,
             progress=progress,
         )
+        records = [
+            {
+                "condition": key,
+                "alpha": alpha,
+                "start": run.start,
+                "query_only": True,
+                "spec": matched_spec(run.interventions[0]),
+            }
+            for (key, alpha), run in runs.items()
+            if run.interventions
+        ]
     else:
         descriptions = ()
         vectors = _check_vectors(model, vectors)
@@ -303,6 +321,7 @@ def steering_experiment(
         vector=VECTOR_TEXT[protocol],
         protocol=protocol,
         steer_descriptions=descriptions,
+        conditions=settings_value(records),
     )
     tables = {"geometry": make_table(geo_rows), "random_sets": make_table(random_rows)}
     return ExperimentResult("steering", make_table(rows), settings, tables=tables)
