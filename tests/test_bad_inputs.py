@@ -2276,3 +2276,22 @@ def test_query_matched_steering_refuses_unpaired_or_unsupported_input(
     kwargs.update(change)
     with pytest.raises(error, match=match):
         trtl.steering_experiment(tiny_llama, icl, twins, {"TR": [(1, 0)]}, (0, 1), **kwargs)
+
+
+# ---- H1: the docs hook that executes the notebooks (docs/reference/notebooks.py)
+
+
+def test_docs_notebooks_hook_names_a_bad_mode(tmp_path, monkeypatch):
+    import importlib.util
+
+    from mkdocs.exceptions import PluginError
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "reference" / "notebooks.py"
+    spec = importlib.util.spec_from_file_location("icl_heads_docs_notebooks_hook", path)
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    monkeypatch.setenv("ICL_HEADS_DOCS_NOTEBOOKS", "always")
+    with pytest.raises(
+        PluginError, match=r"ICL_HEADS_DOCS_NOTEBOOKS='always'.*cached, fresh, skip"
+    ):
+        hook.on_pre_build({"docs_dir": str(tmp_path)})

@@ -96,3 +96,64 @@ def test_notebook_03_states_its_findings_from_the_data(build):
     closing = printed(nb.cells[-2])
     assert f"N={TEST_N}" in closing and "Caveat" in closing, closing
     assert "- TR ablation lowers label-space rate" in closing, closing
+
+
+# ---- the docs hook that executes them (docs/reference/notebooks.py), without executing
+
+
+def notebooks_hook():
+    """The MkDocs hook module, loaded from its file as MkDocs loads it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "reference" / "notebooks.py"
+    spec = importlib.util.spec_from_file_location("icl_heads_docs_notebooks_hook", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_hook_loads_plotly_js_from_one_file_instead_of_inlining_it():
+    import nbformat
+
+    hook = notebooks_hook()
+    bundle = "/* plotly.js */ window.Plotly = {};"
+    init = f'<script type="text/javascript">window.PlotlyConfig = {{}};</script>\n<script type="text/javascript">{bundle}</script>'
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("fig")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data={"text/html": init}),
+        nbformat.v4.new_output(
+            "display_data", data={"text/html": '<div class="plotly-graph-div">'}
+        ),
+    ]
+    nb.cells.append(cell)
+    assert hook._cut_plotly_js(nb, bundle)
+    first, second = (o["data"]["text/html"] for o in cell.outputs)
+    assert bundle not in first and '<script charset="utf-8" src="plotly.min.js"></script>' in first
+    assert first.startswith('<script type="text/javascript">window.PlotlyConfig')
+    assert second == '<div class="plotly-graph-div">'
+    assert not hook._cut_plotly_js(nb, bundle)  # nothing left to cut
+
+
+def test_the_hook_in_skip_mode_executes_nothing_and_keeps_an_up_to_date_copy(tmp_path, monkeypatch):
+    import nbformat
+
+    hook = notebooks_hook()
+    monkeypatch.setenv("ICL_HEADS_DOCS_NOTEBOOKS", "skip")
+    monkeypatch.setenv("ICL_HEADS_NOTEBOOK_N", "8")
+    out = tmp_path / "notebooks"
+    out.mkdir()
+    # an executed copy of 01 made from today's source and N; a stale one of 02
+    executed = nbformat.read(NOTEBOOKS[0], as_version=4)
+    executed.metadata["icl_heads_docs"] = {"key": hook._source_key(NOTEBOOKS[0], "8"), "ok": True}
+    (out / NOTEBOOKS[0].name).write_text(nbformat.writes(executed), encoding="utf-8")
+    stale = nbformat.read(NOTEBOOKS[1], as_version=4)
+    stale.metadata["icl_heads_docs"] = {"key": "older", "ok": True}
+    (out / NOTEBOOKS[1].name).write_text(nbformat.writes(stale), encoding="utf-8")
+
+    hook.on_pre_build({"docs_dir": str(tmp_path)})
+
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
+    assert nbformat.read(out / NOTEBOOKS[0].name, as_version=4).metadata["icl_heads_docs"]
+    for path in NOTEBOOKS[1:]:  # the notebook itself, without outputs
+        assert (out / path.name).read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
