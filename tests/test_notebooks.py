@@ -112,27 +112,36 @@ def notebooks_hook():
     return module
 
 
-def test_the_hook_loads_plotly_js_from_one_file_instead_of_inlining_it():
+def test_the_hook_makes_the_figures_read_offline():
     import nbformat
 
     hook = notebooks_hook()
     bundle = "/* plotly.js */ window.Plotly = {};"
-    init = f'<script type="text/javascript">window.PlotlyConfig = {{}};</script>\n<script type="text/javascript">{bundle}</script>'
+    init = (
+        '<script type="text/javascript">window.PlotlyConfig = {};</script>\n'
+        f'<script type="text/javascript">{bundle}</script>'
+    )
+    mathjax = '<script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/3.2.2/es5/tex-svg.min.js"></script>'
+    figure = (
+        f'<div>{mathjax}<script>if (window.MathJax) {{}}</script><div class="plotly-graph-div">'
+    )
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("fig")
     cell.outputs = [
         nbformat.v4.new_output("display_data", data={"text/html": init}),
-        nbformat.v4.new_output(
-            "display_data", data={"text/html": '<div class="plotly-graph-div">'}
-        ),
+        nbformat.v4.new_output("display_data", data={"text/html": figure}),
+        nbformat.v4.new_output("display_data", data={"text/html": "<table></table>"}),
     ]
     nb.cells.append(cell)
-    assert hook._cut_plotly_js(nb, bundle)
-    first, second = (o["data"]["text/html"] for o in cell.outputs)
+    assert hook._offline_outputs(nb, bundle) == 2
+    first, second, third = (o["data"]["text/html"] for o in cell.outputs)
+    # plotly.js is loaded from the one file beside the copy
     assert bundle not in first and '<script charset="utf-8" src="plotly.min.js"></script>' in first
     assert first.startswith('<script type="text/javascript">window.PlotlyConfig')
-    assert second == '<div class="plotly-graph-div">'
-    assert not hook._cut_plotly_js(nb, bundle)  # nothing left to cut
+    # no script from the network; the figure itself is kept
+    assert "cdnjs" not in second and '<div class="plotly-graph-div">' in second
+    assert "<script>if (window.MathJax) {}</script>" in second and third == "<table></table>"
+    assert hook._offline_outputs(nb, bundle) == 0  # nothing left to change
 
 
 def test_the_hook_in_skip_mode_executes_nothing_and_keeps_an_up_to_date_copy(tmp_path, monkeypatch):

@@ -11,7 +11,10 @@ as it is (``execute: false`` in ``mkdocs.yml``):
   what the code does, not a measurement; every notebook says how to read its intervals);
 * with Plotly's ``notebook`` renderer (``PLOTLY_RENDERER``), so every figure is HTML that
   draws itself; the plotly.js bundle it inlines is cut out of the copy and written once as
-  ``docs/notebooks/plotly.min.js``, so the pages read offline without a 4 MB copy each.
+  ``docs/notebooks/plotly.min.js``, so the pages read offline without a 4 MB copy each;
+  the MathJax script tag that renderer adds to every figure (from a CDN; the figures use no
+  LaTeX) is dropped;
+* printed output keeps its lines on the page (:data:`OUTPUT_STYLE`).
 
 A copy is executed again only when its notebook, the N, this hook or the ``icl_heads``
 package changed (the key is recorded in the copy's metadata). ``ICL_HEADS_DOCS_NOTEBOOKS``:
@@ -29,6 +32,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -72,27 +76,35 @@ def _recorded(copy: Path) -> dict:
         return {}
 
 
-def _cut_plotly_js(nb, bundle: str) -> bool:
-    """Replace the inlined plotly.js in ``nb``'s outputs by ``<script src="plotly.min.js">``;
-    whether there was one."""
-    found = False
+#: A script tag that loads from the network: Plotly's notebook renderer adds MathJax from a
+#: CDN to every figure (the figures use no LaTeX); offline it fails, on a slow network it
+#: holds up the page.
+_REMOTE_SCRIPT = re.compile(r'<script[^>]*\ssrc="(?:https?:)?//[^"]*"[^>]*>\s*</script>')
+
+
+def _offline_outputs(nb, bundle: str) -> int:
+    """Make ``nb``'s HTML outputs read offline: the inlined plotly.js becomes
+    ``<script src="plotly.min.js">`` (the file beside the copy) and script tags that load
+    from the network are dropped; the number of outputs changed."""
+    changed = 0
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             html = output.get("data", {}).get("text/html")
             if html is None:
                 continue
             text = "".join(html) if isinstance(html, list) else html
-            at = text.find(bundle)
-            if at < 0:
-                continue
-            start = text.rfind("<script", 0, at)
-            end = text.find("</script>", at) + len("</script>")
-            text = (
-                text[:start] + '<script charset="utf-8" src="plotly.min.js"></script>' + text[end:]
-            )
-            output["data"]["text/html"] = text
-            found = True
-    return found
+            new = text
+            at = new.find(bundle)
+            if at >= 0:
+                start = new.rfind("<script", 0, at)
+                end = new.find("</script>", at) + len("</script>")
+                local = '<script charset="utf-8" src="plotly.min.js"></script>'
+                new = new[:start] + local + new[end:]
+            new = _REMOTE_SCRIPT.sub("", new)
+            if new != text:
+                output["data"]["text/html"] = new
+                changed += 1
+    return changed
 
 
 async def _execute(source: Path, copy: Path, env: dict, meta: dict, bundle: str, gate) -> str:
@@ -112,7 +124,7 @@ async def _execute(source: Path, copy: Path, env: dict, meta: dict, bundle: str,
             except CellExecutionError as exc:
                 error = str(exc)
         seconds = round(time.perf_counter() - start, 1)
-    _cut_plotly_js(nb, bundle)
+    _offline_outputs(nb, bundle)
     nb.metadata[META] = {**meta, "seconds": seconds, "ok": not error}
     copy.write_text(nbformat.writes(nb), encoding="utf-8")
     log.info("executed %s in %.0f s%s", source.name, seconds, " (failed)" if error else "")
@@ -177,4 +189,18 @@ def on_pre_build(config, **kwargs):
         )
 
 
-__all__ = ["on_pre_build"]
+#: Printed output keeps its lines (the summaries print aligned tables): mkdocs-jupyter's
+#: style wraps them at the column's width; a wide one scrolls instead.
+OUTPUT_STYLE = (
+    "<style>.jupyter-wrapper .jp-OutputArea-output pre "
+    "{white-space: pre; word-break: normal; overflow-wrap: normal;}</style>"
+)
+
+
+def on_post_page(output, page, config, **kwargs):
+    if page.file.src_uri.startswith(f"{FOLDER}/") and page.file.src_uri.endswith(".ipynb"):
+        return output.replace("</head>", OUTPUT_STYLE + "</head>", 1)
+    return output
+
+
+__all__ = ["on_post_page", "on_pre_build"]
