@@ -111,7 +111,6 @@ async def _execute(source: Path, copy: Path, env: dict, meta: dict, bundle: str,
     """Run ``source`` into ``copy``; the error text, or '' when it ran through."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(source, as_version=4)
     error = ""
@@ -121,8 +120,8 @@ async def _execute(source: Path, copy: Path, env: dict, meta: dict, bundle: str,
             client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3")
             try:
                 await client.async_execute(cwd=cwd, env=env)
-            except CellExecutionError as exc:
-                error = str(exc)
+            except Exception as exc:  # a cell's error, a timeout, a dead kernel: report it
+                error = f"{type(exc).__name__}: {exc}"
         seconds = round(time.perf_counter() - start, 1)
     _offline_outputs(nb, bundle)
     nb.metadata[META] = {**meta, "seconds": seconds, "ok": not error}
