@@ -85,7 +85,7 @@ def build_site(base: Path, *, notebooks: bool = True) -> SiteBuild:
         env=env,
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=3600,  # executing the notebooks took 38 min on a 2-core box at load ~18
     )
     build = SiteBuild(
         site=site,
