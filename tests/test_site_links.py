@@ -179,5 +179,7 @@ def test_notebook_pages_draw_their_figures_in_a_browser(site, tmp_path):
             colours = len(np.unique(pixels // 8, axis=0))
             ink = float((pixels.min(-1) < 200).mean())
             assert colours > 10 and ink > 0.005, f"{name}: first figure looks blank"
+            # the theme's search worker cannot load its index from file:// (every page)
+            errors = [e for e in errors if "search/search_index.js" not in e]
             assert not errors, f"{name}: script errors {errors}"
             page.close()
