@@ -2398,7 +2398,6 @@ def test_backend_hooked_on_transformer_lens_4_names_the_fix(monkeypatch):
 
 
 # ---- H7 (s25): batch_size="auto" and the benchmark shapes (issue 20)
-# ---- H5: the grid's design (issue 18 items 1, 2, 4, 5)
 
 
 @pytest.mark.parametrize(
@@ -2435,15 +2434,38 @@ def test_an_unknown_batching_kind_or_benchmark_shape_is_named():
     spec.loader.exec_module(bench)
     with pytest.raises(ValueError, match=r"Unknown shape 'Llama-2-7B'"):
         bench.shape_config("Llama-2-7B")
+
+
+# ---- H5: the grid's design (issue 18 items 1, 2, 4, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
         (dict(design="main"), TypeError, r"design must be a trtl Design .*got str"),
-        (dict(tl_normalize="tr", design=trtl.LEGACY.__class__(**{**vars(trtl.LEGACY),
-              "tl_sensitivity": "tr"})), ValueError, r"tl_sensitivity='tr' must be None or "
-              r"another TL score"),  # fmt: skip
-        (dict(design=trtl.LEGACY.__class__(**{**vars(trtl.LEGACY), "steering_protocols": ()})),
-         ValueError, r"steering_protocols must be a non-empty tuple"),  # fmt: skip
-        (dict(design=trtl.LEGACY.__class__(**{**vars(trtl.LEGACY),
-              "steering_protocols": ("mean_of_all",)})), ValueError,
-         r"Unknown steering protocol 'mean_of_all'"),  # fmt: skip
+        (
+            dict(
+                tl_normalize="tr",
+                design=trtl.LEGACY.__class__(**{**vars(trtl.LEGACY), "tl_sensitivity": "tr"}),
+            ),
+            ValueError,
+            r"tl_sensitivity='tr' must be None or "
+            r"another TL score",
+        ),  # fmt: skip
+        (
+            dict(design=trtl.LEGACY.__class__(**{**vars(trtl.LEGACY), "steering_protocols": ()})),
+            ValueError,
+            r"steering_protocols must be a non-empty tuple",
+        ),  # fmt: skip
+        (
+            dict(
+                design=trtl.LEGACY.__class__(
+                    **{**vars(trtl.LEGACY), "steering_protocols": ("mean_of_all",)}
+                )
+            ),
+            ValueError,
+            r"Unknown steering protocol 'mean_of_all'",
+        ),  # fmt: skip
         (dict(n_seeds=0), ValueError, r"n_seeds"),
     ],
 )
@@ -2505,3 +2527,22 @@ def test_head_ablation_geometry_refuses_a_bad_mode_or_reference(tiny_llama, tiny
     bad = geometry.Design(heldout=False, split_fraction=0.5, sensitivity_mode="zero")
     with pytest.raises(ValueError, match=r"sensitivity_mode='zero': the geometry grid's"):
         reproduce_geometry(tiny_llama, ["sentiment"], "unused-out", design=bad)
+
+
+# ---- H1: the docs hook that executes the notebooks (docs/reference/notebooks.py)
+
+
+def test_docs_notebooks_hook_names_a_bad_mode(tmp_path, monkeypatch):
+    import importlib.util
+
+    from mkdocs.exceptions import PluginError
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "reference" / "notebooks.py"
+    spec = importlib.util.spec_from_file_location("icl_heads_docs_notebooks_hook", path)
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    monkeypatch.setenv("ICL_HEADS_DOCS_NOTEBOOKS", "always")
+    with pytest.raises(
+        PluginError, match=r"ICL_HEADS_DOCS_NOTEBOOKS='always'.*cached, fresh, skip"
+    ):
+        hook.on_pre_build({"docs_dir": str(tmp_path)})

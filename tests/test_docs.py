@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_docs_site_builds_strict_with_every_page(tmp_path_factory):
-    build = build_site(tmp_path_factory.getbasetemp())  # shared with test_site_links.py
+    # shared with test_site_links.py and test_notebooks.py; slow, so the notebooks execute
+    build = build_site(tmp_path_factory.getbasetemp())
     site = build.site
     assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.log}"
     # every page of the nav, the generated results pages and the API reference were written
@@ -34,6 +35,7 @@ def test_docs_site_builds_strict_with_every_page(tmp_path_factory):
         "results/geometry.html",
         "reference/experiments.html",
         "reference/geometry.html",
+        "notebooks/03_tr_tl_heads.html",  # executed by the build (docs/reference/notebooks.py)
     ):
         assert (site / page).is_file(), f"{page} missing from the built site"
     # the API reference rendered docstrings, not empty stubs

@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from docs_site import build_site
+from browser import keep_screenshot, open_browser
+from docs_site import ROOT, build_site, needs_notebooks
 
 #: (tag, attribute) pairs whose value is a URL the page loads or links to.
 LINK_ATTRIBUTES = {
@@ -84,8 +85,9 @@ def broken_links(site: Path, *, file_url: bool) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    build = build_site(tmp_path_factory.getbasetemp())
+def site(tmp_path_factory, request) -> Path:
+    notebooks = needs_notebooks(request.session)  # the notebook page tests below are slow
+    build = build_site(tmp_path_factory.getbasetemp(), notebooks=notebooks)
     assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.log}"
     return build.site
 
@@ -120,3 +122,64 @@ def test_results_pages_embed_figures_that_exist(site, name):
     assert len(frames) >= 3, f"{page}: {len(frames)} figures embedded"
     missing = [f.as_posix() for f in frames if not f.is_file()]
     assert not missing, f"{page}: {len(missing)} of {len(frames)} frames missing: {missing[:3]}"
+
+
+# ---- the notebook pages (issue 21 item 9): executed outputs, figures that draw offline.
+# Slow: the build executes the notebooks (on the embedded model) only for a session that
+# runs slow tests (tests/docs_site.py); the link checks above cover the pages either way.
+
+#: The notebooks' pages (``notebooks/*.ipynb``, executed by the build into ``docs/notebooks/``).
+NOTEBOOK_PAGES = sorted(f"notebooks/{p.stem}.html" for p in (ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.slow
+def test_notebook_pages_show_outputs_and_load_nothing_from_the_network(site):
+    assert len(NOTEBOOK_PAGES) == 4
+    for name in NOTEBOOK_PAGES:
+        page = site / name
+        assert page.is_file(), f"{name} missing from the built site"
+        html = page.read_text(encoding="utf-8")
+        assert "jp-OutputArea-output" in html, f"{name} shows no outputs"
+        assert "plotly-graph-div" in html, f"{name} shows no figure"
+        scripts = [url for tag, _, url in links_of(html) if tag == "script" and url.strip()]
+        # the one plotly.js of the folder (the links tests check it exists), never a CDN
+        assert "plotly.min.js" in scripts, f"{name} does not load plotly.min.js"
+        remote = [url for url in scripts if urlsplit(url).scheme or urlsplit(url).netloc]
+        assert not remote, f"{name} loads scripts from the network: {remote}"
+        # plotly.js is loaded from the file, not inlined in every page
+        assert len(html) < 2_000_000, f"{name}: {len(html)} characters"
+
+
+@pytest.mark.slow
+def test_notebook_pages_draw_their_figures_in_a_browser(site, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    with open_browser() as browser:
+        for name in NOTEBOOK_PAGES:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+            page.goto((site / name).as_uri())
+            page.wait_for_selector(".plotly-graph-div .main-svg", timeout=30_000)
+            counts = page.evaluate(
+                """() => {
+                const divs = [...document.querySelectorAll('.plotly-graph-div')];
+                return [divs.length, divs.filter(d => d.querySelector('.main-svg')).length];
+            }"""
+            )
+            assert counts[0] >= 1 and counts[1] == counts[0], f"{name}: drawn {counts}"
+            figure = page.locator(".plotly-graph-div").first
+            figure.scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            shot = tmp_path / name.replace("/", "_").replace(".html", ".png")
+            figure.screenshot(path=str(shot))
+            keep_screenshot(shot, shot.name)
+            pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+            colours = len(np.unique(pixels // 8, axis=0))
+            ink = float((pixels.min(-1) < 200).mean())
+            assert colours > 10 and ink > 0.005, f"{name}: first figure looks blank"
+            # the theme's search worker cannot load its index from file:// (every page)
+            errors = [e for e in errors if "search/search_index.js" not in e]
+            assert not errors, f"{name}: script errors {errors}"
+            page.close()
