@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -44,6 +44,7 @@ from .backends import cfg_value, is_bridge, supports_engine
 from .hooks import Capture, Intervention, applied, hook_name
 from .metrics import behaviour
 from .models import resolve_device
+from .progress import Heartbeat
 from .prompts import PromptSet
 
 #: How :func:`run_items` runs a block: the specialised last-token block over a shared
@@ -118,6 +119,8 @@ class CleanRun:
         prefixes: the same, rotated and laid out for :func:`last_token_block` (when the
             architecture is supported).
         engine: how :func:`run_items` runs this group's rows.
+        on_block: called with each block's index as :func:`run_items` finishes it (the
+            progress bar's heartbeat of :func:`clean_groups`).
     """
 
     group: PromptSet
@@ -127,6 +130,7 @@ class CleanRun:
     kv: list[tuple[Tensor, Tensor]] | None
     prefixes: list[Prefix] | None
     engine: Engine
+    on_block: Callable[[int], None] | None = field(default=None, repr=False)
 
 
 def clean_run(
@@ -317,6 +321,8 @@ def run_items(
                 else x.transpose(0, 1).reshape(r * G, *x.shape[2:])
             )
             flat = _block(model, clean, i, flat, prompt_of_row, G, r)
+            if clean.on_block is not None:
+                clean.on_block(i)
             x = (
                 flat.reshape(G, r, *flat.shape[1:])
                 if prompt_major
@@ -363,7 +369,8 @@ def _block(
 @dataclass
 class Group:
     """One group of prompts of :func:`clean_groups`: its rows of the full set, the group
-    (on the run's device) and its clean run; ``tick(n)`` advances the shared progress bar."""
+    (on the run's device) and its clean run; ``tick(n)`` advances the shared progress bar
+    by ``n`` prompt runs (``n / len(index)`` batches)."""
 
     index: Int[Tensor, " G"]
     prompts: PromptSet
@@ -386,8 +393,9 @@ def clean_groups(
 ) -> Iterator[Group]:
     """The one group loop of the engine: ``prompts`` in groups of ``batch_size``, each run
     once (:func:`clean_run`, keeping what rows restarting at ``layers`` need), under
-    ``torch.inference_mode`` and one progress bar of ``len(prompts) * runs_per_prompt``
-    ticks. Every sweep and experiment that re-runs prompts from a layer on iterates this.
+    ``torch.inference_mode`` and one progress bar of ``runs_per_prompt`` batches per group
+    (a :class:`Heartbeat` shows the block reached in between). Every sweep and experiment
+    that re-runs prompts from a layer on iterates this.
 
     Example::
 
@@ -397,7 +405,15 @@ def clean_groups(
     """
     device = resolve_device(device) if device is not None else torch.device(model.cfg.device)
     n = len(prompts)
-    bar = tqdm(total=n * runs_per_prompt, desc=desc, disable=not progress, leave=False, unit="run")
+    n_groups = math.ceil(n / batch_size)
+    bar = tqdm(
+        total=n_groups * runs_per_prompt,
+        desc=desc,
+        disable=not progress,
+        leave=False,
+        unit="batch",
+    )
+    beat = Heartbeat(bar, model.cfg.n_layers)
     try:
         with torch.inference_mode():
             for g0 in range(0, n, batch_size):
@@ -409,9 +425,11 @@ def clean_groups(
                     index,
                     query_only=query_only,
                     layers=layers,
-                    interventions=interventions,
+                    interventions=[*interventions, beat.capture] if progress else interventions,
                 )
-                yield Group(index, group, clean, bar.update)
+                clean.on_block = beat.on_block if progress else None
+                G = len(index)
+                yield Group(index, group, clean, lambda k, G=G: bar.update(round(k / G)))
     finally:
         bar.close()
 
