@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from browser import keep_screenshot, open_browser
@@ -504,3 +505,178 @@ def test_each_ablation_figure_check_fails_on_a_figure_broken_that_way(
     seen = look_at_comparison(page, draw(ablation_result), tmp_path / "broken.png")
     checks = comparison_checks(seen)
     assert checks[check] is False, (broken, checks, seen)
+
+
+# --------------------------------------------------------------------------- a results page
+#
+# The docs site's results pages (built once per session by tests/docs_site.py), opened from
+# file:// as a reader who downloaded the site would: every embedded figure (<iframe>) must
+# render, i.e. its screenshot shows a drawn figure (many colours), not a blank frame or the
+# browser's error page (one or two colours). Shown to fail on a copy of a page with one
+# frame pointing nowhere and one figure whose Plotly script is missing.
+
+#: Fewest distinct colours (in 8-level steps per channel) of a frame that shows a figure;
+#: the figures of the results pages have 250 to 1100, a blank or error frame 1 or 2.
+MIN_FRAME_COLOURS = 100
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    from docs_site import build_site
+
+    build = build_site(tmp_path_factory.getbasetemp())
+    assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.log}"
+    return build.site
+
+
+def _results_page(site, name: str):
+    page = site / "results" / f"{name}.html"
+    return page if page.is_file() else site / "results" / name / "index.html"
+
+
+def look_at_frames(page, html, shots) -> dict:
+    """Open ``html`` (a file), screenshot every iframe and count its colours."""
+    import io
+
+    from PIL import Image
+
+    page.goto(html.as_uri(), wait_until="domcontentloaded", timeout=600_000)
+    page.wait_for_load_state("load", timeout=600_000)  # every frame has loaded (or failed)
+    frames = page.locator("iframe")
+    seen = []
+    for i in range(frames.count()):
+        frame = frames.nth(i)
+        frame.scroll_into_view_if_needed()
+        content = frame.content_frame
+        try:  # a figure is drawn once its SVG is there (a broken frame has none: go on)
+            content.locator(".main-svg").first.wait_for(timeout=5_000)
+        except Exception:  # noqa: BLE001 (playwright's TimeoutError: judged by the pixels)
+            pass
+        page.wait_for_timeout(100)
+        png = frame.screenshot()
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
+        colours = len(np.unique(pixels // 8, axis=0))
+        seen.append({"src": frame.get_attribute("src"), "colours": colours})
+        if i < 2 or colours < MIN_FRAME_COLOURS:
+            Image.open(io.BytesIO(png)).save(shots / f"{html.stem}-frame{i}.png")
+    rendered = [f for f in seen if f["colours"] >= MIN_FRAME_COLOURS]
+    return {"iframes": frames.count(), "rendered": len(rendered), "frames": seen}
+
+
+@pytest.mark.parametrize("name", ["trtl", "geometry"])
+def test_every_figure_of_a_results_page_renders_from_file_urls(site, name, tmp_path):
+    html = _results_page(site, name)
+    with open_browser((1400, 1000)) as browser:
+        page = browser.new_page()
+        seen = look_at_frames(page, html, tmp_path)
+    for shot in tmp_path.glob("*.png"):
+        keep_screenshot(shot, f"results-{shot.name}")
+    assert seen["iframes"] >= 3, seen  # the page embeds its figures
+    blank = [f for f in seen["frames"] if f["colours"] < MIN_FRAME_COLOURS]
+    assert seen["rendered"] == seen["iframes"], (
+        f"{seen['iframes'] - seen['rendered']} of {seen['iframes']} frames blank: {blank[:5]}"
+    )
+
+
+def test_the_frame_check_fails_on_a_wrong_src_and_on_a_blank_figure(site, tmp_path):
+    import re
+
+    page_html = _results_page(site, "trtl").read_text(encoding="utf-8")
+    frames = re.findall(r"<iframe [^>]*></iframe>", page_html)
+    figures = site / "results" / "figures"
+    (tmp_path / "figures").symlink_to(figures, target_is_directory=True)
+    # a figure whose Plotly script does not load: the frame opens, the figure never draws
+    first = re.search(r'src="([^"]+)"', frames[0]).group(1)
+    blank = (figures.parent / first).read_text(encoding="utf-8")
+    (tmp_path / "blank.html").write_text(blank.replace('src="plotly.min.js"', 'src="gone.js"'))
+    broken = [
+        frames[0],  # renders
+        frames[1].replace('src="figures/', 'src="figures/nowhere/'),  # a src that is wrong
+        re.sub(r'src="[^"]+"', 'src="blank.html"', frames[2]),  # blank
+    ]
+    html = tmp_path / "broken.html"
+    html.write_text(f"<!doctype html><html><body>{''.join(broken)}</body></html>")
+    with open_browser((1400, 1000)) as browser:
+        seen = look_at_frames(browser.new_page(), html, tmp_path)
+    assert seen["iframes"] == 3 and seen["rendered"] == 1, seen
+    assert [f["colours"] >= MIN_FRAME_COLOURS for f in seen["frames"]] == [True, False, False]
+
+
+# --------------------------------------------------------------------------- the report's claim
+#
+# Issue 21 item 6: the tables that decide a claim (a layer-geometry result's onset table)
+# are shown open at the top of the report; the long tables stay folded. Shown to fail on the
+# same page with the claim folded away.
+
+
+@pytest.fixture(scope="module")
+def geometry_report(tmp_path_factory):
+    from icl_heads.report import write_report
+    from icl_heads.results import ExperimentResult, make_table, table_row
+    from icl_heads.settings import Settings
+
+    metrics = ("probe_accuracy", "fisher_ratio", "mean_diff_cosine", "logit_lens_accuracy")
+    rows = [
+        table_row("k=4", metric, 0.5 + 0.01 * state, 0.45, 0.55, 64, layer=state)
+        for metric in metrics
+        for state in range(STATES)
+    ]
+    onset = [
+        table_row("k=4", "probe_accuracy", 4.0, 3.0, 6.0, 64, fraction=0.9),
+        table_row("k=4", "mean_diff_cosine", 21.0, 19.0, 24.0, 64, fraction=0.9),
+        table_row("k=4", "mean_diff_cosine - probe_accuracy", 17.0, 14.0, 20.0, 64, fraction=0.9),
+    ]
+    long = pd.DataFrame({"prompt": range(64), "layer": 3, "probe_accuracy": 0.7})
+    result = ExperimentResult(
+        "layer_geometry",
+        make_table(rows),
+        Settings(),
+        tables={"onset": make_table(onset), "per_prompt": long},
+    )
+    return write_report(tmp_path_factory.mktemp("claim") / "report.html", result)
+
+
+def look_at_claim(page, html) -> dict:
+    page.goto(html.as_uri())
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    onset = page.locator("#claim table").first
+    cell = page.get_by_role("cell", name="mean_diff_cosine - probe_accuracy").first
+    box = onset.bounding_box() if onset.count() else None
+    return {
+        "onset_visible": onset.count() > 0 and onset.is_visible() and cell.is_visible(),
+        "onset_top": None if box is None else box["y"],
+        "figure_top": page.locator(".plot").first.bounding_box()["y"],
+        "summary": page.locator("#claim pre").first.inner_text() if onset.count() else "",
+        "folded": page.evaluate(
+            "() => [...document.querySelectorAll('details:not([open]) summary')]"
+            ".map(s => s.textContent)"
+        ),
+    }
+
+
+def test_the_onset_table_is_shown_open_at_the_top_of_the_report(geometry_report, tmp_path):
+    with open_browser((1400, 1000)) as browser:
+        page = browser.new_page()
+        seen = look_at_claim(page, geometry_report)
+        page.screenshot(path=str(tmp_path / "claim.png"))
+        # the same page with the claim folded away, as the long tables are
+        html = geometry_report.read_text(encoding="utf-8")
+        folded = tmp_path / "folded.html"
+        folded.write_text(
+            html.replace(
+                "<section class='claim' id='claim'>", "<details><section id='claim'>"
+            ).replace(
+                '</section><section><div id="plot-figure0"',
+                '</section></details><section><div id="plot-figure0"',
+            ),
+            encoding="utf-8",
+        )
+        hidden = look_at_claim(page, folded)
+    keep_screenshot(tmp_path / "claim.png", "report-claim.png")
+    assert seen["onset_visible"], seen
+    assert seen["onset_top"] < seen["figure_top"] < 2000, seen  # above the figure, on top
+    assert "Onset per metric" in seen["summary"] and "verdict" in seen["summary"], seen
+    # the long tables stay folded under their headings
+    assert any(s.startswith("Results (") for s in seen["folded"]), seen["folded"]
+    assert any(s.startswith("per_prompt (") for s in seen["folded"]), seen["folded"]
+    assert hidden["onset_visible"] is False, hidden  # the check fails on a folded onset
