@@ -95,9 +95,7 @@ def _every_block(init):
 
 def test_no_bar_and_no_heartbeat_without_progress(tiny_llama, tiny_prompts, monkeypatch):
     shown = []
-    monkeypatch.setattr(
-        last_token.Heartbeat, "on_block", lambda self, layer: shown.append(layer)
-    )
+    monkeypatch.setattr(last_token.Heartbeat, "on_block", lambda self, layer: shown.append(layer))
     ih.ablation_experiment(
         tiny_llama, tiny_prompts, {"TR": [(0, 1)]}, n_random=1, n_boot=10, progress=False
     )
