@@ -542,6 +542,8 @@ def look_at_frames(page, html, shots) -> dict:
 
     page.goto(html.as_uri(), wait_until="domcontentloaded", timeout=600_000)
     page.wait_for_load_state("load", timeout=600_000)  # every frame has loaded (or failed)
+    # the site's fixed header would lie over the frame being screenshotted: hide it
+    page.add_style_tag(content="header, .md-header, .md-tabs { display: none !important; }")
     frames = page.locator("iframe")
     seen = []
     for i in range(frames.count()):
