@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -47,6 +47,7 @@ from .devices import block_placement
 from .hooks import Capture, Intervention, applied, hook_name
 from .metrics import behaviour
 from .models import resolve_device
+from .progress import Heartbeat
 from .prompts import PromptSet
 
 #: How :func:`run_items` runs a block: the specialised last-token block over a shared
@@ -121,6 +122,8 @@ class CleanRun:
         prefixes: the same, rotated and laid out for :func:`last_token_block` (when the
             architecture is supported).
         engine: how :func:`run_items` runs this group's rows.
+        on_block: called with each block's index as :func:`run_items` finishes it (the
+            progress bar's heartbeat of :func:`clean_groups`).
     """
 
     group: PromptSet
@@ -131,6 +134,7 @@ class CleanRun:
     prefixes: list[Prefix] | None
     engine: Engine
     bridge: bridge_engine.BridgeState | None = None
+    on_block: Callable[[int], None] | None = field(default=None, repr=False)
 
 
 def clean_run(
@@ -329,6 +333,8 @@ def run_items(
                 else x.transpose(0, 1).reshape(r * G, *x.shape[2:])
             )
             flat = _block(model, clean, i, flat, prompt_of_row, G, r)
+            if clean.on_block is not None:
+                clean.on_block(i)
             x = (
                 flat.reshape(G, r, *flat.shape[1:])
                 if prompt_major
@@ -380,7 +386,8 @@ def _block(
 @dataclass
 class Group:
     """One group of prompts of :func:`clean_groups`: its rows of the full set, the group
-    (on the run's device) and its clean run; ``tick(n)`` advances the shared progress bar."""
+    (on the run's device) and its clean run; ``tick(n)`` advances the shared progress bar
+    by ``n`` prompt runs (``n / len(index)`` batches)."""
 
     index: Int[Tensor, " G"]
     prompts: PromptSet
@@ -403,10 +410,11 @@ def clean_groups(
 ) -> Iterator[Group]:
     """The one group loop of the engine: ``prompts`` in groups of ``batch_size``, each run
     once (:func:`clean_run`, keeping what rows restarting at ``layers`` need), under
-    ``torch.inference_mode`` and one progress bar of ``len(prompts) * runs_per_prompt``
-    ticks. Every sweep and experiment that re-runs prompts from a layer on iterates this.
-    ``batch_size="auto"``: the largest group that fits the device (:mod:`icl_heads.batching`);
-    a group whose clean run runs out of memory is retried halved.
+    ``torch.inference_mode`` and one progress bar of ``runs_per_prompt`` batches per group
+    (a :class:`Heartbeat` shows the block reached in between). Every sweep and experiment
+    that re-runs prompts from a layer on iterates this. ``batch_size="auto"``: the largest
+    group that fits the device (:mod:`icl_heads.batching`); a group whose clean run runs out
+    of memory is retried halved (the bar then counts the smaller groups too).
 
     Example::
 
@@ -419,15 +427,29 @@ def clean_groups(
     batch_size = resolve_batch_size(
         batch_size, model, prompts, kind="clean_run", device=device, kept_layers=len(layers)
     )
-    bar = tqdm(total=n * runs_per_prompt, desc=desc, disable=not progress, leave=False, unit="run")
+    bar = tqdm(
+        total=math.ceil(n / batch_size) * runs_per_prompt,
+        desc=desc,
+        disable=not progress,
+        leave=False,
+        unit="batch",
+    )
+    beat = Heartbeat(bar, model.cfg.n_layers)
 
     def run(start: int, stop: int) -> Group:
         index = torch.arange(start, stop)
         group = prompts.select(index).to(device)
         clean = clean_run(
-            model, group, index, query_only=query_only, layers=layers, interventions=interventions
+            model,
+            group,
+            index,
+            query_only=query_only,
+            layers=layers,
+            interventions=[*interventions, beat.capture] if progress else interventions,
         )
-        return Group(index, group, clean, bar.update)
+        clean.on_block = beat.on_block if progress else None
+        G = len(index)
+        return Group(index, group, clean, lambda k, G=G: bar.update(round(k / G)))
 
     try:  # a group that runs out of memory is retried halved (icl_heads.batching)
         with torch.inference_mode():

@@ -45,6 +45,7 @@ from .heads import HeadScores
 from .moved import moved_names
 from .outputs import check_output_file, write_file
 from .results import ExperimentResult, per_head_maps
+from .summaries import summary_lines
 from .viz import (
     describe_settings,
     display_token,
@@ -66,6 +67,17 @@ if TYPE_CHECKING:
 MAX_FACETS = 6
 PLOTLY_JS_NAME = "plotly.min.js"
 REPORT_FORMAT = "icl-heads.report/1"
+#: Tables of a result that decide its claim, shown open at the top of the report (the
+#: onset of each geometry curve, each ablation's change from the baseline); the result's
+#: other tables stay folded under their headings.
+CLAIM_TABLES = {
+    "onset": "Onset per metric (the first state at 90% of the curve's maximum)",
+    "effect": "Change from the baseline (ablated - clean, paired intervals)",
+}
+#: Rows of a table with a ``kind`` column (the TR/TL experiments) that decide its claims.
+CLAIM_KINDS = ("effect", "contrast")
+#: A table longer than this is folded (a claim table: shown in a scrolling box).
+SHORT_TABLE = 60
 #: The page's HTML, CSS and script (``report_page.html``, with ``{{name}}`` slots) and the
 #: linked maps' detail panel (``report_linked.html``) are package data files.
 TEMPLATES = "icl_heads.data"
@@ -196,6 +208,8 @@ def build_report(
         "plots": plots,
     }
 
+    if experiment is not None:
+        blocks.append(_claim_html(experiment))
     if facets:
         blocks.append("\n" + _template("report_linked.html"))
         blocks.append(_top_heads_html(facets, titles))
@@ -207,6 +221,10 @@ def build_report(
         blocks.append(f'<section><div id="plot-figure{i}" class="plot"></div></section>')
     if experiment is not None and not experiment.table.empty:
         blocks.append(_table_html("Results", experiment.table))
+    if experiment is not None:
+        for name, frame in experiment.tables.items():
+            if name not in CLAIM_TABLES and not frame.empty:
+                blocks.append(_table_html(str(name), frame, fold=True))
     for name, frame in (tables or {}).items():
         blocks.append(_table_html(str(name), frame))
     if settings is not None:
@@ -369,8 +387,9 @@ def _plain(value):
     return _json_default(value)
 
 
-def _table_html(name: str, frame: pd.DataFrame) -> str:
-    """The table (its first 400 rows); a long one folded under its heading."""
+def _table_html(name: str, frame: pd.DataFrame, *, fold: bool = False, claim: bool = False) -> str:
+    """The table (its first 400 rows) under its heading: folded when long (or ``fold``);
+    a ``claim`` table is never folded, a long one scrolls in its box."""
     shown = frame.head(400)
     body = shown.to_html(
         index=False, float_format=format_number, na_rep="—", classes="data", border=0
@@ -380,12 +399,53 @@ def _table_html(name: str, frame: pd.DataFrame) -> str:
         if len(frame) > len(shown)
         else ""
     )
-    if len(frame) <= 60:
+    if claim:
+        scroll = " class='scroll'" if len(frame) > SHORT_TABLE else ""
+        return f"<div class='claim-table'><h3>{html.escape(name)}</h3><div{scroll}>{body}</div>{more}</div>"
+    if len(frame) <= SHORT_TABLE and not fold:
         return f"<section><h2>{html.escape(name)}</h2>{body}{more}</section>"
     return (
         f"<section><details><summary><b>{html.escape(name)}</b> ({len(frame)} rows)"
         f"</summary>{body}{more}</details></section>"
     )
+
+
+def claim_tables(result: ExperimentResult) -> dict[str, pd.DataFrame]:
+    """The tables that decide ``result``'s claim, by title: its :data:`CLAIM_TABLES`
+    (``tables["onset"]``, ``tables["effect"]``) and, for a table with a ``kind`` column,
+    its effect and contrast rows (:data:`CLAIM_KINDS`).
+
+    Example::
+
+        claim_tables(layer_geometry_result)    # {"Onset per metric (...)": DataFrame}
+        claim_tables(ablation_result)          # {"effects and contrasts": DataFrame}
+    """
+    out = {
+        title: result.tables[name]
+        for name, title in CLAIM_TABLES.items()
+        if name in result.tables and not result.tables[name].empty
+    }
+    table = result.table
+    if "kind" in table.columns:
+        rows = table[table["kind"].isin(CLAIM_KINDS)]
+        if not rows.empty:
+            out["effects and contrasts"] = rows
+    return out
+
+
+def _claim_html(result: ExperimentResult) -> str:
+    """What decides the result's claim, open at the top of the page: its summary
+    (:func:`icl_heads.summaries.summary_lines`) and :func:`claim_tables`."""
+    lines = summary_lines(result)
+    tables = claim_tables(result)
+    if not lines and not tables:
+        return ""
+    parts = ["<section class='claim' id='claim'><h2>What decides the claim</h2>"]
+    if lines:
+        parts.append(f"<pre class='summary'>{html.escape(chr(10).join(lines))}</pre>")
+    parts += [_table_html(name, frame, claim=True) for name, frame in tables.items()]
+    parts.append("</section>")
+    return "".join(parts)
 
 
 def _flags_html(flags: Sequence) -> str:

@@ -61,8 +61,8 @@ from .correlation import CorrelationSettings, correlation_experiment
 from .find_heads import FindTaskHeadsSettings, find_task_heads, head_sets
 from .passes import mean_head_outputs
 from .perturbation import PerturbationSettings, perturbation_experiment
-from .reconciliation import ReconciliationSettings, reconciliation_experiment
 from .presets import FIRST, LEGACY, MAIN, Design
+from .reconciliation import ReconciliationSettings, reconciliation_experiment
 from .reproduce import EXPERIMENTS, FULL, QUICK, Preset, reproduce_trtl
 from .steering import GEOMETRY, SteeringSettings, steering_experiment
 from .verdicts import CLAIMS, VERDICT_ALPHA, claim_verdict, trtl_verdicts
