@@ -40,10 +40,11 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from . import bridge_engine
-from .activations import collect, final_logits
+from .activations import final_logits
 from .backends import HookedTransformer, cfg_value, is_bridge, supports_engine
 from .batching import BatchSize, halving, resolve_batch_size
 from .devices import block_placement
+from .full_runs import full_condition_runs
 from .hooks import Capture, Intervention, applied, hook_name
 from .metrics import behaviour
 from .models import resolve_device
@@ -519,7 +520,7 @@ def run_conditions(
     except ValueError:
         fallback = True
     if fallback:
-        return _full_runs(
+        return full_condition_runs(
             model,
             prompts,
             conditions,
@@ -583,39 +584,3 @@ def run_conditions(
     out_m = {k: {m: torch.cat([g[m] for g in v]) for m in v[0]} for k, v in measured.items()}
     out_s = {k: torch.cat(v) for k, v in states.items() if v and v[0] is not None}
     return out_m, out_s
-
-
-def _full_runs(
-    model,
-    prompts,
-    conditions,
-    *,
-    measure,
-    names,
-    background,
-    batch_size,
-    device,
-    progress,
-    desc,
-    baseline_states,
-) -> tuple[dict, dict]:
-    """One full pass per condition (architectures the cached-prefix engine cannot run, and
-    bridges). The baseline's states are kept only when ``baseline_states`` (a re-run
-    baseline), as the engine does."""
-    measured, states = {}, {}
-    for key, ivs in [("baseline", ()), *((k, c.interventions) for k, c in conditions.items())]:
-        got = collect(
-            model,
-            prompts,
-            names,
-            positions="query",
-            batch_size=batch_size,
-            device=device,
-            interventions=[*background, *ivs],
-            progress=progress,
-            desc=desc,
-        )
-        measured[key] = measure(got.logits, prompts)
-        if names and (key != "baseline" or baseline_states):
-            states[key] = torch.stack([got.activations[nm] for nm in names], 1).float().cpu()
-    return measured, states

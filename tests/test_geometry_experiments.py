@@ -21,6 +21,7 @@ from icl_heads.experiments.geometry import (
     task_vector_experiment,
 )
 from icl_heads.experiments.kit import judge
+from icl_heads.experiments.verdict_rules import VERDICTS
 from icl_heads.pages.geometry import write_geometry_page
 from icl_heads.results import ExperimentResult
 
@@ -145,7 +146,8 @@ def test_reproduce_saves_resumes_and_the_page_is_written_from_saved_results(tiny
     assert set(again["status"]) == {"loaded"}
     verdicts = geometry_verdicts(out)
     assert len(verdicts) == 5
-    assert set(verdicts["verdict"]) <= {"holds", "does not hold", "unclear"}
+    # the whole vocabulary (held-out selection at n=12 can leave a degenerate cell untestable)
+    assert set(verdicts["verdict"]) <= set(VERDICTS)
     page = write_geometry_page(out, tmp_path / "docs" / "geometry.md", tmp_path / "docs" / "fig")
     text = page.read_text()
     assert "## Verdicts" in text and "Key numbers" in text

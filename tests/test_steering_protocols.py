@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tasks_v1 import load_v1_task
 
 import icl_heads as ih
 from icl_heads.experiments import trtl
@@ -101,10 +102,12 @@ def _level(result, condition, metric, alpha, table=None) -> float:
 # ----------------------------------------------------------------------------- task mean
 
 
-def test_default_call_keeps_every_existing_row_and_setting(tiny_llama, sentiment_task):
+def test_default_call_keeps_every_existing_row_and_setting(tiny_llama):
     """The default (task-mean) call gives exactly the rows the code before the protocols
-    gave (tests/data: saved from main's code path on this tiny model), plus the new
-    continuous-metric rows; its settings equal the saved ones (protocol='task_mean')."""
+    gave (tests/data: saved from main's code path on this tiny model, on the version-1
+    sentiment examples they were made from), plus the new continuous-metric rows; its
+    settings equal the saved ones (protocol='task_mean')."""
+    sentiment_task = load_v1_task("sentiment")
     icl = ih.build_prompts(tiny_llama, sentiment_task, k=3, n=10, seed=0)
     zs = ih.build_prompts(tiny_llama, sentiment_task, k=0, n=10, seed=1)
     res = trtl.steering_experiment(
