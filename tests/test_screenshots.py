@@ -477,7 +477,8 @@ BREAKS = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: one sync Playwright at a time (a module-scoped one would still
+# be running when a later test of this file opens its own, which Playwright refuses)
 def comparison_browser():
     with open_browser((1400, 1000)) as browser:
         yield browser
