@@ -39,6 +39,7 @@ from .hooks import (
     position_mask,
 )
 from .models import resolve_device
+from .progress import Heartbeat
 from .prompts import PromptSet, check_prompt_set
 from .settings import PromptInfo
 
@@ -140,12 +141,15 @@ def iter_batches(
         hooks: HookList = capture.fwd_hooks()
         for iv in interventions:
             hooks.extend(iv.fwd_hooks(batch, index))
+        if not bar.disable:  # the bar moves per block, not only per batch (issue 21)
+            hooks.extend(beat.capture.fwd_hooks())
         with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
             logits = _forward(model, batch, return_logits=return_logits)
         return Batch(index=index, prompts=batch, logits=logits, activations=capture.store)
 
     total = len(range(0, n, batch_size))
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="batch")
+    beat = Heartbeat(bar, model.cfg.n_layers)
     try:  # a batch that runs out of memory is retried halved (icl_heads.batching)
         for _, _, batch in halving(n, batch_size, run, device=device, what=desc):
             bar.update(1)

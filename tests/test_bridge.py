@@ -546,3 +546,13 @@ def test_gemma_on_the_bridge_loads_and_its_engine_is_exact(sentiment_task):
             b = bridge(prompts.tokens, attention_mask=prompts.attention_mask)
         real = prompts.attention_mask.bool()
         assert_same(a[real], b[real], tol=TOL_EMBEDDED)
+
+
+def test_progress_bars_on_the_bridge_change_no_number(lone_bridge, lone_prompts):
+    """The heartbeat's block hooks (progress on) run on a bridge too, and leave every
+    number as it is."""
+    names = ["blocks.1.attn.hook_z"]
+    quiet = ih.collect(lone_bridge, lone_prompts, names, batch_size=4, progress=False)
+    shown = ih.collect(lone_bridge, lone_prompts, names, batch_size=4, progress=True)
+    assert torch.equal(quiet.logits, shown.logits)
+    assert torch.equal(quiet.activations[names[0]], shown.activations[names[0]])

@@ -7,6 +7,7 @@ here on a tiny model."""
 from __future__ import annotations
 
 import pytest
+import torch
 from tqdm.auto import tqdm
 
 import icl_heads as ih
@@ -100,3 +101,23 @@ def test_no_bar_and_no_heartbeat_without_progress(tiny_llama, tiny_prompts, monk
         tiny_llama, tiny_prompts, {"TR": [(0, 1)]}, n_random=1, n_boot=10, progress=False
     )
     assert shown == []
+
+
+def test_the_one_batching_routine_shows_the_block_and_changes_no_number(
+    tiny_llama, tiny_prompts, monkeypatch
+):
+    """Every full-pass analysis streams through ``iter_batches`` (TSLA, means, the
+    detectors, query states): its bar shows the block reached inside a batch, and the
+    heartbeat's hooks leave every number as it is."""
+    from icl_heads import activations
+
+    names = ["blocks.1.attn.hook_z"]
+    quiet = ih.collect(tiny_llama, tiny_prompts, names, batch_size=4, progress=False)
+    _Recorded.bars = []
+    monkeypatch.setattr(activations, "tqdm", _Recorded)
+    shown = ih.collect(tiny_llama, tiny_prompts, names, batch_size=4, progress=True)
+    (bar,) = _Recorded.bars
+    assert bar.unit == "batch" and bar.n == bar.total == 3
+    assert any(p.startswith("block ") for p in bar.postfixes), bar.postfixes
+    assert torch.equal(quiet.logits, shown.logits)
+    assert torch.equal(quiet.activations[names[0]], shown.activations[names[0]])
