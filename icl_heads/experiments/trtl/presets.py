@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from transformer_lens import HookedTransformer
-
 from ...attribution import NORMALIZATIONS
+from ...backends import HookedTransformer
 from ...interventions import ABLATION_MODES
 from ...stats import N_BOOT
 from ...tasks import Task
