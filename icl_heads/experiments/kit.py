@@ -51,6 +51,7 @@ from ..heads import (
     mask_to_heads,
     random_head_sets,
 )
+from ..interventions import ABLATION_MODES
 from ..metrics import BEHAVIOUR
 from ..prompt_set import check_model as check_prompt_model
 from ..prompts import PromptSet, check_prompt_set
@@ -90,6 +91,25 @@ def check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}.")
     return value
+
+
+def check_ablation_modes(mode: object, sensitivity_mode: object = None) -> None:
+    """An experiment's ablation ``mode`` and its optional ``sensitivity_mode`` (another
+    mode, run beside it as sensitivity rows): a ValueError naming the bad one otherwise.
+
+    Example::
+
+        check_ablation_modes("mean", "zero")
+    """
+    if mode not in ABLATION_MODES:
+        raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
+    if sensitivity_mode is not None and (
+        sensitivity_mode not in ABLATION_MODES or sensitivity_mode == mode
+    ):
+        raise ValueError(
+            f"sensitivity_mode={sensitivity_mode!r} must be None or another ablation mode than "
+            f"mode={mode!r}, one of {ABLATION_MODES}."
+        )
 
 
 def check_boot(n_boot: object) -> int:

@@ -16,7 +16,7 @@ from ...detectors import token_detector_scores
 from ...geometry import GeometryCurves, check_state_layers
 from ...heads import HeadScores, check_top_k
 from ...hooks import check_interventions, check_positions
-from ...interventions import ABLATION_MODES, ablate
+from ...interventions import ablate
 from ...prompts import PromptSet, check_prompt_set
 from ...provenance import check_head_sets, same_task
 from ...results import ExperimentResult, make_table
@@ -25,6 +25,7 @@ from ...stats import LEVEL, N_BOOT
 from ..kit import (
     BASELINE,
     Condition,
+    check_ablation_modes,
     check_model,
     head_sets_with_controls,
 )
@@ -149,15 +150,7 @@ def head_ablation_geometry(
     check_classes(prompts, folds, "head_ablation_geometry")
     k = check_top_k(top_k, L, H)
     positions = check_positions(positions)
-    if mode not in ABLATION_MODES:
-        raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
-    if sensitivity_mode is not None and (
-        sensitivity_mode not in ABLATION_MODES or sensitivity_mode == mode
-    ):
-        raise ValueError(
-            f"sensitivity_mode={sensitivity_mode!r} must be None or another ablation mode than "
-            f"mode={mode!r}, one of {ABLATION_MODES}."
-        )
+    check_ablation_modes(mode, sensitivity_mode)
     if reference is not None:
         check_prompt_set(reference, "reference", model=model)
         if not same_task(reference.info(), prompts.info()):

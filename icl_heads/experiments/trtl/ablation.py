@@ -14,7 +14,7 @@ from ...backends import HookedTransformer
 from ...checks import check_seed
 from ...heads import Head, HeadsLike, heads_to_mask
 from ...hooks import Positions, check_interventions, check_positions
-from ...interventions import ABLATION_MODES, ablate
+from ...interventions import ablate
 from ...last_token import Run, run_conditions
 from ...metrics import BEHAVIOUR, CONTINUOUS, behaviour, behaviour_and_continuous
 from ...prompts import PromptSet
@@ -33,6 +33,7 @@ from ..kit import (
     BASELINE,
     Condition,
     chance_row,
+    check_ablation_modes,
     check_bool,
     check_boot,
     check_model,
@@ -171,15 +172,7 @@ def ablation_experiment(
     check_bool(layer_matched, "layer_matched")
     check_bool(continuous, "continuous")
     metrics = (*BEHAVIOUR, *CONTINUOUS) if continuous else BEHAVIOUR
-    if mode not in ABLATION_MODES:
-        raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
-    if sensitivity_mode is not None and (
-        sensitivity_mode not in ABLATION_MODES or sensitivity_mode == mode
-    ):
-        raise ValueError(
-            f"sensitivity_mode={sensitivity_mode!r} must be None or another ablation mode than "
-            f"mode={mode!r}, one of {ABLATION_MODES}."
-        )
+    check_ablation_modes(mode, sensitivity_mode)
     modes = (mode,) if sensitivity_mode is None else (mode, sensitivity_mode)
     positions = check_positions(positions)
     interventions = check_interventions(interventions, model)
