@@ -17,6 +17,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from tiny_hf import tiny_hf_llama
 
 import icl_heads as ih
 from icl_heads import backends, prompt_set
@@ -31,30 +32,6 @@ pytestmark = pytest.mark.skipif(
 
 TOL = 1e-5  # tiny model, float32
 TOL_EMBEDDED = 1e-4  # SmolLM2-135M, float32 (issue 19's bound)
-
-
-def tiny_hf_llama(vocab_size: int, seed: int = 0):
-    """A random 2-layer Llama (RMS norm, rotary, GQA: 4 query / 2 key-value heads, untied
-    unembedding) with non-trivial norm weights, so folding is really exercised."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(0.2 * torch.randn_like(param))
-    return model
 
 
 needs_hooked = pytest.mark.skipif(

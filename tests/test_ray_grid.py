@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tiny_hf import tiny_hf_llama
 
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "icl-heads[ray]")')
 
@@ -72,21 +73,8 @@ def ray_instance(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, smol_tokenizer):
     """A tiny random Llama saved as a Hugging Face directory: loadable by name anywhere."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    cfg = LlamaConfig(
-        vocab_size=smol_tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    tiny_hf_llama(smol_tokenizer.vocab_size, seed=0).save_pretrained(path)
     smol_tokenizer.save_pretrained(path)
     return path
 
