@@ -7,8 +7,8 @@ those events timed and prints the largest gaps, overall and inside each bar (wha
 before each). Stopped early (Ctrl-C or SIGTERM, e.g. under ``timeout``), it prints the gaps
 so far::
 
-    python benchmarks/tick_gaps.py ablate --out /tmp/ablate
-    timeout 600 python benchmarks/tick_gaps.py geometry --ablate --out /tmp/geo
+    python benchmarks/tick_gaps.py ablate --out results/tick-gaps/ablate
+    timeout 600 python benchmarks/tick_gaps.py geometry --ablate --out results/tick-gaps/geometry
 """
 
 from __future__ import annotations
