@@ -311,7 +311,7 @@ def head_outputs(
     """
     return torch.cat(
         [
-            a
+            a.float().cpu()  # results in float32 on the CPU, whatever the model's dtype
             for _, a in iter_head_outputs(
                 model,
                 prompts,
@@ -360,5 +360,5 @@ def residual_decomposition(
         progress=progress,
     ):
         stack, _ = stack_terms(model, terms)
-        stacks.append(stack)
+        stacks.append(stack.float().cpu())  # float32 on the CPU, whatever the model's dtype
     return torch.cat(stacks), component_labels(model)

@@ -129,19 +129,7 @@ def _cast(model, dtype):
     return half
 
 
-#: Analyses that still return the model's dtype on the model's device: the fix is a
-#: ``.float().cpu()`` in icl_heads/decomposition.py (not H7's file; see notes/s25/H7.md).
-MODEL_DTYPE_OUTPUT = {"head_outputs", "residual_decomposition"}
-
-
-def _param(name: str):
-    if name in MODEL_DTYPE_OUTPUT:
-        reason = "returns the model's dtype on its device (decomposition.py needs .float().cpu())"
-        return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-    return name
-
-
-@pytest.mark.parametrize("name", [_param(n) for n in ANALYSES])
+@pytest.mark.parametrize("name", list(ANALYSES))
 def test_every_analysis_runs_in_bfloat16_and_agrees_with_float32(tiny_pair, name):
     model32, prompts = tiny_pair
     reference = ANALYSES[name](model32, prompts)
