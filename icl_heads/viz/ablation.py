@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .style import BASELINE_CONDITIONS, colours_for, escape, rgba
+from .style import BASELINE_CONDITIONS, chance_for, colours_for, escape, rgba
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -186,7 +186,7 @@ def ablation_differences(
                     row,
                     col,
                 )
-            level = _chance(chance, metric)
+            level = chance_for(chance, metric)
             if level is not None and xs:
                 add(
                     f"chance - {baseline}",
@@ -211,12 +211,3 @@ def ablation_differences(
         legend=dict(title=dict(text="curve / line")),
     )
     return fig
-
-
-def _chance(chance, metric: str) -> float | None:
-    if chance is None:
-        return None
-    if isinstance(chance, Mapping):
-        value = chance.get(metric)
-        return None if value is None else float(value)
-    return float(chance)

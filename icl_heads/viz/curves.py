@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .style import BASELINE_CONDITIONS, colours_for, escape, rgba
+from .style import BASELINE_CONDITIONS, chance_for, colours_for, escape, rgba
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -128,7 +128,7 @@ def layer_curves(
     for j, metric in enumerate(metrics):
         row, col = divmod(j, cols)
         fig.update_yaxes(title_text=metric, row=row + 1, col=col + 1)
-        level = _chance_for(chance, metric)
+        level = chance_for(chance, metric)
         if level is not None:
             if not chance_shown:  # a legend entry for the layout lines
                 fig.add_trace(
@@ -232,7 +232,7 @@ def condition_bars(
             rows = table[(table["condition"] == baseline) & (table["metric"] == metric)]
             if len(rows) and np.isfinite(float(rows["value"].iloc[0])):
                 out.append((float(rows["value"].iloc[0]), "#333", "dash"))
-        level = _chance_for(chance, metric)
+        level = chance_for(chance, metric)
         if level is not None:
             out.append((level, "#888", "dot"))
         return out
@@ -316,12 +316,3 @@ def curve_axis(table: pd.DataFrame) -> str | None:
         if column in table.columns and table[column].notna().any() and table[column].nunique() > 1:
             return column
     return None
-
-
-def _chance_for(chance, metric: str) -> float | None:
-    if chance is None:
-        return None
-    if isinstance(chance, Mapping):
-        value = chance.get(metric)
-        return None if value is None else float(value)
-    return float(chance)

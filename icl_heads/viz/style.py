@@ -5,7 +5,7 @@ uses (hovertemplate escaping, token labels, the settings suffix of a title)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 #: Colours of conditions, in order (Plotly's D3 palette, blue and red first).
 PALETTE = (
@@ -146,3 +146,19 @@ def format_number(value: float | None) -> str:
         return "0.0000"
     decimals = max(0, 3 - math.floor(math.log10(abs(value))))
     return f"{value:.{decimals}f}"
+
+
+def chance_for(chance: float | Mapping[str, float] | None, metric: str) -> float | None:
+    """The chance line of ``metric``: ``chance`` itself (one level for every metric), its
+    entry for ``metric`` (a mapping; ``None`` where it has none), or ``None`` (no line).
+
+    Example::
+
+        chance_for({"accuracy": 0.25}, "accuracy")   # 0.25
+    """
+    if chance is None:
+        return None
+    if isinstance(chance, Mapping):
+        value = chance.get(metric)
+        return None if value is None else float(value)
+    return float(chance)
