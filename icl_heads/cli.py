@@ -1210,11 +1210,11 @@ def _reproduce(args: argparse.Namespace) -> int:
         return _fail(failed)
     if page_dir is not None:
         command = args.command_line
-        if several:  # the pages read one grid: the first seed's (pooling is the pages' job)
-            print(f"The pages are written from the first seed's grid (seed {args.seed}).")
+        if several:  # the pages read every seed's grid of the family and pool the verdicts
+            print("The pages pool the verdicts over the seeds' grids (methods.md, Verdict rules).")
         if "trtl" in args.experiments:
             page = write_trtl_page(
-                _seed_roots(args, out / "trtl")[0],
+                out / "trtl",
                 page_dir / "trtl.md",
                 page_dir / "figures" / "trtl",
                 command=command,
@@ -1222,7 +1222,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             print(f"Wrote {page}")
         if "geometry" in args.experiments:
             page = write_geometry_page(
-                _seed_roots(args, out / "geometry")[0],
+                out / "geometry",
                 page_dir / "geometry.md",
                 page_dir / "figures" / "geometry",
                 command=command,

@@ -218,6 +218,27 @@ def test_the_results_page_and_verdicts_read_a_seed_of_the_grid(grid, tiny_llama,
     assert set(verdicts["verdict"]) <= set(trtl.VERDICTS)
 
 
+def test_the_results_page_of_the_whole_grid_pools_its_seeds(grid, tiny_llama, tmp_path):
+    out, _ = grid
+    page = write_trtl_page(out, tmp_path / "page.md", tmp_path / "figures")
+    text = page.read_text()
+    assert "**Prompt seeds: 0, 1.**" in text and "(2 seeds)" in text  # wall time summed
+    verdicts = trtl.trtl_verdicts(out)
+    per_task = verdicts[verdicts["task"] == "sentiment"]
+    assert per_task["detail"].str.contains("pooled over 2 prompt seeds").all()
+    # each pooled statistic is the mean of the two seeds' statistics
+    results = kit.load_cells(out)[tiny_llama.cfg.model_name]["sentiment"]
+    checked = 0
+    for claim in trtl.CLAIMS:
+        seeds = [trtl.claim_verdict(claim, _cells(out, s, tiny_llama)) for s in (0, 1)]
+        for i, test in enumerate(trtl.claim_verdict(claim, results)["tests"]):
+            if test.get("seeds") == 2:
+                values = [got["tests"][i]["value"] for got in seeds]
+                assert test["value"] == pytest.approx(sum(values) / 2)
+                checked += 1
+    assert checked  # at least one statistic was testable in both seeds
+
+
 def test_the_raw_margin_set_is_the_raw_tsla_map(tiny_llama, tiny_prompts):
     found = trtl.find_task_heads(tiny_llama, tiny_prompts, normalize="tr",
                                  sensitivity_normalize="none", n_boot=N_BOOT,

@@ -20,6 +20,7 @@ from icl_heads.experiments.geometry.curves import ALIGNMENT, SEPARABILITY
 from icl_heads.experiments.geometry.verdicts import (
     geometry_claim_verdict,
     geometry_pooled_verdicts,
+    geometry_verdicts,
     preregistered_layer,
 )
 from icl_heads.experiments.trtl.verdicts import STABILITY_METRIC
@@ -446,3 +447,63 @@ def test_geometry_pooled_verdicts_over_saved_tasks(tmp_path):
     others = pooled[pooled["claim"] != "pth"]
     assert set(others["verdict"]) == {vr.UNCLEAR}  # their results are missing
     assert isinstance(pooled, pd.DataFrame)
+
+
+def test_pooling_a_claim_over_seeds_averages_with_a_conservative_interval():
+    seeds = [_claim([_t(-0.3, -0.4, -0.2)]), _claim([_t(-0.1, -0.2, 0.0)]),
+             _claim([_t(-0.2, -0.3, -0.1)])]  # fmt: skip
+    pooled = vr.pool_seeds(seeds)
+    test = pooled["tests"][0]
+    # the mean of the values and of the bounds: as wide as one seed's interval
+    assert (test["value"], test["ci_low"], test["ci_high"]) == pytest.approx((-0.2, -0.3, -0.1))
+    assert test["seeds"] == 3 and test["seed_values"] == [-0.3, -0.1, -0.2]
+    assert pooled["verdict"] == vr.HOLDS
+    assert "per seed: holds 2/3, unclear 1/3" in pooled["notes"][0]
+    # two seeds that do not hold outweigh one that does
+    assert vr.pool_seeds([seeds[0], _claim([_t(0.2, 0.1, 0.3)])] * 2)["verdict"] == vr.UNCLEAR
+    # a seed that cannot test the statistic is left out; untestable everywhere stays so
+    untestable = _claim([{**_t(0, 0, 0, verdict=vr.UNTESTABLE), "reason": "identical sets"}])
+    mixed = vr.pool_seeds([untestable, seeds[0]])
+    assert mixed["tests"][0]["seeds"] == 1 and mixed["verdict"] == vr.HOLDS
+    assert "reason" not in mixed["tests"][0]
+    every = vr.pool_seeds([untestable, untestable])
+    assert every["verdict"] == vr.UNTESTABLE and every["tests"][0]["reason"] == "identical sets"
+    assert vr.pool_seeds(seeds[:1]) == seeds[0]
+    with pytest.raises(ValueError, match="same tests"):
+        vr.pool_seeds([_claim([_t(0, 0, 1)]), _claim([])])
+
+
+def test_a_folder_of_seed_grids_loads_as_seed_results_and_its_verdicts_pool_the_seeds(tmp_path):
+    # seed 0 holds clearly; seed 1 is unclear; seed 2 has no "b" task
+    for seed, tasks in ((0, {"a": -0.2, "b": -0.2}), (1, {"a": -0.05, "b": -0.2}),
+                        (2, {"a": -0.2})):  # fmt: skip
+        for task, tr_tl in tasks.items():
+            rows = _ablation_rows((tr_tl, tr_tl - 0.1, tr_tl + 0.1), (-0.3, -0.4, -0.2))
+            _result("ablation", rows).save(tmp_path / f"seed{seed}" / "m" / task / "ablation")
+    cells = kit.load_cells(tmp_path)
+    a, b = cells["m"]["a"], cells["m"]["b"]
+    assert isinstance(a, kit.SeedResults) and a.seeds == (0, 1, 2) and b.seeds == (0, 1)
+    assert list(a) == ["ablation"] and a["ablation"] is a.per_seed[0]["ablation"]
+    assert len(kit.per_seed(a)) == 3 and kit.per_seed({"x": 1}) == [{"x": 1}]
+    got = trtl.claim_verdict("tr_ablation_label_space", a)
+    first = got["tests"][0]
+    assert first["seeds"] == 3 and first["value"] == pytest.approx(-0.15)
+    assert got["notes"][0].startswith("pooled over 3 prompt seeds")
+    table = trtl.trtl_verdicts(tmp_path)
+    row = table[(table["task"] == "a") & (table["claim"] == "tr_ablation_label_space")]
+    assert "pooled over 3 prompt seeds" in row["detail"].item()
+    # a folder with a one-seed grid beside seed grids is ambiguous
+    _result("ablation", rows).save(tmp_path / "m" / "a" / "ablation")
+    with pytest.raises(ValueError, match="both a one-seed grid"):
+        kit.load_cells(tmp_path)
+
+
+def test_geometry_verdicts_pool_the_seeds(tmp_path):
+    for seed, pth in ((0, 0.6), (1, 0.7)):
+        cells = _head_ablation_cells(pth, 0.8, 0.8)
+        cells["head_ablation"].save(tmp_path / f"seed{seed}" / "m" / "a" / "head_ablation")
+    got = geometry_claim_verdict("pth", kit.load_cells(tmp_path)["m"]["a"])
+    assert got["tests"][0]["value"] == pytest.approx(-0.15) and got["tests"][0]["seeds"] == 2
+    assert got["verdict"] == vr.HOLDS
+    table = geometry_verdicts(tmp_path)
+    assert table.loc[table["claim"] == "pth", "verdict"].item() == vr.HOLDS

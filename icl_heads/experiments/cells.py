@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +42,50 @@ log = logging.getLogger(__name__)
 
 #: The columns of a grid's cell table (:func:`cell_table`).
 CELL_COLUMNS = ("model", "task", "experiment", "path", "status", "seconds")
+#: The folder of one prompt seed's grid when a grid runs several seeds (``seed<s>``).
+SEED_DIR = re.compile(r"^seed(\d+)$")
+
+
+class SeedResults(Mapping):
+    """One task's saved results over several prompt seeds.
+
+    It reads as the first seed's ``{experiment: result}`` (the tables, figures, settings
+    and wall times a page shows come from it); :attr:`per_seed` holds every seed's, which
+    the verdicts pool (:func:`~icl_heads.experiments.verdict_rules.pool_seeds`).
+    :func:`load_cells` returns one per task when a folder holds ``seed<s>/`` grids.
+
+    Example::
+
+        results = load_cells("docs/results/main/trtl")["smollm2-135m-instruct"]["topic"]
+        results.seeds, results["ablation"]      # (0, 1, 2), seed 0's ablation result
+    """
+
+    def __init__(self, per_seed: Mapping[int, Mapping[str, ExperimentResult]]):
+        if not per_seed:
+            raise ValueError("SeedResults needs the results of at least one seed.")
+        self.per_seed = {int(s): dict(per_seed[s]) for s in sorted(per_seed)}
+        self.seeds = tuple(self.per_seed)
+        self._first = self.per_seed[self.seeds[0]]
+
+    def __getitem__(self, experiment: str) -> ExperimentResult:
+        return self._first[experiment]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._first)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def __repr__(self) -> str:
+        return f"SeedResults(seeds={list(self.seeds)}, experiments={list(self._first)})"
+
+
+def per_seed(results: Mapping[str, ExperimentResult]) -> list[Mapping[str, ExperimentResult]]:
+    """The results of each prompt seed of one task: ``results.per_seed``'s values for a
+    :class:`SeedResults`, else ``[results]`` (a one-seed grid)."""
+    if isinstance(results, SeedResults):
+        return list(results.per_seed.values())
+    return [results]
 
 
 def cell_request(model: object, task: Task, experiment: str, **parameters: object) -> dict:
@@ -167,6 +212,11 @@ def load_cells(
     (the layout the reproduction grids write), each verified on loading (a damaged cell
     raises a ValueError naming its file). Temporary folders of a killed run are skipped.
 
+    A folder of several prompt seeds' grids (``seed<s>/<model>/<task>/<experiment>``, as
+    ``icl-heads reproduce --seeds 3`` writes them) gives one :class:`SeedResults` per task,
+    with the seeds that have results for it (a task missing from a seed is pooled over the
+    others). A folder that holds both layouts is refused: name the one you mean.
+
     ``family``: ``(name, experiments)`` of the experiment family the caller reads (e.g.
     ``("TR/TL", trtl.EXPERIMENTS)``): a folder whose cells hold none of them (the other
     family's results) is refused instead of read as "no result" everywhere.
@@ -194,6 +244,33 @@ def _load_cells(results_root: str | Path) -> dict[str, dict[str, dict[str, Exper
         raise FileNotFoundError(
             f"No results directory {str(root)!r}; run the reproduction first (icl-heads reproduce)."
         )
+    seeds = {
+        int(m.group(1)): d
+        for d in root.iterdir()
+        if d.is_dir() and (m := SEED_DIR.match(d.name)) and any(d.glob("*/*/*/result.json"))
+    }
+    if not seeds:
+        return _load_grid(root)
+    plain = [p for p in root.glob("*/*/*/result.json") if not SEED_DIR.match(p.parts[-4])]
+    if plain:
+        raise ValueError(
+            f"The results folder {str(root)!r} holds both a one-seed grid (e.g. "
+            f"{str(plain[0].parent)!r}) and seed<s>/ grids ({sorted(seeds)}): give one of "
+            f"them, e.g. {str(root / f'seed{min(seeds)}')!r}, or move the other away."
+        )
+    grids = {s: _load_grid(seeds[s]) for s in sorted(seeds)}
+    out: dict = {}
+    for seed, grid in grids.items():
+        for model, tasks in grid.items():
+            for task, cells in tasks.items():
+                out.setdefault(model, {}).setdefault(task, {})[seed] = cells
+    return {
+        model: {task: SeedResults(by_seed) for task, by_seed in tasks.items()}
+        for model, tasks in out.items()
+    }
+
+
+def _load_grid(root: Path) -> dict[str, dict[str, dict[str, ExperimentResult]]]:
     out: dict = {}
     for meta in sorted(root.glob("*/*/*/result.json")):
         cell = meta.parent

@@ -59,14 +59,17 @@ from ..provenance import check_map
 from ..results import table_row
 from ..stats import mean_ci, paired_difference_ci
 from ..tasks import Task, load_task
+from .cells import SeedResults as SeedResults
 from .cells import cell_record as cell_record  # the grid cells (re-exported)
 from .cells import cell_table as cell_table
 from .cells import load_cells as load_cells
+from .cells import per_seed as per_seed
 from .cells import run_cell as run_cell
 from .verdict_rules import VERDICTS as VERDICTS  # re-exported: the families and pages use them
 from .verdict_rules import combine as combine
 from .verdict_rules import judge as judge
 from .verdict_rules import pool_claim as pool_claim
+from .verdict_rules import pool_seeds as pool_seeds
 from .verdict_rules import pool_verdicts as pool_verdicts
 from .verdict_rules import verdict_text as verdict_text
 

@@ -7,7 +7,8 @@
   metric at its floor or ceiling in every condition, a no-op comparison, an undefined
   statistic; the caller says which) / ``unclear``.
 * **One statistic** (:func:`judge`), **one claim** (:func:`combine` of its statistics),
-  **many tasks** (:func:`pool_claim`: a random-effects estimate of each statistic,
+  **many seeds** (:func:`pool_seeds`: the mean, with a conservative interval), **many
+  tasks** (:func:`pool_claim`: a random-effects estimate of each statistic,
   :func:`pool_estimates`; untestable tasks excluded and counted).
 * **Intervals built from saved intervals** without their covariances, conservatively
   (:func:`worst_case_sum`, :func:`grid_mean`, :func:`noise_corrected_stability`,
@@ -456,6 +457,70 @@ def pool_claim(per_task: Sequence[Mapping]) -> dict:
     return {"verdict": combine([t["verdict"] for t in tests]), "tests": tests, "notes": notes}
 
 
+def pool_seeds(per_seed: Sequence[Mapping]) -> dict:
+    """One task's claim verdict over prompt seeds, from each seed's verdict dict (same claim,
+    same tests). Each statistic is the mean over the seeds that could test it, with the
+    interval of :func:`grid_mean` (the mean of the seeds' bounds): the seeds' prompts share
+    most of their queries, so their estimates are not independent, and this interval is
+    the one that stays valid when they are perfectly correlated (it is never narrower than
+    the seeds' typical interval). Each pooled statistic is judged again (:func:`judge`,
+    the seeds' mean margin) and the claim's verdict combined (:func:`combine`); a statistic
+    untestable in every seed stays untestable (the first seed's reason); one seed is
+    returned as it is.
+
+    Example::
+
+        pool_seeds([claim_verdict(claim, r) for r in results.per_seed.values()])["verdict"]
+
+    Returns:
+        The verdict dict of one seed's form, each test with ``"seeds"`` (how many seeds it
+        was pooled over) and ``"seed_values"`` added; ``notes`` gain the per-seed verdicts.
+    """
+    per_seed = list(per_seed)
+    if not per_seed:
+        return {"verdict": UNCLEAR, "tests": [], "notes": ["no seed"]}
+    if len(per_seed) == 1:
+        return dict(per_seed[0])
+    n_tests = {len(got["tests"]) for got in per_seed}
+    if len(n_tests) != 1:
+        raise ValueError(f"pool_seeds needs the same tests in every seed, got {sorted(n_tests)}.")
+    tests = []
+    for i in range(n_tests.pop()):
+        rows = [got["tests"][i] for got in per_seed]
+        usable = [
+            t
+            for t in rows
+            if t.get("verdict") != UNTESTABLE
+            and not t.get("missing")
+            and all(math.isfinite(float(t[x])) for x in ("value", "ci_low", "ci_high"))
+        ]
+        test = dict(rows[0])
+        test.update(seeds=len(usable), seed_values=[float(t["value"]) for t in usable])
+        if not usable:
+            tests.append(test)  # untestable, missing or undefined in every seed: as seed one
+            continue
+        for key in ("reason", "missing"):
+            test.pop(key, None)
+        value, low, high = grid_mean(
+            [t["value"] for t in usable], [t["ci_low"] for t in usable],
+            [t["ci_high"] for t in usable],
+        )  # fmt: skip
+        margins = [float(t["margin"]) for t in usable if t.get("margin") is not None]
+        margins = [m for m in margins if math.isfinite(m)]
+        margin = float(np.mean(margins)) if margins else math.nan
+        null = float(usable[0]["null"])
+        verdict = judge(value, low, high, sign=test["sign"], null=null, margin=margin)
+        test.update(value=value, ci_low=low, ci_high=high, margin=margin, verdict=verdict)
+        tests.append(test)
+    votes = [got["verdict"] for got in per_seed]
+    counts = ", ".join(f"{v} {votes.count(v)}/{len(votes)}" for v in VERDICTS if v in votes)
+    notes = [f"pooled over {len(per_seed)} prompt seeds (per seed: {counts})"]
+    notes += list(dict.fromkeys(n for got in per_seed for n in got.get("notes", [])))
+    out = {key: value for key, value in per_seed[0].items() if key not in ("tests", "notes")}
+    return out | {"verdict": combine([t["verdict"] for t in tests]), "tests": tests,
+                  "notes": notes}  # fmt: skip
+
+
 def _check_vocabulary(verdicts: Sequence[str]) -> None:
     for v in verdicts:
         if v not in VERDICTS:
@@ -484,6 +549,7 @@ __all__ = [
     "noise_corrected_stability",
     "pool_claim",
     "pool_estimates",
+    "pool_seeds",
     "pool_verdicts",
     "rescale_interval",
     "spearman_brown",

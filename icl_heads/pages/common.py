@@ -12,7 +12,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from ..experiments.geometry.reproduce import EXPERIMENTS as GEOMETRY_EXPERIMENTS
-from ..experiments.kit import fmt
+from ..experiments.kit import SeedResults, fmt
 from ..experiments.trtl.reproduce import EXPERIMENTS as TRTL_EXPERIMENTS
 from ..results import ExperimentResult
 from ..viz import save_figure
@@ -101,3 +101,39 @@ def check_family(
         raise ValueError(
             f"{where} holds no {family} results (found {shown([c for c, _ in found])}); {layout}."
         )
+
+
+def seeds_md(cells: Mapping[str, Mapping[str, Mapping[str, ExperimentResult]]]) -> list[str]:
+    """The paragraph a page carries when its grid ran several prompt seeds
+    (:class:`~icl_heads.experiments.kit.SeedResults`): which seeds, what is pooled over them
+    and what shows the first seed only; nothing for a one-seed grid.
+
+    Example::
+
+        seeds_md(load_cells("docs/results/main/trtl"))   # ['Prompt seeds: 0, 1, 2 ...', '']
+    """
+    seeds = sorted(
+        {s for tasks in cells.values() for r in tasks.values()
+         if isinstance(r, SeedResults) for s in r.seeds}
+    )  # fmt: skip
+    if len(seeds) < 2:
+        return []
+    partial = [
+        f"{model} / {task} (seeds {', '.join(map(str, r.seeds))})"
+        for model, tasks in cells.items()
+        for task, r in tasks.items()
+        if isinstance(r, SeedResults) and list(r.seeds) != seeds
+    ]
+    text = (
+        f"**Prompt seeds: {', '.join(map(str, seeds))}.** Each task was run once per prompt "
+        "seed (its own demonstrations, query order, head selection and random sets). The "
+        "verdicts, the statistics behind them and the power table pool the seeds: each "
+        "statistic is the mean over the seeds, with the mean of their intervals (the seeds "
+        "share most queries, so this interval assumes they are perfectly correlated and is "
+        'never narrower than one seed\'s; [methods.md, "Verdict rules"]'
+        "(../methods.md#verdict-rules)). The tables, figures, settings and replication "
+        f"numbers below show seed {seeds[0]}; the wall-time table sums each cell over the seeds."
+    )
+    if partial:
+        text += " Not every seed has finished: " + "; ".join(partial) + "."
+    return [text, ""]

@@ -19,7 +19,7 @@ import pandas as pd
 from ..experiments.geometry.curves import ALIGNMENT, SEPARABILITY
 from ..experiments.geometry.verdicts import CLAIMS as GEOMETRY_CLAIMS
 from ..experiments.geometry.verdicts import geometry_claim_verdict, preregistered_layer
-from ..experiments.kit import BASELINE, fmt, random_name
+from ..experiments.kit import BASELINE, fmt, per_seed, random_name
 from ..experiments.power import POWER, claim_power, power_table
 from ..experiments.trtl.verdicts import CLAIMS as TRTL_CLAIMS
 from ..experiments.trtl.verdicts import VERDICT_ALPHA, claim_verdict
@@ -206,7 +206,8 @@ def _finite(x: object) -> bool:
 def wall_time_md(cells: Cells) -> list[str]:
     """The wall-time section of a page: each cell's computing time in seconds, as
     :func:`~icl_heads.experiments.cells.run_cell` recorded it (``wall_seconds`` in its
-    ``result.json``), "not recorded" for cells saved before it was."""
+    ``result.json``), "not recorded" for cells saved before it was; a cell of several prompt
+    seeds shows the sum over them."""
     out = [
         "## Wall time of each cell",
         "",
@@ -218,9 +219,12 @@ def wall_time_md(cells: Cells) -> list[str]:
     ]
     for model, tasks in cells.items():
         for task, results in tasks.items():
-            for experiment, result in results.items():
-                seconds = result.wall_seconds
+            for experiment in results:
+                times = [r[experiment].wall_seconds for r in per_seed(results) if experiment in r]
+                seconds = None if None in times else sum(times)
                 shown = "not recorded" if seconds is None else f"{seconds:.1f}"
+                if len(times) > 1 and seconds is not None:
+                    shown += f" ({len(times)} seeds)"
                 out.append(f"| {model} | {task} | {experiment} | {shown} |")
     return out + [""]
 

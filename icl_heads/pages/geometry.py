@@ -26,7 +26,7 @@ from ..experiments.geometry.verdicts import (
 from ..experiments.kit import load_cells
 from ..geometry import ONSET_FRACTION
 from ..results import ExperimentResult, safe_name
-from .common import check_family, fmt, fmt_ci, relpath, write_figure
+from .common import check_family, fmt, fmt_ci, relpath, seeds_md, write_figure
 from .evidence import geometry_power, geometry_replication_md, power_md, wall_time_md
 
 _CURVE_METRICS = (
@@ -145,6 +145,7 @@ def write_geometry_page(
         "is the residual stream at the query after `i` blocks (0 = embeddings).",
         "",
     ]
+    out += seeds_md(nested)
 
     out += [
         "## Verdicts",

@@ -14,7 +14,7 @@ from ..experiments.trtl.reproduce import EXPERIMENTS
 from ..experiments.trtl.verdicts import CLAIMS, VERDICT_ALPHA, trtl_verdicts
 from ..results import ExperimentResult
 from ..settings import Settings
-from .common import check_family, fmt, fmt_ci, relpath, write_figure
+from .common import check_family, fmt, fmt_ci, relpath, seeds_md, write_figure
 from .evidence import power_md, trtl_power, trtl_replication_md, wall_time_md
 
 
@@ -149,6 +149,7 @@ def write_trtl_page(
     parts = [
         _PAGE_INTRO.format(command=command, root=Path(results_root).as_posix(), alpha=VERDICT_ALPHA)
     ]
+    parts += seeds_md(all_results)
     parts.append("## Verdicts\n")
     for model, tasks in all_results.items():
         v = verdicts[verdicts["model"] == model]

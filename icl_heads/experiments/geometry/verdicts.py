@@ -19,7 +19,7 @@ import pandas as pd
 from ...geometry import ONSET_FRACTION
 from ...results import ExperimentResult
 from ...stats import independent_difference_ci, mean_ci
-from ..kit import fmt, load_cells, random_name
+from ..kit import SeedResults, fmt, load_cells, per_seed, random_name
 from ..verdict_rules import (
     RATE_METRICS,
     UNCLEAR,
@@ -29,6 +29,7 @@ from ..verdict_rules import (
     judge,
     margin_for,
     pool_claim,
+    pool_seeds,
     rescale_interval,
     worst_case_sum,
 )
@@ -249,7 +250,9 @@ def geometry_claim_verdict(key: str, cells: dict[str, ExperimentResult]) -> dict
     its statistic with a 95% interval and equivalence margin, judged by
     :func:`~icl_heads.experiments.verdict_rules.judge`, or ``untestable`` in a degenerate
     design (a metric at its floor or ceiling in every condition, a no-op injection, an
-    undefined onset); ``unclear`` when a result is missing.
+    undefined onset); ``unclear`` when a result is missing. Results over several prompt
+    seeds (:class:`~icl_heads.experiments.kit.SeedResults`) give each seed's verdict pooled
+    by :func:`~icl_heads.experiments.verdict_rules.pool_seeds`.
 
     Example::
 
@@ -263,6 +266,8 @@ def geometry_claim_verdict(key: str, cells: dict[str, ExperimentResult]) -> dict
     keys = [k for k, *_ in CLAIMS]
     if key not in keys:
         raise ValueError(f"Unknown claim {key!r}; choose one of {keys}.")
+    if isinstance(cells, SeedResults):
+        return pool_seeds([geometry_claim_verdict(key, r) for r in per_seed(cells)])
     experiment, condition, metric, sign = {
         "order": ("layer_geometry_k4", "k=4", f"onset {ALIGNMENT} - {SEPARABILITY}", 1),
         "icl": ("layer_geometry_k4", "k=4 - k=0", "late Δ logit_lens - Δ probe", 1),

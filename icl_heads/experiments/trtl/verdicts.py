@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ...results import ExperimentResult
-from ..kit import BASELINE, fmt, load_cells
+from ..kit import BASELINE, SeedResults, fmt, load_cells, per_seed
 from ..verdict_rules import (
     RATE_METRICS,
     UNCLEAR,
@@ -32,6 +32,7 @@ from ..verdict_rules import (
     margin_for,
     noise_corrected_stability,
     pool_claim,
+    pool_seeds,
     verdict_text,
 )
 
@@ -305,7 +306,10 @@ def claim_verdict(claim: str, results: Mapping[str, ExperimentResult]) -> dict:
     degenerate design (identical TR and TL sets for a TR-vs-TL contrast; a rate at its
     floor or ceiling in every compared condition; an undefined statistic); the claim's
     verdict combines them (:func:`~icl_heads.experiments.verdict_rules.combine`). Steering
-    statistics follow :data:`STEERING_RULE` (the α = 1 reading is in the notes).
+    statistics follow :data:`STEERING_RULE` (the α = 1 reading is in the notes). A task's
+    results over several prompt seeds (:class:`~icl_heads.experiments.kit.SeedResults`)
+    give each seed's verdict pooled by
+    :func:`~icl_heads.experiments.verdict_rules.pool_seeds`.
 
     Example::
 
@@ -318,6 +322,8 @@ def claim_verdict(claim: str, results: Mapping[str, ExperimentResult]) -> dict:
     """
     if claim not in CLAIMS:
         raise ValueError(f"Unknown claim {claim!r}; choose one of {list(CLAIMS)}.")
+    if isinstance(results, SeedResults):
+        return pool_seeds([claim_verdict(claim, r) for r in per_seed(results)])
     tests, notes = [], []
     for t in _claim_tests(claim):
         res = results.get(t.experiment)
