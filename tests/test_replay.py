@@ -99,3 +99,28 @@ def test_prompts_of_a_heldout_split_are_not_rebuilt_as_ordinary_ones(tiny_llama,
     held = split_prompts(tiny_llama, sentiment_task, 2, 6, 0, split=split, part="evaluation")
     with pytest.raises(ValueError, match="prompts_digest"):
         prompts_from_info(tiny_llama, held.info(), task=sentiment_task)
+
+
+def test_a_cell_without_prompt_digests_is_checked_against_its_requests_task_digest(
+    tiny_llama, tiny_prompts
+):
+    # cells saved before prompt sets recorded their task's digest (the first saved
+    # results) carry it only in the grid's request: replaying one on an edited task must be
+    # refused, not run on other prompts
+    result = trtl.ablation_experiment(
+        tiny_llama, tiny_prompts, {"A": [(1, 0)]}, n_random=1, n_boot=20, progress=False
+    )
+    info = result.settings.prompts
+    old = info.replace(task_digest=None, prompts_digest=None)
+    settings = result.settings.replace(prompts=old)
+    assert settings.to_dict()["prompts"].get("task_digest") is None
+    task = tiny_prompts.info().task
+    for digest, refused in (("0123456789abcdef", True), (info.task_digest, False)):
+        request = {"task": task, "task_digest": digest}
+        cell = ExperimentResult(result.name, result.table, settings, tables=result.tables,
+                                request=request)  # fmt: skip
+        if refused:
+            with pytest.raises(ValueError, match="task_digest"):
+                replay(cell, tiny_llama, "A")
+        else:
+            assert len(replay(cell, tiny_llama, "A"))

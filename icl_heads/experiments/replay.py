@@ -164,7 +164,7 @@ def replay(
             f"replay needs an ExperimentResult (ExperimentResult.load(path)), got "
             f"{type(result).__name__}."
         )
-    plain = json.loads(json.dumps(result.settings.to_dict()))
+    plain = _with_request_digest(json.loads(json.dumps(result.settings.to_dict())), result)
     record = _record(result, plain, condition, alpha)
     if split is None:
         split = _request_split(result, task)
@@ -241,6 +241,29 @@ def _record(result: ExperimentResult, plain: dict, condition: str, alpha: float 
     if condition not in by_name:
         raise ValueError(f"No condition {condition!r} in this result; it has {sorted(by_name)}.")
     return by_name[condition]
+
+
+def _with_request_digest(plain: object, result: ExperimentResult) -> object:
+    """``plain`` settings with the task digest of the cell's request filled into every
+    recorded prompt set of that task that lacks one (cells saved before prompt sets recorded
+    their task's digest): replaying such a cell on an edited task is then refused by
+    :func:`prompts_from_info`, not run on other prompts."""
+    request = result.request if isinstance(result.request, Mapping) else {}
+    digest, name = request.get("task_digest"), request.get("task")
+    if not isinstance(digest, str) or not isinstance(name, str):
+        return plain
+    if isinstance(plain, Mapping):
+        out = {key: _with_request_digest(value, result) for key, value in plain.items()}
+        if (
+            out.get("kind") == "PromptInfo"
+            and out.get("task") == name
+            and not out.get("task_digest")
+        ):
+            out["task_digest"] = digest
+        return out
+    if isinstance(plain, list):
+        return [_with_request_digest(value, result) for value in plain]
+    return plain
 
 
 def _request_split(result: ExperimentResult, task: Task | str | None) -> TaskSplit | None:
