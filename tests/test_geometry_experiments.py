@@ -381,11 +381,16 @@ def test_geometry_grid_defaults_to_the_heldout_design(tiny_llama, sentiment_task
         assert abl.settings.sensitivity_mode == "mean" and "IH (mean)" in abl.conditions
         assert abl.request["heldout"] == {"fraction": 0.5, "seed": seed}
         assert "heldout" not in done["layer_geometry_k4"].request
+    # the page of the two seeds pools them and says what the design changed
+    text = write_geometry_page(out, tmp_path / "g.md", tmp_path / "fig").read_text()
+    assert "**Prompt seeds: 0, 1.**" in text and "designs changed too" in text
     # the first design's requests are the grid's requests before the design existed
     legacy = reproduce_geometry(tiny_llama, ["sentiment"], tmp_path / "legacy", quick=True,
                                 progress=False, n=12, design=geometry.LEGACY)  # fmt: skip
     request = ExperimentResult.load(legacy["path"].iloc[3]).request
     assert "heldout" not in request and "sensitivity_mode" not in request
     assert list(legacy["seed"]) == [0] * 4
+    legacy_page = write_geometry_page(tmp_path / "legacy", tmp_path / "l.md", tmp_path / "lf")
+    assert "designs changed too" not in legacy_page.read_text()
     with pytest.raises(TypeError, match="geometry Design"):
         reproduce_geometry(tiny_llama, ["sentiment"], tmp_path, design="main")

@@ -223,6 +223,8 @@ def test_the_results_page_of_the_whole_grid_pools_its_seeds(grid, tiny_llama, tm
     page = write_trtl_page(out, tmp_path / "page.md", tmp_path / "figures")
     text = page.read_text()
     assert "**Prompt seeds: 0, 1.**" in text and "(2 seeds)" in text  # wall time summed
+    assert "The experiments' designs changed too" in text  # the cells are of trtl.MAIN
+    assert "are not yet in these saved results" not in text
     verdicts = trtl.trtl_verdicts(out)
     per_task = verdicts[verdicts["task"] == "sentiment"]
     assert per_task["detail"].str.contains("pooled over 2 prompt seeds").all()

@@ -137,3 +137,20 @@ def seeds_md(cells: Mapping[str, Mapping[str, Mapping[str, ExperimentResult]]]) 
     if partial:
         text += " Not every seed has finished: " + "; ".join(partial) + "."
     return [text, ""]
+
+
+def heldout_design(cells: Mapping[str, Mapping[str, Mapping[str, ExperimentResult]]]) -> bool:
+    """Whether a grid's cells were made with held-out selection (their requests record a
+    ``heldout`` split: the issue-18 designs, ``trtl.MAIN`` / ``geometry.MAIN``), which
+    decides what a page says changed in the design.
+
+    Example::
+
+        heldout_design(load_cells("docs/results/main/trtl"))      # True
+    """
+    return any(
+        isinstance(result.request, Mapping) and bool(result.request.get("heldout"))
+        for tasks in cells.values()
+        for results in tasks.values()
+        for result in results.values()
+    )

@@ -26,7 +26,7 @@ from ..experiments.geometry.verdicts import (
 from ..experiments.kit import load_cells
 from ..geometry import ONSET_FRACTION
 from ..results import ExperimentResult, safe_name
-from .common import check_family, fmt, fmt_ci, relpath, seeds_md, write_figure
+from .common import check_family, fmt, fmt_ci, heldout_design, relpath, seeds_md, write_figure
 from .evidence import geometry_power, geometry_replication_md, power_md, wall_time_md
 
 _CURVE_METRICS = (
@@ -68,6 +68,19 @@ DESIGN_NOTE = (
     "negative), the other states are described in the notes; equivalence and untestable "
     'verdicts exist (were "does not hold" or "unclear"); tasks are pooled by an estimate '
     "(was: every task must hold). Nothing was tuned to make a claim hold."
+)
+#: What the issue-18 design (``geometry.MAIN``) changed, added to :data:`DESIGN_NOTE` when the
+#: saved cells were made with it (their requests record a held-out split).
+MAIN_DESIGN_NOTE = (
+    "**The experiments' designs changed too** (issue 18; methods.md, \"Held-out selection, "
+    'TL normalisation and ablation modes"), fixed in code (`geometry.MAIN`) before these '
+    "runs: the task vector is the mean of ICL prompts over a *selection* half of each "
+    "task's queries and is injected into zero-shot prompts of the disjoint *evaluation* "
+    "half, and the head ablation runs on evaluation prompts with its means taken from the "
+    "selection half (were: the same prompts); zero ablation stays the main mode (the "
+    "detectors' heads are task-independent and the claims are about their whole output) "
+    "with mean ablation as sensitivity rows; each cell has n = 256 prompts (was 96) from "
+    "tasks of 320 examples (were 100), with 3 prompt seeds pooled."
 )
 
 
@@ -150,7 +163,7 @@ def write_geometry_page(
     out += [
         "## Verdicts",
         "",
-        DESIGN_NOTE,
+        DESIGN_NOTE + (" " + MAIN_DESIGN_NOTE if heldout_design(nested) else ""),
         "",
     ]
     pooled = geometry_pooled_verdicts(results_root)

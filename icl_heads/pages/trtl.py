@@ -14,7 +14,7 @@ from ..experiments.trtl.reproduce import EXPERIMENTS
 from ..experiments.trtl.verdicts import CLAIMS, VERDICT_ALPHA, trtl_verdicts
 from ..results import ExperimentResult
 from ..settings import Settings
-from .common import check_family, fmt, fmt_ci, relpath, seeds_md, write_figure
+from .common import check_family, fmt, fmt_ci, heldout_design, relpath, seeds_md, write_figure
 from .evidence import power_md, trtl_power, trtl_replication_md, wall_time_md
 
 
@@ -96,12 +96,28 @@ smaller than TL's. "all tasks" pools the tasks by a random-effects estimate
 untestable and equivalence verdicts (degenerate designs were scored "does not hold"),
 steering over the alpha grid (was alpha = 1 only, where the label-space rate is 0 in every
 condition on some tasks), noise-corrected stability (the old verdict ignored the split-half
-reference), and pooling by an estimate (was: every task must hold). The experiments' designs
-(held-out head selection, query-matched TL steering, the normalised TL score) are the next
-step of the redesign and are not yet in these saved results. The verdicts are computed from
+reference), and pooling by an estimate (was: every task must hold). {design} The verdicts are computed from
 the saved tables by `trtl_verdicts`; nothing was tuned to make a claim hold: one setting per
 experiment, listed under each model.
 """
+
+_LEGACY_DESIGN = """The experiments' designs (held-out head selection, query-matched TL
+steering, the normalised TL score) are the next step of the redesign and are not yet in
+these saved results."""
+
+_MAIN_DESIGN = """**The experiments' designs changed too** (issue 18; methods.md, "Held-out
+selection, TL normalisation and ablation modes" and "Steering protocols"), each fixed in code
+(`trtl.MAIN`) before these runs: the heads, the ablation means and the task-mean steering
+vectors come from a *selection* half of each task's queries, and every effect is measured on
+the disjoint *evaluation* half (were: the same prompts, so selection was circular); the TL
+score is the label margin divided by the head's TR score, `aᵀd / ‖P a‖²`, with heads whose
+mean TR is under 1% of the largest left out (was: the raw margin `aᵀd`, now the `TL_raw`
+sensitivity row); TL steering adds each prompt's own k-shot TL-head outputs to its zero-shot
+twin (`query_matched`; was: one task-mean vector, which cannot point each prompt to its own
+label: kept as the `_task_mean` cells); zero ablation runs beside mean ablation as a
+sensitivity row; the label mass and the gold-label logit margin are reported beside the step
+metrics; steering runs alpha 0, 0.5, 1, 2, 4, 8; and each cell has n = 256 prompts (was 64)
+from tasks of 320 examples (were 100), with 3 prompt seeds pooled."""
 
 
 def write_trtl_page(
@@ -147,7 +163,14 @@ def write_trtl_page(
         or "icl-heads reproduce --models default gemma-3-270m --experiments trtl --pages --no-reports"
     )
     parts = [
-        _PAGE_INTRO.format(command=command, root=Path(results_root).as_posix(), alpha=VERDICT_ALPHA)
+        _PAGE_INTRO.format(
+            command=command,
+            root=Path(results_root).as_posix(),
+            alpha=VERDICT_ALPHA,
+            design=(_MAIN_DESIGN if heldout_design(all_results) else _LEGACY_DESIGN).replace(
+                "\n", " "
+            ),
+        )
     ]
     parts += seeds_md(all_results)
     parts.append("## Verdicts\n")
