@@ -13,9 +13,12 @@
   fit is an error (:class:`MemoryError`, naming the device and what to change).
 
 The batching loops of :mod:`icl_heads.activations` (every forward pass),
-:mod:`icl_heads.last_token` (the engine's clean runs) and :mod:`icl_heads.sweep_engine`
-(the fast sweeps' rows per pass) run through :func:`halving`, and resolve ``"auto"`` with
-:func:`resolve_batch_size`.
+:mod:`icl_heads.last_token` (the engine's clean runs), :mod:`icl_heads.sweep_engine`
+(the fast sweeps' rows per pass) and :mod:`icl_heads.patching_attribution` (forward and
+backward passes) run through :func:`halving`, and resolve ``"auto"`` with
+:func:`resolve_batch_size`. Every public function that takes a ``batch_size`` (or
+``rows_per_pass``) passes it down to one of them, so each takes ``"auto"``; a value
+recorded as ``"auto"`` (an intervention's replay spec) is resolved again on replay.
 
 Example::
 
