@@ -461,3 +461,18 @@ def test_a_backward_row_needs_more_memory_than_a_forward_one():
         batching.auto_batch_size(make_tiny_model(d_vocab=64), 100, kind="backward", device="cpu")
         == 8
     )
+
+
+@pytest.mark.parametrize("grid", ["trtl", "geometry"])
+def test_a_quick_grid_with_auto_batches_equals_the_default_and_resumes(tiny_llama, tmp_path, grid):
+    from icl_heads.experiments.geometry import reproduce_geometry
+
+    run = trtl.reproduce_trtl if grid == "trtl" else reproduce_geometry
+    kwargs = dict(quick=True, progress=False)
+    auto = run(tiny_llama, ["sentiment"], tmp_path / "auto", batch_size="auto", **kwargs)
+    fixed = run(tiny_llama, ["sentiment"], tmp_path / "fixed", batch_size=16, **kwargs)
+    assert set(auto["status"]) == {"computed"}
+    for a, f in zip(auto["path"], fixed["path"], strict=True):
+        _assert_same(ExperimentResult.load(a), ExperimentResult.load(f))
+    again = run(tiny_llama, ["sentiment"], tmp_path / "auto", batch_size="auto", **kwargs)
+    assert set(again["status"]) == {"loaded"}
