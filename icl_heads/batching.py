@@ -13,9 +13,12 @@
   fit is an error (:class:`MemoryError`, naming the device and what to change).
 
 The batching loops of :mod:`icl_heads.activations` (every forward pass),
-:mod:`icl_heads.last_token` (the engine's clean runs) and :mod:`icl_heads.sweep_engine`
-(the fast sweeps' rows per pass) run through :func:`halving`, and resolve ``"auto"`` with
-:func:`resolve_batch_size`.
+:mod:`icl_heads.last_token` (the engine's clean runs), :mod:`icl_heads.sweep_engine`
+(the fast sweeps' rows per pass) and :mod:`icl_heads.patching_attribution` (forward and
+backward passes) run through :func:`halving`, and resolve ``"auto"`` with
+:func:`resolve_batch_size`. Every public function that takes a ``batch_size`` (or
+``rows_per_pass``) passes it down to one of them, so each takes ``"auto"``; a value
+recorded as ``"auto"`` (an intervention's replay spec) is resolved again on replay.
 
 Example::
 
@@ -42,14 +45,27 @@ BatchSize = int | Literal["auto"]
 #: What is batched: a forward pass over prompts (every position, logits at the query);
 #: the engine's clean run (a forward pass that also keeps the key/value cache and the
 #: residual stream of the restart layers); the fast sweep's query rows (last token only);
-#: the fast sweep's rows at every position.
-Kind = Literal["forward", "clean_run", "query_rows", "all_rows"]
-KINDS: tuple[str, ...] = ("forward", "clean_run", "query_rows", "all_rows")
+#: the fast sweep's rows at every position; a forward and backward pass (attribution
+#: patching: the graph keeps every block's activations for the backward pass).
+Kind = Literal["forward", "clean_run", "query_rows", "all_rows", "backward"]
+KINDS: tuple[str, ...] = ("forward", "clean_run", "query_rows", "all_rows", "backward")
 #: Batch sizes on a CPU (and on devices whose memory cannot be read): the defaults every
 #: analysis has always used; lowered only when free RAM would not hold them.
-CPU_DEFAULTS: dict[str, int] = {"forward": 16, "clean_run": 16, "query_rows": 1024, "all_rows": 32}
+CPU_DEFAULTS: dict[str, int] = {
+    "forward": 16,
+    "clean_run": 16,
+    "query_rows": 1024,
+    "all_rows": 32,
+    "backward": 8,
+}
 #: The largest batch "auto" picks (beyond it a GPU gains nothing and progress is coarse).
-MAX_BATCH: dict[str, int] = {"forward": 256, "clean_run": 256, "query_rows": 8192, "all_rows": 512}
+MAX_BATCH: dict[str, int] = {
+    "forward": 256,
+    "clean_run": 256,
+    "query_rows": 8192,
+    "all_rows": 512,
+    "backward": 128,
+}
 #: The share of the free device memory a batch may take (the rest: allocator slack,
 #: fragmentation, what the caller keeps between batches).
 MEMORY_FRACTION = 0.6
@@ -119,7 +135,9 @@ def row_bytes(cfg, seq_len: int, kind: Kind = "forward", *, kept_layers: int = 0
     stream and its norm, queries/keys/values, the attention scores and pattern (``n_heads
     * seq_len**2``), the MLP's hidden units, and the float32 logits at the query. The
     engine's clean run also keeps every layer's keys and values and the residual stream
-    of ``kept_layers`` restart layers; a query row is one position with the prefix shared.
+    of ``kept_layers`` restart layers; a query row is one position with the prefix shared;
+    a backward row keeps every block's activations (and their gradients) until the
+    backward pass.
 
     Example::
 
@@ -136,6 +154,8 @@ def row_bytes(cfg, seq_len: int, kind: Kind = "forward", *, kept_layers: int = 0
     per_position = 4 * d + (H + 2 * kv) * dh + H * dh + d_mlp
     scores = 3 * H * positions * keys  # scores, softmax, pattern
     activations = (positions * per_position + scores) * size
+    if kind == "backward":  # every block's activations, and as much again for gradients
+        activations *= 2 * cfg.n_layers
     logits = 2 * cfg.d_vocab * 4  # float32 logits at the query (and one copy)
     kept = 0
     if kind == "clean_run":

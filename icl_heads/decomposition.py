@@ -28,6 +28,8 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from .activations import Batch, iter_batches
 from .backends import HookedTransformer, architecture
+from .batching import BatchSize
+from .devices import block_placement, resolve_device
 from .prompts import PromptSet, check_prompt_set
 
 #: ``reduce(batch, terms) -> {name: [batch, ...]}``: per-prompt values from one batch's terms.
@@ -77,13 +79,32 @@ def unembed_bias(model: HookedTransformer) -> Float[Tensor, " d_vocab"]:
     return bias
 
 
+def output_weights(
+    model: HookedTransformer, device: str | torch.device
+) -> tuple[Float[Tensor, "layer head d_head d_model"], Float[Tensor, "layer d_model"]]:
+    """``W_O`` and ``b_O`` of every layer, detached, on ``device``: TransformerLens's
+    stacks where all blocks share a device, else (a model split over several devices,
+    ``n_devices > 1``, where those stacks fail) block by block, each moved to ``device``.
+
+    Example::
+
+        W_O, b_O = output_weights(model, "cuda:0")
+    """
+    place = block_placement(model)
+    if len({place(layer) for layer in range(model.cfg.n_layers)}) == 1:
+        return model.W_O.detach().to(device), model.b_O.detach().to(device)
+    W_O = torch.stack([block.attn.W_O.detach().to(device) for block in model.blocks])
+    b_O = torch.stack([block.attn.b_O.detach().to(device) for block in model.blocks])
+    return W_O, b_O
+
+
 def iter_query_terms(
     model: HookedTransformer,
     prompts: PromptSet,
     *,
     full: bool,
     apply_ln: bool,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -117,11 +138,13 @@ def iter_query_terms(
     if norm is not None:
         names.append("ln_final.hook_scale")
     centre = cfg.normalization_type in ("LN", "LNPre")
+    here = resolve_device(device) if device is not None else torch.device(cfg.device)
     with torch.no_grad():
-        W_O = model.W_O.detach()  # [L, H, d_head, d_model]
-        b_O = model.b_O.detach()  # [L, d_model]
+        W_O, b_O = output_weights(model, here)  # [L, H, d_head, d_model], [L, d_model]
         post_w = (
-            torch.stack([b.ln1_post.w.detach() for b in model.blocks]) if post_norm else None
+            torch.stack([b.ln1_post.w.detach().to(here) for b in model.blocks])
+            if post_norm
+            else None
         )  # [L, d_model]
 
     # The final norm's scale is only computed when the logits are (iter_batches stops at
@@ -138,32 +161,34 @@ def iter_query_terms(
         progress=progress,
         desc=desc,
     ):
-        acts = batch.activations
-        z = torch.stack([acts[n] for n in z_names], dim=1)  # [b, L, H, d_head]
+        acts = batch.activations  # each layer's on its block's device (n_devices > 1)
+        z = _layers(acts, "blocks.{}.attn.hook_z", L, here)  # [b, L, H, d_head]
         terms = {"head": torch.einsum("blhk,lhkd->blhd", z, W_O.to(z))}
         if full:
             terms["attn_bias"] = b_O.to(z)[None].expand(z.shape[0], -1, -1)
         if post_norm:
-            scale = torch.stack(
-                [acts[f"blocks.{i}.ln1_post.hook_scale"] for i in range(L)], dim=1
-            )  # [b, L, 1]
+            scale = _layers(acts, "blocks.{}.ln1_post.hook_scale", L, here)  # [b, L, 1]
             factor = post_w.to(z)[None] / scale  # [b, L, d_model]
             terms["head"] = terms["head"] * factor[:, :, None]
             if full:
                 terms["attn_bias"] = terms["attn_bias"] * factor
         if full:
-            terms["embed"] = acts["hook_embed"]
+            terms["embed"] = acts["hook_embed"].to(here)
             if has_pos:
-                terms["pos_embed"] = acts["hook_pos_embed"]
+                terms["pos_embed"] = acts["hook_pos_embed"].to(here)
             if has_mlp:
-                terms["mlp"] = torch.stack(
-                    [acts[f"blocks.{i}.hook_mlp_out"] for i in range(L)], dim=1
-                )
+                terms["mlp"] = _layers(acts, "blocks.{}.hook_mlp_out", L, here)  # [b, L, d_model]
         if norm is not None:
-            scale = acts["ln_final.hook_scale"].reshape(-1)  # [b]
+            scale = acts["ln_final.hook_scale"].to(here).reshape(-1)  # [b] (the last device)
             terms = {k: _apply_scale(v, scale, centre) for k, v in terms.items()}
         _check_finite_terms(batch, terms)
         yield batch, terms
+
+
+def _layers(acts: dict[str, Tensor], name: str, L: int, here: torch.device) -> Tensor:
+    """``[b, L, ...]``: every layer's capture of ``name`` (``"blocks.{}..."``), each moved to
+    ``here`` before stacking (on a split model each lives on its block's device)."""
+    return torch.stack([acts[name.format(i)].to(here) for i in range(L)], dim=1)
 
 
 def _check_finite_terms(batch: Batch, terms: dict[str, Tensor]) -> None:
@@ -189,7 +214,7 @@ def reduce_query_terms(
     *,
     full: bool,
     apply_ln: bool,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -260,7 +285,7 @@ def iter_head_outputs(
     prompts: PromptSet,
     *,
     apply_ln: bool = False,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -293,7 +318,7 @@ def head_outputs(
     prompts: PromptSet,
     *,
     apply_ln: bool = False,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -330,7 +355,7 @@ def residual_decomposition(
     prompts: PromptSet,
     *,
     apply_ln: bool = False,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .activations import ActivationMeans, final_logits
 from .backends import HookedTransformer, final_residual
+from .batching import BatchSize, halving, resolve_batch_size
 from .heads import HeadScores
 from .hooks import Capture, Positions, applied, hook_name, position_mask
 from .last_token import clean_run, run_items, supports_last_token
@@ -39,7 +41,7 @@ def attribution_patching(
     means: ActivationMeans | Tensor | None = None,
     reference: PromptSet | None = None,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: BatchSize = 8,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -60,6 +62,10 @@ def attribution_patching(
     differentiable (``"logit_diff"`` or a callable); step metrics such as accuracy have zero
     gradient and are refused.
 
+    ``batch_size``: prompts per forward and backward pass, or ``"auto"``: the largest batch
+    that fits the device's memory (:mod:`icl_heads.batching`; 8 on a CPU). A batch that runs
+    out of device memory is retried halved, and later batches keep that size.
+
     Example::
 
         attr = ih.attribution_patching(model, prompts, "logit_diff", mode="mean")
@@ -79,6 +85,8 @@ def attribution_patching(
             "step function of the logits (zero gradient). Use 'logit_diff' or a "
             "smooth callable."
         )
+    # "auto": the largest batch whose forward and backward pass fit (icl_heads.batching)
+    batch_size = resolve_batch_size(batch_size, model, prompts, kind="backward", device=run.device)
     template = sweep_template(
         model,
         prompts,
@@ -95,21 +103,33 @@ def attribution_patching(
     )
     L, H = model.cfg.n_layers, model.cfg.n_heads
     names = [hook_name("z", layer) for layer in range(L)]
-    per_prompt = torch.zeros(len(prompts), L, H)
-    starts = range(0, len(prompts), batch_size)
-    # A specialised loop, not iter_batches: that one runs under inference_mode, and this
-    # needs a backward pass.
-    for s in tqdm(starts, desc="attribution patching", disable=not progress, leave=False):
-        index = torch.arange(s, min(s + batch_size, len(prompts)))
+
+    def estimates(start: int, stop: int) -> Float[Tensor, "batch layer head"]:
+        index = torch.arange(start, stop)
         batch = prompts.select(index).to(run.device)
         zs, grads = _z_grads(model, batch, index, run, names)
         T = zs[0].shape[1]  # 1 on the last-token path
         pos = position_mask(run.positions, T, run.device)[None, :, None, None]
+        layers = []  # [batch, head] per layer, on the batch's device (blocks may be split)
         for layer, (z, grad) in enumerate(zip(zs, grads, strict=True)):
             with torch.no_grad():
-                rep = template.values(layer, batch, index, T, len(index)).to(run.device)
-                delta = (rep - z.detach()) * pos
-                per_prompt[index, layer] = (grad * delta).sum((1, 3)).float().cpu()
+                rep = template.values(layer, batch, index, T, len(index)).to(z.device)
+                delta = (rep - z.detach()) * pos.to(z.device)
+                layers.append((grad * delta).sum((1, 3)).float().to(run.device))
+        return torch.stack(layers, 1).cpu()  # one copy per batch
+
+    per_prompt = torch.zeros(len(prompts), L, H)
+    # A specialised loop, not iter_batches: that one runs under inference_mode, and this
+    # needs a backward pass. A batch that runs out of memory is retried halved.
+    bar = tqdm(total=len(prompts), desc="attribution patching", disable=not progress, leave=False)
+    try:
+        for start, stop, out in halving(
+            len(prompts), batch_size, estimates, device=run.device, what="attribution patching"
+        ):
+            per_prompt[start:stop] = out
+            bar.update(stop - start)
+    finally:
+        bar.close()
     settings = sweep_settings(
         "attribution_patching",
         model,

@@ -2546,3 +2546,35 @@ def test_docs_notebooks_hook_names_a_bad_mode(tmp_path, monkeypatch):
         PluginError, match=r"ICL_HEADS_DOCS_NOTEBOOKS='always'.*cached, fresh, skip"
     ):
         hook.on_pre_build({"docs_dir": str(tmp_path)})
+
+
+# ---- H1 (s26): batch_size="auto" everywhere (issue 20)
+
+
+@pytest.mark.parametrize("bad", ["big", 0, 2.5, True])
+def test_a_recorded_batch_size_that_is_no_batch_size_names_the_field(tiny_llama, tiny_prompts, bad):
+    iv = ih.ablate(tiny_llama, [(0, 1)], "resample", reference=tiny_prompts, progress=False)
+    spec = json.loads(json.dumps(iv.to_spec()))
+    spec["reference"]["batch_size"] = bad
+    with pytest.raises(
+        ValueError,
+        match=rf"'reference.batch_size'.*positive whole number or 'auto', got {re.escape(repr(bad))}",
+    ):
+        ih.interventions.from_spec(tiny_llama, spec, prompts=[tiny_prompts])
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, p, b: ih.attribution_patching(m, p, batch_size=b, progress=False),
+        lambda m, p, b: trtl.correlation_experiment(m, p, batch_size=b, n_boot=5, progress=False),
+    ],
+    ids=["attribution_patching", "correlation_experiment"],
+)
+def test_a_bad_batch_size_is_named_at_the_public_call(tiny_llama, tiny_prompts, call):
+    with pytest.raises(ValueError, match=r"batch_size='most' is not a batch size.*'auto'"):
+        call(tiny_llama, tiny_prompts, "most")
+    with pytest.raises(
+        TypeError, match=r"batch_size must be a positive integer or 'auto', got 1.5"
+    ):
+        call(tiny_llama, tiny_prompts, 1.5)

@@ -4,13 +4,23 @@ activation has more rows than a limit, as a GPU would for a batch that does not 
 
 from __future__ import annotations
 
+import json
+import logging
+
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import make_tiny_model
 
 import icl_heads as ih
 from icl_heads import batching
-from icl_heads.activations import collect
+from icl_heads.activations import collect, collect_sites
+from icl_heads.experiments import trtl
+from icl_heads.experiments.geometry import head_ablation_geometry, task_vector_experiment
+from icl_heads.experiments.trtl.correlation import EFFECT_METRICS
+from icl_heads.heads import HeadScores
+from icl_heads.results import ExperimentResult
 
 
 class FakeOOM:
@@ -157,3 +167,312 @@ def test_row_bytes_grows_with_length_dtype_and_kept_state():
     half = make_tiny_model(d_vocab=64).to(torch.bfloat16, print_details=False)
     half.cfg.dtype = torch.bfloat16
     assert batching.row_bytes(half.cfg, 100) < batching.row_bytes(cfg, 100)
+
+
+# --------------------------------------------------------------------------- "auto" everywhere
+
+
+def _numbers(result, path="result"):
+    """Every tensor and numeric column of a result, by path (for exact comparisons)."""
+    if isinstance(result, torch.Tensor):
+        yield path, result
+    elif isinstance(result, HeadScores):
+        yield f"{path}.scores", result.scores
+        if result.per_prompt is not None:
+            yield f"{path}.per_prompt", result.per_prompt
+    elif isinstance(result, ExperimentResult):
+        yield from _numbers(result.table, f"{path}.table")
+        for name, scores in result.maps.items():
+            yield from _numbers(scores, f"{path}.maps[{name}]")
+        for name, table in result.tables.items():
+            yield from _numbers(table, f"{path}.tables[{name}]")
+    elif isinstance(result, pd.DataFrame):
+        for col in result.select_dtypes("number").columns:
+            yield f"{path}[{col}]", torch.tensor(result[col].to_numpy(dtype=float))
+    elif isinstance(result, dict):
+        for name, part in result.items():
+            yield from _numbers(part, f"{path}[{name}]")
+    elif isinstance(result, (tuple, list)):
+        for i, part in enumerate(result):
+            yield from _numbers(part, f"{path}[{i}]")
+    elif isinstance(result, np.ndarray):
+        yield path, torch.from_numpy(result)
+    elif isinstance(result, ih.ActivationMeans):
+        yield f"{path}.values", result.values
+
+
+def _assert_same(got, want) -> None:
+    got, want = dict(_numbers(got)), dict(_numbers(want))
+    assert got.keys() == want.keys() and got
+    for path, value in got.items():
+        assert torch.equal(value.nan_to_num(123.0), want[path].nan_to_num(123.0)), path
+
+
+@pytest.fixture(scope="module")
+def sets(tiny_llama, tiny_prompts, sentiment_task):
+    return dict(
+        m=tiny_llama,
+        p=tiny_prompts,
+        task=sentiment_task,
+        zero=ih.build_prompts(tiny_llama, sentiment_task, k=0, n=10, seed=0),
+        shifted=ih.shift_demo_labels(tiny_prompts),
+    )
+
+
+def _under(iv_fn):
+    """``evaluate`` under an intervention built with the batch size given."""
+    return lambda e, b: ih.evaluate(e["m"], e["p"], interventions=[iv_fn(e, b)], progress=False)
+
+
+Q = dict(progress=False)
+#: Every public function that takes a batch size (or ``rows_per_pass``), as ``name ->
+#: (the batch size "auto" is on a CPU, fn(sets, batch_size))``; the experiments built on
+#: them (reproduce_trtl, reproduce_geometry, replay, the passes) pass it through.
+AUTO_CASES = {
+    "evaluate": (16, lambda e, b: ih.evaluate(e["m"], e["p"], batch_size=b, **Q)),
+    "collect_sites": (
+        16,
+        lambda e, b: collect_sites(e["m"], e["p"], "z", [0, 1], batch_size=b, **Q),
+    ),
+    "tsla_scores": (16, lambda e, b: ih.tsla_scores(e["m"], e["p"], batch_size=b, **Q)),
+    "dla_scores": (16, lambda e, b: ih.dla_scores(e["m"], e["p"], batch_size=b, **Q)),
+    "direct_logit_attribution": (
+        16,
+        lambda e, b: ih.direct_logit_attribution(e["m"], e["p"], batch_size=b, **Q),
+    ),
+    "head_outputs": (16, lambda e, b: ih.head_outputs(e["m"], e["p"], batch_size=b, **Q)),
+    "residual_decomposition": (
+        16,
+        lambda e, b: ih.residual_decomposition(e["m"], e["p"], batch_size=b, **Q),
+    ),
+    "detect_heads": (16, lambda e, b: ih.detect_heads(e["m"], e["p"], batch_size=b, **Q)),
+    "label_attention_scores": (
+        16,
+        lambda e, b: ih.label_attention_scores(e["m"], e["p"], batch_size=b, **Q),
+    ),
+    "token_detector_scores": (16, lambda e, b: ih.token_detector_scores(e["m"], batch_size=b, **Q)),
+    "query_states": (16, lambda e, b: ih.query_states(e["m"], e["p"], [0, 1], batch_size=b, **Q)),
+    "task_vector": (16, lambda e, b: ih.task_vector(e["m"], e["p"], 1, batch_size=b, **Q)),
+    "ablate_resample": (
+        16,
+        _under(
+            lambda e, b: ih.ablate(
+                e["m"], [(0, 1)], "resample", reference=e["p"], batch_size=b, **Q
+            )
+        ),
+    ),
+    "ablate_layers_mean": (
+        16,
+        _under(
+            lambda e, b: ih.ablate_layers(e["m"], 1, "mean", reference=e["p"], batch_size=b, **Q)
+        ),
+    ),
+    "patch": (
+        16,
+        _under(lambda e, b: ih.patch(e["m"], e["shifted"], heads=[(0, 1)], batch_size=b, **Q)),
+    ),
+    "head_sweep": (16, lambda e, b: ih.head_sweep(e["m"], e["p"], batch_size=b, **Q)),
+    "head_sweep_naive": (
+        16,
+        lambda e, b: ih.head_sweep(e["m"], e["p"], method="naive", batch_size=b, **Q),
+    ),
+    "layer_sweep": (
+        16,
+        lambda e, b: ih.layer_sweep(
+            e["m"], e["p"], mode="patch", source=e["shifted"], batch_size=b, **Q
+        ),
+    ),
+    "position_sweep": (
+        16,
+        lambda e, b: ih.position_sweep(e["m"], e["p"], layer=1, batch_size=b, **Q),
+    ),
+    "attribution_patching": (
+        8,
+        lambda e, b: ih.attribution_patching(e["m"], e["p"], batch_size=b, **Q),
+    ),
+    "attribution_patching_all": (
+        8,
+        lambda e, b: ih.attribution_patching(
+            e["m"], e["p"], mode="mean", positions="all", reference=e["p"], batch_size=b, **Q
+        ),
+    ),
+    "find_task_heads": (
+        16,
+        lambda e, b: ih.find_task_heads(e["m"], e["p"], n_boot=5, batch_size=b, **Q),
+    ),
+    "ablation_experiment": (
+        16,
+        lambda e, b: ih.ablation_experiment(
+            e["m"],
+            e["p"],
+            mode="resample",
+            reference=e["p"],
+            n_random=1,
+            n_boot=5,
+            batch_size=b,
+            **Q,
+        ),
+    ),
+    "correlation_experiment": (
+        16,
+        lambda e, b: trtl.correlation_experiment(e["m"], e["p"], n_boot=5, batch_size=b, **Q),
+    ),
+    "perturbation_experiment": (
+        16,
+        lambda e, b: trtl.perturbation_experiment(
+            e["m"], e["p"], ("gold", "zero_shot"), n_boot=5, batch_size=b, **Q
+        ),
+    ),
+    "reconciliation_experiment": (
+        16,
+        lambda e, b: trtl.reconciliation_experiment(
+            e["m"], e["p"], T=5, n_sequences=2, n_boot=5, batch_size=b, **Q
+        ),
+    ),
+    "steering_experiment": (
+        16,
+        lambda e, b: ih.steering_experiment(
+            e["m"], e["p"], e["zero"], n_random=1, n_boot=5, batch_size=b, **Q
+        ),
+    ),
+    "layer_geometry": (
+        16,
+        lambda e, b: ih.layer_geometry(e["m"], e["p"], folds=2, n_boot=5, batch_size=b, **Q),
+    ),
+    "head_ablation_geometry": (
+        16,
+        lambda e, b: head_ablation_geometry(
+            e["m"],
+            e["p"],
+            {"PTH": [(0, 1)]},
+            n_random=1,
+            layers=[1],
+            folds=2,
+            n_boot=5,
+            batch_size=b,
+            **Q,
+        ),
+    ),  # fmt: skip
+    "task_vector_experiment": (
+        16,
+        lambda e, b: task_vector_experiment(
+            e["m"], e["p"], e["zero"], layers=[1], folds=2, n_boot=5, batch_size=b, **Q
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(AUTO_CASES))
+def test_every_batch_size_takes_auto_and_equals_the_cpu_default(sets, name):
+    """``batch_size="auto"`` is accepted everywhere a public function takes a batch size,
+    and on a CPU gives exactly the run at its default (16; 8 for a backward pass)."""
+    fixed, fn = AUTO_CASES[name]
+    _assert_same(fn(sets, "auto"), fn(sets, fixed))
+
+
+@pytest.mark.parametrize("sweep", ["head_sweep", "layer_sweep", "position_sweep"])
+def test_rows_per_pass_auto_equals_the_cpu_default(sets, sweep):
+    m, p = sets["m"], sets["p"]
+    kwargs = dict(layer=1) if sweep == "position_sweep" else {}
+    fn = getattr(ih, sweep)
+    got = fn(m, p, rows_per_pass="auto", **kwargs, **Q)
+    _assert_same(got, fn(m, p, rows_per_pass=None, **kwargs, **Q))
+
+
+def test_attribution_patching_survives_out_of_memory_and_equals_a_fixed_batch_run(
+    tiny_llama, tiny_prompts
+):
+    prompts = tiny_prompts.select(torch.arange(9))  # batches 9 -> 5 -> 3: three of 3
+    fake = FakeOOM("blocks.1.hook_resid_pre", limit=4)
+    got = ih.attribution_patching(
+        tiny_llama, prompts, batch_size=9, interventions=[fake], progress=False
+    )
+    assert fake.raised == 2
+    fixed = ih.attribution_patching(tiny_llama, prompts, batch_size=3, progress=False)
+    assert torch.equal(got.per_prompt, fixed.per_prompt)
+    assert torch.equal(got.scores, fixed.scores)
+
+
+def test_correlation_decodes_its_one_sweep_when_groups_are_halved(tiny_llama, tiny_prompts, caplog):
+    """After an out-of-memory halving the groups are not ``batch_size`` long: the one-sweep
+    recording is still decoded (no fallback to one sweep per metric) and equals a run with
+    the halved size fixed."""
+    prompts = tiny_prompts.select(torch.arange(9))
+    fake = FakeOOM("blocks.1.hook_resid_pre", limit=4)
+    kwargs = dict(n_boot=20, progress=False)
+    with caplog.at_level(logging.WARNING, logger="icl_heads.experiments.trtl.correlation"):
+        got = trtl.correlation_experiment(
+            tiny_llama, prompts, batch_size=9, interventions=[fake], **kwargs
+        )
+    assert fake.raised >= 2
+    assert "did not match" not in caplog.text
+    for metric in EFFECT_METRICS:  # the sizes the halving settled on, fixed
+        fixed = ih.head_sweep(
+            tiny_llama, prompts, metric, mode="mean", batch_size=3, rows_per_pass=3, progress=False
+        )
+        want, have = fixed.per_prompt.nan_to_num(9.0), got.maps[f"delta_{metric}"].per_prompt
+        assert torch.equal(have.nan_to_num(9.0), want), metric
+
+
+def test_a_saved_result_made_with_auto_batches_replays(tiny_llama, tiny_prompts, tmp_path):
+    """An intervention built with ``batch_size="auto"`` records "auto" in its spec (a
+    resample ablation's donors, a patch's source, a background one); the spec reader
+    takes it back and the replay picks the batch that fits the device."""
+    from icl_heads.experiments.replay import replay
+
+    source = ih.shift_demo_labels(tiny_prompts)
+    background = ih.ablate(
+        tiny_llama, [(0, 2)], "resample", reference=tiny_prompts, batch_size="auto", progress=False
+    )
+    assert background.to_spec()["reference"]["batch_size"] == "auto"
+    result = ih.ablation_experiment(
+        tiny_llama,
+        tiny_prompts,
+        {"TR": [(1, 0)]},
+        mode="resample",
+        reference=tiny_prompts,
+        n_random=0,
+        random_like=(),
+        n_boot=20,
+        batch_size="auto",
+        interventions=[background],
+        progress=False,
+    )
+    result.save(tmp_path / "cell")
+    saved = ExperimentResult.load(tmp_path / "cell")
+    again = replay(saved, tiny_llama, "TR", batch_size="auto").set_index("metric")
+    table = saved.table
+    want = table[(table["condition"] == "TR") & (table["kind"] == "level")].set_index("metric")
+    for metric in want.index:
+        assert again.loc[metric, "value"] == pytest.approx(
+            want.loc[metric, "value"], abs=1e-9, nan_ok=True
+        )
+    patch_spec = ih.patch(tiny_llama, source, heads=[(0, 1)], batch_size="auto", progress=False)
+    rebuilt = ih.interventions.from_spec(
+        tiny_llama, json.loads(json.dumps(patch_spec.to_spec())), prompts=[source]
+    )
+    assert rebuilt.batch_size == "auto"
+
+
+def test_a_backward_row_needs_more_memory_than_a_forward_one():
+    cfg = make_tiny_model(d_vocab=64).cfg
+    assert batching.row_bytes(cfg, 100, "backward") > batching.row_bytes(cfg, 100, "forward")
+    assert (
+        batching.auto_batch_size(make_tiny_model(d_vocab=64), 100, kind="backward", device="cpu")
+        == 8
+    )
+
+
+@pytest.mark.parametrize("grid", ["trtl", "geometry"])
+def test_a_quick_grid_with_auto_batches_equals_the_default_and_resumes(tiny_llama, tmp_path, grid):
+    from icl_heads.experiments.geometry import reproduce_geometry
+
+    run = trtl.reproduce_trtl if grid == "trtl" else reproduce_geometry
+    kwargs = dict(quick=True, progress=False)
+    auto = run(tiny_llama, ["sentiment"], tmp_path / "auto", batch_size="auto", **kwargs)
+    fixed = run(tiny_llama, ["sentiment"], tmp_path / "fixed", batch_size=16, **kwargs)
+    assert set(auto["status"]) == {"computed"}
+    for a, f in zip(auto["path"], fixed["path"], strict=True):
+        _assert_same(ExperimentResult.load(a), ExperimentResult.load(f))
+    again = run(tiny_llama, ["sentiment"], tmp_path / "auto", batch_size="auto", **kwargs)
+    assert set(again["status"]) == {"loaded"}

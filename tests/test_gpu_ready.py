@@ -271,3 +271,88 @@ def test_device_auto_is_cuda_when_there_is_one_else_the_cpu():
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected == resolve_device(None).type
+
+
+class OnAnotherDevice(torch.Tensor):
+    """A capture that stands for one on another device (a later block of a split model):
+    an operation that mixes it with tensors of the batch's device is refused, as torch
+    refuses tensors of two GPUs, until ``.to(device)`` moves it."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs).as_subclass(torch.Tensor)
+        flat = [*args, *kwargs.values()]
+        flat = [t for a in flat for t in (a if isinstance(a, (list, tuple)) else [a])]
+        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        if any(isinstance(t, cls) for t in tensors) and not all(
+            isinstance(t, cls) for t in tensors
+        ):
+            raise RuntimeError(
+                f"Expected all tensors to be on the same device ({func.__name__}: a fake "
+                "capture of another device mixed with the batch's)"
+            )
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def _split_captures(monkeypatch):
+    """Blocks 1.. and the final norm "on another device": their captures are
+    :class:`OnAnotherDevice`, and the block placement reports two devices."""
+    import dataclasses
+
+    from icl_heads import decomposition
+
+    real = decomposition.iter_batches
+
+    def iter_batches(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            acts = {
+                name: value.as_subclass(OnAnotherDevice)
+                if name.startswith(("blocks.1.", "ln_final."))
+                else value
+                for name, value in batch.activations.items()
+            }
+            yield dataclasses.replace(batch, activations=acts)
+
+    asked = []
+
+    def placement(model):
+        def place(layer):
+            asked.append(layer)
+            return torch.device("cpu") if layer == 0 else torch.device("meta")
+
+        return place
+
+    monkeypatch.setattr(decomposition, "iter_batches", iter_batches)
+    monkeypatch.setattr(decomposition, "block_placement", placement, raising=False)
+    return asked
+
+
+SPLIT_ANALYSES = {
+    "tsla_scores": lambda m, p: ih.tsla_scores(m, p, apply_ln=True, progress=False),
+    "dla_scores": lambda m, p: ih.dla_scores(m, p, progress=False),
+    "head_outputs": lambda m, p: ih.head_outputs(m, p, apply_ln=True, progress=False),
+    "residual_decomposition": lambda m, p: ih.residual_decomposition(m, p, progress=False),
+    "direct_logit_attribution": lambda m, p: ih.direct_logit_attribution(
+        m, p, per_prompt=True, progress=False
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SPLIT_ANALYSES))
+def test_the_decomposition_moves_every_layer_to_one_device_before_stacking(
+    tiny_llama, tiny_prompts, monkeypatch, name
+):
+    """Real multi-GPU placement is not tested here (no GPU): the captures of blocks on
+    another device are faked, and the weights are read block by block."""
+    reference = SPLIT_ANALYSES[name](tiny_llama, tiny_prompts)
+    asked = _split_captures(monkeypatch)
+    got = SPLIT_ANALYSES[name](tiny_llama, tiny_prompts)
+    assert asked, "the decomposition never asked where the blocks live"
+    ref, have = dict(_leaves(reference)), dict(_leaves(got))
+    assert ref.keys() == have.keys()
+    for path, value in have.items():
+        assert type(value) is torch.Tensor, path
+        assert torch.equal(value.nan_to_num(7.0), ref[path].nan_to_num(7.0)), path

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..activations import ActivationMeans, activation_means
 from ..backends import HookedTransformer
+from ..batching import BatchSize, check_batch_size
 from ..heads import heads_to_mask
 from ..hooks import SITES, Intervention, Positions, check_positions, layers_to_mask
 from ..prompts import PromptSet
@@ -74,6 +75,21 @@ def _spec_int(
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad(kind, where + name, f"must be a whole number, got {value!r}.")
     return value
+
+
+def _spec_batch_size(spec: Mapping, kind: str, where: str) -> BatchSize | None:
+    """A recorded ``batch_size``: absent/None, a positive whole number, or ``"auto"`` (an
+    intervention built with ``batch_size="auto"`` records it so; replayed, it picks the
+    batch that fits this device)."""
+    value = spec.get("batch_size")
+    if value is None:
+        return None
+    try:
+        return check_batch_size(value, "batch_size")
+    except (TypeError, ValueError):
+        raise _bad(
+            kind, where + "batch_size", f"must be a positive whole number or 'auto', got {value!r}."
+        ) from None
 
 
 def _spec_number(spec: Mapping, kind: str, name: str) -> float:
@@ -223,7 +239,7 @@ def _spec_means(
                 "ablate", "means.site", f"{rec.get('site')!r}; this ablation is on {site!r}."
             )
         positions = _spec_positions(rec, "ablate", where="means.")
-        batch_size = _spec_int(rec, "ablate", "batch_size", optional=True, where="means.")
+        batch_size = _spec_batch_size(rec, "ablate", where="means.")
     if values is None:
         if not made or rec.get("interventions"):
             why = "were made under interventions" if made else "were given as a bare tensor"
@@ -349,7 +365,7 @@ def from_spec(
         if not isinstance(rec, Mapping):
             raise _bad(kind, "source", f"must be a dict {{'prompts', 'batch_size'}}, got {rec!r}.")
         source = _find_prompts(kind, "source", rec.get("prompts"), prompts)
-        batch_size = _spec_int(rec, kind, "batch_size", optional=True, where="source.")
+        batch_size = _spec_batch_size(rec, kind, where="source.")
         selection = {"heads": mask} if site == "z" else {"layers": mask}
         return patch(
             model,
@@ -424,7 +440,7 @@ def _ablation_from_spec(
                 kind, "reference", f"must be a dict {{'prompts', 'batch_size'}}, got {rec!r}."
             )
         reference = _find_prompts(kind, "reference", rec.get("prompts"), prompts)
-        recorded = _spec_int(rec, kind, "batch_size", optional=True, where="reference.")
+        recorded = _spec_batch_size(rec, kind, where="reference.")
         batch_size = recorded if recorded is not None else 16
     for name, needed in (("means", "mean"), ("reference", "resample")):
         if name in spec and mode != needed:

@@ -15,6 +15,7 @@ from torch import Tensor
 from ...activations import ActivationMeans
 from ...attribution import tsla_scores
 from ...backends import HookedTransformer
+from ...batching import BatchSize, check_batch_size
 from ...checks import check_seed
 from ...heads import HeadScores
 from ...hooks import Positions, check_interventions, check_positions
@@ -68,7 +69,7 @@ def correlation_experiment(
     apply_ln: bool = False,
     n_boot: int = N_BOOT,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -89,6 +90,8 @@ def correlation_experiment(
             model is refused (:func:`~icl_heads.provenance.check_map`).
         mode, positions, means, reference: the ablation of the sweep (``means`` checked as
             in :func:`~icl_heads.experiments.trtl.ablation_experiment`).
+        batch_size: prompts per forward pass, or ``"auto"``: the largest batch that fits the
+            device's memory, chosen by each pass (:mod:`icl_heads.batching`).
 
     Table: ``baseline`` x metrics (``kind="level"``, the clean run); ``TR`` / ``TL`` x
     ``spearman_drop_<metric>`` and ``pearson_drop_<metric>`` (CI over heads; columns
@@ -104,6 +107,7 @@ def correlation_experiment(
     check_model(model, "correlation_experiment")
     check_prompts(model, prompts)
     seed, n_boot = check_seed(seed), check_boot(n_boot)
+    batch_size = check_batch_size(batch_size)  # "auto" is resolved by each pass
     if mode not in ABLATION_MODES:
         raise ValueError(f"Unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}.")
     positions = check_positions(positions)
@@ -216,7 +220,7 @@ def _all_metrics_sweep(
     means: ActivationMeans | Tensor | None,
     reference: PromptSet | None,
     seed: int,
-    batch_size: int,
+    batch_size: BatchSize,
     device: str | torch.device | None,
     interventions: Sequence,
     progress: bool,
@@ -264,7 +268,7 @@ def _all_metrics_sweep(
 
     ld_map = sweep(recorded)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    decoded = _decode_calls(calls, len(prompts), batch_size, L * H)
+    decoded = _decode_calls(calls, len(prompts), L * H)
     ok = decoded is not None
     if ok:
         ld_int, ld_clean, code_int, code_clean = decoded
@@ -302,16 +306,23 @@ def _all_metrics_sweep(
 
 
 def _decode_calls(
-    calls: list[tuple[Tensor, Tensor]], n: int, batch_size: int, n_items: int
+    calls: list[tuple[Tensor, Tensor]], n: int, n_items: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """The recorded metric calls of a fast head sweep as ``[prompt, item]`` tensors."""
+    """The recorded metric calls of a fast head sweep as ``[prompt, item]`` tensors.
+
+    Per group of prompts (in prompt order): the clean call (its length is the group's
+    size ``G``, whatever batch size ran: ``"auto"``, or a group halved after running out
+    of memory), then item calls of ``r * G`` rows (item-major) until ``n_items * G`` rows.
+    ``None`` when the calls do not follow this pattern."""
     ld_int = torch.full((n, n_items), math.nan)
     code_int = torch.full((n, n_items), math.nan)
     ld_clean, code_clean = torch.full((n,), math.nan), torch.full((n,), math.nan)
-    i = 0
-    for g0 in range(0, n, batch_size):
-        G = min(batch_size, n - g0)
-        if i >= len(calls) or calls[i][0].numel() != G:
+    i = g0 = 0
+    while g0 < n:
+        if i >= len(calls):
+            return None
+        G = calls[i][0].numel()
+        if not 0 < G <= n - g0:
             return None
         ld_clean[g0 : g0 + G], code_clean[g0 : g0 + G] = calls[i]
         i += 1
@@ -327,6 +338,7 @@ def _decode_calls(
             return None
         ld_int[g0 : g0 + G] = torch.cat(parts_ld).reshape(n_items, G).T
         code_int[g0 : g0 + G] = torch.cat(parts_code).reshape(n_items, G).T
+        g0 += G
     if i != len(calls):
         return None
     return ld_int, ld_clean, code_int, code_clean
