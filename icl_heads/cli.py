@@ -76,6 +76,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive integer, or ``auto`` (the largest batch that fits the
+    device's free memory on a GPU; the usual 16 on a CPU; icl_heads.batching)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer (1 or more) or auto, got {text!r}"
+        ) from None
+
+
 def _non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
@@ -458,8 +471,9 @@ def _print_estimate(args: argparse.Namespace, model, prompts, device) -> None:
     import torch
 
     from .activations import collect
+    from .batching import resolve_batch_size
 
-    size = min(len(prompts), args.batch_size)
+    size = min(len(prompts), resolve_batch_size(args.batch_size, model, prompts, device=device))
     collect(model, prompts.select([0]), batch_size=1, device=device, progress=False)
     started = time.perf_counter()
     collect(model, prompts.select(slice(0, size)), batch_size=size, device=device, progress=False)
@@ -1262,7 +1276,10 @@ def _add_run_args(parser: argparse.ArgumentParser, *, command: str, n: int, k: i
         help="seed of every random choice (prompts, random head sets, bootstrap)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=16, help="prompts per forward pass"
+        "--batch-size",
+        type=_batch_size,
+        default=16,
+        help="prompts per forward pass, or auto (the largest that fits a GPU; 16 on a CPU)",
     )
     parser.add_argument(
         "--out",
@@ -1351,7 +1368,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--seed", type=_non_negative_int, default=0, help="seed of the query and demo choice"
     )
-    q.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per forward pass")
+    q.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=16,
+        help="prompts per forward pass, or auto (the largest that fits a GPU; 16 on a CPU)",
+    )
     q.add_argument(
         "--out",
         default=None,
@@ -1635,7 +1657,12 @@ def build_parser() -> argparse.ArgumentParser:
         "other ablation mode and continuous metrics as sensitivity rows) or legacy (the "
         "first saved results' design); docs/methods.md",
     )
-    r.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per forward pass")
+    r.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=16,
+        help="prompts per forward pass, or auto (the largest that fits a GPU; 16 on a CPU)",
+    )
     r.add_argument(
         "--out",
         default=None,

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -85,6 +86,9 @@ def test_parser_defaults():
     args = cli.build_parser().parse_args(["quickstart"])
     assert args.shots == [0, 1, 2, 4, 8] and args.task == "sentiment" and args.model == "default"
     assert args.n == 40 and args.batch_size == 16 and args.device is None and args.out is None
+    # --batch-size auto on every command that takes it (icl_heads.batching picks the size)
+    for argv in (["quickstart"], ["reproduce"], ["find-heads"]):
+        assert cli.build_parser().parse_args([*argv, "--batch-size", "auto"]).batch_size == "auto"
 
 
 def _subcommands() -> list[str]:
@@ -151,6 +155,7 @@ def test_missing_command_and_unknown_command(capsys):
         (["--shots", "0", "-1"], "'-1'"),
         (["--shots", "two"], "'two'"),
         (["--batch-size", "0"], "'0'"),
+        (["--batch-size", "big"], "'big'"),
     ],
 )
 def test_bad_counts_are_rejected_by_the_parser(capsys, no_model, argv, fragment):
@@ -1155,3 +1160,15 @@ def test_an_out_dir_holding_other_files_is_refused_before_loading(capsys, no_mod
     code, _, err = run(capsys, "find-heads", "--model", "tiny", "--out", str(out))
     assert_one_line_error(code, err, "notes.txt")
     assert (out / "notes.txt").read_text() == "my notes"
+
+
+def test_batch_size_auto_runs_a_command_end_to_end(capsys, tiny_model, tmp_path):
+    # the estimate and the experiment both take --batch-size auto (16 on a CPU)
+    auto, fixed = tmp_path / "auto", tmp_path / "fixed"
+    for out, size in ((auto, "auto"), (fixed, "16")):
+        code, text, err = run(capsys, "ablate", "--model", "tiny", "--k", "2", "--out", str(out),
+                              "--batch-size", size, *FAST["ablate"])  # fmt: skip
+        assert code == 0, err
+        assert "Estimated time: about" in text
+    a, b = ih.ExperimentResult.load(auto).table, ih.ExperimentResult.load(fixed).table
+    pd.testing.assert_frame_equal(a, b)
