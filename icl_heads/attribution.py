@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .backends import HookedTransformer
+from .batching import BatchSize
 from .decomposition import (
     component_labels,
     final_norm_weight,
@@ -219,7 +220,7 @@ def tsla_scores(
     normalize: Normalize = "none",
     floor: float = 0.01,
     apply_ln: bool = False,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -344,7 +345,7 @@ def dla_scores(
     target: Target = "logit_diff",
     top_k: int | None = None,
     apply_ln: bool = True,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -416,7 +417,7 @@ def direct_logit_attribution(
     target: Target = "logit_diff",
     apply_ln: bool = True,
     per_prompt: bool = False,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

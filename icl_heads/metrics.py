@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .activations import collect
 from .backends import HookedTransformer
+from .batching import BatchSize
 from .hooks import check_interventions
 from .prompts import PromptSet, check_prompt_set
 from .settings import PromptInfo, Settings, describe_interventions, model_name
@@ -265,7 +266,7 @@ def evaluate(
     prompts: PromptSet,
     *,
     interventions: Sequence = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:

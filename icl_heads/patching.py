@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .activations import ActivationMeans
 from .backends import HookedTransformer
+from .batching import BatchSize
 from .heads import HeadScores, HeadsLike, heads_to_mask
 from .hooks import LAYER_SITES, Positions, layers_to_mask
 from .metrics import Metric, metric_name
@@ -62,8 +63,8 @@ def head_sweep(
     heads: HeadsLike | None = None,
     seed: int = 0,
     method: Literal["fast", "naive"] = "fast",
-    batch_size: int = 16,
-    rows_per_pass: int | None = None,
+    batch_size: BatchSize = 16,
+    rows_per_pass: BatchSize | None = None,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -172,8 +173,8 @@ def layer_sweep(
     layers: int | Sequence[int] | None = None,
     seed: int = 0,
     method: Literal["fast", "naive"] = "fast",
-    batch_size: int = 16,
-    rows_per_pass: int | None = None,
+    batch_size: BatchSize = 16,
+    rows_per_pass: BatchSize | None = None,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -275,8 +276,8 @@ def position_sweep(
     reference: PromptSet | None = None,
     seed: int = 0,
     method: Literal["fast", "naive"] = "fast",
-    batch_size: int = 16,
-    rows_per_pass: int | None = None,
+    batch_size: BatchSize = 16,
+    rows_per_pass: BatchSize | None = None,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

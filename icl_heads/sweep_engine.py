@@ -60,7 +60,7 @@ def sweep_effects(
     run: SweepRun,
     items: SweepItems,
     method: str,
-    batch_size: int,
+    batch_size: BatchSize,
     rows_per_pass: BatchSize | None,
     progress: bool,
 ) -> tuple[Float[Tensor, "prompt item"], Float[Tensor, " prompt"]]:

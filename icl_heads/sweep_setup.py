@@ -14,7 +14,7 @@ import torch
 
 from .activations import ActivationMeans
 from .backends import HookedTransformer
-from .batching import check_batch_size
+from .batching import BatchSize, check_batch_size
 from .devices import resolve_device
 from .hooks import Positions, check_interventions, check_positions
 from .interventions import Replacement, ablate, ablate_layers, patch
@@ -86,11 +86,11 @@ def check_sweep(
     mode: str,
     method: str,
     positions: Positions,
-    batch_size: int,
+    batch_size: BatchSize,
     device: str | torch.device | None,
     interventions,
     seed: int,
-    rows_per_pass: int | None = None,
+    rows_per_pass: BatchSize | None = None,
 ) -> SweepRun:
     """Check the arguments every sweep shares; the metric, positions, background
     interventions and device they resolve to.
@@ -132,7 +132,7 @@ def sweep_template(
     means: ActivationMeans | torch.Tensor | None,
     reference: PromptSet | None,
     seed: int,
-    batch_size: int,
+    batch_size: BatchSize,
     device: torch.device,
     progress: bool,
 ) -> Replacement:

@@ -19,6 +19,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..backends import HookedTransformer
+from ..batching import BatchSize
 from ..heads import check_top_k, default_top_k
 from ..prompts import PromptSet, check_prompt_set
 from ..stats import ranked_order
@@ -49,7 +50,7 @@ def detect_heads(
     top_k: int | dict[str, int] | None = None,
     normalize: Normalize = "rows",
     exclude_bos: bool = False,
-    batch_size: int = 32,
+    batch_size: BatchSize = 32,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

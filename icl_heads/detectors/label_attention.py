@@ -16,6 +16,7 @@ import torch
 
 from ..activations import iter_batches
 from ..backends import HookedTransformer
+from ..batching import BatchSize
 from ..heads import HeadScores
 from ..hooks import check_interventions
 from ..prompts import PromptSet, check_prompt_set
@@ -36,7 +37,7 @@ def label_attention_scores(
     model: HookedTransformer,
     prompts: PromptSet,
     *,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

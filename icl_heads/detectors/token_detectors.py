@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..activations import iter_batches
 from ..backends import HookedTransformer
+from ..batching import BatchSize
 from ..heads import HeadScores
 from ..hooks import check_interventions
 from ..settings import describe_interventions, model_name
@@ -43,7 +44,7 @@ def token_detector_scores(
     normalize: Normalize = "rows",
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
-    batch_size: int = 32,
+    batch_size: BatchSize = 32,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -141,7 +142,7 @@ def previous_token_scores(
     normalize: Normalize = "rows",
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
-    batch_size: int = 32,
+    batch_size: BatchSize = 32,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -185,7 +186,7 @@ def duplicate_token_scores(
     normalize: Normalize = "rows",
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
-    batch_size: int = 32,
+    batch_size: BatchSize = 32,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -222,7 +223,7 @@ def induction_scores(
     normalize: Normalize = "rows",
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
-    batch_size: int = 32,
+    batch_size: BatchSize = 32,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

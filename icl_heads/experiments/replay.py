@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from ..backends import HookedTransformer
+from ..batching import BatchSize
 from ..interventions import from_spec
 from ..last_token import Run, run_conditions
 from ..metrics import BEHAVIOUR, CONTINUOUS, behaviour, behaviour_and_continuous
@@ -121,7 +122,7 @@ def replay(
     alpha: float | None = None,
     task: Task | str | None = None,
     split: TaskSplit | None = None,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:

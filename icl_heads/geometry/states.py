@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..activations import iter_batches
 from ..backends import HookedTransformer
+from ..batching import BatchSize
 from ..metrics import BEHAVIOUR, METRICS
 from ..prompts import PromptSet, check_prompt_set
 from .inputs import as_states
@@ -73,7 +74,7 @@ def query_states(
     layers: int | Sequence[int] | None = None,
     *,
     interventions: Sequence = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> Float[Tensor, "prompt layer d_model"]:
@@ -113,7 +114,7 @@ def run_query(
     *,
     behaviour: bool = False,
     interventions: Sequence = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str = "query states",
@@ -175,7 +176,7 @@ def task_vector(
     layer: int | Sequence[int],
     *,
     interventions: Sequence = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> Float[Tensor, "*layer d_model"]:

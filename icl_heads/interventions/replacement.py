@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..activations import ActivationMeans, activation_means, collect_sites
 from ..backends import HookedTransformer
+from ..batching import BatchSize
 from ..heads import HeadsLike, heads_to_mask, mask_to_heads
 from ..hooks import (
     LAYER_SITES,
@@ -221,7 +222,7 @@ def ablate(
     means: ActivationMeans | Tensor | None = None,
     reference: PromptSet | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> Ablation:
@@ -280,7 +281,7 @@ def ablate_layers(
     means: ActivationMeans | Tensor | None = None,
     reference: PromptSet | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> Ablation:
@@ -459,7 +460,7 @@ def patch(
     heads: HeadsLike | None = None,
     layers: int | Sequence[int] | Tensor | None = None,
     positions: Positions = "all",
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> Patch:

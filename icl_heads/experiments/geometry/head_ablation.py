@@ -12,6 +12,7 @@ import torch
 
 from ...activations import activation_means
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...detectors import token_detector_scores
 from ...geometry import GeometryCurves, check_state_layers
 from ...heads import HeadScores, check_top_k
@@ -85,7 +86,7 @@ def head_ablation_geometry(
     n_boot: int = N_BOOT,
     C: float = 1.0,
     interventions: Sequence = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> ExperimentResult:

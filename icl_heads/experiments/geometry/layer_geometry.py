@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...geometry import ONSET_FRACTION, check_state_layers, run_query
 from ...hooks import check_interventions
 from ...prompts import PromptSet, check_prompt_set
@@ -52,7 +53,7 @@ def layer_geometry(
     n_boot: int = N_BOOT,
     C: float = 1.0,
     interventions: Sequence = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> ExperimentResult:

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...checks import check_int, check_seed
 from ...detectors import token_detector_scores
 from ...interventions import ABLATION_MODES
@@ -125,7 +126,7 @@ def reproduce_geometry(
     n: int | None = None,
     k: int = 4,
     n_seeds: int | None = None,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     rerun_stale: bool = False,
     design: Design | None = None,

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...geometry import GeometryCurves, run_query, state_hook_names
 from ...hooks import Capture, Intervention
 from ...last_token import check_supported, clean_groups, run_items
@@ -59,7 +60,7 @@ def condition_states(
     *,
     query_only: bool,
     background: Sequence[Intervention] = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> tuple[Float[Tensor, "prompt layer d_model"], list[Float[Tensor, "prompt changed d_model"]]]:

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...geometry import check_state_layers, run_query
 from ...hooks import check_interventions, check_positions
 from ...interventions import TASK_VECTOR_MODES, inject_task_vector
@@ -79,7 +80,7 @@ def task_vector_experiment(
     n_boot: int = N_BOOT,
     C: float = 1.0,
     interventions: Sequence = (),
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> ExperimentResult:

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ...activations import ActivationMeans, activation_means
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...checks import check_seed
 from ...heads import Head, HeadsLike, heads_to_mask
 from ...hooks import Positions, check_interventions, check_positions
@@ -103,7 +104,7 @@ def ablation_experiment(
     reference: PromptSet | None = None,
     top_k: int | None = None,
     n_boot: int = N_BOOT,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

@@ -13,6 +13,7 @@ import torch
 
 from ...attribution import tsla_scores
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...checks import check_seed
 from ...heads import Head, HeadScores, check_top_k
 from ...hooks import check_interventions
@@ -75,7 +76,7 @@ def find_task_heads(
     apply_ln: bool = False,
     n_boot: int = N_BOOT,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

@@ -14,6 +14,7 @@ from torch import Tensor
 from ...activations import final_logits
 from ...attribution import tsla_scores
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...decomposition import iter_query_terms
 from ...heads import Head, HeadScores, map_head_set
 from ...hooks import Capture, check_interventions
@@ -58,7 +59,7 @@ def tsla_pass(
     top_k: int | None,
     normalize: Literal["none", "norm", "tr"],
     apply_ln: bool,
-    batch_size: int,
+    batch_size: BatchSize,
     device: str | torch.device | None,
     interventions: Sequence,
     progress: bool,
@@ -108,7 +109,7 @@ def mean_head_outputs(
     model: HookedTransformer,
     prompts: PromptSet,
     *,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -151,7 +152,7 @@ def tr_tl_sets(
     prompts: PromptSet,
     *,
     top_k: int | None = None,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -189,7 +190,7 @@ def sets_for_experiment(
     random_like: object,
     layer_matched: bool,
     seed: int,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

@@ -12,6 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...heads import HeadScores, check_top_k
 from ...hooks import check_interventions
 from ...metrics import BEHAVIOUR, behaviour
@@ -65,7 +66,7 @@ def perturbation_experiment(
     apply_ln: bool = False,
     n_boot: int = N_BOOT,
     gold: ExperimentResult | None = None,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...decomposition import iter_query_terms
 from ...heads import Head
 from ...hooks import MAX_INLINE, HookList, Intervention, check_interventions, hook_name
@@ -113,7 +114,7 @@ def query_head_outputs(
     prompts: PromptSet,
     heads: Sequence[Head],
     *,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
@@ -271,7 +272,7 @@ def rebuild_matched_steer(
     source: PromptSet,
     target: PromptSet,
     *,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = False,

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ...attribution import label_unembeddings, subspace_basis, tsla_scores
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...checks import check_int, check_seed
 from ...detectors import label_attention_scores, token_detector_scores
 from ...geometry import normalized_states
@@ -65,7 +66,7 @@ def reconciliation_experiment(
     n_sequences: int = 32,
     seed: int = 0,
     n_boot: int = N_BOOT,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ...activations import ActivationMeans, activation_means
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...checks import check_int, check_seed
 from ...heads import HeadScores
 from ...models import load_model
@@ -83,7 +84,7 @@ def reproduce_trtl(
     n_random: int | None = None,
     n_boot: int | None = None,
     n_seeds: int | None = None,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     rerun_stale: bool = False,
     design: Design | None = None,

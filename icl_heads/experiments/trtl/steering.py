@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ...attribution import label_unembeddings
 from ...backends import HookedTransformer
+from ...batching import BatchSize
 from ...checks import check_seed
 from ...geometry import label_rotation, normalized_states, subspace_alignment
 from ...heads import Head, HeadsLike
@@ -114,7 +115,7 @@ def steering_experiment(
     top_k: int | None = None,
     seed: int = 0,
     n_boot: int = N_BOOT,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     device: str | torch.device | None = None,
     interventions: Sequence = (),
     progress: bool = True,
