@@ -533,3 +533,43 @@ def test_progress_bars_on_the_bridge_change_no_number(lone_bridge, lone_prompts)
     shown = ih.collect(lone_bridge, lone_prompts, names, batch_size=4, progress=True)
     assert torch.equal(quiet.logits, shown.logits)
     assert torch.equal(quiet.activations[names[0]], shown.activations[names[0]])
+
+
+# ---- H2: the tiny models' bridge twin (conftest.make_tiny_bridge; the suite on TL 4.x)
+
+TWIN_SHAPES = [
+    {"kind": "llama"},
+    {"kind": "gpt"},
+    {"kind": "llama", "n_layers": 3, "n_heads": 2},
+    {"kind": "llama", "n_layers": 4, "n_heads": 8},
+]
+
+
+@pytest.mark.parametrize("shape", TWIN_SHAPES, ids=lambda s: "-".join(map(str, s.values())))
+def test_the_tiny_bridge_twin_has_the_tiny_models_shape(smol_tokenizer, shape):
+    """``make_tiny_bridge`` gives a compatibility-mode bridge with the shape of
+    ``make_tiny_model``'s model (on TL 3.x checked against it; on TL 4.x it is the
+    fixtures' model); the Llama kind runs the bridge engine, GPT-2 the full-pass fallback."""
+    from conftest import make_tiny_bridge, make_tiny_model
+
+    twin = make_tiny_bridge(smol_tokenizer, **shape)
+    assert backends.is_bridge(twin) and backends.check_backend(twin, "f") is twin
+    assert backends.supports_engine(twin) == (shape["kind"] == "llama")
+    assert twin.tokenizer.padding_side == "left"
+    fields = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx", "d_mlp")
+    if backends.hooked_available():
+        reference = make_tiny_model(smol_tokenizer, **shape).cfg
+        assert {f: getattr(twin.cfg, f) for f in fields} == {
+            f: getattr(reference, f) for f in fields
+        }
+    assert (make_tiny_model is make_tiny_bridge) == (not backends.hooked_available())
+
+
+def test_the_tiny_bridge_twin_without_a_tokenizer_runs_on_tokens():
+    from conftest import make_tiny_bridge
+
+    twin = make_tiny_bridge(None, d_vocab=64)
+    assert twin.tokenizer is None and twin.cfg.d_vocab == 64
+    with torch.no_grad():
+        logits = twin(torch.tensor([[1, 2, 3, 4]]))
+    assert logits.shape == (1, 4, 64) and torch.isfinite(logits).all()
