@@ -192,7 +192,8 @@ def make_tiny_bridge(
             elif param.ndim == 1 and name.endswith(".bias"):
                 param.copy_(0.05 * torch.randn(param.shape, generator=g))
     boot_tokenizer = tokenizer if tokenizer is not None else _placeholder_tokenizer(vocab)
-    model = ih.models.bridge_from_hf_model(hf.eval(), boot_tokenizer, name=f"tiny-{kind}")
+    # "custom": the model name a HookedTransformerConfig gets by default (messages name it)
+    model = ih.models.bridge_from_hf_model(hf.eval(), boot_tokenizer, name="custom")
     if tokenizer is None:
         model.tokenizer = None
     else:
