@@ -148,8 +148,9 @@ def make_tiny_bridge(
 ):
     """The bridge twin of :func:`make_tiny_model`: a compatibility-mode
     ``TransformerBridge`` of the same shape around a random Hugging Face model
-    (``kind="llama"``: RMS norm, rotary, gated SiLU MLP, 2 key/value heads; ``"gpt"``: GPT-2,
-    LayerNorm, learned positions, GELU), with non-trivial norm weights and biases. Not the
+    (``kind="llama"``: RMS norm, rotary, gated SiLU MLP, 2 key/value heads, biases in the
+    attention and MLP; ``"gpt"``: GPT-2, LayerNorm, learned positions, GELU), with
+    non-trivial norm weights and biases. Not the
     same random numbers as :func:`make_tiny_model`. The bridge always processes its weights
     (compatibility mode), so ``process`` is accepted for the same signature only; without a
     ``tokenizer`` it boots with a placeholder one and then drops it (``tokenizer is None``)."""
@@ -168,6 +169,8 @@ def make_tiny_bridge(
             head_dim=d_head,
             max_position_embeddings=n_ctx,
             tie_word_embeddings=False,
+            attention_bias=True,  # biases everywhere, as the hooked tiny model has
+            mlp_bias=True,
         )
         hf = LlamaForCausalLM(config)
     elif kind == "gpt":
