@@ -157,6 +157,7 @@ def make_tiny_bridge(
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     vocab = tokenizer.vocab_size if tokenizer is not None else d_vocab
+    init_range = 0.8 / d_model**0.5  # HookedTransformerConfig's default (init_mode "gpt2")
     torch.manual_seed(seed)
     if kind == "llama":
         config = LlamaConfig(
@@ -171,6 +172,7 @@ def make_tiny_bridge(
             tie_word_embeddings=False,
             attention_bias=True,  # biases everywhere, as the hooked tiny model has
             mlp_bias=True,
+            initializer_range=init_range,
         )
         hf = LlamaForCausalLM(config)
     elif kind == "gpt":
@@ -183,6 +185,7 @@ def make_tiny_bridge(
             n_inner=4 * d_model,
             n_positions=n_ctx,
             activation_function="gelu",
+            initializer_range=init_range,
         )
         hf = GPT2LMHeadModel(config)
     else:
