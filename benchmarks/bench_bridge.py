@@ -1,15 +1,19 @@
 """Benchmark the two backends on the default model (SmolLM2-135M): the query-position head
 sweep (zero ablation of each of the 270 heads at the query, metric logit_diff, the fast
-engine) and TSLA, each as a ratio to one plain forward pass over the same prompts, on
-``HookedTransformer`` (TransformerLens 3.x only) and on the ``TransformerBridge``.
+engine), TSLA and the detectors (``detect_heads``), each as a ratio to one plain forward
+pass over the same prompts, on ``HookedTransformer`` (TransformerLens 3.x only) and on the
+``TransformerBridge``.
 
 Run from the project root:  python benchmarks/bench_bridge.py [--n 32 --k 4 --threads 1]
+(on a shared machine pin it to one core too: ``taskset -c 0 python benchmarks/...``).
 
 Prints, all measured in this one run: the TransformerLens version; per backend the plain
 forward (``collect`` of the query logits, batches of 16: the pass the naive sweep makes once
-per head), the fast query sweep and TSLA, their ratios to the plain forward, and which
-engine the sweep took (``icl_heads.backends.supports_engine``); where both backends run, the
-largest difference of their sweep scores. ``--naive-heads N`` also times the naive loop on
+per head), the fast query sweep, TSLA and ``detect_heads`` (the three token detectors on
+their default random sequences plus label attention on the prompts), their ratios to the
+plain forward, and which engine the sweep took (``icl_heads.backends.supports_engine``);
+where both backends run, the largest difference of their sweep, TSLA and detector scores;
+last, one table of the ratios per backend (the "Measured" table of docs/foundation.md). ``--naive-heads N`` also times the naive loop on
 ``N`` heads of the bridge and checks the fast sweep against it there.
 
 Threads: one by default (``--threads``); on a shared machine more threads give unstable
@@ -67,7 +71,7 @@ def main() -> None:
         f"cpu_count={os.cpu_count()} load={os.getloadavg()[0]:.1f}"
     )
     task = ih.load_task(args.task)
-    prompts, sweeps = None, {}
+    prompts, sweeps, tslas, detected, rows = None, {}, {}, {}, []
     for backend in wanted:
         t_load, model = timed(lambda backend=backend: ih.load_model(backend=backend))
         if prompts is None:
@@ -85,15 +89,21 @@ def main() -> None:
                 model, prompts, "logit_diff", mode="zero", positions="query", progress=False
             )
         )
-        t_tsla, _ = timed(
+        t_tsla, tsla = timed(
             lambda model=model, prompts=prompts: ih.tsla_scores(model, prompts, progress=False)
         )
-        sweeps[backend] = sweep
+        t_detect, detect = timed(
+            lambda model=model, prompts=prompts: ih.detect_heads(model, prompts, progress=False)
+        )
+        sweeps[backend], tslas[backend], detected[backend] = sweep, tsla, detect
         print(f"  plain forward ({len(prompts)} prompts): {t_fwd:.2f} s (median of 3)")
         print(f"  query head sweep (270 heads): {t_sweep:.1f} s")
         print(f"  tsla_scores: {t_tsla:.2f} s")
         print(f"  RATIO query sweep / plain forward = {t_sweep / t_fwd:.1f}x")
+        print(f"  detect_heads: {t_detect:.2f} s")
         print(f"  RATIO tsla / plain forward = {t_tsla / t_fwd:.1f}x")
+        print(f"  RATIO detect_heads / plain forward = {t_detect / t_fwd:.1f}x")
+        rows.append((backend, t_fwd, t_sweep / t_fwd, t_tsla / t_fwd, t_detect / t_fwd))
         if args.naive_heads and backend == "bridge":
             L, H = model.cfg.n_layers, model.cfg.n_heads
             flat = np.linspace(0, L * H - 1, args.naive_heads).round().astype(int)
@@ -115,6 +125,18 @@ def main() -> None:
     if len(sweeps) == 2:
         a, b = sweeps["hooked"].per_prompt, sweeps["bridge"].per_prompt
         print(f"\nmax |hooked - bridge| sweep effect per prompt: {(a - b).abs().max().item():.2e}")
+        for i, (tr, tl) in enumerate(zip(tslas["hooked"], tslas["bridge"], strict=True)):
+            diff = (tr.scores - tl.scores).abs().nan_to_num().max().item()
+            print(f"max |hooked - bridge| TSLA map {i} score: {diff:.2e}")
+        h, g = detected["hooked"], detected["bridge"]
+        cols = [c for c in h.columns if c.endswith("_score") or c == "gold_label_share"]
+        diff = np.nanmax((h[cols].to_numpy(float) - g[cols].to_numpy(float)).__abs__())
+        same = (h["kind"] == g["kind"]).all()
+        print(f"max |hooked - bridge| detector score: {diff:.2e}; same kinds: {same}")
+    print("\n| backend | plain forward (s) | query sweep | TSLA | detect_heads |")
+    print("|---|---|---|---|---|")
+    for backend, t_fwd, r_sweep, r_tsla, r_detect in rows:
+        print(f"| {backend} | {t_fwd:.2f} | {r_sweep:.1f}x | {r_tsla:.1f}x | {r_detect:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -3,19 +3,31 @@
 directory), and their tokenizer (:func:`load_tokenizer`, read from the GGUF file).
 
 Converting them to a ``HookedTransformer`` and caching the result is
-:func:`icl_heads.models.load_model`'s job.
+:func:`icl_heads.models.load_model`'s job; which cache entries a new one replaces is
+:func:`remove_stale_entries` (an entry of another TransformerLens major version is kept, so
+a TL 3.x and a TL 4.x environment sharing one cache each keep their own).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+import json
+import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 #: Environment variable that overrides the cache directory.
 CACHE_ENV_VAR = "ICL_HEADS_CACHE"
+#: Packages besides TransformerLens whose versions a converted model depends on (they read
+#: and dequantise the GGUF file, and write and read the bridge's Hugging Face directory).
+CONVERSION_PACKAGES = ("transformers", "gguf")
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,65 @@ def embedded_model_file(spec: EmbeddedModel, cache_dir: Path | None = None) -> P
     return files[0]
 
 
+def conversion_versions() -> str:
+    """The installed versions of :data:`CONVERSION_PACKAGES` (``"unknown"`` if absent), as
+    one string for a cache key: an upgrade of either reconverts instead of reusing numbers
+    another version computed.
+
+    Example::
+
+        conversion_versions()   # 'transformers=5.25.0 gguf=0.19.0'
+    """
+    found = []
+    for package in CONVERSION_PACKAGES:
+        try:
+            found.append(f"{package}={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package}=unknown")
+    return " ".join(found)
+
+
+def _major(version: object) -> str | None:
+    head = str(version).split(".", 1)[0] if isinstance(version, str) else ""
+    return head if head.isdigit() else None
+
+
+def _entry_major(entry: Path) -> str | None:
+    """The TransformerLens major version a cache entry was written with (its
+    ``meta.json``), ``None`` if unreadable."""
+    try:
+        return _major(json.loads((entry / "meta.json").read_text()).get("transformer_lens"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def remove_stale_entries(name: str, keep: Path) -> list[Path]:
+    """Delete the cache entries ``<name>-<16 hex key>`` next to ``keep`` that ``keep``
+    replaces: those written under the same TransformerLens major version as ``keep``
+    (older converters, TransformerLens minor versions, packages), and those without a
+    readable ``meta.json``. Entries of another major version stay: a TL 3.x and a TL 4.x
+    environment sharing the cache each keep their entry (switching reconverts nothing).
+    Returns what was removed.
+
+    Example::
+
+        remove_stale_entries("smollm2-135m-instruct-hf", cache / "models" / entry_name)
+    """
+    pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{16}}")
+    major = _entry_major(keep)
+    removed = []
+    for entry in keep.parent.iterdir():
+        if entry.name == keep.name or not entry.is_dir() or not pattern.fullmatch(entry.name):
+            continue
+        other = _entry_major(entry)
+        if other is not None and major is not None and other != major:
+            continue  # another TransformerLens major's entry: kept for its environment
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+        logger.info("Removed the stale cache entry %s", entry)
+    return removed
+
+
 def load_tokenizer(name: str = "default"):
     """The tokenizer of an embedded model, read from its GGUF file (no weights loaded)."""
     from transformers import AutoTokenizer
@@ -147,6 +218,9 @@ def load_tokenizer(name: str = "default"):
 
 __all__ = [
     "CACHE_ENV_VAR",
+    "CONVERSION_PACKAGES",
+    "conversion_versions",
+    "remove_stale_entries",
     "EmbeddedModel",
     "EMBEDDED_MODELS",
     "default_cache_dir",

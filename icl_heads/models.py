@@ -15,9 +15,10 @@ modules' public names are importable from here.
 
 The cache entry of a model is ``<cache_dir>/models/<name>-<key>``, where the key hashes
 the GGUF file's content (its first :data:`HEAD_BYTES` bytes and its size), the converter
-version and the TransformerLens version; so every virtual environment with the same
-package and TransformerLens version shares one entry. Writing a new entry removes the
-model's older ones.
+version, the TransformerLens version and the transformers/gguf versions; so every virtual
+environment with the same package and versions shares one entry. Writing a new entry
+removes the model's older ones of the same TransformerLens major version (a TL 3.x and a
+4.x environment keep one each).
 
 A bridge's entry ``<cache_dir>/models/<name>-hf-<key>`` is a Hugging Face directory of the
 processed weights, booted with ``no_processing=True``. Names: :mod:`icl_heads.model_names`.
@@ -31,7 +32,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -56,10 +56,12 @@ from .embedded import (
     CACHE_ENV_VAR,
     EMBEDDED_MODELS,
     EmbeddedModel,
+    conversion_versions,
     default_cache_dir,
     embedded_model_file,
     embedded_model_parts,
     load_tokenizer,
+    remove_stale_entries,
 )
 from .model_names import check_model_name, official_model_name
 
@@ -255,9 +257,10 @@ def _transformer_lens_version() -> str:
 
 def _cache_key(source: Path | Sequence[Path]) -> str:
     """Key of a cache entry: sha256 of the file's content identity (its first
-    :data:`HEAD_BYTES` bytes and its size), :data:`CONVERTER_VERSION` and the
-    TransformerLens version. ``source`` may be the file or the chunks that make it up, in
-    order (the key is the same), so a chunked model needs no assembly to find its entry.
+    :data:`HEAD_BYTES` bytes and its size), :data:`CONVERTER_VERSION`, the
+    TransformerLens version and :func:`~icl_heads.embedded.conversion_versions`. ``source``
+    may be the file or the chunks that make it up, in order (the key is the same), so a
+    chunked model needs no assembly to find its entry.
     Independent of the path and mtime: every environment with the same file shares it."""
     parts = [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(p) for p in source]
     digest = hashlib.sha256(b"icl-heads model cache\0")
@@ -269,25 +272,9 @@ def _cache_key(source: Path | Sequence[Path]) -> str:
                 head = f.read(remaining)
             digest.update(head)
             remaining -= len(head)
-    digest.update(f"\0{size}\0{CONVERTER_VERSION}\0{_transformer_lens_version()}".encode())
+    versions = f"{CONVERTER_VERSION}\0{_transformer_lens_version()}\0{conversion_versions()}"
+    digest.update(f"\0{size}\0{versions}".encode())
     return digest.hexdigest()[:16]
-
-
-def _entry_pattern(spec: EmbeddedModel) -> re.Pattern:
-    return re.compile(rf"{re.escape(spec.name)}-[0-9a-f]{{16}}")
-
-
-def _remove_stale_entries(spec: EmbeddedModel, keep: Path) -> list[Path]:
-    """Delete the other ``<name>-<key>`` entries of this model next to ``keep`` (older
-    converters, TransformerLens versions or package releases); returns what was removed."""
-    pattern = _entry_pattern(spec)
-    removed = []
-    for entry in keep.parent.iterdir():
-        if entry.name != keep.name and entry.is_dir() and pattern.fullmatch(entry.name):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-            logger.info("Removed the stale cache entry %s", entry)
-    return removed
 
 
 def _load_embedded(spec: EmbeddedModel, cache_dir: Path | None) -> HookedTransformer:
@@ -308,7 +295,7 @@ def _load_embedded(spec: EmbeddedModel, cache_dir: Path | None) -> HookedTransfo
     model = convert_hf_model(hf_model, tokenizer, tl_name=spec.tl_name)
     del hf_model
     _write_cache(model, target, source=gguf_path)
-    _remove_stale_entries(spec, target)
+    remove_stale_entries(spec.name, target)
     if spec.assembled:  # the cache entry has everything; re-assembly takes under a second
         gguf_path.unlink(missing_ok=True)
     logger.info("Converted %s in %.1f s; cached at %s", spec.name, time.perf_counter() - t0, target)
@@ -380,6 +367,7 @@ def _meta(source: Path, **extra) -> str:
         "source_bytes": source.stat().st_size,
         "converter_version": CONVERTER_VERSION,
         "transformer_lens": _transformer_lens_version(),
+        "packages": conversion_versions(),
         "processing": _PROCESSING,
         **extra,
     }
@@ -480,7 +468,7 @@ def _bridge_embedded(spec: EmbeddedModel, cache_dir: Path | None) -> Transformer
         del hf_model
         model = _bridge_local_dir(Path(tmp), name=spec.name)
     _write_processed(model, target, source=gguf_path)
-    _remove_stale_entries(hf_spec, target)
+    remove_stale_entries(hf_spec.name, target)
     return model
 
 

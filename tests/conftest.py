@@ -117,3 +117,96 @@ def smol():
 
 def pytest_report_header(config):
     return f"icl-heads model cache: {os.environ.get('ICL_HEADS_CACHE', '(user cache dir)')}"
+
+
+# ---- H2 (issue 19): bridge twins of the tiny models (the unit suite on TransformerLens 4.x)
+
+
+def _placeholder_tokenizer(d_vocab: int):
+    """A word-level tokenizer of ``d_vocab`` tokens: the bridge boots only with one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(d_vocab)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="t0", pad_token="t0")
+
+
+def make_tiny_bridge(
+    tokenizer=None,
+    *,
+    kind: str = "llama",
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_model: int = 32,
+    d_head: int = 8,
+    d_vocab: int = 64,
+    n_ctx: int = 256,
+    seed: int = 0,
+    process: bool = True,
+):
+    """The bridge twin of :func:`make_tiny_model`: a compatibility-mode
+    ``TransformerBridge`` of the same shape around a random Hugging Face model
+    (``kind="llama"``: RMS norm, rotary, gated SiLU MLP, 2 key/value heads, biases in the
+    attention and MLP; ``"gpt"``: GPT-2, LayerNorm, learned positions, GELU), with
+    non-trivial norm weights and biases. Not the
+    same random numbers as :func:`make_tiny_model`. The bridge always processes its weights
+    (compatibility mode), so ``process`` is accepted for the same signature only; without a
+    ``tokenizer`` it boots with a placeholder one and then drops it (``tokenizer is None``)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    vocab = tokenizer.vocab_size if tokenizer is not None else d_vocab
+    init_range = 0.8 / d_model**0.5  # HookedTransformerConfig's default (init_mode "gpt2")
+    torch.manual_seed(seed)
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=d_model,
+            intermediate_size=4 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=2,
+            head_dim=d_head,
+            max_position_embeddings=n_ctx,
+            tie_word_embeddings=False,
+            attention_bias=True,  # biases everywhere, as the hooked tiny model has
+            mlp_bias=True,
+            initializer_range=init_range,
+        )
+        hf = LlamaForCausalLM(config)
+    elif kind == "gpt":
+        assert n_heads * d_head == d_model, "GPT-2 needs n_heads * d_head == d_model"
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            n_inner=4 * d_model,
+            n_positions=n_ctx,
+            activation_function="gelu",
+            initializer_range=init_range,
+        )
+        hf = GPT2LMHeadModel(config)
+    else:
+        raise ValueError(kind)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if param.ndim == 1 and ("norm" in name or ".ln_" in name):
+                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=g))
+            elif param.ndim == 1 and name.endswith(".bias"):
+                param.copy_(0.05 * torch.randn(param.shape, generator=g))
+    boot_tokenizer = tokenizer if tokenizer is not None else _placeholder_tokenizer(vocab)
+    # "custom": the model name a HookedTransformerConfig gets by default (messages name it)
+    model = ih.models.bridge_from_hf_model(hf.eval(), boot_tokenizer, name="custom")
+    if tokenizer is None:
+        model.tokenizer = None
+    else:
+        model.tokenizer.padding_side = "left"
+    model.eval()
+    return model
+
+
+if not ih.backends.hooked_available():  # TransformerLens 4.x: the tiny models are bridges
+    make_tiny_model = make_tiny_bridge  # noqa: F811 - the fixtures above and the tests use it

@@ -484,3 +484,102 @@ def test_official_model_names_resolve_on_either_transformer_lens():
     assert official_model_name("gpt2") == "gpt2"
     with pytest.raises(ValueError):
         official_model_name("nope-not-a-model")
+
+
+# ---- H2 (issue 19): cache entries of TransformerLens 3.x and 4.x side by side
+
+
+def test_cache_key_changes_with_the_transformers_and_gguf_versions(tmp_path, monkeypatch):
+    source = tmp_path / "m.gguf"
+    source.write_bytes(b"GGUF fake model")
+    key = models._cache_key(source)
+    monkeypatch.setattr(models, "conversion_versions", lambda: "transformers=0.0.0 gguf=0.19.0")
+    assert models._cache_key(source) != key
+    assert set(embedded.CONVERSION_PACKAGES) == {"transformers", "gguf"}
+    assert embedded.conversion_versions().startswith("transformers=")
+
+
+def _switch_transformer_lens(monkeypatch, version: str) -> None:
+    monkeypatch.setattr(models, "_transformer_lens_version", lambda: version)
+
+
+def _entries(cache: Path, name: str) -> set[str]:
+    return {p.name for p in (cache / "models").iterdir() if p.name.startswith(f"{name}-")}
+
+
+@pytest.mark.skipif(
+    not ih.backends.hooked_available(),
+    reason="TransformerLens 4.x has no HookedTransformer: its cache path runs on TL 3.x only",
+)
+def test_cache_entries_of_two_transformer_lens_majors_coexist(
+    tmp_path, monkeypatch, smol_tokenizer
+):
+    """A TL 4.x environment's entry does not remove the 3.x one (and back): switching
+    between them converts nothing; a newer 3.x replaces the 3.x entry only."""
+    spec = models.EMBEDDED_MODELS["default"]
+    gguf = tmp_path / "src" / "m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF fake model")
+    cache = tmp_path / "cache"
+    calls = _fake_conversion(monkeypatch, smol_tokenizer, gguf)
+    _switch_transformer_lens(monkeypatch, "3.9.0")
+    models._load_embedded(spec, cache)
+    entry3 = f"{spec.name}-{models._cache_key(gguf)}"
+    _switch_transformer_lens(monkeypatch, "4.3.0")
+    models._load_embedded(spec, cache)
+    entry4 = f"{spec.name}-{models._cache_key(gguf)}"
+    assert len(calls) == 2 and entry3 != entry4
+    assert _entries(cache, spec.name) == {entry3, entry4}
+    _switch_transformer_lens(monkeypatch, "3.9.0")
+    models._load_embedded(spec, cache)  # back on 3.9: its entry is still there
+    assert len(calls) == 2
+    _switch_transformer_lens(monkeypatch, "3.10.0")
+    models._load_embedded(spec, cache)  # a newer 3.x replaces the 3.9 entry, not the 4.x one
+    assert len(calls) == 3
+    assert _entries(cache, spec.name) == {f"{spec.name}-{models._cache_key(gguf)}", entry4}
+
+
+def test_bridge_cache_entries_of_two_transformer_lens_majors_coexist(
+    tmp_path, monkeypatch, smol_tokenizer
+):
+    """The bridge's processed-weights entry (``<name>-hf-<key>``): the same coexistence."""
+    from tiny_hf import tiny_hf_llama
+
+    spec = models.EMBEDDED_MODELS["default"]
+    gguf = tmp_path / "src" / "m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF fake model")
+    cache = tmp_path / "cache"
+    calls = []
+    monkeypatch.setattr(models, "embedded_model_parts", lambda spec: [gguf])
+    monkeypatch.setattr(models, "embedded_model_file", lambda spec, cache_dir=None: gguf)
+
+    def fake_hf_from_gguf(path):
+        calls.append(path)
+        return tiny_hf_llama(len(smol_tokenizer)), smol_tokenizer
+
+    monkeypatch.setattr(models, "_hf_from_gguf", fake_hf_from_gguf)
+    name = f"{spec.name}-hf"
+    _switch_transformer_lens(monkeypatch, "3.9.0")
+    models._bridge_embedded(spec, cache)
+    entry3 = f"{name}-{models._cache_key(gguf)}"
+    _switch_transformer_lens(monkeypatch, "4.3.0")
+    models._bridge_embedded(spec, cache)
+    assert len(calls) == 2
+    assert _entries(cache, name) == {entry3, f"{name}-{models._cache_key(gguf)}"}
+    _switch_transformer_lens(monkeypatch, "3.9.0")
+    models._bridge_embedded(spec, cache)
+    assert len(calls) == 2  # the 3.9 entry survived the 4.3 conversion
+
+
+def test_stale_entry_removal_reads_each_entrys_transformer_lens_major(tmp_path):
+    models_dir = tmp_path / "models"
+    keep = models_dir / f"m-{'0' * 16}"
+    same, other, unreadable = (models_dir / f"m-{c * 16}" for c in "abc")
+    for entry, version in ((keep, "4.3.0"), (same, "4.1.0"), (other, "3.9.0"), (unreadable, None)):
+        entry.mkdir(parents=True)
+        meta = "{not json" if version is None else f'{{"transformer_lens": "{version}"}}'
+        (entry / "meta.json").write_text(meta)
+    removed = embedded.remove_stale_entries("m", keep)
+    assert set(removed) == {same, unreadable}
+    assert keep.exists() and other.exists()
