@@ -297,4 +297,91 @@ def run_block(
     return out[0] if isinstance(out, tuple) else out
 
 
-__all__ = ["BlockInputs", "BridgeState", "PrefixCache", "causal_mask", "clean_pass", "run_block"]
+# --------------------------------------------------------------------------- full passes
+
+
+def full_clean_pass(
+    model: Any,
+    group: PromptSet,
+    index: Int[Tensor, " G"],
+    *,
+    query_only: bool,
+    layers: Sequence[int],
+    interventions: Sequence[Intervention] = (),
+) -> tuple[dict[int, Tensor], Float[Tensor, "G d_vocab"]]:
+    """:func:`clean_pass` for a bridge whose blocks the engine cannot run (GPT-2 and other
+    attentions than ``PositionEmbeddingsAttentionBridge``): one full pass with
+    ``interventions``, keeping ``(resid, logits)`` as :func:`clean_pass` does; its rows
+    then re-run whole (:func:`full_pass_items`).
+
+    Example::
+
+        resid, logits = full_clean_pass(model, group, index, query_only=True, layers=[3])
+    """
+    names = [hook_name("resid_pre", layer) for layer in layers]
+    capture = Capture(
+        names=set(names).__contains__,
+        positions="query" if query_only else "all",
+        attention_mask=group.attention_mask,
+    )
+    with applied(model, [capture, *interventions], group, index):
+        resid = final_residual(model, group.tokens, group.attention_mask)
+    stored = {layer: capture.store[name] for layer, name in zip(layers, names, strict=True)}
+    if query_only:
+        stored = {layer: act[:, None] for layer, act in stored.items()}
+    return stored, final_logits(model, resid[:, -1])
+
+
+def full_pass_items(
+    model: Any,
+    group: PromptSet,
+    index: Int[Tensor, " G"],
+    item_layers: Int[Tensor, " item"],
+    edit: Any = None,
+    interventions: Sequence[Intervention] = (),
+    *,
+    query_only: bool = False,
+) -> Float[Tensor, "item G d_vocab"]:
+    """The items of :func:`icl_heads.last_token.run_items` as one full pass of ``item x G``
+    rows (item-major: row ``j * G + g``), each item's ``edit`` at its layer on its rows and
+    ``interventions`` on every row everywhere. The same numbers as restarting the rows at
+    their layers from the clean run when ``interventions`` are the clean run's (before an
+    item's layer they act as they did there) and the edits act at every position (a query-
+    only clean run's ``edit`` indexes a one-position stream: refused).
+
+    Example::
+
+        logits = full_pass_items(model, group, index, torch.tensor([3]), None, [iv])
+    """
+    if edit is not None and query_only:
+        raise ValueError(
+            f"{type(model).__name__}'s blocks cannot be re-run alone, and edits of a query-"
+            "only clean run index the query position only: use method='naive' (one full "
+            "pass per item) or positions='all'."
+        )
+    G, layers = len(group), [int(x) for x in item_layers]
+    device = group.tokens.device
+    g = torch.arange(G, device=device)
+    prompt_of_row = g.repeat(len(layers)).cpu()
+    rows_batch, rows_index = group.select(prompt_of_row), index[prompt_of_row]
+    hooks = [h for iv in interventions for h in iv.fwd_hooks(rows_batch, rows_index)]
+    if edit is not None:
+        for layer in sorted(set(layers)):  # item_layers is sorted: items lo..hi join here
+            lo, hi = layers.index(layer), layers.index(layer) + layers.count(layer)
+            rows = torch.arange(lo, hi, device=device)[:, None] * G + g[None]
+            hooks += edit(layer, lo, hi, rows).fwd_hooks()
+    with model.hooks(fwd_hooks=hooks):
+        resid = final_residual(model, rows_batch.tokens, rows_batch.attention_mask)
+    return final_logits(model, resid[:, -1]).reshape(len(layers), G, -1)
+
+
+__all__ = [
+    "BlockInputs",
+    "BridgeState",
+    "PrefixCache",
+    "causal_mask",
+    "clean_pass",
+    "run_block",
+    "full_clean_pass",
+    "full_pass_items",
+]

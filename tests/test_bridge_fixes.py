@@ -280,3 +280,81 @@ def test_final_logits_of_float32_states_on_a_bfloat16_bridge(smol_tokenizer, sen
         full = twin(prompts.tokens, attention_mask=prompts.attention_mask)[:, -1]
     assert logits.dtype == torch.bfloat16
     assert max_diff(logits, full) <= 0.05 * full.abs().max().item()
+
+
+# --------------------------------------------------------------------------- bug 2: fallback
+
+
+@pytest.fixture(scope="module")
+def gpt_twin(smol_tokenizer):
+    twin = make_tiny_bridge(smol_tokenizer, kind="gpt", n_layers=3)
+    assert not backends.supports_engine(twin)
+    return twin
+
+
+def test_shared_clean_passes_fall_back_on_a_bridge_the_engine_cannot_run(gpt_twin, sentiment_task):
+    from icl_heads.experiments.geometry.head_ablation import head_ablation_geometry
+
+    prompts = ih.build_prompts(gpt_twin, sentiment_task, k=2, n=12, seed=0)
+    result = head_ablation_geometry(
+        gpt_twin,
+        prompts,
+        {"PTH": [(1, 0), (2, 2)], "IH": [(2, 1)]},
+        n_random=1,
+        mode="mean",
+        positions="query",
+        folds=3,
+        n_boot=40,
+        batch_size=5,
+        progress=False,
+    )
+    assert len(result.table)
+
+
+@pytest.mark.parametrize("positions", ["query", "all"])
+def test_condition_states_on_a_gpt2_bridge_are_its_full_passes(gpt_twin, sentiment_task, positions):
+    """The shared clean runs (engine "full_pass") give one full pass per condition."""
+    from icl_heads.experiments.geometry.shared_runs import condition_states
+    from icl_heads.geometry import run_query
+
+    prompts = ih.build_prompts(gpt_twin, sentiment_task, k=2, n=7, seed=2)
+    iv = ih.ablate(gpt_twin, [(1, 0), (2, 3)], "zero", positions=positions)
+    layers = [0, 1, 2, 3]
+    opts = dict(batch_size=3, progress=False)
+    clean, (changed,) = condition_states(
+        gpt_twin, prompts, [((iv,), 1)], layers, query_only=positions == "query", **opts
+    )
+    ref_clean, _ = run_query(gpt_twin, prompts, layers, **opts)
+    ref, _ = run_query(gpt_twin, prompts, [2, 3], interventions=[iv], **opts)
+    assert max_diff(clean, ref_clean) <= TOL and max_diff(changed, ref) <= TOL
+    assert max_diff(changed, ref_clean[:, 2:]) > 1e-3  # the ablation changed something
+
+
+def test_a_full_pass_clean_run_rows_match_the_engine_contract(gpt_twin, sentiment_task):
+    """run_items on a GPT-2 bridge: items at several layers with an all-position edit."""
+    from icl_heads.interventions import RowEdit
+    from icl_heads.last_token import clean_run, run_items
+
+    prompts = ih.build_prompts(gpt_twin, sentiment_task, k=2, n=4, seed=3)
+    index = torch.arange(len(prompts))
+    T = prompts.seq_len
+    with torch.inference_mode():
+        clean = clean_run(gpt_twin, prompts, index, query_only=False, layers=[0, 2])
+        assert clean.engine == "full_pass"
+
+        def edit(layer, lo, hi, rows):
+            n = rows.numel()
+            pos = torch.arange(T)[None].expand(n, -1)
+            head = torch.full((n,), 1)
+            values = torch.zeros(n, T, gpt_twin.cfg.d_head)
+            return RowEdit(hook_name("z", layer), rows.flatten(), pos, values, head)
+
+        got = run_items(gpt_twin, clean, torch.tensor([0, 2, 2]), edit)
+        for j, layer in enumerate([0, 2, 2]):
+            iv = ih.ablate(gpt_twin, [(layer, 1)], "zero")
+            with applied(gpt_twin, [iv], prompts, index):
+                ref = gpt_twin(prompts.tokens, attention_mask=prompts.attention_mask)[:, -1]
+            assert max_diff(got[j], ref) <= TOL
+        clean_q = clean_run(gpt_twin, prompts, index, query_only=True, layers=[1])
+        with pytest.raises(ValueError, match="cannot be re-run alone.*method='naive'"):
+            run_items(gpt_twin, clean_q, torch.tensor([1]), edit)
