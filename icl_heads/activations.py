@@ -176,6 +176,9 @@ def final_logits(
     if model.cfg.normalization_type is not None:
         x = model.ln_final(x)
     unembed = model.unembed
+    # a bridge's final norm keeps its input's dtype (float32 states into a bfloat16 model,
+    # e.g. averaged or steered ones); the hooked norms cast to the model's: do the same
+    x = x.to(unembed.W_U.dtype)
     logits = unembed.hook_out(unembed.hook_in(x) @ unembed.W_U + unembed.b_U).squeeze(-2)
     cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
     if cap > 0:

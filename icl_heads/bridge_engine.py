@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .activations import final_logits
@@ -128,14 +128,62 @@ def _record_inputs(model: Any, store: list) -> list:
     return handles
 
 
-def _cut(recorded: dict, query_only: bool, layer: int) -> BlockInputs:
+def _window(model: Any, layer: int) -> int | None:
+    """The sliding window of block ``layer``'s attention (Hugging Face's own attribute, else
+    its config's, as Mistral has), or ``None`` for full causal attention."""
+    hf_attn = getattr(model.blocks[layer].attn, "original_component", None)
+    if hf_attn is None:
+        return None
+    if hasattr(hf_attn, "sliding_window"):  # Gemma 2/3, Qwen 2: None on full layers
+        return hf_attn.sliding_window
+    return getattr(getattr(hf_attn, "config", None), "sliding_window", None)
+
+
+def causal_mask(
+    n_rows: int, seq_len: int, window: int | None = None, device: Any = None
+) -> Bool[Tensor, "row 1 pos pos"]:
+    """The bool attention mask ``[n_rows, 1, seq_len, seq_len]`` (``True``: attend) of rows
+    without padding: causal, and within ``window`` positions when given (Hugging Face's
+    sliding window: query ``q`` sees key ``k`` when ``q - window < k <= q``).
+
+    Example::
+
+        causal_mask(2, 4, window=2)[0, 0]   # each query sees itself and the one before
+    """
+    q = torch.arange(seq_len, device=device)[:, None]
+    k = torch.arange(seq_len, device=device)[None, :]
+    mask = k <= q
+    if window is not None:
+        mask = mask & (k > q - window)
+    return mask[None, None].expand(n_rows, 1, seq_len, seq_len)
+
+
+def _per_row(t: Tensor | None, n_rows: int) -> Tensor | None:
+    """``t`` with one entry per row: Hugging Face gives batch-1 inputs (rotary tables,
+    position ids, masks) to a batch whose rows all share them."""
+    if t is None or t.shape[0] == n_rows:
+        return t
+    if t.shape[0] != 1:  # pragma: no cover - HF gives one entry per row or one for all
+        raise RuntimeError(f"A block input of batch {t.shape[0]} for {n_rows} rows.")
+    return t.expand(n_rows, *t.shape[1:])
+
+
+def _cut(
+    recorded: dict, query_only: bool, layer: int, n_rows: int, seq_len: int, model: Any
+) -> BlockInputs:
     mask = recorded["attention_mask"]
-    if mask is None or mask.ndim != 4:
+    if mask is None:  # no padding: HF and the bridge let the attention build the causal mask
+        device = next(model.blocks[layer].parameters()).device
+        mask = causal_mask(n_rows, seq_len, _window(model, layer), device)
+    elif mask.ndim != 4:
         raise RuntimeError(  # pragma: no cover - every supported bridge builds a 4-d mask
-            f"The bridge gave block {layer} no 4-d attention mask (got "
-            f"{None if mask is None else tuple(mask.shape)}); the bridge engine needs one."
+            f"The bridge gave block {layer} a {mask.ndim}-d attention mask "
+            f"({tuple(mask.shape)}); the bridge engine needs a 4-d one."
         )
     pe, ids = recorded["position_embeddings"], recorded["position_ids"]
+    mask = _per_row(mask, n_rows)
+    pe = tuple(_per_row(t, n_rows) for t in pe) if pe is not None else None
+    ids = _per_row(ids, n_rows)
     if query_only:
         mask = mask[:, :, -1:]
         pe = tuple(t[:, -1:] for t in pe) if pe is not None else None
@@ -206,7 +254,10 @@ def clean_pass(
         stored = {layer: act[:, None] for layer, act in stored.items()}
     state = BridgeState(
         query_only=query_only,
-        inputs=[_cut(recorded[layer], query_only, layer) for layer in range(L)],
+        inputs=[
+            _cut(recorded[layer], query_only, layer, *group.tokens.shape, model)
+            for layer in range(L)
+        ],
         kv=list(zip(keys, values, strict=True)) if query_only else None,
     )
     return state, stored, logits
@@ -246,4 +297,91 @@ def run_block(
     return out[0] if isinstance(out, tuple) else out
 
 
-__all__ = ["BlockInputs", "BridgeState", "PrefixCache", "clean_pass", "run_block"]
+# --------------------------------------------------------------------------- full passes
+
+
+def full_clean_pass(
+    model: Any,
+    group: PromptSet,
+    index: Int[Tensor, " G"],
+    *,
+    query_only: bool,
+    layers: Sequence[int],
+    interventions: Sequence[Intervention] = (),
+) -> tuple[dict[int, Tensor], Float[Tensor, "G d_vocab"]]:
+    """:func:`clean_pass` for a bridge whose blocks the engine cannot run (GPT-2 and other
+    attentions than ``PositionEmbeddingsAttentionBridge``): one full pass with
+    ``interventions``, keeping ``(resid, logits)`` as :func:`clean_pass` does; its rows
+    then re-run whole (:func:`full_pass_items`).
+
+    Example::
+
+        resid, logits = full_clean_pass(model, group, index, query_only=True, layers=[3])
+    """
+    names = [hook_name("resid_pre", layer) for layer in layers]
+    capture = Capture(
+        names=set(names).__contains__,
+        positions="query" if query_only else "all",
+        attention_mask=group.attention_mask,
+    )
+    with applied(model, [capture, *interventions], group, index):
+        resid = final_residual(model, group.tokens, group.attention_mask)
+    stored = {layer: capture.store[name] for layer, name in zip(layers, names, strict=True)}
+    if query_only:
+        stored = {layer: act[:, None] for layer, act in stored.items()}
+    return stored, final_logits(model, resid[:, -1])
+
+
+def full_pass_items(
+    model: Any,
+    group: PromptSet,
+    index: Int[Tensor, " G"],
+    item_layers: Int[Tensor, " item"],
+    edit: Any = None,
+    interventions: Sequence[Intervention] = (),
+    *,
+    query_only: bool = False,
+) -> Float[Tensor, "item G d_vocab"]:
+    """The items of :func:`icl_heads.last_token.run_items` as one full pass of ``item x G``
+    rows (item-major: row ``j * G + g``), each item's ``edit`` at its layer on its rows and
+    ``interventions`` on every row everywhere. The same numbers as restarting the rows at
+    their layers from the clean run when ``interventions`` are the clean run's (before an
+    item's layer they act as they did there) and the edits act at every position (a query-
+    only clean run's ``edit`` indexes a one-position stream: refused).
+
+    Example::
+
+        logits = full_pass_items(model, group, index, torch.tensor([3]), None, [iv])
+    """
+    if edit is not None and query_only:
+        raise ValueError(
+            f"{type(model).__name__}'s blocks cannot be re-run alone, and edits of a query-"
+            "only clean run index the query position only: use method='naive' (one full "
+            "pass per item) or positions='all'."
+        )
+    G, layers = len(group), [int(x) for x in item_layers]
+    device = group.tokens.device
+    g = torch.arange(G, device=device)
+    prompt_of_row = g.repeat(len(layers)).cpu()
+    rows_batch, rows_index = group.select(prompt_of_row), index[prompt_of_row]
+    hooks = [h for iv in interventions for h in iv.fwd_hooks(rows_batch, rows_index)]
+    if edit is not None:
+        for layer in sorted(set(layers)):  # item_layers is sorted: items lo..hi join here
+            lo, hi = layers.index(layer), layers.index(layer) + layers.count(layer)
+            rows = torch.arange(lo, hi, device=device)[:, None] * G + g[None]
+            hooks += edit(layer, lo, hi, rows).fwd_hooks()
+    with model.hooks(fwd_hooks=hooks):
+        resid = final_residual(model, rows_batch.tokens, rows_batch.attention_mask)
+    return final_logits(model, resid[:, -1]).reshape(len(layers), G, -1)
+
+
+__all__ = [
+    "BlockInputs",
+    "BridgeState",
+    "PrefixCache",
+    "causal_mask",
+    "clean_pass",
+    "run_block",
+    "full_clean_pass",
+    "full_pass_items",
+]

@@ -378,8 +378,9 @@ class Capture(Intervention):
             they can never leak into a mean.
         reduce: ``reduce(act, hook_name) -> Tensor`` applied inside the hook (e.g. a detector
             reducing a pattern to per-head scores), so only its result is kept.
-        keep_grad: keep the tensors in the autograd graph (attribution patching); otherwise
-            they are detached copies.
+        keep_grad: keep the tensors in the autograd graph (attribution patching): the hook
+            returns the tensor it saw (unchanged), so the run goes on with it on both
+            backends; otherwise they are detached copies and the hook returns nothing.
 
     ``store`` is keyed on the names ``names`` accepts, on both backends (a
     ``TransformerBridge`` reports ``blocks.0.hook_in`` to a hook registered as
@@ -401,15 +402,19 @@ class Capture(Intervention):
     store: dict = field(default_factory=dict, repr=False)
 
     def fwd_hooks(self, batch=None, index=None) -> HookList:
-        def hook(act: Tensor, hook) -> None:
+        def hook(act: Tensor, hook) -> Tensor | None:
             # keyed on the name registered: a TransformerBridge reports its canonical name
             name = registered_name(hook, self.names)
-            act = self._at_positions(name, act)
+            kept = self._at_positions(name, act)
             if self.reduce is not None:
-                act = self.reduce(act, name)
+                kept = self.reduce(kept, name)
             elif not self.keep_grad:
-                act = act.detach().clone()
-            self.store[name] = act
+                kept = kept.detach().clone()
+            self.store[name] = kept
+            # keep_grad: hand the tensor back. A TransformerBridge goes on with its own
+            # tensor when a hook returns None, which leaves the one stored here off the
+            # gradient path (every gradient None); returned, it is the one that goes on.
+            return act if self.keep_grad else None
 
         return [(self.names, hook)]
 

@@ -54,7 +54,7 @@ from .prompts import PromptSet
 #: How :func:`run_items` runs a block: the specialised last-token block over a shared
 #: prefix; TransformerLens's block with a per-row key/value cache (query only, any
 #: architecture); or TransformerLens's block over every position.
-Engine = Literal["last_token", "kv_blocks", "all_positions", "bridge"]
+Engine = Literal["last_token", "kv_blocks", "all_positions", "bridge", "full_pass"]
 #: ``edit(layer, lo, hi, rows)`` -> the edit of items ``lo..hi`` (which join at ``layer``);
 #: ``rows[j, g]`` is the batch row of item ``lo + j`` for prompt ``g`` in this block.
 EditFn = Callable[[int, int, int, Tensor], Intervention]
@@ -149,6 +149,11 @@ def clean_run(
 ) -> CleanRun:
     """Run ``group`` (rows ``index`` of the full set) once, keeping what :func:`run_items`
     needs to restart rows at ``layers``: see :class:`CleanRun`."""
+    if is_bridge(model) and not supports_engine(model):  # e.g. GPT-2: rows re-run whole
+        stored, logits = bridge_engine.full_clean_pass(
+            model, group, index, query_only=query_only, layers=layers, interventions=interventions
+        )
+        return CleanRun(group, index, logits, stored, None, None, "full_pass")
     if is_bridge(model):  # the bridge's own blocks: icl_heads.bridge_engine
         state, stored, logits = bridge_engine.clean_pass(
             model, group, index, query_only=query_only, layers=layers, interventions=interventions
@@ -289,6 +294,14 @@ def run_items(
         Logits ``[item, G, d_vocab]`` at the query.
     """
     group, G, L = clean.group, len(clean.group), model.cfg.n_layers
+    if clean.engine == "full_pass":  # one full pass of every (item, prompt) row
+        query_only = any(t.shape[1] != group.seq_len for t in clean.resid.values())
+        logits = bridge_engine.full_pass_items(
+            model, group, clean.index, item_layers, edit, interventions, query_only=query_only
+        )
+        for i in range(int(item_layers[0]), L) if clean.on_block is not None else ():
+            clean.on_block(i)
+        return logits
     prompt_major = clean.engine == "last_token"
     first = int(item_layers[0])
     bounds = torch.searchsorted(item_layers, torch.arange(first, L), right=True).tolist()

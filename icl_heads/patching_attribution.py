@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .activations import ActivationMeans, final_logits
-from .backends import HookedTransformer, final_residual
+from .backends import HookedTransformer, final_residual, is_bridge
 from .batching import BatchSize, halving, resolve_batch_size
 from .heads import HeadScores
 from .hooks import Capture, Positions, applied, hook_name, position_mask
@@ -164,7 +164,11 @@ def _z_grads(model, batch: PromptSet, index: Tensor, run: SweepRun, names: list[
                 model, batch, index, query_only=True, layers=[0], interventions=run.interventions
             )
     capture = Capture(names=set(names).__contains__, positions="all", keep_grad=True)
-    with torch.enable_grad(), applied(model, [capture]):
+    # On a bridge a fully masked score row (a left-padding query) reaches the softmax
+    # through an additive mask, so its NaN softmax gradient flows back into every q and k
+    # of the row; the hooked model masks with torch.where, which drops it. Same here:
+    bridge_hooks = [(_is_scores, _masked_scores_off_the_gradient)] if is_bridge(model) else []
+    with torch.enable_grad(), applied(model, [capture]), model.hooks(fwd_hooks=bridge_hooks):
         if last_token:
             logits = run_items(
                 model, clean, torch.zeros(1, dtype=torch.long), interventions=run.interventions
@@ -181,7 +185,26 @@ def _z_grads(model, batch: PromptSet, index: Tensor, run: SweepRun, names: list[
                 "logits; attribution patching needs a differentiable metric."
             )
         grads = torch.autograd.grad(value.sum(), zs, allow_unused=True)
-    return zs, [torch.zeros_like(z) if g is None else g for z, g in zip(zs, grads, strict=True)]
+    missing = [name for name, g in zip(names, grads, strict=True) if g is None]
+    if missing:
+        raise ValueError(
+            f"Attribution patching found no gradient of the metric with respect to "
+            f"{missing[0]} ({len(missing)} of {len(names)} hook_z points) on "
+            f"{type(model).__name__}: the z the run went on with is not the one captured "
+            "there (an intervention that overwrites hook_z with values that do not depend "
+            "on it, or a backend that drops hook outputs), so every estimate would be 0. "
+            "Drop that intervention (or use head_sweep, which needs no gradient)."
+        )
+    return zs, list(grads)
+
+
+def _is_scores(name: str) -> bool:
+    return name.endswith("attn.hook_attn_scores")
+
+
+def _masked_scores_off_the_gradient(scores: Tensor, hook) -> Tensor:
+    """The same scores, with the masked (``-inf``) ones off the gradient path."""
+    return torch.where(scores == float("-inf"), scores.detach(), scores)
 
 
 __all__ = ["attribution_patching", "NON_DIFFERENTIABLE"]

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .backends import HookedTransformer, check_backend
+from .backends import HookedTransformer, check_backend, is_bridge
 from .settings import PromptInfo
 from .tasks import Task
 
@@ -265,7 +265,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
         TypeError: ``tokenizer`` is not a Hugging Face tokenizer (e.g. a model was passed).
     """
     if not callable(getattr(tokenizer, "encode", None)) or not hasattr(tokenizer, "__len__"):
-        hint = " (pass model.tokenizer)" if isinstance(tokenizer, HookedTransformer) else ""
+        model = isinstance(tokenizer, HookedTransformer) or is_bridge(tokenizer)
+        hint = " (pass model.tokenizer)" if model else ""
         raise TypeError(
             f"tokenizer_fingerprint needs a Hugging Face tokenizer{hint}, got "
             f"{type(tokenizer).__name__}."

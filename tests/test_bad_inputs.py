@@ -2578,3 +2578,36 @@ def test_a_bad_batch_size_is_named_at_the_public_call(tiny_llama, tiny_prompts, 
         TypeError, match=r"batch_size must be a positive integer or 'auto', got 1.5"
     ):
         call(tiny_llama, tiny_prompts, 1.5)
+
+
+# ---- H3 (s26): bridge fixes (issue 19)
+
+
+@pytest.mark.skipif(
+    not ih.backends.bridge_available(),
+    reason="the installed TransformerLens has no transformer_lens.model_bridge (needs >= 3.9)",
+)
+def test_tokenizer_fingerprint_of_a_bridge_says_pass_its_tokenizer(smol_tokenizer):
+    from tiny_hf import tiny_hf_llama
+
+    bridge = models.bridge_from_hf_model(tiny_hf_llama(smol_tokenizer.vocab_size), smol_tokenizer)
+    with pytest.raises(
+        TypeError,
+        match=r"needs a Hugging Face tokenizer \(pass model\.tokenizer\), got TransformerBridge",
+    ):
+        tokenizer_fingerprint(bridge)
+
+
+def test_attribution_patching_without_a_gradient_names_the_hook_point(tiny_llama, tiny_prompts):
+    class Overwrite:  # replaces layer 0's z with values that do not depend on it
+        def fwd_hooks(self, batch, index):
+            return [("blocks.0.attn.hook_z", lambda act, hook: torch.zeros_like(act))]
+
+    with pytest.raises(
+        ValueError,
+        match=r"no gradient of the metric with respect to blocks\.0\.attn\.hook_z .*"
+        r"an intervention that overwrites hook_z",
+    ):
+        ih.attribution_patching(
+            tiny_llama, tiny_prompts, positions="all", interventions=[Overwrite()], progress=False
+        )

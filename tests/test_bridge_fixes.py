@@ -1,0 +1,360 @@
+"""Fixes of the engine bugs the bridge twins found (issue 19; notes/s26/H2.md, bugs 1-5):
+attribution patching's gradients on a bridge, groups without padding in the bridge engine,
+bfloat16 unembedding on a bridge. The bridge twin (``make_tiny_bridge``) is a copy of H2's
+conftest helper, so these run before that lands."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny_hf import tiny_hf_llama
+
+import icl_heads as ih
+from icl_heads import backends, bridge_engine
+from icl_heads.activations import final_logits
+from icl_heads.hooks import Capture, applied, hook_name
+
+pytestmark = pytest.mark.skipif(
+    not backends.bridge_available(),
+    reason="the installed TransformerLens has no transformer_lens.model_bridge (needs >= 3.9)",
+)
+
+TOL = 1e-5  # float32, tiny models (measured <= 1e-8 here)
+
+
+def _placeholder_tokenizer(d_vocab: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(d_vocab)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="t0", pad_token="t0")
+
+
+def make_tiny_bridge(
+    tokenizer=None,
+    *,
+    kind: str = "llama",
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_model: int = 32,
+    d_head: int = 8,
+    d_vocab: int = 64,
+    n_ctx: int = 256,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
+    """H2's bridge twin of ``make_tiny_model`` (tests/conftest.py on branch s26-h2), here
+    with a ``dtype`` (the Hugging Face model is cast before the bridge boots)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    vocab = tokenizer.vocab_size if tokenizer is not None else d_vocab
+    init_range = 0.8 / d_model**0.5
+    torch.manual_seed(seed)
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=d_model,
+            intermediate_size=4 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=2,
+            head_dim=d_head,
+            max_position_embeddings=n_ctx,
+            tie_word_embeddings=False,
+            attention_bias=True,
+            mlp_bias=True,
+            initializer_range=init_range,
+        )
+        hf = LlamaForCausalLM(config)
+    else:
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            n_inner=4 * d_model,
+            n_positions=n_ctx,
+            activation_function="gelu",
+            initializer_range=init_range,
+        )
+        hf = GPT2LMHeadModel(config)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if param.ndim == 1 and ("norm" in name or ".ln_" in name):
+                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=g))
+            elif param.ndim == 1 and name.endswith(".bias"):
+                param.copy_(0.05 * torch.randn(param.shape, generator=g))
+    boot_tokenizer = tokenizer if tokenizer is not None else _placeholder_tokenizer(vocab)
+    model = ih.models.bridge_from_hf_model(hf.to(dtype).eval(), boot_tokenizer, name="custom")
+    if tokenizer is None:
+        model.tokenizer = None
+    else:
+        model.tokenizer.padding_side = "left"
+    model.eval()
+    return model
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def pair(smol_tokenizer):
+    """``(hooked, bridge)`` from one tiny Hugging Face model (as tests/test_bridge.py)."""
+    if not backends.hooked_available():
+        pytest.skip("TransformerLens 4.x has no HookedTransformer: parity runs on 3.x")
+    hf = tiny_hf_llama(smol_tokenizer.vocab_size)
+    hooked = ih.models.convert_hf_model(copy.deepcopy(hf), smol_tokenizer)
+    hooked.tokenizer.padding_side = "left"
+    bridge = ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
+    return hooked, bridge
+
+
+@pytest.fixture(scope="module")
+def pair_prompts(pair, sentiment_task):
+    prompts = ih.build_prompts(pair[0], sentiment_task, k=3, n=8, seed=0)
+    assert not bool(prompts.attention_mask.all())  # left padding: fully masked score rows
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def lone_bridge(smol_tokenizer):
+    hf = tiny_hf_llama(smol_tokenizer.vocab_size, seed=1)
+    return ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def lone_prompts(lone_bridge, sentiment_task):
+    return ih.build_prompts(lone_bridge, sentiment_task, k=3, n=6, seed=1)
+
+
+# --------------------------------------------------------------------------- bug 3: gradients
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+@pytest.mark.parametrize("positions", ["all", "query"])
+def test_attribution_patching_on_a_bridge_matches_the_hooked_model(
+    pair, pair_prompts, mode, positions
+):
+    """Was: every bridge score 0 (hook_z off the gradient path), then NaN for every padded
+    prompt (the NaN softmax gradient of fully masked rows), hidden by the nanmean."""
+    hooked, bridge = (
+        ih.attribution_patching(m, pair_prompts, mode=mode, positions=positions, progress=False)
+        for m in pair
+    )
+    assert not hooked.per_prompt.isnan().any() and not bridge.per_prompt.isnan().any()
+    assert hooked.per_prompt.abs().max() > 1e-3
+    assert max_diff(hooked.per_prompt, bridge.per_prompt) <= TOL
+
+
+def test_attribution_patching_on_a_bridge_is_not_all_zero(lone_bridge, lone_prompts):
+    got = ih.attribution_patching(lone_bridge, lone_prompts, mode="mean", progress=False)
+    assert got.scores.abs().max() > 1e-4 and not got.per_prompt.isnan().any()
+
+
+def test_attribution_patching_on_a_bridge_matches_a_finite_difference(lone_bridge, lone_prompts):
+    """Zero-ablating head (l, h) at the query scaled by eps: the metric moves by eps times
+    the attribution estimate, to first order."""
+    prompts = lone_prompts.select(torch.arange(3))
+    got = ih.attribution_patching(lone_bridge, prompts, mode="zero", progress=False)
+    eps = 1e-3
+    metric = ih.metrics.get_metric("logit_diff")
+    for layer, head in [(0, 1), (1, 2)]:
+        name = hook_name("z", layer)
+
+        def scale(act, hook, head=head):
+            act = act.clone()
+            act[:, -1, head] = act[:, -1, head] * (1 - eps)
+            return act
+
+        def value(hooks):
+            with torch.no_grad(), lone_bridge.hooks(fwd_hooks=hooks):
+                resid = backends.final_residual(lone_bridge, prompts.tokens, prompts.attention_mask)
+            return metric(
+                final_logits(lone_bridge, resid[:, -1]), prompts.gold, prompts.label_token_ids
+            )
+
+        fd = (value([(name, scale)]) - value([])).double() / eps
+        assert torch.allclose(fd, got.per_prompt[:, layer, head].double(), rtol=2e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["hooked", "bridge"])
+def test_a_keep_grad_capture_changes_no_number(pair, pair_prompts, which):
+    model = pair[0] if which == "hooked" else pair[1]
+    names = {hook_name("z", layer) for layer in range(model.cfg.n_layers)}
+    tokens, mask = pair_prompts.tokens, pair_prompts.attention_mask
+    with torch.no_grad():
+        plain = model(tokens, attention_mask=mask)
+    capture = Capture(names=names.__contains__, keep_grad=True)
+    with torch.enable_grad(), applied(model, [capture]):
+        kept = model(tokens, attention_mask=mask)
+    assert torch.equal(plain, kept.detach())
+    assert set(capture.store) == names
+    assert all(capture.store[n].requires_grad for n in names)
+
+
+def test_a_keep_grad_capture_puts_the_bridges_z_on_the_gradient_path(lone_bridge, lone_prompts):
+    name = hook_name("z", 0)
+    full = lone_prompts.select(torch.nonzero(lone_prompts.attention_mask.all(1)).flatten())
+    assert len(full)  # unpadded rows: no NaN softmax gradient (attribution patching's job)
+    capture = Capture(names={name}.__contains__, keep_grad=True)
+    with torch.enable_grad(), applied(lone_bridge, [capture]):
+        logits = lone_bridge(full.tokens, attention_mask=full.attention_mask)
+    (grad,) = torch.autograd.grad(logits[:, -1].sum(), [capture.store[name]], allow_unused=True)
+    assert grad is not None and grad.isfinite().all() and grad.abs().max() > 0
+
+
+# --------------------------------------------------------------------------- bug 1: no padding
+
+
+def test_the_bridge_engine_runs_a_group_without_padding(smol_tokenizer, sentiment_task):
+    from icl_heads.patching import head_sweep
+
+    twin = make_tiny_bridge(smol_tokenizer, kind="llama")
+    prompts = ih.build_prompts(twin, sentiment_task, k=3, n=10, seed=0)
+    lengths = prompts.attention_mask.sum(1)
+    same = prompts.select(torch.nonzero(lengths == lengths.mode().values).flatten())
+    assert len(same) >= 2 and bool(same.attention_mask.all())  # one length, no padding
+    naive = head_sweep(twin, same, method="naive", progress=False)
+    fast = head_sweep(twin, same, method="fast", progress=False)
+    assert max_diff(fast.per_prompt, naive.per_prompt) <= TOL
+    for positions in ("all", 0):
+        got = [
+            head_sweep(twin, same, positions=positions, method=m, progress=False)
+            for m in ("fast", "naive")
+        ]
+        assert max_diff(got[0].per_prompt, got[1].per_prompt) <= TOL
+
+
+@pytest.mark.parametrize("query_only", [True, False])
+def test_bridge_engine_blocks_of_one_prompt_reproduce_the_full_pass(
+    lone_bridge, lone_prompts, query_only
+):
+    """A single prompt (no padding at all): the engine builds the causal mask and gives
+    the batch-1 rotary inputs to every row."""
+    one = lone_prompts.select(torch.tensor([0, 0, 0]))  # three copies: one length
+    one = one.select(torch.arange(3))
+    L = lone_bridge.cfg.n_layers
+    with torch.inference_mode():
+        state, resid, _ = bridge_engine.clean_pass(
+            lone_bridge, one, torch.arange(3), query_only=query_only, layers=range(L)
+        )
+        _, cache = lone_bridge.run_with_cache(one.tokens, attention_mask=one.attention_mask)
+        for layer in range(L):
+            rows = torch.tensor([2, 0])
+            out = bridge_engine.run_block(lone_bridge, state, layer, resid[layer][rows], rows)
+            ref = cache[hook_name("resid_post", layer)][rows]
+            assert max_diff(out, ref[:, -1:] if query_only else ref) <= TOL
+
+
+def test_causal_mask_with_and_without_a_window():
+    full = bridge_engine.causal_mask(2, 4)
+    assert full.shape == (2, 1, 4, 4) and torch.equal(full[1, 0], torch.ones(4, 4).tril().bool())
+    windowed = bridge_engine.causal_mask(1, 4, window=2)[0, 0]
+    assert windowed.tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [False, True, True, False],
+        [False, False, True, True],
+    ]
+
+
+# --------------------------------------------------------------------------- bug 4: bfloat16
+
+
+def test_final_logits_of_float32_states_on_a_bfloat16_bridge(smol_tokenizer, sentiment_task):
+    """Was: float32 @ bfloat16 in the unembedding (the bridge's final norm keeps its
+    input's dtype; the hooked one casts to the model's)."""
+    twin = make_tiny_bridge(smol_tokenizer, kind="llama", dtype=torch.bfloat16)
+    prompts = ih.build_prompts(twin, sentiment_task, k=2, n=3, seed=0)
+    with torch.no_grad():
+        resid = backends.final_residual(twin, prompts.tokens, prompts.attention_mask)
+        assert resid.dtype == torch.bfloat16
+        # float32 states (averaged, steered: as find_task_heads and layer_geometry pass)
+        logits = final_logits(twin, resid[:, -1].float())
+        full = twin(prompts.tokens, attention_mask=prompts.attention_mask)[:, -1]
+    assert logits.dtype == torch.bfloat16
+    assert max_diff(logits, full) <= 0.05 * full.abs().max().item()
+
+
+# --------------------------------------------------------------------------- bug 2: fallback
+
+
+@pytest.fixture(scope="module")
+def gpt_twin(smol_tokenizer):
+    twin = make_tiny_bridge(smol_tokenizer, kind="gpt", n_layers=3)
+    assert not backends.supports_engine(twin)
+    return twin
+
+
+def test_shared_clean_passes_fall_back_on_a_bridge_the_engine_cannot_run(gpt_twin, sentiment_task):
+    from icl_heads.experiments.geometry.head_ablation import head_ablation_geometry
+
+    prompts = ih.build_prompts(gpt_twin, sentiment_task, k=2, n=12, seed=0)
+    result = head_ablation_geometry(
+        gpt_twin,
+        prompts,
+        {"PTH": [(1, 0), (2, 2)], "IH": [(2, 1)]},
+        n_random=1,
+        mode="mean",
+        positions="query",
+        folds=3,
+        n_boot=40,
+        batch_size=5,
+        progress=False,
+    )
+    assert len(result.table)
+
+
+@pytest.mark.parametrize("positions", ["query", "all"])
+def test_condition_states_on_a_gpt2_bridge_are_its_full_passes(gpt_twin, sentiment_task, positions):
+    """The shared clean runs (engine "full_pass") give one full pass per condition."""
+    from icl_heads.experiments.geometry.shared_runs import condition_states
+    from icl_heads.geometry import run_query
+
+    prompts = ih.build_prompts(gpt_twin, sentiment_task, k=2, n=7, seed=2)
+    iv = ih.ablate(gpt_twin, [(1, 0), (2, 3)], "zero", positions=positions)
+    layers = [0, 1, 2, 3]
+    opts = dict(batch_size=3, progress=False)
+    clean, (changed,) = condition_states(
+        gpt_twin, prompts, [((iv,), 1)], layers, query_only=positions == "query", **opts
+    )
+    ref_clean, _ = run_query(gpt_twin, prompts, layers, **opts)
+    ref, _ = run_query(gpt_twin, prompts, [2, 3], interventions=[iv], **opts)
+    assert max_diff(clean, ref_clean) <= TOL and max_diff(changed, ref) <= TOL
+    assert max_diff(changed, ref_clean[:, 2:]) > 1e-3  # the ablation changed something
+
+
+def test_a_full_pass_clean_run_rows_match_the_engine_contract(gpt_twin, sentiment_task):
+    """run_items on a GPT-2 bridge: items at several layers with an all-position edit."""
+    from icl_heads.interventions import RowEdit
+    from icl_heads.last_token import clean_run, run_items
+
+    prompts = ih.build_prompts(gpt_twin, sentiment_task, k=2, n=4, seed=3)
+    index = torch.arange(len(prompts))
+    T = prompts.seq_len
+    with torch.inference_mode():
+        clean = clean_run(gpt_twin, prompts, index, query_only=False, layers=[0, 2])
+        assert clean.engine == "full_pass"
+
+        def edit(layer, lo, hi, rows):
+            n = rows.numel()
+            pos = torch.arange(T)[None].expand(n, -1)
+            head = torch.full((n,), 1)
+            values = torch.zeros(n, T, gpt_twin.cfg.d_head)
+            return RowEdit(hook_name("z", layer), rows.flatten(), pos, values, head)
+
+        got = run_items(gpt_twin, clean, torch.tensor([0, 2, 2]), edit)
+        for j, layer in enumerate([0, 2, 2]):
+            iv = ih.ablate(gpt_twin, [(layer, 1)], "zero")
+            with applied(gpt_twin, [iv], prompts, index):
+                ref = gpt_twin(prompts.tokens, attention_mask=prompts.attention_mask)[:, -1]
+            assert max_diff(got[j], ref) <= TOL
+        clean_q = clean_run(gpt_twin, prompts, index, query_only=True, layers=[1])
+        with pytest.raises(ValueError, match="cannot be re-run alone.*method='naive'"):
+            run_items(gpt_twin, clean_q, torch.tensor([1]), edit)
