@@ -145,6 +145,7 @@ def make_tiny_bridge(
     n_ctx: int = 256,
     seed: int = 0,
     process: bool = True,
+    dtype: torch.dtype = torch.float32,
 ):
     """The bridge twin of :func:`make_tiny_model`: a compatibility-mode
     ``TransformerBridge`` of the same shape around a random Hugging Face model
@@ -153,7 +154,8 @@ def make_tiny_bridge(
     non-trivial norm weights and biases. Not the
     same random numbers as :func:`make_tiny_model`. The bridge always processes its weights
     (compatibility mode), so ``process`` is accepted for the same signature only; without a
-    ``tokenizer`` it boots with a placeholder one and then drops it (``tokenizer is None``)."""
+    ``tokenizer`` it boots with a placeholder one and then drops it (``tokenizer is None``);
+    ``dtype``: the Hugging Face model is cast to it before the bridge boots."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     vocab = tokenizer.vocab_size if tokenizer is not None else d_vocab
@@ -199,7 +201,7 @@ def make_tiny_bridge(
                 param.copy_(0.05 * torch.randn(param.shape, generator=g))
     boot_tokenizer = tokenizer if tokenizer is not None else _placeholder_tokenizer(vocab)
     # "custom": the model name a HookedTransformerConfig gets by default (messages name it)
-    model = ih.models.bridge_from_hf_model(hf.eval(), boot_tokenizer, name="custom")
+    model = ih.models.bridge_from_hf_model(hf.to(dtype).eval(), boot_tokenizer, name="custom")
     if tokenizer is None:
         model.tokenizer = None
     else:

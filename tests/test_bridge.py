@@ -293,12 +293,6 @@ def test_ablation_experiment_matches(pair, prompts):
     assert_same(*got)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="runs on the bridge now (final_residual), but its gradients differ from the "
-    "hooked model's by ~0.5% (scaled): not yet explained (issue 19, next stage)",
-)
 def test_attribution_patching_matches(pair, prompts):
     got = [ih.attribution_patching(m, prompts, positions="all", progress=False) for m in pair]
     assert_same(*got)
@@ -575,17 +569,10 @@ def test_the_tiny_bridge_twin_without_a_tokenizer_runs_on_tokens():
     assert logits.shape == (1, 4, 64) and torch.isfinite(logits).all()
 
 
-# ---- H2: engine bugs the bridge twins found on TL 4.3 (strict xfails: the fix is in files
-# H2 does not own; notes/s26/H2.md). Remove the mark with the fix.
+# ---- engine bugs the bridge twins found on TL 4.3 (fixed; tests/test_bridge_fixes.py has
+# the finer tests of each fix)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(RuntimeError, IndexError),
-    reason="bridge_engine assumes per-row block inputs: a group without padding gets no 4-d "
-    "mask (TL 3.9: RuntimeError in _cut) or batch-1 rotary inputs (TL 4.3: IndexError in "
-    "BlockInputs.rows)",
-)
 def test_the_bridge_engine_runs_a_group_without_padding(smol_tokenizer, sentiment_task):
     from conftest import make_tiny_bridge
 
@@ -601,12 +588,6 @@ def test_the_bridge_engine_runs_a_group_without_padding(smol_tokenizer, sentimen
     assert_same(fast.per_prompt, naive.per_prompt)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="last_token.clean_run sends every bridge to bridge_engine.clean_pass, which refuses "
-    "an attention it cannot run (GPT-2) instead of taking the full-pass fallback",
-)
 def test_shared_clean_passes_fall_back_on_a_bridge_the_engine_cannot_run(
     smol_tokenizer, sentiment_task
 ):
@@ -632,14 +613,6 @@ def test_shared_clean_passes_fall_back_on_a_bridge_the_engine_cannot_run(
     assert len(result.table)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="on a bridge a hook that returns None leaves the tensor it saw off the gradient path "
-    "(the bridge goes on with its own), so hooks.Capture(keep_grad=True) stores hook_z tensors "
-    "with no gradient and patching_attribution._z_grads turns the None gradients into zeros: "
-    "every score is 0 (the parity xfail's '~0.5%' is the hooked scores' size)",
-)
 def test_attribution_patching_on_a_bridge_is_not_all_zero(lone_bridge, lone_prompts):
     got = ih.attribution_patching(lone_bridge, lone_prompts, mode="mean", progress=False)
     assert got.scores.abs().max() > 1e-4

@@ -1,7 +1,7 @@
 """Fixes of the engine bugs the bridge twins found (issue 19; notes/s26/H2.md, bugs 1-5):
 attribution patching's gradients on a bridge, groups without padding in the bridge engine,
-bfloat16 unembedding on a bridge. The bridge twin (``make_tiny_bridge``) is a copy of H2's
-conftest helper, so these run before that lands."""
+bfloat16 unembedding on a bridge, a bridge the engine cannot run (GPT-2). The twins are
+``conftest.make_tiny_bridge``; the coarser tests of the same bugs are in test_bridge.py."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from conftest import make_tiny_bridge
 from tiny_hf import tiny_hf_llama
 
 import icl_heads as ih
@@ -22,81 +23,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 TOL = 1e-5  # float32, tiny models (measured <= 1e-8 here)
-
-
-def _placeholder_tokenizer(d_vocab: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"t{i}": i for i in range(d_vocab)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="t0", pad_token="t0")
-
-
-def make_tiny_bridge(
-    tokenizer=None,
-    *,
-    kind: str = "llama",
-    n_layers: int = 2,
-    n_heads: int = 4,
-    d_model: int = 32,
-    d_head: int = 8,
-    d_vocab: int = 64,
-    n_ctx: int = 256,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-):
-    """H2's bridge twin of ``make_tiny_model`` (tests/conftest.py on branch s26-h2), here
-    with a ``dtype`` (the Hugging Face model is cast before the bridge boots)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    vocab = tokenizer.vocab_size if tokenizer is not None else d_vocab
-    init_range = 0.8 / d_model**0.5
-    torch.manual_seed(seed)
-    if kind == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=d_model,
-            intermediate_size=4 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=2,
-            head_dim=d_head,
-            max_position_embeddings=n_ctx,
-            tie_word_embeddings=False,
-            attention_bias=True,
-            mlp_bias=True,
-            initializer_range=init_range,
-        )
-        hf = LlamaForCausalLM(config)
-    else:
-        config = GPT2Config(
-            vocab_size=vocab,
-            n_embd=d_model,
-            n_layer=n_layers,
-            n_head=n_heads,
-            n_inner=4 * d_model,
-            n_positions=n_ctx,
-            activation_function="gelu",
-            initializer_range=init_range,
-        )
-        hf = GPT2LMHeadModel(config)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, param in hf.named_parameters():
-            if param.ndim == 1 and ("norm" in name or ".ln_" in name):
-                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=g))
-            elif param.ndim == 1 and name.endswith(".bias"):
-                param.copy_(0.05 * torch.randn(param.shape, generator=g))
-    boot_tokenizer = tokenizer if tokenizer is not None else _placeholder_tokenizer(vocab)
-    model = ih.models.bridge_from_hf_model(hf.to(dtype).eval(), boot_tokenizer, name="custom")
-    if tokenizer is None:
-        model.tokenizer = None
-    else:
-        model.tokenizer.padding_side = "left"
-    model.eval()
-    return model
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -152,11 +78,6 @@ def test_attribution_patching_on_a_bridge_matches_the_hooked_model(
     assert max_diff(hooked.per_prompt, bridge.per_prompt) <= TOL
 
 
-def test_attribution_patching_on_a_bridge_is_not_all_zero(lone_bridge, lone_prompts):
-    got = ih.attribution_patching(lone_bridge, lone_prompts, mode="mean", progress=False)
-    assert got.scores.abs().max() > 1e-4 and not got.per_prompt.isnan().any()
-
-
 def test_attribution_patching_on_a_bridge_matches_a_finite_difference(lone_bridge, lone_prompts):
     """Zero-ablating head (l, h) at the query scaled by eps: the metric moves by eps times
     the attribution estimate, to first order."""
@@ -210,25 +131,6 @@ def test_a_keep_grad_capture_puts_the_bridges_z_on_the_gradient_path(lone_bridge
 
 
 # --------------------------------------------------------------------------- bug 1: no padding
-
-
-def test_the_bridge_engine_runs_a_group_without_padding(smol_tokenizer, sentiment_task):
-    from icl_heads.patching import head_sweep
-
-    twin = make_tiny_bridge(smol_tokenizer, kind="llama")
-    prompts = ih.build_prompts(twin, sentiment_task, k=3, n=10, seed=0)
-    lengths = prompts.attention_mask.sum(1)
-    same = prompts.select(torch.nonzero(lengths == lengths.mode().values).flatten())
-    assert len(same) >= 2 and bool(same.attention_mask.all())  # one length, no padding
-    naive = head_sweep(twin, same, method="naive", progress=False)
-    fast = head_sweep(twin, same, method="fast", progress=False)
-    assert max_diff(fast.per_prompt, naive.per_prompt) <= TOL
-    for positions in ("all", 0):
-        got = [
-            head_sweep(twin, same, positions=positions, method=m, progress=False)
-            for m in ("fast", "naive")
-        ]
-        assert max_diff(got[0].per_prompt, got[1].per_prompt) <= TOL
 
 
 @pytest.mark.parametrize("query_only", [True, False])
@@ -290,25 +192,6 @@ def gpt_twin(smol_tokenizer):
     twin = make_tiny_bridge(smol_tokenizer, kind="gpt", n_layers=3)
     assert not backends.supports_engine(twin)
     return twin
-
-
-def test_shared_clean_passes_fall_back_on_a_bridge_the_engine_cannot_run(gpt_twin, sentiment_task):
-    from icl_heads.experiments.geometry.head_ablation import head_ablation_geometry
-
-    prompts = ih.build_prompts(gpt_twin, sentiment_task, k=2, n=12, seed=0)
-    result = head_ablation_geometry(
-        gpt_twin,
-        prompts,
-        {"PTH": [(1, 0), (2, 2)], "IH": [(2, 1)]},
-        n_random=1,
-        mode="mean",
-        positions="query",
-        folds=3,
-        n_boot=40,
-        batch_size=5,
-        progress=False,
-    )
-    assert len(result.table)
 
 
 @pytest.mark.parametrize("positions", ["query", "all"])
