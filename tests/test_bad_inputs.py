@@ -1102,7 +1102,10 @@ def no_model_loading(monkeypatch):
 
     for loader in ("_load_embedded", "_hf_from_gguf", "_load_cached", "convert_hf_model"):
         monkeypatch.setattr(models, loader, refuse)
-    monkeypatch.setattr(models.HookedTransformer, "from_pretrained", refuse)
+    if models.HookedTransformer is not None:  # TransformerLens 4.x has no HookedTransformer
+        monkeypatch.setattr(models.HookedTransformer, "from_pretrained", refuse)
+    if models.TransformerBridge is not None:
+        monkeypatch.setattr(models.TransformerBridge, "boot_transformers", refuse)
 
 
 # --------------------------------------------------------------------------- resolve_device

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import make_tiny_model, needs_hooked
 
 import icl_heads as ih
 from icl_heads.heads import HeadScores
@@ -122,6 +122,11 @@ def tiny_pair(smol_tokenizer):
 
 
 def _cast(model, dtype):
+    if not ih.backends.hooked_available():  # TransformerLens 4.x: the bridge twin, same seed
+        half = make_tiny_model(model.tokenizer, kind="llama", dtype=dtype)
+        assert next(half.parameters()).dtype == dtype
+        half.cfg.dtype = dtype
+        return half
     half = make_tiny_model(model.tokenizer, kind="llama")
     half.load_state_dict(model.state_dict())
     half = half.to(dtype, print_details=False)
@@ -227,6 +232,7 @@ REAL_SHAPES = {  # (layers, heads, kv heads, d_head, d_model, d_mlp, vocab, rope
 PARAMS_M = {"SmolLM2-135M": 163.0, "Llama-3.2-1B": 1498.8, "Llama-3-8B": 8031.0}
 
 
+@needs_hooked("benchmarks/bench_gpu.py builds its shapes as HookedTransformerConfig models")
 @pytest.mark.parametrize("name", list(REAL_SHAPES))
 def test_the_benchmark_shapes_are_the_real_models(name):
     bench = _bench_module()
@@ -239,6 +245,7 @@ def test_the_benchmark_shapes_are_the_real_models(name):
     assert bench.weight_count(cfg) / 1e6 == pytest.approx(PARAMS_M[name], abs=0.1)
 
 
+@needs_hooked("benchmarks/bench_gpu.py builds its shapes as HookedTransformerConfig models")
 @pytest.mark.parametrize("name", list(REAL_SHAPES))
 def test_the_benchmark_shapes_build_at_tiny_width(name, smol_tokenizer):
     bench = _bench_module()
@@ -253,6 +260,7 @@ def test_the_benchmark_shapes_build_at_tiny_width(name, smol_tokenizer):
     assert model.W_Q.shape == (L, H, cfg.d_model, 4) and model.W_U.shape == (cfg.d_model, V)
 
 
+@needs_hooked("benchmarks/bench_gpu.py builds its shapes as HookedTransformerConfig models")
 def test_the_engine_is_exact_on_the_tiny_llama_3_2_shape(smol_tokenizer):
     """GQA 32/8 and Llama 3's NTK-by-parts rotary: the fast sweep equals the naive loop."""
     bench = _bench_module()
