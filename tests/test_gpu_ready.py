@@ -25,6 +25,16 @@ FLOOR = 0.1
 #: model flip on near ties (one prompt in 8 moves a rate by 0.125) and steering's tables
 #: are accuracies; its geometry table is compared.
 DISCRETE = {"steering_experiment": (".table[", "random_sets")}
+if not ih.backends.hooked_available():
+    #: TransformerLens 4.x: the tiny model is the bridge twin (other random weights), whose
+    #: prompts sit at other near ties: these accuracy-derived outputs flip by one prompt in 8
+    #: in half precision (measured: random-set accuracies and the CI/sd/max built on them by
+    #: 0.125, one prompt's probe accuracy 0 -> 1, the onset layer's bootstrap ci_low by 1.95).
+    DISCRETE = {
+        **DISCRETE,
+        "ablation_experiment": ("random_sets", "table[ci_high]", "table[set_sd]", "table[set_max]"),
+        "layer_geometry": ("[per_prompt][probe_accuracy]", "[onset]"),
+    }
 
 
 def _leaves(result, path="result"):
@@ -122,11 +132,6 @@ def tiny_pair(smol_tokenizer):
 
 
 def _cast(model, dtype):
-    if not ih.backends.hooked_available():  # TransformerLens 4.x: the bridge twin, same seed
-        half = make_tiny_model(model.tokenizer, kind="llama", dtype=dtype)
-        assert next(half.parameters()).dtype == dtype
-        half.cfg.dtype = dtype
-        return half
     half = make_tiny_model(model.tokenizer, kind="llama")
     half.load_state_dict(model.state_dict())
     half = half.to(dtype, print_details=False)
@@ -151,7 +156,7 @@ def test_main_analyses_run_in_float16_and_agree_with_float32(tiny_pair, name):
     model32, prompts = tiny_pair
     reference = ANALYSES[name](model32, prompts)
     result = ANALYSES[name](_cast(model32, torch.float16), prompts)
-    _check_like_float32(reference, result, torch.float16)
+    _check_like_float32(reference, result, torch.float16, skip=DISCRETE.get(name, ()))
 
 
 # --------------------------------------------------------------------------- several devices

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import make_tiny_model, needs_hooked
 
 import icl_heads as ih
 from icl_heads import embedded, models
@@ -57,6 +57,7 @@ def test_cache_round_trip_is_fast_and_identical(tmp_path):
     assert first.cfg.model_name == second.cfg.model_name == "smollm2-135m-instruct"
 
 
+@needs_hooked("the model cache it round-trips (_write_cache/_load_cached) holds HookedTransformers")
 def test_cache_write_read_round_trip_on_tiny_model(tmp_path, smol_tokenizer):
     model = make_tiny_model(smol_tokenizer, kind="llama")
     source = tmp_path / "weights.gguf"
@@ -156,6 +157,7 @@ def _fake_conversion(monkeypatch, tokenizer, gguf: Path, parts: list[Path] | Non
     return calls
 
 
+@needs_hooked("_load_embedded converts and caches a HookedTransformer")
 def test_new_cache_entry_removes_the_stale_entries_of_the_same_model(
     tmp_path, monkeypatch, smol_tokenizer
 ):
@@ -347,6 +349,7 @@ def test_local_hf_directory_loads_and_runs_in_other_dtypes(tiny_hf_dir, dtype, e
     torch.testing.assert_close(logits.float(), ref, atol=0.05, rtol=0.05)
 
 
+@needs_hooked("it checks the arguments HookedTransformer.from_pretrained gets")
 def test_hub_name_uses_from_pretrained_with_processing(monkeypatch, smol_tokenizer):
     seen = {}
     tiny = make_tiny_model(smol_tokenizer, kind="gpt")
