@@ -212,3 +212,27 @@ def make_tiny_bridge(
 
 if not ih.backends.hooked_available():  # TransformerLens 4.x: the tiny models are bridges
     make_tiny_model = make_tiny_bridge  # noqa: F811 - the fixtures above and the tests use it
+
+
+# ---- H4 (s26): tests that need a HookedTransformer skip on TransformerLens 4.x (issue 19)
+
+
+def needs_hooked(what: str) -> pytest.MarkDecorator:
+    """Skip mark for a test that truly needs ``HookedTransformer`` (``what``: the hooked-only
+    thing it uses); it runs on TransformerLens 3.x, skips on 4.x with a reason naming both.
+
+    Example::
+
+        @needs_hooked("a hand-built HookedTransformerConfig model")
+        def test_x(): ...
+    """
+    return pytest.mark.skipif(
+        not ih.backends.hooked_available(),
+        reason=f"TransformerLens 4.x has no HookedTransformer: {what}",
+    )
+
+
+def skip_without_hooked(what: str) -> None:
+    """``needs_hooked`` inside a fixture or test body: skips on TransformerLens 4.x."""
+    if not ih.backends.hooked_available():
+        pytest.skip(f"TransformerLens 4.x has no HookedTransformer: {what}")

@@ -7,6 +7,7 @@ import torch
 
 import icl_heads as ih
 from icl_heads.activations import collect, final_logits, iter_batches
+from icl_heads.backends import final_residual
 
 
 def _one_by_one_logits(model, ps):
@@ -81,7 +82,7 @@ def test_names_filter_callable_and_streaming(tiny_llama, tiny_prompts):
 def test_final_logits_matches_model(tiny_gpt, tiny_prompts):
     one = tiny_prompts.select([0])
     with torch.inference_mode():
-        resid = tiny_gpt(one.tokens, stop_at_layer=tiny_gpt.cfg.n_layers)
+        resid = final_residual(tiny_gpt, one.tokens)
         assert torch.allclose(
             final_logits(tiny_gpt, resid[:, -1]), tiny_gpt(one.tokens)[:, -1], atol=1e-5
         )

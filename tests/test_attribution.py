@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import make_tiny_model, needs_hooked
 
 import icl_heads as ih
 from icl_heads import attribution as at
@@ -220,6 +220,7 @@ def test_dla_units_are_consistent(tiny_llama, tiny_prompts):
     assert scores.name == "dla_logit_diff" and isinstance(scores.settings, at.DLASettings)
 
 
+@needs_hooked("the Gemma-style post-norm model is built from a HookedTransformerConfig")
 def test_post_attention_norm_is_applied_to_head_outputs(smol_tokenizer, sentiment_task):
     model = _post_norm_model(smol_tokenizer)
     prompts = ih.build_prompts(model, sentiment_task, k=2, n=4, seed=0)

@@ -607,7 +607,10 @@ def test_failed_download_names_the_cli_option_not_the_python_call(capsys, monkey
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(cli, "_hub_problem", lambda repo: None)  # the probe said yes
-    monkeypatch.setattr(models.HookedTransformer, "from_pretrained", offline)
+    if ih.backends.hooked_available():  # TransformerLens 3.x; 4.x boots a bridge
+        monkeypatch.setattr(models.HookedTransformer, "from_pretrained", offline)
+    if ih.backends.bridge_available():
+        monkeypatch.setattr(models.TransformerBridge, "boot_transformers", offline)
     code, _, err = run(capsys, "quickstart", "--model", "gpt2", "--device", "cpu")
     assert_one_line_error(code, err, "'gpt2'", "Use --model default")
     assert "load_model(" not in err

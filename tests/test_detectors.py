@@ -9,6 +9,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import skip_without_hooked
 from tl_reference import detect_head_on_tokens
 from transformer_lens.head_detector import (
     get_duplicate_token_head_detection_pattern,
@@ -92,6 +93,7 @@ def hand_built_model() -> HookedTransformer:
 
 @pytest.fixture(scope="module")
 def handmade():
+    skip_without_hooked("the hand-built model sets HookedTransformerConfig weights by hand")
     return hand_built_model()
 
 

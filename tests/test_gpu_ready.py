@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import make_tiny_model, needs_hooked
 
 import icl_heads as ih
 from icl_heads.heads import HeadScores
@@ -25,6 +25,16 @@ FLOOR = 0.1
 #: model flip on near ties (one prompt in 8 moves a rate by 0.125) and steering's tables
 #: are accuracies; its geometry table is compared.
 DISCRETE = {"steering_experiment": (".table[", "random_sets")}
+if not ih.backends.hooked_available():
+    #: TransformerLens 4.x: the tiny model is the bridge twin (other random weights), whose
+    #: prompts sit at other near ties: these accuracy-derived outputs flip by one prompt in 8
+    #: in half precision (measured: random-set accuracies and the CI/sd/max built on them by
+    #: 0.125, one prompt's probe accuracy 0 -> 1, the onset layer's bootstrap ci_low by 1.95).
+    DISCRETE = {
+        **DISCRETE,
+        "ablation_experiment": ("random_sets", "table[ci_high]", "table[set_sd]", "table[set_max]"),
+        "layer_geometry": ("[per_prompt][probe_accuracy]", "[onset]"),
+    }
 
 
 def _leaves(result, path="result"):
@@ -146,7 +156,7 @@ def test_main_analyses_run_in_float16_and_agree_with_float32(tiny_pair, name):
     model32, prompts = tiny_pair
     reference = ANALYSES[name](model32, prompts)
     result = ANALYSES[name](_cast(model32, torch.float16), prompts)
-    _check_like_float32(reference, result, torch.float16)
+    _check_like_float32(reference, result, torch.float16, skip=DISCRETE.get(name, ()))
 
 
 # --------------------------------------------------------------------------- several devices
@@ -227,6 +237,7 @@ REAL_SHAPES = {  # (layers, heads, kv heads, d_head, d_model, d_mlp, vocab, rope
 PARAMS_M = {"SmolLM2-135M": 163.0, "Llama-3.2-1B": 1498.8, "Llama-3-8B": 8031.0}
 
 
+@needs_hooked("benchmarks/bench_gpu.py builds its shapes as HookedTransformerConfig models")
 @pytest.mark.parametrize("name", list(REAL_SHAPES))
 def test_the_benchmark_shapes_are_the_real_models(name):
     bench = _bench_module()
@@ -239,6 +250,7 @@ def test_the_benchmark_shapes_are_the_real_models(name):
     assert bench.weight_count(cfg) / 1e6 == pytest.approx(PARAMS_M[name], abs=0.1)
 
 
+@needs_hooked("benchmarks/bench_gpu.py builds its shapes as HookedTransformerConfig models")
 @pytest.mark.parametrize("name", list(REAL_SHAPES))
 def test_the_benchmark_shapes_build_at_tiny_width(name, smol_tokenizer):
     bench = _bench_module()
@@ -253,6 +265,7 @@ def test_the_benchmark_shapes_build_at_tiny_width(name, smol_tokenizer):
     assert model.W_Q.shape == (L, H, cfg.d_model, 4) and model.W_U.shape == (cfg.d_model, V)
 
 
+@needs_hooked("benchmarks/bench_gpu.py builds its shapes as HookedTransformerConfig models")
 def test_the_engine_is_exact_on_the_tiny_llama_3_2_shape(smol_tokenizer):
     """GQA 32/8 and Llama 3's NTK-by-parts rotary: the fast sweep equals the naive loop."""
     bench = _bench_module()

@@ -9,6 +9,7 @@ import torch
 
 import icl_heads as ih
 from icl_heads.activations import activation_means, collect, final_logits
+from icl_heads.backends import final_residual
 from icl_heads.heads import Head
 from icl_heads.hooks import Capture, applied, position_mask
 from icl_heads.interventions import ablate, ablate_layers, compose, patch, steer
@@ -316,11 +317,7 @@ def test_context_managers_nest_compose_and_clean_up(tiny_llama, tiny_prompts):
 
     def run():
         with torch.inference_mode():
-            resid = tiny_llama(
-                batch.tokens,
-                attention_mask=batch.attention_mask,
-                stop_at_layer=tiny_llama.cfg.n_layers,
-            )
+            resid = final_residual(tiny_llama, batch.tokens, batch.attention_mask)
         return final_logits(tiny_llama, resid[:, -1])
 
     with a:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import make_tiny_model, needs_hooked
 
 import icl_heads as ih
 from icl_heads import embedded, models
@@ -57,6 +57,7 @@ def test_cache_round_trip_is_fast_and_identical(tmp_path):
     assert first.cfg.model_name == second.cfg.model_name == "smollm2-135m-instruct"
 
 
+@needs_hooked("the model cache it round-trips (_write_cache/_load_cached) holds HookedTransformers")
 def test_cache_write_read_round_trip_on_tiny_model(tmp_path, smol_tokenizer):
     model = make_tiny_model(smol_tokenizer, kind="llama")
     source = tmp_path / "weights.gguf"
@@ -156,6 +157,7 @@ def _fake_conversion(monkeypatch, tokenizer, gguf: Path, parts: list[Path] | Non
     return calls
 
 
+@needs_hooked("_load_embedded converts and caches a HookedTransformer")
 def test_new_cache_entry_removes_the_stale_entries_of_the_same_model(
     tmp_path, monkeypatch, smol_tokenizer
 ):
@@ -303,13 +305,25 @@ def tiny_hf_dir(tmp_path_factory, smol_tokenizer):
 def test_local_hf_directory_goes_through_converter(tiny_hf_dir):
     path, hf = tiny_hf_dir
     model = ih.load_model(str(path), device="cpu")
-    assert model.cfg.rotary_base == 50000.0  # the RoPE base is read from the config
     tokens = torch.randint(2, 1000, (3, 9))
     with torch.inference_mode():
         diff = (_centred(model(tokens)) - _centred(hf(tokens).logits)).abs().max()
     assert diff < 1e-3
     assert model.tokenizer.padding_side == "left"
     assert model.cfg.model_name == path.resolve().name
+
+
+@pytest.mark.xfail(
+    not ih.backends.hooked_available(),
+    strict=True,
+    reason="TransformerLens 4.x bridge (4.3, upstream): cfg.rotary_base reads HF "
+    "config.rope_theta, which transformers 5 keeps in rope_parameters, so it stays 10000 "
+    "(metadata only: the bridge runs HF's rotary, icl-heads never reads rotary_base)",
+)
+def test_local_hf_directory_keeps_the_rope_base_in_cfg(tiny_hf_dir):
+    path, _ = tiny_hf_dir
+    model = ih.load_model(str(path), device="cpu")
+    assert model.cfg.rotary_base == 50000.0  # the RoPE base is read from the config
 
 
 @pytest.mark.parametrize(
@@ -335,6 +349,7 @@ def test_local_hf_directory_loads_and_runs_in_other_dtypes(tiny_hf_dir, dtype, e
     torch.testing.assert_close(logits.float(), ref, atol=0.05, rtol=0.05)
 
 
+@needs_hooked("it checks the arguments HookedTransformer.from_pretrained gets")
 def test_hub_name_uses_from_pretrained_with_processing(monkeypatch, smol_tokenizer):
     seen = {}
     tiny = make_tiny_model(smol_tokenizer, kind="gpt")

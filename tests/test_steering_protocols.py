@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import needs_hooked
 from tasks_v1 import load_v1_task
 
 import icl_heads as ih
@@ -102,6 +103,9 @@ def _level(result, condition, metric, alpha, table=None) -> float:
 # ----------------------------------------------------------------------------- task mean
 
 
+@needs_hooked(
+    "tests/data holds numbers saved from the hooked tiny model (the bridge twin has other weights)"
+)
 def test_default_call_keeps_every_existing_row_and_setting(tiny_llama):
     """The default (task-mean) call gives exactly the rows the code before the protocols
     gave (tests/data: saved from main's code path on this tiny model, on the version-1
