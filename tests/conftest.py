@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
 import torch
+from tiny_hf import tiny_hf_llama
 
 import icl_heads as ih
 from icl_heads.backends import HookedTransformer, HookedTransformerConfig
@@ -236,3 +238,16 @@ def skip_without_hooked(what: str) -> None:
     """``needs_hooked`` inside a fixture or test body: skips on TransformerLens 4.x."""
     if not ih.backends.hooked_available():
         pytest.skip(f"TransformerLens 4.x has no HookedTransformer: {what}")
+
+
+@pytest.fixture(scope="module")
+def pair(smol_tokenizer):
+    """``(hooked, bridge)`` converted from one tiny Hugging Face Llama (tests/tiny_hf.py), for
+    the hooked-vs-bridge parity tests; skipped on TransformerLens 4.x (no HookedTransformer)."""
+    if not ih.backends.hooked_available():
+        pytest.skip("TransformerLens 4.x has no HookedTransformer: parity runs on 3.x")
+    hf = tiny_hf_llama(smol_tokenizer.vocab_size)
+    hooked = ih.models.convert_hf_model(copy.deepcopy(hf), smol_tokenizer)
+    hooked.tokenizer.padding_side = "left"
+    bridge = ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
+    return hooked, bridge

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from conftest import make_tiny_model
+from result_leaves import numeric_leaves
 
 import icl_heads as ih
 from icl_heads import batching
@@ -19,7 +18,6 @@ from icl_heads.activations import collect, collect_sites
 from icl_heads.experiments import trtl
 from icl_heads.experiments.geometry import head_ablation_geometry, task_vector_experiment
 from icl_heads.experiments.trtl.correlation import EFFECT_METRICS
-from icl_heads.heads import HeadScores
 from icl_heads.results import ExperimentResult
 
 
@@ -172,37 +170,8 @@ def test_row_bytes_grows_with_length_dtype_and_kept_state():
 # --------------------------------------------------------------------------- "auto" everywhere
 
 
-def _numbers(result, path="result"):
-    """Every tensor and numeric column of a result, by path (for exact comparisons)."""
-    if isinstance(result, torch.Tensor):
-        yield path, result
-    elif isinstance(result, HeadScores):
-        yield f"{path}.scores", result.scores
-        if result.per_prompt is not None:
-            yield f"{path}.per_prompt", result.per_prompt
-    elif isinstance(result, ExperimentResult):
-        yield from _numbers(result.table, f"{path}.table")
-        for name, scores in result.maps.items():
-            yield from _numbers(scores, f"{path}.maps[{name}]")
-        for name, table in result.tables.items():
-            yield from _numbers(table, f"{path}.tables[{name}]")
-    elif isinstance(result, pd.DataFrame):
-        for col in result.select_dtypes("number").columns:
-            yield f"{path}[{col}]", torch.tensor(result[col].to_numpy(dtype=float))
-    elif isinstance(result, dict):
-        for name, part in result.items():
-            yield from _numbers(part, f"{path}[{name}]")
-    elif isinstance(result, (tuple, list)):
-        for i, part in enumerate(result):
-            yield from _numbers(part, f"{path}[{i}]")
-    elif isinstance(result, np.ndarray):
-        yield path, torch.from_numpy(result)
-    elif isinstance(result, ih.ActivationMeans):
-        yield f"{path}.values", result.values
-
-
 def _assert_same(got, want) -> None:
-    got, want = dict(_numbers(got)), dict(_numbers(want))
+    got, want = dict(numeric_leaves(got)), dict(numeric_leaves(want))
     assert got.keys() == want.keys() and got
     for path, value in got.items():
         assert torch.equal(value.nan_to_num(123.0), want[path].nan_to_num(123.0)), path

@@ -10,7 +10,6 @@ issue's bound; TSLA scores there reach ~2e3, where one float32 step is 2.4e-4 ab
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import math
 
@@ -38,18 +37,6 @@ needs_hooked = pytest.mark.skipif(
     not backends.hooked_available(),
     reason="TransformerLens 4.x has no HookedTransformer: the hooked-vs-bridge parity runs on 3.x",
 )
-
-
-@pytest.fixture(scope="module")
-def pair(smol_tokenizer):
-    """``(hooked, bridge)`` from one tiny Hugging Face model."""
-    if not backends.hooked_available():
-        pytest.skip("TransformerLens 4.x has no HookedTransformer: parity runs on 3.x")
-    hf = tiny_hf_llama(smol_tokenizer.vocab_size)
-    hooked = ih.models.convert_hf_model(copy.deepcopy(hf), smol_tokenizer)
-    hooked.tokenizer.padding_side = "left"
-    bridge = ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
-    return hooked, bridge
 
 
 @pytest.fixture(scope="module")

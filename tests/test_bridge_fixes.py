@@ -5,8 +5,6 @@ bfloat16 unembedding on a bridge, a bridge the engine cannot run (GPT-2). The tw
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from conftest import make_tiny_bridge
@@ -27,18 +25,6 @@ TOL = 1e-5  # float32, tiny models (measured <= 1e-8 here)
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
-
-
-@pytest.fixture(scope="module")
-def pair(smol_tokenizer):
-    """``(hooked, bridge)`` from one tiny Hugging Face model (as tests/test_bridge.py)."""
-    if not backends.hooked_available():
-        pytest.skip("TransformerLens 4.x has no HookedTransformer: parity runs on 3.x")
-    hf = tiny_hf_llama(smol_tokenizer.vocab_size)
-    hooked = ih.models.convert_hf_model(copy.deepcopy(hf), smol_tokenizer)
-    hooked.tokenizer.padding_side = "left"
-    bridge = ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
-    return hooked, bridge
 
 
 @pytest.fixture(scope="module")

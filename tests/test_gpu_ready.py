@@ -4,14 +4,12 @@ with the float32 run within a stated tolerance; the benchmark's model shapes."""
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 from conftest import make_tiny_model, needs_hooked
+from result_leaves import numeric_leaves
 
 import icl_heads as ih
-from icl_heads.heads import HeadScores
-from icl_heads.results import ExperimentResult
 
 #: How far a half-precision run may be from the float32 run: ``REL_TOL`` times the float32
 #: values' largest magnitude, or times :data:`FLOOR` when that is smaller (a random model's
@@ -37,35 +35,8 @@ if not ih.backends.hooked_available():
     }
 
 
-def _leaves(result, path="result"):
-    """Every tensor and numeric column in a result, by path."""
-    if isinstance(result, torch.Tensor):
-        yield path, result
-    elif isinstance(result, HeadScores):
-        yield f"{path}.scores", result.scores
-        if result.per_prompt is not None:
-            yield f"{path}.per_prompt", result.per_prompt
-    elif isinstance(result, ExperimentResult):
-        yield from _leaves(result.table, f"{path}.table")
-        for name, scores in result.maps.items():
-            yield from _leaves(scores, f"{path}.maps[{name}]")
-        for name, table in result.tables.items():
-            yield from _leaves(table, f"{path}.tables[{name}]")
-    elif isinstance(result, pd.DataFrame):
-        for col in result.select_dtypes("number").columns:
-            yield f"{path}[{col}]", torch.tensor(result[col].to_numpy(dtype=float))
-    elif isinstance(result, (tuple, list)):
-        for i, part in enumerate(result):
-            yield from _leaves(part, f"{path}[{i}]")
-    elif hasattr(result, "__dataclass_fields__"):
-        for name in result.__dataclass_fields__:
-            value = getattr(result, name)
-            if isinstance(value, (torch.Tensor, HeadScores, pd.DataFrame)):
-                yield from _leaves(value, f"{path}.{name}")
-
-
 def _check_like_float32(reference, result, dtype, skip=()) -> None:
-    ref, got = dict(_leaves(reference)), dict(_leaves(result))
+    ref, got = dict(numeric_leaves(reference)), dict(numeric_leaves(result))
     assert ref.keys() == got.keys()
     for path, value in got.items():
         assert value.device.type == "cpu", f"{path} is on {value.device}, not the CPU"
@@ -364,7 +335,7 @@ def test_the_decomposition_moves_every_layer_to_one_device_before_stacking(
     asked = _split_captures(monkeypatch)
     got = SPLIT_ANALYSES[name](tiny_llama, tiny_prompts)
     assert asked, "the decomposition never asked where the blocks live"
-    ref, have = dict(_leaves(reference)), dict(_leaves(got))
+    ref, have = dict(numeric_leaves(reference)), dict(numeric_leaves(got))
     assert ref.keys() == have.keys()
     for path, value in have.items():
         assert type(value) is torch.Tensor, path
