@@ -251,3 +251,15 @@ def pair(smol_tokenizer):
     hooked.tokenizer.padding_side = "left"
     bridge = ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
     return hooked, bridge
+
+
+@pytest.fixture(scope="module")
+def lone_bridge(smol_tokenizer):
+    """A bridge alone (no hooked twin: runs on TransformerLens 4.x too) of a tiny HF Llama."""
+    hf = tiny_hf_llama(smol_tokenizer.vocab_size, seed=1)
+    return ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def lone_prompts(lone_bridge, sentiment_task):
+    return ih.build_prompts(lone_bridge, sentiment_task, k=3, n=6, seed=1)

@@ -293,17 +293,6 @@ def test_the_model_check_accepts_a_compatibility_mode_bridge(pair):
 # Bridge-only: these run on TransformerLens 4.x too (no HookedTransformer there).
 
 
-@pytest.fixture(scope="module")
-def lone_bridge(smol_tokenizer):
-    hf = tiny_hf_llama(smol_tokenizer.vocab_size, seed=1)
-    return ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def lone_prompts(lone_bridge, sentiment_task):
-    return ih.build_prompts(lone_bridge, sentiment_task, k=3, n=6, seed=1)
-
-
 def engine_matches_full_pass(model, prompts, query_only: bool, tol: float = TOL) -> None:
     """Every block of the bridge engine, restarted from the clean residual stream, gives the
     full pass's ``hook_resid_post`` (at the query, or at every real position)."""

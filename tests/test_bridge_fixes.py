@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_bridge
-from tiny_hf import tiny_hf_llama
 
 import icl_heads as ih
 from icl_heads import backends, bridge_engine
@@ -32,17 +31,6 @@ def pair_prompts(pair, sentiment_task):
     prompts = ih.build_prompts(pair[0], sentiment_task, k=3, n=8, seed=0)
     assert not bool(prompts.attention_mask.all())  # left padding: fully masked score rows
     return prompts
-
-
-@pytest.fixture(scope="module")
-def lone_bridge(smol_tokenizer):
-    hf = tiny_hf_llama(smol_tokenizer.vocab_size, seed=1)
-    return ih.models.bridge_from_hf_model(hf, smol_tokenizer, name="tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def lone_prompts(lone_bridge, sentiment_task):
-    return ih.build_prompts(lone_bridge, sentiment_task, k=3, n=6, seed=1)
 
 
 # --------------------------------------------------------------------------- bug 3: gradients

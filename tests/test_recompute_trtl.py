@@ -44,20 +44,7 @@ def test_saved_ablation_cell_recomputes_from_its_settings(smol):
     prompts = _prompts(smol, s.prompts, digest)
     assert prompts.task_digest == digest
     assert prompts.info() == s.prompts
-    got = trtl.ablation_experiment(
-        smol,
-        prompts,
-        trtl.head_sets(saved),
-        n_random=s.n_random,
-        layer_matched=s.layer_matched,
-        random_like=s.random_like,
-        mode=s.mode,
-        positions=s.positions,
-        reference=_prompts(smol, s.means, digest) if s.means is not None else None,
-        seed=s.seed,
-        n_boot=s.n_boot,
-        progress=False,
-    )
+    got = _recompute_ablation(smol, saved, prompts)
     # the saved cell predates conditions-as-data; everything else is the same
     assert got.settings.replace(conditions=(), intervention_specs=()) == s
     assert {c["condition"] for c in got.settings.conditions} >= {"TR", "TL"}
@@ -139,8 +126,17 @@ def test_saved_ablation_cell_recomputes_on_the_bridge(smol_bridge):
     s = saved.settings
     digest = saved.request["task_digest"]
     prompts = _prompts(smol_bridge, s.prompts, digest)
-    got = trtl.ablation_experiment(
-        smol_bridge,
+    got = _recompute_ablation(smol_bridge, saved, prompts)
+    assert got.settings.replace(conditions=(), intervention_specs=()) == s
+    _close_table(got.table, saved.table, "table")
+    _close_table(got.tables["random_sets"], saved.tables["random_sets"], "random_sets")
+
+
+def _recompute_ablation(model, saved: ExperimentResult, prompts):
+    """The saved ablation cell's experiment run again on ``model`` from its settings."""
+    s, digest = saved.settings, saved.request["task_digest"]
+    return trtl.ablation_experiment(
+        model,
         prompts,
         trtl.head_sets(saved),
         n_random=s.n_random,
@@ -148,11 +144,8 @@ def test_saved_ablation_cell_recomputes_on_the_bridge(smol_bridge):
         random_like=s.random_like,
         mode=s.mode,
         positions=s.positions,
-        reference=_prompts(smol_bridge, s.means, digest) if s.means is not None else None,
+        reference=_prompts(model, s.means, digest) if s.means is not None else None,
         seed=s.seed,
         n_boot=s.n_boot,
         progress=False,
     )
-    assert got.settings.replace(conditions=(), intervention_specs=()) == s
-    _close_table(got.table, saved.table, "table")
-    _close_table(got.tables["random_sets"], saved.tables["random_sets"], "random_sets")
