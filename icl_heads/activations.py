@@ -37,6 +37,7 @@ from .hooks import (
     describe,
     hook_name,
     position_mask,
+    refuse_after_blocks,
 )
 from .models import resolve_device
 from .progress import Heartbeat
@@ -139,8 +140,8 @@ def iter_batches(
             reduce=reduce(batch) if reduce is not None else None,
         )
         hooks: HookList = capture.fwd_hooks()
-        for iv in interventions:
-            hooks.extend(iv.fwd_hooks(batch, index))
+        refuse_after_blocks(interventions, batch, index, model.cfg.n_layers)
+        hooks.extend(hook for iv in interventions for hook in iv.fwd_hooks(batch, index))
         if not bar.disable:  # the bar moves per block, not only per batch (issue 21)
             hooks.extend(beat.capture.fwd_hooks())
         with torch.inference_mode(), model.hooks(fwd_hooks=hooks):

@@ -13,10 +13,11 @@ the full forward pass would have given them. The clean run records, for every bl
 * on the query path, the prefix's rotated keys and values (``hook_rot_k``, ``hook_v``,
   recorded after every background intervention has acted).
 
-A query row then runs each block on its last token alone, the prefix entering through the
-attention's key/value cache seam (:class:`PrefixCache`, passed as ``layer_past``: the cached
-keys/values of the row's prompt joined with the token's own; a block that never reads it is
-an error, never a silently different number).
+The query rows of a prompt then run each block packed, as query positions of their
+prompt's one batch row: the prefix enters through the attention's key/value cache seam
+(:class:`PrefixCache`, passed as ``layer_past``: the prompt's cached keys/values joined with
+its rows' own, never copied per row), and the mask lets each row see the prefix and itself
+only (a block that never reads the cache is an error, never a silently different number).
 An all-position row runs each block on the whole sequence with the recorded mask and
 rotary inputs (``start_at_layer`` without needing it: TransformerLens 3.9's bridge has no
 ``start_at_layer``). Both are exact against the bridge's full forward pass
@@ -44,7 +45,7 @@ from torch import Tensor
 
 from .activations import final_logits
 from .backends import final_residual, supports_engine
-from .hooks import Capture, Intervention, applied, hook_name
+from .hooks import PATTERN_HOOKS, Capture, Intervention, applied, hook_name
 from .prompts import PromptSet
 
 
@@ -94,13 +95,13 @@ class BridgeState:
 
 class PrefixCache:
     """The key/value cache seam of the bridge's attention for one block call: ``update``
-    returns the rows' cached prefix keys/values joined with the new token's own (the
+    returns each prompt's cached prefix keys/values joined with its packed rows' own (the
     bridge's attention calls it after rotary, before the scores).
 
     Example::
 
-        cache = PrefixCache(keys[prompt_of_row], values[prompt_of_row])
-        k, v = cache.update(k_new, v_new, layer)   # [N, kv_head, T, d_head] each
+        cache = PrefixCache(keys, values)          # [G, kv_head, T - 1, d_head] each
+        k, v = cache.update(k_new, v_new, layer)   # [G, kv_head, T - 1 + r, d_head] each
     """
 
     def __init__(self, keys: Tensor, values: Tensor):
@@ -263,6 +264,29 @@ def clean_pass(
     return state, stored, logits
 
 
+def _packed_inputs(query: dict[str, Any], r: int) -> dict[str, Any]:
+    """The query path's keyword inputs (``query``: :meth:`BlockInputs.rows` of the prompts)
+    for ``r`` rows of every prompt packed as ``r`` query positions: each row sees its
+    prompt's prefix (the recorded query row of the mask) and its own key only (a diagonal
+    over the packed positions), at the query's rotary position."""
+    mask = query["attention_mask"]  # [P, 1, 1, T]: the query's row
+    P, T = mask.shape[0], mask.shape[-1]
+    eye = torch.eye(r, dtype=torch.bool, device=mask.device)
+    if mask.dtype == torch.bool:
+        own = eye.expand(P, 1, r, r)
+    else:  # an additive mask: the query's own entry where a row meets itself
+        blocked = torch.full((), torch.finfo(mask.dtype).min, dtype=mask.dtype)
+        own = torch.where(eye, mask[..., -1:], blocked.to(mask.device)).expand(P, 1, r, r)
+    kwargs = {"attention_mask": torch.cat([mask[..., : T - 1].expand(P, 1, r, T - 1), own], -1)}
+    if "position_embeddings" in query:
+        kwargs["position_embeddings"] = tuple(
+            t.expand(P, r, *t.shape[2:]) for t in query["position_embeddings"]
+        )
+    if "position_ids" in query:
+        kwargs["position_ids"] = query["position_ids"].expand(P, r)
+    return kwargs
+
+
 def run_block(
     model: Any,
     state: BridgeState,
@@ -274,27 +298,82 @@ def run_block(
     ``prompt_of_row[i]``), with that prompt's recorded inputs (and cached prefix on the
     query path). Every hook point of the block fires.
 
+    On the query path each prompt of ``prompt_of_row`` must hold the same number ``r`` of
+    rows. They run packed, as ``r`` query positions of their prompt's one batch row: the
+    prefix keys and values are shared by the prompt's rows (never copied per row), and the
+    mask lets each position see the prefix and itself only. The block's hooks then see
+    ``[P, r, ...]`` (``P`` prompts in order, each one's rows in their order in ``x``);
+    :func:`row_view` gives a hook the ``[row, 1, ...]`` view in prompt-major row order.
+
     Example::
 
         x = run_block(model, state, 3, x, prompt_of_row)
     """
-    kwargs = state.inputs[layer].rows(prompt_of_row)
-    cache = None
-    if state.query_only:
-        keys, values = state.kv[layer]
-        cache = PrefixCache(keys[prompt_of_row], values[prompt_of_row])
-        # ``layer_past``: the name the bridge's attention reads its cache from that reaches
-        # it through the Hugging Face layer (transformers 5 renames ``past_key_values``).
-        kwargs["layer_past"] = cache
-    out = model.blocks[layer](x, **kwargs)
-    if cache is not None and not cache.used:
+    if not state.query_only:
+        out = model.blocks[layer](x, **state.inputs[layer].rows(prompt_of_row))
+        return out[0] if isinstance(out, tuple) else out
+    present, counts = torch.unique(prompt_of_row.cpu(), return_counts=True)
+    r = int(counts[0])
+    if not bool((counts == r).all()):
+        raise ValueError(
+            "The bridge engine's query rows need the same number of rows for each of their "
+            f"prompts; got {dict(zip(present.tolist(), counts.tolist()))} (prompt: rows)."
+        )
+    order = torch.sort(prompt_of_row.cpu(), stable=True).indices.to(x.device)
+    packed = x[order].reshape(len(present), r, x.shape[-1])
+    keys, values = state.kv[layer]
+    if len(present) != keys.shape[0]:  # a subset of the clean run's prompts
+        keys, values = keys[present.to(keys.device)], values[present.to(keys.device)]
+    query = state.inputs[layer].rows(present.to(state.inputs[layer].mask.device))
+    cache = PrefixCache(keys, values)
+    # ``layer_past``: the name the bridge's attention reads its cache from that reaches it
+    # through the Hugging Face layer (transformers 5 renames ``past_key_values``).
+    out = model.blocks[layer](packed, layer_past=cache, **_packed_inputs(query, r))
+    if not cache.used:
         raise RuntimeError(
             f"Block {layer} of the bridge ignored the cached prefix (its attention never read "
             "layer_past): this TransformerLens/transformers pair routes the key/value cache "
             "elsewhere; the query rows would attend to themselves only. Report it; meanwhile "
             "use method='naive' or positions='all'."
         )
-    return out[0] if isinstance(out, tuple) else out
+    out = out[0] if isinstance(out, tuple) else out
+    result = torch.empty_like(x)
+    result[order] = out.reshape(len(order), 1, -1)
+    return result
+
+
+def row_view(name: str | Any, fn: Any, n_prompts: int, r: int) -> tuple[str | Any, Any]:
+    """The hook ``(name, fn)`` for a block that :func:`run_block` runs packed with ``r``
+    rows per prompt: ``fn`` sees the ``[G * r, 1, ...]`` rows (prompt-major, row
+    ``g * r + j``) of the packed ``[G, r, ...]`` activation, as it would on unpacked rows;
+    what it returns or edits in place goes back into the packed one. Attention patterns
+    (``[batch, head, query, key]``) have no row view: a hook on them is refused.
+
+    Example::
+
+        hooks = [row_view(name, fn, G, r) for name, fn in hooks]
+    """
+    if isinstance(name, str) and name.endswith((*PATTERN_HOOKS, "_normed")):
+        raise ValueError(
+            f"A hook at {name} cannot act on the bridge engine's query rows (they run "
+            "packed as query positions; an attention pattern has no per-row view). Use "
+            "positions='all' or method='naive' for an intervention on attention patterns."
+        )
+
+    def viewed(act: Tensor, hook: Any) -> Tensor:
+        if act.shape[:2] != (n_prompts, r) or getattr(hook, "name", "").endswith(
+            (*PATTERN_HOOKS, "_normed")
+        ):
+            raise ValueError(
+                f"A hook at {getattr(hook, 'name', name)} cannot act on the bridge engine's "
+                f"query rows: its activation {tuple(act.shape)} is not [prompt, row, ...] "
+                f"({n_prompts} prompts, {r} rows). Use positions='all' or method='naive'."
+            )
+        rows = act.reshape(n_prompts * r, 1, *act.shape[2:])
+        out = fn(rows, hook=hook)
+        return (rows if out is None else out).reshape(act.shape)
+
+    return name, viewed
 
 
 # --------------------------------------------------------------------------- full passes
@@ -382,6 +461,7 @@ __all__ = [
     "causal_mask",
     "clean_pass",
     "run_block",
+    "row_view",
     "full_clean_pass",
     "full_pass_items",
 ]

@@ -123,6 +123,44 @@ def legacy_aliases(name: str) -> list[str]:
     return [f"blocks.{layer}.{alias}" for alias in CANONICAL_ALIASES.get(rest, ())]
 
 
+def in_block(name: str | Callable[[str], bool], layer: int) -> str | Callable | None:
+    """A hook's name or names filter narrowed to block ``layer``'s hook points (each block
+    of :func:`icl_heads.last_token.run_items` runs its own rows); ``None`` when a name lies
+    outside the block.
+
+    Example::
+
+        in_block("blocks.3.attn.hook_z", 3)   # 'blocks.3.attn.hook_z'
+    """
+    prefix = f"blocks.{layer}."
+    if isinstance(name, str):
+        return name if name.startswith(prefix) else None
+    return lambda hook_name: hook_name.startswith(prefix) and name(hook_name)
+
+
+def refuse_after_blocks(
+    interventions: Sequence[Any], batch: PromptSet | None, index: Tensor | None, n_layers: int
+) -> None:
+    """Refuse an intervention hooking a point after the last block (the final norm's or the
+    unembedding's): the engines of :mod:`icl_heads.last_token` take the logits from the
+    final residual stream, where such a hook would act in some runs (the full passes of a
+    ``TransformerBridge``) and not in others.
+
+    Example::
+
+        refuse_after_blocks([iv], batch, index, model.cfg.n_layers)
+    """
+    for iv in interventions:
+        for name, _ in iv.fwd_hooks(batch, index):
+            if isinstance(name, str) and name.startswith(("ln_final.", "unembed.")):
+                raise ValueError(
+                    f"{describe(iv)} hooks {name}, after the last block; the analyses read "
+                    "the logits from the final residual stream, so it would not act on every "
+                    f"run. Intervene at blocks.{n_layers - 1}.hook_resid_post (the same "
+                    "stream) instead."
+                )
+
+
 def registered_name(hook: Any, accepts: Callable[[str], bool]) -> str:
     """The name under which a hook was registered: ``hook.name`` when ``accepts`` it (the
     names filter the hook was added with), else the legacy alias of it that ``accepts``
@@ -446,6 +484,8 @@ __all__ = [
     "CANONICAL_ALIASES",
     "legacy_aliases",
     "registered_name",
+    "refuse_after_blocks",
+    "in_block",
     "hook_name",
     "state_injection_hook",
     "check_positions",

@@ -45,7 +45,7 @@ from .backends import HookedTransformer, cfg_value, is_bridge, supports_engine
 from .batching import BatchSize, halving, resolve_batch_size
 from .devices import block_placement
 from .full_runs import full_condition_runs
-from .hooks import Capture, Intervention, applied, hook_name
+from .hooks import Capture, Intervention, applied, hook_name, in_block, refuse_after_blocks
 from .metrics import behaviour
 from .models import resolve_device
 from .progress import Heartbeat
@@ -149,6 +149,7 @@ def clean_run(
 ) -> CleanRun:
     """Run ``group`` (rows ``index`` of the full set) once, keeping what :func:`run_items`
     needs to restart rows at ``layers``: see :class:`CleanRun`."""
+    refuse_after_blocks(interventions, group, index, model.cfg.n_layers)
     if is_bridge(model) and not supports_engine(model):  # e.g. GPT-2: rows re-run whole
         stored, logits = bridge_engine.full_clean_pass(
             model, group, index, query_only=query_only, layers=layers, interventions=interventions
@@ -286,7 +287,8 @@ def run_items(
     run) act on every row, as they did in the clean run.
 
     Row layout in a block with ``r`` items joined: item-major (row ``j * G + g``) for the
-    TransformerLens engines, prompt-major (row ``g * r + j``) for the last-token block. Every
+    TransformerLens engines, prompt-major (row ``g * r + j``) for the last-token block and
+    the bridge's query rows (packed: :func:`icl_heads.bridge_engine.row_view`). Every
     block's hooks are planned first and added under one hook context for the whole run
     (entering and leaving a context resets every hook point of the model).
 
@@ -294,6 +296,7 @@ def run_items(
         Logits ``[item, G, d_vocab]`` at the query.
     """
     group, G, L = clean.group, len(clean.group), model.cfg.n_layers
+    refuse_after_blocks(interventions, group, clean.index, L)
     if clean.engine == "full_pass":  # one full pass of every (item, prompt) row
         query_only = any(t.shape[1] != group.seq_len for t in clean.resid.values())
         logits = bridge_engine.full_pass_items(
@@ -302,7 +305,8 @@ def run_items(
         for i in range(int(item_layers[0]), L) if clean.on_block is not None else ():
             clean.on_block(i)
         return logits
-    prompt_major = clean.engine == "last_token"
+    packed = clean.engine == "bridge" and clean.bridge.query_only  # rows as query positions
+    prompt_major = clean.engine == "last_token" or packed
     first = int(item_layers[0])
     bounds = torch.searchsorted(item_layers, torch.arange(first, L), right=True).tolist()
     device = group.tokens.device
@@ -321,14 +325,19 @@ def run_items(
                 group.select(prompt_of_row.cpu()),
                 clean.index[prompt_of_row.cpu()],
             )
-            for iv in interventions:
-                hooks += [
-                    (block_name, fn)
-                    for name, fn in iv.fwd_hooks(rows_batch, rows_index)
-                    if (block_name := _in_block(name, i)) is not None
-                ]
+            block_hooks = [
+                (block_name, fn)
+                for iv in interventions
+                for name, fn in iv.fwd_hooks(rows_batch, rows_index)
+                if (block_name := in_block(name, i)) is not None
+            ]
+        else:
+            block_hooks = []
         if edit is not None and hi > lo:
-            hooks += edit(i, lo, hi, rows).fwd_hooks()
+            block_hooks += edit(i, lo, hi, rows).fwd_hooks()
+        if packed:
+            block_hooks = [bridge_engine.row_view(n, fn, G, r) for n, fn in block_hooks]
+        hooks += block_hooks
         plan.append((i, lo, hi, prompt_of_row))
         lo = hi
     place = block_placement(model)  # blocks may live on several devices (n_devices)
@@ -355,15 +364,6 @@ def run_items(
                 else flat.reshape(r, G, *flat.shape[1:]).transpose(0, 1)
             )
     return final_logits(model, x[:, :, -1]).transpose(0, 1)
-
-
-def _in_block(name: str | Callable[[str], bool], layer: int) -> str | Callable | None:
-    """A hook's name or name filter narrowed to block ``layer``'s hook points (each block's
-    rows are another batch); ``None`` when a name lies outside the block."""
-    prefix = f"blocks.{layer}."
-    if isinstance(name, str):
-        return name if name.startswith(prefix) else None
-    return lambda hook_name: hook_name.startswith(prefix) and name(hook_name)
 
 
 def _block(

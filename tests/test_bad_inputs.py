@@ -2615,3 +2615,61 @@ def test_attribution_patching_without_a_gradient_names_the_hook_point(tiny_llama
         ih.attribution_patching(
             tiny_llama, tiny_prompts, positions="all", interventions=[Overwrite()], progress=False
         )
+
+
+# ---- lead (s27): hooks after the last block; pattern hooks on packed bridge rows (issue 19)
+
+
+class _FinalNormHook:  # a user's intervention at the final norm's input
+    def fwd_hooks(self, batch, index):
+        return [("ln_final.hook_in", lambda act, hook: act * 2)]
+
+
+@pytest.mark.parametrize("analysis", ["run_conditions", "head_sweep"])
+def test_an_intervention_after_the_last_block_is_refused(tiny_llama, tiny_prompts, analysis):
+    """It acted in a bridge's clean full passes and nowhere else (the engines read the
+    final residual stream): a silently different number between backends and runs."""
+    from icl_heads.last_token import Run, run_conditions
+
+    with pytest.raises(
+        ValueError,
+        match=r"hooks ln_final\.hook_in, after the last block.*"
+        r"blocks\.1\.hook_resid_post",
+    ):
+        if analysis == "run_conditions":
+            run_conditions(
+                tiny_llama,
+                tiny_prompts,
+                {"x": Run((), start=1)},
+                query_only=True,
+                background=[_FinalNormHook()],
+                progress=False,
+            )
+        else:
+            ih.head_sweep(
+                tiny_llama, tiny_prompts, interventions=[_FinalNormHook()], progress=False
+            )
+
+
+def test_a_pattern_hook_on_packed_bridge_rows_is_refused():
+    from icl_heads import bridge_engine
+
+    with pytest.raises(
+        ValueError,
+        match=r"blocks\.1\.attn\.hook_pattern cannot act on the "
+        r"bridge engine's query rows.*positions='all'",
+    ):
+        bridge_engine.row_view("blocks.1.attn.hook_pattern", lambda act, hook: act, 3, 2)
+    _, fn = bridge_engine.row_view(lambda name: True, lambda act, hook: act, 3, 2)
+
+    class Hook:
+        name = "blocks.1.attn.hook_z"
+
+    with pytest.raises(ValueError, match=r"activation \(3, 4, 5\) is not \[prompt, row"):
+        fn(torch.zeros(3, 4, 5), Hook())
+
+
+def test_an_intervention_after_the_last_block_is_refused_by_collect(tiny_llama, tiny_prompts):
+    """Was: applied once on a HookedTransformer (in the unembedding) and twice on a bridge."""
+    with pytest.raises(ValueError, match=r"hooks ln_final\.hook_in, after the last block"):
+        ih.evaluate(tiny_llama, tiny_prompts, interventions=[_FinalNormHook()], progress=False)

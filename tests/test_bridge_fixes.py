@@ -215,3 +215,68 @@ def test_a_full_pass_clean_run_rows_match_the_engine_contract(gpt_twin, sentimen
         clean_q = clean_run(gpt_twin, prompts, index, query_only=True, layers=[1])
         with pytest.raises(ValueError, match="cannot be re-run alone.*method='naive'"):
             run_items(gpt_twin, clean_q, torch.tensor([1]), edit)
+
+
+# --------------------------------------------------------------------------- packed query rows
+
+
+def test_query_rows_share_their_prompts_prefix_and_keep_their_order(lone_bridge, lone_prompts):
+    """The bridge's query rows run packed as query positions of their prompt: the prefix
+    cache holds one copy per prompt (never one per row), and rows of any order and any
+    subset of the prompts come back in their own order, as the full pass gives them."""
+    G, L = len(lone_prompts), lone_bridge.cfg.n_layers
+    seen = []
+    update = bridge_engine.PrefixCache.update
+
+    def spy(self, keys, values, *args, **kwargs):
+        seen.append((tuple(self.keys.shape), tuple(keys.shape)))
+        return update(self, keys, values, *args, **kwargs)
+
+    with torch.inference_mode():
+        state, resid, _ = bridge_engine.clean_pass(
+            lone_bridge, lone_prompts, torch.arange(G), query_only=True, layers=range(L)
+        )
+        _, cache = lone_bridge.run_with_cache(
+            lone_prompts.tokens, attention_mask=lone_prompts.attention_mask
+        )
+        rows = torch.tensor([4, 1, 1, 4, 1, 4])  # prompts 1 and 4, three rows each
+        x = resid[1][rows] + torch.randn(len(rows), 1, lone_bridge.cfg.d_model) * 0.1
+        x[0] = x[3] = resid[1][4]  # unedited rows of prompt 4: the full pass's stream
+        bridge_engine.PrefixCache.update = spy
+        try:
+            out = bridge_engine.run_block(lone_bridge, state, 1, x, rows)
+        finally:
+            bridge_engine.PrefixCache.update = update
+    (prefix, own), T = seen[0], lone_prompts.seq_len
+    assert prefix[0] == own[0] == 2 and prefix[2] == T - 1 and own[2] == 3
+    ref = cache[hook_name("resid_post", 1)][4, -1]
+    assert max_diff(out[0, 0], ref) <= TOL and max_diff(out[3, 0], ref) <= TOL
+    one_by_one = [
+        bridge_engine.run_block(lone_bridge, state, 1, x[[i]], rows[[i]]) for i in range(6)
+    ]
+    assert max_diff(out, torch.cat(one_by_one)) <= TOL  # the packed rows never see each other
+
+
+def test_query_rows_are_the_same_under_a_bool_or_an_additive_mask(lone_bridge, lone_prompts):
+    """Hugging Face gives the blocks a bool mask or an additive one (0 / dtype min) by its
+    attention implementation; the packed rows' mask keeps the convention it was given."""
+    G = len(lone_prompts)
+    with torch.inference_mode():
+        state, resid, _ = bridge_engine.clean_pass(
+            lone_bridge, lone_prompts, torch.arange(G), query_only=True, layers=[1]
+        )
+        inputs = state.inputs[1]
+        if inputs.mask.dtype == torch.bool:
+            other = torch.zeros(inputs.mask.shape).masked_fill(
+                ~inputs.mask, torch.finfo(torch.float32).min
+            )
+        else:
+            other = inputs.mask == 0
+        rows = torch.arange(G).repeat_interleave(2)
+        got = []
+        for mask in (inputs.mask, other):
+            state.inputs[1] = bridge_engine.BlockInputs(
+                mask, inputs.position_embeddings, inputs.position_ids
+            )
+            got.append(bridge_engine.run_block(lone_bridge, state, 1, resid[1][rows], rows))
+    assert max_diff(*got) == 0.0
