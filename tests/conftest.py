@@ -117,6 +117,14 @@ def smol():
     return ih.load_model("default", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def smol_bridge():
+    """The embedded SmolLM2-135M on the TransformerBridge (TL 3.9 or 4.x; slow tests only)."""
+    if not ih.backends.bridge_available():
+        pytest.skip("this TransformerLens has no TransformerBridge (needs transformer-lens>=3.9)")
+    return ih.load_model("default", device="cpu", backend="bridge")
+
+
 def pytest_report_header(config):
     return f"icl-heads model cache: {os.environ.get('ICL_HEADS_CACHE', '(user cache dir)')}"
 

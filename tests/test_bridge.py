@@ -399,11 +399,6 @@ def test_run_conditions_on_the_bridge_matches_its_full_passes(
 # --------------------------------------------------------------------------- embedded model
 
 
-@pytest.fixture(scope="module")
-def smol_bridge():
-    return ih.load_model("default", device="cpu", backend="bridge")
-
-
 @pytest.mark.slow
 @needs_hooked
 def test_embedded_model_on_the_bridge_matches_the_hooked_one(smol, smol_bridge, sentiment_task):

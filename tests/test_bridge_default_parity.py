@@ -21,12 +21,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import needs_hooked
-from test_bridge import (
-    TOL_EMBEDDED,
-    assert_same,
-    numbers,
-    smol_bridge,  # noqa: F401 - the module-scoped bridge fixture
-)
+from test_bridge import TOL_EMBEDDED, assert_same, numbers
 
 import icl_heads as ih
 from icl_heads import backends
@@ -51,7 +46,7 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def models(smol, smol_bridge):  # noqa: F811 - the imported fixture
+def models(smol, smol_bridge):
     assert not backends.is_bridge(smol) and backends.is_bridge(smol_bridge)
     assert smol.cfg.model_name == smol_bridge.cfg.model_name
     return smol, smol_bridge

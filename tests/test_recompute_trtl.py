@@ -60,14 +60,6 @@ FIND_CELL = CELL.parent / "find_task_heads"
 BRIDGE_ATOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def smol_bridge():
-    """The embedded SmolLM2-135M on the TransformerBridge (TL 3.9 or 4.x; slow tests only)."""
-    if not ih.backends.bridge_available():
-        pytest.skip("this TransformerLens has no TransformerBridge (needs transformer-lens>=3.9)")
-    return ih.load_model("default", device="cpu", backend="bridge")
-
-
 def _close_table(got: pd.DataFrame, saved: pd.DataFrame, what: str) -> None:
     """Same columns and rows; text columns equal; every number within BRIDGE_ATOL."""
     assert list(got.columns) == list(saved.columns), what
