@@ -86,9 +86,8 @@ def test_the_fake_refuses_to_mix_until_moved():
     assert type(here.to(far)) is Elsewhere  # to that tensor's device
 
 
-#: Analyses that capture nothing in a later block (the engine's sweeps move their rows at
-#: every block boundary: test_the_engine_moves_rows_at_every_block_boundary).
-NO_CAPTURE = {"evaluate", "head_sweep_query", "position_sweep"}
+#: ``evaluate`` captures nothing (its logits come from the unembedding's device).
+NO_CAPTURE = {"evaluate"}
 #: Attribution patching differentiates with respect to the captured tensors themselves, so
 #: a re-wrapped capture leaves the graph; it moves each layer's estimates to the batch's
 #: device before stacking (icl_heads/patching_attribution.py, ``estimates``).
