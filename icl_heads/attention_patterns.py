@@ -101,7 +101,8 @@ def attention_example(
         model, one, names, positions="all", device=device, return_logits=False, progress=False
     )
     keep = one.attention_mask[0].bool().cpu()
-    patterns = torch.stack([got.activations[name][0] for name in names])  # [L, H, T, T]
+    here = got.activations[names[0]].device  # a split model's layers: moved to the first's
+    patterns = torch.stack([got.activations[name][0].to(here) for name in names])  # [L, H, T, T]
     patterns = patterns[:, :, keep][:, :, :, keep]
     tokens = model.to_str_tokens(one.tokens[0][keep].cpu())
     answer = one.label_words[int(one.gold[0])] if len(one.label_words) else ""

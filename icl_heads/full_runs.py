@@ -50,5 +50,7 @@ def full_condition_runs(
         )
         measured[key] = measure(got.logits, prompts)
         if names and (key != "baseline" or baseline_states):
-            states[key] = torch.stack([got.activations[nm] for nm in names], 1).float().cpu()
+            # each layer's states on its block's device (n_devices > 1): moved before stacking
+            layers = [got.activations[nm].to("cpu", torch.float32) for nm in names]
+            states[key] = torch.stack(layers, 1)
     return measured, states

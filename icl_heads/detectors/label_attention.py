@@ -86,7 +86,8 @@ def label_attention_scores(
         progress=progress,
         desc="label attention",
     ):
-        query_rows = torch.stack([b.activations[n] for n in names], dim=1)  # [b, L, H, pos]
+        here = b.prompts.tokens.device  # each layer's rows on its block's device (n_devices)
+        query_rows = torch.stack([b.activations[n].to(here) for n in names], 1)  # [b, L, H, pos]
         if not sinks:
             check_pattern_rows(
                 query_rows.sum(-1),

@@ -212,6 +212,9 @@ def pattern_reducer(
         real = _real_mask(batch.tokens, batch.attention_mask)
 
         def score(pattern: Tensor, name: str) -> Tensor:
+            # a split model's later blocks (n_devices > 1) hand their patterns over on their
+            # own device: one layer's pattern at a time is moved to the batch's targets
+            pattern = pattern.to(real.device)
             if not sinks:
                 check_pattern_rows(pattern.sum(-1), real[:, None], name)
             return _score(pattern, targets, normalize)

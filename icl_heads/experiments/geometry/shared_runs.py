@@ -139,7 +139,8 @@ def _full_passes(model, prompts, runs, layers, changed, background, batch_size, 
 
 
 def _stack(store: dict, names: Sequence[str]) -> Tensor:
-    return torch.stack([store[n] for n in names], dim=1).float().cpu()
+    # each layer's states on its block's device (n_devices > 1): moved before stacking
+    return torch.stack([store[n].to("cpu", torch.float32) for n in names], dim=1)
 
 
 def measure_by_layer(

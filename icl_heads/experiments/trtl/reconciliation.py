@@ -171,7 +171,8 @@ def reconciliation_experiment(
     label_attention.settings = label_attention.settings.replace(
         interventions=describe_interventions(interventions)
     )
-    states = torch.stack([tap.stacked(name) for name in names], 1).cpu()  # [n, L + 1, d]
+    # [n, L + 1, d]; each layer's rows on its block's device (n_devices > 1): moved first
+    states = torch.stack([tap.stacked(name).to("cpu") for name in names], 1)
     maps = {
         "TR": tr,
         "TL": tl,
