@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .backends import HookedTransformer, final_residual
 from .batching import BatchSize, check_batch_size, halving, resolve_batch_size
-from .devices import output_device
+from .devices import module_device, output_device, output_weights
 from .hooks import (
     PATTERN_HOOKS,
     Capture,
@@ -324,11 +324,9 @@ class ActivationMeans:
         """Each head's mean output in the residual stream, ``z @ W_O`` (``b_O`` excluded)."""
         if self.site != "z":
             raise ValueError(f"outputs() is for head means (site 'z'); these are {self.site!r}.")
-        return torch.einsum(
-            "lhd,lhdm->lhm",
-            self.values.to(model.W_O.device, model.W_O.dtype),
-            model.W_O.detach(),
-        )
+        # block by block on a model split over several devices (model.W_O's stack fails)
+        W_O, _ = output_weights(model, module_device(model.blocks[0]))
+        return torch.einsum("lhd,lhdm->lhm", self.values.to(W_O.device, W_O.dtype), W_O)
 
 
 def activation_means(

@@ -29,7 +29,7 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from .activations import Batch, iter_batches
 from .backends import HookedTransformer, architecture
 from .batching import BatchSize
-from .devices import block_placement, resolve_device
+from .devices import output_weights, resolve_device
 from .prompts import PromptSet, check_prompt_set
 
 #: ``reduce(batch, terms) -> {name: [batch, ...]}``: per-prompt values from one batch's terms.
@@ -77,25 +77,6 @@ def unembed_bias(model: HookedTransformer) -> Float[Tensor, " d_vocab"]:
         if isinstance(b, Tensor):
             bias = bias + b.detach() @ model.W_U.detach()
     return bias
-
-
-def output_weights(
-    model: HookedTransformer, device: str | torch.device
-) -> tuple[Float[Tensor, "layer head d_head d_model"], Float[Tensor, "layer d_model"]]:
-    """``W_O`` and ``b_O`` of every layer, detached, on ``device``: TransformerLens's
-    stacks where all blocks share a device, else (a model split over several devices,
-    ``n_devices > 1``, where those stacks fail) block by block, each moved to ``device``.
-
-    Example::
-
-        W_O, b_O = output_weights(model, "cuda:0")
-    """
-    place = block_placement(model)
-    if len({place(layer) for layer in range(model.cfg.n_layers)}) == 1:
-        return model.W_O.detach().to(device), model.b_O.detach().to(device)
-    W_O = torch.stack([block.attn.W_O.detach().to(device) for block in model.blocks])
-    b_O = torch.stack([block.attn.b_O.detach().to(device) for block in model.blocks])
-    return W_O, b_O
 
 
 def iter_query_terms(

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
+from jaxtyping import Float
+from torch import Tensor, nn
 
 #: The dtypes a model can be loaded in (all that TransformerLens supports), by name.
 DTYPES: dict[str, torch.dtype] = {
@@ -175,12 +176,32 @@ def output_device(model: nn.Module) -> torch.device:
     return module_device(model.unembed, getattr(model.cfg, "device", None) or "cpu")
 
 
+def output_weights(
+    model: nn.Module, device: str | torch.device
+) -> tuple[Float[Tensor, "layer head d_head d_model"], Float[Tensor, "layer d_model"]]:
+    """``W_O`` and ``b_O`` of every layer, detached, on ``device``: TransformerLens's
+    stacks where all blocks share a device, else (a model split over several devices,
+    ``n_devices > 1``, where those stacks fail) block by block, each moved to ``device``.
+
+    Example::
+
+        W_O, b_O = output_weights(model, "cuda:0")   # [L, H, d_head, d_model], [L, d_model]
+    """
+    place = block_placement(model)
+    if len({place(layer) for layer in range(model.cfg.n_layers)}) == 1:
+        return model.W_O.detach().to(device), model.b_O.detach().to(device)
+    W_O = torch.stack([block.attn.W_O.detach().to(device) for block in model.blocks])
+    b_O = torch.stack([block.attn.b_O.detach().to(device) for block in model.blocks])
+    return W_O, b_O
+
+
 __all__ = [
     "DTYPES",
     "Placement",
     "block_placement",
     "module_device",
     "output_device",
+    "output_weights",
     "resolve_device",
     "resolve_dtype",
 ]

@@ -464,9 +464,9 @@ class Capture(Intervention):
         if mask is None:
             return act
         if pattern:
-            return act * mask[:, None, :, None].to(act.dtype)
+            return act * mask[:, None, :, None].to(act)  # on its block's device
         if act.shape[:2] == mask.shape:
-            return act * mask.reshape(*mask.shape, *([1] * (act.ndim - 2))).to(act.dtype)
+            return act * mask.reshape(*mask.shape, *([1] * (act.ndim - 2))).to(act)
         return act
 
     def describe(self) -> str:

@@ -51,17 +51,16 @@ FAR = ("blocks.1.", "ln_final.")
 def _split_at_capture(monkeypatch) -> list[str]:
     """What every :class:`~icl_heads.hooks.Capture` keeps (or hands its reducer) from block
     1 and the final norm comes "from another device"; returns the names captured there.
-    The positions are selected first (the mask of ``positions="all"`` is the batch's: see
-    the note on ``Capture._at_positions`` in the session notes)."""
+    The activation is "elsewhere" before the capture selects its positions (the mask of
+    ``positions="all"`` is the batch's, so the capture moves it to the activation)."""
     real = hooks.Capture._at_positions
     seen: list[str] = []
 
     def at_positions(self, name, act):
-        kept = real(self, name, act)
         if name.startswith(FAR):
             seen.append(name)
-            return kept.as_subclass(Elsewhere)
-        return kept
+            act = act.as_subclass(Elsewhere)
+        return real(self, name, act)
 
     monkeypatch.setattr(hooks.Capture, "_at_positions", at_positions)
     return seen
@@ -166,3 +165,22 @@ def test_the_layers_are_moved_to_one_device_before_stacking(
     got = GATHERING[name](tiny_llama, tiny_prompts)
     assert seen, "no capture of the later block: nothing was split"
     _assert_same(reference, got)
+
+
+def test_head_mean_outputs_read_the_weights_block_by_block(tiny_llama, tiny_prompts, monkeypatch):
+    """``ActivationMeans.outputs`` (the steering vectors of reproduce_trtl) read
+    ``model.W_O``, TransformerLens's stack of every block's weights, which fails on a split
+    model; on a split model they now read them block by block, with the same numbers."""
+    from icl_heads import devices
+
+    means = ih.activation_means(tiny_llama, tiny_prompts, progress=False)
+    reference = means.outputs(tiny_llama)
+
+    def refuse(self):
+        raise RuntimeError("W_O of blocks on several devices")
+
+    monkeypatch.setattr(type(tiny_llama), "W_O", property(refuse))
+    monkeypatch.setattr(
+        devices, "block_placement", lambda model: lambda layer: torch.device(f"cpu:{layer}")
+    )
+    assert torch.equal(means.outputs(tiny_llama), reference)
