@@ -115,17 +115,6 @@ SPLIT = {
 }
 
 
-@pytest.mark.parametrize("name", list(SPLIT))
-def test_every_analysis_gathers_the_layers_of_a_split_model(
-    tiny_llama, tiny_prompts, monkeypatch, name
-):
-    reference = SPLIT[name](tiny_llama, tiny_prompts)
-    seen = _split_at_capture(monkeypatch)
-    got = SPLIT[name](tiny_llama, tiny_prompts)
-    assert seen, "no capture of the later block: nothing was split"
-    _assert_same(reference, got)
-
-
 #: The analyses (and fallbacks) that stacked per-layer captures as they came before
 #: session 27: each failed on a split model.
 GATHERING = {
@@ -156,13 +145,14 @@ GATHERING = {
 }
 
 
-@pytest.mark.parametrize("name", list(GATHERING))
-def test_the_layers_are_moved_to_one_device_before_stacking(
+@pytest.mark.parametrize("name", [*SPLIT, *GATHERING])
+def test_every_analysis_gathers_the_layers_of_a_split_model(
     tiny_llama, tiny_prompts, monkeypatch, name
 ):
-    reference = GATHERING[name](tiny_llama, tiny_prompts)
+    analysis = {**SPLIT, **GATHERING}[name]
+    reference = analysis(tiny_llama, tiny_prompts)
     seen = _split_at_capture(monkeypatch)
-    got = GATHERING[name](tiny_llama, tiny_prompts)
+    got = analysis(tiny_llama, tiny_prompts)
     assert seen, "no capture of the later block: nothing was split"
     _assert_same(reference, got)
 
