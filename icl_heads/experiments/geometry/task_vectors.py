@@ -24,6 +24,7 @@ from ...settings import PromptInfo, Settings, describe_interventions, model_name
 from ...stats import LEVEL, N_BOOT, bonferroni_z
 from ..kit import check_model
 from .curves import check_classes, measure_geometry, point_rows, with_behaviour
+from .injected_runs import injection_runs, injection_start
 
 
 @dataclass(frozen=True)
@@ -169,13 +170,20 @@ def task_vector_experiment(
         seed,
         n_boot,
     )
-    base_states, base_beh = run_query(
+    cells = [(layer, float(s)) for layer in inject for s in scales]
+    ivs = [
+        inject_task_vector(
+            model, vectors[layer], layer, mode=mode, scale=scale, positions=positions
+        )
+        for layer, scale in cells
+    ]
+    (base_states, base_beh), injected = injection_runs(
         model,
         target_prompts,
-        [read],
-        behaviour=True,
-        interventions=background,
-        progress=False,
+        [((iv,), injection_start(layer, read, L)) for iv, (layer, _) in zip(ivs, cells)],
+        read,
+        background=background,
+        progress=progress,
         **run,
     )
     base_curves = with_behaviour(
@@ -186,27 +194,16 @@ def task_vector_experiment(
         n_boot,
     )
 
-    cells = [(layer, float(s)) for layer in inject for s in scales]
     several = len(scales) > 1
     rows: list[dict] = []
     effects: list[dict] = []
     z = bonferroni_z(len(cells))
     level = 1 - (1 - LEVEL) / len(cells)
-    for layer, scale in tqdm(
-        cells, desc="task vectors", disable=not progress, leave=False, unit="cell"
+    for (layer, scale), (states, beh) in zip(
+        tqdm(cells, desc="task vectors", disable=not progress, leave=False, unit="cell"),
+        injected,
+        strict=True,
     ):
-        iv = inject_task_vector(
-            model, vectors[layer], layer, mode=mode, scale=scale, positions=positions
-        )
-        states, beh = run_query(
-            model,
-            target_prompts,
-            [read],
-            behaviour=True,
-            interventions=[*background, iv],
-            progress=False,
-            **run,
-        )
         curves = with_behaviour(
             measure_geometry(model, target_prompts, states, [read], **geo),
             beh,
