@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Resamples used for ``top_singular_cosine``'s interval (one eigendecomposition each).
 SPECTRAL_BOOT = 200
-#: Resamples decomposed at a time by ``top_singular_cosine`` (the numbers do not depend on it).
-EIGH_CHUNK = 8
 ALIGNMENT_METRICS = (
     "mean_diff_cosine",
     "logit_lens_accuracy",
@@ -264,22 +262,22 @@ def _top_singular_cosine(G: Tensor, proj: Tensor, w: Tensor, rank: int) -> Tenso
     """``mean_pairs ||V^T e_ab||`` with ``V`` the top ``rank`` principal directions of the
     weighted states, from the centred Gram (``proj = Z_c e`` [n, pairs]).
 
-    The resamples go through in chunks of :data:`EIGH_CHUNK` (each matrix is its own
-    eigendecomposition, so the numbers are those of one batch; the ``[R, n, n]`` matrices
-    and eigenvectors are never all held)."""
+    Each resample's matrix is decomposed on its drawn prompts only (a prompt of weight 0 is
+    a zero row and column: the same top eigenpairs, about a quarter of the work)."""
     a, _, W = _centred_gram_terms(G, w)
     root = w.sqrt()
     mean = (w @ proj) / W[:, None]  # [R, pairs]
     centred = root[:, :, None] * (proj[None] - mean[:, None, :])  # [R, n, pairs]
-    lams, parts = [], []
-    for lo in range(0, w.shape[0], EIGH_CHUNK):
-        hi = lo + EIGH_CHUNK
-        Gc = G[None] - a[lo:hi, :, None] - a[lo:hi, None, :]
-        K = root[lo:hi, :, None] * Gc * root[lo:hi, None, :]
-        evals, evecs = _eigh(K)
-        lams.append(evals[:, -rank:])  # ascending
-        parts.append(evecs[:, :, -rank:].transpose(1, 2) @ centred[lo:hi])  # [r, rank, pairs]
-    lam, coords = torch.cat(lams), torch.cat(parts)
+    R = w.shape[0]
+    lam = torch.full((R, rank), float("nan"), dtype=G.dtype)
+    coords = torch.full((R, rank, proj.shape[1]), float("nan"), dtype=G.dtype)
+    for r in range(R):
+        idx = torch.nonzero(w[r] > 0).flatten()
+        Gc = G[idx][:, idx] - a[r, idx, None] - a[r, None, idx]
+        K = root[r, idx, None] * Gc * root[r, None, idx]
+        evals, evecs = _eigh(K[None])
+        lam[r] = evals[0, -rank:]  # ascending
+        coords[r] = evecs[0, :, -rank:].T @ centred[r, idx]
     keep = lam > 1e-9 * lam.abs().amax(-1, keepdim=True).clamp_min(1e-300)
     coords = torch.where(
         keep[..., None], coords / lam.clamp_min(1e-300).sqrt()[..., None], torch.zeros_like(coords)
