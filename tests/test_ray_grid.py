@@ -238,9 +238,16 @@ class _Job:
         return [{"experiment": "e", "status": "computed"}]
 
 
-def test_ray_runner_raises_a_model_check_as_is_and_reports_cell_errors_per_cell(ray_instance):
+def test_ray_runner_raises_a_model_check_as_is_and_reports_cell_errors_per_cell(
+    ray_instance, monkeypatch
+):
+    cancelled = []
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kwargs: cancelled.append(ref))
     with pytest.raises(ValueError, match=r"^--models 'bad': its context is too short$"):
         run_grid(_Job(), plan_grid(["good", "bad"], ["x"], ["trtl"]), RayRunner())
+    # both probes had returned: force-cancelling a finished task aborted the driver in Ray
+    assert cancelled == []
+    monkeypatch.undo()
     lines = []
     outcomes = run_grid(
         _Job(),

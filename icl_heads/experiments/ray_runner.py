@@ -181,7 +181,11 @@ class RayRunner:
 
     @staticmethod
     def _cancel(refs: list) -> None:
-        for ref in refs:
+        # Only tasks still running: force-cancelling one that has just finished can abort
+        # the driver inside Ray (2.60: "Check failed: Tried to complete task that was not
+        # pending", seen when the other model's probe had already returned).
+        _, running = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+        for ref in running:
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # already finished or gone: nothing to cancel
