@@ -74,6 +74,9 @@ def test_injection_runs_restart_at_the_block_that_writes_the_state(three_layers,
         for h in handles:
             h.remove()
     n = len(zero)
+    if ih.backends.is_bridge(model):  # (TransformerLens 4.x) one full pass per run there
+        assert rows == {0: 4 * n, 1: 4 * n, 2: 4 * n}  # ICL, zero-shot, two injections
+        return
     assert rows[0] == 2 * n  # the ICL pass and the zero-shot clean pass, nothing more
     assert rows[1] == 3 * n  # and the run into state 2 (written by block 1)
     assert rows[2] == 4 * n  # and the run into state 3 (written by block 2)
