@@ -36,8 +36,8 @@ from .hooks import (
     check_positions,
     describe,
     hook_name,
+    intervention_hooks,
     position_mask,
-    refuse_after_blocks,
 )
 from .models import resolve_device
 from .progress import Heartbeat
@@ -140,8 +140,7 @@ def iter_batches(
             reduce=reduce(batch) if reduce is not None else None,
         )
         hooks: HookList = capture.fwd_hooks()
-        refuse_after_blocks(interventions, batch, index, model.cfg.n_layers)
-        hooks.extend(hook for iv in interventions for hook in iv.fwd_hooks(batch, index))
+        hooks.extend(intervention_hooks(interventions, batch, index, model.cfg.n_layers))
         if not bar.disable:  # the bar moves per block, not only per batch (issue 21)
             hooks.extend(beat.capture.fwd_hooks())
         with torch.inference_mode(), model.hooks(fwd_hooks=hooks):

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from .activations import final_logits
 from .backends import final_residual, supports_engine
-from .hooks import PATTERN_HOOKS, Capture, Intervention, applied, hook_name
+from .hooks import PATTERN_HOOKS, Capture, Intervention, hook_name, intervention_hooks
 from .prompts import PromptSet
 
 
@@ -243,9 +243,11 @@ def clean_pass(
             ]
     handles = _record_inputs(model, recorded)
     try:
-        with applied(model, [capture, *interventions], group, index):
-            with model.hooks(fwd_hooks=kv_hooks):
-                resid = final_residual(model, group.tokens, group.attention_mask)
+        hooks = capture.fwd_hooks() + intervention_hooks(
+            interventions, group, index, model.cfg.n_layers
+        )
+        with model.hooks(fwd_hooks=hooks + kv_hooks):
+            resid = final_residual(model, group.tokens, group.attention_mask)
     finally:
         for handle in handles:
             handle.remove()
@@ -403,7 +405,10 @@ def full_clean_pass(
         positions="query" if query_only else "all",
         attention_mask=group.attention_mask,
     )
-    with applied(model, [capture, *interventions], group, index):
+    hooks = capture.fwd_hooks() + intervention_hooks(
+        interventions, group, index, model.cfg.n_layers
+    )
+    with model.hooks(fwd_hooks=hooks):
         resid = final_residual(model, group.tokens, group.attention_mask)
     stored = {layer: capture.store[name] for layer, name in zip(layers, names, strict=True)}
     if query_only:
@@ -443,7 +448,7 @@ def full_pass_items(
     g = torch.arange(G, device=device)
     prompt_of_row = g.repeat(len(layers)).cpu()
     rows_batch, rows_index = group.select(prompt_of_row), index[prompt_of_row]
-    hooks = [h for iv in interventions for h in iv.fwd_hooks(rows_batch, rows_index)]
+    hooks = intervention_hooks(interventions, rows_batch, rows_index, model.cfg.n_layers)
     if edit is not None:
         for layer in sorted(set(layers)):  # item_layers is sorted: items lo..hi join here
             lo, hi = layers.index(layer), layers.index(layer) + layers.count(layer)

@@ -138,20 +138,22 @@ def in_block(name: str | Callable[[str], bool], layer: int) -> str | Callable | 
     return lambda hook_name: hook_name.startswith(prefix) and name(hook_name)
 
 
-def refuse_after_blocks(
+def intervention_hooks(
     interventions: Sequence[Any], batch: PromptSet | None, index: Tensor | None, n_layers: int
-) -> None:
-    """Refuse an intervention hooking a point after the last block (the final norm's or the
+) -> HookList:
+    """The hooks of ``interventions`` for ``batch``/``index`` (each intervention's
+    ``fwd_hooks`` called once), refusing any after the last block (the final norm's or the
     unembedding's): the engines of :mod:`icl_heads.last_token` take the logits from the
     final residual stream, where such a hook would act in some runs (the full passes of a
     ``TransformerBridge``) and not in others.
 
     Example::
 
-        refuse_after_blocks([iv], batch, index, model.cfg.n_layers)
+        hooks = intervention_hooks([iv], batch, index, model.cfg.n_layers)
     """
+    hooks: HookList = []
     for iv in interventions:
-        for name, _ in iv.fwd_hooks(batch, index):
+        for name, fn in iv.fwd_hooks(batch, index):
             if isinstance(name, str) and name.startswith(("ln_final.", "unembed.")):
                 raise ValueError(
                     f"{describe(iv)} hooks {name}, after the last block; the analyses read "
@@ -159,6 +161,8 @@ def refuse_after_blocks(
                     f"run. Intervene at blocks.{n_layers - 1}.hook_resid_post (the same "
                     "stream) instead."
                 )
+            hooks.append((name, fn))
+    return hooks
 
 
 def registered_name(hook: Any, accepts: Callable[[str], bool]) -> str:
@@ -484,7 +488,7 @@ __all__ = [
     "CANONICAL_ALIASES",
     "legacy_aliases",
     "registered_name",
-    "refuse_after_blocks",
+    "intervention_hooks",
     "in_block",
     "hook_name",
     "state_injection_hook",

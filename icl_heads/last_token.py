@@ -45,7 +45,7 @@ from .backends import HookedTransformer, cfg_value, is_bridge, supports_engine
 from .batching import BatchSize, halving, resolve_batch_size
 from .devices import block_placement
 from .full_runs import full_condition_runs
-from .hooks import Capture, Intervention, applied, hook_name, in_block, refuse_after_blocks
+from .hooks import Capture, Intervention, hook_name, in_block, intervention_hooks
 from .metrics import behaviour
 from .models import resolve_device
 from .progress import Heartbeat
@@ -149,7 +149,6 @@ def clean_run(
 ) -> CleanRun:
     """Run ``group`` (rows ``index`` of the full set) once, keeping what :func:`run_items`
     needs to restart rows at ``layers``: see :class:`CleanRun`."""
-    refuse_after_blocks(interventions, group, index, model.cfg.n_layers)
     if is_bridge(model) and not supports_engine(model):  # e.g. GPT-2: rows re-run whole
         stored, logits = bridge_engine.full_clean_pass(
             model, group, index, query_only=query_only, layers=layers, interventions=interventions
@@ -174,7 +173,8 @@ def clean_run(
     )
     # The capture goes first: it records what enters each block, before any background
     # intervention at hook_resid_pre acts (run_items replays those when rows start there).
-    with applied(model, [capture, *interventions], group, index):
+    hooks = capture.fwd_hooks() + intervention_hooks(interventions, group, index, L)
+    with model.hooks(fwd_hooks=hooks):
         resid = model(
             group.tokens, attention_mask=group.attention_mask, past_kv_cache=cache, stop_at_layer=L
         )
@@ -296,7 +296,6 @@ def run_items(
         Logits ``[item, G, d_vocab]`` at the query.
     """
     group, G, L = clean.group, len(clean.group), model.cfg.n_layers
-    refuse_after_blocks(interventions, group, clean.index, L)
     if clean.engine == "full_pass":  # one full pass of every (item, prompt) row
         query_only = any(t.shape[1] != group.seq_len for t in clean.resid.values())
         logits = bridge_engine.full_pass_items(
@@ -327,8 +326,7 @@ def run_items(
             )
             block_hooks = [
                 (block_name, fn)
-                for iv in interventions
-                for name, fn in iv.fwd_hooks(rows_batch, rows_index)
+                for name, fn in intervention_hooks(interventions, rows_batch, rows_index, L)
                 if (block_name := in_block(name, i)) is not None
             ]
         else:

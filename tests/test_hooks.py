@@ -160,3 +160,29 @@ def test_the_split_packages_keep_every_public_name_of_the_old_modules():
             assert name in package.__all__, f"{package.__name__}.__all__ lacks {name}"
     assert callable(geometry.separability) and callable(geometry.alignment)  # not submodules
     assert callable(interventions.compose)
+
+
+def test_each_intervention_builds_its_hooks_once_per_run(tiny_llama, tiny_prompts):
+    """The check for hooks after the last block reads the hooks the run adds: an
+    intervention's ``fwd_hooks`` (which may gather donors per prompt) is called once per
+    batch of a collect and once per clean run, not once more for the check."""
+    from icl_heads.hooks import intervention_hooks
+    from icl_heads.last_token import clean_run
+
+    class Counting:
+        calls = 0
+
+        def fwd_hooks(self, batch, index):
+            self.calls += 1
+            return [("blocks.0.hook_resid_post", lambda act, hook: act)]
+
+    iv = Counting()
+    hooks = intervention_hooks([iv], tiny_prompts, None, tiny_llama.cfg.n_layers)
+    assert [name for name, _ in hooks] == ["blocks.0.hook_resid_post"] and iv.calls == 1
+    iv.calls = 0
+    icl_heads.evaluate(tiny_llama, tiny_prompts, interventions=[iv], batch_size=4, progress=False)
+    assert iv.calls == -(-len(tiny_prompts) // 4)
+    iv.calls = 0
+    index = torch.arange(len(tiny_prompts))
+    clean_run(tiny_llama, tiny_prompts, index, query_only=True, layers=[1], interventions=[iv])
+    assert iv.calls == 1
