@@ -38,7 +38,14 @@ def check_logits(logits: Float[Tensor, "batch ..."], metric: str) -> Tensor:
 
         check_logits(torch.tensor([[0.0, float("nan")]]), "accuracy")   # ValueError
     """
-    bad = ~torch.isfinite(logits).reshape(logits.shape[0], -1).all(-1)
+    # A NaN or inf anywhere in a row makes its float32 sum NaN or inf, so rows whose sums
+    # are finite need no other look (one read of the logits, no [batch, d_vocab] mask; the
+    # mask cost ~10% of a Gemma 3 TR/TL cell). A sum can also overflow on finite values
+    # (|logits| ~ 1e33): only then is every value looked at, so the answer is exact.
+    flat = logits.reshape(logits.shape[0], -1)
+    if bool(torch.isfinite(flat.sum(-1, dtype=torch.float32)).all()):
+        return logits
+    bad = ~torch.isfinite(flat).all(-1)
     if bool(bad.any()):
         rows = bad.nonzero().flatten().tolist()
         kinds = "NaN" if bool(torch.isnan(logits).any()) else "inf"

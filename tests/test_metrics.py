@@ -80,3 +80,19 @@ def test_check_logits_passes_finite_logits_unchanged():
     logits, gold, labels = _logits()
     assert metrics.check_logits(logits, "x") is logits
     assert metrics.accuracy(logits, gold, labels).tolist() == [1.0, 0.0, 1.0]
+
+
+def test_check_logits_finds_every_non_finite_row_and_passes_sums_that_overflow():
+    """The check reads row sums first: a NaN or inf anywhere makes a row's sum non-finite
+    (+inf and -inf in one row sum to NaN), and finite rows whose sum overflows float32 are
+    looked at value by value, so they pass; half-precision rows sum in float32."""
+    big = torch.full((2, 8), 3e38)  # finite, but each row sums to inf in float32
+    assert metrics.check_logits(big, "x") is big
+    half = torch.full((3, 4096), 60000.0, dtype=torch.float16)  # sums past float16's range
+    assert metrics.check_logits(half, "x") is half
+    for bad in ([float("nan")], [float("inf")], [float("-inf")], [float("inf"), float("-inf")]):
+        logits = torch.zeros(3, 6)
+        logits[1, : len(bad)] = torch.tensor(bad)
+        kind = "NaN" if math.isnan(bad[0]) else "inf"
+        with pytest.raises(ValueError, match=rf"1 of 3 prompts hold {kind} \(first: batch row 1\)"):
+            metrics.check_logits(logits, "accuracy")
