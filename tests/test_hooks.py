@@ -164,8 +164,9 @@ def test_the_split_packages_keep_every_public_name_of_the_old_modules():
 
 def test_each_intervention_builds_its_hooks_once_per_run(tiny_llama, tiny_prompts):
     """The check for hooks after the last block reads the hooks the run adds: an
-    intervention's ``fwd_hooks`` (which may gather donors per prompt) is called once per
-    batch of a collect and once per clean run, not once more for the check."""
+    intervention's ``fwd_hooks`` is called once per batch of a collect and once per clean
+    run, not once more for the check (the built-in interventions only build closures there;
+    a user's may do real work)."""
     from icl_heads.hooks import intervention_hooks
     from icl_heads.last_token import clean_run
 
