@@ -473,6 +473,19 @@ def test_pooling_a_claim_over_seeds_averages_with_a_conservative_interval():
         vr.pool_seeds([_claim([_t(0, 0, 1)]), _claim([])])
 
 
+def test_pooled_notes_say_which_seed_each_reading_comes_from():
+    # the same reading in two seeds must not collapse into one unlabelled note
+    a = {**_claim([_t(-0.3, -0.4, -0.2)]), "notes": ["shared", "x at 1: 0.5", "only a"]}
+    b = {**_claim([_t(-0.1, -0.2, 0.0)]), "notes": ["shared", "x at 1: 0.5"]}
+    c = {**_claim([_t(-0.2, -0.3, -0.1)]), "notes": ["shared", "x at 1: 0.7"]}
+    notes = vr.pool_seeds([a, b, c], seeds=[0, 4, 7])["notes"]
+    assert notes[1:] == ["shared", "seed 0: x at 1: 0.5", "seed 0: only a",
+                         "seed 4: x at 1: 0.5", "seed 7: x at 1: 0.7"]  # fmt: skip
+    assert vr.pool_seeds([b, c])["notes"][2:] == ["seed 0: x at 1: 0.5", "seed 1: x at 1: 0.7"]
+    with pytest.raises(ValueError, match="one label per seed"):
+        vr.pool_seeds([a, b], seeds=[0])
+
+
 def test_a_folder_of_seed_grids_loads_as_seed_results_and_its_verdicts_pool_the_seeds(tmp_path):
     # seed 0 holds clearly; seed 1 is unclear; seed 2 has no "b" task
     for seed, tasks in ((0, {"a": -0.2, "b": -0.2}), (1, {"a": -0.05, "b": -0.2}),

@@ -457,7 +457,7 @@ def pool_claim(per_task: Sequence[Mapping]) -> dict:
     return {"verdict": combine([t["verdict"] for t in tests]), "tests": tests, "notes": notes}
 
 
-def pool_seeds(per_seed: Sequence[Mapping]) -> dict:
+def pool_seeds(per_seed: Sequence[Mapping], seeds: Sequence[int] | None = None) -> dict:
     """One task's claim verdict over prompt seeds, from each seed's verdict dict (same claim,
     same tests). Each statistic is the mean over the seeds that could test it, with the
     interval of :func:`grid_mean` (the mean of the seeds' bounds): the seeds' prompts share
@@ -466,17 +466,25 @@ def pool_seeds(per_seed: Sequence[Mapping]) -> dict:
     the seeds' typical interval). Each pooled statistic is judged again (:func:`judge`,
     the seeds' mean margin) and the claim's verdict combined (:func:`combine`); a statistic
     untestable in every seed stays untestable (the first seed's reason); one seed is
-    returned as it is.
+    returned as it is. A note that every seed shares is kept once; the others are prefixed
+    with their seed (``seeds``, default 0, 1, ...), so each reading says which seed it is.
 
     Example::
 
-        pool_seeds([claim_verdict(claim, r) for r in results.per_seed.values()])["verdict"]
+        pool_seeds([claim_verdict(claim, r) for r in results.per_seed.values()],
+                   seeds=results.seeds)["verdict"]
 
     Returns:
         The verdict dict of one seed's form, each test with ``"seeds"`` (how many seeds it
         was pooled over) and ``"seed_values"`` added; ``notes`` gain the per-seed verdicts.
     """
     per_seed = list(per_seed)
+    seeds = list(range(len(per_seed))) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(per_seed):
+        raise ValueError(
+            f"pool_seeds got {len(seeds)} seed labels for {len(per_seed)} seeds; pass one "
+            "label per seed's verdict."
+        )
     if not per_seed:
         return {"verdict": UNCLEAR, "tests": [], "notes": ["no seed"]}
     if len(per_seed) == 1:
@@ -515,10 +523,20 @@ def pool_seeds(per_seed: Sequence[Mapping]) -> dict:
     votes = [got["verdict"] for got in per_seed]
     counts = ", ".join(f"{v} {votes.count(v)}/{len(votes)}" for v in VERDICTS if v in votes)
     notes = [f"pooled over {len(per_seed)} prompt seeds (per seed: {counts})"]
-    notes += list(dict.fromkeys(n for got in per_seed for n in got.get("notes", [])))
+    notes += _seed_notes(per_seed, seeds)
     out = {key: value for key, value in per_seed[0].items() if key not in ("tests", "notes")}
     return out | {"verdict": combine([t["verdict"] for t in tests]), "tests": tests,
                   "notes": notes}  # fmt: skip
+
+
+def _seed_notes(per_seed: Sequence[Mapping], seeds: Sequence[int]) -> list[str]:
+    """Each seed's notes in order: a note every seed shares once, the others as
+    ``"seed <s>: <note>"``."""
+    shared = set.intersection(*(set(got.get("notes", [])) for got in per_seed))
+    notes = [n for n in per_seed[0].get("notes", []) if n in shared]
+    for seed, got in zip(seeds, per_seed, strict=True):
+        notes += [f"seed {seed}: {n}" for n in got.get("notes", []) if n not in shared]
+    return list(dict.fromkeys(notes))
 
 
 def _check_vocabulary(verdicts: Sequence[str]) -> None:

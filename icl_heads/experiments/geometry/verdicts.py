@@ -267,7 +267,9 @@ def geometry_claim_verdict(key: str, cells: dict[str, ExperimentResult]) -> dict
     if key not in keys:
         raise ValueError(f"Unknown claim {key!r}; choose one of {keys}.")
     if isinstance(cells, SeedResults):
-        return pool_seeds([geometry_claim_verdict(key, r) for r in per_seed(cells)])
+        return pool_seeds(
+            [geometry_claim_verdict(key, r) for r in per_seed(cells)], seeds=cells.seeds
+        )
     experiment, condition, metric, sign = {
         "order": ("layer_geometry_k4", "k=4", f"onset {ALIGNMENT} - {SEPARABILITY}", 1),
         "icl": ("layer_geometry_k4", "k=4 - k=0", "late Δ logit_lens - Δ probe", 1),

@@ -323,7 +323,7 @@ def claim_verdict(claim: str, results: Mapping[str, ExperimentResult]) -> dict:
     if claim not in CLAIMS:
         raise ValueError(f"Unknown claim {claim!r}; choose one of {list(CLAIMS)}.")
     if isinstance(results, SeedResults):
-        return pool_seeds([claim_verdict(claim, r) for r in per_seed(results)])
+        return pool_seeds([claim_verdict(claim, r) for r in per_seed(results)], seeds=results.seeds)
     tests, notes = [], []
     for t in _claim_tests(claim):
         res = results.get(t.experiment)
