@@ -1185,7 +1185,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .tasks import load_task
 
     quick_root = Path("results/reproduce-quick")
-    out = _check_out_dir(args.out or (quick_root if args.quick else "docs/results/data"))
+    # each design's committed grid: the docs' results pages are written from docs/results/main
+    committed = "docs/results/data" if args.design == "legacy" else "docs/results/main"
+    out = _check_out_dir(args.out or (quick_root if args.quick else committed))
     page_dir = None
     if args.pages:
         page_dir = _check_out_dir(
@@ -1668,8 +1670,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="root of the grid's folders, checked before any model loads (default: "
-        "docs/results/data, the data of the docs' results pages; with --quick "
-        "results/reproduce-quick, so small runs never mix with full ones)",
+        "docs/results/main, the data of the docs' results pages; with --design legacy "
+        "docs/results/data, the first results; with --quick results/reproduce-quick, so "
+        "small runs never mix with full ones)",
     )
     r.add_argument(
         "--pages",

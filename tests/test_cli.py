@@ -534,6 +534,35 @@ def test_reproduce_writes_the_results_pages(capsys, tiny_model, tmp_path):
     assert not list(out.rglob("report.html"))
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], "docs/results/main"),
+        (["--design", "legacy"], "docs/results/data"),
+        (["--quick"], "results/reproduce-quick"),
+    ],
+)
+def test_reproduce_default_out_is_the_committed_grid_of_its_design(
+    capsys, no_model, tmp_path, monkeypatch, extra, expected
+):
+    # the docs' results pages are written from docs/results/main (the main design's grid);
+    # the first results (the legacy design) stay in docs/results/data
+    monkeypatch.chdir(tmp_path)
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def record(out, option="--out"):
+        asked.append((Path(out).as_posix(), option))
+        raise Stop
+
+    monkeypatch.setattr(cli, "_check_out_dir", record)
+    with pytest.raises(Stop):
+        cli.main(["reproduce", *extra])
+    assert asked == [(expected, "--out")]
+
+
 def test_reproduce_checks_every_task_before_loading(capsys, no_model, tmp_path):
     code, _, err = run(
         capsys, "reproduce", "--tasks", "sentiment", "nope", "--out", str(tmp_path / "o")

@@ -4,7 +4,7 @@ the verdicts on the geometry paper's claims, the key numbers, the curves (throug
 
 Example::
 
-    write_geometry_page("docs/results/data/geometry", "docs/results/geometry.md",
+    write_geometry_page("docs/results/main/geometry", "docs/results/geometry.md",
                         "docs/results/figures/geometry")
 """
 
@@ -114,7 +114,7 @@ def write_geometry_page(
 
     Example::
 
-        write_geometry_page("docs/results/data/geometry", "docs/results/geometry.md",
+        write_geometry_page("docs/results/main/geometry", "docs/results/geometry.md",
                             "docs/results/figures/geometry")
 
     Returns:

@@ -136,7 +136,7 @@ def write_trtl_page(
 
     Example::
 
-        write_trtl_page("docs/results/data/trtl", "docs/results/trtl.md",
+        write_trtl_page("docs/results/main/trtl", "docs/results/trtl.md",
                         "docs/results/figures/trtl")
 
     Returns:
